@@ -1,0 +1,67 @@
+//! Every bound in the server, in one place. A host's or an administrator's request past one of
+//! these is refused with an error, never allocated. Relationships between them are checked at
+//! compile time below.
+
+/// Largest data payload of one host I/O. Advertised to NBD clients as the maximum block size;
+/// a larger request is refused with EINVAL and its payload discarded, never buffered.
+pub const MAX_IO_BYTES: usize = 4 * 1024 * 1024;
+/// Largest request a client may send when it did not negotiate block sizes (NBD spec: 32 MiB).
+pub const MAX_UNNEGOTIATED_IO_BYTES: usize = 32 * 1024 * 1024;
+/// Requests in flight on one front-end connection.
+pub const MAX_INFLIGHT_PER_CONNECTION: usize = 128;
+/// Bytes of request buffers one connection may hold at once; requests beyond wait.
+pub const MAX_BUFFER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
+/// Bytes of the receive buffer each NBD connection reads request headers into.
+pub const NBD_RECV_BUFFER_BYTES: usize = 256 * 1024;
+/// Front-end connections one reactor serves.
+pub const MAX_CONNECTIONS_PER_REACTOR: usize = 256;
+/// Submission queue entries of each reactor's io_uring.
+pub const RING_ENTRIES: u32 = 1024;
+/// Reactors (poller threads) in one server.
+pub const MAX_REACTORS: usize = 64;
+/// Messages waiting in one reactor's mailbox.
+pub const MAILBOX_CAPACITY: usize = 1024;
+/// Connections negotiating (NBD handshake) at once; more wait in the listen backlog.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Seconds a client may take to finish its NBD handshake.
+pub const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
+/// Largest NBD option payload accepted during the handshake.
+pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
+
+/// Extent sizes a pool may use: powers of two in this range.
+pub const MIN_EXTENT_BYTES: u64 = 64 * 1024;
+pub const MAX_EXTENT_BYTES: u64 = 1024 * 1024 * 1024;
+pub const DEFAULT_EXTENT_BYTES: u64 = 1024 * 1024;
+/// Pieces one host I/O can be split into when it crosses extent boundaries.
+pub const MAX_SEGMENTS_PER_IO: usize = MAX_IO_BYTES / MIN_EXTENT_BYTES as usize + 1;
+/// LUNs in one pool (the pool-local LUN index fits the mapping slot's 16-bit field).
+pub const MAX_LUNS_PER_POOL: usize = 64;
+/// Virtual extents of one volume.
+pub const MAX_VOLUME_EXTENTS: u64 = 1 << 26;
+/// Slots in one chunk of a volume's mapping table.
+pub const MAP_CHUNK_SLOTS: usize = 4096;
+
+/// LUNs, pools and volumes one server manages.
+pub const MAX_LUNS: usize = 1024;
+pub const MAX_POOLS: usize = 256;
+pub const MAX_VOLUMES: usize = 4096;
+/// Longest name of a LUN, pool or volume (also the NBD export name).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Largest JSON-RPC request, and clients connected to the management socket at once.
+pub const MAX_RPC_REQUEST_BYTES: usize = 1024 * 1024;
+pub const MAX_RPC_CONNECTIONS: usize = 64;
+/// Requests waiting for the control thread.
+pub const CONTROL_QUEUE_CAPACITY: usize = 256;
+/// Allocation and slow-path requests waiting for the metadata thread.
+pub const METADATA_QUEUE_CAPACITY: usize = 4096;
+
+const _: () = assert!(MAX_IO_BYTES <= MAX_UNNEGOTIATED_IO_BYTES);
+const _: () = assert!(MAX_IO_BYTES <= MAX_BUFFER_BYTES_PER_CONNECTION);
+const _: () = assert!(NBD_RECV_BUFFER_BYTES >= 4096);
+const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_power_of_two());
+const _: () = assert!(DEFAULT_EXTENT_BYTES >= MIN_EXTENT_BYTES && DEFAULT_EXTENT_BYTES <= MAX_EXTENT_BYTES);
+const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
+const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
+const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
+const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);

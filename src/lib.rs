@@ -1,0 +1,14 @@
+//! sds — the storage domain server.
+//!
+//! Data flows from the front ends (`target`) through the domain layer (`domain`: which
+//! volume a connection reaches, and how) to volumes (`volume`: the mapping of virtual extents
+//! onto pool extents), pools (`pool`: extents, allocation, on-disk metadata) and LUN drivers
+//! (`backend`). Pinned poller threads (`reactor`) run that path without locks; the control
+//! thread (`control`) owns configuration, persists it (`store`) and publishes immutable
+//! snapshots to the reactors. `rpc` is the JSON-RPC management socket and `cli` its command
+//! line client.
+
+pub mod constants;
+pub mod rpc;
+pub mod serve;
+pub mod version;
