@@ -60,7 +60,8 @@ const _: () = assert!(MAX_IO_BYTES <= MAX_UNNEGOTIATED_IO_BYTES);
 const _: () = assert!(MAX_IO_BYTES <= MAX_BUFFER_BYTES_PER_CONNECTION);
 const _: () = assert!(NBD_RECV_BUFFER_BYTES >= 4096);
 const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_power_of_two());
-const _: () = assert!(DEFAULT_EXTENT_BYTES >= MIN_EXTENT_BYTES && DEFAULT_EXTENT_BYTES <= MAX_EXTENT_BYTES);
+const _: () =
+    assert!(DEFAULT_EXTENT_BYTES >= MIN_EXTENT_BYTES && DEFAULT_EXTENT_BYTES <= MAX_EXTENT_BYTES);
 const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);

@@ -8,7 +8,19 @@
 //! snapshots to the reactors. `rpc` is the JSON-RPC management socket and `cli` its command
 //! line client.
 
+pub mod backend;
+pub mod cli;
 pub mod constants;
+pub mod control;
+pub mod demo;
+pub mod domain;
+pub mod identity;
+pub mod logger;
+pub mod pool;
+pub mod reactor;
 pub mod rpc;
 pub mod serve;
+pub mod store;
+pub mod target;
 pub mod version;
+pub mod volume;

@@ -1,8 +1,18 @@
 //! `sds serve`: starts the reactors, the control thread, the metadata thread, the front ends and
 //! the management socket, and runs until SIGINT or SIGTERM.
 
+use crate::constants::MAX_REACTORS;
+use crate::control::{self, Control};
+use crate::domain::snapshot::Published;
+use crate::reactor::{self, mailbox::Message};
+use crate::rpc;
+use crate::target::nbd::listener::{self, NbdContext};
+use crate::volume::provisioner::Provisioner;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How a reactor waits when it has nothing to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -33,11 +43,105 @@ pub struct ServeConfig {
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("not implemented yet")]
-    NotImplemented,
+    #[error("cannot create the state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the SIGINT/SIGTERM handler")]
+    Signals(#[source] ctrlc::Error),
+    #[error(transparent)]
+    Reactor(#[from] crate::reactor::ReactorError),
+    #[error("cannot start the provisioning thread")]
+    Provisioner(#[source] std::io::Error),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
+    Listener(#[from] crate::target::nbd::listener::ListenerError),
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::server::RpcServerError),
 }
 
-/// Runs the server until SIGINT/SIGTERM; returns after a clean shutdown.
-pub fn run(_config: ServeConfig) -> Result<(), ServeError> {
-    Err(ServeError::NotImplemented)
+/// Runs the server until SIGINT/SIGTERM; returns after a clean shutdown: in-flight I/O
+/// drained and answered, every LUN flushed.
+pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = shutdown.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::Release)).map_err(ServeError::Signals)?;
+
+    let cores = if config.cores.is_empty() {
+        vec![0]
+    } else {
+        config.cores.clone()
+    };
+    let mut reactors = Vec::with_capacity(cores.len());
+    let mut reactor_threads = Vec::with_capacity(cores.len());
+    for (index, &core) in cores.iter().enumerate().take(MAX_REACTORS) {
+        let (handle, thread) = reactor::spawn(index, core, config.poll)?;
+        reactors.push(handle);
+        reactor_threads.push(thread);
+    }
+    let (provisioner, provisioner_thread) =
+        Provisioner::spawn().map_err(ServeError::Provisioner)?;
+    let published = Arc::new(Published::default());
+    let control = Control::restore(
+        config.state_dir.clone(),
+        published.clone(),
+        reactors.clone(),
+        provisioner.clone(),
+    )?;
+    let (dispatch, control_thread) = control::spawn(control)?;
+
+    let nbd = NbdContext::new(
+        published,
+        reactors.clone(),
+        provisioner.clone(),
+        shutdown.clone(),
+    );
+    let mut acceptors = Vec::new();
+    if let Some(address) = config.nbd_listen {
+        acceptors.push(listener::listen_tcp(address, nbd.clone())?);
+    }
+    if let Some(path) = &config.nbd_socket {
+        acceptors.push(listener::listen_unix(path, nbd.clone())?);
+    }
+    let socket = config
+        .rpc_socket
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("sds.sock"));
+    let rpc = rpc::server::spawn(&socket, Arc::new(dispatch), shutdown.clone())?;
+    log::info!(
+        "{} serving; management socket {}",
+        crate::version::long_version(),
+        socket.display()
+    );
+
+    while !shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("shutting down: draining in-flight I/O");
+    rpc.stop();
+    for acceptor in acceptors {
+        let _ = acceptor.join();
+    }
+    for handle in &reactors {
+        handle.post(Message::Shutdown);
+    }
+    for thread in reactor_threads {
+        let _ = thread.join();
+    }
+    provisioner.stop();
+    let _ = provisioner_thread.join();
+    drop(nbd);
+    match control_thread.join() {
+        Ok(control) => control.flush_all(),
+        Err(_) => log::error!("the control thread panicked"),
+    }
+    log::info!("stopped cleanly");
+    Ok(())
 }

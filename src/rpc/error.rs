@@ -23,7 +23,10 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn parse_error(message: impl Into<String>) -> Self {
         Self::new(PARSE_ERROR, message)

@@ -15,5 +15,9 @@ pub use error::RpcError;
 pub trait Dispatch: Send + Sync + 'static {
     /// Runs `method` with `params` (absent when the request had none) and returns the `result`
     /// value or the error to send back.
-    fn call(&self, method: &str, params: Option<serde_json::Value>) -> Result<serde_json::Value, RpcError>;
+    fn call(
+        &self,
+        method: &str,
+        params: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, RpcError>;
 }

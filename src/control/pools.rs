@@ -1,0 +1,173 @@
+//! `pool_*` methods.
+
+use super::luns::error_chain;
+use super::params::Params;
+use super::{Control, PoolEntry};
+use crate::constants::{
+    DEFAULT_EXTENT_BYTES, MAX_EXTENT_BYTES, MAX_LUNS_PER_POOL, MAX_POOLS, MIN_EXTENT_BYTES,
+};
+use crate::pool::Pool;
+use crate::rpc::RpcError;
+use crate::store::records::PoolRecord;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn describe(control: &Control, entry: &PoolEntry) -> Value {
+    let pool = &entry.pool;
+    let volumes = control
+        .volumes
+        .values()
+        .filter(|v| v.record.pool == entry.record.name)
+        .count();
+    json!({
+        "name": entry.record.name,
+        "uuid": entry.record.uuid.to_string(),
+        "extent_size": pool.extent_bytes,
+        "luns": entry.record.luns,
+        "total_extents": pool.total_extents(),
+        "free_extents": pool.free_extents(),
+        "capacity": pool.total_extents() * pool.extent_bytes,
+        "free": pool.free_extents() * pool.extent_bytes,
+        "volumes": volumes,
+    })
+}
+
+pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name", "luns", "extent_size"])?;
+    let name = params.name("name")?;
+    let lun_names = params.name_list("luns")?;
+    let extent_size = params
+        .optional_u64("extent_size")?
+        .unwrap_or(DEFAULT_EXTENT_BYTES);
+    if !extent_size.is_power_of_two()
+        || !(MIN_EXTENT_BYTES..=MAX_EXTENT_BYTES).contains(&extent_size)
+    {
+        return Err(RpcError::invalid_params(format!(
+            "extent_size: {extent_size} is not a power of two between {MIN_EXTENT_BYTES} and {MAX_EXTENT_BYTES}"
+        )));
+    }
+    if control.pools.contains_key(name) {
+        return Err(RpcError::invalid_params(format!(
+            "name: pool {name} already exists"
+        )));
+    }
+    if control.pools.len() >= MAX_POOLS {
+        return Err(RpcError::invalid_params(format!(
+            "name: the server already has {MAX_POOLS} pools"
+        )));
+    }
+    if lun_names.len() > MAX_LUNS_PER_POOL {
+        return Err(RpcError::invalid_params(format!(
+            "luns: at most {MAX_LUNS_PER_POOL} LUNs per pool"
+        )));
+    }
+    let mut luns = Vec::with_capacity(lun_names.len());
+    for (index, lun_name) in lun_names.iter().enumerate() {
+        if lun_names[..index].contains(lun_name) {
+            return Err(RpcError::invalid_params(format!(
+                "luns: {lun_name} is listed twice"
+            )));
+        }
+        let entry = control
+            .luns
+            .get(lun_name)
+            .ok_or_else(|| RpcError::invalid_params(format!("luns: no LUN {lun_name}")))?;
+        if let Some(pool) = &entry.pool {
+            return Err(RpcError::invalid_params(format!(
+                "luns: LUN {lun_name} is already in pool {pool}"
+            )));
+        }
+        luns.push(entry.lun.clone());
+    }
+    let uuid = control.new_uuid()?;
+    let pool = Pool::create(name, uuid.0, extent_size, luns).map_err(|error| match error {
+        crate::pool::PoolError::Format { .. } => {
+            RpcError::invalid_params(format!("luns: {}", error_chain(&error)))
+        }
+        other => RpcError::internal(error_chain(&other)),
+    })?;
+    let record = PoolRecord {
+        name: name.to_string(),
+        uuid,
+        extent_size,
+        luns: lun_names.clone(),
+    };
+    if let Err(error) = control.store.put("pool", name, &record) {
+        let _ = pool.wipe();
+        return Err(RpcError::internal(error_chain(&error)));
+    }
+    for lun_name in &lun_names {
+        if let Some(entry) = control.luns.get_mut(lun_name) {
+            entry.pool = Some(name.to_string());
+        }
+    }
+    let entry = PoolEntry {
+        record,
+        pool: Arc::new(pool),
+    };
+    let described = describe(control, &entry);
+    control.pools.insert(name.to_string(), entry);
+    log::info!(
+        "pool {name} created from {} LUNs, {extent_size}-byte extents",
+        lun_names.len()
+    );
+    Ok(described)
+}
+
+pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    match params.optional_name("name")? {
+        Some(name) => {
+            let entry = control
+                .pools
+                .get(name)
+                .ok_or_else(|| RpcError::invalid_params(format!("name: no pool {name}")))?;
+            Ok(json!([describe(control, entry)]))
+        }
+        None => Ok(Value::Array(
+            control
+                .pools
+                .values()
+                .map(|entry| describe(control, entry))
+                .collect(),
+        )),
+    }
+}
+
+pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    let name = params.name("name")?;
+    let entry = control
+        .pools
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(format!("name: no pool {name}")))?;
+    let volumes = control
+        .volumes
+        .values()
+        .filter(|v| v.record.pool == name)
+        .count();
+    if volumes > 0 {
+        return Err(RpcError::invalid_params(format!(
+            "name: pool {name} still has {volumes} volumes"
+        )));
+    }
+    control
+        .store
+        .delete("pool", name)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    if let Err(error) = entry.pool.wipe() {
+        log::warn!(
+            "pool {name}: could not erase the superblocks: {}",
+            error_chain(&error)
+        );
+    }
+    let lun_names = entry.record.luns.clone();
+    control.pools.remove(name);
+    for lun_name in lun_names {
+        if let Some(lun) = control.luns.get_mut(&lun_name) {
+            lun.pool = None;
+        }
+    }
+    log::info!("pool {name} deleted");
+    Ok(Value::Bool(true))
+}

@@ -1,0 +1,130 @@
+//! The SPDK methods whose meaning carries over, with SPDK's field names, so SPDK's tools and
+//! scripts read sds as they read SPDK: volumes appear as bdevs.
+
+use super::params::Params;
+use super::{methods::METHODS, Control, VolumeEntry};
+use crate::rpc::RpcError;
+use crate::version::{GIT_REVISION, VERSION};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+/// Ticks in SPDK's statistics are microseconds here.
+const TICK_RATE_HZ: u64 = 1_000_000;
+
+pub fn get_version(_control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    Params::new(params, &[])?;
+    let mut parts = VERSION.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    Ok(json!({
+        "version": format!("sds v{VERSION}"),
+        "fields": { "major": major, "minor": minor, "patch": patch, "suffix": "", "commit": GIT_REVISION },
+    }))
+}
+
+pub fn get_methods(_control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    // SPDK's clients send `current` and `include_aliases`; both change nothing here.
+    let _ = Params::new(params, &["current", "include_aliases"])?;
+    Ok(Value::Array(
+        METHODS.iter().map(|(name, _)| json!(name)).collect(),
+    ))
+}
+
+pub fn get_reactors(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    Params::new(params, &[])?;
+    let reactors: Vec<Value> = control
+        .reactors
+        .iter()
+        .map(|r| {
+            json!({
+                "lcore": r.core,
+                "busy": r.busy_us.load(Ordering::Relaxed),
+                "idle": r.idle_us.load(Ordering::Relaxed),
+                "in_interrupt": r.sleeping.load(Ordering::Relaxed),
+                "connections": r.sessions.load(Ordering::Relaxed),
+                "poll_mode": match r.poll { crate::serve::PollMode::Busy => "busy", crate::serve::PollMode::Adaptive => "adaptive" },
+                "lw_threads": [ { "name": format!("reactor_{}", r.index), "id": r.index } ],
+            })
+        })
+        .collect();
+    Ok(json!({ "tick_rate": TICK_RATE_HZ, "reactors": reactors }))
+}
+
+fn bdev(entry: &VolumeEntry) -> Value {
+    let volume = &entry.volume;
+    let block = u64::from(volume.block_size_bytes);
+    json!({
+        "name": volume.name,
+        "aliases": [],
+        "product_name": "sds volume",
+        "block_size": volume.block_size_bytes,
+        "num_blocks": volume.size_bytes() / block,
+        "uuid": entry.record.uuid.to_string(),
+        "assigned_rate_limits": { "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0 },
+        "claimed": false,
+        "zoned": false,
+        "supported_io_types": {
+            "read": true, "write": true, "unmap": true, "write_zeroes": true, "flush": true,
+            "reset": false, "compare": false, "compare_and_write": false, "abort": false, "nvme_admin": false, "nvme_io": false,
+        },
+        "driver_specific": { "sds": {
+            "pool": entry.record.pool,
+            "thin": volume.thin,
+            "allocated": volume.allocated_extents() * volume.extent_bytes(),
+        } },
+    })
+}
+
+fn selected<'a>(control: &'a Control, params: &Params) -> Result<Vec<&'a VolumeEntry>, RpcError> {
+    match params.optional_name("name")? {
+        Some(name) => control
+            .volumes
+            .get(name)
+            .map(|entry| vec![entry])
+            .ok_or_else(|| RpcError::invalid_params(format!("name: no bdev {name}"))),
+        None => Ok(control.volumes.values().collect()),
+    }
+}
+
+pub fn get_bdevs(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name", "timeout"])?;
+    Ok(Value::Array(
+        selected(control, &params)?.into_iter().map(bdev).collect(),
+    ))
+}
+
+pub fn get_iostat(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name", "per_channel"])?;
+    let bdevs: Vec<Value> = selected(control, &params)?
+        .into_iter()
+        .map(|entry| {
+            let t = entry.volume.stats.totals();
+            json!({
+                "name": entry.volume.name,
+                "bytes_read": t.read_bytes,
+                "num_read_ops": t.read_ops,
+                "bytes_written": t.write_bytes,
+                "num_write_ops": t.write_ops,
+                "bytes_unmapped": t.unmap_bytes,
+                "num_unmap_ops": t.unmap_ops,
+                "bytes_copied": 0,
+                "num_copy_ops": 0,
+                "read_latency_ticks": t.read_latency_ns / 1000,
+                "write_latency_ticks": t.write_latency_ns / 1000,
+                "unmap_latency_ticks": t.unmap_latency_ns / 1000,
+                "num_write_zeroes_ops": t.zero_ops,
+                "bytes_write_zeroes": t.zero_bytes,
+                "num_flush_ops": t.flush_ops,
+                "num_errors": t.errors,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "tick_rate": TICK_RATE_HZ,
+        "ticks": control.started.elapsed().as_micros() as u64,
+        "bdevs": bdevs,
+    }))
+}

@@ -1,0 +1,244 @@
+//! `volume_*` methods.
+
+use super::luns::error_chain;
+use super::params::Params;
+use super::{Control, VolumeEntry};
+use crate::backend::aligned_buf::AlignedBuf;
+use crate::constants::{MAX_VOLUMES, MAX_VOLUME_EXTENTS};
+use crate::rpc::RpcError;
+use crate::store::records::VolumeRecord;
+use crate::volume::provisioner::provision;
+use crate::volume::Volume;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub fn describe(entry: &VolumeEntry) -> Value {
+    let volume = &entry.volume;
+    let extents = volume.allocated_extents();
+    json!({
+        "name": volume.name,
+        "uuid": entry.record.uuid.to_string(),
+        "pool": entry.record.pool,
+        "size": volume.size_bytes(),
+        "block_size": volume.block_size_bytes,
+        "thin": volume.thin,
+        "allocated": extents * volume.extent_bytes(),
+        "allocated_extents": extents,
+        "connections": volume.connections.load(Ordering::Relaxed),
+    })
+}
+
+fn check_size(size: u64, block_size: u32, extent_bytes: u64) -> Result<(), RpcError> {
+    if size == 0 || size % u64::from(block_size) != 0 {
+        return Err(RpcError::invalid_params(format!(
+            "size: must be a non-zero multiple of block_size {block_size}"
+        )));
+    }
+    if size.div_ceil(extent_bytes) > MAX_VOLUME_EXTENTS {
+        return Err(RpcError::invalid_params(format!(
+            "size: larger than {MAX_VOLUME_EXTENTS} extents of {extent_bytes} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Maps every extent in `[from, to)` of a thick volume, as one group commit.
+fn provision_range(volume: &Volume, from: u64, to: u64) -> Result<(), RpcError> {
+    let wanted: Vec<(&Volume, u64)> = (from..to).map(|extent| (volume, extent)).collect();
+    let mut block = AlignedBuf::new(4096);
+    for result in provision(&wanted, &mut block) {
+        result.map_err(|error| {
+            RpcError::invalid_params(format!(
+                "size: cannot provision the thick volume: {}",
+                error_chain(&error)
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Unmaps and frees every extent of `volume` from `from` on.
+fn release_from(volume: &Volume, from: u64) {
+    let map = volume.map();
+    let mut block = AlignedBuf::new(4096);
+    let mut freed = Vec::new();
+    for extent in from..map.extent_count() {
+        let slot = map.clear(extent);
+        if slot != 0 && volume.pool.write_record(slot, None, &mut block).is_ok() {
+            freed.push(slot);
+        }
+    }
+    if let Err(error) = volume.pool.flush_slots(freed.iter().copied()) {
+        log::error!(
+            "volume {}: clearing extent records failed: {}",
+            volume.name,
+            error_chain(&error)
+        );
+        return;
+    }
+    for slot in freed {
+        volume.pool.release_extent(slot);
+    }
+}
+
+pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name", "pool", "size", "block_size", "thin"])?;
+    let name = params.name("name")?;
+    let pool_name = params.name("pool")?;
+    let size = params.u64("size")?;
+    let block_size = match params.optional_u64("block_size")? {
+        None => 4096,
+        Some(b @ (512 | 4096)) => b as u32,
+        Some(other) => {
+            return Err(RpcError::invalid_params(format!(
+                "block_size: {other} is not 512 or 4096"
+            )))
+        }
+    };
+    let thin = params.optional_bool("thin")?.unwrap_or(true);
+    if control.volumes.contains_key(name) {
+        return Err(RpcError::invalid_params(format!(
+            "name: volume {name} already exists"
+        )));
+    }
+    if control.volumes.len() >= MAX_VOLUMES {
+        return Err(RpcError::invalid_params(format!(
+            "name: the server already has {MAX_VOLUMES} volumes"
+        )));
+    }
+    let pool = control
+        .pools
+        .get(pool_name)
+        .ok_or_else(|| RpcError::invalid_params(format!("pool: no pool {pool_name}")))?
+        .pool
+        .clone();
+    check_size(size, block_size, pool.extent_bytes)?;
+    let extents = size.div_ceil(pool.extent_bytes);
+    if !thin && extents > pool.free_extents() {
+        return Err(RpcError::invalid_params(format!(
+            "size: a thick volume needs {extents} extents, pool {pool_name} has {} free",
+            pool.free_extents()
+        )));
+    }
+    let uuid = control.new_uuid()?;
+    let volume = Arc::new(Volume::new(name, uuid.0, pool, size, block_size, thin));
+    let record = VolumeRecord {
+        name: name.to_string(),
+        uuid,
+        pool: pool_name.to_string(),
+        size,
+        block_size,
+        thin,
+    };
+    // The record first: extent records of a volume without one would be freed at start-up.
+    control
+        .store
+        .put("volume", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    if !thin {
+        if let Err(error) = provision_range(&volume, 0, extents) {
+            release_from(&volume, 0);
+            let _ = control.store.delete("volume", name);
+            return Err(error);
+        }
+    }
+    let entry = VolumeEntry { record, volume };
+    let described = describe(&entry);
+    control.volumes.insert(name.to_string(), entry);
+    control.publish();
+    log::info!(
+        "volume {name} created in pool {pool_name}: {size} bytes, {block_size}-byte blocks, {}",
+        if thin { "thin" } else { "thick" }
+    );
+    Ok(described)
+}
+
+pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    match params.optional_name("name")? {
+        Some(name) => {
+            let entry = control
+                .volumes
+                .get(name)
+                .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
+            Ok(json!([describe(entry)]))
+        }
+        None => Ok(Value::Array(
+            control.volumes.values().map(describe).collect(),
+        )),
+    }
+}
+
+pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name", "size"])?;
+    let name = params.name("name")?;
+    let size = params.u64("size")?;
+    let entry = control
+        .volumes
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
+    let volume = entry.volume.clone();
+    let current = volume.size_bytes();
+    if size < current {
+        return Err(RpcError::invalid_params(format!(
+            "size: {size} is smaller than the current {current}; volumes only grow"
+        )));
+    }
+    check_size(size, volume.block_size_bytes, volume.extent_bytes())?;
+    let old_extents = volume.map().extent_count();
+    let new_extents = size.div_ceil(volume.extent_bytes());
+    if !volume.thin && new_extents - old_extents > volume.pool.free_extents() {
+        return Err(RpcError::invalid_params(format!(
+            "size: pool {} has too few free extents to grow the thick volume",
+            volume.pool.name
+        )));
+    }
+    let mut record = entry.record.clone();
+    record.size = size;
+    control
+        .store
+        .put("volume", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    volume.grow(size);
+    if !volume.thin {
+        provision_range(&volume, old_extents, new_extents)?;
+    }
+    if let Some(entry) = control.volumes.get_mut(name) {
+        entry.record = record;
+    }
+    control.publish();
+    log::info!("volume {name} resized from {current} to {size} bytes");
+    Ok(control
+        .volumes
+        .get(name)
+        .map(describe)
+        .unwrap_or(Value::Null))
+}
+
+pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    let name = params.name("name")?;
+    let entry = control
+        .volumes
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
+    let connections = entry.volume.connections.load(Ordering::Acquire);
+    if connections > 0 {
+        return Err(RpcError::invalid_params(format!(
+            "name: volume {name} is open by {connections} connections"
+        )));
+    }
+    control
+        .store
+        .delete("volume", name)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    let Some(entry) = control.volumes.remove(name) else {
+        return Ok(Value::Bool(true));
+    };
+    entry.volume.mark_deleted();
+    control.publish();
+    release_from(&entry.volume, 0);
+    log::info!("volume {name} deleted");
+    Ok(Value::Bool(true))
+}

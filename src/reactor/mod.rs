@@ -1,0 +1,354 @@
+//! Reactors: pinned poller threads that run the data path to completion.
+//!
+//! Each reactor owns one io_uring ring ([`ring::IoRing`]), the front-end sessions attached to
+//! it ([`session::Session`]) and its own statistics. Other threads reach it only through its
+//! [`mailbox::Mailbox`]. One loop iteration: drain the mailbox, route every ring completion to
+//! its session, submit what the sessions queued; with nothing to do, either spin (busy polling)
+//! or, after a short spin, sleep in `io_uring_enter` until a completion or a message arrives
+//! (adaptive polling, the default on small machines).
+
+pub mod mailbox;
+pub mod ring;
+pub mod session;
+
+use crate::constants::{MAILBOX_CAPACITY, MAX_CONNECTIONS_PER_REACTOR, RING_ENTRIES};
+use crate::serve::PollMode;
+use io_uring::{opcode, types};
+use mailbox::{Mailbox, Message, SessionId};
+use ring::IoRing;
+use session::{Session, SessionContext, SESSION_TAG_BITS, SESSION_TAG_MASK};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Empty loop iterations an adaptive reactor spins through before it sleeps.
+const ADAPTIVE_SPIN_ITERATIONS: u32 = 2000;
+/// The ring tag of the reactor's own eventfd read.
+const EVENTFD_TAG: u64 = 0;
+
+/// Why a reactor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReactorError {
+    #[error("reactor {index}: cannot set up its io_uring ring")]
+    Ring {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reactor {index}: cannot create its mailbox eventfd")]
+    Mailbox {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reactor {index}: cannot start its thread")]
+    Thread {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What other threads hold of a reactor: its mailbox and its published counters.
+pub struct ReactorHandle {
+    pub index: usize,
+    pub core: usize,
+    pub mailbox: Mailbox,
+    /// Microseconds spent doing work and idle, for `framework_get_reactors`.
+    pub busy_us: AtomicU64,
+    pub idle_us: AtomicU64,
+    pub sessions: AtomicUsize,
+    /// Whether it is asleep in the kernel waiting for work right now.
+    pub sleeping: AtomicBool,
+    pub poll: PollMode,
+}
+
+impl ReactorHandle {
+    pub fn post(&self, message: Message) {
+        self.mailbox.post(message);
+    }
+}
+
+/// Starts a reactor pinned to `core`. Returns its handle and thread.
+pub fn spawn(
+    index: usize,
+    core: usize,
+    poll: PollMode,
+) -> Result<(Arc<ReactorHandle>, JoinHandle<()>), ReactorError> {
+    let mailbox =
+        Mailbox::new(MAILBOX_CAPACITY).map_err(|source| ReactorError::Mailbox { index, source })?;
+    let handle = Arc::new(ReactorHandle {
+        index,
+        core,
+        mailbox,
+        busy_us: AtomicU64::new(0),
+        idle_us: AtomicU64::new(0),
+        sessions: AtomicUsize::new(0),
+        sleeping: AtomicBool::new(false),
+        poll,
+    });
+    let thread_handle = handle.clone();
+    // The ring is created on the reactor's own thread: it is single-issuer, so only the
+    // thread that created it may submit to it.
+    let (ready, started) = crossbeam::channel::bounded::<Result<(), std::io::Error>>(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("reactor-{index}"))
+        .spawn(move || {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                log::warn!("reactor {index}: could not pin to core {core}; running unpinned");
+            }
+            let ring = match IoRing::new(RING_ENTRIES) {
+                Ok(ring) => ring,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            let mut reactor = Reactor::new(thread_handle, ring);
+            reactor.run();
+        })
+        .map_err(|source| ReactorError::Thread { index, source })?;
+    match started.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => return Err(ReactorError::Ring { index, source }),
+        Err(_) => {
+            return Err(ReactorError::Ring {
+                index,
+                source: std::io::Error::other("reactor thread exited"),
+            })
+        }
+    }
+    Ok((handle, thread))
+}
+
+struct SessionSlot {
+    session: Option<Box<dyn Session>>,
+    generation: u32,
+}
+
+struct Reactor {
+    handle: Arc<ReactorHandle>,
+    ring: IoRing,
+    sessions: Vec<SessionSlot>,
+    free_indexes: Vec<u16>,
+    eventfd_buf: Box<u64>,
+    shutting_down: bool,
+}
+
+impl Reactor {
+    fn new(handle: Arc<ReactorHandle>, ring: IoRing) -> Self {
+        let sessions = (0..MAX_CONNECTIONS_PER_REACTOR)
+            .map(|_| SessionSlot {
+                session: None,
+                generation: 0,
+            })
+            .collect();
+        let free_indexes = (0..MAX_CONNECTIONS_PER_REACTOR as u16).rev().collect();
+        Self {
+            handle,
+            ring,
+            sessions,
+            free_indexes,
+            eventfd_buf: Box::new(0),
+            shutting_down: false,
+        }
+    }
+
+    fn arm_eventfd(&mut self) {
+        let entry = opcode::Read::new(
+            types::Fd(self.handle.mailbox.eventfd()),
+            (&mut *self.eventfd_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(EVENTFD_TAG);
+        // SAFETY: eventfd_buf is a Box owned by the reactor that lives until run() returns,
+        // and run() drains the ring before returning; the eventfd lives in the handle.
+        if let Err(error) = unsafe { self.ring.push(&entry) } {
+            log::error!(
+                "reactor {}: cannot post the mailbox read: {error}",
+                self.handle.index
+            );
+        }
+    }
+
+    fn run(&mut self) {
+        self.arm_eventfd();
+        let mut idle_iterations = 0u32;
+        let mut last = Instant::now();
+        loop {
+            let mut did_work = self.drain_mailbox();
+            while let Some(completion) = self.ring.pop_completion() {
+                did_work = true;
+                self.route(completion.user_data(), completion.result());
+            }
+            self.reap_finished();
+            if self.shutting_down && self.handle.sessions.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            let now = Instant::now();
+            let elapsed_us = now.duration_since(last).as_micros() as u64;
+            last = now;
+            if did_work {
+                self.handle.busy_us.fetch_add(elapsed_us, Ordering::Relaxed);
+                idle_iterations = 0;
+                if let Err(error) = self.ring.submit() {
+                    log::error!(
+                        "reactor {}: io_uring submit failed: {error}",
+                        self.handle.index
+                    );
+                }
+                continue;
+            }
+            self.handle.idle_us.fetch_add(elapsed_us, Ordering::Relaxed);
+            idle_iterations = idle_iterations.saturating_add(1);
+            if self.handle.poll == PollMode::Busy || idle_iterations < ADAPTIVE_SPIN_ITERATIONS {
+                if self.ring.has_unsubmitted() {
+                    let _ = self.ring.submit();
+                }
+                std::hint::spin_loop();
+                continue;
+            }
+            self.handle.sleeping.store(true, Ordering::Relaxed);
+            if let Err(error) = self.ring.submit_and_wait() {
+                log::error!(
+                    "reactor {}: io_uring wait failed: {error}",
+                    self.handle.index
+                );
+            }
+            self.handle.sleeping.store(false, Ordering::Relaxed);
+            let now = Instant::now();
+            self.handle.idle_us.fetch_add(
+                now.duration_since(last).as_micros() as u64,
+                Ordering::Relaxed,
+            );
+            last = now;
+        }
+        // Sessions are gone; wait for the mailbox read, the only entry left, by cancelling it.
+        let cancel = opcode::AsyncCancel::new(EVENTFD_TAG)
+            .build()
+            .user_data(u64::MAX);
+        // SAFETY: a cancel entry refers to no buffer.
+        if unsafe { self.ring.push(&cancel) }.is_ok() {
+            while self.ring.in_flight() > 0 {
+                if self.ring.submit_and_wait().is_err() {
+                    break;
+                }
+                while self.ring.pop_completion().is_some() {}
+            }
+        }
+        log::debug!("reactor {}: stopped", self.handle.index);
+    }
+
+    fn drain_mailbox(&mut self) -> bool {
+        let mut did_work = false;
+        while let Some(message) = self.handle.mailbox.pop() {
+            did_work = true;
+            match message {
+                Message::Attach(session) => self.attach(session),
+                Message::Wake {
+                    session,
+                    token,
+                    result,
+                } => self.with_session(session.index, Some(session.generation), |s, ctx| {
+                    s.on_wake(token, result, ctx)
+                }),
+                Message::Shutdown => {
+                    self.shutting_down = true;
+                    for index in 0..self.sessions.len() {
+                        self.with_session(index as u16, None, |s, ctx| s.begin_shutdown(ctx));
+                    }
+                }
+            }
+        }
+        did_work
+    }
+
+    fn attach(&mut self, mut session: Box<dyn Session>) {
+        let Some(index) = self.free_indexes.pop() else {
+            // Dropping the session closes its connection: the reactor is full.
+            log::warn!(
+                "reactor {}: refusing a connection, {MAX_CONNECTIONS_PER_REACTOR} sessions already",
+                self.handle.index
+            );
+            return;
+        };
+        if self.shutting_down {
+            self.free_indexes.push(index);
+            return;
+        }
+        let slot = &mut self.sessions[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        let id = SessionId {
+            index,
+            generation: slot.generation,
+        };
+        let mut ctx = SessionContext {
+            ring: &mut self.ring,
+            reactor_index: self.handle.index,
+            reactor: &self.handle,
+            id,
+        };
+        session.start(&mut ctx);
+        self.sessions[index as usize].session = Some(session);
+        self.handle.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn with_session(
+        &mut self,
+        index: u16,
+        generation: Option<u32>,
+        f: impl FnOnce(&mut dyn Session, &mut SessionContext),
+    ) {
+        let Some(slot) = self.sessions.get_mut(index as usize) else {
+            return;
+        };
+        if generation.is_some_and(|g| g != slot.generation) {
+            return;
+        }
+        let id = SessionId {
+            index,
+            generation: slot.generation,
+        };
+        if let Some(session) = slot.session.as_mut() {
+            let mut ctx = SessionContext {
+                ring: &mut self.ring,
+                reactor_index: self.handle.index,
+                reactor: &self.handle,
+                id,
+            };
+            f(session.as_mut(), &mut ctx);
+        }
+    }
+
+    fn route(&mut self, tag: u64, result: i32) {
+        if tag == EVENTFD_TAG {
+            if !self.shutting_down || self.handle.sessions.load(Ordering::Relaxed) > 0 {
+                self.arm_eventfd();
+            }
+            return;
+        }
+        if tag == u64::MAX {
+            return;
+        }
+        let index = ((tag >> SESSION_TAG_BITS) - 1) as u16;
+        self.with_session(index, None, |s, ctx| {
+            s.on_completion(tag & SESSION_TAG_MASK, result, ctx)
+        });
+    }
+
+    fn reap_finished(&mut self) {
+        if self.handle.sessions.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for (index, slot) in self.sessions.iter_mut().enumerate() {
+            if slot.session.as_ref().is_some_and(|s| s.is_finished()) {
+                slot.session = None;
+                self.free_indexes.push(index as u16);
+                self.handle.sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

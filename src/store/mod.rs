@@ -1,0 +1,156 @@
+//! Configuration records: one JSON file per LUN, pool and volume under `STATE/config/`.
+//!
+//! A record is replaced atomically: written to a temporary file, fsynced, renamed over the
+//! old one, and the directory fsynced, so after a crash at any instant each record is either
+//! the old or the new one, never half of each. A record file that does not parse is reported
+//! with its path and stops the start-up: configuration is never silently reset.
+//! (A region of several servers keeps the same records in etcd instead.)
+
+pub mod records;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("configuration store {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration record {path} is corrupt")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The embedded file store of a single server.
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let dir = state_dir.join("config");
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, kind: &str, name: &str) -> PathBuf {
+        self.dir.join(format!("{kind}-{name}.json"))
+    }
+
+    /// Writes a record atomically and durably.
+    pub fn put<T: Serialize>(&self, kind: &str, name: &str, record: &T) -> Result<(), StoreError> {
+        let path = self.path(kind, name);
+        let temp = self.dir.join(format!(".{kind}-{name}.json.tmp"));
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let text = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        let mut file = File::create(&temp).map_err(io)?;
+        file.write_all(&text).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&temp, &path).map_err(io)?;
+        self.sync_dir()
+    }
+
+    /// Removes a record durably.
+    pub fn delete(&self, kind: &str, name: &str) -> Result<(), StoreError> {
+        let path = self.path(kind, name);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Every record of `kind`, sorted by name.
+    pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, StoreError> {
+        let io = |source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map_err(io)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{kind}-")) && n.ends_with(".json"))
+            })
+            .collect();
+        paths.sort();
+        let mut records = Vec::with_capacity(paths.len());
+        for path in paths {
+            let text = fs::read(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            records.push(
+                serde_json::from_slice(&text).map_err(|source| StoreError::Corrupt {
+                    path: path.clone(),
+                    source,
+                })?,
+            );
+        }
+        Ok(records)
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: self.dir.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_list_delete_and_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        store
+            .put("lun", "a", &serde_json::json!({"x": 1}))
+            .expect("put");
+        store
+            .put("lun", "b", &serde_json::json!({"x": 2}))
+            .expect("put");
+        store
+            .put("pool", "a", &serde_json::json!({"y": 1}))
+            .expect("put");
+        let luns: Vec<serde_json::Value> = store.list("lun").expect("list");
+        assert_eq!(
+            luns,
+            vec![serde_json::json!({"x": 1}), serde_json::json!({"x": 2})]
+        );
+        store.delete("lun", "a").expect("delete");
+        assert_eq!(
+            store.list::<serde_json::Value>("lun").expect("list").len(),
+            1
+        );
+        fs::write(dir.path().join("config/lun-bad.json"), b"{not json").expect("write");
+        match store.list::<serde_json::Value>("lun") {
+            Err(StoreError::Corrupt { path, .. }) => assert!(path.ends_with("lun-bad.json")),
+            other => panic!("expected a corrupt record error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The fixed-newstyle NBD handshake, as a blocking exchange on any byte stream: greeting,
+//! client flags, then options until the client picks an export (NBD_OPT_GO or
+//! NBD_OPT_EXPORT_NAME) or leaves. Runs on a handshake thread, never on a reactor.
+
+use super::protocol::*;
+use crate::constants::MAX_NBD_OPTION_BYTES;
+use std::io::{Read, Write};
+
+/// Options one client may send before it picks an export.
+const MAX_OPTIONS: usize = 1024;
+
+/// An export as the handshake describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub name: String,
+    pub description: String,
+    pub size_bytes: u64,
+    pub min_block_bytes: u32,
+    pub preferred_block_bytes: u32,
+    pub max_payload_bytes: u32,
+    pub read_only: bool,
+    pub can_multi_conn: bool,
+    pub can_flush: bool,
+    pub can_fua: bool,
+    pub can_trim: bool,
+    pub can_write_zeroes: bool,
+}
+
+impl ExportInfo {
+    pub fn transmission_flags(&self) -> u16 {
+        let mut flags = NBD_FLAG_HAS_FLAGS;
+        for (on, flag) in [
+            (self.read_only, NBD_FLAG_READ_ONLY),
+            (self.can_flush, NBD_FLAG_SEND_FLUSH),
+            (self.can_fua, NBD_FLAG_SEND_FUA),
+            (self.can_trim, NBD_FLAG_SEND_TRIM),
+            (self.can_write_zeroes, NBD_FLAG_SEND_WRITE_ZEROES),
+            (self.can_multi_conn, NBD_FLAG_CAN_MULTI_CONN),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+/// What the handshake may show and open.
+pub trait ExportCatalog {
+    fn list_exports(&self) -> Vec<ExportInfo>;
+    fn find_export(&self, name: &str) -> Option<ExportInfo>;
+}
+
+/// The client's choice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub export: ExportInfo,
+    pub transmission_flags: u16,
+    /// Whether the client asked for NBD_INFO_BLOCK_SIZE (and so promised to honour it).
+    pub block_size_negotiated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("connection error during the handshake")]
+    Io(#[from] std::io::Error),
+    #[error("client does not speak fixed newstyle (flags {0:#x})")]
+    ClientFlags(u32),
+    #[error("bad option magic {0:#018x}")]
+    BadMagic(u64),
+    #[error("client asked for unknown export {0:?} with NBD_OPT_EXPORT_NAME")]
+    UnknownExport(String),
+    #[error("more than {MAX_OPTIONS} options")]
+    TooManyOptions,
+}
+
+/// A parsed NBD_OPT_INFO / NBD_OPT_GO payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InfoRequest {
+    pub name: String,
+    pub info_types: Vec<u16>,
+}
+
+/// Parses an NBD_OPT_INFO / NBD_OPT_GO payload; `None` if its lengths are inconsistent.
+pub fn parse_info_request(data: &[u8]) -> Option<InfoRequest> {
+    let name_len = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+    let name = std::str::from_utf8(data.get(4..4 + name_len)?)
+        .ok()?
+        .to_string();
+    let rest = data.get(4 + name_len..)?;
+    let count = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
+    let types = rest.get(2..)?;
+    if types.len() != count * 2 {
+        return None;
+    }
+    Some(InfoRequest {
+        name,
+        info_types: types
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect(),
+    })
+}
+
+fn read_u32<S: Read>(stream: &mut S) -> std::io::Result<u32> {
+    let mut raw = [0u8; 4];
+    stream.read_exact(&mut raw)?;
+    Ok(u32::from_be_bytes(raw))
+}
+
+fn read_u64<S: Read>(stream: &mut S) -> std::io::Result<u64> {
+    let mut raw = [0u8; 8];
+    stream.read_exact(&mut raw)?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+fn reply<S: Write>(
+    stream: &mut S,
+    option: u32,
+    reply_type: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(20 + data.len());
+    out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&reply_type.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    stream.write_all(&out)
+}
+
+fn info_reply<S: Write>(
+    stream: &mut S,
+    option: u32,
+    info_type: u16,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut data = Vec::with_capacity(2 + body.len());
+    data.extend_from_slice(&info_type.to_be_bytes());
+    data.extend_from_slice(body);
+    reply(stream, option, NBD_REP_INFO, &data)
+}
+
+/// Runs the handshake. `Ok(None)` when the client aborted or left before choosing.
+pub fn negotiate<S: Read + Write>(
+    stream: &mut S,
+    catalog: &dyn ExportCatalog,
+) -> Result<Option<Negotiated>, HandshakeError> {
+    let mut greeting = [0u8; 18];
+    greeting[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    greeting[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    greeting[16..18].copy_from_slice(&(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES).to_be_bytes());
+    stream.write_all(&greeting)?;
+    let client_flags = read_u32(stream)?;
+    if client_flags & NBD_FLAG_C_FIXED_NEWSTYLE == 0
+        || client_flags & !(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) != 0
+    {
+        return Err(HandshakeError::ClientFlags(client_flags));
+    }
+    let no_zeroes = client_flags & NBD_FLAG_C_NO_ZEROES != 0;
+    for _ in 0..MAX_OPTIONS {
+        let magic = match read_u64(stream) {
+            Ok(magic) => magic,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        if magic != IHAVEOPT {
+            return Err(HandshakeError::BadMagic(magic));
+        }
+        let option = read_u32(stream)?;
+        let length = read_u32(stream)? as usize;
+        if length > MAX_NBD_OPTION_BYTES {
+            // Drop the payload without holding it, then refuse.
+            std::io::copy(
+                &mut Read::by_ref(stream).take(length as u64),
+                &mut std::io::sink(),
+            )?;
+            if option == NBD_OPT_EXPORT_NAME {
+                return Err(HandshakeError::UnknownExport("<too long>".into()));
+            }
+            reply(stream, option, NBD_REP_ERR_TOO_BIG, b"option too large")?;
+            continue;
+        }
+        let mut data = vec![0u8; length];
+        stream.read_exact(&mut data)?;
+        match option {
+            NBD_OPT_EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&data).into_owned();
+                let Some(export) = catalog.find_export(&name) else {
+                    return Err(HandshakeError::UnknownExport(name));
+                };
+                let flags = export.transmission_flags();
+                let mut out = Vec::with_capacity(10 + 124);
+                out.extend_from_slice(&export.size_bytes.to_be_bytes());
+                out.extend_from_slice(&flags.to_be_bytes());
+                if !no_zeroes {
+                    out.extend_from_slice(&[0u8; 124]);
+                }
+                stream.write_all(&out)?;
+                return Ok(Some(Negotiated {
+                    export,
+                    transmission_flags: flags,
+                    block_size_negotiated: false,
+                }));
+            }
+            NBD_OPT_ABORT => {
+                let _ = reply(stream, option, NBD_REP_ACK, &[]);
+                return Ok(None);
+            }
+            NBD_OPT_LIST => {
+                if !data.is_empty() {
+                    reply(
+                        stream,
+                        option,
+                        NBD_REP_ERR_INVALID,
+                        b"NBD_OPT_LIST takes no data",
+                    )?;
+                    continue;
+                }
+                for export in catalog.list_exports() {
+                    let mut body = Vec::with_capacity(4 + export.name.len());
+                    body.extend_from_slice(&(export.name.len() as u32).to_be_bytes());
+                    body.extend_from_slice(export.name.as_bytes());
+                    reply(stream, option, NBD_REP_SERVER, &body)?;
+                }
+                reply(stream, option, NBD_REP_ACK, &[])?;
+            }
+            NBD_OPT_INFO | NBD_OPT_GO => {
+                let Some(request) = parse_info_request(&data) else {
+                    reply(
+                        stream,
+                        option,
+                        NBD_REP_ERR_INVALID,
+                        b"malformed info request",
+                    )?;
+                    continue;
+                };
+                let Some(export) = catalog.find_export(&request.name) else {
+                    reply(
+                        stream,
+                        option,
+                        NBD_REP_ERR_UNKNOWN,
+                        format!("no export named {:?}", request.name).as_bytes(),
+                    )?;
+                    continue;
+                };
+                let flags = export.transmission_flags();
+                let mut body = [0u8; 10];
+                body[0..8].copy_from_slice(&export.size_bytes.to_be_bytes());
+                body[8..10].copy_from_slice(&flags.to_be_bytes());
+                info_reply(stream, option, NBD_INFO_EXPORT, &body)?;
+                if request.info_types.contains(&NBD_INFO_NAME) {
+                    info_reply(stream, option, NBD_INFO_NAME, export.name.as_bytes())?;
+                }
+                if request.info_types.contains(&NBD_INFO_DESCRIPTION) {
+                    info_reply(
+                        stream,
+                        option,
+                        NBD_INFO_DESCRIPTION,
+                        export.description.as_bytes(),
+                    )?;
+                }
+                let mut sizes = [0u8; 12];
+                sizes[0..4].copy_from_slice(&export.min_block_bytes.to_be_bytes());
+                sizes[4..8].copy_from_slice(&export.preferred_block_bytes.to_be_bytes());
+                sizes[8..12].copy_from_slice(&export.max_payload_bytes.to_be_bytes());
+                info_reply(stream, option, NBD_INFO_BLOCK_SIZE, &sizes)?;
+                reply(stream, option, NBD_REP_ACK, &[])?;
+                if option == NBD_OPT_GO {
+                    let block_size_negotiated = request.info_types.contains(&NBD_INFO_BLOCK_SIZE);
+                    return Ok(Some(Negotiated {
+                        export,
+                        transmission_flags: flags,
+                        block_size_negotiated,
+                    }));
+                }
+            }
+            _ => reply(stream, option, NBD_REP_ERR_UNSUP, b"option not supported")?,
+        }
+    }
+    Err(HandshakeError::TooManyOptions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Duplex {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+    impl Read for Duplex {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Duplex {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Two;
+    fn export(name: &str) -> ExportInfo {
+        ExportInfo {
+            name: name.into(),
+            description: "d".into(),
+            size_bytes: 1 << 20,
+            min_block_bytes: 512,
+            preferred_block_bytes: 4096,
+            max_payload_bytes: 1 << 22,
+            read_only: false,
+            can_multi_conn: true,
+            can_flush: true,
+            can_fua: true,
+            can_trim: true,
+            can_write_zeroes: true,
+        }
+    }
+    impl ExportCatalog for Two {
+        fn list_exports(&self) -> Vec<ExportInfo> {
+            vec![export("a"), export("b")]
+        }
+        fn find_export(&self, name: &str) -> Option<ExportInfo> {
+            ["a", "b"].contains(&name).then(|| export(name))
+        }
+    }
+
+    fn option(code: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = IHAVEOPT.to_be_bytes().to_vec();
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn go_payload(name: &str, infos: &[u16]) -> Vec<u8> {
+        let mut out = (name.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(infos.len() as u16).to_be_bytes());
+        for info in infos {
+            out.extend_from_slice(&info.to_be_bytes());
+        }
+        out
+    }
+
+    fn run(
+        client_flags: u32,
+        options: &[Vec<u8>],
+    ) -> (Result<Option<Negotiated>, HandshakeError>, Vec<u8>) {
+        let mut input = client_flags.to_be_bytes().to_vec();
+        for o in options {
+            input.extend_from_slice(o);
+        }
+        let mut duplex = Duplex {
+            input: std::io::Cursor::new(input),
+            output: Vec::new(),
+        };
+        let result = negotiate(&mut duplex, &Two);
+        (result, duplex.output)
+    }
+
+    /// Splits the option replies after the 18-byte greeting into (option, type, data).
+    fn replies(output: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+        let mut at = 18;
+        let mut out = Vec::new();
+        while at + 20 <= output.len() {
+            assert_eq!(
+                u64::from_be_bytes(output[at..at + 8].try_into().expect("8")),
+                OPTION_REPLY_MAGIC
+            );
+            let option = u32::from_be_bytes(output[at + 8..at + 12].try_into().expect("4"));
+            let kind = u32::from_be_bytes(output[at + 12..at + 16].try_into().expect("4"));
+            let len = u32::from_be_bytes(output[at + 16..at + 20].try_into().expect("4")) as usize;
+            out.push((option, kind, output[at + 20..at + 20 + len].to_vec()));
+            at += 20 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn greeting_then_list() {
+        let (result, output) = run(3, &[option(NBD_OPT_LIST, &[])]);
+        assert!(matches!(result, Ok(None)));
+        assert_eq!(&output[0..8], b"NBDMAGIC");
+        assert_eq!(&output[8..16], b"IHAVEOPT");
+        let replies = replies(&output);
+        assert_eq!(replies.len(), 3);
+        assert_eq!(replies[0].1, NBD_REP_SERVER);
+        assert_eq!(&replies[0].2[4..], b"a");
+        assert_eq!(&replies[1].2[4..], b"b");
+        assert_eq!(replies[2].1, NBD_REP_ACK);
+    }
+
+    #[test]
+    fn go_sends_export_and_block_size() {
+        let (result, output) = run(
+            3,
+            &[option(
+                NBD_OPT_GO,
+                &go_payload("b", &[NBD_INFO_BLOCK_SIZE, NBD_INFO_NAME]),
+            )],
+        );
+        let negotiated = result.expect("ok").expect("go");
+        assert_eq!(negotiated.export.name, "b");
+        assert!(negotiated.block_size_negotiated);
+        let replies = replies(&output);
+        let kinds: Vec<u16> = replies
+            .iter()
+            .filter(|r| r.1 == NBD_REP_INFO)
+            .map(|r| u16::from_be_bytes([r.2[0], r.2[1]]))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![NBD_INFO_EXPORT, NBD_INFO_NAME, NBD_INFO_BLOCK_SIZE]
+        );
+        let export_info = &replies[0].2;
+        assert_eq!(
+            u64::from_be_bytes(export_info[2..10].try_into().expect("8")),
+            1 << 20
+        );
+        assert_eq!(replies.last().expect("ack").1, NBD_REP_ACK);
+    }
+
+    #[test]
+    fn unknown_export_info_then_abort() {
+        let (result, output) = run(
+            1,
+            &[
+                option(NBD_OPT_INFO, &go_payload("zz", &[])),
+                option(NBD_OPT_ABORT, &[]),
+            ],
+        );
+        assert!(matches!(result, Ok(None)));
+        let replies = replies(&output);
+        assert_eq!(replies[0].1, NBD_REP_ERR_UNKNOWN);
+        assert_eq!(replies[1].1, NBD_REP_ACK);
+    }
+
+    #[test]
+    fn malformed_go_and_unsupported_options() {
+        let (result, output) = run(
+            1,
+            &[
+                option(NBD_OPT_GO, &[0, 0, 0, 9]),
+                option(8, &[]),
+                option(NBD_OPT_GO, &go_payload("a", &[])),
+            ],
+        );
+        assert!(result.expect("ok").is_some());
+        let replies = replies(&output);
+        assert_eq!(replies[0].1, NBD_REP_ERR_INVALID);
+        assert_eq!(replies[1].1, NBD_REP_ERR_UNSUP);
+    }
+
+    #[test]
+    fn export_name_with_and_without_zeroes() {
+        let (result, output) = run(1, &[option(NBD_OPT_EXPORT_NAME, b"a")]);
+        assert_eq!(result.expect("ok").expect("chosen").export.name, "a");
+        assert_eq!(output.len(), 18 + 10 + 124);
+        let (_, output) = run(3, &[option(NBD_OPT_EXPORT_NAME, b"a")]);
+        assert_eq!(output.len(), 18 + 10);
+        let (result, _) = run(3, &[option(NBD_OPT_EXPORT_NAME, b"nope")]);
+        assert!(matches!(result, Err(HandshakeError::UnknownExport(_))));
+    }
+
+    #[test]
+    fn refuses_old_clients_and_oversized_options() {
+        assert!(matches!(run(0, &[]).0, Err(HandshakeError::ClientFlags(0))));
+        let big = vec![0u8; MAX_NBD_OPTION_BYTES + 1];
+        let (result, output) = run(1, &[option(NBD_OPT_LIST, &big)]);
+        assert!(matches!(result, Ok(None)));
+        assert_eq!(replies(&output)[0].1, NBD_REP_ERR_TOO_BIG);
+    }
+}

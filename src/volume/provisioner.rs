@@ -1,0 +1,315 @@
+//! The provisioning thread: the one place extents are claimed for thin volumes while I/O runs,
+//! and the slow path for writes that need read-modify-write.
+//!
+//! Reactors never wait on it: a session posts a request and goes on with other requests; the
+//! thread answers with a `Wake` in the session's reactor mailbox. Requests that arrive together
+//! are committed together (group commit): every claimed extent is zeroed and its record
+//! written, then each touched LUN is flushed once, then the mappings are published.
+//!
+//! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
+//! all its writes here. This thread is single, so those writes are serialized and a
+//! read-modify-write can never interleave with another write to the same LUN block.
+
+use super::{Segment, Volume};
+use crate::backend::aligned_buf::AlignedBuf;
+use crate::constants::{MAX_IO_BYTES, METADATA_QUEUE_CAPACITY};
+use crate::pool::on_disk::ExtentRecord;
+use crate::pool::PoolError;
+use crate::reactor::mailbox::{Message, SessionId};
+use crate::reactor::ReactorHandle;
+use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Where the answer to a request goes.
+pub struct Reply {
+    pub reactor: Arc<ReactorHandle>,
+    pub session: SessionId,
+    pub token: u64,
+}
+
+impl Reply {
+    fn send(self, result: i32) {
+        self.reactor.post(Message::Wake {
+            session: self.session,
+            token: self.token,
+            result,
+        });
+    }
+}
+
+/// A buffer owned by a waiting session: it stays valid and untouched until the reply.
+pub struct SessionBuffer {
+    pub ptr: *const u8,
+    pub len_bytes: usize,
+}
+
+// SAFETY: the session that sent the pointer does not touch or free the buffer until it has
+// received the reply, so the provisioning thread has exclusive use of it meanwhile.
+unsafe impl Send for SessionBuffer {}
+
+pub enum Request {
+    /// Map virtual `extent` of `volume` (nothing to do if it is mapped by then).
+    Provision {
+        volume: Arc<Volume>,
+        extent: u64,
+        reply: Reply,
+    },
+    /// Write `data` (or zeroes when `None`) at `offset_bytes`, read-modify-writing partial LUN
+    /// blocks and provisioning unmapped extents.
+    SlowWrite {
+        volume: Arc<Volume>,
+        offset_bytes: u64,
+        len_bytes: u64,
+        data: Option<SessionBuffer>,
+        fua: bool,
+        reply: Reply,
+    },
+    Stop,
+}
+
+/// The handle reactors and the control thread post requests through.
+#[derive(Clone)]
+pub struct Provisioner {
+    sender: Sender<Request>,
+}
+
+impl Provisioner {
+    pub fn spawn() -> std::io::Result<(Self, JoinHandle<()>)> {
+        let (sender, receiver) = bounded(METADATA_QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("provisioner".into())
+            .spawn(move || run(receiver))?;
+        Ok((Self { sender }, thread))
+    }
+
+    /// Posts a request; when the queue is full the request is answered at once with EAGAIN
+    /// semantics turned into EIO-free retry by the caller (it stays queued in the session).
+    pub fn post(&self, request: Request) -> Result<(), Request> {
+        self.sender.try_send(request).map_err(|error| match error {
+            TrySendError::Full(request) | TrySendError::Disconnected(request) => request,
+        })
+    }
+
+    pub fn stop(&self) {
+        let _ = self.sender.send(Request::Stop);
+    }
+}
+
+fn run(receiver: Receiver<Request>) {
+    let mut record_block = AlignedBuf::new(4096);
+    let mut bounce = AlignedBuf::new(MAX_IO_BYTES + 2 * 4096);
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < METADATA_QUEUE_CAPACITY {
+            match receiver.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut provisions = Vec::new();
+        let mut stop = false;
+        for request in batch {
+            match request {
+                Request::Provision {
+                    volume,
+                    extent,
+                    reply,
+                } => provisions.push((volume, extent, reply)),
+                Request::SlowWrite {
+                    volume,
+                    offset_bytes,
+                    len_bytes,
+                    data,
+                    fua,
+                    reply,
+                } => {
+                    let result = slow_write(
+                        &volume,
+                        offset_bytes,
+                        len_bytes,
+                        data.as_ref(),
+                        fua,
+                        &mut record_block,
+                        &mut bounce,
+                    );
+                    reply.send(errno_of(result));
+                }
+                Request::Stop => stop = true,
+            }
+        }
+        if !provisions.is_empty() {
+            let wanted: Vec<(&Volume, u64)> = provisions
+                .iter()
+                .map(|(v, e, _)| (v.as_ref(), *e))
+                .collect();
+            let results = provision(&wanted, &mut record_block);
+            for ((_, _, reply), result) in provisions.into_iter().zip(results) {
+                reply.send(errno_of(result));
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+fn errno_of(result: Result<(), PoolError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(PoolError::Full { .. }) => libc::ENOSPC,
+        Err(error) => {
+            log::error!("provisioning failed: {error}");
+            libc::EIO
+        }
+    }
+}
+
+/// Maps every (volume, extent) that is not mapped yet, durably, as one group commit. Used by
+/// the provisioning thread for thin volumes and by the control thread for thick ones.
+pub fn provision(
+    wanted: &[(&Volume, u64)],
+    record_block: &mut AlignedBuf,
+) -> Vec<Result<(), PoolError>> {
+    let mut results: Vec<Result<(), PoolError>> = Vec::with_capacity(wanted.len());
+    // Claimed slots per request (0: nothing to do).
+    let mut claimed = vec![0u64; wanted.len()];
+    for (index, &(volume, extent)) in wanted.iter().enumerate() {
+        let map = volume.map();
+        let duplicate = wanted[..index]
+            .iter()
+            .zip(&claimed)
+            .any(|(&(v, e), &slot)| std::ptr::eq(v, volume) && e == extent && slot != 0);
+        if map.get(extent) != 0 || duplicate {
+            results.push(Ok(()));
+            continue;
+        }
+        let pool = &volume.pool;
+        let outcome = pool.claim_extent().and_then(|slot| {
+            let record = ExtentRecord {
+                volume_uuid: volume.uuid,
+                virtual_extent: extent,
+                sequence: pool.next_sequence(),
+            };
+            let written = pool
+                .zero_extent(slot)
+                .and_then(|()| pool.write_record(slot, Some(record), record_block));
+            match written {
+                Ok(()) => Ok(slot),
+                Err(error) => {
+                    pool.release_extent(slot);
+                    Err(error)
+                }
+            }
+        });
+        match outcome {
+            Ok(slot) => {
+                claimed[index] = slot;
+                results.push(Ok(()));
+            }
+            Err(error) => results.push(Err(error)),
+        }
+    }
+    // Group commit: one flush per touched LUN of each pool, then publish.
+    for (index, &(volume, _)) in wanted.iter().enumerate() {
+        if claimed[index] == 0 {
+            continue;
+        }
+        let same_pool: Vec<usize> = (0..wanted.len())
+            .filter(|&j| claimed[j] != 0 && Arc::ptr_eq(&wanted[j].0.pool, &volume.pool))
+            .collect();
+        if same_pool.first() != Some(&index) {
+            continue;
+        }
+        let slots: Vec<u64> = same_pool.iter().map(|&j| claimed[j]).collect();
+        if let Err(error) = volume.pool.flush_slots(slots) {
+            log::error!(
+                "pool {}: flushing new extent records failed: {error}",
+                volume.pool.name
+            );
+            for j in same_pool {
+                results[j] = Err(PoolError::Durability {
+                    pool: volume.pool.name.clone(),
+                    detail: error.to_string(),
+                });
+                claimed[j] = 0;
+            }
+        }
+    }
+    for (index, &(volume, extent)) in wanted.iter().enumerate() {
+        if claimed[index] != 0 && volume.map().publish(extent, claimed[index]).is_err() {
+            // Someone else mapped it first (only the control thread can race here); return ours.
+            let _ = volume.pool.write_record(claimed[index], None, record_block);
+            volume.pool.release_extent(claimed[index]);
+        }
+    }
+    results
+}
+
+/// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
+/// blocks it covers only in part.
+fn slow_write(
+    volume: &Volume,
+    offset_bytes: u64,
+    len_bytes: u64,
+    data: Option<&SessionBuffer>,
+    fua: bool,
+    record_block: &mut AlignedBuf,
+    bounce: &mut AlignedBuf,
+) -> Result<(), PoolError> {
+    let lun_error = |lun: &str, source| PoolError::Lun {
+        pool: volume.pool.name.clone(),
+        lun: lun.to_string(),
+        source,
+    };
+    let mut done = 0u64;
+    while done < len_bytes {
+        let map = volume.map();
+        let piece = match volume.segment(&map, offset_bytes + done, len_bytes - done) {
+            Segment::Unmapped {
+                extent,
+                len_bytes: piece,
+            } => {
+                if data.is_none() {
+                    // Zeroes over an unmapped extent: already zero.
+                    done += piece;
+                    continue;
+                }
+                provision(&[(volume, extent)], record_block).remove(0)?;
+                continue;
+            }
+            Segment::Mapped {
+                lun,
+                offset_bytes: at,
+                len_bytes: piece,
+            } => {
+                let piece = piece.min(MAX_IO_BYTES as u64);
+                let block = u64::from(lun.layout.block_size_bytes);
+                let start = at / block * block;
+                let end = (at + piece).next_multiple_of(block);
+                let name = lun.lun.info().name.clone();
+                let window = &mut bounce.as_mut_slice()[..(end - start) as usize];
+                if start != at || end != at + piece {
+                    lun.lun
+                        .read_at(window, start)
+                        .map_err(|e| lun_error(&name, e))?;
+                }
+                let into = &mut window[(at - start) as usize..(at - start + piece) as usize];
+                match data {
+                    // SAFETY: the session keeps the buffer of len_bytes valid and untouched
+                    // until it is answered; done + piece <= len_bytes <= its length.
+                    Some(buffer) => into.copy_from_slice(unsafe {
+                        std::slice::from_raw_parts(buffer.ptr.add(done as usize), piece as usize)
+                    }),
+                    None => into.fill(0),
+                }
+                lun.lun
+                    .write_at(window, start, fua)
+                    .map_err(|e| lun_error(&name, e))?;
+                piece
+            }
+        };
+        done += piece;
+    }
+    Ok(())
+}

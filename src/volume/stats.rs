@@ -1,0 +1,130 @@
+//! Per-volume I/O counters, one cache-line-padded set per reactor: each reactor writes only its
+//! own set (no shared cache line, no lock) and readers add them up.
+
+use crate::constants::MAX_REACTORS;
+use crossbeam::utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What one I/O was, for accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+    Unmap,
+    WriteZeroes,
+    Flush,
+}
+
+#[derive(Default)]
+pub struct IoCounters {
+    pub read_ops: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub read_latency_ns: AtomicU64,
+    pub write_ops: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub write_latency_ns: AtomicU64,
+    pub unmap_ops: AtomicU64,
+    pub unmap_bytes: AtomicU64,
+    pub unmap_latency_ns: AtomicU64,
+    pub zero_ops: AtomicU64,
+    pub zero_bytes: AtomicU64,
+    pub flush_ops: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A sum of every reactor's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoTotals {
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    pub read_latency_ns: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+    pub write_latency_ns: u64,
+    pub unmap_ops: u64,
+    pub unmap_bytes: u64,
+    pub unmap_latency_ns: u64,
+    pub zero_ops: u64,
+    pub zero_bytes: u64,
+    pub flush_ops: u64,
+    pub errors: u64,
+}
+
+pub struct VolumeStats {
+    per_reactor: Box<[CachePadded<IoCounters>]>,
+}
+
+impl Default for VolumeStats {
+    fn default() -> Self {
+        Self {
+            per_reactor: (0..MAX_REACTORS)
+                .map(|_| CachePadded::new(IoCounters::default()))
+                .collect(),
+        }
+    }
+}
+
+/// Adds to a counter only this reactor writes: a plain load and store, no atomic
+/// read-modify-write.
+#[inline]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+impl VolumeStats {
+    /// Accounts one completed I/O on `reactor`'s own counters.
+    #[inline]
+    pub fn record(&self, reactor: usize, kind: IoKind, bytes: u64, latency_ns: u64, failed: bool) {
+        let c = &self.per_reactor[reactor];
+        if failed {
+            bump(&c.errors, 1);
+            return;
+        }
+        match kind {
+            IoKind::Read => {
+                bump(&c.read_ops, 1);
+                bump(&c.read_bytes, bytes);
+                bump(&c.read_latency_ns, latency_ns);
+            }
+            IoKind::Write => {
+                bump(&c.write_ops, 1);
+                bump(&c.write_bytes, bytes);
+                bump(&c.write_latency_ns, latency_ns);
+            }
+            IoKind::Unmap => {
+                bump(&c.unmap_ops, 1);
+                bump(&c.unmap_bytes, bytes);
+                bump(&c.unmap_latency_ns, latency_ns);
+            }
+            IoKind::WriteZeroes => {
+                bump(&c.zero_ops, 1);
+                bump(&c.zero_bytes, bytes);
+            }
+            IoKind::Flush => bump(&c.flush_ops, 1),
+        }
+    }
+
+    pub fn totals(&self) -> IoTotals {
+        let mut t = IoTotals::default();
+        for c in self.per_reactor.iter() {
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            t.read_ops += get(&c.read_ops);
+            t.read_bytes += get(&c.read_bytes);
+            t.read_latency_ns += get(&c.read_latency_ns);
+            t.write_ops += get(&c.write_ops);
+            t.write_bytes += get(&c.write_bytes);
+            t.write_latency_ns += get(&c.write_latency_ns);
+            t.unmap_ops += get(&c.unmap_ops);
+            t.unmap_bytes += get(&c.unmap_bytes);
+            t.unmap_latency_ns += get(&c.unmap_latency_ns);
+            t.zero_ops += get(&c.zero_ops);
+            t.zero_bytes += get(&c.zero_bytes);
+            t.flush_ops += get(&c.flush_ops);
+            t.errors += get(&c.errors);
+        }
+        t
+    }
+}
