@@ -56,7 +56,7 @@ pub enum ServeError {
     #[error("cannot start the provisioning thread")]
     Provisioner(#[source] std::io::Error),
     #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] Box<crate::control::ControlError>),
     #[error(transparent)]
     Listener(#[from] crate::target::nbd::listener::ListenerError),
     #[error(transparent)]
@@ -94,8 +94,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         published.clone(),
         reactors.clone(),
         provisioner.clone(),
-    )?;
-    let (dispatch, control_thread) = control::spawn(control)?;
+    )
+    .map_err(Box::new)?;
+    let (dispatch, control_thread) = control::spawn(control).map_err(Box::new)?;
 
     let nbd = NbdContext::new(
         published,

@@ -68,16 +68,19 @@ impl MemLun {
         };
         check_range(&self.info, offset_bytes, len_bytes).map_err(|_| libc::EINVAL)?;
         let (offset, len) = (offset_bytes as usize, len_bytes as usize);
-        // SAFETY (all three arms): check_range proved offset + len <= size of the allocation.
-        // Concurrent host I/O to overlapping ranges races on bytes exactly as it would on a disk;
-        // the copies never leave the allocation.
+        // Concurrent host I/O to overlapping ranges races on bytes exactly as it would on a
+        // disk; the copies never leave the allocation.
         match *io {
+            // SAFETY: check_range proved offset + len <= the allocation's size, and the caller
+            // guarantees buf is valid for len bytes.
             LunIo::Read { buf, .. } => unsafe {
                 std::ptr::copy_nonoverlapping(base.add(offset), buf, len)
             },
+            // SAFETY: as for Read, with the copy in the other direction.
             LunIo::Write { buf, .. } => unsafe {
                 std::ptr::copy_nonoverlapping(buf, base.add(offset), len)
             },
+            // SAFETY: check_range proved offset + len <= the allocation's size.
             LunIo::WriteZeroes { .. } => unsafe { std::ptr::write_bytes(base.add(offset), 0, len) },
             LunIo::Flush => {}
         }

@@ -43,13 +43,13 @@ pub enum ControlError {
     Lun {
         name: String,
         #[source]
-        source: crate::backend::LunError,
+        source: Box<crate::backend::LunError>,
     },
     #[error("restoring pool {name}")]
     Pool {
         name: String,
         #[source]
-        source: crate::pool::PoolError,
+        source: Box<crate::pool::PoolError>,
     },
     #[error("restoring {what}: {detail}")]
     Inconsistent { what: String, detail: String },
@@ -119,7 +119,7 @@ impl Control {
             };
             let lun = open_lun(&spec).map_err(|source| ControlError::Lun {
                 name: record.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             control.luns.insert(
                 record.name.clone(),
@@ -148,7 +148,7 @@ impl Control {
             let (pool, found) = Pool::open(&record.name, record.uuid.0, record.extent_size, luns)
                 .map_err(|source| ControlError::Pool {
                 name: record.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             found_by_pool.insert(record.name.clone(), found);
             control.pools.insert(

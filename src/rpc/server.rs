@@ -116,8 +116,11 @@ fn error_response(id: Value, error: &RpcError) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "error": error.to_json() })
 }
 
-/// Checks the request envelope; returns (id, method, params) or the error to answer.
-fn validate(request: &Value) -> Result<(Option<Value>, &str, Option<Value>), (Value, RpcError)> {
+/// A valid request: its id (absent for a notification), method and params.
+type Envelope<'a> = (Option<Value>, &'a str, Option<Value>);
+
+/// Checks the request envelope; returns it, or the id and error to answer with.
+fn validate(request: &Value) -> Result<Envelope<'_>, (Value, RpcError)> {
     let Some(object) = request.as_object() else {
         return Err((
             Value::Null,

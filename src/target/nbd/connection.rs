@@ -525,16 +525,16 @@ impl NbdSession {
                     offset_bytes,
                     len_bytes,
                 } => {
-                    // SAFETY: at + len_bytes <= total <= the buffer's length (reads and writes).
+                    // at + len_bytes <= total <= the buffer's length (reads and writes).
                     let io = match header.command {
                         Command::Read => LunIo::Read {
                             offset_bytes,
-                            buf: unsafe { buf.add(at as usize) },
+                            buf: buf.wrapping_add(at as usize),
                             len_bytes: len_bytes as u32,
                         },
                         Command::Write => LunIo::Write {
                             offset_bytes,
-                            buf: unsafe { buf.add(at as usize) },
+                            buf: buf.wrapping_add(at as usize),
                             len_bytes: len_bytes as u32,
                             fua,
                         },
