@@ -18,6 +18,7 @@ want libnbd-bin      # nbdinfo, nbdcopy, nbdsh
 want nbdkit          # peer NBD server for bench/
 want fio             # load and verification (nbd engine)
 want python3         # Debian's python for SPDK's RPC client
+want python3-libnbd  # nbdsh: raw NBD requests in tests
 want python3-venv
 want openssl         # test certificates
 

@@ -1,0 +1,225 @@
+//! The integration-test harness: starts the real `sds` binary in a temporary state dir on a
+//! free port, talks JSON-RPC to its socket, and runs real clients (qemu-io, nbdinfo, fio)
+//! against it. The server is stopped when the harness is dropped.
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn sds_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sds")
+}
+
+/// Fails the test with a clear message if a client tool is missing.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(found, "{tool} is not installed: run scripts/setup.sh");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// A new server in a new temporary state dir.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_dir = dir.path().join("state");
+        let mut server = Self { socket: state_dir.join("sds.sock"), state_dir, dir, port: free_port(), child: None };
+        server.spawn();
+        server
+    }
+
+    /// Starts (again) the server process on the same state dir and port.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).expect("log");
+        let child = Command::new(sds_binary())
+            .args(["serve", "--state-dir"])
+            .arg(&self.state_dir)
+            .args(["--nbd-listen", &format!("127.0.0.1:{}", self.port), "--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start sds serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&self.socket).is_err() {
+            assert!(Instant::now() < deadline, "the server did not open its socket; log:\n{}", self.log());
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the server exited early ({status}); log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns whether it exited with status 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        // SAFETY: kill() with the PID of our own child and a valid signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no chance to flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self, volume: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{volume}", self.port)
+    }
+
+    /// Sends a raw request object; returns the whole response object.
+    pub fn rpc_raw(&self, request: &[u8]) -> Value {
+        let mut stream = UnixStream::connect(&self.socket).expect("connect to the RPC socket");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream.write_all(request).expect("send");
+        read_value(&mut stream)
+    }
+
+    /// Calls a method; returns `Ok(result)` or `Err((code, message))`.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, (i64, String)> {
+        let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let response = self.rpc_raw(request.to_string().as_bytes());
+        if let Some(error) = response.get("error") {
+            return Err((error["code"].as_i64().unwrap_or(0), error["message"].as_str().unwrap_or("").to_string()));
+        }
+        Ok(response["result"].clone())
+    }
+
+    /// Calls a method that must succeed.
+    pub fn ok(&self, method: &str, params: Value) -> Value {
+        match self.call(method, params.clone()) {
+            Ok(result) => result,
+            Err((code, message)) => panic!("{method} {params} failed: {message} ({code})"),
+        }
+    }
+
+    /// The pool of the demo: a 512-byte file LUN, a 4096-byte file LUN and a RAM LUN.
+    pub fn mixed_pool(&self, name: &str, extent_size: u64) {
+        self.ok("lun_create", json!({"name": format!("{name}-f512"), "kind": "file", "size": 32u64 << 20, "block_size": 512}));
+        self.ok("lun_create", json!({"name": format!("{name}-f4k"), "kind": "file", "size": 32u64 << 20, "block_size": 4096}));
+        self.ok("lun_create", json!({"name": format!("{name}-ram"), "kind": "mem", "size": 32u64 << 20, "block_size": 512}));
+        self.ok(
+            "pool_create",
+            json!({"name": name, "luns": [format!("{name}-f512"), format!("{name}-f4k"), format!("{name}-ram")], "extent_size": extent_size}),
+        );
+    }
+
+    /// A pool of file LUNs only (what survives a restart).
+    pub fn file_pool(&self, name: &str, extent_size: u64) {
+        self.ok("lun_create", json!({"name": format!("{name}-a"), "kind": "file", "size": 32u64 << 20, "block_size": 512}));
+        self.ok("lun_create", json!({"name": format!("{name}-b"), "kind": "file", "size": 32u64 << 20, "block_size": 4096}));
+        self.ok("pool_create", json!({"name": name, "luns": [format!("{name}-a"), format!("{name}-b")], "extent_size": extent_size}));
+    }
+
+    /// Runs `sds` as a client of this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(sds_binary()).arg("--socket").arg(&self.socket).args(args).output().expect("run sds")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn read_value(stream: &mut UnixStream) -> Value {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(Ok(value)) = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>().next() {
+            return value;
+        }
+        let n = stream.read(&mut chunk).expect("read the RPC answer");
+        assert!(n > 0, "the server closed the RPC connection without answering");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Runs qemu-io on `url` with `commands`; returns its output and whether it succeeded with no
+/// failed verification.
+pub fn qemu_io(url: &str, commands: &[String]) -> (bool, String) {
+    require_tool("qemu-io");
+    let mut command = Command::new("qemu-io");
+    command.args(["-f", "raw", url]);
+    for c in commands {
+        command.args(["-c", c]);
+    }
+    let output = command.output().expect("qemu-io");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let clean = output.status.success() && !text.contains("Pattern verification failed") && !text.contains("failed");
+    (clean, text)
+}
+
+/// Writes then reads back a pattern per (pattern, offset, length), all through one qemu-io.
+pub fn write_and_verify(url: &str, writes: &[(u8, u64, u64)]) {
+    let mut commands = Vec::new();
+    for &(pattern, offset, len) in writes {
+        commands.push(format!("write -P {pattern} {offset} {len}"));
+    }
+    for &(pattern, offset, len) in writes {
+        commands.push(format!("read -P {pattern} {offset} {len}"));
+    }
+    let (clean, text) = qemu_io(url, &commands);
+    assert!(clean, "qemu-io failed:\n{text}");
+    assert_eq!(text.matches("read ").count(), writes.len(), "not every read ran:\n{text}");
+}
+
+/// Reads back patterns written earlier.
+pub fn verify(url: &str, writes: &[(u8, u64, u64)]) {
+    let commands: Vec<String> = writes.iter().map(|&(p, o, l)| format!("read -P {p} {o} {l}")).collect();
+    let (clean, text) = qemu_io(url, &commands);
+    assert!(clean, "qemu-io read-back failed:\n{text}");
+}
+
+/// Runs fio with the given arguments; returns (success, output).
+pub fn fio(args: &[String]) -> (bool, String) {
+    require_tool("fio");
+    let output = Command::new("fio").args(args).output().expect("fio");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success() && text.contains("err= 0"), text)
+}
+
+/// The Python of scripts/setup.sh's venv, which holds SPDK's RPC client.
+pub fn spdk_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python");
+    assert!(python.exists(), "SPDK's Python client is not installed at {}: run scripts/setup.sh", python.display());
+    python
+}
