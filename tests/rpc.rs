@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use std::process::Command;
 
 fn error_code(response: &Value) -> i64 {
-    response["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error response: {response}"))
+    response["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error response: {response}"))
 }
 
 fn listing(server: &Server) -> Value {
@@ -22,14 +24,25 @@ fn listing(server: &Server) -> Value {
 fn each_error_code_and_failed_calls_change_nothing() {
     let server = Server::start();
     server.mixed_pool("p", 1 << 20);
-    server.ok("volume_create", json!({"name": "v", "pool": "p", "size": 8u64 << 20}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 8u64 << 20}),
+    );
     let before = listing(&server);
 
     // -32700: not JSON at all.
     assert_eq!(error_code(&server.rpc_raw(b"{this is not json")), -32700);
     // -32600: valid JSON, not a request.
-    assert_eq!(error_code(&server.rpc_raw(br#"{"jsonrpc":"2.0","id":1}"#)), -32600);
-    assert_eq!(error_code(&server.rpc_raw(br#"{"jsonrpc":"2.0","id":2,"method":"lun_get_luns","params":"x"}"#)), -32600);
+    assert_eq!(
+        error_code(&server.rpc_raw(br#"{"jsonrpc":"2.0","id":1}"#)),
+        -32600
+    );
+    assert_eq!(
+        error_code(
+            &server.rpc_raw(br#"{"jsonrpc":"2.0","id":2,"method":"lun_get_luns","params":"x"}"#)
+        ),
+        -32600
+    );
     assert_eq!(error_code(&server.rpc_raw(br#"[1,2]"#)), -32600);
     // -32601: unknown method.
     let response = server.rpc_raw(br#"{"jsonrpc":"2.0","id":3,"method":"volume_explode"}"#);
@@ -37,20 +50,60 @@ fn each_error_code_and_failed_calls_change_nothing() {
     assert_eq!(response["id"], 3);
     // -32602: each names the bad parameter.
     let cases = [
-        ("volume_create", json!({"name": "w", "pool": "p", "size": 4097}), "size"),
-        ("volume_create", json!({"name": "w", "pool": "nope", "size": 4096}), "pool"),
-        ("volume_create", json!({"name": "w", "pool": "p", "size": 4096, "block_size": 1000}), "block_size"),
-        ("volume_create", json!({"name": "bad name", "pool": "p", "size": 4096}), "name"),
-        ("volume_create", json!({"name": "v", "pool": "p", "size": 4096}), "name"),
-        ("volume_create", json!({"name": "w", "pool": "p", "size": 4096, "colour": "red"}), "colour"),
+        (
+            "volume_create",
+            json!({"name": "w", "pool": "p", "size": 4097}),
+            "size",
+        ),
+        (
+            "volume_create",
+            json!({"name": "w", "pool": "nope", "size": 4096}),
+            "pool",
+        ),
+        (
+            "volume_create",
+            json!({"name": "w", "pool": "p", "size": 4096, "block_size": 1000}),
+            "block_size",
+        ),
+        (
+            "volume_create",
+            json!({"name": "bad name", "pool": "p", "size": 4096}),
+            "name",
+        ),
+        (
+            "volume_create",
+            json!({"name": "v", "pool": "p", "size": 4096}),
+            "name",
+        ),
+        (
+            "volume_create",
+            json!({"name": "w", "pool": "p", "size": 4096, "colour": "red"}),
+            "colour",
+        ),
         ("volume_resize", json!({"name": "v", "size": 4096}), "size"),
         ("lun_create", json!({"name": "x", "kind": "tape"}), "kind"),
         ("lun_create", json!({"name": "x", "kind": "mem"}), "size"),
-        ("lun_create", json!({"name": "x", "kind": "file", "path": "/etc/hostname/x.img", "size": 1048576}), "path"),
-        ("lun_create", json!({"name": "x", "kind": "file", "path": "/tmp/sds-test-never-created.img"}), "size"),
-        ("pool_create", json!({"name": "q", "luns": ["p-f512"]}), "luns"),
+        (
+            "lun_create",
+            json!({"name": "x", "kind": "file", "path": "/etc/hostname/x.img", "size": 1048576}),
+            "path",
+        ),
+        (
+            "lun_create",
+            json!({"name": "x", "kind": "file", "path": "/tmp/sds-test-never-created.img"}),
+            "size",
+        ),
+        (
+            "pool_create",
+            json!({"name": "q", "luns": ["p-f512"]}),
+            "luns",
+        ),
         ("pool_create", json!({"name": "q", "luns": []}), "luns"),
-        ("pool_create", json!({"name": "q", "luns": ["missing"], "extent_size": 3000}), "extent_size"),
+        (
+            "pool_create",
+            json!({"name": "q", "luns": ["missing"], "extent_size": 3000}),
+            "extent_size",
+        ),
         ("pool_delete", json!({"name": "p"}), "name"),
         ("lun_delete", json!({"name": "p-ram"}), "name"),
         ("volume_delete", json!({"name": "nope"}), "name"),
@@ -59,12 +112,19 @@ fn each_error_code_and_failed_calls_change_nothing() {
         match server.call(method, params.clone()) {
             Err((code, message)) => {
                 assert_eq!(code, -32602, "{method} {params}: {message}");
-                assert!(message.starts_with(&format!("{parameter}:")), "{method} {params}: message {message:?} does not name {parameter}");
+                assert!(
+                    message.starts_with(&format!("{parameter}:")),
+                    "{method} {params}: message {message:?} does not name {parameter}"
+                );
             }
             Ok(result) => panic!("{method} {params} succeeded: {result}"),
         }
     }
-    assert_eq!(listing(&server), before, "a failed call changed the configuration");
+    assert_eq!(
+        listing(&server),
+        before,
+        "a failed call changed the configuration"
+    );
     // The server still answers and serves data.
     write_and_verify(&server.url("v"), &[(0x1f, 0, 4096)]);
     // A notification (no id) is carried out and not answered: the next answer is for id 9.
@@ -76,16 +136,32 @@ fn each_error_code_and_failed_calls_change_nothing() {
 fn spdk_python_client_talks_to_the_socket() {
     let server = Server::start();
     server.mixed_pool("p", 1 << 20);
-    server.ok("volume_create", json!({"name": "vol1", "pool": "p", "size": 16u64 << 20, "block_size": 512}));
+    server.ok(
+        "volume_create",
+        json!({"name": "vol1", "pool": "p", "size": 16u64 << 20, "block_size": 512}),
+    );
     let python = spdk_python();
     let script = format!(
         "import json\nfrom spdk.rpc.client import JSONRPCClient\nc = JSONRPCClient('{}')\nprint(json.dumps({{'version': c.call('spdk_get_version'), 'bdevs': c.call('bdev_get_bdevs'), 'one': c.call('bdev_get_bdevs', {{'name': 'vol1'}})}}))\n",
         server.socket.display()
     );
-    let output = Command::new(&python).args(["-c", &script]).output().expect("python");
-    assert!(output.status.success(), "SPDK's client failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("python");
+    assert!(
+        output.status.success(),
+        "SPDK's client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let answer: Value = serde_json::from_slice(&output.stdout).expect("json from the script");
-    assert!(answer["version"]["version"].as_str().expect("version").starts_with("sds v"), "{answer}");
+    assert!(
+        answer["version"]["version"]
+            .as_str()
+            .expect("version")
+            .starts_with("sds v"),
+        "{answer}"
+    );
     let bdev = &answer["bdevs"][0];
     assert_eq!(bdev["name"], "vol1");
     assert_eq!(bdev["block_size"], 512);
@@ -94,8 +170,17 @@ fn spdk_python_client_talks_to_the_socket() {
     assert_eq!(answer["one"][0]["name"], "vol1");
     // And its command-line tool, spdk-rpc, with its pretty-printed framing.
     let spdk_rpc = python.with_file_name("spdk-rpc");
-    let output = Command::new(&spdk_rpc).arg("-s").arg(&server.socket).arg("spdk_get_version").output().expect("spdk-rpc");
-    assert!(output.status.success(), "spdk-rpc failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(&spdk_rpc)
+        .arg("-s")
+        .arg(&server.socket)
+        .arg("spdk_get_version")
+        .output()
+        .expect("spdk-rpc");
+    assert!(
+        output.status.success(),
+        "spdk-rpc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("sds v"));
 }
 
@@ -105,34 +190,96 @@ fn command_line_tables_and_json() {
     let run = |args: &[&str]| {
         let output = server.cli(args);
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.success(), text, String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status.success(),
+            text,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     };
-    assert!(run(&["lun", "create", "a", "--kind", "file", "--size", "32M", "--block-size", "4096"]).0);
+    assert!(
+        run(&[
+            "lun",
+            "create",
+            "a",
+            "--kind",
+            "file",
+            "--size",
+            "32M",
+            "--block-size",
+            "4096"
+        ])
+        .0
+    );
     assert!(run(&["lun", "create", "m", "--kind", "mem", "--size", "16M"]).0);
-    assert!(run(&["pool", "create", "pool1", "--lun", "a", "--lun", "m", "--extent-size", "1M"]).0);
-    let (ok, table, _) = run(&["volume", "create", "disk1", "--pool", "pool1", "--size", "20M"]);
+    assert!(
+        run(&[
+            "pool",
+            "create",
+            "pool1",
+            "--lun",
+            "a",
+            "--lun",
+            "m",
+            "--extent-size",
+            "1M"
+        ])
+        .0
+    );
+    let (ok, table, _) = run(&[
+        "volume", "create", "disk1", "--pool", "pool1", "--size", "20M",
+    ]);
     assert!(ok);
-    assert!(table.contains("disk1") && table.contains("20.0 MiB"), "{table}");
+    assert!(
+        table.contains("disk1") && table.contains("20.0 MiB"),
+        "{table}"
+    );
     let (ok, table, _) = run(&["pool", "list"]);
-    assert!(ok && table.starts_with("NAME") && table.contains("pool1") && table.contains("a,m"), "{table}");
+    assert!(
+        ok && table.starts_with("NAME") && table.contains("pool1") && table.contains("a,m"),
+        "{table}"
+    );
     let (ok, json_text, _) = run(&["--json", "volume", "list"]);
     assert!(ok);
     let volumes: Value = serde_json::from_str(&json_text).expect("--json output is JSON");
     assert_eq!(volumes[0]["size"], 20u64 << 20);
     let (ok, text, _) = run(&["rpc", "bdev_get_bdevs", r#"{"name":"disk1"}"#]);
-    assert!(ok && text.contains("\"product_name\": \"sds volume\""), "{text}");
-    let (ok, _, error) = run(&["volume", "create", "disk2", "--pool", "nope", "--size", "1M"]);
-    assert!(!ok && error.contains("pool: no pool nope") && error.contains("-32602"), "{error}");
-    let output = Command::new(sds_binary()).args(["--socket", "/nonexistent/sds.sock", "volume", "list"]).output().expect("sds");
-    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("sds serve"));
+    assert!(
+        ok && text.contains("\"product_name\": \"sds volume\""),
+        "{text}"
+    );
+    let (ok, _, error) = run(&[
+        "volume", "create", "disk2", "--pool", "nope", "--size", "1M",
+    ]);
+    assert!(
+        !ok && error.contains("pool: no pool nope") && error.contains("-32602"),
+        "{error}"
+    );
+    let output = Command::new(sds_binary())
+        .args(["--socket", "/nonexistent/sds.sock", "volume", "list"])
+        .output()
+        .expect("sds");
+    assert!(
+        !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("sds serve")
+    );
 }
 
 #[test]
 fn demo_runs_end_to_end() {
     require_tool("qemu-io");
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(sds_binary()).args(["demo", "--state-dir"]).arg(dir.path().join("demo")).output().expect("sds demo");
+    let output = Command::new(sds_binary())
+        .args(["demo", "--state-dir"])
+        .arg(dir.path().join("demo"))
+        .output()
+        .expect("sds demo");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(text.contains("every pattern read back as written") && text.contains("sds demo: done"), "{text}");
+    assert!(
+        output.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("every pattern read back as written") && text.contains("sds demo: done"),
+        "{text}"
+    );
 }

@@ -1,7 +1,10 @@
 //! The integration-test harness: starts the real `sds` binary in a temporary state dir on a
 //! free port, talks JSON-RPC to its socket, and runs real clients (qemu-io, nbdinfo, fio)
 //! against it. The server is stopped when the harness is dropped.
-#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -17,12 +20,20 @@ pub fn sds_binary() -> &'static str {
 
 /// Fails the test with a clear message if a client tool is missing.
 pub fn require_tool(tool: &str) {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false);
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(found, "{tool} is not installed: run scripts/setup.sh");
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub struct Server {
@@ -38,18 +49,33 @@ impl Server {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = dir.path().join("state");
-        let mut server = Self { socket: state_dir.join("sds.sock"), state_dir, dir, port: free_port(), child: None };
+        let mut server = Self {
+            socket: state_dir.join("sds.sock"),
+            state_dir,
+            dir,
+            port: free_port(),
+            child: None,
+        };
         server.spawn();
         server
     }
 
     /// Starts (again) the server process on the same state dir and port.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log");
         let child = Command::new(sds_binary())
             .args(["serve", "--state-dir"])
             .arg(&self.state_dir)
-            .args(["--nbd-listen", &format!("127.0.0.1:{}", self.port), "--log-level", "debug"])
+            .args([
+                "--nbd-listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--log-level",
+                "debug",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -58,8 +84,16 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while UnixStream::connect(&self.socket).is_err() {
-            assert!(Instant::now() < deadline, "the server did not open its socket; log:\n{}", self.log());
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not open its socket; log:\n{}",
+                self.log()
+            );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("the server exited early ({status}); log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -72,7 +106,9 @@ impl Server {
 
     /// SIGTERM and wait; returns whether it exited with status 0.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         // SAFETY: kill() with the PID of our own child and a valid signal.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -104,7 +140,9 @@ impl Server {
     /// Sends a raw request object; returns the whole response object.
     pub fn rpc_raw(&self, request: &[u8]) -> Value {
         let mut stream = UnixStream::connect(&self.socket).expect("connect to the RPC socket");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         stream.write_all(request).expect("send");
         read_value(&mut stream)
     }
@@ -114,7 +152,10 @@ impl Server {
         let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let response = self.rpc_raw(request.to_string().as_bytes());
         if let Some(error) = response.get("error") {
-            return Err((error["code"].as_i64().unwrap_or(0), error["message"].as_str().unwrap_or("").to_string()));
+            return Err((
+                error["code"].as_i64().unwrap_or(0),
+                error["message"].as_str().unwrap_or("").to_string(),
+            ));
         }
         Ok(response["result"].clone())
     }
@@ -147,7 +188,12 @@ impl Server {
 
     /// Runs `sds` as a client of this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(sds_binary()).arg("--socket").arg(&self.socket).args(args).output().expect("run sds")
+        Command::new(sds_binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run sds")
     }
 }
 
@@ -164,11 +210,17 @@ pub fn read_value(stream: &mut UnixStream) -> Value {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 65536];
     loop {
-        if let Some(Ok(value)) = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>().next() {
+        if let Some(Ok(value)) = serde_json::Deserializer::from_slice(&buffer)
+            .into_iter::<Value>()
+            .next()
+        {
             return value;
         }
         let n = stream.read(&mut chunk).expect("read the RPC answer");
-        assert!(n > 0, "the server closed the RPC connection without answering");
+        assert!(
+            n > 0,
+            "the server closed the RPC connection without answering"
+        );
         buffer.extend_from_slice(&chunk[..n]);
     }
 }
@@ -183,8 +235,11 @@ pub fn qemu_io(url: &str, commands: &[String]) -> (bool, String) {
         command.args(["-c", c]);
     }
     let output = command.output().expect("qemu-io");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    let clean = output.status.success() && !text.contains("Pattern verification failed") && !text.contains("failed");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let clean = output.status.success()
+        && !text.contains("Pattern verification failed")
+        && !text.contains("failed");
     (clean, text)
 }
 
@@ -199,12 +254,19 @@ pub fn write_and_verify(url: &str, writes: &[(u8, u64, u64)]) {
     }
     let (clean, text) = qemu_io(url, &commands);
     assert!(clean, "qemu-io failed:\n{text}");
-    assert_eq!(text.matches("read ").count(), writes.len(), "not every read ran:\n{text}");
+    assert_eq!(
+        text.matches("read ").count(),
+        writes.len(),
+        "not every read ran:\n{text}"
+    );
 }
 
 /// Reads back patterns written earlier.
 pub fn verify(url: &str, writes: &[(u8, u64, u64)]) {
-    let commands: Vec<String> = writes.iter().map(|&(p, o, l)| format!("read -P {p} {o} {l}")).collect();
+    let commands: Vec<String> = writes
+        .iter()
+        .map(|&(p, o, l)| format!("read -P {p} {o} {l}"))
+        .collect();
     let (clean, text) = qemu_io(url, &commands);
     assert!(clean, "qemu-io read-back failed:\n{text}");
 }
@@ -213,13 +275,18 @@ pub fn verify(url: &str, writes: &[(u8, u64, u64)]) {
 pub fn fio(args: &[String]) -> (bool, String) {
     require_tool("fio");
     let output = Command::new("fio").args(args).output().expect("fio");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
     (output.status.success() && text.contains("err= 0"), text)
 }
 
 /// The Python of scripts/setup.sh's venv, which holds SPDK's RPC client.
 pub fn spdk_python() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python");
-    assert!(python.exists(), "SPDK's Python client is not installed at {}: run scripts/setup.sh", python.display());
+    assert!(
+        python.exists(),
+        "SPDK's Python client is not installed at {}: run scripts/setup.sh",
+        python.display()
+    );
     python
 }
