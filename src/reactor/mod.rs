@@ -184,7 +184,6 @@ impl Reactor {
                 did_work = true;
                 self.route(completion.user_data(), completion.result());
             }
-            self.reap_finished();
             if self.shutting_down && self.handle.sessions.load(Ordering::Relaxed) == 0 {
                 break;
             }
@@ -296,6 +295,8 @@ impl Reactor {
         self.handle.sessions.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Runs `f` on a session, then drops the session if that finished it: a session finishes
+    /// only in one of its own handlers, so this is the one place to look.
     fn with_session(
         &mut self,
         index: u16,
@@ -312,14 +313,20 @@ impl Reactor {
             index,
             generation: slot.generation,
         };
-        if let Some(session) = slot.session.as_mut() {
-            let mut ctx = SessionContext {
-                ring: &mut self.ring,
-                reactor_index: self.handle.index,
-                reactor: &self.handle,
-                id,
-            };
-            f(session.as_mut(), &mut ctx);
+        let Some(session) = slot.session.as_mut() else {
+            return;
+        };
+        let mut ctx = SessionContext {
+            ring: &mut self.ring,
+            reactor_index: self.handle.index,
+            reactor: &self.handle,
+            id,
+        };
+        f(session.as_mut(), &mut ctx);
+        if session.is_finished() {
+            slot.session = None;
+            self.free_indexes.push(index);
+            self.handle.sessions.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -337,18 +344,5 @@ impl Reactor {
         self.with_session(index, None, |s, ctx| {
             s.on_completion(tag & SESSION_TAG_MASK, result, ctx)
         });
-    }
-
-    fn reap_finished(&mut self) {
-        if self.handle.sessions.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        for (index, slot) in self.sessions.iter_mut().enumerate() {
-            if slot.session.as_ref().is_some_and(|s| s.is_finished()) {
-                slot.session = None;
-                self.free_indexes.push(index as u16);
-                self.handle.sessions.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
     }
 }
