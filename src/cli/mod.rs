@@ -76,9 +76,10 @@ struct ServeArgs {
     /// NBD over a Unix socket as well
     #[arg(long)]
     nbd_socket: Option<PathBuf>,
-    /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3`
-    #[arg(long, default_value = "0")]
-    cores: String,
+    /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3` [default: the last core,
+    /// leaving core 0 to the kernel's interrupt work and to local clients]
+    #[arg(long)]
+    cores: Option<String>,
     /// busy: spin on the rings (lowest latency, burns the cores); adaptive: sleep when idle
     #[arg(long, value_enum, default_value = "adaptive")]
     poll: Poll,
@@ -302,7 +303,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         rpc_socket: args.rpc_socket,
         nbd_listen,
         nbd_socket: args.nbd_socket,
-        cores: parse_cores(&args.cores)?,
+        cores: match &args.cores {
+            Some(text) => parse_cores(text)?,
+            None => vec![std::thread::available_parallelism().map_or(1, |n| n.get()) - 1],
+        },
         poll: match args.poll {
             Poll::Busy => PollMode::Busy,
             Poll::Adaptive => PollMode::Adaptive,

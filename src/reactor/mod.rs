@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-/// Empty loop iterations an adaptive reactor spins through before it sleeps.
-const ADAPTIVE_SPIN_ITERATIONS: u32 = 2000;
+/// How long an adaptive reactor keeps polling after its last piece of work before it sleeps.
+/// Short: on small machines the hosts' clients share the cores with the reactors.
+const ADAPTIVE_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// The ring tag of the reactor's own eventfd read.
 const EVENTFD_TAG: u64 = 0;
 
@@ -176,7 +177,7 @@ impl Reactor {
 
     fn run(&mut self) {
         self.arm_eventfd();
-        let mut idle_iterations = 0u32;
+        let mut last_work = Instant::now();
         let mut last = Instant::now();
         loop {
             let mut did_work = self.drain_mailbox();
@@ -192,7 +193,7 @@ impl Reactor {
             last = now;
             if did_work {
                 self.handle.busy_us.fetch_add(elapsed_us, Ordering::Relaxed);
-                idle_iterations = 0;
+                last_work = now;
                 if let Err(error) = self.ring.submit() {
                     log::error!(
                         "reactor {}: io_uring submit failed: {error}",
@@ -202,12 +203,15 @@ impl Reactor {
                 continue;
             }
             self.handle.idle_us.fetch_add(elapsed_us, Ordering::Relaxed);
-            idle_iterations = idle_iterations.saturating_add(1);
-            if self.handle.poll == PollMode::Busy || idle_iterations < ADAPTIVE_SPIN_ITERATIONS {
-                if self.ring.has_unsubmitted() {
-                    let _ = self.ring.submit();
+            if self.handle.poll == PollMode::Busy || now.duration_since(last_work) < ADAPTIVE_SPIN {
+                // Enter the kernel without waiting: submits what is queued and runs the
+                // ring's pending task work, so socket completions show up while we poll.
+                if let Err(error) = self.ring.poll_kernel() {
+                    log::error!(
+                        "reactor {}: io_uring poll failed: {error}",
+                        self.handle.index
+                    );
                 }
-                std::hint::spin_loop();
                 continue;
             }
             self.handle.sleeping.store(true, Ordering::Relaxed);

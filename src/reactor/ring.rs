@@ -4,6 +4,9 @@
 use io_uring::{cqueue, squeue, IoUring};
 use std::io;
 
+/// `IORING_ENTER_GETEVENTS`: process completions while in the kernel.
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
 /// A reactor's ring. Not shared: each reactor owns one.
 pub struct IoRing {
     ring: IoUring,
@@ -81,6 +84,34 @@ impl IoRing {
             Ok(count) => Ok(count),
             Err(error) if matches!(error.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {
                 Ok(0)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Enters the kernel without waiting: submits queued entries and lets the kernel post the
+    /// completions it has ready (socket completions need this task work to run).
+    pub fn poll_kernel(&mut self) -> io::Result<()> {
+        let to_submit = self.ring.submission().len() as u32;
+        // SAFETY: io_uring_enter with no argument structure; every queued entry's buffers are
+        // guaranteed valid by the callers of push().
+        let entered = unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                to_submit,
+                0,
+                IORING_ENTER_GETEVENTS,
+                None,
+            )
+        };
+        match entered {
+            Ok(_) => Ok(()),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
             }
             Err(error) => Err(error),
         }
