@@ -53,8 +53,8 @@ pub const MAX_RPC_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_RPC_CONNECTIONS: usize = 64;
 /// Requests waiting for the control thread.
 pub const CONTROL_QUEUE_CAPACITY: usize = 256;
-/// Allocation and slow-path requests waiting for the metadata thread.
-pub const METADATA_QUEUE_CAPACITY: usize = 4096;
+/// Provisioning requests the provisioning thread commits as one group.
+pub const METADATA_BATCH_MAX: usize = 4096;
 
 const _: () = assert!(MAX_IO_BYTES <= MAX_UNNEGOTIATED_IO_BYTES);
 const _: () = assert!(MAX_IO_BYTES <= MAX_BUFFER_BYTES_PER_CONNECTION);

@@ -15,19 +15,22 @@ fn fio_verifies_crc32c_on_a_volume_over_mixed_block_sizes() {
         "volume_create",
         json!({"name": "vol", "pool": "mix", "size": 64 * MIB}),
     );
-    let (ok, text) = fio(&[
-        "--name=verify".into(),
-        "--ioengine=nbd".into(),
-        format!("--uri={}", server.url("vol")),
-        "--rw=randwrite".into(),
-        "--bs=4k".into(),
-        "--bsrange=4k-64k".into(),
-        "--iodepth=16".into(),
-        "--size=48M".into(),
-        "--verify=crc32c".into(),
-        "--do_verify=1".into(),
-        "--verify_fatal=1".into(),
-    ]);
+    let (ok, text) = fio(
+        server.dir.path(),
+        &[
+            "--name=verify".into(),
+            "--ioengine=nbd".into(),
+            format!("--uri={}", server.url("vol")),
+            "--rw=randwrite".into(),
+            "--bs=4k".into(),
+            "--bsrange=4k-64k".into(),
+            "--iodepth=16".into(),
+            "--size=48M".into(),
+            "--verify=crc32c".into(),
+            "--do_verify=1".into(),
+            "--verify_fatal=1".into(),
+        ],
+    );
     assert!(ok, "fio verification failed:\n{text}");
     // The extents it needed came from all three LUNs.
     let luns = server.ok("lun_get_luns", json!({}));
@@ -107,18 +110,22 @@ fn grow_online_while_writing_then_delete_frees_extents() {
         .as_u64()
         .expect("free");
     let url = server.url("grow");
+    let fio_dir = server.dir.path().to_path_buf();
     let writer = std::thread::spawn(move || {
-        fio(&[
-            "--name=load".into(),
-            "--ioengine=nbd".into(),
-            format!("--uri={url}"),
-            "--rw=randrw".into(),
-            "--bs=4k".into(),
-            "--iodepth=8".into(),
-            "--size=16M".into(),
-            "--time_based".into(),
-            "--runtime=2".into(),
-        ])
+        fio(
+            &fio_dir,
+            &[
+                "--name=load".into(),
+                "--ioengine=nbd".into(),
+                format!("--uri={url}"),
+                "--rw=randrw".into(),
+                "--bs=4k".into(),
+                "--iodepth=8".into(),
+                "--size=16M".into(),
+                "--time_based".into(),
+                "--runtime=2".into(),
+            ],
+        )
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     let resized = server.ok("volume_resize", json!({"name": "grow", "size": 48 * MIB}));

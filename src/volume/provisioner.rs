@@ -12,12 +12,12 @@
 
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::constants::{MAX_IO_BYTES, METADATA_QUEUE_CAPACITY};
+use crate::constants::{MAX_IO_BYTES, METADATA_BATCH_MAX};
 use crate::pool::on_disk::ExtentRecord;
 use crate::pool::PoolError;
 use crate::reactor::mailbox::{Message, SessionId};
 use crate::reactor::ReactorHandle;
-use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam::channel::{unbounded, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -76,19 +76,19 @@ pub struct Provisioner {
 
 impl Provisioner {
     pub fn spawn() -> std::io::Result<(Self, JoinHandle<()>)> {
-        let (sender, receiver) = bounded(METADATA_QUEUE_CAPACITY);
+        // Unbounded as a queue, bounded by construction: each request comes from one request
+        // slot (at most MAX_INFLIGHT_PER_CONNECTION per connection) or from the control thread,
+        // so a burst of first writes is never refused for want of queue room.
+        let (sender, receiver) = unbounded();
         let thread = std::thread::Builder::new()
             .name("provisioner".into())
             .spawn(move || run(receiver))?;
         Ok((Self { sender }, thread))
     }
 
-    /// Posts a request; when the queue is full the request is answered at once with EAGAIN
-    /// semantics turned into EIO-free retry by the caller (it stays queued in the session).
+    /// Posts a request; fails (handing it back) only once the thread has stopped.
     pub fn post(&self, request: Request) -> Result<(), Request> {
-        self.sender.try_send(request).map_err(|error| match error {
-            TrySendError::Full(request) | TrySendError::Disconnected(request) => request,
-        })
+        self.sender.send(request).map_err(|error| error.0)
     }
 
     pub fn stop(&self) {
@@ -101,7 +101,7 @@ fn run(receiver: Receiver<Request>) {
     let mut bounce = AlignedBuf::new(MAX_IO_BYTES + 2 * 4096);
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
-        while batch.len() < METADATA_QUEUE_CAPACITY {
+        while batch.len() < METADATA_BATCH_MAX {
             match receiver.try_recv() {
                 Ok(request) => batch.push(request),
                 Err(_) => break,

@@ -272,9 +272,14 @@ pub fn verify(url: &str, writes: &[(u8, u64, u64)]) {
 }
 
 /// Runs fio with the given arguments; returns (success, output).
-pub fn fio(args: &[String]) -> (bool, String) {
+/// Runs fio in `dir` (where its verify state files land) with `args`.
+pub fn fio(dir: &Path, args: &[String]) -> (bool, String) {
     require_tool("fio");
-    let output = Command::new("fio").args(args).output().expect("fio");
+    let output = Command::new("fio")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("fio");
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.success() && text.contains("err= 0"), text)

@@ -1,0 +1,301 @@
+//! The NBD commands beyond read and write (FLUSH, FUA, TRIM, WRITE_ZEROES), a raw client
+//! throwing malformed requests, NBD over a Unix socket, several reactors, and a LUN on a real
+//! block device (a loop device).
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn flush_fua_trim_and_write_zeroes() {
+    let server = Server::start();
+    server.file_pool("files", 64 * 1024);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "files", "size": 16 * MIB}),
+    );
+    let url = server.url("v");
+    let commands: Vec<String> = [
+        "write -P 0x71 0 1M",
+        "write -f -P 0x72 1M 64k",
+        "flush",
+        "write -z 4096 8192",
+        "discard 512k 128k",
+        "read -P 0x71 0 4096",
+        "read -P 0 4096 8192",
+        "read -P 0x71 12288 503808",
+        "read -P 0x72 1M 64k",
+    ]
+    .iter()
+    .map(|c| c.to_string())
+    .collect();
+    let (clean, text) = qemu_io(&url, &commands);
+    assert!(clean, "{text}");
+    // After TRIM the range holds no stale pattern: zeroes (the server zeroes trimmed ranges).
+    verify(
+        &url,
+        &[(0, 512 * 1024, 128 * 1024), (0x71, 640 * 1024, 384 * 1024)],
+    );
+    // Zeroing a never-written range allocates nothing.
+    let before =
+        server.ok("volume_get_volumes", json!({"name": "v"}))[0]["allocated_extents"].clone();
+    let (clean, text) = qemu_io(&url, &["write -z 8M 2M".to_string()]);
+    assert!(clean, "{text}");
+    assert_eq!(
+        server.ok("volume_get_volumes", json!({"name": "v"}))[0]["allocated_extents"],
+        before
+    );
+    let stats = &server.ok("bdev_get_iostat", json!({"name": "v"}))["bdevs"][0];
+    assert!(
+        stats["num_flush_ops"].as_u64().expect("flushes") >= 1,
+        "{stats}"
+    );
+    assert!(
+        stats["num_unmap_ops"].as_u64().expect("unmaps") >= 1,
+        "{stats}"
+    );
+}
+
+/// A minimal NBD client: fixed-newstyle handshake with NBD_OPT_GO for `export`.
+fn raw_connect(port: u16, export: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(&greeting[0..8], b"NBDMAGIC");
+    stream.write_all(&3u32.to_be_bytes()).expect("client flags");
+    let mut option = b"IHAVEOPT".to_vec();
+    option.extend_from_slice(&7u32.to_be_bytes());
+    option.extend_from_slice(&(4 + export.len() as u32 + 2).to_be_bytes());
+    option.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    option.extend_from_slice(export.as_bytes());
+    option.extend_from_slice(&0u16.to_be_bytes());
+    stream.write_all(&option).expect("NBD_OPT_GO");
+    loop {
+        let mut header = [0u8; 20];
+        stream.read_exact(&mut header).expect("option reply");
+        let kind = u32::from_be_bytes(header[12..16].try_into().expect("4"));
+        let len = u32::from_be_bytes(header[16..20].try_into().expect("4")) as usize;
+        let mut data = vec![0u8; len];
+        stream.read_exact(&mut data).expect("option data");
+        assert!(kind < 0x8000_0000, "NBD_OPT_GO refused: {kind:#x}");
+        if kind == 1 {
+            return stream;
+        }
+    }
+}
+
+fn request(command: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+    let mut out = 0x2560_9513u32.to_be_bytes().to_vec();
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&command.to_be_bytes());
+    out.extend_from_slice(&cookie.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&length.to_be_bytes());
+    out
+}
+
+fn reply(stream: &mut TcpStream) -> (u32, u64) {
+    let mut header = [0u8; 16];
+    stream.read_exact(&mut header).expect("reply");
+    assert_eq!(
+        u32::from_be_bytes(header[0..4].try_into().expect("4")),
+        0x6744_6698
+    );
+    (
+        u32::from_be_bytes(header[4..8].try_into().expect("4")),
+        u64::from_be_bytes(header[8..16].try_into().expect("8")),
+    )
+}
+
+#[test]
+fn malformed_and_oversized_requests_close_only_their_connection() {
+    let server = Server::start();
+    server.mixed_pool("mix", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "mix", "size": 16 * MIB}),
+    );
+    write_and_verify(&server.url("v"), &[(0x3c, 0, 65536)]);
+    let mut healthy = raw_connect(server.port, "v");
+
+    // A request with a bad magic: the server closes that connection.
+    let mut bad = raw_connect(server.port, "v");
+    bad.write_all(&[0xde; 28]).expect("garbage");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(bad.read(&mut byte), Ok(0) | Err(_)),
+        "the server kept a connection that sent garbage"
+    );
+
+    // A read larger than the advertised maximum: EINVAL, nothing allocated, connection goes on.
+    healthy
+        .write_all(&request(0, 1, 0, 64 << 20))
+        .expect("oversized read");
+    assert_eq!(reply(&mut healthy), (22, 1));
+    // A write larger than the maximum: EINVAL; its payload is skipped, the stream stays in step.
+    let payload_bytes = 5 << 20;
+    let mut oversized = request(1, 2, 0, payload_bytes);
+    oversized.extend(std::iter::repeat_n(0xeeu8, payload_bytes as usize));
+    healthy.write_all(&oversized).expect("oversized write");
+    assert_eq!(reply(&mut healthy), (22, 2));
+    // Past the end, misaligned, unknown command: EINVAL each.
+    healthy
+        .write_all(&request(0, 3, 16 * MIB, 4096))
+        .expect("past the end");
+    assert_eq!(reply(&mut healthy), (22, 3));
+    healthy
+        .write_all(&request(0, 4, 100, 4096))
+        .expect("misaligned");
+    assert_eq!(reply(&mut healthy), (22, 4));
+    healthy
+        .write_all(&request(42, 5, 0, 0))
+        .expect("unknown command");
+    assert_eq!(reply(&mut healthy), (22, 5));
+    // And a good read on the same connection returns the data written before.
+    healthy.write_all(&request(0, 6, 0, 4096)).expect("read");
+    assert_eq!(reply(&mut healthy), (0, 6));
+    let mut data = vec![0u8; 4096];
+    healthy.read_exact(&mut data).expect("data");
+    assert!(data.iter().all(|&b| b == 0x3c), "read back the wrong bytes");
+    // A truncated header followed by a disconnect does not disturb other clients.
+    let mut truncated = raw_connect(server.port, "v");
+    truncated
+        .write_all(&request(0, 7, 0, 4096)[..10])
+        .expect("partial");
+    drop(truncated);
+    verify(&server.url("v"), &[(0x3c, 0, 65536)]);
+    healthy.write_all(&request(2, 8, 0, 0)).expect("disconnect");
+}
+
+#[test]
+fn nbd_over_a_unix_socket_and_several_reactors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let nbd_socket = dir.path().join("nbd.sock");
+    let rpc_socket = dir.path().join("rpc.sock");
+    let mut child = Command::new(sds_binary())
+        .args(["serve", "--state-dir"])
+        .arg(&state)
+        .arg("--rpc-socket")
+        .arg(&rpc_socket)
+        .args(["--nbd-listen", "none", "--cores", "0,1", "--nbd-socket"])
+        .arg(&nbd_socket)
+        .spawn()
+        .expect("sds serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(nbd_socket.exists() && rpc_socket.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sds = |args: &[&str]| {
+        let output = Command::new(sds_binary())
+            .arg("--socket")
+            .arg(&rpc_socket)
+            .args(args)
+            .output()
+            .expect("sds");
+        assert!(
+            output.status.success(),
+            "sds {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    sds(&["lun", "create", "m", "--kind", "mem", "--size", "64M"]);
+    sds(&["pool", "create", "p", "--lun", "m"]);
+    sds(&["volume", "create", "u", "--pool", "p", "--size", "32M"]);
+    let reactors = sds(&["rpc", "framework_get_reactors"]);
+    let reactors: serde_json::Value = serde_json::from_str(&reactors).expect("json");
+    assert_eq!(reactors["reactors"].as_array().map(Vec::len), Some(2));
+    let url = format!("nbd+unix:///u?socket={}", nbd_socket.display());
+    // Two connections at once land on both reactors; each verifies its own half.
+    let jobs: Vec<_> = (0..2u64)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let base = i * 16 * MIB;
+                // Each write straddles an extent boundary (extents are 1 MiB).
+                let writes: Vec<(u8, u64, u64)> = (0..8)
+                    .map(|k| {
+                        (
+                            0x40 + (i * 8 + k) as u8,
+                            base + k * 2 * MIB + MIB - 4096,
+                            8192,
+                        )
+                    })
+                    .collect();
+                write_and_verify(&url, &writes);
+            })
+        })
+        .collect();
+    for job in jobs {
+        job.join().expect("client thread");
+    }
+    // SAFETY: kill() with our child's PID and a valid signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(
+        child.wait().expect("wait").success(),
+        "the server did not exit cleanly"
+    );
+}
+
+#[test]
+fn blockdev_lun_on_a_loop_device() {
+    require_tool("losetup");
+    let server = Server::start();
+    let image = server.dir.path().join("loop.img");
+    let file = std::fs::File::create(&image).expect("image");
+    file.set_len(48 * MIB).expect("size");
+    let output = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&image)
+        .output()
+        .expect("losetup");
+    assert!(
+        output.status.success(),
+        "losetup failed (tests run as root): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let device = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let lun = server.ok(
+        "lun_create",
+        json!({"name": "loop", "kind": "blockdev", "path": device}),
+    );
+    assert_eq!(lun["size"], 48 * MIB);
+    server.ok("pool_create", json!({"name": "dev", "luns": ["loop"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "dev", "size": 32 * MIB}),
+    );
+    write_and_verify(
+        &server.url("v"),
+        &[(0x2b, 0, MIB + 8192), (0x2c, 20 * MIB - 4096, 12288)],
+    );
+    let (clean, text) = qemu_io(
+        &server.url("v"),
+        &[
+            "write -z 0 4096".into(),
+            "read -P 0 0 4096".into(),
+            "read -P 0x2b 4096 4096".into(),
+        ],
+    );
+    assert!(clean, "{text}");
+}
