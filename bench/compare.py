@@ -5,7 +5,7 @@ server, interleaved A B A B over several rounds; the table gives medians and sds
 including IOPS per server CPU-second (see ../shared/NOTES-tools.md: on these 2-core machines
 the client and the transport cap raw IOPS, so CPU efficiency and QD1 latency tell servers apart).
 
-Usage: bench/compare.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH]
+Usage: bench/compare.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH] [--only TEXT]
 """
 import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -18,6 +18,13 @@ JOBS = [
 # Peers work above this offset so they never touch the sds pool's superblock and records.
 PEER_OFFSET = 16 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Servers run on the last core and the client (fio) on the others, as a remote host would be:
+# on a 2-core machine a client sharing the server's core costs either of them up to 40% (measured
+# with fio pinned on and off the reactor's core). Every server gets the same single core, so
+# IOPS and IOPS per CPU-second compare like with like.
+NCPU = os.cpu_count() or 1
+SERVER_CPUS = str(NCPU - 1)
+CLIENT_CPUS = ",".join(str(c) for c in range(NCPU - 1)) if NCPU > 1 else "0"
 
 
 def free_port():
@@ -46,7 +53,7 @@ def cpu_seconds(pid):
 
 
 def fio(uri, size, runtime, offset, job):
-    cmd = ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
+    cmd = ["taskset", "-c", CLIENT_CPUS, "fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
            f"--offset={offset}", "--time_based", f"--runtime={runtime}", "--ramp_time=1",
            "--lat_percentiles=1", "--output-format=json", "--norandommap", "--randrepeat=0",
            f"--rw={job['rw']}", f"--bs={job['bs']}", f"--iodepth={job['iodepth']}"]
@@ -61,7 +68,7 @@ def fio(uri, size, runtime, offset, job):
 class Server:
     def __init__(self, name, cmd, port, uri, offset, size, setup=None):
         self.name, self.cmd, self.port, self.uri, self.offset, self.size = name, cmd, port, uri, offset, size
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CPUS, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_port(port, self.proc)
         if setup:
             setup(self)
@@ -87,7 +94,7 @@ def sds_rpc(sds, sock, *args):
 
 
 def fill(uri, size, offset=0):
-    subprocess.run(["fio", "--name=fill", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
+    subprocess.run(["taskset", "-c", CLIENT_CPUS, "fio", "--name=fill", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
                     f"--offset={offset}", "--rw=write", "--bs=1m", "--iodepth=8"], check=True, capture_output=True)
 
 
@@ -98,7 +105,11 @@ def main():
     ap.add_argument("--runtime", type=int, default=5)
     ap.add_argument("--size", default="1G")
     ap.add_argument("--sds", help="sds binary (default: build target/release/sds)")
+    ap.add_argument("--only", help="run only the jobs whose name contains this text (e.g. 'QD32')")
     args = ap.parse_args()
+    jobs = [j for j in JOBS if not args.only or args.only in j[0]]
+    if not jobs:
+        sys.exit(f"no job matches {args.only!r}")
     if args.quick:
         args.repeat, args.runtime, args.size = 1, 2, "256M"
     units = {"K": 10, "M": 20, "G": 30}
@@ -143,7 +154,7 @@ def main():
         sds_ram = Server.__new__(Server)
         sds_ram.__dict__.update(sds_server.__dict__, name="sds-ram", uri=f"nbd://127.0.0.1:{port}/ramvol")
         p = free_port()
-        nbdkit = Server("nbdkit", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(p), "file", backing, "cache=none"],
+        nbdkit = Server("nbdkit", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(p), "file", backing, "cache=none", "fadvise=random"],
                         p, f"nbd://127.0.0.1:{p}/", PEER_OFFSET, size)
         servers.append(nbdkit)
         p = free_port()
@@ -160,7 +171,7 @@ def main():
         groups = [("file", [sds_server, nbdkit, qemu]), ("ram", [sds_ram, nbdkit_mem])]
         results = {}
         for round_index in range(args.repeat):
-            for job_name, job in JOBS:
+            for job_name, job in jobs:
                 for _, members in groups:
                     for server in members:
                         r = server.run(job, args.runtime)
@@ -171,7 +182,7 @@ def main():
         med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
         header = f"{'job':18} {'server':10} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} {'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}"
         print("\n" + header + "\n" + "-" * len(header))
-        for job_name, _ in JOBS:
+        for job_name, _ in jobs:
             for group, members in groups:
                 peers = [s.name for s in members if not s.name.startswith("sds")]
                 best = max(peers, key=lambda n: med[(job_name, n)]["iops"])

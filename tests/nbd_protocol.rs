@@ -177,34 +177,17 @@ fn malformed_and_oversized_requests_close_only_their_connection() {
 
 #[test]
 fn nbd_over_a_unix_socket_and_several_reactors() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let nbd_socket = dir.path().join("nbd.sock");
-    let rpc_socket = dir.path().join("rpc.sock");
-    let mut child = Command::new(sds_binary())
-        .args(["serve", "--state-dir"])
-        .arg(&state)
-        .arg("--rpc-socket")
-        .arg(&rpc_socket)
-        .args(["--nbd-listen", "none", "--cores", "0,1", "--nbd-socket"])
-        .arg(&nbd_socket)
-        .spawn()
-        .expect("sds serve");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !(nbd_socket.exists() && rpc_socket.exists()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not come up"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut server = Server::start_with(|dir| {
+        vec![
+            "--cores".into(),
+            "0,1".into(),
+            "--nbd-socket".into(),
+            dir.join("nbd.sock").display().to_string(),
+        ]
+    });
+    let nbd_socket = server.dir.path().join("nbd.sock");
     let sds = |args: &[&str]| {
-        let output = Command::new(sds_binary())
-            .arg("--socket")
-            .arg(&rpc_socket)
-            .args(args)
-            .output()
-            .expect("sds");
+        let output = server.cli(args);
         assert!(
             output.status.success(),
             "sds {args:?}: {}",
@@ -242,12 +225,7 @@ fn nbd_over_a_unix_socket_and_several_reactors() {
     for job in jobs {
         job.join().expect("client thread");
     }
-    // SAFETY: kill() with our child's PID and a valid signal.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(
-        child.wait().expect("wait").success(),
-        "the server did not exit cleanly"
-    );
+    assert!(server.stop(), "the server did not exit cleanly");
 }
 
 #[test]

@@ -305,7 +305,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         nbd_socket: args.nbd_socket,
         cores: match &args.cores {
             Some(text) => parse_cores(text)?,
-            None => vec![std::thread::available_parallelism().map_or(1, |n| n.get()) - 1],
+            None => Vec::new(),
         },
         poll: match args.poll {
             Poll::Busy => PollMode::Busy,

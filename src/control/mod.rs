@@ -198,7 +198,6 @@ impl Control {
             .values()
             .map(|v| (v.volume.uuid, v.volume.clone()))
             .collect();
-        let mut scratch = crate::backend::aligned_buf::AlignedBuf::new(4096);
         for (pool_name, mut found) in found_by_pool {
             let Some(pool) = self.pools.get(&pool_name).map(|p| p.pool.clone()) else {
                 continue;
@@ -219,17 +218,23 @@ impl Control {
                     orphaned.push(item.slot);
                 }
             }
-            for &slot in &orphaned {
-                if pool.write_record(slot, None, &mut scratch).is_ok() {
-                    pool.release_extent(slot);
+            let changes: Vec<(u64, Option<crate::pool::on_disk::ExtentRecord>)> =
+                orphaned.iter().map(|&slot| (slot, None)).collect();
+            let mut freed = 0usize;
+            for (&slot, outcome) in orphaned.iter().zip(pool.commit(&changes)) {
+                match outcome {
+                    Ok(()) => {
+                        pool.release_extent(slot);
+                        freed += 1;
+                    }
+                    Err(error) => log::error!(
+                        "pool {pool_name}: cannot free an orphaned extent: {}",
+                        crate::logger::error_chain(&error)
+                    ),
                 }
             }
-            if !orphaned.is_empty() {
-                let _ = pool.flush_slots(orphaned.iter().copied());
-                log::warn!(
-                    "pool {pool_name}: freed {} extents whose volume no longer exists",
-                    orphaned.len()
-                );
+            if freed > 0 {
+                log::warn!("pool {pool_name}: freed {freed} extents whose volume no longer exists");
             }
             log::info!("pool {pool_name}: {mapped} mapped extents restored");
         }
@@ -260,8 +265,18 @@ impl Control {
         })
     }
 
-    /// Flushes every LUN, for a clean shutdown.
+    /// Folds every pool's journal into its records and flushes every LUN, for a clean
+    /// shutdown: the next start has nothing to replay.
     pub fn flush_all(&self) {
+        for entry in self.pools.values() {
+            if let Err(error) = entry.pool.checkpoint() {
+                log::error!(
+                    "checkpointing pool {} failed: {}",
+                    entry.record.name,
+                    crate::logger::error_chain(&error)
+                );
+            }
+        }
         for entry in self.luns.values() {
             if let Err(error) = entry.lun.flush() {
                 log::error!("flushing LUN {} failed: {error}", entry.record.name);

@@ -6,6 +6,7 @@ use super::{Control, PoolEntry};
 use crate::constants::{
     DEFAULT_EXTENT_BYTES, MAX_EXTENT_BYTES, MAX_LUNS_PER_POOL, MAX_POOLS, MIN_EXTENT_BYTES,
 };
+use crate::pool::on_disk::{MAX_JOURNAL_BLOCKS, MIN_JOURNAL_BLOCKS};
 use crate::pool::Pool;
 use crate::rpc::RpcError;
 use crate::store::records::PoolRecord;
@@ -29,11 +30,31 @@ pub fn describe(control: &Control, entry: &PoolEntry) -> Value {
         "capacity": pool.total_extents() * pool.extent_bytes,
         "free": pool.free_extents() * pool.extent_bytes,
         "volumes": volumes,
+        "journal": pool.luns.iter().map(|member| {
+            let stats = member.journal.stats();
+            json!({
+                "lun": member.lun.info().name,
+                "blocks": member.layout.journal_blocks,
+                "next_sequence": stats.next_sequence,
+                "checkpoint_sequence": stats.checkpoint_sequence,
+                "epoch": stats.epoch,
+                "dirty_records": stats.dirty_records,
+                "commits": stats.commits,
+                "checkpoints": stats.checkpoints,
+                "recovery": member.recovery.map(|r| json!({
+                    "checkpoint_sequence": r.checkpoint_sequence,
+                    "replayed_blocks": r.replayed_blocks,
+                    "replayed_entries": r.replayed_entries,
+                    "replay_us": r.elapsed_us,
+                    "end": r.end.to_string(),
+                })),
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 
 pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    let params = Params::new(params, &["name", "luns", "extent_size"])?;
+    let params = Params::new(params, &["name", "luns", "extent_size", "journal_blocks"])?;
     let name = params.name("name")?;
     let lun_names = params.name_list("luns")?;
     let extent_size = params
@@ -45,6 +66,14 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         return Err(RpcError::invalid_params(format!(
             "extent_size: {extent_size} is not a power of two between {MIN_EXTENT_BYTES} and {MAX_EXTENT_BYTES}"
         )));
+    }
+    let journal_blocks = params.optional_u64("journal_blocks")?;
+    if let Some(blocks) = journal_blocks {
+        if !(MIN_JOURNAL_BLOCKS..=MAX_JOURNAL_BLOCKS).contains(&blocks) {
+            return Err(RpcError::invalid_params(format!(
+                "journal_blocks: {blocks} is not between {MIN_JOURNAL_BLOCKS} and {MAX_JOURNAL_BLOCKS}"
+            )));
+        }
     }
     if control.pools.contains_key(name) {
         return Err(RpcError::invalid_params(format!(
@@ -80,12 +109,15 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         luns.push(entry.lun.clone());
     }
     let uuid = control.new_uuid()?;
-    let pool = Pool::create(name, uuid.0, extent_size, luns).map_err(|error| match error {
-        crate::pool::PoolError::Format { .. } => {
-            RpcError::invalid_params(format!("luns: {}", error_chain(&error)))
-        }
-        other => RpcError::internal(error_chain(&other)),
-    })?;
+    let pool =
+        Pool::create(name, uuid.0, extent_size, journal_blocks, luns).map_err(
+            |error| match error {
+                crate::pool::PoolError::Format { .. } => {
+                    RpcError::invalid_params(format!("luns: {}", error_chain(&error)))
+                }
+                other => RpcError::internal(error_chain(&other)),
+            },
+        )?;
     let record = PoolRecord {
         name: name.to_string(),
         uuid,

@@ -1,10 +1,10 @@
 //! `volume_*` methods.
 
-use super::luns::error_chain;
 use super::params::Params;
 use super::{Control, VolumeEntry};
-use crate::backend::aligned_buf::AlignedBuf;
 use crate::constants::{MAX_VOLUMES, MAX_VOLUME_EXTENTS};
+use crate::logger::error_chain;
+use crate::pool::on_disk::ExtentRecord;
 use crate::rpc::RpcError;
 use crate::store::records::VolumeRecord;
 use crate::volume::provisioner::provision;
@@ -46,8 +46,7 @@ fn check_size(size: u64, block_size: u32, extent_bytes: u64) -> Result<(), RpcEr
 /// Maps every extent in `[from, to)` of a thick volume, as one group commit.
 fn provision_range(volume: &Volume, from: u64, to: u64) -> Result<(), RpcError> {
     let wanted: Vec<(&Volume, u64)> = (from..to).map(|extent| (volume, extent)).collect();
-    let mut block = AlignedBuf::new(4096);
-    for result in provision(&wanted, &mut block) {
+    for result in provision(&wanted) {
         result.map_err(|error| {
             RpcError::invalid_params(format!(
                 "size: cannot provision the thick volume: {}",
@@ -58,27 +57,24 @@ fn provision_range(volume: &Volume, from: u64, to: u64) -> Result<(), RpcError> 
     Ok(())
 }
 
-/// Unmaps and frees every extent of `volume` from `from` on.
+/// Unmaps and frees every extent of `volume` from `from` on, as one group commit.
 fn release_from(volume: &Volume, from: u64) {
     let map = volume.map();
-    let mut block = AlignedBuf::new(4096);
-    let mut freed = Vec::new();
-    for extent in from..map.extent_count() {
-        let slot = map.clear(extent);
-        if slot != 0 && volume.pool.write_record(slot, None, &mut block).is_ok() {
-            freed.push(slot);
+    let freed: Vec<(u64, Option<ExtentRecord>)> = (from..map.extent_count())
+        .map(|extent| (map.clear(extent), None))
+        .filter(|&(slot, _)| slot != 0)
+        .collect();
+    for (&(slot, _), outcome) in freed.iter().zip(volume.pool.commit(&freed)) {
+        match outcome {
+            Ok(()) => volume.pool.release_extent(slot),
+            // The record still names this volume: the extent stays used until a restart
+            // finds the volume gone and frees it.
+            Err(error) => log::error!(
+                "volume {}: freeing an extent failed: {}",
+                volume.name,
+                error_chain(&error)
+            ),
         }
-    }
-    if let Err(error) = volume.pool.flush_slots(freed.iter().copied()) {
-        log::error!(
-            "volume {}: clearing extent records failed: {}",
-            volume.name,
-            error_chain(&error)
-        );
-        return;
-    }
-    for slot in freed {
-        volume.pool.release_extent(slot);
     }
 }
 

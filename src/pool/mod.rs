@@ -1,17 +1,24 @@
 //! Pools: LUNs cut into fixed-size extents, with a lock-free free-extent allocator per LUN and
-//! the extent records that make volume maps durable ([`on_disk`]).
+//! the extent records and journal that make volume maps durable ([`on_disk`], [`journal`]).
+//! Every change of an extent's owner goes through [`Pool::commit`]: journaled on the LUN that
+//! holds the extent, one flush per LUN per group, and durable when it returns.
 //!
 //! A pool joins LUNs of any kind and block size; each LUN keeps its own layout. A physical
 //! extent is named by its LUN's index in the pool and its index on that LUN, packed into one
 //! non-zero `u64` ([`encode_slot`]) so a volume's mapping slot is a single atomic word.
 
 pub mod bitmap;
+pub mod journal;
 pub mod on_disk;
 
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{Lun, LunError};
 use bitmap::ExtentBitmap;
-use on_disk::{ExtentRecord, FormatError, Layout, RecordState, Superblock, SUPERBLOCK_BYTES};
+use journal::{Journal, JournalError, Recovery};
+use on_disk::{
+    ExtentRecord, FormatError, JournalEntry, Layout, RecordState, Superblock, SUPERBLOCK_BYTES,
+};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -53,8 +60,14 @@ pub enum PoolError {
     },
     #[error("pool {pool}: LUN {lun} belongs to another pool or position (superblock mismatch)")]
     Foreign { pool: String, lun: String },
-    #[error("pool {pool}: extent records could not be made durable: {detail}")]
-    Durability { pool: String, detail: String },
+    #[error("pool {pool}: LUN {lun}: journal")]
+    Journal {
+        pool: String,
+        lun: String,
+        /// Shared: one failed group commit fails every change in it.
+        #[source]
+        source: Arc<JournalError>,
+    },
     #[error("pool {pool}: no free extent")]
     Full { pool: String },
 }
@@ -64,6 +77,9 @@ pub struct PoolLun {
     pub lun: Arc<dyn Lun>,
     pub layout: Layout,
     pub bitmap: ExtentBitmap,
+    pub journal: Journal,
+    /// What replaying its journal found when the pool was opened (`None`: formatted anew).
+    pub recovery: Option<Recovery>,
 }
 
 /// A mapping record found on disk when a pool is opened.
@@ -85,15 +101,24 @@ pub struct Pool {
 
 impl Pool {
     /// Formats `luns` as a new pool: writes each LUN's superblock and clears its records.
+    /// `journal_blocks`: each LUN's journal size in LUN blocks (`None`: the default).
     pub fn create(
         name: &str,
         uuid: [u8; 16],
         extent_bytes: u64,
+        journal_blocks: Option<u64>,
         luns: Vec<Arc<dyn Lun>>,
     ) -> Result<Self, PoolError> {
         let mut members = Vec::with_capacity(luns.len());
         for (index, lun) in luns.into_iter().enumerate() {
-            members.push(Self::format_lun(name, uuid, extent_bytes, index, lun)?);
+            members.push(Self::format_lun(
+                name,
+                uuid,
+                extent_bytes,
+                journal_blocks,
+                index,
+                lun,
+            )?);
         }
         Ok(Self::assemble(name, uuid, extent_bytes, members, 1))
     }
@@ -102,6 +127,7 @@ impl Pool {
         name: &str,
         uuid: [u8; 16],
         extent_bytes: u64,
+        journal_blocks: Option<u64>,
         index: usize,
         lun: Arc<dyn Lun>,
     ) -> Result<PoolLun, PoolError> {
@@ -111,17 +137,29 @@ impl Pool {
             lun: info.name.clone(),
             source,
         };
-        let layout = Layout::compute(info.size_bytes, info.block_size_bytes, extent_bytes)
-            .map_err(|source| PoolError::Format {
-                pool: name.to_string(),
-                lun: info.name.clone(),
-                source,
-            })?;
+        let layout = Layout::compute(
+            info.size_bytes,
+            info.block_size_bytes,
+            extent_bytes,
+            journal_blocks,
+        )
+        .map_err(|source| PoolError::Format {
+            pool: name.to_string(),
+            lun: info.name.clone(),
+            source,
+        })?;
+        // Checkpoint slots, journal and records: all zero before the superblock says "pool".
         lun.write_zeroes_at(
-            layout.records_offset_bytes,
-            layout.data_offset_bytes - layout.records_offset_bytes,
+            SUPERBLOCK_BYTES,
+            layout.data_offset_bytes - SUPERBLOCK_BYTES,
         )
         .map_err(lun_error)?;
+        let journal =
+            Journal::format(lun.as_ref(), layout).map_err(|source| PoolError::Journal {
+                pool: name.to_string(),
+                lun: info.name.clone(),
+                source: Arc::new(source),
+            })?;
         let superblock = Superblock {
             pool_uuid: uuid,
             lun_uuid: uuid_of_lun(uuid, index),
@@ -142,6 +180,8 @@ impl Pool {
             lun,
             layout,
             bitmap: ExtentBitmap::new(layout.extent_count),
+            journal,
+            recovery: None,
         })
     }
 
@@ -158,7 +198,15 @@ impl Pool {
         let mut max_sequence = 0;
         for (index, lun) in luns.into_iter().enumerate() {
             if !lun.is_persistent() {
-                members.push(Self::format_lun(name, uuid, extent_bytes, index, lun)?);
+                let journal_blocks = members.first().map(|m: &PoolLun| m.layout.journal_blocks);
+                members.push(Self::format_lun(
+                    name,
+                    uuid,
+                    extent_bytes,
+                    journal_blocks,
+                    index,
+                    lun,
+                )?);
                 continue;
             }
             let info = lun.info().clone();
@@ -191,6 +239,7 @@ impl Pool {
             let mut scan = AlignedBuf::new(SCAN_BYTES as usize);
             let mut extent = 0u64;
             let mut corrupt = 0u64;
+            let mut records: HashMap<u64, ExtentRecord> = HashMap::new();
             while extent < layout.extent_count {
                 let batch = (layout.extent_count - extent).min(SCAN_BYTES / record_bytes);
                 let bytes = &mut scan.as_mut_slice()[..(batch * record_bytes) as usize];
@@ -201,13 +250,7 @@ impl Pool {
                         RecordState::Free => {}
                         RecordState::Corrupt => corrupt += 1,
                         RecordState::Used(record) => {
-                            let pext = extent + i as u64;
-                            bitmap.mark_used(pext);
-                            max_sequence = max_sequence.max(record.sequence);
-                            found.push(FoundRecord {
-                                slot: encode_slot(index, pext),
-                                record,
-                            });
+                            records.insert(extent + i as u64, record);
                         }
                     }
                 }
@@ -219,10 +262,37 @@ impl Pool {
                     info.name
                 );
             }
+            let (journal, recovery) =
+                Journal::open(lun.as_ref(), layout, &mut records).map_err(|source| {
+                    PoolError::Journal {
+                        pool: name.to_string(),
+                        lun: info.name.clone(),
+                        source: Arc::new(source),
+                    }
+                })?;
+            log::info!(
+                "pool {name}: LUN {}: journal replayed {} blocks ({} entries) after checkpoint {} in {} us; {}",
+                info.name,
+                recovery.replayed_blocks,
+                recovery.replayed_entries,
+                recovery.checkpoint_sequence,
+                recovery.elapsed_us,
+                recovery.end
+            );
+            for (&pext, &record) in &records {
+                bitmap.mark_used(pext);
+                max_sequence = max_sequence.max(record.sequence);
+                found.push(FoundRecord {
+                    slot: encode_slot(index, pext),
+                    record,
+                });
+            }
             members.push(PoolLun {
                 lun,
                 layout,
                 bitmap,
+                journal,
+                recovery: Some(recovery),
             });
         }
         Ok((
@@ -288,40 +358,60 @@ impl Pool {
             .map_err(|source| self.lun_error(member, source))
     }
 
-    /// Writes the record of `slot` (`None` clears it). Durable only after [`Pool::flush_slots`].
-    pub fn write_record(
-        &self,
-        slot: u64,
-        record: Option<ExtentRecord>,
-        block: &mut AlignedBuf,
-    ) -> Result<(), PoolError> {
-        let (member, extent) = self.member(slot);
-        let bytes = &mut block.as_mut_slice()[..member.layout.block_size_bytes as usize];
-        match record {
-            Some(record) => record.encode(bytes),
-            None => bytes.fill(0),
+    /// Makes every change durable (slot → its new record, or `None`: free) through the
+    /// journal of the LUN each slot lives on: one group of journal blocks and one flush per LUN.
+    /// Returns one result per change: a change succeeds or fails with its LUN's group.
+    pub fn commit(&self, changes: &[(u64, Option<ExtentRecord>)]) -> Vec<Result<(), PoolError>> {
+        let mut per_lun: Vec<Vec<JournalEntry>> = vec![Vec::new(); self.luns.len()];
+        for &(slot, record) in changes {
+            if let Some((lun, extent)) = decode_slot(slot) {
+                if let Some(entries) = per_lun.get_mut(lun) {
+                    entries.push(JournalEntry { extent, record });
+                }
+            }
         }
-        member
-            .lun
-            .write_at(bytes, member.layout.record_offset_bytes(extent), false)
-            .map_err(|source| self.lun_error(member, source))
+        let outcomes: Vec<Result<(), Arc<JournalError>>> = per_lun
+            .iter()
+            .zip(&self.luns)
+            .map(|(entries, member)| {
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                member
+                    .journal
+                    .commit(member.lun.as_ref(), entries)
+                    .map_err(Arc::new)
+            })
+            .collect();
+        changes
+            .iter()
+            .map(|&(slot, _)| {
+                let (lun, _) = decode_slot(slot).ok_or_else(|| self.no_such_slot(slot))?;
+                match outcomes.get(lun) {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(source)) => Err(PoolError::Journal {
+                        pool: self.name.clone(),
+                        lun: self.luns[lun].lun.info().name.clone(),
+                        source: source.clone(),
+                    }),
+                    None => Err(self.no_such_slot(slot)),
+                }
+            })
+            .collect()
     }
 
-    /// Makes durable every write to the LUNs the given slots live on, each LUN once.
-    pub fn flush_slots(&self, slots: impl IntoIterator<Item = u64>) -> Result<(), PoolError> {
-        let mut touched = [false; crate::constants::MAX_LUNS_PER_POOL];
-        for slot in slots {
-            if let Some((lun, _)) = decode_slot(slot) {
-                touched[lun] = true;
-            }
-        }
-        for (index, member) in self.luns.iter().enumerate() {
-            if touched[index] {
-                member
-                    .lun
-                    .flush()
-                    .map_err(|source| self.lun_error(member, source))?;
-            }
+    /// Folds every LUN's journal into its extent records (a clean shutdown does this, so the
+    /// next start replays nothing).
+    pub fn checkpoint(&self) -> Result<(), PoolError> {
+        for member in &self.luns {
+            member
+                .journal
+                .checkpoint(member.lun.as_ref())
+                .map_err(|source| PoolError::Journal {
+                    pool: self.name.clone(),
+                    lun: member.lun.info().name.clone(),
+                    source: Arc::new(source),
+                })?;
         }
         Ok(())
     }
@@ -356,6 +446,17 @@ impl Pool {
     fn member(&self, slot: u64) -> (&PoolLun, u64) {
         let (lun, extent) = decode_slot(slot).unwrap_or((usize::MAX, 0));
         (&self.luns[lun], extent)
+    }
+
+    fn no_such_slot(&self, slot: u64) -> PoolError {
+        PoolError::Lun {
+            pool: self.name.clone(),
+            lun: String::new(),
+            source: LunError::Invalid {
+                lun: String::new(),
+                what: format!("no extent {slot:#x} in this pool"),
+            },
+        }
     }
 
     fn lun_error(&self, member: &PoolLun, source: LunError) -> PoolError {

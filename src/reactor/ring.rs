@@ -16,9 +16,14 @@ pub struct IoRing {
 
 impl IoRing {
     pub fn new(entries: u32) -> io::Result<Self> {
+        // Deferred task work: the kernel runs completion work (socket receives above all) only
+        // when the reactor enters the ring to reap, never by interrupting it mid-batch. Older
+        // kernels lack it; fall back to a single-issuer ring, then to a plain one.
         let ring = IoUring::builder()
             .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(entries)
+            .or_else(|_| IoUring::builder().setup_single_issuer().build(entries))
             .or_else(|_| IoUring::new(entries))?;
         Ok(Self { ring, in_flight: 0 })
     }

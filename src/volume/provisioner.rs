@@ -97,7 +97,6 @@ impl Provisioner {
 }
 
 fn run(receiver: Receiver<Request>) {
-    let mut record_block = AlignedBuf::new(4096);
     let mut bounce = AlignedBuf::new(MAX_IO_BYTES + 2 * 4096);
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -130,7 +129,6 @@ fn run(receiver: Receiver<Request>) {
                         len_bytes,
                         data.as_ref(),
                         fua,
-                        &mut record_block,
                         &mut bounce,
                     );
                     reply.send(errno_of(result));
@@ -143,7 +141,7 @@ fn run(receiver: Receiver<Request>) {
                 .iter()
                 .map(|(v, e, _)| (v.as_ref(), *e))
                 .collect();
-            let results = provision(&wanted, &mut record_block);
+            let results = provision(&wanted);
             for ((_, _, reply), result) in provisions.into_iter().zip(results) {
                 reply.send(errno_of(result));
             }
@@ -167,80 +165,76 @@ fn errno_of(result: Result<(), PoolError>) -> i32 {
 
 /// Maps every (volume, extent) that is not mapped yet, durably, as one group commit. Used by
 /// the provisioning thread for thin volumes and by the control thread for thick ones.
-pub fn provision(
-    wanted: &[(&Volume, u64)],
-    record_block: &mut AlignedBuf,
-) -> Vec<Result<(), PoolError>> {
+///
+/// Each new extent is claimed and zeroed, then all the new records of a pool are committed
+/// through its journal together (one flush per LUN), and only then are the mappings published.
+pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
     let mut results: Vec<Result<(), PoolError>> = Vec::with_capacity(wanted.len());
-    // Claimed slots per request (0: nothing to do).
-    let mut claimed = vec![0u64; wanted.len()];
+    // Claimed slot and its record, per request (slot 0: nothing to publish).
+    let mut claimed: Vec<(u64, Option<ExtentRecord>)> = vec![(0, None); wanted.len()];
     for (index, &(volume, extent)) in wanted.iter().enumerate() {
         let map = volume.map();
         let duplicate = wanted[..index]
             .iter()
             .zip(&claimed)
-            .any(|(&(v, e), &slot)| std::ptr::eq(v, volume) && e == extent && slot != 0);
+            .any(|(&(v, e), &(slot, _))| std::ptr::eq(v, volume) && e == extent && slot != 0);
         if map.get(extent) != 0 || duplicate {
             results.push(Ok(()));
             continue;
         }
         let pool = &volume.pool;
-        let outcome = pool.claim_extent().and_then(|slot| {
-            let record = ExtentRecord {
-                volume_uuid: volume.uuid,
-                virtual_extent: extent,
-                sequence: pool.next_sequence(),
-            };
-            let written = pool
-                .zero_extent(slot)
-                .and_then(|()| pool.write_record(slot, Some(record), record_block));
-            match written {
+        let outcome = pool
+            .claim_extent()
+            .and_then(|slot| match pool.zero_extent(slot) {
                 Ok(()) => Ok(slot),
                 Err(error) => {
                     pool.release_extent(slot);
                     Err(error)
                 }
-            }
-        });
+            });
         match outcome {
             Ok(slot) => {
-                claimed[index] = slot;
+                let record = ExtentRecord {
+                    volume_uuid: volume.uuid,
+                    virtual_extent: extent,
+                    sequence: pool.next_sequence(),
+                };
+                claimed[index] = (slot, Some(record));
                 results.push(Ok(()));
             }
             Err(error) => results.push(Err(error)),
         }
     }
-    // Group commit: one flush per touched LUN of each pool, then publish.
+    // Group commit: every new record of one pool in one commit.
     for (index, &(volume, _)) in wanted.iter().enumerate() {
-        if claimed[index] == 0 {
-            continue;
-        }
         let same_pool: Vec<usize> = (0..wanted.len())
-            .filter(|&j| claimed[j] != 0 && Arc::ptr_eq(&wanted[j].0.pool, &volume.pool))
+            .filter(|&j| claimed[j].0 != 0 && Arc::ptr_eq(&wanted[j].0.pool, &volume.pool))
             .collect();
         if same_pool.first() != Some(&index) {
             continue;
         }
-        let slots: Vec<u64> = same_pool.iter().map(|&j| claimed[j]).collect();
-        if let Err(error) = volume.pool.flush_slots(slots) {
-            log::error!(
-                "pool {}: flushing new extent records failed: {error}",
-                volume.pool.name
-            );
-            for j in same_pool {
-                results[j] = Err(PoolError::Durability {
-                    pool: volume.pool.name.clone(),
-                    detail: error.to_string(),
-                });
-                claimed[j] = 0;
+        let changes: Vec<(u64, Option<ExtentRecord>)> =
+            same_pool.iter().map(|&j| claimed[j]).collect();
+        for (&j, outcome) in same_pool.iter().zip(volume.pool.commit(&changes)) {
+            if let Err(error) = outcome {
+                log::error!(
+                    "pool {}: new extent records are not durable: {}",
+                    volume.pool.name,
+                    crate::logger::error_chain(&error)
+                );
+                volume.pool.release_extent(claimed[j].0);
+                claimed[j] = (0, None);
+                results[j] = Err(error);
             }
         }
     }
     for (index, &(volume, extent)) in wanted.iter().enumerate() {
-        if claimed[index] != 0 && volume.map().publish(extent, claimed[index]).is_err() {
+        let slot = claimed[index].0;
+        if slot != 0 && volume.map().publish(extent, slot).is_err() {
             // Someone else mapped it first (only the control thread can race here); return ours.
-            let _ = volume.pool.write_record(claimed[index], None, record_block);
-            volume.pool.release_extent(claimed[index]);
+            if volume.pool.commit(&[(slot, None)]).remove(0).is_ok() {
+                volume.pool.release_extent(slot);
+            }
         }
     }
     results
@@ -254,7 +248,6 @@ fn slow_write(
     len_bytes: u64,
     data: Option<&SessionBuffer>,
     fua: bool,
-    record_block: &mut AlignedBuf,
     bounce: &mut AlignedBuf,
 ) -> Result<(), PoolError> {
     let lun_error = |lun: &str, source| PoolError::Lun {
@@ -275,7 +268,7 @@ fn slow_write(
                     done += piece;
                     continue;
                 }
-                provision(&[(volume, extent)], record_block).remove(0)?;
+                provision(&[(volume, extent)]).remove(0)?;
                 continue;
             }
             Segment::Mapped {

@@ -41,19 +41,28 @@ pub struct Server {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub port: u16,
+    /// Options added to `sds serve` beyond the state dir, the port and the log level.
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Server {
     /// A new server in a new temporary state dir.
     pub fn start() -> Self {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// A new server with more `sds serve` options, made from its temporary dir.
+    pub fn start_with(extra_args: impl FnOnce(&Path) -> Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_dir = dir.path().join("state");
+        let extra_args = extra_args(dir.path());
         let mut server = Self {
             socket: state_dir.join("sds.sock"),
             state_dir,
             dir,
             port: free_port(),
+            extra_args,
             child: None,
         };
         server.spawn();
@@ -76,6 +85,7 @@ impl Server {
                 "--log-level",
                 "debug",
             ])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
