@@ -109,7 +109,7 @@ impl Journal {
                 layout.checkpoint_offset_bytes(slot),
             )?;
             if let Some(found) = Checkpoint::decode(&block.as_slice()[..block_bytes]) {
-                if checkpoint.is_none_or(|c| found.generation > c.generation) {
+                if checkpoint.map_or(true, |c| found.generation > c.generation) {
                     checkpoint = Some(found);
                 }
             }
