@@ -66,3 +66,6 @@ const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);
+
+/// Longest delay a fault LUN may inject into one I/O (`lun_inject_fault`, mode `delay`).
+pub const MAX_FAULT_DELAY_US: u64 = 10_000_000;

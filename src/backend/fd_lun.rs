@@ -1,9 +1,10 @@
 //! The io_uring engine shared by the drivers whose LUN is a file descriptor (`file`,
 //! `blockdev`): reads and writes with O_DIRECT where the file system allows it, FUA as
-//! RWF_DSYNC, flush as fdatasync, zeroes as fallocate.
+//! RWF_DSYNC, flush as fdatasync, zeroes as fallocate. A LUN whose device is gone (ENODEV or
+//! ENXIO, on either path) is marked failed, and its I/O then fails at once with EIO.
 
 use super::aligned_buf::AlignedBuf;
-use super::{check_range, Lun, LunError, LunInfo, LunIo, Started};
+use super::{check_range, IoType, Lun, LunError, LunHealth, LunInfo, LunIo, Started};
 use crate::reactor::ring::IoRing;
 use io_uring::{opcode, squeue, types};
 use std::fs::{File, OpenOptions};
@@ -34,6 +35,7 @@ pub struct FdLun {
     info: LunInfo,
     file: File,
     zero_mode: ZeroMode,
+    health: LunHealth,
 }
 
 /// Opens `path` read-write, with O_DIRECT if a block-sized aligned read at offset 0 works that
@@ -81,14 +83,37 @@ impl FdLun {
             info,
             file,
             zero_mode,
+            health: LunHealth::default(),
         }
     }
 
-    fn io_error(&self, offset_bytes: u64, source: std::io::Error) -> LunError {
+    /// Counts a synchronous I/O error (failing the LUN if its device is gone) and wraps it.
+    fn io_error(&self, io_type: IoType, offset_bytes: u64, source: std::io::Error) -> LunError {
+        let errno = source.raw_os_error().unwrap_or(libc::EIO);
+        if self.health.note_error(io_type, errno) {
+            log::error!(
+                "LUN {}: device gone ({source}); the LUN is failed and its I/O fails from now on",
+                self.info.name
+            );
+        }
         LunError::Io {
             lun: self.info.name.clone(),
             offset_bytes,
             source,
+        }
+    }
+
+    /// Refuses synchronous I/O to a failed LUN (counted as an error of `io_type`).
+    fn check_online(&self, io_type: IoType) -> Result<(), LunError> {
+        match self.health.failed_errno() {
+            None => Ok(()),
+            Some(errno) => {
+                self.health.count_error(io_type);
+                Err(LunError::Failed {
+                    lun: self.info.name.clone(),
+                    reason: format!("device gone: {}", std::io::Error::from_raw_os_error(errno)),
+                })
+            }
         }
     }
 
@@ -116,6 +141,9 @@ impl Lun for FdLun {
     }
 
     unsafe fn submit(&self, io: &LunIo, tag: u64, ring: &mut IoRing) -> Started {
+        if self.health.is_failed() {
+            return Started::Done(Err(libc::EIO));
+        }
         let fd = types::Fd(self.file.as_raw_fd());
         if let LunIo::WriteZeroes {
             offset_bytes,
@@ -178,26 +206,29 @@ impl Lun for FdLun {
 
     fn read_at(&self, buf: &mut [u8], offset_bytes: u64) -> Result<(), LunError> {
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
+        self.check_online(IoType::Read)?;
         self.file
             .read_exact_at(buf, offset_bytes)
-            .map_err(|error| self.io_error(offset_bytes, error))
+            .map_err(|error| self.io_error(IoType::Read, offset_bytes, error))
     }
 
     fn write_at(&self, buf: &[u8], offset_bytes: u64, durable: bool) -> Result<(), LunError> {
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
+        self.check_online(IoType::Write)?;
         self.file
             .write_all_at(buf, offset_bytes)
-            .map_err(|error| self.io_error(offset_bytes, error))?;
+            .map_err(|error| self.io_error(IoType::Write, offset_bytes, error))?;
         if durable {
             self.file
                 .sync_data()
-                .map_err(|error| self.io_error(offset_bytes, error))?;
+                .map_err(|error| self.io_error(IoType::Flush, offset_bytes, error))?;
         }
         Ok(())
     }
 
     fn write_zeroes_at(&self, offset_bytes: u64, len_bytes: u64) -> Result<(), LunError> {
         check_range(&self.info, offset_bytes, len_bytes)?;
+        self.check_online(IoType::Write)?;
         if self.fallocate_sync(offset_bytes, len_bytes).is_ok() {
             return Ok(());
         }
@@ -209,16 +240,21 @@ impl Lun for FdLun {
             let len = (len_bytes - done).min(CHUNK_BYTES) as usize;
             self.file
                 .write_all_at(&zeroes.as_slice()[..len], offset_bytes + done)
-                .map_err(|error| self.io_error(offset_bytes + done, error))?;
+                .map_err(|error| self.io_error(IoType::Write, offset_bytes + done, error))?;
             done += len as u64;
         }
         Ok(())
     }
 
     fn flush(&self) -> Result<(), LunError> {
+        self.check_online(IoType::Flush)?;
         self.file
             .sync_data()
-            .map_err(|error| self.io_error(0, error))
+            .map_err(|error| self.io_error(IoType::Flush, 0, error))
+    }
+
+    fn health(&self) -> Option<&LunHealth> {
+        Some(&self.health)
     }
 }
 
@@ -239,4 +275,46 @@ pub fn speed_class_of_device(dev: u64) -> super::SpeedClass {
         }
     }
     super::SpeedClass::Unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::aligned_buf::AlignedBuf;
+    use crate::backend::{open_lun, IoType, LunError, LunIo, LunKind, LunSpec, Started};
+    use crate::reactor::ring::IoRing;
+
+    /// A device-gone error fails the LUN: every later I/O, on either path, fails at once.
+    #[test]
+    fn device_gone_fails_the_lun() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lun = open_lun(&LunSpec {
+            name: "f".into(),
+            kind: LunKind::File,
+            path: Some(dir.path().join("f.img")),
+            size_bytes: Some(1 << 20),
+            block_size_bytes: 512,
+        })
+        .expect("file LUN");
+        let mut buf = AlignedBuf::new(4096);
+        assert!(lun.read_at(buf.as_mut_slice(), 0).is_ok());
+        lun.note_error(IoType::Read, libc::EIO);
+        assert!(!lun.is_failed(), "an I/O error alone does not fail a LUN");
+        lun.note_error(IoType::Read, libc::ENODEV);
+        assert!(lun.is_failed());
+        assert!(matches!(
+            lun.read_at(buf.as_mut_slice(), 0),
+            Err(LunError::Failed { .. })
+        ));
+        let mut ring = IoRing::new(4).expect("ring");
+        let read = LunIo::Read {
+            offset_bytes: 0,
+            buf: buf.as_mut_ptr(),
+            len_bytes: 4096,
+        };
+        // SAFETY: nothing is queued: a failed LUN completes at once.
+        let started = unsafe { lun.submit(&read, 1, &mut ring) };
+        assert!(matches!(started, Started::Done(Err(libc::EIO))));
+        let errors = lun.health().map(|h| h.errors()).unwrap_or_default();
+        assert_eq!(errors.read, 3, "two noted errors and one refused read");
+    }
 }

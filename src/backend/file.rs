@@ -1,12 +1,24 @@
-//! `file`: a LUN in a regular file, created with the given size if absent. `block_size` (512 or
-//! 4096) sets the sector size the LUN emulates; I/O goes through io_uring ([`super::fd_lun`]).
+//! `file`: a LUN in a regular file, created with the given size if absent (when the LUN is
+//! created; at start-up a missing file fails the LUN instead). `block_size` (512 or 4096) sets
+//! the sector size the LUN emulates; I/O goes through io_uring ([`super::fd_lun`]).
 
 use super::fd_lun::{open_direct_or_buffered, speed_class_of_device, FdLun, ZeroMode};
 use super::{LunError, LunInfo, LunKind, LunSpec};
 use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 
+/// Opens the file LUN `spec` describes, creating its file with `size` if it does not exist.
 pub fn open(spec: &LunSpec) -> Result<FdLun, LunError> {
+    open_or_create(spec, true)
+}
+
+/// Opens a file LUN whose file must exist already (a LUN of the configuration, at start-up):
+/// a missing file is a LUN that disappeared, not one to create empty.
+pub fn open_existing(spec: &LunSpec) -> Result<FdLun, LunError> {
+    open_or_create(spec, false)
+}
+
+fn open_or_create(spec: &LunSpec, create: bool) -> Result<FdLun, LunError> {
     let invalid = |what: String| LunError::Invalid {
         lun: spec.name.clone(),
         what,
@@ -35,7 +47,7 @@ pub fn open(spec: &LunSpec) -> Result<FdLun, LunError> {
                 }
             }
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        Err(error) if create && error.kind() == std::io::ErrorKind::NotFound => {
             let size = spec.size_bytes.ok_or_else(|| {
                 invalid(format!(
                     "{} does not exist and no size was given",

@@ -2,7 +2,10 @@
 //! the server, and the server warns when one joins a pool.
 
 use super::aligned_buf::AlignedBuf;
-use super::{check_range, Lun, LunError, LunInfo, LunIo, LunKind, LunSpec, SpeedClass, Started};
+use super::{
+    check_range, IoType, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind, LunSpec, SpeedClass,
+    Started,
+};
 use crate::reactor::ring::IoRing;
 
 /// Largest RAM LUN: the memory is reserved lazily by the kernel, but bound it all the same.
@@ -11,6 +14,8 @@ pub const MAX_MEM_LUN_BYTES: u64 = 1 << 40;
 pub struct MemLun {
     info: LunInfo,
     data: AlignedBuf,
+    /// RAM does not fail; the counters are there so every LUN reports the same way.
+    health: LunHealth,
 }
 
 impl MemLun {
@@ -42,6 +47,7 @@ impl MemLun {
         Ok(Self {
             info,
             data: AlignedBuf::new(len),
+            health: LunHealth::default(),
         })
     }
 
@@ -105,7 +111,7 @@ impl Lun for MemLun {
         };
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
         self.execute(&io)
-            .map_err(|errno| self.io_error(offset_bytes, errno))
+            .map_err(|errno| self.io_error(IoType::Read, offset_bytes, errno))
     }
 
     fn write_at(&self, buf: &[u8], offset_bytes: u64, _durable: bool) -> Result<(), LunError> {
@@ -117,7 +123,7 @@ impl Lun for MemLun {
         };
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
         self.execute(&io)
-            .map_err(|errno| self.io_error(offset_bytes, errno))
+            .map_err(|errno| self.io_error(IoType::Write, offset_bytes, errno))
     }
 
     fn write_zeroes_at(&self, offset_bytes: u64, len_bytes: u64) -> Result<(), LunError> {
@@ -128,7 +134,7 @@ impl Lun for MemLun {
             fua: false,
         };
         self.execute(&io)
-            .map_err(|errno| self.io_error(offset_bytes, errno))
+            .map_err(|errno| self.io_error(IoType::Write, offset_bytes, errno))
     }
 
     fn flush(&self) -> Result<(), LunError> {
@@ -138,10 +144,15 @@ impl Lun for MemLun {
     fn is_persistent(&self) -> bool {
         false
     }
+
+    fn health(&self) -> Option<&LunHealth> {
+        Some(&self.health)
+    }
 }
 
 impl MemLun {
-    fn io_error(&self, offset_bytes: u64, errno: i32) -> LunError {
+    fn io_error(&self, io_type: IoType, offset_bytes: u64, errno: i32) -> LunError {
+        self.health.count_error(io_type);
         LunError::Io {
             lun: self.info.name.clone(),
             offset_bytes,

@@ -12,9 +12,18 @@
 //!
 //! To add a driver: one new file here implementing `Lun`, one variant in [`LunKind`], and one
 //! arm in [`open_lun`], the only place that lists drivers.
+//!
+//! Errors: every driver keeps a [`LunHealth`] (error counters per [`IoType`], and whether the
+//! LUN has failed). The synchronous methods count the errors they return themselves; errors of
+//! ring I/O complete in the front end's session, which hands them back with
+//! [`Lun::note_error`]. Both touch the counters only on the error path. A LUN whose device is
+//! gone (an I/O ends with ENODEV or ENXIO) is marked failed; from then on its I/O fails at
+//! once with EIO. [`fault`] holds the fault-injection driver and the stand-in for a LUN that
+//! could not be opened at start-up.
 
 pub mod aligned_buf;
 pub mod blockdev;
+pub mod fault;
 pub mod fd_lun;
 pub mod file;
 pub mod mem;
@@ -22,6 +31,7 @@ pub mod mem;
 use crate::reactor::ring::IoRing;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Which driver serves a LUN.
@@ -31,6 +41,8 @@ pub enum LunKind {
     Mem,
     File,
     Blockdev,
+    /// Fault injection over another LUN, its base ([`fault::FaultLun`]).
+    Fault,
 }
 
 impl LunKind {
@@ -39,6 +51,7 @@ impl LunKind {
             "mem" => Some(Self::Mem),
             "file" => Some(Self::File),
             "blockdev" => Some(Self::Blockdev),
+            "fault" => Some(Self::Fault),
             _ => None,
         }
     }
@@ -47,7 +60,35 @@ impl LunKind {
             Self::Mem => "mem",
             Self::File => "file",
             Self::Blockdev => "blockdev",
+            Self::Fault => "fault",
         }
+    }
+}
+
+/// What an I/O does, as error counters and fault injection tell them apart. Zeroing (and
+/// TRIM, which zeroes) counts as a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoType {
+    Read,
+    Write,
+    Flush,
+}
+
+impl IoType {
+    pub const ALL: [IoType; 3] = [IoType::Read, IoType::Write, IoType::Flush];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Flush => "flush",
+        }
+    }
+
+    /// The position of this type in per-type counter arrays.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -121,6 +162,101 @@ pub enum LunError {
         offset_bytes: u64,
         len_bytes: u64,
     },
+    #[error("LUN {lun} has failed ({reason}); its I/O fails")]
+    Failed { lun: String, reason: String },
+}
+
+impl LunError {
+    /// Whether this is an error of the medium (counted in the LUN's error counters), as
+    /// opposed to a request the LUN refused (out of range, invalid).
+    pub fn is_io_error(&self) -> bool {
+        matches!(self, Self::Io { .. } | Self::Failed { .. })
+    }
+}
+
+/// Whether an errno says the device behind a LUN is gone (removed, unplugged), not that one
+/// I/O failed.
+pub fn is_device_gone(errno: i32) -> bool {
+    errno == libc::ENODEV || errno == libc::ENXIO
+}
+
+/// Errors a LUN returned, per [`IoType`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    pub read: u64,
+    pub write: u64,
+    pub flush: u64,
+}
+
+impl ErrorCounts {
+    pub fn total(&self) -> u64 {
+        self.read + self.write + self.flush
+    }
+}
+
+/// What a LUN has suffered: its error counters and whether it has failed. Written only on the
+/// error path (atomic adds, no lock), so the success path pays nothing for it; read by the
+/// control thread for `lun_get_luns` and `bdev_get_iostat`.
+#[derive(Debug, Default)]
+pub struct LunHealth {
+    /// 0 while the LUN is online; else the errno that failed it.
+    failed_errno: AtomicI32,
+    /// Errors returned, indexed by [`IoType::index`].
+    errors: [AtomicU64; 3],
+}
+
+impl LunHealth {
+    /// The health of a LUN that is failed from the start (it could not be opened).
+    pub fn failed_with(errno: i32) -> Self {
+        Self {
+            failed_errno: AtomicI32::new(errno),
+            ..Self::default()
+        }
+    }
+
+    /// One relaxed load: the data path checks it before every I/O.
+    #[inline]
+    pub fn is_failed(&self) -> bool {
+        self.failed_errno.load(Ordering::Relaxed) != 0
+    }
+
+    /// The errno that failed the LUN, if it has failed.
+    pub fn failed_errno(&self) -> Option<i32> {
+        match self.failed_errno.load(Ordering::Acquire) {
+            0 => None,
+            errno => Some(errno),
+        }
+    }
+
+    /// Marks the LUN failed; returns whether it was online until now.
+    pub fn mark_failed(&self, errno: i32) -> bool {
+        let errno = if errno == 0 { libc::EIO } else { errno };
+        self.failed_errno
+            .compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Counts one error of `io_type`.
+    #[inline]
+    pub fn count_error(&self, io_type: IoType) {
+        self.errors[io_type.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one error and marks the LUN failed if the errno says its device is gone.
+    /// Returns whether this error failed the LUN (it was online until now).
+    pub fn note_error(&self, io_type: IoType, errno: i32) -> bool {
+        self.count_error(io_type);
+        is_device_gone(errno) && self.mark_failed(errno)
+    }
+
+    pub fn errors(&self) -> ErrorCounts {
+        let get = |t: IoType| self.errors[t.index()].load(Ordering::Relaxed);
+        ErrorCounts {
+            read: get(IoType::Read),
+            write: get(IoType::Write),
+            flush: get(IoType::Flush),
+        }
+    }
 }
 
 /// One data-path operation on a LUN. Offsets and lengths are in bytes and aligned to the LUN's
@@ -145,6 +281,17 @@ pub enum LunIo {
         fua: bool,
     },
     Flush,
+}
+
+impl LunIo {
+    #[inline]
+    pub fn io_type(&self) -> IoType {
+        match self {
+            Self::Read { .. } => IoType::Read,
+            Self::Write { .. } | Self::WriteZeroes { .. } => IoType::Write,
+            Self::Flush => IoType::Flush,
+        }
+    }
 }
 
 /// What starting an I/O did.
@@ -182,13 +329,43 @@ pub trait Lun: Send + Sync {
     fn is_persistent(&self) -> bool {
         true
     }
+
+    /// The LUN's error counters and failed state; `None` for a driver that keeps none.
+    fn health(&self) -> Option<&LunHealth> {
+        None
+    }
+
+    /// Whether the LUN has failed (its device is gone): its I/O fails at once with EIO.
+    #[inline]
+    fn is_failed(&self) -> bool {
+        self.health().is_some_and(LunHealth::is_failed)
+    }
+
+    /// Accounts an error that a ring I/O of this LUN completed with (or that `submit` returned
+    /// at once): the front end calls it on its error path. ENODEV and ENXIO mark the LUN
+    /// failed. The synchronous methods count their own errors and never come through here.
+    fn note_error(&self, io_type: IoType, errno: i32) {
+        if let Some(health) = self.health() {
+            if health.note_error(io_type, errno) {
+                log::error!(
+                    "LUN {}: device gone ({}); the LUN is failed and its I/O fails from now on",
+                    self.info().name,
+                    std::io::Error::from_raw_os_error(errno)
+                );
+            }
+        }
+    }
 }
 
 /// The result of a ring completion for a LUN I/O of `expected_bytes` (0 for flush and zeroes):
 /// `Ok` or a positive errno. A short transfer is an I/O error: LUN I/O never crosses the end
-/// of the LUN, so a short one means the medium failed.
+/// of the LUN, so a short one means the medium failed. `-ETIME` is the expiry of a fault LUN's
+/// delay timer ([`fault::FaultLun`]), which completes like the I/O it holds back; no read,
+/// write, fsync or fallocate ends with ETIME.
 pub fn completion_result(result: i32, expected_bytes: u32) -> Result<(), i32> {
-    if result < 0 {
+    if result == -libc::ETIME {
+        Ok(())
+    } else if result < 0 {
         Err(-result)
     } else if expected_bytes != 0 && result as u32 != expected_bytes {
         Err(libc::EIO)
@@ -210,7 +387,22 @@ pub fn open_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
         LunKind::Mem => Arc::new(mem::MemLun::new(spec)?),
         LunKind::File => Arc::new(file::open(spec)?),
         LunKind::Blockdev => Arc::new(blockdev::open(spec)?),
+        LunKind::Fault => {
+            return Err(LunError::Invalid {
+                lun: spec.name.clone(),
+                what: "a fault LUN is opened over its base LUN (fault::FaultLun::new)".into(),
+            })
+        }
     })
+}
+
+/// Opens a LUN of the configuration again (at start-up): like [`open_lun`], except that
+/// nothing is created: a file LUN whose file is gone is an error.
+pub fn reopen_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
+    match spec.kind {
+        LunKind::File => Ok(Arc::new(file::open_existing(spec)?)),
+        _ => open_lun(spec),
+    }
 }
 
 /// Checks that a synchronous I/O is inside the LUN and aligned to its block size.
@@ -231,4 +423,39 @@ pub(crate) fn check_range(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_results() {
+        assert_eq!(completion_result(4096, 4096), Ok(()));
+        assert_eq!(completion_result(512, 4096), Err(libc::EIO));
+        assert_eq!(completion_result(-libc::EIO, 4096), Err(libc::EIO));
+        assert_eq!(completion_result(0, 0), Ok(()));
+        // A fault LUN's delay timer expiring.
+        assert_eq!(completion_result(-libc::ETIME, 4096), Ok(()));
+    }
+
+    #[test]
+    fn health_counts_and_fails_once() {
+        let health = LunHealth::default();
+        assert!(!health.note_error(IoType::Write, libc::EIO));
+        assert!(health.note_error(IoType::Read, libc::ENXIO));
+        assert!(
+            !health.note_error(IoType::Read, libc::ENODEV),
+            "already failed"
+        );
+        assert_eq!(health.failed_errno(), Some(libc::ENXIO));
+        assert_eq!(
+            health.errors(),
+            ErrorCounts {
+                read: 2,
+                write: 1,
+                flush: 0
+            }
+        );
+    }
 }

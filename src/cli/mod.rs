@@ -106,7 +106,8 @@ struct DemoArgs {
 
 #[derive(Subcommand)]
 enum LunCommand {
-    /// Add a LUN: `--kind file --path P --size 1G`, `--kind mem --size 256M`, `--kind blockdev --path /dev/loop0`
+    /// Add a LUN: `--kind file --path P --size 1G`, `--kind mem --size 256M`, `--kind blockdev --path /dev/loop0`,
+    /// `--kind fault --base LUN` (fault injection over another LUN)
     Create {
         name: String,
         #[arg(long)]
@@ -119,11 +120,32 @@ enum LunCommand {
         /// Sector size the LUN has or emulates: 512 or 4096
         #[arg(long)]
         block_size: Option<u32>,
+        /// For a fault LUN: the LUN it wraps (in no pool)
+        #[arg(long)]
+        base: Option<String>,
     },
-    /// List LUNs
+    /// List LUNs, with their state and error counts
     List,
     /// Remove a LUN that is in no pool (its file is kept)
     Delete { name: String },
+    /// Inject a fault into a fault LUN's I/O, replacing the previous one
+    InjectFault {
+        name: String,
+        /// read, write, flush or all
+        #[arg(long)]
+        io_type: String,
+        /// fail (the next COUNT I/Os), fail_after (fail every I/O after COUNT) or delay
+        #[arg(long)]
+        mode: String,
+        /// I/Os the mode applies to [default: every one, until cleared]; required for fail_after
+        #[arg(long)]
+        count: Option<u64>,
+        /// Delay in microseconds, for mode delay
+        #[arg(long)]
+        delay_us: Option<u64>,
+    },
+    /// Remove a fault LUN's injected fault
+    ClearFault { name: String },
 }
 
 #[derive(Subcommand)]
@@ -230,11 +252,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 path,
                 size,
                 block_size,
+                base,
             } => {
                 let mut params = json!({ "name": name, "kind": kind });
                 set(&mut params, "path", path.map(|p| json!(p)));
                 set(&mut params, "size", size.map(|s| json!(s)));
                 set(&mut params, "block_size", block_size.map(|b| json!(b)));
+                set(&mut params, "base", base.map(|b| json!(b)));
                 show(json, call("lun_create", Some(params))?, print_luns)
             }
             LunCommand::List => show(json, call("lun_get_luns", None)?, print_luns),
@@ -242,6 +266,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 json,
                 call("lun_delete", Some(json!({ "name": name })))?,
                 &format!("LUN {name} deleted"),
+            ),
+            LunCommand::InjectFault {
+                name,
+                io_type,
+                mode,
+                count,
+                delay_us,
+            } => {
+                let mut params = json!({ "name": name, "io_type": io_type, "mode": mode });
+                set(&mut params, "count", count.map(|c| json!(c)));
+                set(&mut params, "delay_us", delay_us.map(|d| json!(d)));
+                show(json, call("lun_inject_fault", Some(params))?, print_luns)
+            }
+            LunCommand::ClearFault { name } => show(
+                json,
+                call("lun_clear_fault", Some(json!({ "name": name })))?,
+                print_luns,
             ),
         },
         Command::Pool(command) => match command {
@@ -396,6 +437,23 @@ fn print_luns(items: &[Value]) {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|l| {
+            let errors = &l["errors"];
+            let errors = format!(
+                "{}/{}/{}",
+                text(errors, "read"),
+                text(errors, "write"),
+                text(errors, "flush")
+            );
+            // A fault LUN shows its base (and active fault) where a file shows its path.
+            let path = match (&l["base"], &l["fault"]) {
+                (Value::String(base), Value::Object(fault)) => format!(
+                    "base {base}; fault {} {}",
+                    fault.get("mode").and_then(Value::as_str).unwrap_or("?"),
+                    fault.get("io_type").and_then(Value::as_str).unwrap_or("?"),
+                ),
+                (Value::String(base), _) => format!("base {base}"),
+                _ => text(l, "path"),
+            };
             vec![
                 text(l, "name"),
                 text(l, "kind"),
@@ -403,12 +461,24 @@ fn print_luns(items: &[Value]) {
                 text(l, "block_size"),
                 text(l, "speed_class"),
                 text(l, "pool"),
-                text(l, "path"),
+                text(l, "state"),
+                errors,
+                path,
             ]
         })
         .collect();
     print_table(
-        &["NAME", "KIND", "SIZE", "BLOCK", "SPEED", "POOL", "PATH"],
+        &[
+            "NAME",
+            "KIND",
+            "SIZE",
+            "BLOCK",
+            "SPEED",
+            "POOL",
+            "STATE",
+            "ERRORS R/W/F",
+            "PATH",
+        ],
         &rows,
     );
 }

@@ -1,17 +1,59 @@
-//! `lun_*` methods.
+//! `lun_*` methods, fault injection (`lun_inject_fault`, `lun_clear_fault`), and the guards that
+//! keep the pool and volume methods off what a failed LUN took down.
+//!
+//! A LUN is `online` or `failed`: failed when it could not be opened at start-up (the entry's
+//! `failed` reason), when its device went away at run time (an I/O ended with ENODEV or
+//! ENXIO), or, for a fault LUN, when its base is failed. Error counters come from the LUN's
+//! [`crate::backend::LunHealth`].
 
 use super::params::Params;
 use super::{Control, LunEntry};
-use crate::backend::{open_lun, LunKind, LunSpec};
-use crate::constants::MAX_LUNS;
+use crate::backend::fault::{FaultLun, FaultMode, FaultSpec, FaultSpecError, IoTypes};
+use crate::backend::{open_lun, ErrorCounts, LunKind, LunSpec};
+use crate::constants::{MAX_FAULT_DELAY_US, MAX_LUNS};
 use crate::rpc::RpcError;
 use crate::store::records::LunRecord;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-pub fn describe(entry: &LunEntry) -> Value {
+pub fn error_counts(counts: ErrorCounts) -> Value {
+    json!({ "read": counts.read, "write": counts.write, "flush": counts.flush })
+}
+
+/// Why a LUN is failed, or `None` while it is online.
+pub fn failure(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Option<String> {
+    if let Some(reason) = &entry.failed {
+        return Some(reason.clone());
+    }
+    if !entry.lun.is_failed() {
+        return None;
+    }
+    if let Some(base) = entry.record.base.as_deref() {
+        let why = luns
+            .get(base)
+            .filter(|b| !std::ptr::eq(*b, entry))
+            .and_then(|b| failure(luns, b))
+            .unwrap_or_else(|| "failed".into());
+        return Some(format!("its base LUN {base} is failed: {why}"));
+    }
+    let errno = entry
+        .lun
+        .health()
+        .and_then(|h| h.failed_errno())
+        .unwrap_or(libc::EIO);
+    Some(format!(
+        "device gone ({})",
+        std::io::Error::from_raw_os_error(errno)
+    ))
+}
+
+pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
     let info = entry.lun.info();
-    json!({
+    let reason = failure(luns, entry);
+    let errors = entry.lun.health().map(|h| h.errors()).unwrap_or_default();
+    let mut described = json!({
         "name": info.name,
         "uuid": entry.record.uuid.to_string(),
         "kind": info.kind.as_str(),
@@ -22,19 +64,58 @@ pub fn describe(entry: &LunEntry) -> Value {
         "direct_io": info.direct_io,
         "persistent": entry.lun.is_persistent(),
         "pool": entry.pool,
-        "state": "online",
-    })
+        "state": if reason.is_some() { "failed" } else { "online" },
+        "reason": reason,
+        "errors": error_counts(errors),
+    });
+    if let Some(wrapper) = &entry.wrapped_by {
+        described["wrapped_by"] = json!(wrapper);
+    }
+    if let Some(fault) = &entry.fault {
+        described["base"] = json!(entry.record.base);
+        described["fault"] = describe_fault(fault);
+        let injected = fault.injected();
+        described["injected"] = json!({
+            "failed": error_counts(injected.failed),
+            "delayed": error_counts(injected.delayed),
+        });
+    }
+    described
+}
+
+fn describe_fault(fault: &FaultLun) -> Value {
+    match fault.active() {
+        None => Value::Null,
+        Some(active) => json!({
+            "io_type": active.spec.io_types.as_str(),
+            "mode": active.spec.mode.as_str(),
+            "count": active.spec.count,
+            "remaining": active.remaining,
+            "delay_us": (active.spec.mode == FaultMode::Delay).then_some(active.spec.delay_us),
+        }),
+    }
 }
 
 pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    let params = Params::new(params, &["name", "kind", "path", "size", "block_size"])?;
+    let params = Params::new(
+        params,
+        &["name", "kind", "path", "size", "block_size", "base"],
+    )?;
     let name = params.name("name")?;
     let kind_text = params.str("kind")?;
     let kind = LunKind::parse(kind_text).ok_or_else(|| {
         RpcError::invalid_params(format!(
-            "kind: {kind_text:?} is not one of mem, file, blockdev"
+            "kind: {kind_text:?} is not one of mem, file, blockdev, fault"
         ))
     })?;
+    if kind == LunKind::Fault {
+        return create_fault(control, &params, name);
+    }
+    if params.optional_str("base")?.is_some() {
+        return Err(RpcError::invalid_params(
+            "base: only a fault LUN has a base",
+        ));
+    }
     let block_size = match params.optional_u64("block_size")? {
         None => 512,
         Some(b @ (512 | 4096)) => b as u32,
@@ -45,21 +126,12 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         }
     };
     let size = params.optional_u64("size")?;
-    if control.luns.contains_key(name) {
-        return Err(RpcError::invalid_params(format!(
-            "name: LUN {name} already exists"
-        )));
-    }
-    if control.luns.len() >= MAX_LUNS {
-        return Err(RpcError::invalid_params(format!(
-            "name: the server already has {MAX_LUNS} LUNs"
-        )));
-    }
+    check_new_name(control, name)?;
     let path = match (kind, params.optional_str("path")?) {
         (LunKind::Mem, Some(_)) => {
             return Err(RpcError::invalid_params("path: a mem LUN has no path"))
         }
-        (LunKind::Mem, None) => None,
+        (LunKind::Mem | LunKind::Fault, None) => None,
         (LunKind::File, None) => Some(control.state_dir.join("luns").join(format!("{name}.img"))),
         (LunKind::Blockdev, None) => {
             return Err(RpcError::invalid_params(
@@ -109,6 +181,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         path,
         size: info.size_bytes,
         block_size: info.block_size_bytes,
+        base: None,
     };
     control
         .store
@@ -118,8 +191,11 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         record,
         lun,
         pool: None,
+        fault: None,
+        wrapped_by: None,
+        failed: None,
     };
-    let described = describe(&entry);
+    let described = describe(&control.luns, &entry);
     control.luns.insert(name.to_string(), entry);
     log::info!(
         "LUN {name} created ({} {} bytes, {}-byte blocks)",
@@ -127,6 +203,89 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         info_size(&described),
         block_size
     );
+    Ok(described)
+}
+
+fn check_new_name(control: &Control, name: &str) -> Result<(), RpcError> {
+    if control.luns.contains_key(name) {
+        return Err(RpcError::invalid_params(format!(
+            "name: LUN {name} already exists"
+        )));
+    }
+    if control.luns.len() >= MAX_LUNS {
+        return Err(RpcError::invalid_params(format!(
+            "name: the server already has {MAX_LUNS} LUNs"
+        )));
+    }
+    Ok(())
+}
+
+/// `lun_create` with `kind: "fault"`: a fault LUN over `base`, which it then owns the way a
+/// pool owns its LUNs (the base cannot be pooled, wrapped again or deleted meanwhile).
+fn create_fault(control: &mut Control, params: &Params, name: &str) -> Result<Value, RpcError> {
+    for key in ["path", "size", "block_size"] {
+        if params.optional_str(key).is_ok_and(|v| v.is_some())
+            || params.optional_u64(key).is_ok_and(|v| v.is_some())
+        {
+            return Err(RpcError::invalid_params(format!(
+                "{key}: a fault LUN takes its {key} from its base"
+            )));
+        }
+    }
+    let base_name = params.name("base")?;
+    check_new_name(control, name)?;
+    if base_name == name {
+        return Err(RpcError::invalid_params(format!(
+            "base: LUN {name} cannot wrap itself"
+        )));
+    }
+    let base = control
+        .luns
+        .get(base_name)
+        .ok_or_else(|| RpcError::invalid_params(format!("base: no LUN {base_name}")))?;
+    if let Some(pool) = &base.pool {
+        return Err(RpcError::invalid_params(format!(
+            "base: LUN {base_name} is in pool {pool}"
+        )));
+    }
+    if let Some(wrapper) = &base.wrapped_by {
+        return Err(RpcError::invalid_params(format!(
+            "base: LUN {base_name} is already the base of fault LUN {wrapper}"
+        )));
+    }
+    if let Some(reason) = failure(&control.luns, base) {
+        return Err(RpcError::invalid_params(format!(
+            "base: LUN {base_name} is failed: {reason}"
+        )));
+    }
+    let fault = Arc::new(FaultLun::new(name, base.lun.clone()));
+    let record = LunRecord {
+        name: name.to_string(),
+        uuid: control.new_uuid()?,
+        kind: LunKind::Fault,
+        path: None,
+        size: base.record.size,
+        block_size: base.record.block_size,
+        base: Some(base_name.to_string()),
+    };
+    control
+        .store
+        .put("lun", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    if let Some(base) = control.luns.get_mut(base_name) {
+        base.wrapped_by = Some(name.to_string());
+    }
+    let entry = LunEntry {
+        record,
+        lun: fault.clone(),
+        pool: None,
+        fault: Some(fault),
+        wrapped_by: None,
+        failed: None,
+    };
+    let described = describe(&control.luns, &entry);
+    control.luns.insert(name.to_string(), entry);
+    log::info!("LUN {name} created: fault injection over LUN {base_name}");
     Ok(described)
 }
 
@@ -146,17 +305,7 @@ fn param_of(error: &crate::backend::LunError) -> &'static str {
     }
 }
 
-/// An error and its sources, on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use crate::logger::error_chain;
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(params, &["name"])?;
@@ -166,9 +315,15 @@ pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcErr
                 .luns
                 .get(name)
                 .ok_or_else(|| RpcError::invalid_params(format!("name: no LUN {name}")))?;
-            Ok(json!([describe(entry)]))
+            Ok(json!([describe(&control.luns, entry)]))
         }
-        None => Ok(Value::Array(control.luns.values().map(describe).collect())),
+        None => Ok(Value::Array(
+            control
+                .luns
+                .values()
+                .map(|entry| describe(&control.luns, entry))
+                .collect(),
+        )),
     }
 }
 
@@ -184,11 +339,103 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "name: LUN {name} is in pool {pool}; delete the pool first"
         )));
     }
+    if let Some(wrapper) = &entry.wrapped_by {
+        return Err(RpcError::invalid_params(format!(
+            "name: LUN {name} is the base of fault LUN {wrapper}; delete {wrapper} first"
+        )));
+    }
+    let base = entry.record.base.clone();
     control
         .store
         .delete("lun", name)
         .map_err(|error| RpcError::internal(error_chain(&error)))?;
     control.luns.remove(name);
+    if let Some(base) = base.and_then(|b| control.luns.get_mut(&b)) {
+        base.wrapped_by = None;
+    }
     log::info!("LUN {name} deleted");
     Ok(Value::Bool(true))
+}
+
+/// The fault LUN `name` of a method's parameters.
+fn fault_lun(control: &Control, params: &Params) -> Result<(String, Arc<FaultLun>), RpcError> {
+    let name = params.name("name")?;
+    let entry = control
+        .luns
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(format!("name: no LUN {name}")))?;
+    let fault = entry.fault.clone().ok_or_else(|| {
+        RpcError::invalid_params(format!(
+            "name: LUN {name} is a {} LUN, not a fault LUN",
+            entry.record.kind.as_str()
+        ))
+    })?;
+    Ok((name.to_string(), fault))
+}
+
+/// `lun_inject_fault {name, io_type, mode, count?, delay_us?}`: replaces the fault LUN's
+/// injected fault. Returns the LUN as `lun_get_luns` shows it.
+pub fn inject_fault(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name", "io_type", "mode", "count", "delay_us"])?;
+    let (name, fault) = fault_lun(control, &params)?;
+    let io_text = params.str("io_type")?;
+    let io_types = IoTypes::parse(io_text).ok_or_else(|| {
+        RpcError::invalid_params(format!(
+            "io_type: {io_text:?} is not one of read, write, flush, all"
+        ))
+    })?;
+    let mode_text = params.str("mode")?;
+    let mode = FaultMode::parse(mode_text).ok_or_else(|| {
+        RpcError::invalid_params(format!(
+            "mode: {mode_text:?} is not one of fail, delay, fail_after"
+        ))
+    })?;
+    let count = params.optional_u64("count")?;
+    if count == Some(0) && mode != FaultMode::FailAfter {
+        return Err(RpcError::invalid_params(
+            "count: must be at least 1 (leave it out for every I/O)",
+        ));
+    }
+    let delay_us = params.optional_u64("delay_us")?;
+    let spec = FaultSpec {
+        io_types,
+        mode,
+        count,
+        delay_us: delay_us.unwrap_or(0),
+    };
+    fault.inject(spec).map_err(|error| match error {
+        FaultSpecError::CountRequired => {
+            RpcError::invalid_params("count: required for mode fail_after")
+        }
+        FaultSpecError::Delay if mode == FaultMode::Delay => RpcError::invalid_params(format!(
+            "delay_us: required for mode delay, 1 to {MAX_FAULT_DELAY_US}"
+        )),
+        FaultSpecError::Delay => RpcError::invalid_params("delay_us: only for mode delay"),
+    })?;
+    log::warn!(
+        "LUN {name}: fault injected: {} {} I/O{}{}",
+        mode.as_str(),
+        io_types.as_str(),
+        count.map_or(String::new(), |c| format!(", count {c}")),
+        delay_us.map_or(String::new(), |d| format!(", {d} us")),
+    );
+    described(control, &name)
+}
+
+/// `lun_clear_fault {name}`: the fault LUN passes every I/O through again.
+pub fn clear_fault(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    let (name, fault) = fault_lun(control, &params)?;
+    if fault.clear() {
+        log::warn!("LUN {name}: fault cleared");
+    }
+    described(control, &name)
+}
+
+fn described(control: &Control, name: &str) -> Result<Value, RpcError> {
+    control
+        .luns
+        .get(name)
+        .map(|entry| describe(&control.luns, entry))
+        .ok_or_else(|| RpcError::invalid_params(format!("name: no LUN {name}")))
 }

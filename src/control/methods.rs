@@ -1,6 +1,6 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{luns, pools, spdk, volumes, Control};
+use super::{failed, luns, spdk, Control};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -10,13 +10,17 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("lun_create", luns::create),
     ("lun_get_luns", luns::get),
     ("lun_delete", luns::delete),
-    ("pool_create", pools::create),
-    ("pool_get_pools", pools::get),
-    ("pool_delete", pools::delete),
-    ("volume_create", volumes::create),
-    ("volume_get_volumes", volumes::get),
-    ("volume_resize", volumes::resize),
-    ("volume_delete", volumes::delete),
+    ("lun_inject_fault", luns::inject_fault),
+    ("lun_clear_fault", luns::clear_fault),
+    // The pool and volume methods pass through the guards in failed.rs, which answer for pools
+    // and volumes a failed LUN took down and hand everything else to pools.rs and volumes.rs.
+    ("pool_create", failed::pool_create),
+    ("pool_get_pools", failed::pool_get),
+    ("pool_delete", failed::pool_delete),
+    ("volume_create", failed::volume_create),
+    ("volume_get_volumes", failed::volume_get),
+    ("volume_resize", failed::volume_resize),
+    ("volume_delete", failed::volume_delete),
     ("spdk_get_version", spdk::get_version),
     ("rpc_get_methods", spdk::get_methods),
     ("framework_get_reactors", spdk::get_reactors),

@@ -8,6 +8,7 @@
 //! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `spdk`)
 //! and add one line to [`methods::METHODS`].
 
+mod failed;
 mod luns;
 pub use luns::error_chain as luns_error_chain;
 pub mod methods;
@@ -16,7 +17,8 @@ mod pools;
 mod spdk;
 mod volumes;
 
-use crate::backend::{open_lun, Lun, LunSpec};
+use crate::backend::fault::{FaultLun, MissingLun};
+use crate::backend::{reopen_lun, Lun, LunKind, LunSpec};
 use crate::constants::CONTROL_QUEUE_CAPACITY;
 use crate::domain::snapshot::{Published, Snapshot};
 use crate::identity::Uuid;
@@ -39,18 +41,6 @@ use std::time::Instant;
 pub enum ControlError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("restoring LUN {name}")]
-    Lun {
-        name: String,
-        #[source]
-        source: Box<crate::backend::LunError>,
-    },
-    #[error("restoring pool {name}")]
-    Pool {
-        name: String,
-        #[source]
-        source: Box<crate::pool::PoolError>,
-    },
     #[error("restoring {what}: {detail}")]
     Inconsistent { what: String, detail: String },
     #[error("cannot start the control thread")]
@@ -61,6 +51,12 @@ pub struct LunEntry {
     pub record: LunRecord,
     pub lun: Arc<dyn Lun>,
     pub pool: Option<String>,
+    /// For a fault LUN: the same object as `lun`, for injecting faults.
+    pub fault: Option<Arc<FaultLun>>,
+    /// The fault LUN that wraps this one: it owns it as a pool would (no pool, no delete).
+    pub wrapped_by: Option<String>,
+    /// Why the LUN could not be opened at start-up (`lun` is then a [`MissingLun`]).
+    pub failed: Option<String>,
 }
 
 pub struct PoolEntry {
@@ -73,6 +69,19 @@ pub struct VolumeEntry {
     pub volume: Arc<Volume>,
 }
 
+/// A pool that could not be opened at start-up (one of its LUNs failed, or its metadata could
+/// not be read): listed with the reason, never served, deletable.
+pub struct FailedPool {
+    pub record: PoolRecord,
+    pub reason: String,
+}
+
+/// A volume of a failed pool: listed with the reason, not exported, deletable.
+pub struct FailedVolume {
+    pub record: VolumeRecord,
+    pub reason: String,
+}
+
 /// Everything the control thread owns.
 pub struct Control {
     pub state_dir: PathBuf,
@@ -80,6 +89,9 @@ pub struct Control {
     pub luns: BTreeMap<String, LunEntry>,
     pub pools: BTreeMap<String, PoolEntry>,
     pub volumes: BTreeMap<String, VolumeEntry>,
+    /// Pools and volumes a failed LUN took down at start-up, kept apart from the live ones.
+    pub failed_pools: BTreeMap<String, FailedPool>,
+    pub failed_volumes: BTreeMap<String, FailedVolume>,
     pub published: Arc<Published>,
     pub reactors: Vec<Arc<ReactorHandle>>,
     pub provisioner: Provisioner,
@@ -89,7 +101,9 @@ pub struct Control {
 
 impl Control {
     /// Restores the configuration from the store: LUNs, then pools (reading their extent
-    /// records), then volumes (rebuilding their maps from those records).
+    /// records), then volumes (rebuilding their maps from those records). A LUN that cannot be
+    /// opened does not stop the server: it is kept as failed, its pool comes up failed, and
+    /// that pool's volumes are listed as failed and not served; everything else serves.
     pub fn restore(
         state_dir: PathBuf,
         published: Arc<Published>,
@@ -103,70 +117,85 @@ impl Control {
             luns: BTreeMap::new(),
             pools: BTreeMap::new(),
             volumes: BTreeMap::new(),
+            failed_pools: BTreeMap::new(),
+            failed_volumes: BTreeMap::new(),
             published,
             reactors,
             provisioner,
             started: Instant::now(),
             generation: 0,
         };
-        for record in control.store.list::<LunRecord>("lun")? {
-            let spec = LunSpec {
-                name: record.name.clone(),
-                kind: record.kind,
-                path: record.path.clone(),
-                size_bytes: Some(record.size),
-                block_size_bytes: record.block_size,
-            };
-            let lun = open_lun(&spec).map_err(|source| ControlError::Lun {
-                name: record.name.clone(),
-                source: Box::new(source),
-            })?;
-            control.luns.insert(
-                record.name.clone(),
-                LunEntry {
-                    record,
-                    lun,
-                    pool: None,
-                },
-            );
-        }
+        control.restore_luns()?;
         let mut found_by_pool = HashMap::new();
         for record in control.store.list::<PoolRecord>("pool")? {
             let mut luns = Vec::with_capacity(record.luns.len());
+            let mut failure = None;
             for name in &record.luns {
-                let entry =
-                    control
-                        .luns
-                        .get_mut(name)
-                        .ok_or_else(|| ControlError::Inconsistent {
-                            what: format!("pool {}", record.name),
-                            detail: format!("its LUN {name} has no record"),
-                        })?;
-                entry.pool = Some(record.name.clone());
+                let entry = control
+                    .luns
+                    .get(name)
+                    .ok_or_else(|| ControlError::Inconsistent {
+                        what: format!("pool {}", record.name),
+                        detail: format!(
+                            "its LUN {name} has no record ({} is missing)",
+                            control.store.record_path("lun", name).display()
+                        ),
+                    })?;
+                if failure.is_none() {
+                    failure = luns::failure(&control.luns, entry)
+                        .map(|why| format!("LUN {name} is failed: {why}"));
+                }
                 luns.push(entry.lun.clone());
+                if let Some(entry) = control.luns.get_mut(name) {
+                    entry.pool = Some(record.name.clone());
+                }
             }
-            let (pool, found) = Pool::open(&record.name, record.uuid.0, record.extent_size, luns)
-                .map_err(|source| ControlError::Pool {
-                name: record.name.clone(),
-                source: Box::new(source),
-            })?;
-            found_by_pool.insert(record.name.clone(), found);
-            control.pools.insert(
-                record.name.clone(),
-                PoolEntry {
-                    record,
-                    pool: Arc::new(pool),
-                },
-            );
+            let opened = match failure {
+                Some(reason) => Err(reason),
+                None => Pool::open(&record.name, record.uuid.0, record.extent_size, luns)
+                    .map_err(|error| luns::error_chain(&error)),
+            };
+            match opened {
+                Ok((pool, found)) => {
+                    found_by_pool.insert(record.name.clone(), found);
+                    control.pools.insert(
+                        record.name.clone(),
+                        PoolEntry {
+                            record,
+                            pool: Arc::new(pool),
+                        },
+                    );
+                }
+                Err(reason) => {
+                    log::error!(
+                        "pool {} is failed and its volumes are not served: {reason}",
+                        record.name
+                    );
+                    control
+                        .failed_pools
+                        .insert(record.name.clone(), FailedPool { record, reason });
+                }
+            }
         }
         for record in control.store.list::<VolumeRecord>("volume")? {
+            if let Some(failed) = control.failed_pools.get(&record.pool) {
+                let reason = format!("pool {} is failed: {}", record.pool, failed.reason);
+                control
+                    .failed_volumes
+                    .insert(record.name.clone(), FailedVolume { record, reason });
+                continue;
+            }
             let pool =
                 control
                     .pools
                     .get(&record.pool)
                     .ok_or_else(|| ControlError::Inconsistent {
                         what: format!("volume {}", record.name),
-                        detail: format!("its pool {} has no record", record.pool),
+                        detail: format!(
+                            "its pool {} has no record ({} is missing)",
+                            record.pool,
+                            control.store.record_path("pool", &record.pool).display()
+                        ),
                     })?;
             let volume = Volume::new(
                 &record.name,
@@ -187,6 +216,92 @@ impl Control {
         control.rebuild_maps(found_by_pool);
         control.publish();
         Ok(control)
+    }
+
+    /// Opens every recorded LUN: drivers first, then fault LUNs over their bases (in rounds,
+    /// as a base may itself be a fault LUN). A LUN that cannot be opened is kept as failed.
+    fn restore_luns(&mut self) -> Result<(), ControlError> {
+        let (mut faults, drivers): (Vec<LunRecord>, Vec<LunRecord>) = self
+            .store
+            .list::<LunRecord>("lun")?
+            .into_iter()
+            .partition(|record| record.kind == LunKind::Fault);
+        for record in drivers {
+            let spec = LunSpec {
+                name: record.name.clone(),
+                kind: record.kind,
+                path: record.path.clone(),
+                size_bytes: Some(record.size),
+                block_size_bytes: record.block_size,
+            };
+            match reopen_lun(&spec) {
+                Ok(lun) => self.insert_lun(record, lun, None, None),
+                Err(error) => self.insert_missing_lun(record, luns::error_chain(&error)),
+            }
+        }
+        while !faults.is_empty() {
+            let before = faults.len();
+            let mut waiting = Vec::new();
+            for record in faults {
+                let base_name = record.base.clone().unwrap_or_default();
+                let Some(base) = self.luns.get_mut(&base_name) else {
+                    waiting.push(record);
+                    continue;
+                };
+                base.wrapped_by = Some(record.name.clone());
+                let fault = Arc::new(FaultLun::new(&record.name, base.lun.clone()));
+                self.insert_lun(record, fault.clone(), Some(fault), None);
+            }
+            if waiting.len() == before {
+                for record in waiting {
+                    let reason = format!(
+                        "its base LUN {} has no record",
+                        record.base.as_deref().unwrap_or("(none)")
+                    );
+                    self.insert_missing_lun(record, reason);
+                }
+                break;
+            }
+            faults = waiting;
+        }
+        Ok(())
+    }
+
+    fn insert_lun(
+        &mut self,
+        record: LunRecord,
+        lun: Arc<dyn Lun>,
+        fault: Option<Arc<FaultLun>>,
+        failed: Option<String>,
+    ) {
+        self.luns.insert(
+            record.name.clone(),
+            LunEntry {
+                record,
+                lun,
+                pool: None,
+                fault,
+                wrapped_by: None,
+                failed,
+            },
+        );
+    }
+
+    /// Keeps a LUN that cannot be opened in the configuration, failed with `reason`.
+    fn insert_missing_lun(&mut self, record: LunRecord, reason: String) {
+        log::error!(
+            "LUN {} cannot be opened and is failed: {reason}",
+            record.name
+        );
+        let lun = Arc::new(MissingLun::new(
+            &record.name,
+            record.kind,
+            record.path.clone(),
+            record.size,
+            record.block_size,
+            reason.clone(),
+        ));
+        self.insert_lun(record, lun, None, Some(reason));
     }
 
     /// Puts every extent record found on the pools' LUNs into its volume's map. Records of

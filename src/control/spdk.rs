@@ -1,10 +1,19 @@
 //! The SPDK methods whose meaning carries over, with SPDK's field names, so SPDK's tools and
 //! scripts read sds as they read SPDK: volumes appear as bdevs.
+//!
+//! `bdev_get_iostat` lists LUNs too (by a LUN's name, and in the full listing, after the
+//! volumes). A LUN counts only its errors (the success path keeps no per-LUN counters; volumes
+//! count operations and bytes), so a LUN's entry is `{name, product_name: "sds LUN", kind,
+//! state, num_errors, io_error: {read, write, flush}}`, plus `injected` for a fault LUN.
+//! `io_error` counts errors per I/O type (where SPDK counts them per completion status);
+//! volumes carry one too, per NBD command type (read, write, unmap, write_zeroes, flush).
 
+use super::luns::{error_counts, failure};
 use super::params::Params;
-use super::{methods::METHODS, Control, VolumeEntry};
+use super::{methods::METHODS, Control, LunEntry, VolumeEntry};
 use crate::rpc::RpcError;
 use crate::version::{GIT_REVISION, VERSION};
+use crate::volume::stats::IoKind;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
@@ -98,33 +107,77 @@ pub fn get_bdevs(control: &mut Control, params: Option<Value>) -> Result<Value, 
 
 pub fn get_iostat(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(params, &["name", "per_channel"])?;
-    let bdevs: Vec<Value> = selected(control, &params)?
-        .into_iter()
-        .map(|entry| {
-            let t = entry.volume.stats.totals();
-            json!({
-                "name": entry.volume.name,
-                "bytes_read": t.read_bytes,
-                "num_read_ops": t.read_ops,
-                "bytes_written": t.write_bytes,
-                "num_write_ops": t.write_ops,
-                "bytes_unmapped": t.unmap_bytes,
-                "num_unmap_ops": t.unmap_ops,
-                "bytes_copied": 0,
-                "num_copy_ops": 0,
-                "read_latency_ticks": t.read_latency_ns / 1000,
-                "write_latency_ticks": t.write_latency_ns / 1000,
-                "unmap_latency_ticks": t.unmap_latency_ns / 1000,
-                "num_write_zeroes_ops": t.zero_ops,
-                "bytes_write_zeroes": t.zero_bytes,
-                "num_flush_ops": t.flush_ops,
-                "num_errors": t.errors,
-            })
-        })
-        .collect();
+    let (volumes, luns): (Vec<&VolumeEntry>, Vec<&LunEntry>) = match params.optional_name("name")? {
+        Some(name) => {
+            let volumes: Vec<_> = control.volumes.get(name).into_iter().collect();
+            let luns: Vec<_> = control.luns.get(name).into_iter().collect();
+            if volumes.is_empty() && luns.is_empty() {
+                return Err(RpcError::invalid_params(format!("name: no bdev {name}")));
+            }
+            (volumes, luns)
+        }
+        None => (
+            control.volumes.values().collect(),
+            control.luns.values().collect(),
+        ),
+    };
+    let mut bdevs: Vec<Value> = volumes.into_iter().map(volume_iostat).collect();
+    bdevs.extend(luns.into_iter().map(|entry| lun_iostat(control, entry)));
     Ok(json!({
         "tick_rate": TICK_RATE_HZ,
         "ticks": control.started.elapsed().as_micros() as u64,
         "bdevs": bdevs,
     }))
+}
+
+fn volume_iostat(entry: &VolumeEntry) -> Value {
+    let t = entry.volume.stats.totals();
+    let io_error: serde_json::Map<String, Value> = IoKind::ALL
+        .iter()
+        .map(|kind| {
+            (
+                kind.as_str().to_string(),
+                json!(t.kind_errors[kind.index()]),
+            )
+        })
+        .collect();
+    json!({
+        "name": entry.volume.name,
+        "bytes_read": t.read_bytes,
+        "num_read_ops": t.read_ops,
+        "bytes_written": t.write_bytes,
+        "num_write_ops": t.write_ops,
+        "bytes_unmapped": t.unmap_bytes,
+        "num_unmap_ops": t.unmap_ops,
+        "bytes_copied": 0,
+        "num_copy_ops": 0,
+        "read_latency_ticks": t.read_latency_ns / 1000,
+        "write_latency_ticks": t.write_latency_ns / 1000,
+        "unmap_latency_ticks": t.unmap_latency_ns / 1000,
+        "num_write_zeroes_ops": t.zero_ops,
+        "bytes_write_zeroes": t.zero_bytes,
+        "num_flush_ops": t.flush_ops,
+        "num_errors": t.errors,
+        "io_error": io_error,
+    })
+}
+
+fn lun_iostat(control: &Control, entry: &LunEntry) -> Value {
+    let errors = entry.lun.health().map(|h| h.errors()).unwrap_or_default();
+    let mut stat = json!({
+        "name": entry.record.name,
+        "product_name": "sds LUN",
+        "kind": entry.record.kind.as_str(),
+        "state": if failure(&control.luns, entry).is_some() { "failed" } else { "online" },
+        "num_errors": errors.total(),
+        "io_error": error_counts(errors),
+    });
+    if let Some(fault) = &entry.fault {
+        let injected = fault.injected();
+        stat["injected"] = json!({
+            "failed": error_counts(injected.failed),
+            "delayed": error_counts(injected.delayed),
+        });
+    }
+    stat
 }

@@ -45,13 +45,14 @@ impl FileStore {
         Ok(Self { dir })
     }
 
-    fn path(&self, kind: &str, name: &str) -> PathBuf {
+    /// Where the record of `kind` `name` lives (whether or not it exists).
+    pub fn record_path(&self, kind: &str, name: &str) -> PathBuf {
         self.dir.join(format!("{kind}-{name}.json"))
     }
 
     /// Writes a record atomically and durably.
     pub fn put<T: Serialize>(&self, kind: &str, name: &str, record: &T) -> Result<(), StoreError> {
-        let path = self.path(kind, name);
+        let path = self.record_path(kind, name);
         let temp = self.dir.join(format!(".{kind}-{name}.json.tmp"));
         let io = |source| StoreError::Io {
             path: path.clone(),
@@ -70,7 +71,7 @@ impl FileStore {
 
     /// Removes a record durably.
     pub fn delete(&self, kind: &str, name: &str) -> Result<(), StoreError> {
-        let path = self.path(kind, name);
+        let path = self.record_path(kind, name);
         match fs::remove_file(&path) {
             Ok(()) => self.sync_dir(),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -13,6 +13,10 @@ pub struct LunRecord {
     pub path: Option<PathBuf>,
     pub size: u64,
     pub block_size: u32,
+    /// For a `fault` LUN: the LUN it wraps, opened before it at start-up. (Injected faults
+    /// are runtime state and are not recorded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

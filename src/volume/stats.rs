@@ -15,6 +15,33 @@ pub enum IoKind {
     Flush,
 }
 
+impl IoKind {
+    pub const COUNT: usize = 5;
+    pub const ALL: [IoKind; IoKind::COUNT] = [
+        IoKind::Read,
+        IoKind::Write,
+        IoKind::Unmap,
+        IoKind::WriteZeroes,
+        IoKind::Flush,
+    ];
+
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name SPDK gives this I/O type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Unmap => "unmap",
+            Self::WriteZeroes => "write_zeroes",
+            Self::Flush => "flush",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct IoCounters {
     pub read_ops: AtomicU64,
@@ -30,6 +57,8 @@ pub struct IoCounters {
     pub zero_bytes: AtomicU64,
     pub flush_ops: AtomicU64,
     pub errors: AtomicU64,
+    /// Failed requests per [`IoKind`] (their sum is `errors`), bumped on the error path only.
+    pub kind_errors: [AtomicU64; IoKind::COUNT],
 }
 
 /// A sum of every reactor's counters.
@@ -48,6 +77,8 @@ pub struct IoTotals {
     pub zero_bytes: u64,
     pub flush_ops: u64,
     pub errors: u64,
+    /// Failed requests, indexed by [`IoKind::index`].
+    pub kind_errors: [u64; IoKind::COUNT],
 }
 
 pub struct VolumeStats {
@@ -81,6 +112,7 @@ impl VolumeStats {
         let c = &self.per_reactor[reactor];
         if failed {
             bump(&c.errors, 1);
+            bump(&c.kind_errors[kind.index()], 1);
             return;
         }
         match kind {
@@ -124,6 +156,9 @@ impl VolumeStats {
             t.zero_bytes += get(&c.zero_bytes);
             t.flush_ops += get(&c.flush_ops);
             t.errors += get(&c.errors);
+            for (total, counter) in t.kind_errors.iter_mut().zip(&c.kind_errors) {
+                *total += get(counter);
+            }
         }
         t
     }

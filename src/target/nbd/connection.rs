@@ -17,11 +17,12 @@
 
 use super::protocol::{self, Command, RequestHeader};
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::backend::{completion_result, LunIo, Started};
+use crate::backend::{completion_result, IoType, LunIo, Started};
 use crate::constants::{
-    MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_SEGMENTS_PER_IO,
-    NBD_RECV_BUFFER_BYTES,
+    MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
+    MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
 };
+use crate::pool::{Pool, PoolLun};
 use crate::reactor::session::{Session, SessionContext};
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
 use crate::volume::stats::IoKind;
@@ -36,14 +37,39 @@ use std::time::Instant;
 const REQUEST_HEADER_BYTES: usize = 28;
 const REPLY_HEADER_BYTES: usize = 16;
 
-/// Session-local tag layout: kind in bits 40..44, slot in 32..40, expected bytes in 0..32.
+/// Session-local tag layout: kind in bits 40..44, slot in 32..40, the pool-LUN index of a LUN
+/// I/O in 24..32 (so its errors are counted on that LUN without a lookup), expected bytes in
+/// 0..24.
 const TAG_RECV: u64 = 1;
 const TAG_PAYLOAD: u64 = 2;
 const TAG_SEND: u64 = 3;
 const TAG_IO: u64 = 4;
+const TAG_LUN_SHIFT: u32 = 24;
+const TAG_EXPECTED_MASK: u64 = (1 << TAG_LUN_SHIFT) - 1;
 
-fn tag_of(kind: u64, slot: usize, expected_bytes: u32) -> u64 {
-    (kind << 40) | ((slot as u64) << 32) | u64::from(expected_bytes)
+const _: () = assert!((MAX_IO_BYTES as u64) <= TAG_EXPECTED_MASK);
+const _: () = assert!(MAX_LUNS_PER_POOL <= 1 << 8);
+const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 1 << 8);
+
+fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 {
+    debug_assert!(u64::from(expected_bytes) <= TAG_EXPECTED_MASK && lun_index < 1 << 8);
+    (kind << 40)
+        | ((slot as u64) << 32)
+        | ((lun_index as u64) << TAG_LUN_SHIFT)
+        | u64::from(expected_bytes)
+}
+
+/// The index of `member` in `pool.luns`, from its address: segments hand out references into
+/// that list. (Plain address arithmetic, no pointer dereference.)
+#[inline]
+fn member_index(pool: &Pool, member: &PoolLun) -> usize {
+    let offset = (member as *const PoolLun as usize).wrapping_sub(pool.luns.as_ptr() as usize);
+    let index = offset / std::mem::size_of::<PoolLun>();
+    debug_assert!(pool
+        .luns
+        .get(index)
+        .is_some_and(|m| std::ptr::eq(m, member)));
+    index
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,7 +262,7 @@ impl NbdSession {
         };
         let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
             .build()
-            .user_data(ctx.tag(tag_of(kind, 0, 0)));
+            .user_data(ctx.tag(tag_of(kind, 0, 0, 0)));
         // SAFETY: the buffer is owned by this session, which outlives the completion: the
         // reactor drops a session only when is_finished(), i.e. with nothing on the ring.
         match unsafe { ctx.ring.push(&entry) } {
@@ -437,14 +463,11 @@ impl NbdSession {
 
     fn run_flush(&mut self, index: usize, ctx: &mut SessionContext) {
         let volume = self.volume.clone();
-        for member in &volume.pool.luns {
+        for (lun_index, member) in volume.pool.luns.iter().enumerate() {
+            let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, 0));
             // SAFETY: a flush refers to no buffer.
-            let started = unsafe {
-                member
-                    .lun
-                    .submit(&LunIo::Flush, ctx.tag(tag_of(TAG_IO, index, 0)), ctx.ring)
-            };
-            self.account_start(index, started);
+            let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
+            self.account_start(index, lun_index, started);
         }
         self.slots[index].cursor_bytes = u64::from(self.slots[index].header.length_bytes);
     }
@@ -549,13 +572,12 @@ impl NbdSession {
                     } else {
                         0
                     };
+                    let lun_index = member_index(&volume.pool, lun);
+                    let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, expected));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped: the slot is not reused before it is replied to.
-                    let started = unsafe {
-                        lun.lun
-                            .submit(&io, ctx.tag(tag_of(TAG_IO, index, expected)), ctx.ring)
-                    };
-                    self.account_start(index, started);
+                    let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
+                    self.account_start(index, lun_index, started);
                     segments += 1;
                     len_bytes
                 }
@@ -565,32 +587,52 @@ impl NbdSession {
         self.slots[index].cursor_bytes = at;
     }
 
-    fn account_start(&mut self, index: usize, started: Started) {
+    fn account_start(&mut self, index: usize, lun_index: usize, started: Started) {
         match started {
             Started::Queued(count) => {
                 self.slots[index].pending += count;
                 self.ring_pending += count;
             }
-            Started::Done(result) => self.note_result(index, result),
+            Started::Done(result) => self.note_result(index, lun_index, result),
         }
     }
 
-    fn note_result(&mut self, index: usize, result: Result<(), i32>) {
-        if let Err(errno) = result {
-            let slot = &mut self.slots[index];
-            if slot.error == 0 {
-                slot.error = if errno == libc::ENOSPC {
-                    protocol::NBD_ENOSPC
-                } else {
-                    protocol::NBD_EIO
-                };
-                log::warn!(
-                    "nbd {}: {} I/O error on volume {}: errno {errno}",
-                    self.peer,
-                    slot.header.command.name(),
-                    self.volume.name
-                );
-            }
+    /// Takes the result of one LUN I/O of request `index` on the pool's LUN `lun_index`. An
+    /// error is counted on that LUN (which fails itself if its device is gone) and the request
+    /// answers the host with EIO (ENOSPC for a full pool).
+    fn note_result(&mut self, index: usize, lun_index: usize, result: Result<(), i32>) {
+        let Err(errno) = result else {
+            return;
+        };
+        let slot = &mut self.slots[index];
+        let io_type = match slot.header.command {
+            Command::Read => IoType::Read,
+            Command::Flush => IoType::Flush,
+            _ => IoType::Write,
+        };
+        let lun = self
+            .volume
+            .pool
+            .luns
+            .get(lun_index)
+            .map(|member| &member.lun);
+        if let Some(lun) = lun {
+            lun.note_error(io_type, errno);
+        }
+        if slot.error == 0 {
+            slot.error = if errno == libc::ENOSPC {
+                protocol::NBD_ENOSPC
+            } else {
+                protocol::NBD_EIO
+            };
+            log::warn!(
+                "nbd {}: {} I/O error on volume {}, LUN {}: {}",
+                self.peer,
+                slot.header.command.name(),
+                self.volume.name,
+                lun.map_or("?", |l| l.info().name.as_str()),
+                std::io::Error::from_raw_os_error(errno)
+            );
         }
     }
 
@@ -685,7 +727,7 @@ impl NbdSession {
         let entry = opcode::SendMsg::new(self.fd(), &*self.send_msg as *const libc::msghdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
-            .user_data(ctx.tag(tag_of(TAG_SEND, 0, 0)));
+            .user_data(ctx.tag(tag_of(TAG_SEND, 0, 0, 0)));
         // SAFETY: the msghdr, the iovecs and the buffers they point at belong to this session and
         // stay untouched until the send completes (slots in `sending` are not reused before).
         match unsafe { ctx.ring.push(&entry) } {
@@ -759,7 +801,8 @@ impl Session for NbdSession {
         self.ring_pending -= 1;
         let kind = local_tag >> 40;
         let index = ((local_tag >> 32) & 0xff) as usize;
-        let expected = local_tag as u32;
+        let lun_index = ((local_tag >> TAG_LUN_SHIFT) & 0xff) as usize;
+        let expected = (local_tag & TAG_EXPECTED_MASK) as u32;
         match kind {
             TAG_RECV | TAG_PAYLOAD => {
                 self.recv_posted = false;
@@ -787,7 +830,7 @@ impl Session for NbdSession {
             TAG_SEND => self.on_sent(result, ctx),
             TAG_IO => {
                 self.slots[index].pending -= 1;
-                self.note_result(index, completion_result(result, expected));
+                self.note_result(index, lun_index, completion_result(result, expected));
                 let slot = &self.slots[index];
                 if slot.pending == 0 && slot.waiting == 0 {
                     self.finish_round(index, ctx);
