@@ -69,3 +69,15 @@ const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2
 
 /// Longest delay a fault LUN may inject into one I/O (`lun_inject_fault`, mode `delay`).
 pub const MAX_FAULT_DELAY_US: u64 = 10_000_000;
+
+/// Hosts, storage domains and virtual paths one server manages.
+pub const MAX_HOSTS: usize = 4096;
+pub const MAX_DOMAINS: usize = 256;
+pub const MAX_VPATHS: usize = 16384;
+/// Addresses one host may list, and the longest identity string (TLS subject, IQN, NQN).
+pub const MAX_HOST_ADDRESSES: usize = 64;
+pub const MAX_IDENTITY_BYTES: usize = 1024;
+/// The control loop's default cycle, and the bounds of `--cycle-ms`.
+pub const DEFAULT_CYCLE_MS: u64 = 100;
+pub const MIN_CYCLE_MS: u64 = 10;
+pub const MAX_CYCLE_MS: u64 = 10_000;

@@ -201,8 +201,26 @@ fn demo(state_dir: &Path) -> Result<(), DemoError> {
         volume["uuid"], volume["allocated"]
     );
 
+    println!(
+        "\n3. A host (this machine) and a virtual path: no host reaches a volume without one:"
+    );
+    call(
+        &mut client,
+        "host_create",
+        json!({"name": "localhost", "addresses": ["127.0.0.1/32"]}),
+    )?;
+    let vpath = call(
+        &mut client,
+        "vpath_create",
+        json!({"host": "localhost", "volume": "vol0", "mode": "rw"}),
+    )?;
+    println!(
+        "  host localhost (127.0.0.1/32) -> vol0: virtual path {}, mode {}, domain {}, LUN {}",
+        vpath["id"], vpath["mode"], vpath["domain"], vpath["lun"]
+    );
+
     let url = format!("nbd://127.0.0.1:{port}/vol0");
-    println!("\n3. qemu-io writes patterns through NBD, across extent and LUN boundaries, and reads them back:");
+    println!("\n4. qemu-io writes patterns through NBD, across extent and LUN boundaries, and reads them back:");
     let commands: Vec<String> = [
         (0xa1u32, 0u64, 4096u64),
         (0xb2, (1 << 20) - 8192, 16384),
@@ -230,7 +248,7 @@ fn demo(state_dir: &Path) -> Result<(), DemoError> {
     }
     println!("  every pattern read back as written; a never-written range read as zeroes");
 
-    println!("\n4. What the server reports:");
+    println!("\n5. What the server reports:");
     let volumes = call(&mut client, "volume_get_volumes", json!({"name": "vol0"}))?;
     println!(
         "  vol0 now has {} extents allocated ({} bytes)",
@@ -243,7 +261,17 @@ fn demo(state_dir: &Path) -> Result<(), DemoError> {
         stats["num_read_ops"], stats["bytes_read"], stats["num_write_ops"], stats["bytes_written"]
     );
 
-    println!("\n5. Stopping the server (SIGTERM: drain, flush, exit 0)");
+    let stats = call(&mut client, "vpath_get_stats", json!({}))?;
+    let total = &stats["vpaths"][0]["total"];
+    println!(
+        "  vpath_get_stats: virtual path {} did {} reads and {} writes, p99 latency {} us",
+        stats["vpaths"][0]["id"],
+        total["ops"]["read"],
+        total["ops"]["write"],
+        total["latency_us"]["p99"]
+    );
+
+    println!("\n6. Stopping the server (SIGTERM: drain, flush, exit 0)");
     drop(client);
     if !server.stop()? {
         return Err(step("the server did not stop cleanly"));

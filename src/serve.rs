@@ -38,6 +38,8 @@ pub struct ServeConfig {
     /// One reactor per listed core; empty means one reactor on [`default_core`].
     pub cores: Vec<usize>,
     pub poll: PollMode,
+    /// The control loop's period: how often statistics are gathered and QoS shares decided.
+    pub cycle: std::time::Duration,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -94,6 +96,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         published.clone(),
         reactors.clone(),
         provisioner.clone(),
+        config.cycle,
     )
     .map_err(Box::new)?;
     let (dispatch, control_thread) = control::spawn(control).map_err(Box::new)?;

@@ -678,7 +678,7 @@ fn a_lun_whose_file_is_gone_fails_with_its_pool_and_the_rest_serves() {
     assert_eq!(state_of(&volumes, "vo")["state"], "online");
 
     // Hosts cannot open a failed volume, nor see it in the export list.
-    let (clean, text) = io(&server.url("vg"), &["read 0 4k"]);
+    let (clean, text) = io(&server.url_without_grant("vg"), &["read 0 4k"]);
     assert!(!clean, "a failed volume was opened:\n{text}");
     require_tool("nbdinfo");
     let output = std::process::Command::new("nbdinfo")

@@ -110,6 +110,16 @@ fn nbdinfo_lists_the_exports() {
         "volume_create",
         json!({"name": "beta", "pool": "mix", "size": 16 * MIB, "block_size": 512}),
     );
+    // A third volume with no virtual path: no host sees it.
+    server.ok(
+        "volume_create",
+        json!({"name": "gamma", "pool": "mix", "size": 4 * MIB}),
+    );
+    server.grant("alpha");
+    server.ok(
+        "vpath_create",
+        json!({"host": TEST_HOST, "volume": "beta", "mode": "ro"}),
+    );
     let output = std::process::Command::new("nbdinfo")
         .args([
             "--list",
@@ -137,5 +147,7 @@ fn nbdinfo_lists_the_exports() {
     assert_eq!(find("beta")["block_size_minimum"], 512);
     assert_eq!(find("alpha")["block_size_minimum"], 4096);
     assert_eq!(find("alpha")["can_multi_conn"], true);
-    assert_eq!(exports.len(), 2);
+    assert_eq!(find("alpha")["is_read_only"], false);
+    assert_eq!(find("beta")["is_read_only"], true, "a read-only VP exports read-only");
+    assert_eq!(exports.len(), 2, "gamma has no virtual path: {listing}");
 }

@@ -201,6 +201,7 @@ fn nbd_over_a_unix_socket_and_several_reactors() {
     let reactors = sds(&["rpc", "framework_get_reactors"]);
     let reactors: serde_json::Value = serde_json::from_str(&reactors).expect("json");
     assert_eq!(reactors["reactors"].as_array().map(Vec::len), Some(2));
+    server.grant("u");
     let url = format!("nbd+unix:///u?socket={}", nbd_socket.display());
     // Two connections at once land on both reactors; each verifies its own half.
     let jobs: Vec<_> = (0..2u64)

@@ -83,6 +83,11 @@ struct ServeArgs {
     /// busy: spin on the rings (lowest latency, burns the cores); adaptive: sleep when idle
     #[arg(long, value_enum, default_value = "adaptive")]
     poll: Poll,
+    /// Period of the control loop, in milliseconds: how often per-VP statistics are gathered
+    /// and each domain's QoS budget is shared anew among its virtual paths
+    #[arg(long, default_value_t = crate::constants::DEFAULT_CYCLE_MS,
+          value_parser = clap::value_parser!(u64).range(crate::constants::MIN_CYCLE_MS..=crate::constants::MAX_CYCLE_MS))]
+    cycle_ms: u64,
     /// error, warn, info, debug or trace
     #[arg(long, env = "SDS_LOG", default_value = "info")]
     log_level: String,
@@ -352,6 +357,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Poll::Busy => PollMode::Busy,
             Poll::Adaptive => PollMode::Adaptive,
         },
+        cycle: std::time::Duration::from_millis(args.cycle_ms),
     };
     crate::serve::run(config).map_err(|e| chain(&e))
 }

@@ -10,6 +10,7 @@ use super::luns::{error_chain, failure};
 use super::params::Params;
 use super::{pools, volumes, Control, FailedPool, FailedVolume};
 use crate::rpc::RpcError;
+use crate::store::records::VpathRecord;
 use serde_json::{json, Value};
 
 /// The `name` parameter as given, before the method validates it.
@@ -201,6 +202,17 @@ pub fn volume_delete(control: &mut Control, params: Option<Value>) -> Result<Val
         return volumes::delete(control, params);
     };
     Params::new(params, &["name"])?;
+    // Its virtual paths were never brought up; their records go with it.
+    let vpaths = control
+        .store
+        .list::<VpathRecord>("vpath")
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    for record in vpaths.iter().filter(|r| r.volume == name) {
+        control
+            .store
+            .delete("vpath", &record.id.to_string())
+            .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    }
     control
         .store
         .delete("volume", &name)

@@ -1,6 +1,6 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{failed, luns, spdk, Control};
+use super::{domains, failed, hosts, luns, spdk, volumes, vpaths, Control};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -21,6 +21,20 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("volume_get_volumes", failed::volume_get),
     ("volume_resize", failed::volume_resize),
     ("volume_delete", failed::volume_delete),
+    ("host_create", hosts::create),
+    ("host_get_hosts", hosts::get),
+    ("host_delete", hosts::delete),
+    ("domain_create", domains::create),
+    ("domain_set_capabilities", domains::set_capabilities),
+    ("domain_get_domains", domains::get),
+    ("domain_delete", domains::delete),
+    ("domain_get_stats", domains::get_stats),
+    ("vpath_create", vpaths::create),
+    ("vpath_get_vpaths", vpaths::get),
+    ("vpath_delete", vpaths::delete),
+    ("vpath_set_domain", vpaths::set_domain),
+    ("vpath_get_stats", vpaths::get_stats),
+    ("bdev_set_qos_limit", volumes::set_qos_limit),
     ("spdk_get_version", spdk::get_version),
     ("rpc_get_methods", spdk::get_methods),
     ("framework_get_reactors", spdk::get_reactors),

@@ -8,34 +8,43 @@
 //! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `spdk`)
 //! and add one line to [`methods::METHODS`].
 
+mod cycle;
+mod domains;
 mod failed;
+mod hosts;
 mod luns;
 pub use luns::error_chain as luns_error_chain;
 pub mod methods;
 pub mod params;
 mod pools;
 mod spdk;
+mod stats;
 mod volumes;
+mod vpaths;
 
 use crate::backend::fault::{FaultLun, MissingLun};
 use crate::backend::{reopen_lun, Lun, LunKind, LunSpec};
 use crate::constants::CONTROL_QUEUE_CAPACITY;
-use crate::domain::snapshot::{Published, Snapshot};
+use crate::domain::host::Host;
+use crate::domain::snapshot::{PathView, Published, Snapshot};
+use crate::domain::vpath::Vpath;
 use crate::identity::Uuid;
 use crate::pool::Pool;
 use crate::reactor::ReactorHandle;
 use crate::rpc::{Dispatch, RpcError};
-use crate::store::records::{LunRecord, PoolRecord, VolumeRecord};
+use crate::store::records::{
+    DomainRecord, HostRecord, LunRecord, PoolRecord, VolumeRecord, VpathRecord,
+};
 use crate::store::{FileStore, StoreError};
 use crate::volume::provisioner::Provisioner;
 use crate::volume::Volume;
-use crossbeam::channel::{bounded, Receiver, Sender};
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -92,10 +101,18 @@ pub struct Control {
     /// Pools and volumes a failed LUN took down at start-up, kept apart from the live ones.
     pub failed_pools: BTreeMap<String, FailedPool>,
     pub failed_volumes: BTreeMap<String, FailedVolume>,
+    pub hosts: BTreeMap<String, hosts::HostEntry>,
+    pub domains: BTreeMap<String, domains::DomainEntry>,
+    pub vpaths: BTreeMap<u64, vpaths::VpathEntry>,
+    pub next_vpath_id: u64,
     pub published: Arc<Published>,
     pub reactors: Vec<Arc<ReactorHandle>>,
     pub provisioner: Provisioner,
     pub started: Instant,
+    /// The control loop's period, when the last cycle ran and how long it lasted.
+    pub cycle_period: Duration,
+    pub last_cycle_at: Instant,
+    pub last_cycle_s: f64,
     generation: u64,
 }
 
@@ -109,6 +126,7 @@ impl Control {
         published: Arc<Published>,
         reactors: Vec<Arc<ReactorHandle>>,
         provisioner: Provisioner,
+        cycle_period: Duration,
     ) -> Result<Self, ControlError> {
         let store = FileStore::open(&state_dir)?;
         let mut control = Self {
@@ -119,10 +137,17 @@ impl Control {
             volumes: BTreeMap::new(),
             failed_pools: BTreeMap::new(),
             failed_volumes: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            vpaths: BTreeMap::new(),
+            next_vpath_id: 1,
             published,
             reactors,
             provisioner,
             started: Instant::now(),
+            cycle_period,
+            last_cycle_at: Instant::now(),
+            last_cycle_s: cycle_period.as_secs_f64(),
             generation: 0,
         };
         control.restore_luns()?;
@@ -214,6 +239,8 @@ impl Control {
             );
         }
         control.rebuild_maps(found_by_pool);
+        control.restore_paths()?;
+        control.recompute_rates();
         control.publish();
         Ok(control)
     }
@@ -363,10 +390,110 @@ impl Control {
             .iter()
             .map(|(name, entry)| (name.clone(), entry.volume.clone()))
             .collect();
+        let hosts = self
+            .hosts
+            .values()
+            .map(|entry| entry.host.clone())
+            .collect();
+        let paths = self
+            .vpaths
+            .values()
+            .map(|entry| {
+                let capabilities = self
+                    .domains
+                    .get(&entry.record.domain)
+                    .map(|d| d.record.capabilities)
+                    .unwrap_or_default();
+                PathView {
+                    vpath: entry.vpath.clone(),
+                    domain: entry.record.domain.clone(),
+                    allowed_ops: capabilities.allowed_ops,
+                    statistics: capabilities.statistics,
+                    rates: entry.rates.clone(),
+                }
+            })
+            .collect();
         self.published.publish(Snapshot {
             generation: self.generation,
             volumes,
+            hosts,
+            paths,
         });
+    }
+
+    /// Restores hosts, domains (making the `default` one if missing) and virtual paths. A VP
+    /// whose volume is not served (its pool failed) is kept on disk but not brought up.
+    fn restore_paths(&mut self) -> Result<(), ControlError> {
+        for record in self.store.list::<HostRecord>("host")? {
+            let host = Host::from_record(&record).map_err(|detail| ControlError::Inconsistent {
+                what: format!(
+                    "host {} ({})",
+                    record.name,
+                    self.store.record_path("host", &record.name).display()
+                ),
+                detail,
+            })?;
+            self.hosts
+                .insert(record.name.clone(), hosts::HostEntry { record, host });
+        }
+        for record in self.store.list::<DomainRecord>("domain")? {
+            self.domains
+                .insert(record.name.clone(), domains::DomainEntry::new(record));
+        }
+        if !self.domains.contains_key(domains::DEFAULT_DOMAIN) {
+            let record = DomainRecord {
+                name: domains::DEFAULT_DOMAIN.to_string(),
+                capabilities: Default::default(),
+            };
+            self.store.put("domain", &record.name, &record)?;
+            self.domains
+                .insert(record.name.clone(), domains::DomainEntry::new(record));
+        }
+        for record in self.store.list::<VpathRecord>("vpath")? {
+            self.next_vpath_id = self.next_vpath_id.max(record.id + 1);
+            let path = self.store.record_path("vpath", &record.id.to_string());
+            let missing = |what: &str, name: &str| ControlError::Inconsistent {
+                what: format!("virtual path {} ({})", record.id, path.display()),
+                detail: format!("its {what} {name} has no record"),
+            };
+            if !self.hosts.contains_key(&record.host) {
+                return Err(missing("host", &record.host));
+            }
+            if !self.domains.contains_key(&record.domain) {
+                return Err(missing("domain", &record.domain));
+            }
+            let Some(volume) = self.volumes.get(&record.volume).map(|v| v.volume.clone()) else {
+                if self.failed_volumes.contains_key(&record.volume) {
+                    log::warn!(
+                        "virtual path {}: volume {} is failed; the path stays down",
+                        record.id,
+                        record.volume
+                    );
+                    continue;
+                }
+                return Err(missing("volume", &record.volume));
+            };
+            let vpath = Arc::new(Vpath::new(
+                record.id,
+                &record.host,
+                volume,
+                record.mode,
+                record.lun,
+                self.reactors.len(),
+            ));
+            let id = record.id;
+            self.vpaths.insert(
+                id,
+                vpaths::VpathEntry::new(record, vpath, self.reactors.len()),
+            );
+        }
+        log::info!(
+            "{} hosts, {} domains, {} virtual paths restored",
+            self.hosts.len(),
+            self.domains.len(),
+            self.vpaths.len()
+        );
+        Ok(())
     }
 
     fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
@@ -440,12 +567,24 @@ pub fn spawn(control: Control) -> Result<(ControlDispatch, JoinHandle<Control>),
 }
 
 fn run(mut control: Control, receiver: Receiver<ControlCall>) -> Control {
-    while let Ok(call) = receiver.recv() {
-        let result = control.call(&call.method, call.params);
-        if let Err(error) = &result {
-            log::info!("rpc {}: {}", call.method, error.message);
+    let mut next_cycle = Instant::now() + control.cycle_period;
+    loop {
+        let wait = next_cycle.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(wait) {
+            Ok(call) => {
+                let result = control.call(&call.method, call.params);
+                if let Err(error) = &result {
+                    log::info!("rpc {}: {}", call.method, error.message);
+                }
+                let _ = call.reply.send(result);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
-        let _ = call.reply.send(result);
+        if Instant::now() >= next_cycle {
+            control.run_cycle();
+            next_cycle = Instant::now() + control.cycle_period;
+        }
     }
     control
 }

@@ -57,6 +57,30 @@ impl Params {
         }
     }
 
+    /// A parameter as raw JSON (an object the caller validates itself).
+    pub fn optional_value(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+
+    /// A list of strings; `None` when absent.
+    pub fn optional_str_list(&self, key: &str) -> Result<Option<Vec<&str>>, RpcError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str().ok_or_else(|| {
+                        RpcError::invalid_params(format!("{key}: must be an array of strings"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(RpcError::invalid_params(format!(
+                "{key}: must be an array of strings"
+            ))),
+        }
+    }
+
     pub fn optional_u64(&self, key: &str) -> Result<Option<u64>, RpcError> {
         match self.get(key) {
             None => Ok(None),

@@ -3,6 +3,7 @@
 use super::params::Params;
 use super::{Control, VolumeEntry};
 use crate::constants::{MAX_VOLUMES, MAX_VOLUME_EXTENTS};
+use crate::domain::capabilities::QosLimits;
 use crate::logger::error_chain;
 use crate::pool::on_disk::ExtentRecord;
 use crate::rpc::RpcError;
@@ -126,6 +127,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         size,
         block_size,
         thin,
+        qos: Default::default(),
     };
     // The record first: extent records of a volume without one would be freed at start-up.
     control
@@ -225,6 +227,16 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "name: volume {name} is open by {connections} connections"
         )));
     }
+    // Its virtual paths go with it (none has a connection: the volume is not open).
+    let vpaths: Vec<u64> = control
+        .vpaths
+        .values()
+        .filter(|v| v.record.volume == name)
+        .map(|v| v.record.id)
+        .collect();
+    for id in vpaths {
+        control.remove_vpath(id)?;
+    }
     control
         .store
         .delete("volume", name)
@@ -236,5 +248,47 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     control.publish();
     release_from(&entry.volume, 0);
     log::info!("volume {name} deleted");
+    Ok(Value::Bool(true))
+}
+
+/// SPDK's `bdev_set_qos_limit {name, rw_ios_per_sec?, rw_mbytes_per_sec?, r_mbytes_per_sec?,
+/// w_mbytes_per_sec?}`: limits on the volume as a whole, on top of its VPs' domains, shared
+/// among the VPs to it by demand and their domains' priority. 0 removes a limit.
+pub fn set_qos_limit(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let mut known = vec!["name"];
+    known.extend(QosLimits::NAMES);
+    let raw = params.clone();
+    let params = Params::new(params, &known)?;
+    let name = params.name("name")?;
+    let entry = control
+        .volumes
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
+    let object = raw
+        .as_ref()
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if !QosLimits::NAMES.iter().any(|key| object.contains_key(*key)) {
+        return Err(RpcError::invalid_params(format!(
+            "rw_ios_per_sec: give at least one of {}",
+            QosLimits::NAMES.join(", ")
+        )));
+    }
+    let mut record = entry.record.clone();
+    record
+        .qos
+        .merge(&object, "")
+        .map_err(RpcError::invalid_params)?;
+    control
+        .store
+        .put("volume", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    if let Some(entry) = control.volumes.get_mut(name) {
+        entry.record = record;
+    }
+    control.recompute_rates();
+    control.publish();
+    log::info!("volume {name}: QoS limits set");
     Ok(Value::Bool(true))
 }

@@ -1,8 +1,20 @@
-//! The domain layer: what the data path is allowed to reach. The control thread builds an
-//! immutable [`snapshot::Snapshot`] of it and publishes it with one atomic swap; front ends and
-//! reactors only ever load it.
+//! The domain layer: who may reach which volume, and how well each is served.
 //!
-//! Today a snapshot lists the exported volumes; hosts, virtual paths and storage domains with
-//! their capabilities (access, QoS, statistics) join it in the same way.
+//! ```text
+//!  handshake: PeerIdentity ──▶ Host ──▶ its VPs (discovery, open)
+//!  per I/O:   session ──▶ Snapshot (one atomic load) ──▶ PathView: access, allowed ops,
+//!             RateLimit ──▶ TokenBucket (session-local) ──▶ volume; then VpCounters
+//!  control:   every cycle, VpathStats ──▶ share domain budgets (qos) ──▶ new Snapshot
+//! ```
+//!
+//! Hosts ([`host`]) are named by what their protocol proves; a virtual path ([`vpath`])
+//! associates one host with one volume; a storage domain groups VPs and carries
+//! [`capabilities`] for all of them. The control thread builds an immutable [`snapshot`] of
+//! all this and publishes it with one atomic swap; front ends and reactors only ever load it.
 
+pub mod capabilities;
+pub mod host;
+pub mod qos;
 pub mod snapshot;
+pub mod stats;
+pub mod vpath;

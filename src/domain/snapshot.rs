@@ -1,16 +1,82 @@
-//! The published, immutable view of what the data path may reach.
+//! The published, immutable view of what the data path may reach and how it is served.
+//!
+//! The control thread builds a new [`Snapshot`] whenever configuration changes, and every
+//! control-loop cycle in which a VP's rates change, and publishes it with one atomic swap.
+//! Handshakes resolve a connection's host and VP from it; sessions load it once per request
+//! and read their VP's current decisions (access, allowed operations, rates) from it.
 
+use super::capabilities::{AllowedOps, StatsDetail};
+use super::host::{Host, PeerIdentity};
+use super::qos::RateLimit;
+use super::vpath::Vpath;
 use crate::volume::Volume;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A VP as one snapshot decides it.
+pub struct PathView {
+    pub vpath: Arc<Vpath>,
+    pub domain: String,
+    pub allowed_ops: AllowedOps,
+    pub statistics: StatsDetail,
+    /// The rate each reactor may serve this VP at now (index: reactor).
+    pub rates: Box<[RateLimit]>,
+}
+
+impl PathView {
+    #[inline]
+    pub fn rate(&self, reactor: usize) -> RateLimit {
+        self.rates.get(reactor).copied().unwrap_or_default()
+    }
+}
+
 /// One generation of the configuration as the data path sees it.
 #[derive(Default)]
 pub struct Snapshot {
     pub generation: u64,
-    /// Volumes by name: the NBD export names.
+    /// Every volume by name (what the administrator sees; hosts see only their VPs').
     pub volumes: BTreeMap<String, Arc<Volume>>,
+    pub hosts: Vec<Host>,
+    /// Every VP, in id order.
+    pub paths: Vec<PathView>,
+}
+
+impl Snapshot {
+    /// The host a connection belongs to: the first whose identity matches.
+    pub fn host_of(&self, peer: &PeerIdentity) -> Option<&Host> {
+        self.hosts.iter().find(|host| host.matches(peer))
+    }
+
+    /// The VPs of host `host`, with their index in `paths`.
+    pub fn paths_of<'a>(&'a self, host: &'a str) -> impl Iterator<Item = (usize, &'a PathView)> {
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(move |(_, view)| view.vpath.host == host)
+    }
+
+    /// `host`'s VP to volume `volume`.
+    pub fn path_to<'a>(&'a self, host: &'a str, volume: &str) -> Option<(usize, &'a PathView)> {
+        self.paths_of(host)
+            .find(|(_, view)| view.vpath.volume.name == volume)
+    }
+
+    /// The view of VP `vpath` in this snapshot; `hint` is where it was last time.
+    #[inline]
+    pub fn view_of(&self, vpath: &Arc<Vpath>, hint: &mut usize) -> Option<&PathView> {
+        if let Some(view) = self.paths.get(*hint) {
+            if Arc::ptr_eq(&view.vpath, vpath) {
+                return Some(view);
+            }
+        }
+        let index = self
+            .paths
+            .binary_search_by_key(&vpath.id, |view| view.vpath.id)
+            .ok()?;
+        *hint = index;
+        Some(&self.paths[index])
+    }
 }
 
 /// Where the current snapshot lives. The control thread stores; everyone else loads.
@@ -29,6 +95,12 @@ impl Default for Published {
 impl Published {
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The current snapshot without touching its reference count: what the I/O path uses.
+    #[inline]
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
     }
 
     pub fn publish(&self, snapshot: Snapshot) {

@@ -258,6 +258,11 @@ impl Reactor {
                 } => self.with_session(session.index, Some(session.generation), |s, ctx| {
                     s.on_wake(token, result, ctx)
                 }),
+                Message::Revoke { tag } => {
+                    for index in 0..self.sessions.len() {
+                        self.with_session(index as u16, None, |s, ctx| s.revoke(tag, ctx));
+                    }
+                }
                 Message::Shutdown => {
                     self.shutting_down = true;
                     for index in 0..self.sessions.len() {

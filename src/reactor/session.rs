@@ -35,6 +35,8 @@ pub trait Session: Send {
     fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext);
     /// A message from another thread (see `Message::Wake`).
     fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext);
+    /// What `tag` names (a virtual path) was revoked: close if this session serves it.
+    fn revoke(&mut self, _tag: u64, _ctx: &mut SessionContext) {}
     /// The server is stopping: finish what is in flight, take nothing new.
     fn begin_shutdown(&mut self, ctx: &mut SessionContext);
     /// Closed, with nothing left on the ring: the reactor may drop it and reuse its index.

@@ -1,6 +1,8 @@
 //! The persisted configuration records.
 
 use crate::backend::LunKind;
+use crate::domain::capabilities::{Capabilities, QosLimits};
+use crate::domain::vpath::AccessMode;
 use crate::identity::Uuid;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -35,4 +37,39 @@ pub struct VolumeRecord {
     pub size: u64,
     pub block_size: u32,
     pub thin: bool,
+    /// `bdev_set_qos_limit`: limits on the volume as a whole, over every VP to it.
+    #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
+    pub qos: QosLimits,
+}
+
+/// A host (`host_create`): an initiator, by what its protocol proves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd_tls_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iqn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nqn: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// A storage domain (`domain_create`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    pub name: String,
+    pub capabilities: Capabilities,
+}
+
+/// A virtual path (`vpath_create`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpathRecord {
+    pub id: u64,
+    pub host: String,
+    pub volume: String,
+    pub domain: String,
+    pub mode: AccessMode,
+    pub lun: u32,
 }

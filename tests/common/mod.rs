@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The host every test server knows: this machine, over TCP loopback and as root over Unix
+/// sockets. Volumes are reachable only through a virtual path (see `Server::grant`).
+pub const TEST_HOST: &str = "tester";
+
 pub fn sds_binary() -> &'static str {
     env!("CARGO_BIN_EXE_sds")
 }
@@ -66,6 +70,10 @@ impl Server {
             child: None,
         };
         server.spawn();
+        server.ok(
+            "host_create",
+            json!({"name": TEST_HOST, "addresses": ["127.0.0.0/8", "::1", "unix:0"]}),
+        );
         server
     }
 
@@ -143,8 +151,30 @@ impl Server {
         }
     }
 
+    /// The NBD URL of `volume`, after granting the test host a read-write virtual path to it
+    /// (once; a later call finds it there).
     pub fn url(&self, volume: &str) -> String {
+        self.grant(volume);
+        self.url_without_grant(volume)
+    }
+
+    /// The NBD URL of `volume`, granting nothing.
+    pub fn url_without_grant(&self, volume: &str) -> String {
         format!("nbd://127.0.0.1:{}/{volume}", self.port)
+    }
+
+    /// Makes sure the test host has a virtual path to `volume`; returns its id.
+    pub fn grant(&self, volume: &str) -> u64 {
+        let existing = self.ok(
+            "vpath_get_vpaths",
+            json!({"host": TEST_HOST, "volume": volume}),
+        );
+        if let Some(id) = existing[0]["id"].as_u64() {
+            return id;
+        }
+        self.ok("vpath_create", json!({"host": TEST_HOST, "volume": volume}))["id"]
+            .as_u64()
+            .expect("vpath id")
     }
 
     /// Sends a raw request object; returns the whole response object.

@@ -22,6 +22,11 @@ use crate::constants::{
     MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
     MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
 };
+use crate::domain::capabilities::{AllowedOps, StatsDetail};
+use crate::domain::qos::{Admit, TokenBucket};
+use crate::domain::snapshot::Published;
+use crate::domain::stats::OpKind;
+use crate::domain::vpath::{AccessMode, Vpath};
 use crate::pool::{Pool, PoolLun};
 use crate::reactor::session::{Session, SessionContext};
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
@@ -44,6 +49,10 @@ const TAG_RECV: u64 = 1;
 const TAG_PAYLOAD: u64 = 2;
 const TAG_SEND: u64 = 3;
 const TAG_IO: u64 = 4;
+/// The QoS timer: throttled requests are retried when it fires.
+const TAG_TIMER: u64 = 5;
+/// Longest single QoS timer: a session that is closing never waits longer than this for it.
+const MAX_TIMER_NS: u64 = 50_000_000;
 const TAG_LUN_SHIFT: u32 = 24;
 const TAG_EXPECTED_MASK: u64 = (1 << TAG_LUN_SHIFT) - 1;
 
@@ -80,6 +89,8 @@ enum SlotState {
     Running,
     /// Waiting for the provisioner (extent mapping or slow-path write).
     Waiting,
+    /// Waiting for QoS tokens.
+    Throttled,
     /// Reply queued or being sent.
     Replying,
 }
@@ -100,6 +111,10 @@ struct Slot {
     reply: [u8; REPLY_HEADER_BYTES],
     /// Whether this request went to the slow path (answered by one wake).
     slow_path: bool,
+    /// Whether its latency goes into the VP's histogram (the domain's statistics detail).
+    record_latency: bool,
+    /// When it started waiting for QoS tokens, if it had to.
+    throttled_at: Option<Instant>,
 }
 
 /// What incoming bytes are for right now.
@@ -120,9 +135,25 @@ enum Inbound {
 
 pub struct NbdSession {
     socket: OwnedFd,
+    /// The virtual path this connection reached its volume by: checked and accounted on
+    /// every request.
+    vpath: Arc<Vpath>,
+    /// Where the VP sat in the last snapshot looked at.
+    path_hint: usize,
+    published: Arc<Published>,
     volume: Arc<Volume>,
     provisioner: Provisioner,
     read_only: bool,
+    bucket: TokenBucket,
+    /// Requests waiting for QoS tokens, oldest first.
+    throttled: VecDeque<usize>,
+    timer_armed: bool,
+    /// The QoS timer's timeout; the ring reads it when the entry is submitted.
+    timer_spec: Box<types::Timespec>,
+    /// Where the session's nanosecond clock starts.
+    clock: Instant,
+    /// The reactor serving it (set when it starts).
+    reactor_index: usize,
     max_io_bytes: usize,
     slow_writes: bool,
     recv_buf: AlignedBuf,
@@ -154,12 +185,15 @@ unsafe impl Send for NbdSession {}
 impl NbdSession {
     pub fn new(
         socket: OwnedFd,
-        volume: Arc<Volume>,
+        vpath: Arc<Vpath>,
+        path_hint: usize,
+        published: Arc<Published>,
         provisioner: Provisioner,
-        read_only: bool,
         max_io_bytes: usize,
         peer: String,
     ) -> Self {
+        let volume = vpath.volume.clone();
+        let read_only = vpath.mode == AccessMode::ReadOnly;
         let slow_writes = volume.needs_read_modify_write();
         let slots = (0..MAX_INFLIGHT_PER_CONNECTION)
             .map(|_| Slot {
@@ -173,14 +207,25 @@ impl NbdSession {
                 started: Instant::now(),
                 reply: [0; REPLY_HEADER_BYTES],
                 slow_path: false,
+                record_latency: true,
+                throttled_at: None,
             })
             .collect();
         volume.connections.fetch_add(1, Ordering::AcqRel);
         Self {
             socket,
+            vpath,
+            path_hint,
+            published,
             volume,
             provisioner,
             read_only,
+            bucket: TokenBucket::default(),
+            throttled: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
+            timer_armed: false,
+            timer_spec: Box::new(types::Timespec::new()),
+            clock: Instant::now(),
+            reactor_index: 0,
             max_io_bytes,
             slow_writes,
             recv_buf: AlignedBuf::new(NBD_RECV_BUFFER_BYTES),
@@ -220,10 +265,19 @@ impl NbdSession {
     }
 
     fn maybe_finish(&mut self) {
+        if !self.closing || self.finished {
+            return;
+        }
         let busy = self.ring_pending > 0 || self.slots.iter().any(|s| s.waiting > 0);
-        if self.closing && !busy && !self.finished {
+        if !busy {
             self.finished = true;
             self.volume.connections.fetch_sub(1, Ordering::AcqRel);
+            self.vpath
+                .stats
+                .reactor(self.reactor_index)
+                .sessions
+                .fetch_sub(1, Ordering::Relaxed);
+            self.throttled.clear();
             // SAFETY: shutdown on a descriptor we own; the peer sees the connection end.
             unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
         }
@@ -337,6 +391,11 @@ impl NbdSession {
                 return false;
             }
         };
+        // The VP decides, per request, from the current snapshot: one atomic load.
+        let Some((ops, record_latency)) = self.policy() else {
+            self.close("its virtual path was deleted");
+            return false;
+        };
         let payload_bytes = if header.command == Command::Write {
             header.length_bytes as usize
         } else {
@@ -366,6 +425,8 @@ impl NbdSession {
         slot.waiting = 0;
         slot.error = 0;
         slot.slow_path = false;
+        slot.record_latency = record_latency;
+        slot.throttled_at = None;
         slot.started = Instant::now();
 
         if header.command == Command::Disconnect {
@@ -373,7 +434,7 @@ impl NbdSession {
             self.close("client disconnected");
             return false;
         }
-        if let Some(errno) = self.refuse(&header, fits) {
+        if let Some(errno) = self.refuse(&header, fits, ops) {
             let slot = &mut self.slots[index];
             slot.state = SlotState::Running;
             slot.error = errno;
@@ -409,13 +470,140 @@ impl NbdSession {
                 return false;
             }
         }
-        self.slots[index].state = SlotState::Running;
-        self.run(index, ctx);
+        self.start_request(index, ctx);
         true
     }
 
+    /// The VP's allowed operations and whether latencies are recorded, from the current
+    /// snapshot; `None` once the VP is gone.
+    fn policy(&mut self) -> Option<(AllowedOps, bool)> {
+        if self.vpath.is_revoked() {
+            return None;
+        }
+        let snapshot = self.published.peek();
+        let view = snapshot.view_of(&self.vpath, &mut self.path_hint)?;
+        Some((view.allowed_ops, view.statistics == StatsDetail::Latency))
+    }
+
+    // ---- quality of service ------------------------------------------------------------------
+
+    /// A request is ready (header and payload in): run it, or queue it behind the throttled
+    /// ones, or throttle it.
+    fn start_request(&mut self, index: usize, ctx: &mut SessionContext) {
+        if !self.throttled.is_empty() {
+            self.throttle(index, None, ctx);
+            return;
+        }
+        match self.admit(index, ctx) {
+            Admit::Go => {
+                self.slots[index].state = SlotState::Running;
+                self.run(index, ctx);
+            }
+            Admit::Wait(wait_ns) => self.throttle(index, Some(wait_ns), ctx),
+        }
+    }
+
+    /// Takes the request's tokens from this session's bucket at the rate the snapshot gives
+    /// this VP on this reactor (shared evenly by the VP's sessions here).
+    fn admit(&mut self, index: usize, ctx: &mut SessionContext) -> Admit {
+        let snapshot = self.published.peek();
+        let Some(view) = snapshot.view_of(&self.vpath, &mut self.path_hint) else {
+            return Admit::Go;
+        };
+        let mut rate = view.rate(ctx.reactor_index);
+        if rate.is_unlimited() {
+            return Admit::Go;
+        }
+        let sessions = self.vpath.stats.reactor_sessions(ctx.reactor_index);
+        if sessions > 1 {
+            rate = rate.scaled(1.0 / f64::from(sessions));
+        }
+        let header = self.slots[index].header;
+        let length = u64::from(header.length_bytes);
+        let (counts, read_bytes, write_bytes) = match header.command {
+            Command::Read => (true, length, 0),
+            Command::Write => (true, 0, length),
+            Command::Trim | Command::WriteZeroes => (true, 0, 0),
+            _ => (false, 0, 0),
+        };
+        let now_ns = self.clock.elapsed().as_nanos() as u64;
+        self.bucket
+            .take(&rate, now_ns, counts, read_bytes, write_bytes)
+    }
+
+    fn throttle(&mut self, index: usize, wait_ns: Option<u64>, ctx: &mut SessionContext) {
+        let slot = &mut self.slots[index];
+        slot.state = SlotState::Throttled;
+        slot.throttled_at = Some(Instant::now());
+        self.throttled.push_back(index);
+        if !self.timer_armed {
+            self.arm_timer(wait_ns.unwrap_or(1_000_000), ctx);
+        }
+    }
+
+    fn arm_timer(&mut self, wait_ns: u64, ctx: &mut SessionContext) {
+        let wait_ns = wait_ns.clamp(1_000, MAX_TIMER_NS);
+        *self.timer_spec = types::Timespec::new()
+            .sec(wait_ns / 1_000_000_000)
+            .nsec((wait_ns % 1_000_000_000) as u32);
+        let entry = opcode::Timeout::new(&*self.timer_spec)
+            .build()
+            .user_data(ctx.tag(tag_of(TAG_TIMER, 0, 0, 0)));
+        // SAFETY: the timespec is a box this session owns and does not touch until the timer
+        // completes (timer_armed); the session outlives every entry it has on the ring.
+        match unsafe { ctx.ring.push(&entry) } {
+            Ok(()) => {
+                self.timer_armed = true;
+                self.ring_pending += 1;
+            }
+            Err(error) => self.close(&format!("cannot arm the QoS timer: {error}")),
+        }
+    }
+
+    /// The QoS timer fired: run the throttled requests that now have tokens, in order.
+    fn on_timer(&mut self, ctx: &mut SessionContext) {
+        self.timer_armed = false;
+        if self.closing {
+            self.throttled.clear();
+            return;
+        }
+        while let Some(&index) = self.throttled.front() {
+            match self.admit(index, ctx) {
+                Admit::Go => {
+                    self.throttled.pop_front();
+                    let slot = &mut self.slots[index];
+                    let waited_ns = slot
+                        .throttled_at
+                        .take()
+                        .map_or(0, |at| at.elapsed().as_nanos() as u64);
+                    slot.state = SlotState::Running;
+                    self.vpath
+                        .stats
+                        .reactor(ctx.reactor_index)
+                        .record_throttled(waited_ns);
+                    self.run(index, ctx);
+                }
+                Admit::Wait(wait_ns) => {
+                    self.arm_timer(wait_ns, ctx);
+                    break;
+                }
+            }
+        }
+    }
+
     /// The NBD errno a request is refused with before it touches the volume, if any.
-    fn refuse(&self, header: &RequestHeader, fits: bool) -> Option<u32> {
+    fn refuse(&self, header: &RequestHeader, fits: bool, ops: AllowedOps) -> Option<u32> {
+        let allowed = match header.command {
+            Command::Read => ops.read,
+            Command::Write => ops.write,
+            Command::Flush => ops.flush,
+            Command::Trim => ops.trim,
+            Command::WriteZeroes => ops.write_zeroes,
+            _ => true,
+        };
+        if !allowed {
+            return Some(protocol::NBD_EPERM);
+        }
         let block = u64::from(self.volume.block_size_bytes);
         let (offset, length) = (header.offset_bytes, u64::from(header.length_bytes));
         match header.command {
@@ -686,6 +874,19 @@ impl NbdSession {
             latency_ns,
             slot.error != 0,
         );
+        let op = match header.command {
+            Command::Read => OpKind::Read,
+            Command::Write => OpKind::Write,
+            Command::Trim => OpKind::Trim,
+            Command::WriteZeroes => OpKind::WriteZeroes,
+            _ => OpKind::Flush,
+        };
+        self.vpath.stats.reactor(ctx.reactor_index).record(
+            op,
+            u64::from(header.length_bytes),
+            slot.record_latency.then_some(latency_ns),
+            slot.error != 0,
+        );
         slot.reply = protocol::encode_simple_reply(slot.error, header.cookie);
         slot.state = SlotState::Replying;
         self.send_queue.push_back(index);
@@ -794,7 +995,20 @@ impl NbdSession {
 
 impl Session for NbdSession {
     fn start(&mut self, ctx: &mut SessionContext) {
+        self.reactor_index = ctx.reactor_index;
+        self.vpath
+            .stats
+            .reactor(ctx.reactor_index)
+            .sessions
+            .fetch_add(1, Ordering::Relaxed);
         self.post_recv(ctx);
+    }
+
+    fn revoke(&mut self, tag: u64, _ctx: &mut SessionContext) {
+        if tag == self.vpath.id {
+            self.close("its virtual path was deleted");
+            self.maybe_finish();
+        }
     }
 
     fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
@@ -821,13 +1035,13 @@ impl Session for NbdSession {
                         self.post_recv(ctx);
                     } else {
                         self.inbound = Inbound::Headers;
-                        self.slots[slot].state = SlotState::Running;
-                        self.run(slot, ctx);
+                        self.start_request(slot, ctx);
                         self.process_input(ctx);
                     }
                 }
             }
             TAG_SEND => self.on_sent(result, ctx),
+            TAG_TIMER => self.on_timer(ctx),
             TAG_IO => {
                 self.slots[index].pending -= 1;
                 self.note_result(index, lun_index, completion_result(result, expected));

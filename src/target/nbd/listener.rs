@@ -6,7 +6,9 @@
 use super::connection::NbdSession;
 use super::handshake::{negotiate, ExportCatalog, ExportInfo};
 use crate::constants::{HANDSHAKE_TIMEOUT_SECS, MAX_HANDSHAKES, MAX_IO_BYTES};
-use crate::domain::snapshot::{Published, Snapshot};
+use crate::domain::host::PeerIdentity;
+use crate::domain::snapshot::{PathView, Published, Snapshot};
+use crate::domain::vpath::AccessMode;
 use crate::reactor::mailbox::Message;
 use crate::reactor::ReactorHandle;
 use crate::volume::provisioner::Provisioner;
@@ -61,8 +63,25 @@ impl NbdContext {
     }
 }
 
-/// The exports as one snapshot shows them.
-struct SnapshotCatalog(Arc<Snapshot>);
+/// The exports one host sees in one snapshot: the volumes it has a virtual path to, each as
+/// its VP allows (read-only, and only the operations its domain allows advertised).
+struct HostCatalog {
+    snapshot: Arc<Snapshot>,
+    host: Option<String>,
+}
+
+impl HostCatalog {
+    fn export(&self, view: &PathView) -> ExportInfo {
+        let mut info = export_info(&view.vpath.volume);
+        let ops = view.allowed_ops;
+        info.read_only = view.vpath.mode == AccessMode::ReadOnly || !ops.write;
+        info.can_trim = ops.trim && !info.read_only;
+        info.can_write_zeroes = ops.write_zeroes && !info.read_only;
+        info.can_flush = ops.flush;
+        info.can_fua = ops.flush && !info.read_only;
+        info
+    }
+}
 
 pub fn export_info(volume: &Volume) -> ExportInfo {
     let block = volume.block_size_bytes;
@@ -82,13 +101,22 @@ pub fn export_info(volume: &Volume) -> ExportInfo {
     }
 }
 
-impl ExportCatalog for SnapshotCatalog {
+impl ExportCatalog for HostCatalog {
     fn list_exports(&self) -> Vec<ExportInfo> {
-        self.0.volumes.values().map(|v| export_info(v)).collect()
+        let Some(host) = &self.host else {
+            return Vec::new();
+        };
+        self.snapshot
+            .paths_of(host)
+            .map(|(_, view)| self.export(view))
+            .collect()
     }
 
     fn find_export(&self, name: &str) -> Option<ExportInfo> {
-        self.0.volumes.get(name).map(|v| export_info(v))
+        let host = self.host.as_ref()?;
+        self.snapshot
+            .path_to(host, name)
+            .map(|(_, view)| self.export(view))
     }
 }
 
@@ -143,14 +171,27 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
         let accepted = match &listening {
             Listening::Tcp(l) => l.accept().map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
-                (Stream::Tcp(stream), peer.to_string())
+                let identity = PeerIdentity {
+                    address: Some(peer.ip()),
+                    ..PeerIdentity::default()
+                };
+                (Stream::Tcp(stream), peer.to_string(), identity)
             }),
-            Listening::Unix(l, path) => l
-                .accept()
-                .map(|(stream, _)| (Stream::Unix(stream), format!("unix:{}", path.display()))),
+            Listening::Unix(l, path) => l.accept().map(|(stream, _)| {
+                let uid = peer_uid(&stream);
+                let identity = PeerIdentity {
+                    unix_uid: uid,
+                    ..PeerIdentity::default()
+                };
+                let name = match uid {
+                    Some(uid) => format!("unix:{uid}@{}", path.display()),
+                    None => format!("unix:{}", path.display()),
+                };
+                (Stream::Unix(stream), name, identity)
+            }),
         };
         match accepted {
-            Ok((stream, peer)) => start_handshake(stream, peer, &context),
+            Ok((stream, peer, identity)) => start_handshake(stream, peer, identity, &context),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20))
             }
@@ -224,7 +265,32 @@ impl Write for Stream {
     }
 }
 
-fn start_handshake(stream: Stream, peer: String, context: &Arc<NbdContext>) {
+/// The user id of a Unix-socket peer (SO_PEERCRED), as the kernel saw it at connect time.
+fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain old data; all-zero is a valid value.
+    let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt on a descriptor we own, writing at most `length` bytes into
+    // `credentials`, which lives for the whole call.
+    let done = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut length,
+        )
+    };
+    (done == 0).then_some(credentials.uid)
+}
+
+fn start_handshake(
+    stream: Stream,
+    peer: String,
+    identity: PeerIdentity,
+    context: &Arc<NbdContext>,
+) {
     if context.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
         context.handshakes.fetch_sub(1, Ordering::AcqRel);
         log::warn!("NBD {peer}: refused, {MAX_HANDSHAKES} handshakes already in progress");
@@ -234,7 +300,7 @@ fn start_handshake(stream: Stream, peer: String, context: &Arc<NbdContext>) {
     let spawned = std::thread::Builder::new()
         .name("nbd-handshake".into())
         .spawn(move || {
-            handshake(stream, &peer, &context);
+            handshake(stream, &peer, &identity, &context);
             context.handshakes.fetch_sub(1, Ordering::AcqRel);
         });
     if let Err(error) = spawned {
@@ -242,13 +308,20 @@ fn start_handshake(stream: Stream, peer: String, context: &Arc<NbdContext>) {
     }
 }
 
-fn handshake(mut stream: Stream, peer: &str, context: &NbdContext) {
+fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &NbdContext) {
     if let Err(error) = stream.prepare() {
         log::warn!("NBD {peer}: {error}");
         return;
     }
     let snapshot = context.published.load();
-    let catalog = SnapshotCatalog(snapshot.clone());
+    let host = snapshot.host_of(identity).map(|h| h.name.clone());
+    if host.is_none() {
+        log::info!("NBD {peer}: no host matches {identity}: it sees no export");
+    }
+    let catalog = HostCatalog {
+        snapshot: snapshot.clone(),
+        host: host.clone(),
+    };
     let negotiated = match negotiate(&mut stream, &catalog) {
         Ok(Some(negotiated)) => negotiated,
         Ok(None) => return,
@@ -257,7 +330,10 @@ fn handshake(mut stream: Stream, peer: &str, context: &NbdContext) {
             return;
         }
     };
-    let Some(volume) = snapshot.volumes.get(&negotiated.export.name).cloned() else {
+    let Some((index, view)) = host
+        .as_deref()
+        .and_then(|host| snapshot.path_to(host, &negotiated.export.name))
+    else {
         return;
     };
     let fd = match stream.into_fd() {
@@ -267,14 +343,19 @@ fn handshake(mut stream: Stream, peer: &str, context: &NbdContext) {
             return;
         }
     };
-    let max_io_bytes = MAX_IO_BYTES;
-    log::info!("NBD {peer}: serving volume {}", volume.name);
+    log::info!(
+        "NBD {peer}: host {} serving volume {} through virtual path {}",
+        view.vpath.host,
+        view.vpath.volume.name,
+        view.vpath.id
+    );
     let session = NbdSession::new(
         fd,
-        volume,
+        view.vpath.clone(),
+        index,
+        context.published.clone(),
         context.provisioner.clone(),
-        false,
-        max_io_bytes,
+        MAX_IO_BYTES,
         peer.to_string(),
     );
     let reactor = &context.reactors

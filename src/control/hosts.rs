@@ -1,0 +1,155 @@
+//! `host_*` methods: initiators, by what their protocol proves.
+
+use super::params::Params;
+use super::Control;
+use crate::constants::{MAX_HOSTS, MAX_HOST_ADDRESSES, MAX_IDENTITY_BYTES};
+use crate::domain::host::Host;
+use crate::logger::error_chain;
+use crate::rpc::RpcError;
+use crate::store::records::HostRecord;
+use serde_json::{json, Value};
+
+pub struct HostEntry {
+    pub record: HostRecord,
+    pub host: Host,
+}
+
+pub fn describe(control: &Control, entry: &HostEntry) -> Value {
+    let vpaths = control
+        .vpaths
+        .values()
+        .filter(|v| v.record.host == entry.record.name)
+        .count();
+    json!({
+        "name": entry.record.name,
+        "nbd_tls_subject": entry.record.nbd_tls_subject,
+        "iqn": entry.record.iqn,
+        "nqn": entry.record.nqn,
+        "addresses": entry.host.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "vpaths": vpaths,
+    })
+}
+
+fn identity(params: &Params, key: &str) -> Result<Option<String>, RpcError> {
+    match params.optional_str(key)? {
+        None => Ok(None),
+        Some(text) if text.is_empty() || text.len() > MAX_IDENTITY_BYTES => Err(
+            RpcError::invalid_params(format!("{key}: must be 1 to {MAX_IDENTITY_BYTES} bytes")),
+        ),
+        Some(text) => Ok(Some(text.to_string())),
+    }
+}
+
+pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(
+        params,
+        &["name", "nbd_tls_subject", "iqn", "nqn", "addresses"],
+    )?;
+    let name = params.name("name")?;
+    let record = HostRecord {
+        name: name.to_string(),
+        nbd_tls_subject: identity(&params, "nbd_tls_subject")?,
+        iqn: identity(&params, "iqn")?,
+        nqn: identity(&params, "nqn")?,
+        addresses: params
+            .optional_str_list("addresses")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+    };
+    if record.addresses.len() > MAX_HOST_ADDRESSES {
+        return Err(RpcError::invalid_params(format!(
+            "addresses: at most {MAX_HOST_ADDRESSES}"
+        )));
+    }
+    let host = Host::from_record(&record)
+        .map_err(|detail| RpcError::invalid_params(format!("addresses: {detail}")))?;
+    if record.nbd_tls_subject.is_none()
+        && record.iqn.is_none()
+        && record.nqn.is_none()
+        && record.addresses.is_empty()
+    {
+        return Err(RpcError::invalid_params(
+            "addresses: a host needs at least one of nbd_tls_subject, iqn, nqn or addresses",
+        ));
+    }
+    if control.hosts.contains_key(name) {
+        return Err(RpcError::invalid_params(format!(
+            "name: host {name} already exists"
+        )));
+    }
+    if let Some(subject) = &record.nbd_tls_subject {
+        if let Some(other) = control
+            .hosts
+            .values()
+            .find(|h| h.record.nbd_tls_subject.as_ref() == Some(subject))
+        {
+            return Err(RpcError::invalid_params(format!(
+                "nbd_tls_subject: host {} already has this subject",
+                other.record.name
+            )));
+        }
+    }
+    if control.hosts.len() >= MAX_HOSTS {
+        return Err(RpcError::invalid_params(format!(
+            "name: the server already has {MAX_HOSTS} hosts"
+        )));
+    }
+    control
+        .store
+        .put("host", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    let entry = HostEntry { record, host };
+    let described = describe(control, &entry);
+    control.hosts.insert(name.to_string(), entry);
+    control.publish();
+    log::info!("host {name} created");
+    Ok(described)
+}
+
+pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    match params.optional_name("name")? {
+        Some(name) => {
+            let entry = control
+                .hosts
+                .get(name)
+                .ok_or_else(|| RpcError::invalid_params(format!("name: no host {name}")))?;
+            Ok(json!([describe(control, entry)]))
+        }
+        None => Ok(Value::Array(
+            control
+                .hosts
+                .values()
+                .map(|entry| describe(control, entry))
+                .collect(),
+        )),
+    }
+}
+
+pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    let name = params.name("name")?;
+    if !control.hosts.contains_key(name) {
+        return Err(RpcError::invalid_params(format!("name: no host {name}")));
+    }
+    let vpaths = control
+        .vpaths
+        .values()
+        .filter(|v| v.record.host == name)
+        .count();
+    if vpaths > 0 {
+        return Err(RpcError::invalid_params(format!(
+            "name: host {name} still has {vpaths} virtual paths (vpath_delete them first)"
+        )));
+    }
+    control
+        .store
+        .delete("host", name)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    control.hosts.remove(name);
+    control.publish();
+    log::info!("host {name} deleted");
+    Ok(Value::Bool(true))
+}
