@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, unit tests, and the integration tests that start the real
 # server and drive it with real clients (qemu-io, nbdinfo, fio, SPDK's Python RPC client).
-# Installs what is missing through scripts/setup.sh first.
+# Installs what is missing through scripts/setup.sh first. Ends with a short, bounded run of
+# every fuzz target (scripts/fuzz.sh, SDS_FUZZ_SECONDS per target, 15 by default).
+#
+#   scripts/test.sh [--long]    --long: 300 s per fuzz target and 200 crash-test cycles
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for arg in "$@"; do
+    case "$arg" in
+        --long) export SDS_FUZZ_SECONDS=300 SDS_CRASH_CYCLES=200 ;;
+        *)
+            echo "usage: scripts/test.sh [--long]" >&2
+            exit 2
+            ;;
+    esac
+done
 
 missing=0
 for tool in qemu-io nbdinfo fio nbdkit; do
@@ -24,3 +37,5 @@ echo "== cargo test"
 # Integration tests each run their own server on their own port and temp dir, so they run in
 # parallel; two at a time keeps the clients and servers from starving a 2-core machine.
 cargo test --all-targets --locked -- --test-threads="${SDS_TEST_THREADS:-2}"
+echo "== fuzz"
+scripts/fuzz.sh "${SDS_FUZZ_SECONDS:-15}"

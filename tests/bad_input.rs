@@ -89,28 +89,15 @@ fn garbage_in_the_nbd_handshake_closes_only_that_connection() {
         .expect("option");
     assert!(closed(&mut stream), "kept a client with a bad option magic");
 
-    // An option that claims almost 4 GiB of data: refused without being buffered. The server
-    // either answers NBD_REP_ERR_TOO_BIG (skipping the data) or closes; it must not wait for
-    // or allocate the 4 GiB.
+    // An option that claims almost 4 GiB of data: the server neither waits for nor buffers
+    // it; it disconnects (the NBD spec's choice for an option it will not read).
     let mut stream = nbd_connect(server.port);
     stream.write_all(&1u32.to_be_bytes()).expect("flags");
     stream
         .write_all(&option_header(7, 0xffff_fff0))
         .expect("huge option");
     stream.write_all(&[0u8; 64]).expect("some of its data");
-    let mut header = [0u8; 20];
-    match stream.read(&mut header) {
-        Ok(0) | Err(_) => {}
-        Ok(n) => {
-            assert!(n >= 16, "short reply");
-            let kind = u32::from_be_bytes(header[12..16].try_into().expect("4"));
-            assert!(
-                kind >= 0x8000_0000,
-                "a huge option was not refused: {kind:#x}"
-            );
-        }
-    }
-    drop(stream);
+    assert!(closed(&mut stream), "kept waiting for a 4 GiB option");
 
     // An option reply is still correct for a well-behaved client after unknown options.
     let mut stream = nbd_connect(server.port);

@@ -148,6 +148,10 @@ fn nbdinfo_lists_the_exports() {
     assert_eq!(find("alpha")["block_size_minimum"], 4096);
     assert_eq!(find("alpha")["can_multi_conn"], true);
     assert_eq!(find("alpha")["is_read_only"], false);
-    assert_eq!(find("beta")["is_read_only"], true, "a read-only VP exports read-only");
+    assert_eq!(
+        find("beta")["is_read_only"],
+        true,
+        "a read-only VP exports read-only"
+    );
     assert_eq!(exports.len(), 2, "gamma has no virtual path: {listing}");
 }

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 
 const MIB: u64 = 1 << 20;
@@ -61,60 +60,6 @@ fn flush_fua_trim_and_write_zeroes() {
     );
 }
 
-/// A minimal NBD client: fixed-newstyle handshake with NBD_OPT_GO for `export`.
-fn raw_connect(port: u16, export: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .expect("timeout");
-    let mut greeting = [0u8; 18];
-    stream.read_exact(&mut greeting).expect("greeting");
-    assert_eq!(&greeting[0..8], b"NBDMAGIC");
-    stream.write_all(&3u32.to_be_bytes()).expect("client flags");
-    let mut option = b"IHAVEOPT".to_vec();
-    option.extend_from_slice(&7u32.to_be_bytes());
-    option.extend_from_slice(&(4 + export.len() as u32 + 2).to_be_bytes());
-    option.extend_from_slice(&(export.len() as u32).to_be_bytes());
-    option.extend_from_slice(export.as_bytes());
-    option.extend_from_slice(&0u16.to_be_bytes());
-    stream.write_all(&option).expect("NBD_OPT_GO");
-    loop {
-        let mut header = [0u8; 20];
-        stream.read_exact(&mut header).expect("option reply");
-        let kind = u32::from_be_bytes(header[12..16].try_into().expect("4"));
-        let len = u32::from_be_bytes(header[16..20].try_into().expect("4")) as usize;
-        let mut data = vec![0u8; len];
-        stream.read_exact(&mut data).expect("option data");
-        assert!(kind < 0x8000_0000, "NBD_OPT_GO refused: {kind:#x}");
-        if kind == 1 {
-            return stream;
-        }
-    }
-}
-
-fn request(command: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
-    let mut out = 0x2560_9513u32.to_be_bytes().to_vec();
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&command.to_be_bytes());
-    out.extend_from_slice(&cookie.to_be_bytes());
-    out.extend_from_slice(&offset.to_be_bytes());
-    out.extend_from_slice(&length.to_be_bytes());
-    out
-}
-
-fn reply(stream: &mut TcpStream) -> (u32, u64) {
-    let mut header = [0u8; 16];
-    stream.read_exact(&mut header).expect("reply");
-    assert_eq!(
-        u32::from_be_bytes(header[0..4].try_into().expect("4")),
-        0x6744_6698
-    );
-    (
-        u32::from_be_bytes(header[4..8].try_into().expect("4")),
-        u64::from_be_bytes(header[8..16].try_into().expect("8")),
-    )
-}
-
 #[test]
 fn malformed_and_oversized_requests_close_only_their_connection() {
     let server = Server::start();
@@ -124,10 +69,10 @@ fn malformed_and_oversized_requests_close_only_their_connection() {
         json!({"name": "v", "pool": "mix", "size": 16 * MIB}),
     );
     write_and_verify(&server.url("v"), &[(0x3c, 0, 65536)]);
-    let mut healthy = raw_connect(server.port, "v");
+    let mut healthy = nbd_raw_connect(server.port, "v");
 
     // A request with a bad magic: the server closes that connection.
-    let mut bad = raw_connect(server.port, "v");
+    let mut bad = nbd_raw_connect(server.port, "v");
     bad.write_all(&[0xde; 28]).expect("garbage");
     let mut byte = [0u8; 1];
     assert!(
@@ -137,42 +82,46 @@ fn malformed_and_oversized_requests_close_only_their_connection() {
 
     // A read larger than the advertised maximum: EINVAL, nothing allocated, connection goes on.
     healthy
-        .write_all(&request(0, 1, 0, 64 << 20))
+        .write_all(&nbd_request(0, 1, 0, 64 << 20))
         .expect("oversized read");
-    assert_eq!(reply(&mut healthy), (22, 1));
+    assert_eq!(nbd_reply(&mut healthy), (22, 1));
     // A write larger than the maximum: EINVAL; its payload is skipped, the stream stays in step.
     let payload_bytes = 5 << 20;
-    let mut oversized = request(1, 2, 0, payload_bytes);
+    let mut oversized = nbd_request(1, 2, 0, payload_bytes);
     oversized.extend(std::iter::repeat_n(0xeeu8, payload_bytes as usize));
     healthy.write_all(&oversized).expect("oversized write");
-    assert_eq!(reply(&mut healthy), (22, 2));
+    assert_eq!(nbd_reply(&mut healthy), (22, 2));
     // Past the end, misaligned, unknown command: EINVAL each.
     healthy
-        .write_all(&request(0, 3, 16 * MIB, 4096))
+        .write_all(&nbd_request(0, 3, 16 * MIB, 4096))
         .expect("past the end");
-    assert_eq!(reply(&mut healthy), (22, 3));
+    assert_eq!(nbd_reply(&mut healthy), (22, 3));
     healthy
-        .write_all(&request(0, 4, 100, 4096))
+        .write_all(&nbd_request(0, 4, 100, 4096))
         .expect("misaligned");
-    assert_eq!(reply(&mut healthy), (22, 4));
+    assert_eq!(nbd_reply(&mut healthy), (22, 4));
     healthy
-        .write_all(&request(42, 5, 0, 0))
+        .write_all(&nbd_request(42, 5, 0, 0))
         .expect("unknown command");
-    assert_eq!(reply(&mut healthy), (22, 5));
+    assert_eq!(nbd_reply(&mut healthy), (22, 5));
     // And a good read on the same connection returns the data written before.
-    healthy.write_all(&request(0, 6, 0, 4096)).expect("read");
-    assert_eq!(reply(&mut healthy), (0, 6));
+    healthy
+        .write_all(&nbd_request(0, 6, 0, 4096))
+        .expect("read");
+    assert_eq!(nbd_reply(&mut healthy), (0, 6));
     let mut data = vec![0u8; 4096];
     healthy.read_exact(&mut data).expect("data");
     assert!(data.iter().all(|&b| b == 0x3c), "read back the wrong bytes");
     // A truncated header followed by a disconnect does not disturb other clients.
-    let mut truncated = raw_connect(server.port, "v");
+    let mut truncated = nbd_raw_connect(server.port, "v");
     truncated
-        .write_all(&request(0, 7, 0, 4096)[..10])
+        .write_all(&nbd_request(0, 7, 0, 4096)[..10])
         .expect("partial");
     drop(truncated);
     verify(&server.url("v"), &[(0x3c, 0, 65536)]);
-    healthy.write_all(&request(2, 8, 0, 0)).expect("disconnect");
+    healthy
+        .write_all(&nbd_request(2, 8, 0, 0))
+        .expect("disconnect");
 }
 
 #[test]

@@ -40,6 +40,11 @@ impl Decoder {
         match stream.next() {
             Some(Ok(value)) => {
                 let used = stream.byte_offset();
+                // A request that arrived whole in one read is as oversized as one still
+                // arriving: refuse both alike.
+                if used > MAX_RPC_REQUEST_BYTES {
+                    return Err(FramingError::TooLarge);
+                }
                 self.buffer.drain(..used);
                 Ok(Some(value))
             }
@@ -83,5 +88,25 @@ mod tests {
         decoder.feed(b"[\"");
         decoder.feed(&vec![b'x'; MAX_RPC_REQUEST_BYTES]);
         assert_eq!(decoder.next_value(), Err(FramingError::TooLarge));
+    }
+
+    /// A complete value past the limit used to pass when its last byte came in the same read
+    /// that crossed the limit: only an incomplete one was measured.
+    #[test]
+    fn complete_oversize_value_is_refused() {
+        let mut decoder = Decoder::default();
+        let mut request = b"{\"a\":\"".to_vec();
+        request.resize(request.len() + MAX_RPC_REQUEST_BYTES, b'x');
+        request.extend_from_slice(b"\"}{}");
+        decoder.feed(&request);
+        assert_eq!(decoder.next_value(), Err(FramingError::TooLarge));
+
+        let mut decoder = Decoder::default();
+        let mut request = b"[\"".to_vec();
+        request.resize(MAX_RPC_REQUEST_BYTES - 2, b'x');
+        request.extend_from_slice(b"\"]");
+        assert_eq!(request.len(), MAX_RPC_REQUEST_BYTES);
+        decoder.feed(&request);
+        assert!(matches!(decoder.next_value(), Ok(Some(Value::Array(_)))));
     }
 }

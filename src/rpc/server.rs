@@ -117,10 +117,10 @@ fn error_response(id: Value, error: &RpcError) -> Value {
 }
 
 /// A valid request: its id (absent for a notification), method and params.
-type Envelope<'a> = (Option<Value>, &'a str, Option<Value>);
+pub type Envelope<'a> = (Option<Value>, &'a str, Option<Value>);
 
 /// Checks the request envelope; returns it, or the id and error to answer with.
-fn validate(request: &Value) -> Result<Envelope<'_>, (Value, RpcError)> {
+pub fn validate(request: &Value) -> Result<Envelope<'_>, (Value, RpcError)> {
     let Some(object) = request.as_object() else {
         return Err((
             Value::Null,

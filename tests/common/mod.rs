@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -334,4 +334,58 @@ pub fn spdk_python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// A minimal NBD client, for requests a real client would never send: fixed-newstyle handshake with NBD_OPT_GO for `export`.
+pub fn nbd_raw_connect(port: u16, export: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(&greeting[0..8], b"NBDMAGIC");
+    stream.write_all(&3u32.to_be_bytes()).expect("client flags");
+    let mut option = b"IHAVEOPT".to_vec();
+    option.extend_from_slice(&7u32.to_be_bytes());
+    option.extend_from_slice(&(4 + export.len() as u32 + 2).to_be_bytes());
+    option.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    option.extend_from_slice(export.as_bytes());
+    option.extend_from_slice(&0u16.to_be_bytes());
+    stream.write_all(&option).expect("NBD_OPT_GO");
+    loop {
+        let mut header = [0u8; 20];
+        stream.read_exact(&mut header).expect("option reply");
+        let kind = u32::from_be_bytes(header[12..16].try_into().expect("4"));
+        let len = u32::from_be_bytes(header[16..20].try_into().expect("4")) as usize;
+        let mut data = vec![0u8; len];
+        stream.read_exact(&mut data).expect("option data");
+        assert!(kind < 0x8000_0000, "NBD_OPT_GO refused: {kind:#x}");
+        if kind == 1 {
+            return stream;
+        }
+    }
+}
+
+pub fn nbd_request(command: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+    let mut out = 0x2560_9513u32.to_be_bytes().to_vec();
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&command.to_be_bytes());
+    out.extend_from_slice(&cookie.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&length.to_be_bytes());
+    out
+}
+
+pub fn nbd_reply(stream: &mut TcpStream) -> (u32, u64) {
+    let mut header = [0u8; 16];
+    stream.read_exact(&mut header).expect("reply");
+    assert_eq!(
+        u32::from_be_bytes(header[0..4].try_into().expect("4")),
+        0x6744_6698
+    );
+    (
+        u32::from_be_bytes(header[4..8].try_into().expect("4")),
+        u64::from_be_bytes(header[8..16].try_into().expect("8")),
+    )
 }

@@ -3,11 +3,14 @@
 //! NBD_OPT_EXPORT_NAME) or leaves. Runs on a handshake thread, never on a reactor.
 
 use super::protocol::*;
-use crate::constants::MAX_NBD_OPTION_BYTES;
+use crate::constants::{MAX_NAME_BYTES, MAX_NBD_OPTION_BYTES};
 use std::io::{Read, Write};
 
 /// Options one client may send before it picks an export.
 const MAX_OPTIONS: usize = 1024;
+/// Largest oversized option payload read and dropped (then refused with ERR_TOO_BIG); a
+/// larger one ends the connection.
+const MAX_NBD_OPTION_DRAIN_BYTES: usize = 1024 * 1024;
 
 /// An export as the handshake describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,10 +71,12 @@ pub enum HandshakeError {
     ClientFlags(u32),
     #[error("bad option magic {0:#018x}")]
     BadMagic(u64),
-    #[error("client asked for unknown export {0:?} with NBD_OPT_EXPORT_NAME")]
+    #[error("client asked for unknown export {0} with NBD_OPT_EXPORT_NAME")]
     UnknownExport(String),
     #[error("more than {MAX_OPTIONS} options")]
     TooManyOptions,
+    #[error("option of {0} bytes: too large to read, disconnecting")]
+    OptionTooLarge(usize),
 }
 
 /// A parsed NBD_OPT_INFO / NBD_OPT_GO payload.
@@ -100,6 +105,21 @@ pub fn parse_info_request(data: &[u8]) -> Option<InfoRequest> {
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .collect(),
     })
+}
+
+/// A client's export name as an error reply or a log line quotes it: at most the longest name
+/// an export can have. Quoted whole, a 64 KiB name would come back as a reply of up to six
+/// times that (escaped), past the 4096 bytes the NBD spec lets a client refuse.
+fn quoted_name(name: &str) -> String {
+    let mut end = name.len().min(MAX_NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end == name.len() {
+        format!("{name:?}")
+    } else {
+        format!("{:?}... ({} bytes)", &name[..end], name.len())
+    }
 }
 
 fn read_u32<S: Read>(stream: &mut S) -> std::io::Result<u32> {
@@ -169,6 +189,11 @@ pub fn negotiate<S: Read + Write>(
         }
         let option = read_u32(stream)?;
         let length = read_u32(stream)? as usize;
+        if length > MAX_NBD_OPTION_DRAIN_BYTES {
+            // Not worth reading: the NBD spec lets a server that will not read an option's
+            // data disconnect instead, and a handshake thread must not wait for gigabytes.
+            return Err(HandshakeError::OptionTooLarge(length));
+        }
         if length > MAX_NBD_OPTION_BYTES {
             // Drop the payload without holding it, then refuse.
             std::io::copy(
@@ -176,7 +201,7 @@ pub fn negotiate<S: Read + Write>(
                 &mut std::io::sink(),
             )?;
             if option == NBD_OPT_EXPORT_NAME {
-                return Err(HandshakeError::UnknownExport("<too long>".into()));
+                return Err(HandshakeError::UnknownExport(format!("of {length} bytes")));
             }
             reply(stream, option, NBD_REP_ERR_TOO_BIG, b"option too large")?;
             continue;
@@ -187,7 +212,7 @@ pub fn negotiate<S: Read + Write>(
             NBD_OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).into_owned();
                 let Some(export) = catalog.find_export(&name) else {
-                    return Err(HandshakeError::UnknownExport(name));
+                    return Err(HandshakeError::UnknownExport(quoted_name(&name)));
                 };
                 let flags = export.transmission_flags();
                 let mut out = Vec::with_capacity(10 + 124);
@@ -240,7 +265,7 @@ pub fn negotiate<S: Read + Write>(
                         stream,
                         option,
                         NBD_REP_ERR_UNKNOWN,
-                        format!("no export named {:?}", request.name).as_bytes(),
+                        format!("no export named {}", quoted_name(&request.name)).as_bytes(),
                     )?;
                     continue;
                 };
@@ -468,6 +493,29 @@ mod tests {
         assert!(matches!(result, Err(HandshakeError::UnknownExport(_))));
     }
 
+    /// Found by fuzz/fuzz_targets/nbd_options.rs: the name of an unknown export came back
+    /// whole, escaped, in the error reply, so a 39 KiB name of control characters made a
+    /// 78 KiB reply; NBD clients may refuse any string past 4096 bytes.
+    #[test]
+    fn unknown_long_name_is_quoted_short() {
+        let name = "\r".repeat(MAX_NBD_OPTION_BYTES - 6);
+        let (result, output) = run(3, &[option(NBD_OPT_INFO, &go_payload(&name, &[]))]);
+        assert!(matches!(result, Ok(None)));
+        let replies = replies(&output);
+        assert_eq!(replies[0].1, NBD_REP_ERR_UNKNOWN);
+        assert!(replies[0].2.len() <= 4096, "{} bytes", replies[0].2.len());
+        let message = String::from_utf8(replies[0].2.clone()).expect("utf-8");
+        assert!(message.ends_with(&format!("... ({} bytes)", name.len())));
+
+        let (result, _) = run(3, &[option(NBD_OPT_EXPORT_NAME, name.as_bytes())]);
+        let Err(HandshakeError::UnknownExport(shown)) = result else {
+            panic!("unknown export accepted");
+        };
+        assert!(shown.len() <= 4096);
+        let shown = quoted_name("\u{e9}".repeat(40).as_str());
+        assert!(shown.starts_with('"') && shown.contains("... (80 bytes)"));
+    }
+
     #[test]
     fn refuses_old_clients_and_oversized_options() {
         assert!(matches!(run(0, &[]).0, Err(HandshakeError::ClientFlags(0))));
@@ -475,5 +523,11 @@ mod tests {
         let (result, output) = run(1, &[option(NBD_OPT_LIST, &big)]);
         assert!(matches!(result, Ok(None)));
         assert_eq!(replies(&output)[0].1, NBD_REP_ERR_TOO_BIG);
+        // Claiming more than is worth draining ends the handshake at once, unread.
+        let mut huge = IHAVEOPT.to_be_bytes().to_vec();
+        huge.extend_from_slice(&NBD_OPT_LIST.to_be_bytes());
+        huge.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
+        let (result, _) = run(1, &[huge]);
+        assert!(matches!(result, Err(HandshakeError::OptionTooLarge(_))));
     }
 }
