@@ -144,6 +144,10 @@ def main():
             sds_rpc(sds, sock, "lun", "create", "ram0", "--kind", "mem", "--size", str(size + (64 << 20)), "--block-size", "4096")
             sds_rpc(sds, sock, "pool", "create", "rampool", "--lun", "ram0")
             sds_rpc(sds, sock, "volume", "create", "ramvol", "--pool", "rampool", "--size", str(size))
+            # The client (this machine) reaches the volumes only through virtual paths.
+            sds_rpc(sds, sock, "rpc", "host_create", json.dumps({"name": "bench", "addresses": ["127.0.0.1/32"]}))
+            for volume in ("vol", "ramvol"):
+                sds_rpc(sds, sock, "rpc", "vpath_create", json.dumps({"host": "bench", "volume": volume}))
             print("filling the sds volumes (thin: map every extent before reading) ...", flush=True)
             fill(f"nbd://127.0.0.1:{port}/vol", size)
             fill(f"nbd://127.0.0.1:{port}/ramvol", size)
