@@ -2,7 +2,7 @@
 //! exists: it limits nothing and allows everything, so it never contradicts what other
 //! domains enforce; it can be given capabilities but not deleted.
 
-use super::params::Params;
+use super::params::{one_or_all, Params};
 use super::stats::{totals_json, CycleStats};
 use super::Control;
 use crate::constants::MAX_DOMAINS;
@@ -116,23 +116,7 @@ pub fn set_capabilities(control: &mut Control, params: Option<Value>) -> Result<
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    let params = Params::new(params, &["name"])?;
-    match params.optional_name("name")? {
-        Some(name) => {
-            let entry = control
-                .domains
-                .get(name)
-                .ok_or_else(|| RpcError::invalid_params(format!("name: no domain {name}")))?;
-            Ok(json!([describe(control, entry)]))
-        }
-        None => Ok(Value::Array(
-            control
-                .domains
-                .values()
-                .map(|entry| describe(control, entry))
-                .collect(),
-        )),
-    }
+    one_or_all(params, &control.domains, "domain", |entry| describe(control, entry))
 }
 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

@@ -1,6 +1,6 @@
 //! `host_*` methods: initiators, by what their protocol proves.
 
-use super::params::Params;
+use super::params::{one_or_all, Params};
 use super::Control;
 use crate::constants::{MAX_HOSTS, MAX_HOST_ADDRESSES, MAX_IDENTITY_BYTES};
 use crate::domain::host::Host;
@@ -109,23 +109,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    let params = Params::new(params, &["name"])?;
-    match params.optional_name("name")? {
-        Some(name) => {
-            let entry = control
-                .hosts
-                .get(name)
-                .ok_or_else(|| RpcError::invalid_params(format!("name: no host {name}")))?;
-            Ok(json!([describe(control, entry)]))
-        }
-        None => Ok(Value::Array(
-            control
-                .hosts
-                .values()
-                .map(|entry| describe(control, entry))
-                .collect(),
-        )),
-    }
+    one_or_all(params, &control.hosts, "host", |entry| describe(control, entry))
 }
 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

@@ -5,6 +5,26 @@ use crate::constants::MAX_NAME_BYTES;
 use crate::rpc::RpcError;
 use serde_json::{Map, Value};
 
+/// What every `*_get_*` method answers: the one entry named by `name`, or all of them, as a
+/// JSON array. `kind` names the entries in the error for an unknown name.
+pub fn one_or_all<T>(
+    params: Option<Value>,
+    entries: &std::collections::BTreeMap<String, T>,
+    kind: &str,
+    describe: impl Fn(&T) -> Value,
+) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    match params.optional_name("name")? {
+        Some(name) => {
+            let entry = entries
+                .get(name)
+                .ok_or_else(|| RpcError::invalid_params(format!("name: no {kind} {name}")))?;
+            Ok(Value::Array(vec![describe(entry)]))
+        }
+        None => Ok(Value::Array(entries.values().map(describe).collect())),
+    }
+}
+
 pub struct Params {
     map: Map<String, Value>,
 }

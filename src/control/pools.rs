@@ -1,7 +1,7 @@
 //! `pool_*` methods.
 
 use super::luns::error_chain;
-use super::params::Params;
+use super::params::{one_or_all, Params};
 use super::{Control, PoolEntry};
 use crate::constants::{
     DEFAULT_EXTENT_BYTES, MAX_EXTENT_BYTES, MAX_LUNS_PER_POOL, MAX_POOLS, MIN_EXTENT_BYTES,
@@ -147,23 +147,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    let params = Params::new(params, &["name"])?;
-    match params.optional_name("name")? {
-        Some(name) => {
-            let entry = control
-                .pools
-                .get(name)
-                .ok_or_else(|| RpcError::invalid_params(format!("name: no pool {name}")))?;
-            Ok(json!([describe(control, entry)]))
-        }
-        None => Ok(Value::Array(
-            control
-                .pools
-                .values()
-                .map(|entry| describe(control, entry))
-                .collect(),
-        )),
-    }
+    one_or_all(params, &control.pools, "pool", |entry| describe(control, entry))
 }
 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

@@ -1,6 +1,6 @@
 //! `volume_*` methods.
 
-use super::params::Params;
+use super::params::{one_or_all, Params};
 use super::{Control, VolumeEntry};
 use crate::constants::{MAX_VOLUMES, MAX_VOLUME_EXTENTS};
 use crate::domain::capabilities::QosLimits;
@@ -153,19 +153,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    let params = Params::new(params, &["name"])?;
-    match params.optional_name("name")? {
-        Some(name) => {
-            let entry = control
-                .volumes
-                .get(name)
-                .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
-            Ok(json!([describe(entry)]))
-        }
-        None => Ok(Value::Array(
-            control.volumes.values().map(describe).collect(),
-        )),
-    }
+    one_or_all(params, &control.volumes, "volume", describe)
 }
 
 pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
