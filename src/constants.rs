@@ -81,3 +81,18 @@ pub const MAX_IDENTITY_BYTES: usize = 1024;
 pub const DEFAULT_CYCLE_MS: u64 = 100;
 pub const MIN_CYCLE_MS: u64 = 10;
 pub const MAX_CYCLE_MS: u64 = 10_000;
+
+/// NBD connections over TLS at once, handshaking or relayed (each relayed one has its own
+/// thread; see `target::nbd::tls`). A client past it gets NBD_REP_ERR_POLICY to
+/// NBD_OPT_STARTTLS.
+pub const MAX_TLS_CONNECTIONS: usize = 256;
+/// Plaintext bytes a TLS relay holds in each direction, and the limit on rustls's own
+/// buffers of unsent records for that connection.
+pub const TLS_RELAY_BUFFER_BYTES: usize = 128 * 1024;
+/// Seconds a TLS relay keeps trying to deliver its last replies after the session closed.
+pub const TLS_RELAY_LINGER_SECS: u64 = 5;
+/// Largest PEM file accepted for `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+pub const MAX_TLS_PEM_BYTES: usize = 1024 * 1024;
+const _: () = assert!(MAX_TLS_CONNECTIONS >= MAX_HANDSHAKES);
+// A relay buffer holds at least one whole TLS record (16 KiB of plaintext and its overhead).
+const _: () = assert!(TLS_RELAY_BUFFER_BYTES >= 16 * 1024 + 256);

@@ -6,7 +6,7 @@
 //! (`backend`). Pinned poller threads (`reactor`) run that path without locks; the control
 //! thread (`control`) owns configuration, persists it (`store`) and publishes immutable
 //! snapshots to the reactors. `rpc` is the JSON-RPC management socket and `cli` its command
-//! line client.
+//! line client. `perf` drives the same data path in-process, with no network (`sds perf`).
 
 pub mod backend;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod demo;
 pub mod domain;
 pub mod identity;
 pub mod logger;
+pub mod perf;
 pub mod pool;
 pub mod reactor;
 pub mod rpc;

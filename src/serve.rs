@@ -7,6 +7,7 @@ use crate::domain::snapshot::Published;
 use crate::reactor::{self, mailbox::Message};
 use crate::rpc;
 use crate::target::nbd::listener::{self, NbdContext};
+use crate::target::nbd::tls::{TlsFiles, TlsServer};
 use crate::volume::provisioner::Provisioner;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub struct ServeConfig {
     pub poll: PollMode,
     /// The control loop's period: how often statistics are gathered and QoS shares decided.
     pub cycle: std::time::Duration,
+    /// NBD over TLS: when set, every NBD connection (TCP or Unix) must start TLS, and with a
+    /// client CA the client certificate's subject names the host.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -63,11 +67,26 @@ pub enum ServeError {
     Listener(#[from] crate::target::nbd::listener::ListenerError),
     #[error(transparent)]
     Rpc(#[from] crate::rpc::server::RpcServerError),
+    #[error(transparent)]
+    Tls(#[from] crate::target::nbd::tls::TlsError),
 }
 
 /// Runs the server until SIGINT/SIGTERM; returns after a clean shutdown: in-flight I/O
 /// drained and answered, every LUN flushed.
 pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    // Bad TLS files stop start-up before anything is created or runs, naming the file.
+    let tls = config.tls.as_ref().map(TlsServer::load).transpose()?;
+    if let Some(files) = &config.tls {
+        match &files.client_ca {
+            Some(ca) => log::info!(
+                "NBD requires TLS; client certificates must chain to {} and their subject names the host",
+                ca.display()
+            ),
+            None => log::info!(
+                "NBD requires TLS; no client certificates asked for: hosts are known by address"
+            ),
+        }
+    }
     std::fs::create_dir_all(&config.state_dir).map_err(|source| ServeError::StateDir {
         path: config.state_dir.clone(),
         source,
@@ -106,6 +125,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         reactors.clone(),
         provisioner.clone(),
         shutdown.clone(),
+        tls,
     );
     let mut acceptors = Vec::new();
     if let Some(address) = config.nbd_listen {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   volume ──(LunIo, tag)──▶ dyn Lun ──▶ io_uring entries on the reactor's ring  (file, blockdev)
-//!                                   └──▶ completed at once                      (mem)
+//!                                   └──▶ completed at once                      (mem, null)
 //! ```
 //!
 //! A driver implements [`Lun`]: it reports what it is ([`LunInfo`]), starts data-path I/O on the
@@ -27,6 +27,7 @@ pub mod fault;
 pub mod fd_lun;
 pub mod file;
 pub mod mem;
+pub mod null;
 
 use crate::reactor::ring::IoRing;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,8 @@ pub enum LunKind {
     Blockdev,
     /// Fault injection over another LUN, its base ([`fault::FaultLun`]).
     Fault,
+    /// Stores nothing, completes every I/O at once ([`null::NullLun`]): for measuring the stack.
+    Null,
 }
 
 impl LunKind {
@@ -52,6 +55,7 @@ impl LunKind {
             "file" => Some(Self::File),
             "blockdev" => Some(Self::Blockdev),
             "fault" => Some(Self::Fault),
+            "null" => Some(Self::Null),
             _ => None,
         }
     }
@@ -61,6 +65,7 @@ impl LunKind {
             Self::File => "file",
             Self::Blockdev => "blockdev",
             Self::Fault => "fault",
+            Self::Null => "null",
         }
     }
 }
@@ -387,6 +392,7 @@ pub fn open_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
         LunKind::Mem => Arc::new(mem::MemLun::new(spec)?),
         LunKind::File => Arc::new(file::open(spec)?),
         LunKind::Blockdev => Arc::new(blockdev::open(spec)?),
+        LunKind::Null => Arc::new(null::NullLun::new(spec)?),
         LunKind::Fault => {
             return Err(LunError::Invalid {
                 lun: spec.name.clone(),

@@ -116,7 +116,9 @@ pub fn set_capabilities(control: &mut Control, params: Option<Value>) -> Result<
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    one_or_all(params, &control.domains, "domain", |entry| describe(control, entry))
+    one_or_all(params, &control.domains, "domain", |entry| {
+        describe(control, entry)
+    })
 }
 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

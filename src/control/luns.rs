@@ -105,7 +105,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let kind_text = params.str("kind")?;
     let kind = LunKind::parse(kind_text).ok_or_else(|| {
         RpcError::invalid_params(format!(
-            "kind: {kind_text:?} is not one of mem, file, blockdev, fault"
+            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null"
         ))
     })?;
     if kind == LunKind::Fault {
@@ -128,10 +128,13 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let size = params.optional_u64("size")?;
     check_new_name(control, name)?;
     let path = match (kind, params.optional_str("path")?) {
-        (LunKind::Mem, Some(_)) => {
-            return Err(RpcError::invalid_params("path: a mem LUN has no path"))
+        (LunKind::Mem | LunKind::Null, Some(_)) => {
+            return Err(RpcError::invalid_params(format!(
+                "path: a {} LUN has no path",
+                kind.as_str()
+            )))
         }
-        (LunKind::Mem | LunKind::Fault, None) => None,
+        (LunKind::Mem | LunKind::Null | LunKind::Fault, None) => None,
         (LunKind::File, None) => Some(control.state_dir.join("luns").join(format!("{name}.img"))),
         (LunKind::Blockdev, None) => {
             return Err(RpcError::invalid_params(
@@ -140,8 +143,11 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         }
         (_, Some(path)) => Some(PathBuf::from(path)),
     };
-    if kind == LunKind::Mem && size.is_none() {
-        return Err(RpcError::invalid_params("size: required for a mem LUN"));
+    if matches!(kind, LunKind::Mem | LunKind::Null) && size.is_none() {
+        return Err(RpcError::invalid_params(format!(
+            "size: required for a {} LUN",
+            kind.as_str()
+        )));
     }
     if let Some(size) = size {
         if size == 0 || size % u64::from(block_size) != 0 {

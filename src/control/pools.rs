@@ -147,7 +147,9 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
-    one_or_all(params, &control.pools, "pool", |entry| describe(control, entry))
+    one_or_all(params, &control.pools, "pool", |entry| {
+        describe(control, entry)
+    })
 }
 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

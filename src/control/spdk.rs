@@ -72,7 +72,7 @@ fn bdev(entry: &VolumeEntry) -> Value {
         "block_size": volume.block_size_bytes,
         "num_blocks": volume.size_bytes() / block,
         "uuid": entry.record.uuid.to_string(),
-        "assigned_rate_limits": { "rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0 },
+        "assigned_rate_limits": entry.record.qos.to_json(),
         "claimed": false,
         "zoned": false,
         "supported_io_types": {

@@ -25,7 +25,8 @@ impl CycleStats {
             "iops": per_sec(delta.all_ops()).round(),
             "read_iops": per_sec(delta.ops[0]).round(),
             "write_iops": per_sec(delta.ops[1]).round(),
-            "mbytes_per_sec": per_sec(delta.data_bytes()) / 1e6,
+            // MiB/s, the unit of the QoS limits (as in SPDK).
+            "mbytes_per_sec": per_sec(delta.data_bytes()) / (1024.0 * 1024.0),
             "latency_us": latency.map(|(p50, p99, p999)| json!({"p50": p50, "p99": p99, "p99_9": p999})),
             "throttled_ios": delta.throttled_ops,
             "throttled_ms": delta.throttled_ns as f64 / 1e6,

@@ -27,6 +27,7 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "allocated": extents * volume.extent_bytes(),
         "allocated_extents": extents,
         "connections": volume.connections.load(Ordering::Relaxed),
+        "qos": entry.record.qos.to_json(),
     })
 }
 

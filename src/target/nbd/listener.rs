@@ -2,9 +2,18 @@
 //! connection negotiates on a short-lived handshake thread (blocking, bounded in number and
 //! time, off the data path); once the client picks an export, the connection is handed to a
 //! reactor, round robin, as an [`NbdSession`].
+//!
+//! Who the client is decides what it sees ([`HostCatalog`]), and is settled once per
+//! connection, as late as the protocol allows: a plain connection is known by its address (TCP)
+//! or user id (Unix socket) from the start; with TLS configured (on every listener, TLS then
+//! being required) the catalogue is resolved only after NBD_OPT_STARTTLS and the TLS
+//! handshake, from the verified client certificate's subject — and only from it, when client
+//! certificates are required. A TLS connection's transmission phase goes through a relay
+//! thread ([`super::tls`]); a plain one's socket goes to the reactor as it is.
 
 use super::connection::NbdSession;
-use super::handshake::{negotiate, ExportCatalog, ExportInfo};
+use super::handshake::{ExportCatalog, ExportInfo, HandshakeError, Negotiation, TlsPolicy};
+use super::tls::{self, TlsServer, TlsSocket};
 use crate::constants::{HANDSHAKE_TIMEOUT_SECS, MAX_HANDSHAKES, MAX_IO_BYTES};
 use crate::domain::host::PeerIdentity;
 use crate::domain::snapshot::{PathView, Published, Snapshot};
@@ -15,7 +24,7 @@ use crate::volume::provisioner::Provisioner;
 use crate::volume::Volume;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,6 +50,8 @@ pub struct NbdContext {
     pub reactors: Vec<Arc<ReactorHandle>>,
     pub provisioner: Provisioner,
     pub shutdown: Arc<AtomicBool>,
+    /// The TLS set-up; when present, every connection must start TLS before anything else.
+    pub tls: Option<TlsServer>,
     handshakes: AtomicUsize,
     next_reactor: AtomicUsize,
 }
@@ -51,12 +62,14 @@ impl NbdContext {
         reactors: Vec<Arc<ReactorHandle>>,
         provisioner: Provisioner,
         shutdown: Arc<AtomicBool>,
+        tls: Option<TlsServer>,
     ) -> Arc<Self> {
         Arc::new(Self {
             published,
             reactors,
             provisioner,
             shutdown,
+            tls,
             handshakes: AtomicUsize::new(0),
             next_reactor: AtomicUsize::new(0),
         })
@@ -71,6 +84,23 @@ struct HostCatalog {
 }
 
 impl HostCatalog {
+    /// The catalogue of whichever host `identity` names, in the snapshot published now; that
+    /// one snapshot serves the rest of the negotiation.
+    fn resolve(published: &Published, identity: &PeerIdentity, peer: &str) -> Self {
+        let snapshot = published.load();
+        let host = snapshot.host_of(identity).map(|h| h.name.clone());
+        if host.is_none() {
+            log::info!("NBD {peer}: no host matches {identity}: it sees no export");
+        }
+        Self { snapshot, host }
+    }
+
+    /// The virtual path behind an export this catalogue showed.
+    fn path(&self, export: &str) -> Option<(usize, &PathView)> {
+        let host = self.host.as_deref()?;
+        self.snapshot.path_to(host, export)
+    }
+
     fn export(&self, view: &PathView) -> ExportInfo {
         let mut info = export_info(&view.vpath.volume);
         let ops = view.allowed_ops;
@@ -265,6 +295,36 @@ impl Write for Stream {
     }
 }
 
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl TlsSocket for Stream {
+    fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
+            Stream::Unix(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+    fn clear_timeouts(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => TlsSocket::clear_timeouts(s),
+            Stream::Unix(s) => TlsSocket::clear_timeouts(s),
+        }
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => TlsSocket::shutdown_write(s),
+            Stream::Unix(s) => TlsSocket::shutdown_write(s),
+        }
+    }
+}
+
 /// The user id of a Unix-socket peer (SO_PEERCRED), as the kernel saw it at connect time.
 fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
     use std::os::fd::AsRawFd;
@@ -313,36 +373,94 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
         log::warn!("NBD {peer}: {error}");
         return;
     }
-    let snapshot = context.published.load();
-    let host = snapshot.host_of(identity).map(|h| h.name.clone());
-    if host.is_none() {
-        log::info!("NBD {peer}: no host matches {identity}: it sees no export");
-    }
-    let catalog = HostCatalog {
-        snapshot: snapshot.clone(),
-        host: host.clone(),
+    let policy = match context.tls {
+        Some(_) => TlsPolicy::Required,
+        None => TlsPolicy::Off,
     };
-    let negotiated = match negotiate(&mut stream, &catalog) {
-        Ok(Some(negotiated)) => negotiated,
-        Ok(None) => return,
-        Err(error) => {
-            log::info!("NBD {peer}: handshake failed: {error}");
+    let mut negotiation = match Negotiation::start(&mut stream, policy) {
+        Ok(negotiation) => negotiation,
+        Err(error) => return handshake_failed(peer, &error),
+    };
+    let Some(tls) = &context.tls else {
+        let catalog = HostCatalog::resolve(&context.published, identity, peer);
+        let negotiated = match negotiation.choose_export(&mut stream, &catalog) {
+            Ok(Some(negotiated)) => negotiated,
+            Ok(None) => return,
+            Err(error) => return handshake_failed(peer, &error),
+        };
+        let Some((index, view)) = catalog.path(&negotiated.export.name) else {
             return;
+        };
+        match stream.into_fd() {
+            Ok(fd) => attach(context, fd, index, view, peer),
+            Err(error) => log::warn!("NBD {peer}: {error}"),
         }
-    };
-    let Some((index, view)) = host
-        .as_deref()
-        .and_then(|host| snapshot.path_to(host, &negotiated.export.name))
-    else {
         return;
     };
-    let fd = match stream.into_fd() {
-        Ok(fd) => fd,
+    // TLS is required: nothing but NBD_OPT_STARTTLS (or leaving) in the clear.
+    let slot = tls.reserve();
+    if slot.is_none() {
+        log::warn!(
+            "NBD {peer}: {} TLS connections already open; refusing NBD_OPT_STARTTLS",
+            tls.active()
+        );
+    }
+    match negotiation.until_starttls(&mut stream, slot.is_some()) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(error) => return handshake_failed(peer, &error),
+    }
+    let Some(slot) = slot else {
+        return;
+    };
+    let mut stream = match tls.accept(stream) {
+        Ok(stream) => stream,
         Err(error) => {
-            log::warn!("NBD {peer}: {error}");
+            log::info!(
+                "NBD {peer}: refused: {}",
+                crate::logger::error_chain(&error)
+            );
             return;
         }
     };
+    let identity = PeerIdentity {
+        tls_subject: stream.subject.clone(),
+        ..identity.clone()
+    };
+    match &stream.subject {
+        Some(subject) => log::info!(
+            "NBD {peer}: {}, client certificate {subject}",
+            stream.describe()
+        ),
+        None => log::info!(
+            "NBD {peer}: {}, no client certificate asked for",
+            stream.describe()
+        ),
+    }
+    let catalog = HostCatalog::resolve(&context.published, &identity, peer);
+    let negotiated = match negotiation.choose_export(&mut stream, &catalog) {
+        Ok(Some(negotiated)) => negotiated,
+        Ok(None) => return,
+        Err(error) => return handshake_failed(peer, &error),
+    };
+    let Some((index, view)) = catalog.path(&negotiated.export.name) else {
+        return;
+    };
+    match tls::spawn_relay(stream, slot, peer.to_string()) {
+        Ok(fd) => attach(context, fd, index, view, peer),
+        Err(error) => log::warn!("NBD {peer}: cannot start the TLS relay: {error}"),
+    }
+}
+
+fn handshake_failed(peer: &str, error: &HandshakeError) {
+    log::info!(
+        "NBD {peer}: handshake failed: {}",
+        crate::logger::error_chain(error)
+    );
+}
+
+/// Hands a negotiated connection to the next reactor.
+fn attach(context: &NbdContext, fd: OwnedFd, index: usize, view: &PathView, peer: &str) {
     log::info!(
         "NBD {peer}: host {} serving volume {} through virtual path {}",
         view.vpath.host,

@@ -1,8 +1,11 @@
 //! The NBD front end (the NBD protocol document is the reference): fixed newstyle handshake
 //! on a handshake thread ([`handshake`], [`listener`]), then the transmission phase on a
-//! reactor ([`connection`]). The wire format is in [`protocol`].
+//! reactor ([`connection`]). The wire format is in [`protocol`]. With TLS configured, the
+//! handshake upgrades the connection after NBD_OPT_STARTTLS and a relay thread carries its
+//! transmission phase to the reactor over a Unix socket pair ([`tls`]).
 
 pub mod connection;
 pub mod handshake;
 pub mod listener;
 pub mod protocol;
+pub mod tls;
