@@ -98,6 +98,13 @@ def main():
               f"(median of per-round pairs {100 * statistics.median(per_round):.1f}%, "
               f"range {100 * min(per_round):.1f}%..{100 * max(per_round):.1f}%)"
               + ("; target < 5%" if lun == "mem" else ""))
+    # The null runs time the domain layer alone (a null I/O costs tens of nanoseconds, so the
+    # difference stands far above the noise); set against a mem I/O it gives the share the
+    # mem runs above measure directly, but with their run-to-run noise.
+    cost_ns = 1e9 / median("null, domain layer", "iops") - 1e9 / median("null, --no-domain", "iops")
+    mem_io_ns = 1e9 / median("mem, --no-domain", "iops")
+    print(f"  (a) domain layer per I/O, from the null runs: {cost_ns:.1f} ns = "
+          f"{100 * cost_ns / (mem_io_ns + cost_ns):.1f}% of the IOPS of a mem I/O ({mem_io_ns:.0f} ns without it)")
     for lun, bdev in (("null", "null bdev"), ("mem", "malloc bdev")):
         per_core = median(f"{lun}, domain layer", "iops_per_core")
         print(f"  (b) {lun} LUN, full stack: {per_core / 1e6:.3f} M IOPS/core = "

@@ -4,12 +4,11 @@
 //! `--verify`, data written must read back. Bad options must fail with a message that names
 //! them.
 
-use serde_json::Value;
-use std::process::{Command, Output};
+mod common;
 
-fn sds_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_sds")
-}
+use common::{qemu_io, require_tool, sds_binary, Server};
+use serde_json::{json, Value};
+use std::process::{Command, Output};
 
 /// Runs `sds perf ARGS --json` on the machine's last core (the default): one second measured
 /// after a short ramp, on a volume small enough for a test, unless ARGS say otherwise.
@@ -272,4 +271,47 @@ fn human_report_has_the_table() {
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
+}
+
+#[test]
+fn a_running_server_pools_a_null_lun() {
+    require_tool("qemu-io");
+    let mut server = Server::start();
+    let size = 1u64 << 30;
+    for (params, bad) in [
+        (json!({"name": "n", "kind": "null"}), "size:"),
+        (
+            json!({"name": "n", "kind": "null", "size": size, "path": "/tmp/x"}),
+            "path:",
+        ),
+        (json!({"name": "n", "kind": "tape", "size": size}), "kind:"),
+    ] {
+        let (code, message) = server.call("lun_create", params).expect_err("refused");
+        assert_eq!(code, -32602);
+        assert!(message.starts_with(bad), "{message}");
+    }
+    let lun = server.ok(
+        "lun_create",
+        json!({"name": "n", "kind": "null", "size": size, "block_size": 4096}),
+    );
+    assert_eq!(lun["kind"], "null");
+    assert_eq!(lun["persistent"], false);
+    server.ok("pool_create", json!({"name": "p", "luns": ["n"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 256u64 << 20}),
+    );
+    let url = server.url("v");
+    let (ok, output) = qemu_io(&url, &["write -P 0x5a 0 1M".into(), "read 0 1M".into()]);
+    assert!(ok, "{output}");
+    // Not persistent: after a restart the pool is formatted anew and the volume serves again.
+    assert!(server.stop(), "clean stop");
+    server.spawn();
+    let luns = server.ok("lun_get_luns", json!({"name": "n"}));
+    assert_eq!(luns[0]["state"], "online", "{luns}");
+    let (ok, output) = qemu_io(
+        &server.url("v"),
+        &["write 0 64k".into(), "read 0 64k".into()],
+    );
+    assert!(ok, "{output}");
 }
