@@ -13,6 +13,7 @@
 //! all this and publishes it with one atomic swap; front ends and reactors only ever load it.
 
 pub mod capabilities;
+pub mod decision;
 pub mod host;
 pub mod qos;
 pub mod snapshot;

@@ -30,7 +30,7 @@ use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{completion_result, IoType, LunIo, Started};
 use crate::constants::MAX_LUNS_PER_POOL;
-use crate::domain::capabilities::{AllowedOps, StatsDetail};
+use crate::domain::decision::decide;
 use crate::domain::qos::{Admit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
@@ -638,10 +638,16 @@ impl PerfSession {
     /// with, if it is.
     fn domain_check(&mut self, index: usize, ctx: &SessionContext) -> Option<i32> {
         let op = self.slots[index].op;
-        let Some((ops, record_latency)) = self.policy() else {
+        let Some(decision) = decide(
+            &self.published,
+            &self.vpath,
+            &mut self.path_hint,
+            ctx.reactor_index,
+        ) else {
             return Some(libc::EPERM);
         };
-        self.slots[index].record_latency = record_latency;
+        let ops = decision.allowed_ops;
+        self.slots[index].record_latency = decision.record_latency;
         let allowed = match op {
             Op::Read => ops.read,
             Op::Write => ops.write && !self.read_only,
@@ -655,50 +661,17 @@ impl PerfSession {
             Op::Write => (0, bytes),
         };
         let now_ns = self.clock.to_ns(self.slots[index].started_ticks);
-        if let Admit::Wait(_) = self.admit(ctx.reactor_index, now_ns, read_bytes, write_bytes) {
+        // NBD skips the bucket when the rate is unlimited; perf takes from it anyway, so what
+        // is measured is the most the domain layer can cost.
+        if let Admit::Wait(_) =
+            self.bucket
+                .take(&decision.rate, now_ns, true, read_bytes, write_bytes)
+        {
             // The run publishes no limit, so the bucket never asks to wait; if it did, the
             // I/O goes ahead and the report shows it.
             self.throttled_ios += 1;
         }
         None
-    }
-
-    /// The VP's allowed operations and whether latencies are recorded, from the current
-    /// snapshot; `None` once the VP is gone (NbdSession::policy).
-    #[inline]
-    fn policy(&mut self) -> Option<(AllowedOps, bool)> {
-        if self.vpath.is_revoked() {
-            return None;
-        }
-        let snapshot = self.published.peek();
-        let view = snapshot.view_of(&self.vpath, &mut self.path_hint)?;
-        Some((view.allowed_ops, view.statistics == StatsDetail::Latency))
-    }
-
-    /// Takes an I/O's tokens at the rate the snapshot gives this VP on this reactor
-    /// (NbdSession::admit). The NBD session skips the bucket when the rate is unlimited; this
-    /// takes from it anyway, so what is measured is the most the domain layer can cost.
-    #[inline]
-    fn admit(
-        &mut self,
-        reactor_index: usize,
-        now_ns: u64,
-        read_bytes: u64,
-        write_bytes: u64,
-    ) -> Admit {
-        let snapshot = self.published.peek();
-        let Some(view) = snapshot.view_of(&self.vpath, &mut self.path_hint) else {
-            return Admit::Go;
-        };
-        let mut rate = view.rate(reactor_index);
-        if !rate.is_unlimited() {
-            let sessions = self.vpath.stats.reactor_sessions(reactor_index);
-            if sessions > 1 {
-                rate = rate.scaled(1.0 / f64::from(sessions));
-            }
-        }
-        self.bucket
-            .take(&rate, now_ns, true, read_bytes, write_bytes)
     }
 
     /// Translates the I/O through the volume's map and starts it on the LUN(s); an I/O that

@@ -22,8 +22,9 @@ use crate::constants::{
     MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
     MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
 };
-use crate::domain::capabilities::{AllowedOps, StatsDetail};
-use crate::domain::qos::{Admit, TokenBucket};
+use crate::domain::capabilities::AllowedOps;
+use crate::domain::decision::decide;
+use crate::domain::qos::{Admit, RateLimit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
 use crate::domain::vpath::{AccessMode, Vpath};
@@ -115,6 +116,8 @@ struct Slot {
     record_latency: bool,
     /// When it started waiting for QoS tokens, if it had to.
     throttled_at: Option<Instant>,
+    /// The QoS rate it is admitted at.
+    rate: RateLimit,
 }
 
 /// What incoming bytes are for right now.
@@ -209,6 +212,7 @@ impl NbdSession {
                 slow_path: false,
                 record_latency: true,
                 throttled_at: None,
+                rate: RateLimit::default(),
             })
             .collect();
         volume.connections.fetch_add(1, Ordering::AcqRel);
@@ -392,10 +396,16 @@ impl NbdSession {
             }
         };
         // The VP decides, per request, from the current snapshot: one atomic load.
-        let Some((ops, record_latency)) = self.policy() else {
+        let Some(decision) = decide(
+            &self.published,
+            &self.vpath,
+            &mut self.path_hint,
+            self.reactor_index,
+        ) else {
             self.close("its virtual path was deleted");
             return false;
         };
+        let ops = decision.allowed_ops;
         let payload_bytes = if header.command == Command::Write {
             header.length_bytes as usize
         } else {
@@ -425,7 +435,8 @@ impl NbdSession {
         slot.waiting = 0;
         slot.error = 0;
         slot.slow_path = false;
-        slot.record_latency = record_latency;
+        slot.record_latency = decision.record_latency;
+        slot.rate = decision.rate;
         slot.throttled_at = None;
         slot.started = Instant::now();
 
@@ -474,17 +485,6 @@ impl NbdSession {
         true
     }
 
-    /// The VP's allowed operations and whether latencies are recorded, from the current
-    /// snapshot; `None` once the VP is gone.
-    fn policy(&mut self) -> Option<(AllowedOps, bool)> {
-        if self.vpath.is_revoked() {
-            return None;
-        }
-        let snapshot = self.published.peek();
-        let view = snapshot.view_of(&self.vpath, &mut self.path_hint)?;
-        Some((view.allowed_ops, view.statistics == StatsDetail::Latency))
-    }
-
     // ---- quality of service ------------------------------------------------------------------
 
     /// A request is ready (header and payload in): run it, or queue it behind the throttled
@@ -494,7 +494,7 @@ impl NbdSession {
             self.throttle(index, None, ctx);
             return;
         }
-        match self.admit(index, ctx) {
+        match self.admit(index) {
             Admit::Go => {
                 self.slots[index].state = SlotState::Running;
                 self.run(index, ctx);
@@ -503,24 +503,15 @@ impl NbdSession {
         }
     }
 
-    /// Takes the request's tokens from this session's bucket at the rate the snapshot gives
-    /// this VP on this reactor (shared evenly by the VP's sessions here).
-    fn admit(&mut self, index: usize, ctx: &mut SessionContext) -> Admit {
-        let snapshot = self.published.peek();
-        let Some(view) = snapshot.view_of(&self.vpath, &mut self.path_hint) else {
-            return Admit::Go;
-        };
-        let mut rate = view.rate(ctx.reactor_index);
-        if rate.is_unlimited() {
+    /// Takes the request's tokens from this session's bucket at the rate decided when its
+    /// header arrived (or, for a throttled one, when the QoS timer last fired).
+    fn admit(&mut self, index: usize) -> Admit {
+        let slot = &self.slots[index];
+        if slot.rate.is_unlimited() {
             return Admit::Go;
         }
-        let sessions = self.vpath.stats.reactor_sessions(ctx.reactor_index);
-        if sessions > 1 {
-            rate = rate.scaled(1.0 / f64::from(sessions));
-        }
-        let header = self.slots[index].header;
-        let length = u64::from(header.length_bytes);
-        let (counts, read_bytes, write_bytes) = match header.command {
+        let length = u64::from(slot.header.length_bytes);
+        let (counts, read_bytes, write_bytes) = match slot.header.command {
             Command::Read => (true, length, 0),
             Command::Write => (true, 0, length),
             Command::Trim | Command::WriteZeroes => (true, 0, 0),
@@ -528,7 +519,7 @@ impl NbdSession {
         };
         let now_ns = self.clock.elapsed().as_nanos() as u64;
         self.bucket
-            .take(&rate, now_ns, counts, read_bytes, write_bytes)
+            .take(&slot.rate, now_ns, counts, read_bytes, write_bytes)
     }
 
     fn throttle(&mut self, index: usize, wait_ns: Option<u64>, ctx: &mut SessionContext) {
@@ -567,8 +558,19 @@ impl NbdSession {
             self.throttled.clear();
             return;
         }
+        // The rate may have changed while they waited: one fresh decision for all of them.
+        if let Some(decision) = decide(
+            &self.published,
+            &self.vpath,
+            &mut self.path_hint,
+            ctx.reactor_index,
+        ) {
+            for &index in &self.throttled {
+                self.slots[index].rate = decision.rate;
+            }
+        }
         while let Some(&index) = self.throttled.front() {
-            match self.admit(index, ctx) {
+            match self.admit(index) {
                 Admit::Go => {
                     self.throttled.pop_front();
                     let slot = &mut self.slots[index];
