@@ -1,6 +1,11 @@
-//! What the current snapshot decides for one I/O on one VP, read with one atomic load: which
-//! operations the VP may send, whether its latencies are recorded, and the QoS rate its
-//! session takes tokens at. Every front end (and `sds perf`) asks here once per request.
+//! What the current snapshot decides for one I/O on one VP: which operations the VP may send,
+//! whether its latencies are recorded, and the QoS rate its session takes tokens at. Every
+//! front end (and `sds perf`) asks here once per request.
+//!
+//! A session keeps the last decision in a [`DecisionCache`] and looks at the snapshot again
+//! only when the published generation moved: the steady state costs one relaxed load of a
+//! counter that changes only when the control thread publishes, and touches nothing else
+//! shared.
 
 use super::capabilities::{AllowedOps, StatsDetail};
 use super::qos::RateLimit;
@@ -17,30 +22,67 @@ pub struct PathDecision {
     pub rate: RateLimit,
 }
 
-/// The decision for `vpath` on reactor `reactor`; `None` once the VP is gone. `hint` is where
-/// the VP sat in the snapshot last time (kept by the caller between requests).
-#[inline]
-pub fn decide(
-    published: &Published,
-    vpath: &Arc<Vpath>,
-    hint: &mut usize,
-    reactor: usize,
-) -> Option<PathDecision> {
-    if vpath.is_revoked() {
-        return None;
-    }
-    let snapshot = published.peek();
-    let view = snapshot.view_of(vpath, hint)?;
-    let mut rate = view.rate(reactor);
-    if !rate.is_unlimited() {
-        let sessions = vpath.stats.reactor_sessions(reactor);
-        if sessions > 1 {
-            rate = rate.scaled(1.0 / f64::from(sessions));
+/// One session's view of its VP's decisions.
+pub struct DecisionCache {
+    vpath: Arc<Vpath>,
+    /// Where the VP sat in the snapshot last time.
+    hint: usize,
+    /// The generation `decision` was read from (`u64::MAX`: never read).
+    generation: u64,
+    /// `None` once the VP is gone.
+    decision: Option<(AllowedOps, bool, RateLimit)>,
+}
+
+impl DecisionCache {
+    pub fn new(vpath: Arc<Vpath>, hint: usize) -> Self {
+        Self {
+            vpath,
+            hint,
+            generation: u64::MAX,
+            decision: None,
         }
     }
-    Some(PathDecision {
-        allowed_ops: view.allowed_ops,
-        record_latency: view.statistics == StatsDetail::Latency,
-        rate,
-    })
+
+    pub fn vpath(&self) -> &Arc<Vpath> {
+        &self.vpath
+    }
+
+    /// The decision for an I/O of this session on reactor `reactor`; `None` once the VP is
+    /// gone.
+    #[inline]
+    pub fn decide(&mut self, published: &Published, reactor: usize) -> Option<PathDecision> {
+        let generation = published.generation();
+        if generation != self.generation {
+            self.refresh(published, reactor, generation);
+        }
+        let (allowed_ops, record_latency, mut rate) = self.decision?;
+        if !rate.is_unlimited() {
+            let sessions = self.vpath.stats.reactor_sessions(reactor);
+            if sessions > 1 {
+                rate = rate.scaled(1.0 / f64::from(sessions));
+            }
+        }
+        Some(PathDecision {
+            allowed_ops,
+            record_latency,
+            rate,
+        })
+    }
+
+    #[cold]
+    fn refresh(&mut self, published: &Published, reactor: usize, generation: u64) {
+        self.generation = generation;
+        self.decision = None;
+        if self.vpath.is_revoked() {
+            return;
+        }
+        let snapshot = published.peek();
+        if let Some(view) = snapshot.view_of(&self.vpath, &mut self.hint) {
+            self.decision = Some((
+                view.allowed_ops,
+                view.statistics == StatsDetail::Latency,
+                view.rate(reactor),
+            ));
+        }
+    }
 }

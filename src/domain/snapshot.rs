@@ -12,6 +12,7 @@ use super::vpath::Vpath;
 use crate::volume::Volume;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A VP as one snapshot decides it.
@@ -82,12 +83,15 @@ impl Snapshot {
 /// Where the current snapshot lives. The control thread stores; everyone else loads.
 pub struct Published {
     current: ArcSwap<Snapshot>,
+    /// Bumped after every store: sessions that cached a decision look again when it moves.
+    generation: AtomicU64,
 }
 
 impl Default for Published {
     fn default() -> Self {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -105,5 +109,12 @@ impl Published {
 
     pub fn publish(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many snapshots have been published: changes exactly when the snapshot does.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }

@@ -30,7 +30,7 @@ use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{completion_result, IoType, LunIo, Started};
 use crate::constants::MAX_LUNS_PER_POOL;
-use crate::domain::decision::decide;
+use crate::domain::decision::DecisionCache;
 use crate::domain::qos::{Admit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
@@ -203,7 +203,7 @@ pub struct PerfSession {
     vpath: Arc<Vpath>,
     published: Arc<Published>,
     provisioner: Provisioner,
-    path_hint: usize,
+    decisions: DecisionCache,
     bucket: TokenBucket,
     read_only: bool,
     reactor_index: usize,
@@ -277,6 +277,7 @@ impl PerfSession {
         let mut seed = (spec.job as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         seed = (seed ^ (seed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         seed = (seed ^ (seed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let decisions = DecisionCache::new(vpath.clone(), 0);
         Self {
             spec,
             control,
@@ -286,7 +287,7 @@ impl PerfSession {
             vpath,
             published,
             provisioner,
-            path_hint: 0,
+            decisions,
             bucket: TokenBucket::default(),
             read_only,
             reactor_index: 0,
@@ -638,12 +639,7 @@ impl PerfSession {
     /// with, if it is.
     fn domain_check(&mut self, index: usize, ctx: &SessionContext) -> Option<i32> {
         let op = self.slots[index].op;
-        let Some(decision) = decide(
-            &self.published,
-            &self.vpath,
-            &mut self.path_hint,
-            ctx.reactor_index,
-        ) else {
+        let Some(decision) = self.decisions.decide(&self.published, ctx.reactor_index) else {
             return Some(libc::EPERM);
         };
         let ops = decision.allowed_ops;

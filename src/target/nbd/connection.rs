@@ -23,7 +23,7 @@ use crate::constants::{
     MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
 };
 use crate::domain::capabilities::AllowedOps;
-use crate::domain::decision::decide;
+use crate::domain::decision::DecisionCache;
 use crate::domain::qos::{Admit, RateLimit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
@@ -141,8 +141,9 @@ pub struct NbdSession {
     /// The virtual path this connection reached its volume by: checked and accounted on
     /// every request.
     vpath: Arc<Vpath>,
-    /// Where the VP sat in the last snapshot looked at.
-    path_hint: usize,
+    /// The VP's current decisions (allowed operations, QoS rate), refreshed when the
+    /// published snapshot changes.
+    decisions: DecisionCache,
     published: Arc<Published>,
     volume: Arc<Volume>,
     provisioner: Provisioner,
@@ -216,10 +217,11 @@ impl NbdSession {
             })
             .collect();
         volume.connections.fetch_add(1, Ordering::AcqRel);
+        let decisions = DecisionCache::new(vpath.clone(), path_hint);
         Self {
             socket,
             vpath,
-            path_hint,
+            decisions,
             published,
             volume,
             provisioner,
@@ -396,12 +398,7 @@ impl NbdSession {
             }
         };
         // The VP decides, per request, from the current snapshot: one atomic load.
-        let Some(decision) = decide(
-            &self.published,
-            &self.vpath,
-            &mut self.path_hint,
-            self.reactor_index,
-        ) else {
+        let Some(decision) = self.decisions.decide(&self.published, self.reactor_index) else {
             self.close("its virtual path was deleted");
             return false;
         };
@@ -559,12 +556,7 @@ impl NbdSession {
             return;
         }
         // The rate may have changed while they waited: one fresh decision for all of them.
-        if let Some(decision) = decide(
-            &self.published,
-            &self.vpath,
-            &mut self.path_hint,
-            ctx.reactor_index,
-        ) {
+        if let Some(decision) = self.decisions.decide(&self.published, ctx.reactor_index) {
             for &index in &self.throttled {
                 self.slots[index].rate = decision.rate;
             }
