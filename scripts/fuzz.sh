@@ -36,8 +36,9 @@ declare -A max_len=(
     [nbd_options]=16384
     [rpc_request]=16384
     [cli_size]=64
+    [pool_on_disk]=4097
 )
-read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size}"
+read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk}"
 # A parser run on at most 16 KiB has no business near these: a larger allocation or RSS is a
 # bug (an allocation sized by the input), reported as a crash.
 rss_limit_mb=1024
@@ -110,6 +111,31 @@ seed("rpc_request", "pipelined", "\x07" + call("pool_create", {
 
 seed("cli_size", "units", "1.5GiB")
 seed("cli_size", "plain", "4096")
+# A checkpoint block and a journal block of sequence 1, epoch 1, with one entry (512-byte LUN).
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+checkpoint = bytearray(512)
+checkpoint[0:4] = struct.pack("<I", 0x53444350)
+checkpoint[8:32] = struct.pack("<QQQ", 7, 3, 2)
+checkpoint[4:8] = struct.pack("<I", crc32c(bytes(checkpoint[8:32])))
+seed("pool_on_disk", "checkpoint", b"\x02" + bytes(checkpoint))
+journal = bytearray(512)
+journal[0:4] = struct.pack("<I", 0x53444a42)
+journal[8:16] = struct.pack("<Q", 1)
+journal[16:20] = struct.pack("<I", 1)
+journal[24:32] = struct.pack("<Q", 1)
+journal[32:40] = struct.pack("<Q", 5)
+journal[40:56] = b"\x11" * 16
+journal[56:64] = struct.pack("<Q", 9)
+journal[64:72] = struct.pack("<Q", 42)
+journal[72] = 1
+journal[4:8] = struct.pack("<I", crc32c(bytes(journal[8:])))
+seed("pool_on_disk", "journal", b"\x02" + bytes(journal))
 PY
 
 failed=()
