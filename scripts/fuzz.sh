@@ -37,8 +37,9 @@ declare -A max_len=(
     [rpc_request]=16384
     [cli_size]=64
     [pool_on_disk]=4097
+    [nbd_starttls]=4096
 )
-read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk}"
+read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk nbd_starttls}"
 # A parser run on at most 16 KiB has no business near these: a larger allocation or RSS is a
 # bug (an allocation sized by the input), reported as a crash.
 rss_limit_mb=1024
@@ -111,6 +112,9 @@ seed("rpc_request", "pipelined", "\x07" + call("pool_create", {
 
 seed("cli_size", "units", "1.5GiB")
 seed("cli_size", "plain", "4096")
+# Client flags, an option that needs TLS, then STARTTLS (with a TLS slot free).
+seed("nbd_starttls", "list-then-starttls", b"\x00\x01" + struct.pack(">I", 1)
+     + b"IHAVEOPT" + struct.pack(">II", 3, 0) + b"IHAVEOPT" + struct.pack(">II", 5, 0))
 # A checkpoint block and a journal block of sequence 1, epoch 1, with one entry (512-byte LUN).
 def crc32c(data):
     crc = 0xFFFFFFFF
