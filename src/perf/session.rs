@@ -35,7 +35,7 @@ use crate::domain::qos::{Admit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
 use crate::domain::vpath::{AccessMode, Vpath};
-use crate::pool::{Pool, PoolLun};
+use crate::pool::Pool;
 use crate::reactor::session::{Session, SessionContext};
 use crate::volume::provisioner::{Provisioner, Reply, Request};
 use crate::volume::stats::IoKind;
@@ -72,19 +72,6 @@ fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 
         | ((slot as u64) << TAG_SLOT_SHIFT)
         | ((lun_index as u64) << TAG_LUN_SHIFT)
         | u64::from(expected_bytes)
-}
-
-/// The index of `member` in `pool.luns`, from its address (segments hand out references into
-/// that list), as the NBD session finds it.
-#[inline]
-fn member_index(pool: &Pool, member: &PoolLun) -> usize {
-    let offset = (member as *const PoolLun as usize).wrapping_sub(pool.luns.as_ptr() as usize);
-    let index = offset / std::mem::size_of::<PoolLun>();
-    debug_assert!(pool
-        .luns
-        .get(index)
-        .is_some_and(|m| std::ptr::eq(m, member)));
-    index
 }
 
 /// Where a run is, as the coordinating thread sets it. Jobs only read it.
@@ -742,7 +729,7 @@ impl PerfSession {
                             fua: false,
                         },
                     };
-                    let lun_index = member_index(&volume.pool, lun);
+                    let lun_index = volume.pool.member_index(lun);
                     let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, len_bytes as u32));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this I/O is reaped: the slot is not reused before it completes, and

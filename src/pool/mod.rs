@@ -442,6 +442,19 @@ impl Pool {
         Ok(())
     }
 
+    /// The index of `member` in `self.luns`, from its address (segments hand out references
+    /// into that list): plain address arithmetic, no lookup, for the I/O path.
+    #[inline]
+    pub fn member_index(&self, member: &PoolLun) -> usize {
+        let offset = (member as *const PoolLun as usize).wrapping_sub(self.luns.as_ptr() as usize);
+        let index = offset / std::mem::size_of::<PoolLun>();
+        debug_assert!(self
+            .luns
+            .get(index)
+            .is_some_and(|m| std::ptr::eq(m, member)));
+        index
+    }
+
     #[inline]
     fn member(&self, slot: u64) -> (&PoolLun, u64) {
         let (lun, extent) = decode_slot(slot).unwrap_or((usize::MAX, 0));

@@ -28,7 +28,6 @@ use crate::domain::qos::{Admit, RateLimit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
 use crate::domain::vpath::{AccessMode, Vpath};
-use crate::pool::{Pool, PoolLun};
 use crate::reactor::session::{Session, SessionContext};
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
 use crate::volume::stats::IoKind;
@@ -67,19 +66,6 @@ fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 
         | ((slot as u64) << 32)
         | ((lun_index as u64) << TAG_LUN_SHIFT)
         | u64::from(expected_bytes)
-}
-
-/// The index of `member` in `pool.luns`, from its address: segments hand out references into
-/// that list. (Plain address arithmetic, no pointer dereference.)
-#[inline]
-fn member_index(pool: &Pool, member: &PoolLun) -> usize {
-    let offset = (member as *const PoolLun as usize).wrapping_sub(pool.luns.as_ptr() as usize);
-    let index = offset / std::mem::size_of::<PoolLun>();
-    debug_assert!(pool
-        .luns
-        .get(index)
-        .is_some_and(|m| std::ptr::eq(m, member)));
-    index
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -754,7 +740,7 @@ impl NbdSession {
                     } else {
                         0
                     };
-                    let lun_index = member_index(&volume.pool, lun);
+                    let lun_index = volume.pool.member_index(lun);
                     let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, expected));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped: the slot is not reused before it is replied to.
