@@ -54,23 +54,8 @@ impl MemLun {
     /// Carries out `io` at once. Returns a positive errno on a range error.
     fn execute(&self, io: &LunIo) -> Result<(), i32> {
         let base = self.data.shared_mut_ptr();
-        let (offset_bytes, len_bytes) = match *io {
-            LunIo::Read {
-                offset_bytes,
-                len_bytes,
-                ..
-            }
-            | LunIo::Write {
-                offset_bytes,
-                len_bytes,
-                ..
-            } => (offset_bytes, u64::from(len_bytes)),
-            LunIo::WriteZeroes {
-                offset_bytes,
-                len_bytes,
-                ..
-            } => (offset_bytes, len_bytes),
-            LunIo::Flush => return Ok(()),
+        let Some((offset_bytes, len_bytes)) = io.range() else {
+            return Ok(());
         };
         check_range(&self.info, offset_bytes, len_bytes).map_err(|_| libc::EINVAL)?;
         let (offset, len) = (offset_bytes as usize, len_bytes as usize);

@@ -299,6 +299,31 @@ impl LunIo {
     }
 }
 
+impl LunIo {
+    /// The byte range the I/O covers (`None` for a flush, which covers no range).
+    #[inline]
+    pub fn range(&self) -> Option<(u64, u64)> {
+        match *self {
+            LunIo::Read {
+                offset_bytes,
+                len_bytes,
+                ..
+            }
+            | LunIo::Write {
+                offset_bytes,
+                len_bytes,
+                ..
+            } => Some((offset_bytes, u64::from(len_bytes))),
+            LunIo::WriteZeroes {
+                offset_bytes,
+                len_bytes,
+                ..
+            } => Some((offset_bytes, len_bytes)),
+            LunIo::Flush => None,
+        }
+    }
+}
+
 /// What starting an I/O did.
 #[derive(Debug)]
 pub enum Started {

@@ -51,23 +51,8 @@ impl NullLun {
     /// and nothing else. Returns a positive errno on a range error.
     #[inline]
     fn execute(&self, io: &LunIo) -> Result<(), i32> {
-        let (offset_bytes, len_bytes) = match *io {
-            LunIo::Read {
-                offset_bytes,
-                len_bytes,
-                ..
-            }
-            | LunIo::Write {
-                offset_bytes,
-                len_bytes,
-                ..
-            } => (offset_bytes, u64::from(len_bytes)),
-            LunIo::WriteZeroes {
-                offset_bytes,
-                len_bytes,
-                ..
-            } => (offset_bytes, len_bytes),
-            LunIo::Flush => return Ok(()),
+        let Some((offset_bytes, len_bytes)) = io.range() else {
+            return Ok(());
         };
         check_range(&self.info, offset_bytes, len_bytes).map_err(|_| libc::EINVAL)
     }
