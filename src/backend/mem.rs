@@ -3,8 +3,8 @@
 
 use super::aligned_buf::AlignedBuf;
 use super::{
-    check_range, IoType, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind, LunSpec, SpeedClass,
-    Started,
+    check_range, in_memory_size, IoType, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind,
+    LunSpec, SpeedClass, Started,
 };
 use crate::reactor::ring::IoRing;
 
@@ -24,15 +24,7 @@ impl MemLun {
             lun: spec.name.clone(),
             what: what.to_string(),
         };
-        let size_bytes = spec
-            .size_bytes
-            .ok_or_else(|| invalid("size is required for a mem LUN"))?;
-        let block = u64::from(spec.block_size_bytes);
-        if size_bytes == 0 || size_bytes % block != 0 || size_bytes > MAX_MEM_LUN_BYTES {
-            return Err(invalid(
-                "size must be a non-zero multiple of block_size, at most 1 TiB",
-            ));
-        }
+        let size_bytes = in_memory_size(spec, MAX_MEM_LUN_BYTES, "1 TiB")?;
         let len =
             usize::try_from(size_bytes).map_err(|_| invalid("size exceeds the address space"))?;
         let info = LunInfo {

@@ -436,6 +436,29 @@ pub fn reopen_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
     }
 }
 
+/// The size of a LUN that lives only in memory (mem, null): required, a non-zero multiple of
+/// the block size, at most `max_bytes` (named as `max_text` in the error).
+pub(crate) fn in_memory_size(
+    spec: &LunSpec,
+    max_bytes: u64,
+    max_text: &str,
+) -> Result<u64, LunError> {
+    let invalid = |what: String| LunError::Invalid {
+        lun: spec.name.clone(),
+        what,
+    };
+    let size_bytes = spec
+        .size_bytes
+        .ok_or_else(|| invalid(format!("size is required for a {} LUN", spec.kind.as_str())))?;
+    let block = u64::from(spec.block_size_bytes);
+    if size_bytes == 0 || size_bytes % block != 0 || size_bytes > max_bytes {
+        return Err(invalid(format!(
+            "size must be a non-zero multiple of block_size, at most {max_text}"
+        )));
+    }
+    Ok(size_bytes)
+}
+
 /// Checks that a synchronous I/O is inside the LUN and aligned to its block size.
 pub(crate) fn check_range(
     info: &LunInfo,

@@ -5,7 +5,8 @@
 //! anything: it is not persistent, and a pool on it is formatted anew at every start.
 
 use super::{
-    check_range, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind, LunSpec, SpeedClass, Started,
+    check_range, in_memory_size, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind, LunSpec,
+    SpeedClass, Started,
 };
 use crate::reactor::ring::IoRing;
 
@@ -20,19 +21,7 @@ pub struct NullLun {
 
 impl NullLun {
     pub fn new(spec: &LunSpec) -> Result<Self, LunError> {
-        let invalid = |what: &str| LunError::Invalid {
-            lun: spec.name.clone(),
-            what: what.to_string(),
-        };
-        let size_bytes = spec
-            .size_bytes
-            .ok_or_else(|| invalid("size is required for a null LUN"))?;
-        let block = u64::from(spec.block_size_bytes);
-        if size_bytes == 0 || size_bytes % block != 0 || size_bytes > MAX_NULL_LUN_BYTES {
-            return Err(invalid(
-                "size must be a non-zero multiple of block_size, at most 1 PiB",
-            ));
-        }
+        let size_bytes = in_memory_size(spec, MAX_NULL_LUN_BYTES, "1 PiB")?;
         Ok(Self {
             info: LunInfo {
                 name: spec.name.clone(),
