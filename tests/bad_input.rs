@@ -17,7 +17,7 @@ const MIB: u64 = 1 << 20;
 fn closed<S: Read>(stream: &mut S) -> bool {
     let mut sink = [0u8; 4096];
     loop {
-        match stream.read(&mut sink) {
+        match read_some(stream, &mut sink) {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(error) => {

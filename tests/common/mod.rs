@@ -246,6 +246,31 @@ impl Drop for Server {
     }
 }
 
+/// One `read`, retried while a signal interrupts it (`read_exact` and `write_all` already retry;
+/// a bare `read` does not, and a loaded CI machine delivers signals mid-read).
+pub fn read_some<S: Read>(stream: &mut S, buffer: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buffer) {
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Whether the peer closed the connection (a read ends or fails for a reason other than an
+/// interruption or the read timeout) before any more bytes arrive.
+pub fn peer_closed<S: Read>(stream: &mut S) -> bool {
+    let mut byte = [0u8; 1];
+    match read_some(stream, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 pub fn read_value(stream: &mut UnixStream) -> Value {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 65536];
@@ -256,7 +281,7 @@ pub fn read_value(stream: &mut UnixStream) -> Value {
         {
             return value;
         }
-        let n = stream.read(&mut chunk).expect("read the RPC answer");
+        let n = read_some(stream, &mut chunk).expect("read the RPC answer");
         assert!(
             n > 0,
             "the server closed the RPC connection without answering"
@@ -340,7 +365,7 @@ pub fn spdk_python() -> PathBuf {
 pub fn nbd_raw_connect(port: u16, export: &str) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .expect("timeout");
     let mut greeting = [0u8; 18];
     stream.read_exact(&mut greeting).expect("greeting");
