@@ -283,3 +283,51 @@ fn demo_runs_end_to_end() {
         "{text}"
     );
 }
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// The harness's RPC read survives signals: a reader blocked on the answer is interrupted over
+/// and over (a handler installed without SA_RESTART, so each one fails the read with EINTR) and
+/// still returns the whole answer. On a loaded CI machine this is what made TLS tests fail
+/// with "Interrupted system call".
+#[test]
+fn the_harness_rpc_read_survives_signals() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    // SAFETY: a zeroed sigaction is valid; the handler is an extern "C" fn that does nothing,
+    // which is async-signal-safe, and SIGUSR2 is used by nothing else in this test binary.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as usize;
+        action.sa_flags = 0;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    let (mut server_end, mut client_end) = UnixStream::pair().expect("socket pair");
+    let (thread_tx, thread_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        // SAFETY: pthread_self has no preconditions.
+        thread_tx
+            .send(unsafe { libc::pthread_self() })
+            .expect("send");
+        read_value(&mut client_end)
+    });
+    let reader_thread = thread_rx.recv().expect("reader thread");
+    for _ in 0..50 {
+        // SAFETY: the reader thread is alive until it has read the answer, which is sent only
+        // after the last signal.
+        unsafe { libc::pthread_kill(reader_thread, libc::SIGUSR2) };
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server_end
+        .write_all(br#"{"jsonrpc": "2.0", "id": 1, "result": 42}"#)
+        .expect("answer");
+    let answer = reader.join().expect("the reader panicked");
+    assert_eq!(answer["result"], json!(42));
+}
