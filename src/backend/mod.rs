@@ -23,6 +23,7 @@
 
 pub mod aligned_buf;
 pub mod blockdev;
+pub mod claim;
 pub mod fault;
 pub mod fd_lun;
 pub mod file;
@@ -151,6 +152,13 @@ pub enum LunError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// Another open (another sds, qemu, a mount) holds the file or device: see [`claim`].
+    #[error("LUN {lun}: {path} is in use: {holder}")]
+    InUse {
+        lun: String,
+        path: PathBuf,
+        holder: &'static str,
     },
     #[error("LUN {lun}: {what}")]
     Invalid { lun: String, what: String },

@@ -22,6 +22,11 @@ pub enum RpcServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another server answers on the management socket {path}; stop it or choose another \
+         --rpc-socket"
+    )]
+    InUse { path: PathBuf },
     #[error("cannot start the RPC thread")]
     Thread(#[source] std::io::Error),
 }
@@ -49,6 +54,8 @@ pub fn spawn(
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
+    check_not_served(path)?;
+    // Only a socket nobody answers on (left by a server that was killed) is replaced.
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| RpcServerError::Bind {
         path: path.to_path_buf(),
@@ -71,6 +78,17 @@ pub fn spawn(
         stop,
         thread,
     })
+}
+
+/// Refuses a management socket that a running server answers on: removing it would leave that
+/// server unreachable. A socket file nobody listens on (ECONNREFUSED) is stale and may go.
+pub fn check_not_served(path: &Path) -> Result<(), RpcServerError> {
+    match UnixStream::connect(path) {
+        Ok(_) => Err(RpcServerError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(_) => Ok(()),
+    }
 }
 
 fn accept_loop(
