@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -183,6 +184,85 @@ fn a_lun_claimed_elsewhere_is_failed_at_start_up() {
         lun["reason"].as_str().unwrap_or("").contains("in use"),
         "{lun}"
     );
+}
+
+#[test]
+fn one_file_by_two_spellings_a_symlink_or_a_hard_link_is_one_lun() {
+    let server = Server::start();
+    let dir = server.dir.path();
+    std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    server.ok(
+        "lun_create",
+        json!({"name": "l1", "kind": "file", "path": dir.join("l1.img"), "size": 32 * MIB}),
+    );
+    std::os::unix::fs::symlink(dir.join("l1.img"), dir.join("link.img")).expect("symlink");
+    std::fs::hard_link(dir.join("l1.img"), dir.join("hard.img")).expect("hard link");
+    for (name, path) in [
+        ("l2", dir.join("sub/../l1.img")),
+        ("l3", dir.join("./sub/.././l1.img")),
+        ("l4", dir.join("link.img")),
+        ("l5", dir.join("hard.img")),
+    ] {
+        match server.call(
+            "lun_create",
+            json!({"name": name, "kind": "file", "path": path}),
+        ) {
+            Err((code, message)) => {
+                assert_eq!(code, -32602, "{message}");
+                assert!(
+                    message.contains("is already LUN l1"),
+                    "{}: {message}",
+                    path.display()
+                );
+            }
+            Ok(result) => panic!("{} became a second LUN: {result}", path.display()),
+        }
+    }
+    assert_eq!(
+        server
+            .ok("lun_get_luns", json!({}))
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).expect("canonicalize")
+}
+
+#[test]
+fn a_relative_lun_path_is_stored_absolute_and_survives_a_restart_from_elsewhere() {
+    let mut server = Server::start();
+    let (here, there) = (server.dir.path().join("a"), server.dir.path().join("b"));
+    std::fs::create_dir_all(here.join("disks")).expect("mkdir");
+    std::fs::create_dir_all(&there).expect("mkdir");
+    assert!(server.stop(), "the server did not stop cleanly");
+    server.cwd = Some(here.clone());
+    server.spawn();
+    let lun = server.ok(
+        "lun_create",
+        json!({"name": "rel", "kind": "file", "path": "disks/../disks/rel.img", "size": 32 * MIB}),
+    );
+    let absolute = canonical(&here).join("disks/rel.img");
+    assert_eq!(lun["path"], json!(absolute), "{lun}");
+    assert_eq!(
+        server.ok("lun_get_luns", json!({"name": "rel"}))[0]["path"],
+        json!(absolute)
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["rel"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 8 * MIB}),
+    );
+    write_and_verify(&server.url("v"), PATTERN);
+    assert!(server.stop(), "the server did not stop cleanly");
+
+    server.cwd = Some(there);
+    server.spawn();
+    let lun = &server.ok("lun_get_luns", json!({"name": "rel"}))[0];
+    assert_eq!(lun["state"], "online", "{lun}");
+    verify(&server.url("v"), PATTERN);
 }
 
 #[test]

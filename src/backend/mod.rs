@@ -27,6 +27,7 @@ pub mod claim;
 pub mod fault;
 pub mod fd_lun;
 pub mod file;
+pub mod lun_path;
 pub mod mem;
 pub mod null;
 
