@@ -51,6 +51,9 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// Largest JSON-RPC request, and clients connected to the management socket at once.
 pub const MAX_RPC_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_RPC_CONNECTIONS: usize = 64;
+/// Seconds a management connection may stay idle (no complete request since its last answer)
+/// before it is closed. A full socket also evicts its longest-idle connection at once.
+pub const RPC_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Requests waiting for the control thread.
 pub const CONTROL_QUEUE_CAPACITY: usize = 256;
 /// Provisioning requests the provisioning thread commits as one group.
