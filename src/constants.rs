@@ -70,6 +70,13 @@ const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);
 
+/// How long start-up waits, for all LUNs together, for a LUN's file or device that another
+/// open holds (a server killed with SIGKILL frees its claims only when the kernel has torn
+/// down its io_uring), and how often it tries again meanwhile.
+pub const LUN_CLAIM_WAIT_MS: u64 = 2_000;
+pub const LUN_CLAIM_RETRY_MS: u64 = 50;
+const _: () = assert!(LUN_CLAIM_RETRY_MS < LUN_CLAIM_WAIT_MS);
+
 /// Longest delay a fault LUN may inject into one I/O (`lun_inject_fault`, mode `delay`).
 pub const MAX_FAULT_DELAY_US: u64 = 10_000_000;
 
