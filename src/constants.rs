@@ -70,6 +70,13 @@ const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);
 
+/// How often, and how many milliseconds apart, a server refused the state directory's lock
+/// reads the holder's pid (the holder writes it just after locking), and the longest pid text
+/// it reads.
+pub const STATE_LOCK_HOLDER_READ_ATTEMPTS: u32 = 20;
+pub const STATE_LOCK_HOLDER_READ_INTERVAL_MS: u64 = 10;
+pub const MAX_STATE_LOCK_HOLDER_BYTES: usize = 32;
+
 /// How long start-up waits, for all LUNs together, for a LUN's file or device that another
 /// open holds (a server killed with SIGKILL frees its claims only when the kernel has torn
 /// down its io_uring), and how often it tries again meanwhile.

@@ -10,6 +10,10 @@
 //! new file of the same name while the first still runs. Its pid is meaningful only while the
 //! lock is held.
 
+use crate::constants::{
+    MAX_STATE_LOCK_HOLDER_BYTES, STATE_LOCK_HOLDER_READ_ATTEMPTS,
+    STATE_LOCK_HOLDER_READ_INTERVAL_MS,
+};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -19,12 +23,6 @@ use std::time::Duration;
 
 /// The lock file's name in the state directory.
 pub const STATE_LOCK_FILE: &str = "sds.lock";
-/// How often, and how long apart, a refused server reads the holder's pid: the holder writes it
-/// just after taking the lock, so a server refused in between finds the file still empty.
-const HOLDER_READ_ATTEMPTS: u32 = 20;
-const HOLDER_READ_INTERVAL: Duration = Duration::from_millis(10);
-/// Longest pid text read from the lock file.
-const MAX_HOLDER_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateLockError {
@@ -117,15 +115,15 @@ impl StateLock {
 /// Who holds the lock, as the holder wrote it: "pid N", or "pid unknown" when it has not
 /// written its pid yet (or the file says something else).
 fn holder(file: &File) -> String {
-    let mut buffer = [0u8; MAX_HOLDER_BYTES];
-    for _ in 0..HOLDER_READ_ATTEMPTS {
+    let mut buffer = [0u8; MAX_STATE_LOCK_HOLDER_BYTES];
+    for _ in 0..STATE_LOCK_HOLDER_READ_ATTEMPTS {
         if let Ok(n) = file.read_at(&mut buffer, 0) {
             let text = String::from_utf8_lossy(&buffer[..n]);
             if let Ok(pid) = text.trim().parse::<u32>() {
                 return format!("pid {pid}");
             }
         }
-        std::thread::sleep(HOLDER_READ_INTERVAL);
+        std::thread::sleep(Duration::from_millis(STATE_LOCK_HOLDER_READ_INTERVAL_MS));
     }
     "pid unknown".into()
 }
