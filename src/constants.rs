@@ -51,6 +51,9 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// Largest JSON-RPC request, and clients connected to the management socket at once.
 pub const MAX_RPC_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_RPC_CONNECTIONS: usize = 64;
+/// Seconds a management connection may stay idle (no complete request since its last answer)
+/// before it is closed. A full socket also evicts its longest-idle connection at once.
+pub const RPC_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Requests waiting for the control thread.
 pub const CONTROL_QUEUE_CAPACITY: usize = 256;
 /// Provisioning requests the provisioning thread commits as one group.
@@ -66,6 +69,20 @@ const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);
+
+/// How often, and how many milliseconds apart, a server refused the state directory's lock
+/// reads the holder's pid (the holder writes it just after locking), and the longest pid text
+/// it reads.
+pub const STATE_LOCK_HOLDER_READ_ATTEMPTS: u32 = 20;
+pub const STATE_LOCK_HOLDER_READ_INTERVAL_MS: u64 = 10;
+pub const MAX_STATE_LOCK_HOLDER_BYTES: usize = 32;
+
+/// How long start-up waits, for all LUNs together, for a LUN's file or device that another
+/// open holds (a server killed with SIGKILL frees its claims only when the kernel has torn
+/// down its io_uring), and how often it tries again meanwhile.
+pub const LUN_CLAIM_WAIT_MS: u64 = 2_000;
+pub const LUN_CLAIM_RETRY_MS: u64 = 50;
+const _: () = assert!(LUN_CLAIM_RETRY_MS < LUN_CLAIM_WAIT_MS);
 
 /// Longest delay a fault LUN may inject into one I/O (`lun_inject_fault`, mode `delay`).
 pub const MAX_FAULT_DELAY_US: u64 = 10_000_000;

@@ -21,6 +21,7 @@ pub mod pool;
 pub mod reactor;
 pub mod rpc;
 pub mod serve;
+pub mod state_lock;
 pub mod store;
 pub mod target;
 pub mod version;

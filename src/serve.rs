@@ -6,6 +6,7 @@ use crate::control::{self, Control};
 use crate::domain::snapshot::Published;
 use crate::reactor::{self, mailbox::Message};
 use crate::rpc;
+use crate::state_lock::StateLock;
 use crate::target::nbd::listener::{self, NbdContext};
 use crate::target::nbd::tls::{TlsFiles, TlsServer};
 use crate::volume::provisioner::Provisioner;
@@ -55,6 +56,14 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    StateLock(#[from] crate::state_lock::StateLockError),
+    #[error("cannot resolve the state directory {path}")]
+    StateDirPath {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot install the SIGINT/SIGTERM handler")]
     Signals(#[source] ctrlc::Error),
     #[error(transparent)]
@@ -91,6 +100,23 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         path: config.state_dir.clone(),
         source,
     })?;
+    // One server per state directory, held until this function returns: taken before anything
+    // in it is read and before the management socket is touched.
+    let _state_lock = StateLock::acquire(&config.state_dir)?;
+    // The state directory by its absolute name: file LUNs created in it record absolute paths,
+    // so a server started later from another working directory finds them.
+    let state_dir =
+        std::fs::canonicalize(&config.state_dir).map_err(|source| ServeError::StateDirPath {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+    let socket = config
+        .rpc_socket
+        .clone()
+        .unwrap_or_else(|| state_dir.join("sds.sock"));
+    // A socket another server answers on (one given with --rpc-socket, outside this state dir)
+    // is refused now, before the journals are replayed, and never replaced.
+    rpc::server::check_not_served(&socket)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = shutdown.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::Release)).map_err(ServeError::Signals)?;
@@ -111,7 +137,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         Provisioner::spawn().map_err(ServeError::Provisioner)?;
     let published = Arc::new(Published::default());
     let control = Control::restore(
-        config.state_dir.clone(),
+        state_dir,
         published.clone(),
         reactors.clone(),
         provisioner.clone(),
@@ -134,10 +160,6 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     if let Some(path) = &config.nbd_socket {
         acceptors.push(listener::listen_unix(path, nbd.clone())?);
     }
-    let socket = config
-        .rpc_socket
-        .clone()
-        .unwrap_or_else(|| config.state_dir.join("sds.sock"));
     let rpc = rpc::server::spawn(&socket, Arc::new(dispatch), shutdown.clone())?;
     log::info!(
         "{} serving; management socket {}",

@@ -41,7 +41,7 @@ pub fn open(spec: &LunSpec) -> Result<FdLun, LunError> {
     };
     let sector = if rc == 0 { sector as u32 } else { 512 };
     let block_size_bytes = spec.block_size_bytes.max(sector);
-    let (mut file, direct_io) = open_direct_or_buffered(&spec.name, &path, block_size_bytes)?;
+    let (mut file, direct_io) = open_direct_or_buffered(&spec.name, &path, block_size_bytes, true)?;
     let device_bytes = file.seek(SeekFrom::End(0)).map_err(open_error)?;
     let size_bytes = device_bytes / u64::from(block_size_bytes) * u64::from(block_size_bytes);
     if let Some(size) = spec.size_bytes {

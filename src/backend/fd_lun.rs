@@ -39,40 +39,69 @@ pub struct FdLun {
 }
 
 /// Opens `path` read-write, with O_DIRECT if a block-sized aligned read at offset 0 works that
-/// way; otherwise buffered, with a warning. Returns the file and whether I/O is direct.
+/// way; otherwise buffered, with a warning, and claims it for this LUN alone
+/// ([`super::claim`]): a block device (`block_device`) is opened O_EXCL, and either kind gets
+/// qemu's image locks. Returns the file and whether I/O is direct.
 pub fn open_direct_or_buffered(
     lun: &str,
     path: &Path,
     block_size_bytes: u32,
+    block_device: bool,
 ) -> Result<(File, bool), LunError> {
+    let exclusive = if block_device { libc::O_EXCL } else { 0 };
     let open = |direct: bool| {
         let mut options = OpenOptions::new();
         options
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 });
+            .custom_flags(libc::O_CLOEXEC | exclusive | if direct { libc::O_DIRECT } else { 0 });
         options.open(path)
     };
-    let open_error = |source| LunError::Open {
-        lun: lun.to_string(),
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Ok(file) = open(true) {
-        let mut probe = AlignedBuf::new(block_size_bytes as usize);
-        let probe = &mut probe.as_mut_slice()[..block_size_bytes as usize];
-        match file.read_at(probe, 0) {
-            Ok(_) => return Ok((file, true)),
-            Err(error) => log::warn!(
-                "LUN {lun}: {} refuses {block_size_bytes}-byte O_DIRECT I/O ({error}); using buffered I/O, flushed with fdatasync",
-                path.display()
-            ),
+    let open_error = |source: std::io::Error| {
+        if block_device && source.raw_os_error() == Some(libc::EBUSY) {
+            return LunError::InUse {
+                lun: lun.to_string(),
+                path: path.to_path_buf(),
+                holder: "the device is mounted or opened exclusively elsewhere (EBUSY)",
+            };
         }
-    } else {
-        log::warn!(
+        LunError::Open {
+            lun: lun.to_string(),
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let (file, direct_io) = open_unclaimed(lun, path, block_size_bytes, open, open_error)?;
+    super::claim::claim(lun, path, &file)?;
+    Ok((file, direct_io))
+}
+
+/// The open of [`open_direct_or_buffered`]: direct if the probe read works, else buffered.
+fn open_unclaimed(
+    lun: &str,
+    path: &Path,
+    block_size_bytes: u32,
+    open: impl Fn(bool) -> std::io::Result<File>,
+    open_error: impl Fn(std::io::Error) -> LunError,
+) -> Result<(File, bool), LunError> {
+    match open(true) {
+        Ok(file) => {
+            let mut probe = AlignedBuf::new(block_size_bytes as usize);
+            let probe = &mut probe.as_mut_slice()[..block_size_bytes as usize];
+            match file.read_at(probe, 0) {
+                Ok(_) => return Ok((file, true)),
+                Err(error) => log::warn!(
+                    "LUN {lun}: {} refuses {block_size_bytes}-byte O_DIRECT I/O ({error}); using buffered I/O, flushed with fdatasync",
+                    path.display()
+                ),
+            }
+        }
+        // A device someone else holds is refused whatever the flags: no fallback to try.
+        Err(error) if error.raw_os_error() == Some(libc::EBUSY) => return Err(open_error(error)),
+        Err(_) => log::warn!(
             "LUN {lun}: {} does not support O_DIRECT; using buffered I/O, flushed with fdatasync",
             path.display()
-        );
+        ),
     }
     Ok((open(false).map_err(open_error)?, false))
 }

@@ -73,7 +73,8 @@ fn open_or_create(spec: &LunSpec, create: bool) -> Result<FdLun, LunError> {
         }
         Err(error) => return Err(open_error(error)),
     }
-    let (file, direct_io) = open_direct_or_buffered(&spec.name, &path, spec.block_size_bytes)?;
+    let (file, direct_io) =
+        open_direct_or_buffered(&spec.name, &path, spec.block_size_bytes, false)?;
     let metadata = file.metadata().map_err(open_error)?;
     let size_bytes = metadata.len() / block * block;
     if size_bytes == 0 {

@@ -23,9 +23,11 @@
 
 pub mod aligned_buf;
 pub mod blockdev;
+pub mod claim;
 pub mod fault;
 pub mod fd_lun;
 pub mod file;
+pub mod lun_path;
 pub mod mem;
 pub mod null;
 
@@ -151,6 +153,13 @@ pub enum LunError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// Another open (another sds, qemu, a mount) holds the file or device: see [`claim`].
+    #[error("LUN {lun}: {path} is in use: {holder}")]
+    InUse {
+        lun: String,
+        path: PathBuf,
+        holder: &'static str,
     },
     #[error("LUN {lun}: {what}")]
     Invalid { lun: String, what: String },
@@ -428,11 +437,27 @@ pub fn open_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
 }
 
 /// Opens a LUN of the configuration again (at start-up): like [`open_lun`], except that
-/// nothing is created: a file LUN whose file is gone is an error.
-pub fn reopen_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
-    match spec.kind {
-        LunKind::File => Ok(Arc::new(file::open_existing(spec)?)),
-        _ => open_lun(spec),
+/// nothing is created: a file LUN whose file is gone is an error. A file or device in use
+/// ([`LunError::InUse`]) is tried again until `claim_deadline`: a server killed with SIGKILL
+/// releases its claims only once the kernel has torn down its io_uring instances, which it
+/// does asynchronously, after the process is gone.
+pub fn reopen_lun(
+    spec: &LunSpec,
+    claim_deadline: std::time::Instant,
+) -> Result<Arc<dyn Lun>, LunError> {
+    loop {
+        let opened: Result<Arc<dyn Lun>, LunError> = match spec.kind {
+            LunKind::File => file::open_existing(spec).map(|lun| Arc::new(lun) as Arc<dyn Lun>),
+            _ => open_lun(spec),
+        };
+        match opened {
+            Err(LunError::InUse { .. }) if std::time::Instant::now() < claim_deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(
+                    crate::constants::LUN_CLAIM_RETRY_MS,
+                ))
+            }
+            other => return other,
+        }
     }
 }
 

@@ -315,6 +315,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 base,
             } => {
                 let mut params = json!({ "name": name, "kind": kind });
+                // A relative path means this command's working directory, not the server's.
+                let path = path.map(|p| std::path::absolute(&p).unwrap_or(p));
                 set(&mut params, "path", path.map(|p| json!(p)));
                 set(&mut params, "size", size.map(|s| json!(s)));
                 set(&mut params, "block_size", block_size.map(|b| json!(b)));

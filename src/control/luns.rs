@@ -9,7 +9,7 @@
 use super::params::Params;
 use super::{Control, LunEntry};
 use crate::backend::fault::{FaultLun, FaultMode, FaultSpec, FaultSpecError, IoTypes};
-use crate::backend::{open_lun, ErrorCounts, LunKind, LunSpec};
+use crate::backend::{lun_path, open_lun, ErrorCounts, LunKind, LunSpec};
 use crate::constants::{MAX_FAULT_DELAY_US, MAX_LUNS};
 use crate::rpc::RpcError;
 use crate::store::records::LunRecord;
@@ -143,6 +143,17 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         }
         (_, Some(path)) => Some(PathBuf::from(path)),
     };
+    // Recorded absolute and resolved: a relative path means the same thing at every start.
+    let path = path
+        .map(|path| {
+            lun_path::canonical(&path).map_err(|error| {
+                RpcError::invalid_params(format!(
+                    "path: cannot resolve {}: {error}",
+                    path.display()
+                ))
+            })
+        })
+        .transpose()?;
     if matches!(kind, LunKind::Mem | LunKind::Null) && size.is_none() {
         return Err(RpcError::invalid_params(format!(
             "size: required for a {} LUN",
@@ -157,11 +168,14 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         }
     }
     if let Some(path) = &path {
-        if let Some(other) = control
-            .luns
-            .values()
-            .find(|e| e.record.path.as_ref() == Some(path))
-        {
+        // By what the path names, not how it is spelled: a hard link, or a record written
+        // before paths were resolved, names the same file by another path.
+        let identity = lun_path::identity(path);
+        if let Some(other) = control.luns.values().find(|e| {
+            e.record.path.as_ref().is_some_and(|other| {
+                other == path || identity.is_some() && lun_path::identity(other) == identity
+            })
+        }) {
             return Err(RpcError::invalid_params(format!(
                 "path: {} is already LUN {}",
                 path.display(),

@@ -253,6 +253,9 @@ impl Control {
             .list::<LunRecord>("lun")?
             .into_iter()
             .partition(|record| record.kind == LunKind::Fault);
+        // One deadline for all: LUNs another program holds delay start-up once, not per LUN.
+        let claim_deadline =
+            Instant::now() + Duration::from_millis(crate::constants::LUN_CLAIM_WAIT_MS);
         for record in drivers {
             let spec = LunSpec {
                 name: record.name.clone(),
@@ -261,7 +264,7 @@ impl Control {
                 size_bytes: Some(record.size),
                 block_size_bytes: record.block_size,
             };
-            match reopen_lun(&spec) {
+            match reopen_lun(&spec, claim_deadline) {
                 Ok(lun) => self.insert_lun(record, lun, None, None),
                 Err(error) => self.insert_missing_lun(record, luns::error_chain(&error)),
             }

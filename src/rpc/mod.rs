@@ -7,6 +7,7 @@ pub mod client;
 pub mod error;
 pub mod framing;
 pub mod server;
+pub mod slots;
 
 pub use error::RpcError;
 

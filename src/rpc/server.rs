@@ -1,15 +1,17 @@
 //! The management socket: a Unix socket speaking JSON-RPC 2.0 in SPDK's framing. One accept
-//! thread and one thread per client (bounded); every well-formed request goes to the
+//! thread and one thread per client (bounded by [`Slots`], which evicts the longest-idle client
+//! when full, and closes clients idle too long); every well-formed request goes to the
 //! [`Dispatch`] and its answer comes back on the same connection.
 
 use super::framing::{Decoder, FramingError};
+use super::slots::{SlotGuard, Slots};
 use super::{Dispatch, RpcError};
-use crate::constants::MAX_RPC_CONNECTIONS;
+use crate::constants::RPC_IDLE_TIMEOUT_SECS;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,6 +24,11 @@ pub enum RpcServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another server answers on the management socket {path}; stop it or choose another \
+         --rpc-socket"
+    )]
+    InUse { path: PathBuf },
     #[error("cannot start the RPC thread")]
     Thread(#[source] std::io::Error),
 }
@@ -49,6 +56,8 @@ pub fn spawn(
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
+    check_not_served(path)?;
+    // Only a socket nobody answers on (left by a server that was killed) is replaced.
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| RpcServerError::Bind {
         path: path.to_path_buf(),
@@ -73,30 +82,38 @@ pub fn spawn(
     })
 }
 
+/// Refuses a management socket that a running server answers on: removing it would leave that
+/// server unreachable. A socket file nobody listens on (ECONNREFUSED) is stale and may go.
+pub fn check_not_served(path: &Path) -> Result<(), RpcServerError> {
+    match UnixStream::connect(path) {
+        Ok(_) => Err(RpcServerError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
 fn accept_loop(
     listener: UnixListener,
     dispatch: Arc<dyn Dispatch>,
     stop: Arc<AtomicBool>,
     shutdown: Arc<AtomicBool>,
 ) {
-    let clients = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots::default());
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if clients.fetch_add(1, Ordering::AcqRel) >= MAX_RPC_CONNECTIONS {
-                    clients.fetch_sub(1, Ordering::AcqRel);
-                    log::warn!("rpc: refusing a client, {MAX_RPC_CONNECTIONS} connected already");
-                    continue;
-                }
-                let (dispatch, clients, shutdown) =
-                    (dispatch.clone(), clients.clone(), shutdown.clone());
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("rpc-client".into())
-                        .spawn(move || {
-                            serve_client(stream, dispatch.as_ref(), &shutdown);
-                            clients.fetch_sub(1, Ordering::AcqRel);
-                        });
+                let slot = match slots.admit(&stream) {
+                    Ok(slot) => slot,
+                    Err(error) => {
+                        log::warn!("rpc: refusing a client: {error}");
+                        continue;
+                    }
+                };
+                let (dispatch, shutdown) = (dispatch.clone(), shutdown.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("rpc-client".into())
+                    .spawn(move || serve_client(stream, &slot, dispatch.as_ref(), &shutdown));
                 if let Err(error) = spawned {
                     log::error!("rpc: cannot start a client thread: {error}");
                 }
@@ -168,7 +185,14 @@ pub fn validate(request: &Value) -> Result<Envelope<'_>, (Value, RpcError)> {
     Ok((id, method, params))
 }
 
-fn serve_client(mut stream: UnixStream, dispatch: &dyn Dispatch, shutdown: &AtomicBool) {
+/// Serves one client until it hangs up, errs, is evicted ([`Slots`]) or has been idle for
+/// `RPC_IDLE_TIMEOUT_SECS`.
+fn serve_client(
+    mut stream: UnixStream,
+    slot: &SlotGuard,
+    dispatch: &dyn Dispatch,
+    shutdown: &AtomicBool,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut decoder = Decoder::default();
     let mut chunk = [0u8; 16 * 1024];
@@ -179,6 +203,7 @@ fn serve_client(mut stream: UnixStream, dispatch: &dyn Dispatch, shutdown: &Atom
                 Ok(Some(request)) => match validate(&request) {
                     Err((id, error)) => Some(error_response(id, &error)),
                     Ok((id, method, params)) => {
+                        slot.busy();
                         let result = dispatch.call(method, params);
                         id.map(|id| match result {
                             Ok(value) => json!({ "jsonrpc": "2.0", "id": id, "result": value }),
@@ -202,6 +227,7 @@ fn serve_client(mut stream: UnixStream, dispatch: &dyn Dispatch, shutdown: &Atom
                     return;
                 }
             }
+            slot.idle();
         }
         match stream.read(&mut chunk) {
             Ok(0) => return,
@@ -217,6 +243,14 @@ fn serve_client(mut stream: UnixStream, dispatch: &dyn Dispatch, shutdown: &Atom
                 }
             }
             Err(_) => return,
+        }
+        // Idle since the last answer, however many bytes of a request trickled in since.
+        if slot
+            .idle_for()
+            .is_some_and(|idle| idle >= Duration::from_secs(RPC_IDLE_TIMEOUT_SECS))
+        {
+            log::info!("rpc: closing a connection idle for {RPC_IDLE_TIMEOUT_SECS} s");
+            return;
         }
     }
 }

@@ -4,6 +4,10 @@
 //! old one, and the directory fsynced, so after a crash at any instant each record is either
 //! the old or the new one, never half of each. A record file that does not parse is reported
 //! with its path and stops the start-up: configuration is never silently reset.
+//!
+//! A write that fails at any step removes its temporary file, and temporary files a crash left
+//! behind (`.KIND-NAME.json.tmp`) are removed, with a log line, when the store opens: they are
+//! never a record (a record is whole only once renamed).
 //! (A region of several servers keeps the same records in etcd instead.)
 
 pub mod records;
@@ -42,7 +46,35 @@ impl FileStore {
             path: dir.clone(),
             source,
         })?;
-        Ok(Self { dir })
+        let store = Self { dir };
+        store.remove_stale_temporaries()?;
+        Ok(store)
+    }
+
+    /// Removes the temporary files a write interrupted by a crash left behind.
+    fn remove_stale_temporaries(&self) -> Result<(), StoreError> {
+        let entries = fs::read_dir(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        for path in entries.filter_map(|entry| entry.ok().map(|e| e.path())) {
+            if !path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_temporary)
+            {
+                continue;
+            }
+            fs::remove_file(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            log::warn!(
+                "removed {}, left by an interrupted record write",
+                path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Where the record of `kind` `name` lives (whether or not it exists).
@@ -62,10 +94,21 @@ impl FileStore {
             path: path.clone(),
             source,
         })?;
-        let mut file = File::create(&temp).map_err(io)?;
-        file.write_all(&text).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&temp, &path).map_err(io)?;
+        let written = File::create(&temp)
+            .and_then(|mut file| {
+                file.write_all(&text)?;
+                file.sync_all()
+            })
+            .and_then(|()| fs::rename(&temp, &path));
+        if let Err(source) = written {
+            // The record is still the old one; the half-made new one must not linger.
+            if let Err(error) = fs::remove_file(&temp) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {error}", temp.display());
+                }
+            }
+            return Err(io(source));
+        }
         self.sync_dir()
     }
 
@@ -121,6 +164,11 @@ impl FileStore {
     }
 }
 
+/// Whether a file name in the store's directory is a temporary file of [`FileStore::put`].
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".json.tmp")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +201,41 @@ mod tests {
             Err(StoreError::Corrupt { path, .. }) => assert!(path.ends_with("lun-bad.json")),
             other => panic!("expected a corrupt record error, got {other:?}"),
         }
+    }
+
+    /// The temporary files in the store's directory.
+    fn temporaries(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir.join("config"))
+            .expect("read_dir")
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|e| e == "tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_put_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        // A non-empty directory where the record goes: the rename over it fails.
+        let target = store.record_path("lun", "a");
+        fs::create_dir(&target).expect("mkdir");
+        fs::write(target.join("keep"), b"x").expect("write");
+        let result = store.put("lun", "a", &serde_json::json!({"x": 1}));
+        assert!(result.is_err(), "the put succeeded over a directory");
+        assert_eq!(temporaries(dir.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_when_the_store_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        store
+            .put("lun", "a", &serde_json::json!({"x": 1}))
+            .expect("put");
+        fs::write(dir.path().join("config/.lun-b.json.tmp"), b"{\"x\"").expect("write");
+        let store = FileStore::open(dir.path()).expect("open again");
+        assert_eq!(temporaries(dir.path()), Vec::<PathBuf>::new());
+        let luns: Vec<serde_json::Value> = store.list("lun").expect("list");
+        assert_eq!(luns, vec![serde_json::json!({"x": 1})]);
     }
 }

@@ -47,6 +47,8 @@ pub struct Server {
     pub port: u16,
     /// Options added to `sds serve` beyond the state dir, the port and the log level.
     extra_args: Vec<String>,
+    /// The working directory `spawn` starts the server in; the test's own when `None`.
+    pub cwd: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -67,6 +69,7 @@ impl Server {
             dir,
             port: free_port(),
             extra_args,
+            cwd: None,
             child: None,
         };
         server.spawn();
@@ -84,7 +87,11 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .expect("log");
-        let child = Command::new(sds_binary())
+        let mut command = Command::new(sds_binary());
+        if let Some(cwd) = &self.cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
             .args(["serve", "--state-dir"])
             .arg(&self.state_dir)
             .args([
@@ -141,6 +148,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, no chance to flush.
