@@ -38,8 +38,11 @@ pub const MAX_SEGMENTS_PER_IO: usize = MAX_IO_BYTES / MIN_EXTENT_BYTES as usize 
 pub const MAX_LUNS_PER_POOL: usize = 64;
 /// Virtual extents of one volume.
 pub const MAX_VOLUME_EXTENTS: u64 = 1 << 26;
-/// Slots in one chunk of a volume's mapping table.
+/// Slots in one chunk of a volume's mapping table (a chunk is allocated on its first write).
 pub const MAP_CHUNK_SLOTS: usize = 4096;
+/// Chunk pointers in the fixed top level of a volume's mapping table: enough for the largest
+/// volume, so growing never copies the table.
+pub const MAP_TOP_CHUNKS: usize = MAX_VOLUME_EXTENTS as usize / MAP_CHUNK_SLOTS;
 
 /// LUNs, pools and volumes one server manages.
 pub const MAX_LUNS: usize = 1024;
@@ -63,6 +66,7 @@ const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_
 const _: () =
     assert!(DEFAULT_EXTENT_BYTES >= MIN_EXTENT_BYTES && DEFAULT_EXTENT_BYTES <= MAX_EXTENT_BYTES);
 const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
+const _: () = assert!(MAX_VOLUME_EXTENTS % MAP_CHUNK_SLOTS as u64 == 0 && MAP_TOP_CHUNKS > 0);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);

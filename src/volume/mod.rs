@@ -6,15 +6,14 @@
 //! record durable, publishes the mapping and wakes the waiting session. Thick volumes are
 //! fully provisioned when created or grown.
 //!
-//! [`Volume::segment`] is the whole of translation on the data path: one atomic load of the
-//! table pointer per request ([`Volume::map`]) and one slot load per extent the request touches.
+//! [`Volume::segment`] is the whole of translation on the data path: per extent the request
+//! touches, one load of the chunk pointer and one of the slot (see [`map`]).
 
 pub mod map;
 pub mod provisioner;
 pub mod stats;
 
 use crate::pool::{decode_slot, Pool, PoolLun};
-use arc_swap::{ArcSwap, Guard};
 use map::MapTable;
 use stats::VolumeStats;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,7 +26,7 @@ pub struct Volume {
     pub block_size_bytes: u32,
     pub thin: bool,
     size_bytes: AtomicU64,
-    map: ArcSwap<MapTable>,
+    map: MapTable,
     /// Front-end connections that have the volume open.
     pub connections: AtomicU32,
     /// Set when the volume is deleted; open sessions fail their I/O and close.
@@ -65,7 +64,7 @@ impl Volume {
             block_size_bytes,
             thin,
             size_bytes: AtomicU64::new(size_bytes),
-            map: ArcSwap::from_pointee(MapTable::new(extents)),
+            map: MapTable::new(extents),
             connections: AtomicU32::new(0),
             deleted: AtomicBool::new(false),
             stats: VolumeStats::default(),
@@ -81,20 +80,17 @@ impl Volume {
         self.pool.extent_bytes
     }
 
-    /// The current mapping table; hold it for the whole request.
+    /// The mapping table.
     #[inline]
-    pub fn map(&self) -> Guard<Arc<MapTable>> {
-        self.map.load()
+    pub fn map(&self) -> &MapTable {
+        &self.map
     }
 
-    /// Grows the volume: publishes a larger table sharing the current slots, then the size.
-    /// Only the control thread calls this.
+    /// Grows the volume: the table first, then the size, so a request checked against the new
+    /// size finds its extents. Only the control thread calls this.
     pub fn grow(&self, new_size_bytes: u64) {
-        let extents = new_size_bytes.div_ceil(self.pool.extent_bytes);
-        let current = self.map.load_full();
-        if extents > current.extent_count() {
-            self.map.store(Arc::new(current.grown(extents)));
-        }
+        self.map
+            .grow(new_size_bytes.div_ceil(self.pool.extent_bytes));
         self.size_bytes.store(new_size_bytes, Ordering::Release);
     }
 

@@ -682,7 +682,7 @@ impl NbdSession {
         if is_write {
             let mut at = self.slots[index].cursor_bytes;
             while at < total {
-                let segment = volume.segment(&map, start + at, total - at);
+                let segment = volume.segment(map, start + at, total - at);
                 let (len, extent) = match segment {
                     Segment::Unmapped { extent, len_bytes } => (len_bytes, Some(extent)),
                     Segment::Mapped { len_bytes, .. } => (len_bytes, None),
@@ -699,7 +699,7 @@ impl NbdSession {
         let mut segments = 0;
         let mut at = self.slots[index].cursor_bytes;
         while at < total && segments < MAX_SEGMENTS_PER_IO {
-            let segment = volume.segment(&map, start + at, total - at);
+            let segment = volume.segment(map, start + at, total - at);
             let buf = self.slots[index].buf.as_mut_ptr();
             let len = match segment {
                 Segment::Unmapped { len_bytes, .. } => {
