@@ -15,6 +15,8 @@ pub const MAX_BUFFER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
 pub const NBD_RECV_BUFFER_BYTES: usize = 256 * 1024;
 /// Front-end connections one reactor serves.
 pub const MAX_CONNECTIONS_PER_REACTOR: usize = 256;
+/// Sessions that may have one volume open at once: every session of every reactor.
+pub const MAX_OPENS_PER_VOLUME: usize = MAX_REACTORS * MAX_CONNECTIONS_PER_REACTOR;
 /// Submission queue entries of each reactor's io_uring.
 pub const RING_ENTRIES: u32 = 1024;
 /// Reactors (poller threads) in one server.

@@ -10,13 +10,15 @@
 //! touches, one load of the chunk pointer and one of the slot (see [`map`]).
 
 pub mod map;
+pub mod open_state;
 pub mod provisioner;
 pub mod stats;
 
 use crate::pool::{decode_slot, Pool, PoolLun};
 use map::MapTable;
+use open_state::OpenState;
 use stats::VolumeStats;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Volume {
@@ -27,10 +29,9 @@ pub struct Volume {
     pub thin: bool,
     size_bytes: AtomicU64,
     map: MapTable,
-    /// Front-end connections that have the volume open.
-    pub connections: AtomicU32,
-    /// Set when the volume is deleted; open sessions fail their I/O and close.
-    deleted: AtomicBool,
+    /// Front-end sessions that have the volume open, and whether it is being deleted (then
+    /// no session can open it: see [`open_state`]).
+    pub open_state: OpenState,
     pub stats: VolumeStats,
 }
 
@@ -65,8 +66,7 @@ impl Volume {
             thin,
             size_bytes: AtomicU64::new(size_bytes),
             map: MapTable::new(extents),
-            connections: AtomicU32::new(0),
-            deleted: AtomicBool::new(false),
+            open_state: OpenState::default(),
             stats: VolumeStats::default(),
         }
     }
@@ -124,13 +124,10 @@ impl Volume {
         self.map().mapped().count() as u64
     }
 
-    pub fn mark_deleted(&self) {
-        self.deleted.store(true, Ordering::Release);
-    }
-
+    /// Whether the volume is deleted (or being deleted): no session has it open, and none can.
     #[inline]
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        self.open_state.is_deleting()
     }
 
     /// The block size of the LUN holding `slot`: a write narrower than it needs the slow path.
