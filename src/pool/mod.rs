@@ -16,7 +16,8 @@ use crate::backend::{Lun, LunError};
 use bitmap::ExtentBitmap;
 use journal::{Journal, JournalError, Recovery};
 use on_disk::{
-    ExtentRecord, FormatError, JournalEntry, Layout, RecordState, Superblock, SUPERBLOCK_BYTES,
+    ExtentRecord, FormatError, GeometryError, JournalEntry, Layout, RecordState, Superblock,
+    SUPERBLOCK_BYTES,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -70,6 +71,15 @@ pub enum PoolError {
     },
     #[error("pool {pool}: no free extent")]
     Full { pool: String },
+    #[error("pool {pool}: LUN {lun}: extent record {extent} (LUN block {lun_block}): damaged")]
+    DamagedRecord {
+        pool: String,
+        lun: String,
+        extent: u64,
+        lun_block: u64,
+        #[source]
+        source: GeometryError,
+    },
 }
 
 /// One LUN of a pool.
@@ -233,6 +243,10 @@ impl Pool {
                 });
             }
             let layout = superblock.layout;
+            // Everything below derives offsets from these fields: they must fit this LUN.
+            layout
+                .validate(info.size_bytes, info.block_size_bytes)
+                .map_err(|source| format_error(FormatError::Geometry(source)))?;
             let bitmap = ExtentBitmap::new(layout.extent_count);
             let record_bytes = u64::from(layout.block_size_bytes);
             const SCAN_BYTES: u64 = 1024 * 1024;
@@ -250,7 +264,18 @@ impl Pool {
                         RecordState::Free => {}
                         RecordState::Corrupt => corrupt += 1,
                         RecordState::Used(record) => {
-                            records.insert(extent + i as u64, record);
+                            let at = extent + i as u64;
+                            record
+                                .validate()
+                                .map_err(|source| PoolError::DamagedRecord {
+                                    pool: name.to_string(),
+                                    lun: info.name.clone(),
+                                    extent: at,
+                                    lun_block: layout.record_offset_bytes(at)
+                                        / u64::from(layout.block_size_bytes),
+                                    source,
+                                })?;
+                            records.insert(at, record);
                         }
                     }
                 }
