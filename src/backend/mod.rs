@@ -26,6 +26,7 @@ pub mod blockdev;
 pub mod fault;
 pub mod fd_lun;
 pub mod file;
+pub mod lost;
 pub mod mem;
 pub mod null;
 

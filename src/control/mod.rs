@@ -182,6 +182,13 @@ impl Control {
             };
             match opened {
                 Ok((pool, found)) => {
+                    if pool.started_empty {
+                        log::warn!(
+                            "pool {} is volatile (RAM LUNs only): it starts empty, and what its \
+                             volumes held before this start is gone",
+                            record.name
+                        );
+                    }
                     found_by_pool.insert(record.name.clone(), found);
                     control.pools.insert(
                         record.name.clone(),
@@ -229,7 +236,8 @@ impl Control {
                 record.size,
                 record.block_size,
                 record.thin,
-            );
+            )
+            .restored();
             control.volumes.insert(
                 record.name.clone(),
                 VolumeEntry {

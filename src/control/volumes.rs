@@ -16,7 +16,7 @@ use std::sync::Arc;
 pub fn describe(entry: &VolumeEntry) -> Value {
     let volume = &entry.volume;
     let extents = volume.allocated_extents();
-    json!({
+    let mut described = json!({
         "name": volume.name,
         "uuid": entry.record.uuid.to_string(),
         "pool": entry.record.pool,
@@ -27,6 +27,34 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "allocated_extents": extents,
         "connections": volume.open_state.open_count(),
         "qos": entry.record.qos.to_json(),
+        "volatile": volume.pool.volatile,
+    });
+    if let (Some(object), Some((state, note))) = (described.as_object_mut(), condition(volume)) {
+        object.insert("state".into(), state.into());
+        object.insert("note".into(), note.into());
+    }
+    described
+}
+
+/// What a listing says of a volume whose data is not all there: its state (none: the
+/// listing's `online`) and a note for people.
+pub fn condition(volume: &Volume) -> Option<(&'static str, String)> {
+    if volume.data_lost() {
+        return Some((
+            "data_lost",
+            format!(
+                "pool {} had a volatile LUN among persistent ones and lost what it held when the \
+                 server stopped: every range no surviving record maps fails with EIO",
+                volume.pool.name
+            ),
+        ));
+    }
+    volume.started_empty.then(|| {
+        (
+            "online",
+            "volatile: started empty at this start of the server; what it held before is gone"
+                .to_string(),
+        )
     })
 }
 

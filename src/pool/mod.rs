@@ -12,6 +12,7 @@ pub mod journal;
 pub mod on_disk;
 
 use crate::backend::aligned_buf::AlignedBuf;
+use crate::backend::lost::LostLun;
 use crate::backend::{Lun, LunError};
 use bitmap::ExtentBitmap;
 use journal::{Journal, JournalError, Recovery};
@@ -90,6 +91,10 @@ pub struct PoolLun {
     pub journal: Journal,
     /// What replaying its journal found when the pool was opened (`None`: formatted anew).
     pub recovery: Option<Recovery>,
+    /// A volatile LUN of a pool that also has persistent ones, found at open: what it held is
+    /// gone. `lun` is then a [`LostLun`]; nothing is placed on it, and the ranges of the pool's
+    /// volumes that may have been on it fail with EIO.
+    pub content_lost: bool,
 }
 
 /// A mapping record found on disk when a pool is opened.
@@ -104,6 +109,12 @@ pub struct Pool {
     pub uuid: [u8; 16],
     pub extent_bytes: u64,
     pub luns: Vec<PoolLun>,
+    /// Every LUN is volatile (mem, null): the pool and its volumes start empty at every start
+    /// of the server. A pool is either volatile or persistent (see `pool_create`).
+    pub volatile: bool,
+    /// A volatile pool opened from its records at start-up: it started empty, and what its
+    /// volumes held before is gone.
+    pub started_empty: bool,
     sequence: AtomicU64,
     /// Where round-robin placement of the next extent starts.
     next_lun: AtomicUsize,
@@ -180,18 +191,13 @@ impl Pool {
         superblock.encode(block.as_mut_slice());
         lun.write_at(&block.as_slice()[..SUPERBLOCK_BYTES as usize], 0, true)
             .map_err(lun_error)?;
-        if !lun.is_persistent() {
-            log::warn!(
-                "pool {name}: LUN {} is RAM: what is stored on it is lost when the server stops",
-                info.name
-            );
-        }
         Ok(PoolLun {
             lun,
             layout,
             bitmap: ExtentBitmap::new(layout.extent_count),
             journal,
             recovery: None,
+            content_lost: false,
         })
     }
 
@@ -206,17 +212,16 @@ impl Pool {
         let mut members = Vec::with_capacity(luns.len());
         let mut found = Vec::new();
         let mut max_sequence = 0;
+        let volatile = luns.iter().all(|lun| !lun.is_persistent());
         for (index, lun) in luns.into_iter().enumerate() {
             if !lun.is_persistent() {
                 let journal_blocks = members.first().map(|m: &PoolLun| m.layout.journal_blocks);
-                members.push(Self::format_lun(
-                    name,
-                    uuid,
-                    extent_bytes,
-                    journal_blocks,
-                    index,
-                    lun,
-                )?);
+                let mut member =
+                    Self::format_lun(name, uuid, extent_bytes, journal_blocks, index, lun)?;
+                if !volatile {
+                    member = Self::into_lost_member(name, member);
+                }
+                members.push(member);
                 continue;
             }
             let info = lun.info().clone();
@@ -318,12 +323,42 @@ impl Pool {
                 bitmap,
                 journal,
                 recovery: Some(recovery),
+                content_lost: false,
             });
         }
-        Ok((
-            Self::assemble(name, uuid, extent_bytes, members, max_sequence + 1),
-            found,
-        ))
+        let mut pool = Self::assemble(name, uuid, extent_bytes, members, max_sequence + 1);
+        pool.started_empty = pool.volatile;
+        Ok((pool, found))
+    }
+
+    /// The member a volatile LUN becomes in a persistent pool at open (a pool made before the
+    /// rule that forbids mixing): its content is gone, so no extent may be placed on it again
+    /// (every one is marked used) and its I/O fails, flushes aside.
+    fn into_lost_member(name: &str, member: PoolLun) -> PoolLun {
+        let info = member.lun.info().clone();
+        let reason = format!(
+            "volatile LUN in persistent pool {name}: what it held was lost when the server stopped"
+        );
+        log::error!(
+            "pool {name}: LUN {} is volatile but the pool's other LUNs are persistent (a pool \
+             made before mixing was refused): what it held was lost when the server stopped; \
+             the pool's volumes report data_lost, and their ranges no surviving record maps \
+             fail with EIO",
+            info.name
+        );
+        for extent in 0..member.layout.extent_count {
+            member.bitmap.mark_used(extent);
+        }
+        PoolLun {
+            lun: Arc::new(LostLun::new(info, reason)),
+            content_lost: true,
+            ..member
+        }
+    }
+
+    /// The member standing in for a volatile LUN whose content was lost, if the pool has one.
+    pub fn lost_member(&self) -> Option<usize> {
+        self.luns.iter().position(|member| member.content_lost)
     }
 
     fn assemble(
@@ -337,6 +372,8 @@ impl Pool {
             name: name.to_string(),
             uuid,
             extent_bytes,
+            volatile: !luns.is_empty() && luns.iter().all(|m| !m.lun.is_persistent()),
+            started_empty: false,
             luns,
             sequence: AtomicU64::new(sequence),
             next_lun: AtomicUsize::new(0),
@@ -458,7 +495,7 @@ impl Pool {
     /// Erases the superblocks, so the LUNs no longer claim to belong to this pool.
     pub fn wipe(&self) -> Result<(), PoolError> {
         let block = AlignedBuf::new(SUPERBLOCK_BYTES as usize);
-        for member in &self.luns {
+        for member in self.luns.iter().filter(|m| !m.content_lost) {
             member
                 .lun
                 .write_at(&block.as_slice()[..SUPERBLOCK_BYTES as usize], 0, true)

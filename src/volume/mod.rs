@@ -14,7 +14,7 @@ pub mod open_state;
 pub mod provisioner;
 pub mod stats;
 
-use crate::pool::{decode_slot, Pool, PoolLun};
+use crate::pool::{decode_slot, encode_slot, Pool, PoolLun};
 use map::MapTable;
 use open_state::OpenState;
 use stats::VolumeStats;
@@ -33,6 +33,11 @@ pub struct Volume {
     /// no session can open it: see [`open_state`]).
     pub open_state: OpenState,
     pub stats: VolumeStats,
+    /// Set when the volume was restored from a pool whose volatile LUN lost its content (see
+    /// [`Volume::restored`]): the pool member its unmapped ranges are routed to.
+    lost_member: Option<usize>,
+    /// Restored at start-up in a volatile pool: it started empty.
+    pub started_empty: bool,
 }
 
 /// One piece of a request, inside one virtual extent.
@@ -68,7 +73,25 @@ impl Volume {
             map: MapTable::new(extents),
             open_state: OpenState::default(),
             stats: VolumeStats::default(),
+            lost_member: None,
+            started_empty: false,
         }
+    }
+
+    /// Marks a volume restored from its record at start-up. In a volatile pool it started
+    /// empty. In a pool whose volatile LUN lost what it held, any of its extents that no
+    /// surviving record maps may have been on that LUN, and sds cannot tell which were never
+    /// written: every unmapped range is routed to the pool's lost member and fails with EIO,
+    /// never reading as zeroes.
+    pub fn restored(mut self) -> Self {
+        self.lost_member = self.pool.lost_member();
+        self.started_empty = self.pool.started_empty;
+        self
+    }
+
+    /// Whether part of what the volume held is gone (see [`Volume::restored`]).
+    pub fn data_lost(&self) -> bool {
+        self.lost_member.is_some()
     }
 
     #[inline]
@@ -107,16 +130,17 @@ impl Volume {
         let extent = offset_bytes / extent_bytes;
         let within = offset_bytes % extent_bytes;
         let len_bytes = remaining_bytes.min(extent_bytes - within);
-        match map.get(extent) {
-            0 => Segment::Unmapped { extent, len_bytes },
-            slot => {
-                let (lun, offset_bytes) = self.pool.locate(slot, within);
-                Segment::Mapped {
-                    lun,
-                    offset_bytes,
-                    len_bytes,
-                }
-            }
+        let slot = match (map.get(extent), self.lost_member) {
+            (0, None) => return Segment::Unmapped { extent, len_bytes },
+            // Possibly lost: the LUN standing in for the lost one fails the I/O.
+            (0, Some(member)) => encode_slot(member, 0),
+            (slot, _) => slot,
+        };
+        let (lun, offset_bytes) = self.pool.locate(slot, within);
+        Segment::Mapped {
+            lun,
+            offset_bytes,
+            len_bytes,
         }
     }
 
