@@ -229,6 +229,22 @@ impl Control {
                             control.store.record_path("pool", &record.pool).display()
                         ),
                     })?;
+            // volume_create and volume_resize never record more; a record that says so was
+            // edited or damaged, and its map could not be built.
+            if record.size.div_ceil(pool.pool.extent_bytes) > crate::constants::MAX_VOLUME_EXTENTS {
+                return Err(ControlError::Inconsistent {
+                    what: format!(
+                        "volume {} ({})",
+                        record.name,
+                        control.store.record_path("volume", &record.name).display()
+                    ),
+                    detail: format!(
+                        "its size {} is more than {} extents",
+                        record.size,
+                        crate::constants::MAX_VOLUME_EXTENTS
+                    ),
+                });
+            }
             let volume = Volume::new(
                 &record.name,
                 record.uuid.0,
