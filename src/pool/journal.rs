@@ -31,6 +31,13 @@ pub enum JournalError {
     NoCheckpoint,
     /// A block whole and correctly checksummed, but naming what the LUN does not have: the
     /// pool's metadata is damaged, and replaying it would corrupt the pool.
+    #[error("checkpoint slot {slot} (LUN block {lun_block}): damaged")]
+    DamagedCheckpoint {
+        slot: u64,
+        lun_block: u64,
+        #[source]
+        source: GeometryError,
+    },
     #[error("journal block {sequence} (LUN block {lun_block}), entry {entry}: damaged")]
     Damaged {
         sequence: u64,
@@ -119,6 +126,13 @@ impl Journal {
                 layout.checkpoint_offset_bytes(slot),
             )?;
             if let Some(found) = Checkpoint::decode(&block.as_slice()[..block_bytes]) {
+                found
+                    .validate()
+                    .map_err(|source| JournalError::DamagedCheckpoint {
+                        slot,
+                        lun_block: layout.checkpoint_offset_bytes(slot) / block_bytes as u64,
+                        source,
+                    })?;
                 if checkpoint.map_or(true, |c| found.generation > c.generation) {
                     checkpoint = Some(found);
                 }

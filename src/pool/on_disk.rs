@@ -48,6 +48,11 @@ const JOURNAL_ENTRY_BYTES: usize = 48;
 const DATA_ALIGN_BYTES: u64 = 1024 * 1024;
 /// Bytes of a record that carry meaning; the rest of its block is zero.
 pub const RECORD_BYTES: usize = 40;
+/// Bound on the counters the metadata carries (journal and pool sequences, checkpoint
+/// generations, epochs): each grows by one per commit, checkpoint or start, so a real pool
+/// never comes near it, and a decoded value past it is damage (adding one to it must not
+/// overflow).
+pub const MAX_METADATA_COUNTER: u64 = 1 << 62;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
@@ -219,6 +224,14 @@ impl Layout {
             u64::from(self.block_size_bytes),
             u64::from(lun_block_bytes),
         )?;
+        // Every division and multiple below is by the block size.
+        if !lun_block_bytes.is_power_of_two() || lun_block_bytes < 512 {
+            return Err(GeometryError::Mismatch {
+                field: "block_size",
+                value: block,
+                expected: 512,
+            });
+        }
         below(
             "journal_blocks",
             self.journal_blocks,
@@ -354,7 +367,8 @@ impl ExtentRecord {
 
     /// Checks a decoded record against what any volume can hold.
     pub fn validate(&self) -> Result<(), GeometryError> {
-        below("virtual_extent", self.virtual_extent, MAX_VOLUME_EXTENTS)
+        below("virtual_extent", self.virtual_extent, MAX_VOLUME_EXTENTS)?;
+        below("sequence", self.sequence, MAX_METADATA_COUNTER)
     }
 
     pub fn decode(block: &[u8]) -> RecordState {
@@ -395,6 +409,13 @@ impl Checkpoint {
         out[24..32].copy_from_slice(&self.epoch.to_le_bytes());
         let crc = crc32c::crc32c(&out[8..32]);
         out[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Checks a decoded checkpoint: its counters are incremented from.
+    pub fn validate(&self) -> Result<(), GeometryError> {
+        below("sequence", self.sequence, MAX_METADATA_COUNTER)?;
+        below("generation", self.generation, MAX_METADATA_COUNTER)?;
+        below("epoch", self.epoch, MAX_METADATA_COUNTER)
     }
 
     /// `None` for a slot never written, torn or corrupt.
@@ -744,6 +765,24 @@ mod tests {
             let error = bad.validate(size, 4096).expect_err(field);
             assert_eq!(field_of(error), field, "{error}");
         }
+        // Zero sizes are refused before anything divides by them.
+        let zero = Layout {
+            block_size_bytes: 0,
+            extent_bytes: 0,
+            ..layout
+        };
+        assert_eq!(
+            field_of(zero.validate(size, 0).expect_err("zero")),
+            "block_size"
+        );
+        let zero = Layout {
+            extent_bytes: 0,
+            ..layout
+        };
+        assert_eq!(
+            field_of(zero.validate(size, 4096).expect_err("zero")),
+            "extent_size"
+        );
         // The same layout does not fit a LUN that shrank.
         assert!(layout.validate(size / 2, 4096).is_err());
     }
@@ -777,6 +816,33 @@ mod tests {
             virtual_extent: MAX_VOLUME_EXTENTS,
             ..record
         };
+        let late = ExtentRecord {
+            sequence: MAX_METADATA_COUNTER,
+            ..record
+        };
+        assert!(late.validate().is_err());
+        let checkpoint = Checkpoint {
+            sequence: 1,
+            generation: 2,
+            epoch: 3,
+        };
+        assert_eq!(checkpoint.validate(), Ok(()));
+        for bad in [
+            Checkpoint {
+                sequence: u64::MAX,
+                ..checkpoint
+            },
+            Checkpoint {
+                generation: u64::MAX,
+                ..checkpoint
+            },
+            Checkpoint {
+                epoch: MAX_METADATA_COUNTER,
+                ..checkpoint
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
         let error = JournalEntry {
             extent: 0,
             record: Some(far),
