@@ -26,7 +26,6 @@ pub mod blockdev;
 pub mod fault;
 pub mod fd_lun;
 pub mod file;
-pub mod lost;
 pub mod mem;
 pub mod null;
 

@@ -9,13 +9,14 @@
 
 pub mod bitmap;
 pub mod journal;
+pub mod lost_lun;
 pub mod on_disk;
 
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::backend::lost::LostLun;
 use crate::backend::{Lun, LunError};
 use bitmap::ExtentBitmap;
 use journal::{Journal, JournalError, Recovery};
+use lost_lun::LostLun;
 use on_disk::{
     ExtentRecord, FormatError, GeometryError, JournalEntry, Layout, RecordState, Superblock,
     SUPERBLOCK_BYTES,

@@ -1,11 +1,11 @@
-//! The stand-in a pool puts in place of a volatile LUN whose content a restart lost, when the
+//! The stand-in (a [`Lun`] that is no driver) a pool puts in place of a volatile LUN whose content a restart lost, when the
 //! pool also has persistent LUNs (a pool made before pools had to be all volatile or all
 //! persistent). Nothing is ever placed on it; the ranges of the pool's volumes that may have
 //! been there are routed to it (see `Volume::segment`), so that reading or writing them fails
 //! with EIO instead of returning zeroes. Flushes succeed: there is nothing of it to make
 //! durable, and a FLUSH of the volume must still reach its other LUNs.
 
-use super::{IoType, Lun, LunError, LunHealth, LunInfo, LunIo, Started};
+use crate::backend::{IoType, Lun, LunError, LunHealth, LunInfo, LunIo, Started};
 use crate::reactor::ring::IoRing;
 
 pub struct LostLun {
