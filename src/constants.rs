@@ -15,6 +15,8 @@ pub const MAX_BUFFER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
 pub const NBD_RECV_BUFFER_BYTES: usize = 256 * 1024;
 /// Front-end connections one reactor serves.
 pub const MAX_CONNECTIONS_PER_REACTOR: usize = 256;
+/// Sessions that may have one volume open at once: every session of every reactor.
+pub const MAX_OPENS_PER_VOLUME: usize = MAX_REACTORS * MAX_CONNECTIONS_PER_REACTOR;
 /// Submission queue entries of each reactor's io_uring.
 pub const RING_ENTRIES: u32 = 1024;
 /// Reactors (poller threads) in one server.
@@ -38,8 +40,11 @@ pub const MAX_SEGMENTS_PER_IO: usize = MAX_IO_BYTES / MIN_EXTENT_BYTES as usize 
 pub const MAX_LUNS_PER_POOL: usize = 64;
 /// Virtual extents of one volume.
 pub const MAX_VOLUME_EXTENTS: u64 = 1 << 26;
-/// Slots in one chunk of a volume's mapping table.
+/// Slots in one chunk of a volume's mapping table (a chunk is allocated on its first write).
 pub const MAP_CHUNK_SLOTS: usize = 4096;
+/// Chunk pointers in the fixed top level of a volume's mapping table: enough for the largest
+/// volume, so growing never copies the table.
+pub const MAP_TOP_CHUNKS: usize = MAX_VOLUME_EXTENTS as usize / MAP_CHUNK_SLOTS;
 
 /// LUNs, pools and volumes one server manages.
 pub const MAX_LUNS: usize = 1024;
@@ -66,6 +71,7 @@ const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_
 const _: () =
     assert!(DEFAULT_EXTENT_BYTES >= MIN_EXTENT_BYTES && DEFAULT_EXTENT_BYTES <= MAX_EXTENT_BYTES);
 const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
+const _: () = assert!(MAX_VOLUME_EXTENTS % MAP_CHUNK_SLOTS as u64 == 0 && MAP_TOP_CHUNKS > 0);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);

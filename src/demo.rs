@@ -1,6 +1,6 @@
 //! `sds demo`: the whole path, end to end, in a scratch state dir. Starts `sds serve` as a
-//! child process, builds a pool from a 512-byte-sector file LUN, a 4096-byte-sector file LUN
-//! and a RAM LUN, creates a thin volume, writes and reads it with a real NBD client (qemu-io)
+//! child process, builds a pool from a 512-byte-sector file LUN and a 4096-byte-sector file LUN
+//! (and shows that a RAM LUN may not join them), creates a thin volume, writes and reads it with a real NBD client (qemu-io)
 //! across extent and LUN boundaries, shows what the server reports, and stops it cleanly.
 
 use crate::rpc::client::Client;
@@ -180,10 +180,17 @@ fn demo(state_dir: &Path) -> Result<(), DemoError> {
         "lun_create",
         json!({"name": "ram", "kind": "mem", "size": 64u64 << 20, "block_size": 512}),
     )?;
+    // A RAM LUN keeps nothing across a restart: a pool is either all RAM or all persistent.
+    let mixed = json!({"name": "pool0", "luns": ["file512", "file4k", "ram"]});
+    println!("  rpc pool_create {mixed}");
+    match client.call("pool_create", Some(mixed)) {
+        Ok(_) => return Err(step("a pool mixing RAM and file LUNs was accepted")),
+        Err(error) => println!("  refused, as it must be: {error}"),
+    }
     let pool = call(
         &mut client,
         "pool_create",
-        json!({"name": "pool0", "luns": ["file512", "file4k", "ram"]}),
+        json!({"name": "pool0", "luns": ["file512", "file4k"]}),
     )?;
     println!(
         "  pool0: {} extents of {} bytes, {} free",

@@ -105,7 +105,7 @@ fn each_error_code_and_failed_calls_change_nothing() {
             "extent_size",
         ),
         ("pool_delete", json!({"name": "p"}), "name"),
-        ("lun_delete", json!({"name": "p-ram"}), "name"),
+        ("lun_delete", json!({"name": "p-f512b"}), "name"),
         ("volume_delete", json!({"name": "nope"}), "name"),
     ];
     for (method, params, parameter) in cases {
@@ -210,7 +210,7 @@ fn command_line_tables_and_json() {
         ])
         .0
     );
-    assert!(run(&["lun", "create", "m", "--kind", "mem", "--size", "16M"]).0);
+    assert!(run(&["lun", "create", "m", "--kind", "file", "--size", "16M"]).0);
     assert!(
         run(&[
             "pool",

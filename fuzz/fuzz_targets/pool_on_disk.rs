@@ -24,6 +24,14 @@ fuzz_target!(|data: &[u8]| {
         let mut again = vec![0u8; SUPERBLOCK_BYTES as usize];
         superblock.encode(&mut again);
         assert_eq!(Superblock::decode(&again).ok(), Some(superblock));
+        // Whatever the fields say, checking them against a LUN never panics, and a layout
+        // that passes keeps every derived offset inside that LUN.
+        let lun_bytes = u64::from_le_bytes(block[200..208].try_into().unwrap_or_default());
+        let layout = superblock.layout;
+        if layout.validate(lun_bytes, layout.block_size_bytes).is_ok() {
+            assert!(layout.record_offset_bytes(layout.extent_count) <= layout.data_offset_bytes);
+            assert!(layout.extent_offset_bytes(layout.extent_count) <= lun_bytes);
+        }
     }
     let block = &block[..block_bytes];
     if let RecordState::Used(record) = ExtentRecord::decode(block) {
@@ -31,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
         record.encode(&mut again);
         assert_eq!(ExtentRecord::decode(&again), RecordState::Used(record));
     }
+    if let RecordState::Used(record) = ExtentRecord::decode(block) {
+        let _ = record.validate();
+    }
     if let Some(checkpoint) = Checkpoint::decode(block) {
+        let _ = checkpoint.validate();
         let mut again = vec![0u8; block_bytes];
         checkpoint.encode(&mut again);
         assert_eq!(Checkpoint::decode(&again), Some(checkpoint));

@@ -579,13 +579,18 @@ fn print_pools(items: &[Value]) {
                 bytes(p, "extent_size"),
                 text(p, "volumes"),
                 luns,
+                text(p, "state"),
+                volatile(p),
             ]
         })
         .collect();
     print_table(
-        &["NAME", "CAPACITY", "FREE", "EXTENT", "VOLUMES", "LUNS"],
+        &[
+            "NAME", "CAPACITY", "FREE", "EXTENT", "VOLUMES", "LUNS", "STATE", "VOLATILE",
+        ],
         &rows,
     );
+    print_notes(items);
 }
 
 fn print_volumes(items: &[Value]) {
@@ -606,6 +611,8 @@ fn print_volumes(items: &[Value]) {
                 kind.into(),
                 text(v, "connections"),
                 text(v, "uuid"),
+                text(v, "state"),
+                volatile(v),
             ]
         })
         .collect();
@@ -619,9 +626,32 @@ fn print_volumes(items: &[Value]) {
             "TYPE",
             "CONNS",
             "UUID",
+            "STATE",
+            "VOLATILE",
         ],
         &rows,
     );
+    print_notes(items);
+}
+
+/// The VOLATILE column: "yes" for a pool (or a volume of one) that starts empty at every
+/// start of the server.
+fn volatile(value: &Value) -> String {
+    match value["volatile"].as_bool() {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => "-".into(),
+    }
+}
+
+/// Under a table: the note of every row that has one (a volatile pool that started empty, data
+/// lost), so people see it without --json.
+fn print_notes(items: &[Value]) {
+    for item in items {
+        if let (Some(name), Some(note)) = (item["name"].as_str(), item["note"].as_str()) {
+            println!("note: {name}: {note}");
+        }
+    }
 }
 
 // ---- Hosts, storage domains and virtual paths: `sds host`, `sds domain`, `sds vpath`,

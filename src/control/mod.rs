@@ -182,6 +182,13 @@ impl Control {
             };
             match opened {
                 Ok((pool, found)) => {
+                    if pool.started_empty {
+                        log::warn!(
+                            "pool {} is volatile (RAM LUNs only): it starts empty, and what its \
+                             volumes held before this start is gone",
+                            record.name
+                        );
+                    }
                     found_by_pool.insert(record.name.clone(), found);
                     control.pools.insert(
                         record.name.clone(),
@@ -222,6 +229,22 @@ impl Control {
                             control.store.record_path("pool", &record.pool).display()
                         ),
                     })?;
+            // volume_create and volume_resize never record more; a record that says so was
+            // edited or damaged, and its map could not be built.
+            if record.size.div_ceil(pool.pool.extent_bytes) > crate::constants::MAX_VOLUME_EXTENTS {
+                return Err(ControlError::Inconsistent {
+                    what: format!(
+                        "volume {} ({})",
+                        record.name,
+                        control.store.record_path("volume", &record.name).display()
+                    ),
+                    detail: format!(
+                        "its size {} is more than {} extents",
+                        record.size,
+                        crate::constants::MAX_VOLUME_EXTENTS
+                    ),
+                });
+            }
             let volume = Volume::new(
                 &record.name,
                 record.uuid.0,
@@ -229,7 +252,8 @@ impl Control {
                 record.size,
                 record.block_size,
                 record.thin,
-            );
+            )
+            .restored();
             control.volumes.insert(
                 record.name.clone(),
                 VolumeEntry {
@@ -349,6 +373,10 @@ impl Control {
             };
             // Later records win where two claim the same virtual extent.
             found.sort_by_key(|f| std::cmp::Reverse(f.record.sequence));
+            if let Some(reason) = Self::record_past_its_volume(&pool, &found, &by_uuid) {
+                self.fail_open_pool(&pool_name, reason);
+                continue;
+            }
             let mut mapped = 0u64;
             let mut orphaned = Vec::new();
             for item in found {
@@ -383,6 +411,67 @@ impl Control {
             }
             log::info!("pool {pool_name}: {mapped} mapped extents restored");
         }
+    }
+
+    /// The damage, if a record of `pool` maps a virtual extent past the end of its volume (of
+    /// this pool): volumes only grow, so no such record is ever written.
+    fn record_past_its_volume(
+        pool: &Arc<crate::pool::Pool>,
+        found: &[crate::pool::FoundRecord],
+        by_uuid: &HashMap<[u8; 16], Arc<Volume>>,
+    ) -> Option<String> {
+        found.iter().find_map(|item| {
+            let volume = by_uuid
+                .get(&item.record.volume_uuid)
+                .filter(|v| Arc::ptr_eq(&v.pool, pool))?;
+            let extents = volume.map().extent_count();
+            if item.record.virtual_extent < extents {
+                return None;
+            }
+            let (lun_index, extent) = crate::pool::decode_slot(item.slot)?;
+            let lun = pool.luns.get(lun_index)?;
+            Some(format!(
+                "LUN {}: extent record {extent} (LUN block {}): damaged: field virtual_extent is {}, \
+                 not below volume {}'s {extents} extents",
+                lun.lun.info().name,
+                lun.layout.record_offset_bytes(extent) / u64::from(lun.layout.block_size_bytes),
+                item.record.virtual_extent,
+                volume.name,
+            ))
+        })
+    }
+
+    /// Takes a pool found damaged after it was opened out of service, as if it had failed to
+    /// open: it and its volumes are listed as failed with `reason`, and never served.
+    fn fail_open_pool(&mut self, name: &str, reason: String) {
+        log::error!("pool {name} is failed and its volumes are not served: {reason}");
+        let Some(entry) = self.pools.remove(name) else {
+            return;
+        };
+        let volumes: Vec<String> = self
+            .volumes
+            .values()
+            .filter(|v| v.record.pool == name)
+            .map(|v| v.record.name.clone())
+            .collect();
+        for volume in volumes {
+            if let Some(removed) = self.volumes.remove(&volume) {
+                self.failed_volumes.insert(
+                    volume,
+                    FailedVolume {
+                        record: removed.record,
+                        reason: format!("pool {name} is failed: {reason}"),
+                    },
+                );
+            }
+        }
+        self.failed_pools.insert(
+            name.to_string(),
+            FailedPool {
+                record: entry.record,
+                reason,
+            },
+        );
     }
 
     /// Builds and publishes a new snapshot of what the data path may reach.

@@ -3,6 +3,7 @@
 use super::luns::error_chain;
 use super::params::{one_or_all, Params};
 use super::{Control, PoolEntry};
+use crate::backend::Lun;
 use crate::constants::{
     DEFAULT_EXTENT_BYTES, MAX_EXTENT_BYTES, MAX_LUNS_PER_POOL, MAX_POOLS, MIN_EXTENT_BYTES,
 };
@@ -20,9 +21,10 @@ pub fn describe(control: &Control, entry: &PoolEntry) -> Value {
         .values()
         .filter(|v| v.record.pool == entry.record.name)
         .count();
-    json!({
+    let mut described = json!({
         "name": entry.record.name,
         "uuid": entry.record.uuid.to_string(),
+        "volatile": pool.volatile,
         "extent_size": pool.extent_bytes,
         "luns": entry.record.luns,
         "total_extents": pool.total_extents(),
@@ -50,7 +52,47 @@ pub fn describe(control: &Control, entry: &PoolEntry) -> Value {
                 })),
             })
         }).collect::<Vec<_>>(),
-    })
+    });
+    let condition = match pool.lost_member() {
+        Some(member) => Some((
+            "data_lost",
+            format!(
+                "LUN {} is volatile but the pool is persistent (made before mixing was refused): \
+                 what it held was lost when the server stopped; ranges of the pool's volumes \
+                 that no surviving record maps fail with EIO",
+                pool.luns[member].lun.info().name
+            ),
+        )),
+        None => pool.started_empty.then(|| {
+            (
+                "online",
+                "volatile: started empty at this start of the server; what its volumes held \
+                 before is gone"
+                    .to_string(),
+            )
+        }),
+    };
+    if let (Some(object), Some((state, note))) = (described.as_object_mut(), condition) {
+        object.insert("state".into(), state.into());
+        object.insert("note".into(), note.into());
+    }
+    described
+}
+
+/// The rule that keeps a restart from silently zeroing data: a pool is either volatile (only
+/// RAM or null LUNs; it starts empty at every start of the server) or persistent (no volatile
+/// LUN). Names the first volatile LUN when `luns` mixes them.
+fn check_not_mixed(lun_names: &[String], luns: &[Arc<dyn Lun>]) -> Result<(), RpcError> {
+    let volatile = luns.iter().position(|lun| !lun.is_persistent());
+    let persistent = luns.iter().position(|lun| lun.is_persistent());
+    match (volatile, persistent) {
+        (Some(v), Some(p)) => Err(RpcError::invalid_params(format!(
+            "luns: LUN {} is volatile (its content is lost when the server stops) and LUN {} is \
+             persistent: a pool is either volatile (only mem or null LUNs) or persistent",
+            lun_names[v], lun_names[p]
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
@@ -108,6 +150,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         }
         luns.push(entry.lun.clone());
     }
+    check_not_mixed(&lun_names, &luns)?;
     let uuid = control.new_uuid()?;
     let pool =
         Pool::create(name, uuid.0, extent_size, journal_blocks, luns).map_err(
@@ -132,6 +175,12 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         if let Some(entry) = control.luns.get_mut(lun_name) {
             entry.pool = Some(name.to_string());
         }
+    }
+    if pool.volatile {
+        log::warn!(
+            "pool {name} is volatile (RAM LUNs only): it and its volumes start empty at every \
+             start of the server"
+        );
     }
     let entry = PoolEntry {
         record,

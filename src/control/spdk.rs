@@ -83,6 +83,8 @@ fn bdev(entry: &VolumeEntry) -> Value {
             "pool": entry.record.pool,
             "thin": volume.thin,
             "allocated": volume.allocated_extents() * volume.extent_bytes(),
+            "volatile": volume.pool.volatile,
+            "state": super::volumes::condition(volume).map_or("online", |(state, _)| state),
         } },
     })
 }

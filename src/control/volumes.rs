@@ -11,13 +11,12 @@ use crate::store::records::VolumeRecord;
 use crate::volume::provisioner::provision;
 use crate::volume::Volume;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub fn describe(entry: &VolumeEntry) -> Value {
     let volume = &entry.volume;
     let extents = volume.allocated_extents();
-    json!({
+    let mut described = json!({
         "name": volume.name,
         "uuid": entry.record.uuid.to_string(),
         "pool": entry.record.pool,
@@ -26,8 +25,36 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "thin": volume.thin,
         "allocated": extents * volume.extent_bytes(),
         "allocated_extents": extents,
-        "connections": volume.connections.load(Ordering::Relaxed),
+        "connections": volume.open_state.open_count(),
         "qos": entry.record.qos.to_json(),
+        "volatile": volume.pool.volatile,
+    });
+    if let (Some(object), Some((state, note))) = (described.as_object_mut(), condition(volume)) {
+        object.insert("state".into(), state.into());
+        object.insert("note".into(), note.into());
+    }
+    described
+}
+
+/// What a listing says of a volume whose data is not all there: its state (none: the
+/// listing's `online`) and a note for people.
+pub fn condition(volume: &Volume) -> Option<(&'static str, String)> {
+    if volume.data_lost() {
+        return Some((
+            "data_lost",
+            format!(
+                "pool {} had a volatile LUN among persistent ones and lost what it held when the \
+                 server stopped: every range no surviving record maps fails with EIO",
+                volume.pool.name
+            ),
+        ));
+    }
+    volume.started_empty.then(|| {
+        (
+            "online",
+            "volatile: started empty at this start of the server; what it held before is gone"
+                .to_string(),
+        )
     })
 }
 
@@ -210,13 +237,27 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         .volumes
         .get(name)
         .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
-    let connections = entry.volume.connections.load(Ordering::Acquire);
-    if connections > 0 {
-        return Err(RpcError::invalid_params(format!(
-            "name: volume {name} is open by {connections} connections"
-        )));
+    // One atomic step: refused while a session has the volume open, and from here on no
+    // handshake can open it, so nothing writes into the extents freed below.
+    let volume = entry.volume.clone();
+    volume.open_state.try_begin_delete().map_err(|still_open| {
+        RpcError::invalid_params(format!("name: volume {name} is {still_open}"))
+    })?;
+    let removed = remove_records(control, name);
+    if let Err(error) = removed {
+        volume.open_state.cancel_delete();
+        return Err(error);
     }
-    // Its virtual paths go with it (none has a connection: the volume is not open).
+    control.volumes.remove(name);
+    control.publish();
+    release_from(&volume, 0);
+    log::info!("volume {name} deleted");
+    Ok(Value::Bool(true))
+}
+
+/// Deletes the records of volume `name` and of its virtual paths (none has a connection: the
+/// volume is not open).
+fn remove_records(control: &mut Control, name: &str) -> Result<(), RpcError> {
     let vpaths: Vec<u64> = control
         .vpaths
         .values()
@@ -229,15 +270,7 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     control
         .store
         .delete("volume", name)
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
-    let Some(entry) = control.volumes.remove(name) else {
-        return Ok(Value::Bool(true));
-    };
-    entry.volume.mark_deleted();
-    control.publish();
-    release_from(&entry.volume, 0);
-    log::info!("volume {name} deleted");
-    Ok(Value::Bool(true))
+        .map_err(|error| RpcError::internal(error_chain(&error)))
 }
 
 /// SPDK's `bdev_set_qos_limit {name, rw_ios_per_sec?, rw_mbytes_per_sec?, r_mbytes_per_sec?,

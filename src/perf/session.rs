@@ -669,7 +669,7 @@ impl PerfSession {
         if slot.op == Op::Write {
             let mut at = 0;
             while at < total {
-                let (len, extent) = match volume.segment(&map, start + at, total - at) {
+                let (len, extent) = match volume.segment(map, start + at, total - at) {
                     Segment::Unmapped { extent, len_bytes } => (len_bytes, Some(extent)),
                     Segment::Mapped { len_bytes, .. } => (len_bytes, None),
                 };
@@ -702,7 +702,7 @@ impl PerfSession {
         let buf = slot.buf.as_mut_ptr();
         let mut at = 0;
         while at < total {
-            let len = match volume.segment(&map, start + at, total - at) {
+            let len = match volume.segment(map, start + at, total - at) {
                 Segment::Unmapped { len_bytes, .. } => {
                     // Only reads get here (writes were mapped above): never-written data
                     // reads as zeroes, as the NBD session answers.

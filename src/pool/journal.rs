@@ -14,8 +14,8 @@
 //! makes a group commit one sequence of blocks and one flush.
 
 use super::on_disk::{
-    decode_journal_block, encode_journal_block, Checkpoint, ExtentRecord, JournalEnd, JournalEntry,
-    Layout, CHECKPOINT_SLOTS,
+    decode_journal_block, encode_journal_block, Checkpoint, ExtentRecord, GeometryError,
+    JournalEnd, JournalEntry, Layout, CHECKPOINT_SLOTS,
 };
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{Lun, LunError};
@@ -29,6 +29,23 @@ pub enum JournalError {
     Lun(#[from] LunError),
     #[error("neither checkpoint slot is valid: the pool metadata is damaged")]
     NoCheckpoint,
+    /// A block whole and correctly checksummed, but naming what the LUN does not have: the
+    /// pool's metadata is damaged, and replaying it would corrupt the pool.
+    #[error("checkpoint slot {slot} (LUN block {lun_block}): damaged")]
+    DamagedCheckpoint {
+        slot: u64,
+        lun_block: u64,
+        #[source]
+        source: GeometryError,
+    },
+    #[error("journal block {sequence} (LUN block {lun_block}), entry {entry}: damaged")]
+    Damaged {
+        sequence: u64,
+        lun_block: u64,
+        entry: usize,
+        #[source]
+        source: GeometryError,
+    },
 }
 
 /// What opening a LUN found in its journal.
@@ -109,6 +126,13 @@ impl Journal {
                 layout.checkpoint_offset_bytes(slot),
             )?;
             if let Some(found) = Checkpoint::decode(&block.as_slice()[..block_bytes]) {
+                found
+                    .validate()
+                    .map_err(|source| JournalError::DamagedCheckpoint {
+                        slot,
+                        lun_block: layout.checkpoint_offset_bytes(slot) / block_bytes as u64,
+                        source,
+                    })?;
                 if checkpoint.map_or(true, |c| found.generation > c.generation) {
                     checkpoint = Some(found);
                 }
@@ -128,6 +152,19 @@ impl Journal {
             lun.read_at(bytes, layout.journal_block_offset_bytes(expected))?;
             match decode_journal_block(bytes, expected, min_epoch, &mut entries) {
                 Ok(epoch) => {
+                    // Every entry is checked before any is applied: a damaged block changes
+                    // nothing, and the pool is failed with the block named.
+                    for (index, entry) in entries.iter().enumerate() {
+                        entry
+                            .validate(&layout)
+                            .map_err(|source| JournalError::Damaged {
+                                sequence: expected,
+                                lun_block: layout.journal_block_offset_bytes(expected)
+                                    / u64::from(layout.block_size_bytes),
+                                entry: index,
+                                source,
+                            })?;
+                    }
                     for entry in &entries {
                         match entry.record {
                             Some(record) => records.insert(entry.extent, record),
@@ -458,5 +495,64 @@ mod tests {
         assert!(matches!(recovery.end, JournalEnd::Stale { .. }));
         assert_eq!(records.len(), 1);
         assert_eq!(records.get(&50), Some(&record(5, 50)));
+    }
+
+    #[test]
+    fn a_whole_block_naming_an_extent_past_the_lun_is_damage_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let lun = file_lun(dir.path(), 512);
+        let (journal, layout) = formatted(lun.as_ref(), 64);
+        journal
+            .commit(
+                lun.as_ref(),
+                &[JournalEntry {
+                    extent: 1,
+                    record: Some(record(1, 1)),
+                }],
+            )
+            .expect("commit");
+        // Block 2, whole and checksummed: one good entry, then one past the LUN's extents.
+        let stats = journal.stats();
+        let mut block = AlignedBuf::new(512);
+        let entries = [
+            JournalEntry {
+                extent: 2,
+                record: Some(record(1, 2)),
+            },
+            JournalEntry {
+                extent: layout.extent_count,
+                record: Some(record(1, 3)),
+            },
+        ];
+        encode_journal_block(
+            stats.next_sequence,
+            stats.epoch,
+            &entries,
+            &mut block.as_mut_slice()[..512],
+        );
+        let at = layout.journal_block_offset_bytes(stats.next_sequence);
+        lun.write_at(&block.as_slice()[..512], at, true)
+            .expect("write");
+        let mut records = HashMap::new();
+        let error = match Journal::open(lun.as_ref(), layout, &mut records) {
+            Ok(_) => panic!("a damaged journal block was replayed"),
+            Err(error) => error,
+        };
+        match &error {
+            JournalError::Damaged {
+                sequence,
+                lun_block,
+                entry,
+                source,
+            } => {
+                assert_eq!(*sequence, stats.next_sequence);
+                assert_eq!(*lun_block, at / 512);
+                assert_eq!(*entry, 1);
+                assert!(source.to_string().contains("field extent"), "{source}");
+            }
+            other => panic!("not damage: {other}"),
+        }
+        // Nothing of the damaged block was applied, not even its good entry.
+        assert!(!records.contains_key(&2));
     }
 }

@@ -9,14 +9,17 @@
 
 pub mod bitmap;
 pub mod journal;
+pub mod lost_lun;
 pub mod on_disk;
 
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{Lun, LunError};
 use bitmap::ExtentBitmap;
 use journal::{Journal, JournalError, Recovery};
+use lost_lun::LostLun;
 use on_disk::{
-    ExtentRecord, FormatError, JournalEntry, Layout, RecordState, Superblock, SUPERBLOCK_BYTES,
+    ExtentRecord, FormatError, GeometryError, JournalEntry, Layout, RecordState, Superblock,
+    SUPERBLOCK_BYTES,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -70,6 +73,15 @@ pub enum PoolError {
     },
     #[error("pool {pool}: no free extent")]
     Full { pool: String },
+    #[error("pool {pool}: LUN {lun}: extent record {extent} (LUN block {lun_block}): damaged")]
+    DamagedRecord {
+        pool: String,
+        lun: String,
+        extent: u64,
+        lun_block: u64,
+        #[source]
+        source: GeometryError,
+    },
 }
 
 /// One LUN of a pool.
@@ -80,6 +92,10 @@ pub struct PoolLun {
     pub journal: Journal,
     /// What replaying its journal found when the pool was opened (`None`: formatted anew).
     pub recovery: Option<Recovery>,
+    /// A volatile LUN of a pool that also has persistent ones, found at open: what it held is
+    /// gone. `lun` is then a [`LostLun`]; nothing is placed on it, and the ranges of the pool's
+    /// volumes that may have been on it fail with EIO.
+    pub content_lost: bool,
 }
 
 /// A mapping record found on disk when a pool is opened.
@@ -94,6 +110,12 @@ pub struct Pool {
     pub uuid: [u8; 16],
     pub extent_bytes: u64,
     pub luns: Vec<PoolLun>,
+    /// Every LUN is volatile (mem, null): the pool and its volumes start empty at every start
+    /// of the server. A pool is either volatile or persistent (see `pool_create`).
+    pub volatile: bool,
+    /// A volatile pool opened from its records at start-up: it started empty, and what its
+    /// volumes held before is gone.
+    pub started_empty: bool,
     sequence: AtomicU64,
     /// Where round-robin placement of the next extent starts.
     next_lun: AtomicUsize,
@@ -170,18 +192,13 @@ impl Pool {
         superblock.encode(block.as_mut_slice());
         lun.write_at(&block.as_slice()[..SUPERBLOCK_BYTES as usize], 0, true)
             .map_err(lun_error)?;
-        if !lun.is_persistent() {
-            log::warn!(
-                "pool {name}: LUN {} is RAM: what is stored on it is lost when the server stops",
-                info.name
-            );
-        }
         Ok(PoolLun {
             lun,
             layout,
             bitmap: ExtentBitmap::new(layout.extent_count),
             journal,
             recovery: None,
+            content_lost: false,
         })
     }
 
@@ -196,17 +213,16 @@ impl Pool {
         let mut members = Vec::with_capacity(luns.len());
         let mut found = Vec::new();
         let mut max_sequence = 0;
+        let volatile = luns.iter().all(|lun| !lun.is_persistent());
         for (index, lun) in luns.into_iter().enumerate() {
             if !lun.is_persistent() {
                 let journal_blocks = members.first().map(|m: &PoolLun| m.layout.journal_blocks);
-                members.push(Self::format_lun(
-                    name,
-                    uuid,
-                    extent_bytes,
-                    journal_blocks,
-                    index,
-                    lun,
-                )?);
+                let mut member =
+                    Self::format_lun(name, uuid, extent_bytes, journal_blocks, index, lun)?;
+                if !volatile {
+                    member = Self::into_lost_member(name, member);
+                }
+                members.push(member);
                 continue;
             }
             let info = lun.info().clone();
@@ -233,6 +249,10 @@ impl Pool {
                 });
             }
             let layout = superblock.layout;
+            // Everything below derives offsets from these fields: they must fit this LUN.
+            layout
+                .validate(info.size_bytes, info.block_size_bytes)
+                .map_err(|source| format_error(FormatError::Geometry(source)))?;
             let bitmap = ExtentBitmap::new(layout.extent_count);
             let record_bytes = u64::from(layout.block_size_bytes);
             const SCAN_BYTES: u64 = 1024 * 1024;
@@ -250,7 +270,18 @@ impl Pool {
                         RecordState::Free => {}
                         RecordState::Corrupt => corrupt += 1,
                         RecordState::Used(record) => {
-                            records.insert(extent + i as u64, record);
+                            let at = extent + i as u64;
+                            record
+                                .validate()
+                                .map_err(|source| PoolError::DamagedRecord {
+                                    pool: name.to_string(),
+                                    lun: info.name.clone(),
+                                    extent: at,
+                                    lun_block: layout.record_offset_bytes(at)
+                                        / u64::from(layout.block_size_bytes),
+                                    source,
+                                })?;
+                            records.insert(at, record);
                         }
                     }
                 }
@@ -293,12 +324,42 @@ impl Pool {
                 bitmap,
                 journal,
                 recovery: Some(recovery),
+                content_lost: false,
             });
         }
-        Ok((
-            Self::assemble(name, uuid, extent_bytes, members, max_sequence + 1),
-            found,
-        ))
+        let mut pool = Self::assemble(name, uuid, extent_bytes, members, max_sequence + 1);
+        pool.started_empty = pool.volatile;
+        Ok((pool, found))
+    }
+
+    /// The member a volatile LUN becomes in a persistent pool at open (a pool made before the
+    /// rule that forbids mixing): its content is gone, so no extent may be placed on it again
+    /// (every one is marked used) and its I/O fails, flushes aside.
+    fn into_lost_member(name: &str, member: PoolLun) -> PoolLun {
+        let info = member.lun.info().clone();
+        let reason = format!(
+            "volatile LUN in persistent pool {name}: what it held was lost when the server stopped"
+        );
+        log::error!(
+            "pool {name}: LUN {} is volatile but the pool's other LUNs are persistent (a pool \
+             made before mixing was refused): what it held was lost when the server stopped; \
+             the pool's volumes report data_lost, and their ranges no surviving record maps \
+             fail with EIO",
+            info.name
+        );
+        for extent in 0..member.layout.extent_count {
+            member.bitmap.mark_used(extent);
+        }
+        PoolLun {
+            lun: Arc::new(LostLun::new(info, reason)),
+            content_lost: true,
+            ..member
+        }
+    }
+
+    /// The member standing in for a volatile LUN whose content was lost, if the pool has one.
+    pub fn lost_member(&self) -> Option<usize> {
+        self.luns.iter().position(|member| member.content_lost)
     }
 
     fn assemble(
@@ -312,6 +373,8 @@ impl Pool {
             name: name.to_string(),
             uuid,
             extent_bytes,
+            volatile: !luns.is_empty() && luns.iter().all(|m| !m.lun.is_persistent()),
+            started_empty: false,
             luns,
             sequence: AtomicU64::new(sequence),
             next_lun: AtomicUsize::new(0),
@@ -433,7 +496,7 @@ impl Pool {
     /// Erases the superblocks, so the LUNs no longer claim to belong to this pool.
     pub fn wipe(&self) -> Result<(), PoolError> {
         let block = AlignedBuf::new(SUPERBLOCK_BYTES as usize);
-        for member in &self.luns {
+        for member in self.luns.iter().filter(|m| !m.content_lost) {
             member
                 .lun
                 .write_at(&block.as_slice()[..SUPERBLOCK_BYTES as usize], 0, true)

@@ -25,6 +25,8 @@
 //!
 //! All integers are little-endian.
 
+use crate::constants::MAX_VOLUME_EXTENTS;
+
 pub const SUPERBLOCK_BYTES: u64 = 4096;
 const SUPERBLOCK_MAGIC: [u8; 8] = *b"SDSPOOL1";
 const RECORD_MAGIC: u32 = 0x5344_5245; // "SDRE"
@@ -46,6 +48,11 @@ const JOURNAL_ENTRY_BYTES: usize = 48;
 const DATA_ALIGN_BYTES: u64 = 1024 * 1024;
 /// Bytes of a record that carry meaning; the rest of its block is zero.
 pub const RECORD_BYTES: usize = 40;
+/// Bound on the counters the metadata carries (journal and pool sequences, checkpoint
+/// generations, epochs): each grows by one per commit, checkpoint or start, so a real pool
+/// never comes near it, and a decoded value past it is damage (adding one to it must not
+/// overflow).
+pub const MAX_METADATA_COUNTER: u64 = 1 << 62;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
@@ -59,6 +66,71 @@ pub enum FormatError {
     TooSmall { size_bytes: u64, extent_bytes: u64 },
     #[error("journal of {0} blocks is outside {MIN_JOURNAL_BLOCKS}..={MAX_JOURNAL_BLOCKS}")]
     JournalSize(u64),
+    #[error("superblock (LUN block 0) does not fit the LUN")]
+    Geometry(#[source] GeometryError),
+}
+
+/// A decoded field that passed its checksum but does not fit the pool's geometry: damage (or
+/// a bug that wrote it), never something to act on.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GeometryError {
+    #[error("field {field} is {value}, not below {limit}")]
+    TooLarge {
+        field: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    #[error("field {field} is {value}, below its minimum {minimum}")]
+    TooSmall {
+        field: &'static str,
+        value: u64,
+        minimum: u64,
+    },
+    #[error("field {field} is {value}, expected {expected}")]
+    Mismatch {
+        field: &'static str,
+        value: u64,
+        expected: u64,
+    },
+}
+
+/// `value` must be below `limit`.
+fn below(field: &'static str, value: u64, limit: u64) -> Result<(), GeometryError> {
+    if value < limit {
+        Ok(())
+    } else {
+        Err(GeometryError::TooLarge {
+            field,
+            value,
+            limit,
+        })
+    }
+}
+
+/// `value` must be at least `minimum`.
+fn at_least(field: &'static str, value: u64, minimum: u64) -> Result<(), GeometryError> {
+    if value >= minimum {
+        Ok(())
+    } else {
+        Err(GeometryError::TooSmall {
+            field,
+            value,
+            minimum,
+        })
+    }
+}
+
+/// `value` must be `expected`.
+fn equal(field: &'static str, value: u64, expected: u64) -> Result<(), GeometryError> {
+    if value == expected {
+        Ok(())
+    } else {
+        Err(GeometryError::Mismatch {
+            field,
+            value,
+            expected,
+        })
+    }
 }
 
 /// How a pool LUN is cut.
@@ -140,6 +212,65 @@ impl Layout {
 
     pub fn extent_offset_bytes(&self, extent: u64) -> u64 {
         self.data_offset_bytes + extent * self.extent_bytes
+    }
+
+    /// Checks a layout read from a superblock against the LUN it was read from (its size and
+    /// block size) and against itself: every offset the pool derives from it must land inside
+    /// the LUN, in the region it names.
+    pub fn validate(&self, lun_size_bytes: u64, lun_block_bytes: u32) -> Result<(), GeometryError> {
+        let block = u64::from(lun_block_bytes);
+        equal(
+            "block_size",
+            u64::from(self.block_size_bytes),
+            u64::from(lun_block_bytes),
+        )?;
+        // Every division and multiple below is by the block size.
+        if !lun_block_bytes.is_power_of_two() || lun_block_bytes < 512 {
+            return Err(GeometryError::Mismatch {
+                field: "block_size",
+                value: block,
+                expected: 512,
+            });
+        }
+        below(
+            "journal_blocks",
+            self.journal_blocks,
+            MAX_JOURNAL_BLOCKS + 1,
+        )?;
+        at_least("journal_blocks", self.journal_blocks, MIN_JOURNAL_BLOCKS)?;
+        if !self.extent_bytes.is_power_of_two() || self.extent_bytes % block != 0 {
+            return Err(GeometryError::Mismatch {
+                field: "extent_size",
+                value: self.extent_bytes,
+                expected: self.extent_bytes.next_power_of_two().max(block),
+            });
+        }
+        equal(
+            "journal_offset",
+            self.journal_offset_bytes,
+            SUPERBLOCK_BYTES + CHECKPOINT_SLOTS * block,
+        )?;
+        equal(
+            "records_offset",
+            self.records_offset_bytes,
+            self.journal_offset_bytes + self.journal_blocks * block,
+        )?;
+        // Extent records end at or before the data area; the data area ends inside the LUN.
+        // Each bound is checked before it is used in the next, so nothing overflows.
+        below(
+            "extent_count",
+            self.extent_count,
+            lun_size_bytes / self.extent_bytes + 1,
+        )?;
+        at_least("extent_count", self.extent_count, 1)?;
+        let records_end = self.records_offset_bytes + self.extent_count * block;
+        at_least("data_offset", self.data_offset_bytes, records_end)?;
+        below("data_offset", self.data_offset_bytes, lun_size_bytes)?;
+        below(
+            "extent_count",
+            self.extent_count,
+            (lun_size_bytes - self.data_offset_bytes) / self.extent_bytes + 1,
+        )
     }
 }
 
@@ -234,6 +365,12 @@ impl ExtentRecord {
         out[4..8].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// Checks a decoded record against what any volume can hold.
+    pub fn validate(&self) -> Result<(), GeometryError> {
+        below("virtual_extent", self.virtual_extent, MAX_VOLUME_EXTENTS)?;
+        below("sequence", self.sequence, MAX_METADATA_COUNTER)
+    }
+
     pub fn decode(block: &[u8]) -> RecordState {
         if block[..RECORD_BYTES].iter().all(|&b| b == 0) {
             return RecordState::Free;
@@ -274,6 +411,13 @@ impl Checkpoint {
         out[4..8].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// Checks a decoded checkpoint: its counters are incremented from.
+    pub fn validate(&self) -> Result<(), GeometryError> {
+        below("sequence", self.sequence, MAX_METADATA_COUNTER)?;
+        below("generation", self.generation, MAX_METADATA_COUNTER)?;
+        below("epoch", self.epoch, MAX_METADATA_COUNTER)
+    }
+
     /// `None` for a slot never written, torn or corrupt.
     pub fn decode(block: &[u8]) -> Option<Self> {
         if block.len() < 32
@@ -295,6 +439,17 @@ impl Checkpoint {
 pub struct JournalEntry {
     pub extent: u64,
     pub record: Option<ExtentRecord>,
+}
+
+impl JournalEntry {
+    /// Checks a decoded entry against the layout of the LUN whose journal held it.
+    pub fn validate(&self, layout: &Layout) -> Result<(), GeometryError> {
+        below("extent", self.extent, layout.extent_count)?;
+        match &self.record {
+            Some(record) => record.validate(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Why reading the journal stopped at a block.
@@ -529,5 +684,178 @@ mod tests {
             decode_journal_block(&[0u8; 512], 1, 0, &mut decoded),
             Err(JournalEnd::Empty)
         );
+    }
+
+    #[test]
+    fn a_computed_layout_validates_and_each_damaged_field_is_named() {
+        let size = 64 << 20;
+        let layout = Layout::compute(size, 4096, 1 << 20, Some(64)).expect("fits");
+        assert_eq!(layout.validate(size, 4096), Ok(()));
+        let field_of = |error: GeometryError| match error {
+            GeometryError::TooLarge { field, .. }
+            | GeometryError::TooSmall { field, .. }
+            | GeometryError::Mismatch { field, .. } => field,
+        };
+        let damaged: [(&str, Layout); 9] = [
+            (
+                "block_size",
+                Layout {
+                    block_size_bytes: 512,
+                    ..layout
+                },
+            ),
+            (
+                "journal_blocks",
+                Layout {
+                    journal_blocks: 3,
+                    ..layout
+                },
+            ),
+            (
+                "journal_blocks",
+                Layout {
+                    journal_blocks: u64::MAX,
+                    ..layout
+                },
+            ),
+            (
+                "extent_size",
+                Layout {
+                    extent_bytes: 3 << 20,
+                    ..layout
+                },
+            ),
+            (
+                "journal_offset",
+                Layout {
+                    journal_offset_bytes: 0,
+                    ..layout
+                },
+            ),
+            (
+                "records_offset",
+                Layout {
+                    records_offset_bytes: size * 2,
+                    ..layout
+                },
+            ),
+            (
+                "extent_count",
+                Layout {
+                    extent_count: layout.extent_count + 1,
+                    ..layout
+                },
+            ),
+            (
+                "extent_count",
+                Layout {
+                    extent_count: u64::MAX,
+                    ..layout
+                },
+            ),
+            (
+                "data_offset",
+                Layout {
+                    data_offset_bytes: u64::MAX,
+                    ..layout
+                },
+            ),
+        ];
+        for (field, bad) in damaged {
+            let error = bad.validate(size, 4096).expect_err(field);
+            assert_eq!(field_of(error), field, "{error}");
+        }
+        // Zero sizes are refused before anything divides by them.
+        let zero = Layout {
+            block_size_bytes: 0,
+            extent_bytes: 0,
+            ..layout
+        };
+        assert_eq!(
+            field_of(zero.validate(size, 0).expect_err("zero")),
+            "block_size"
+        );
+        let zero = Layout {
+            extent_bytes: 0,
+            ..layout
+        };
+        assert_eq!(
+            field_of(zero.validate(size, 4096).expect_err("zero")),
+            "extent_size"
+        );
+        // The same layout does not fit a LUN that shrank.
+        assert!(layout.validate(size / 2, 4096).is_err());
+    }
+
+    #[test]
+    fn journal_entries_and_records_are_checked_against_the_geometry() {
+        let layout = Layout::compute(64 << 20, 512, 1 << 20, Some(16)).expect("fits");
+        let record = ExtentRecord {
+            volume_uuid: [1; 16],
+            virtual_extent: MAX_VOLUME_EXTENTS - 1,
+            sequence: 1,
+        };
+        let last = JournalEntry {
+            extent: layout.extent_count - 1,
+            record: Some(record),
+        };
+        assert_eq!(last.validate(&layout), Ok(()));
+        let past = JournalEntry {
+            extent: layout.extent_count,
+            record: None,
+        };
+        assert_eq!(
+            past.validate(&layout),
+            Err(GeometryError::TooLarge {
+                field: "extent",
+                value: layout.extent_count,
+                limit: layout.extent_count
+            })
+        );
+        let far = ExtentRecord {
+            virtual_extent: MAX_VOLUME_EXTENTS,
+            ..record
+        };
+        let late = ExtentRecord {
+            sequence: MAX_METADATA_COUNTER,
+            ..record
+        };
+        assert!(late.validate().is_err());
+        let checkpoint = Checkpoint {
+            sequence: 1,
+            generation: 2,
+            epoch: 3,
+        };
+        assert_eq!(checkpoint.validate(), Ok(()));
+        for bad in [
+            Checkpoint {
+                sequence: u64::MAX,
+                ..checkpoint
+            },
+            Checkpoint {
+                generation: u64::MAX,
+                ..checkpoint
+            },
+            Checkpoint {
+                epoch: MAX_METADATA_COUNTER,
+                ..checkpoint
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let error = JournalEntry {
+            extent: 0,
+            record: Some(far),
+        }
+        .validate(&layout)
+        .expect_err("virtual extent past any volume");
+        assert!(error.to_string().contains("virtual_extent"), "{error}");
+        assert!(far.validate().is_err() && record.validate().is_ok());
+        // A valid checksum does not make an entry valid: what decodes is checked separately.
+        let mut block = vec![0u8; 512];
+        encode_journal_block(2, 1, &[past], &mut block);
+        let mut decoded = Vec::new();
+        assert_eq!(decode_journal_block(&block, 2, 1, &mut decoded), Ok(1));
+        assert!(decoded[0].validate(&layout).is_err());
     }
 }

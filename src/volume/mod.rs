@@ -6,18 +6,19 @@
 //! record durable, publishes the mapping and wakes the waiting session. Thick volumes are
 //! fully provisioned when created or grown.
 //!
-//! [`Volume::segment`] is the whole of translation on the data path: one atomic load of the
-//! table pointer per request ([`Volume::map`]) and one slot load per extent the request touches.
+//! [`Volume::segment`] is the whole of translation on the data path: per extent the request
+//! touches, one load of the chunk pointer and one of the slot (see [`map`]).
 
 pub mod map;
+pub mod open_state;
 pub mod provisioner;
 pub mod stats;
 
-use crate::pool::{decode_slot, Pool, PoolLun};
-use arc_swap::{ArcSwap, Guard};
+use crate::pool::{decode_slot, encode_slot, Pool, PoolLun};
 use map::MapTable;
+use open_state::OpenState;
 use stats::VolumeStats;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Volume {
@@ -27,12 +28,16 @@ pub struct Volume {
     pub block_size_bytes: u32,
     pub thin: bool,
     size_bytes: AtomicU64,
-    map: ArcSwap<MapTable>,
-    /// Front-end connections that have the volume open.
-    pub connections: AtomicU32,
-    /// Set when the volume is deleted; open sessions fail their I/O and close.
-    deleted: AtomicBool,
+    map: MapTable,
+    /// Front-end sessions that have the volume open, and whether it is being deleted (then
+    /// no session can open it: see [`open_state`]).
+    pub open_state: OpenState,
     pub stats: VolumeStats,
+    /// Set when the volume was restored from a pool whose volatile LUN lost its content (see
+    /// [`Volume::restored`]): the pool member its unmapped ranges are routed to.
+    lost_member: Option<usize>,
+    /// Restored at start-up in a volatile pool: it started empty.
+    pub started_empty: bool,
 }
 
 /// One piece of a request, inside one virtual extent.
@@ -65,11 +70,28 @@ impl Volume {
             block_size_bytes,
             thin,
             size_bytes: AtomicU64::new(size_bytes),
-            map: ArcSwap::from_pointee(MapTable::new(extents)),
-            connections: AtomicU32::new(0),
-            deleted: AtomicBool::new(false),
+            map: MapTable::new(extents),
+            open_state: OpenState::default(),
             stats: VolumeStats::default(),
+            lost_member: None,
+            started_empty: false,
         }
+    }
+
+    /// Marks a volume restored from its record at start-up. In a volatile pool it started
+    /// empty. In a pool whose volatile LUN lost what it held, any of its extents that no
+    /// surviving record maps may have been on that LUN, and sds cannot tell which were never
+    /// written: every unmapped range is routed to the pool's lost member and fails with EIO,
+    /// never reading as zeroes.
+    pub fn restored(mut self) -> Self {
+        self.lost_member = self.pool.lost_member();
+        self.started_empty = self.pool.started_empty;
+        self
+    }
+
+    /// Whether part of what the volume held is gone (see [`Volume::restored`]).
+    pub fn data_lost(&self) -> bool {
+        self.lost_member.is_some()
     }
 
     #[inline]
@@ -81,20 +103,17 @@ impl Volume {
         self.pool.extent_bytes
     }
 
-    /// The current mapping table; hold it for the whole request.
+    /// The mapping table.
     #[inline]
-    pub fn map(&self) -> Guard<Arc<MapTable>> {
-        self.map.load()
+    pub fn map(&self) -> &MapTable {
+        &self.map
     }
 
-    /// Grows the volume: publishes a larger table sharing the current slots, then the size.
-    /// Only the control thread calls this.
+    /// Grows the volume: the table first, then the size, so a request checked against the new
+    /// size finds its extents. Only the control thread calls this.
     pub fn grow(&self, new_size_bytes: u64) {
-        let extents = new_size_bytes.div_ceil(self.pool.extent_bytes);
-        let current = self.map.load_full();
-        if extents > current.extent_count() {
-            self.map.store(Arc::new(current.grown(extents)));
-        }
+        self.map
+            .grow(new_size_bytes.div_ceil(self.pool.extent_bytes));
         self.size_bytes.store(new_size_bytes, Ordering::Release);
     }
 
@@ -111,16 +130,17 @@ impl Volume {
         let extent = offset_bytes / extent_bytes;
         let within = offset_bytes % extent_bytes;
         let len_bytes = remaining_bytes.min(extent_bytes - within);
-        match map.get(extent) {
-            0 => Segment::Unmapped { extent, len_bytes },
-            slot => {
-                let (lun, offset_bytes) = self.pool.locate(slot, within);
-                Segment::Mapped {
-                    lun,
-                    offset_bytes,
-                    len_bytes,
-                }
-            }
+        let slot = match (map.get(extent), self.lost_member) {
+            (0, None) => return Segment::Unmapped { extent, len_bytes },
+            // Possibly lost: the LUN standing in for the lost one fails the I/O.
+            (0, Some(member)) => encode_slot(member, 0),
+            (slot, _) => slot,
+        };
+        let (lun, offset_bytes) = self.pool.locate(slot, within);
+        Segment::Mapped {
+            lun,
+            offset_bytes,
+            len_bytes,
         }
     }
 
@@ -128,13 +148,10 @@ impl Volume {
         self.map().mapped().count() as u64
     }
 
-    pub fn mark_deleted(&self) {
-        self.deleted.store(true, Ordering::Release);
-    }
-
+    /// Whether the volume is deleted (or being deleted): no session has it open, and none can.
     #[inline]
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
+        self.open_state.is_deleting()
     }
 
     /// The block size of the LUN holding `slot`: a write narrower than it needs the slow path.

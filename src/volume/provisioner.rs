@@ -258,7 +258,7 @@ fn slow_write(
     let mut done = 0u64;
     while done < len_bytes {
         let map = volume.map();
-        let piece = match volume.segment(&map, offset_bytes + done, len_bytes - done) {
+        let piece = match volume.segment(map, offset_bytes + done, len_bytes - done) {
             Segment::Unmapped {
                 extent,
                 len_bytes: piece,

@@ -220,14 +220,15 @@ impl Server {
         }
     }
 
-    /// The pool of the demo: a 512-byte file LUN, a 4096-byte file LUN and a RAM LUN.
+    /// A pool of mixed block sizes: a 512-byte file LUN, a 4096-byte file LUN and a second
+    /// 512-byte file LUN (a pool may not mix RAM and persistent LUNs).
     pub fn mixed_pool(&self, name: &str, extent_size: u64) {
         self.ok("lun_create", json!({"name": format!("{name}-f512"), "kind": "file", "size": 32u64 << 20, "block_size": 512}));
         self.ok("lun_create", json!({"name": format!("{name}-f4k"), "kind": "file", "size": 32u64 << 20, "block_size": 4096}));
-        self.ok("lun_create", json!({"name": format!("{name}-ram"), "kind": "mem", "size": 32u64 << 20, "block_size": 512}));
+        self.ok("lun_create", json!({"name": format!("{name}-f512b"), "kind": "file", "size": 32u64 << 20, "block_size": 512}));
         self.ok(
             "pool_create",
-            json!({"name": name, "luns": [format!("{name}-f512"), format!("{name}-f4k"), format!("{name}-ram")], "extent_size": extent_size}),
+            json!({"name": name, "luns": [format!("{name}-f512"), format!("{name}-f4k"), format!("{name}-f512b")], "extent_size": extent_size}),
         );
     }
 

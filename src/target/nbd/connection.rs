@@ -29,6 +29,7 @@ use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::{Session, SessionContext};
+use crate::volume::open_state::OpenGuard;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
 use crate::volume::stats::IoKind;
 use crate::volume::{Segment, Volume};
@@ -166,6 +167,9 @@ pub struct NbdSession {
     closing: bool,
     finished: bool,
     peer: String,
+    /// The session's open of its volume: given back when the session is dropped, so a session
+    /// a reactor refuses, or one that fails, never leaves the volume undeletable.
+    _open: OpenGuard,
 }
 
 // SAFETY: the raw pointers inside (iovecs and the msghdr) point into buffers this session owns;
@@ -173,8 +177,15 @@ pub struct NbdSession {
 unsafe impl Send for NbdSession {}
 
 impl NbdSession {
+    /// A session on `socket` through `vpath`, holding `open` (an open of the path's volume)
+    /// until it is dropped, whatever drops it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is a distinct part of the session"
+    )]
     pub fn new(
         socket: OwnedFd,
+        open: OpenGuard,
         vpath: Arc<Vpath>,
         path_hint: usize,
         published: Arc<Published>,
@@ -202,7 +213,6 @@ impl NbdSession {
                 rate: RateLimit::default(),
             })
             .collect();
-        volume.connections.fetch_add(1, Ordering::AcqRel);
         let decisions = DecisionCache::new(vpath.clone(), path_hint);
         Self {
             socket,
@@ -239,6 +249,7 @@ impl NbdSession {
             closing: false,
             finished: false,
             peer,
+            _open: open,
         }
     }
 
@@ -263,7 +274,6 @@ impl NbdSession {
         let busy = self.ring_pending > 0 || self.slots.iter().any(|s| s.waiting > 0);
         if !busy {
             self.finished = true;
-            self.volume.connections.fetch_sub(1, Ordering::AcqRel);
             self.vpath
                 .stats
                 .reactor(self.reactor_index)
@@ -682,7 +692,7 @@ impl NbdSession {
         if is_write {
             let mut at = self.slots[index].cursor_bytes;
             while at < total {
-                let segment = volume.segment(&map, start + at, total - at);
+                let segment = volume.segment(map, start + at, total - at);
                 let (len, extent) = match segment {
                     Segment::Unmapped { extent, len_bytes } => (len_bytes, Some(extent)),
                     Segment::Mapped { len_bytes, .. } => (len_bytes, None),
@@ -699,7 +709,7 @@ impl NbdSession {
         let mut segments = 0;
         let mut at = self.slots[index].cursor_bytes;
         while at < total && segments < MAX_SEGMENTS_PER_IO {
-            let segment = volume.segment(&map, start + at, total - at);
+            let segment = volume.segment(map, start + at, total - at);
             let buf = self.slots[index].buf.as_mut_ptr();
             let len = match segment {
                 Segment::Unmapped { len_bytes, .. } => {

@@ -20,6 +20,7 @@ use crate::domain::snapshot::{PathView, Published, Snapshot};
 use crate::domain::vpath::AccessMode;
 use crate::reactor::mailbox::Message;
 use crate::reactor::ReactorHandle;
+use crate::volume::open_state::OpenGuard;
 use crate::volume::provisioner::Provisioner;
 use crate::volume::Volume;
 use std::io::{Read, Write};
@@ -467,8 +468,21 @@ fn attach(context: &NbdContext, fd: OwnedFd, index: usize, view: &PathView, peer
         view.vpath.volume.name,
         view.vpath.id
     );
+    // Opened here, after the handshake: a volume being deleted cannot be opened, and a
+    // volume open cannot be deleted (see volume::open_state).
+    let open = match OpenGuard::open(&view.vpath.volume) {
+        Ok(open) => open,
+        Err(error) => {
+            log::info!(
+                "NBD {peer}: volume {}: {error}; closing the connection",
+                view.vpath.volume.name
+            );
+            return;
+        }
+    };
     let session = NbdSession::new(
         fd,
+        open,
         view.vpath.clone(),
         index,
         context.published.clone(),
