@@ -584,6 +584,9 @@ impl NbdSession {
         if !allowed {
             return Some(protocol::NBD_EPERM);
         }
+        if header.flags & !header.command.known_flags() != 0 {
+            return Some(protocol::NBD_EINVAL);
+        }
         let block = u64::from(self.volume.block_size_bytes);
         let (offset, length) = (header.offset_bytes, u64::from(header.length_bytes));
         match header.command {
