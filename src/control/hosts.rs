@@ -27,7 +27,37 @@ pub fn describe(control: &Control, entry: &HostEntry) -> Value {
         "nqn": entry.record.nqn,
         "addresses": entry.host.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "vpaths": vpaths,
+        "overlaps": overlaps(control, entry),
     })
+}
+
+/// The other hosts some of whose addresses a peer of `entry` could also match, and which host
+/// such a peer goes to (the more specific address; equal ones go to the first by name). Not
+/// an error: a catch-all beside specific hosts is legitimate, but the administrator should
+/// see it.
+fn overlaps(control: &Control, entry: &HostEntry) -> Vec<Value> {
+    let mut found = Vec::new();
+    for other in control.hosts.values() {
+        if other.record.name == entry.record.name {
+            continue;
+        }
+        for own in &entry.host.addresses {
+            for theirs in other.host.addresses.iter().filter(|a| a.overlaps(own)) {
+                let winner = match own.specificity().cmp(&theirs.specificity()) {
+                    std::cmp::Ordering::Greater => &entry.record.name,
+                    std::cmp::Ordering::Less => &other.record.name,
+                    std::cmp::Ordering::Equal => entry.record.name.as_str().min(&other.record.name),
+                };
+                found.push(json!({
+                    "address": own.to_string(),
+                    "host": other.record.name,
+                    "host_address": theirs.to_string(),
+                    "peers_in_both_go_to": winner,
+                }));
+            }
+        }
+    }
+    found
 }
 
 fn identity(params: &Params, key: &str) -> Result<Option<String>, RpcError> {
@@ -101,10 +131,22 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         .put("host", name, &record)
         .map_err(|error| RpcError::internal(error_chain(&error)))?;
     let entry = HostEntry { record, host };
-    let described = describe(control, &entry);
     control.hosts.insert(name.to_string(), entry);
     control.publish();
     log::info!("host {name} created");
+    let described = control
+        .hosts
+        .get(name)
+        .map_or(Value::Null, |entry| describe(control, entry));
+    for overlap in described["overlaps"].as_array().into_iter().flatten() {
+        log::warn!(
+            "host {name}: address {} overlaps host {}'s {}; peers in both go to {}",
+            overlap["address"].as_str().unwrap_or("?"),
+            overlap["host"].as_str().unwrap_or("?"),
+            overlap["host_address"].as_str().unwrap_or("?"),
+            overlap["peers_in_both_go_to"].as_str().unwrap_or("?"),
+        );
+    }
     Ok(described)
 }
 

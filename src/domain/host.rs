@@ -77,6 +77,42 @@ impl HostAddress {
                 .is_some_and(|address| in_network(address, base, prefix_bits)),
         }
     }
+
+    /// How specific this address is, for choosing between hosts that both match a peer
+    /// (longest prefix first, as routes and ACLs do): the prefix length of a network; a user
+    /// id names exactly one peer, so it ranks above any network.
+    pub fn specificity(&self) -> u16 {
+        match *self {
+            Self::UnixUid(_) => u16::MAX,
+            Self::Net { prefix_bits, .. } => u16::from(prefix_bits),
+        }
+    }
+
+    /// Whether some peer could match both addresses (one network contains the other, or the
+    /// same user id).
+    pub fn overlaps(&self, other: &HostAddress) -> bool {
+        match (*self, *other) {
+            (Self::UnixUid(a), Self::UnixUid(b)) => a == b,
+            (
+                Self::Net {
+                    base: a,
+                    prefix_bits: a_bits,
+                },
+                Self::Net {
+                    base: b,
+                    prefix_bits: b_bits,
+                },
+            ) => {
+                let (wide, wide_bits, narrow) = if a_bits <= b_bits {
+                    (a, a_bits, b)
+                } else {
+                    (b, b_bits, a)
+                };
+                in_network(narrow, wide, wide_bits)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Display for HostAddress {
@@ -136,9 +172,23 @@ impl Host {
     /// Whether this host is the peer: by certificate subject when the peer proved one, else
     /// by address.
     pub fn matches(&self, peer: &PeerIdentity) -> bool {
+        self.match_specificity(peer).is_some()
+    }
+
+    /// How specifically this host claims the peer, if it does: a certificate subject is unique
+    /// among hosts; without TLS, the most specific of its addresses that matches. The host
+    /// that claims a peer most specifically is its host.
+    pub fn match_specificity(&self, peer: &PeerIdentity) -> Option<u16> {
         match &peer.tls_subject {
-            Some(subject) => self.tls_subject.as_deref() == Some(subject.as_str()),
-            None => self.addresses.iter().any(|a| a.matches(peer)),
+            Some(subject) => {
+                (self.tls_subject.as_deref() == Some(subject.as_str())).then_some(u16::MAX)
+            }
+            None => self
+                .addresses
+                .iter()
+                .filter(|a| a.matches(peer))
+                .map(HostAddress::specificity)
+                .max(),
         }
     }
 }
@@ -175,6 +225,21 @@ mod tests {
         for bad in ["10.0.0.0/33", "unix:root", "host.example", "::1/129", ""] {
             assert!(HostAddress::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn specificity_and_overlap() {
+        let any = HostAddress::parse("0.0.0.0/0").expect("any");
+        let loopback = HostAddress::parse("127.0.0.0/8").expect("loopback");
+        let one = HostAddress::parse("127.0.0.1").expect("one");
+        let other = HostAddress::parse("10.0.0.0/8").expect("other");
+        assert!(any.specificity() < loopback.specificity());
+        assert!(loopback.specificity() < one.specificity());
+        assert!(one.specificity() < HostAddress::UnixUid(0).specificity());
+        assert!(any.overlaps(&one) && one.overlaps(&any) && loopback.overlaps(&one));
+        assert!(!loopback.overlaps(&other) && !other.overlaps(&one));
+        assert!(!one.overlaps(&HostAddress::UnixUid(0)));
+        assert!(HostAddress::UnixUid(7).overlaps(&HostAddress::UnixUid(7)));
     }
 
     #[test]
