@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub nbd_listen: Option<SocketAddr>,
     /// NBD over a Unix socket, in addition to TCP.
     pub nbd_socket: Option<PathBuf>,
+    /// Permission bits of the NBD Unix socket (`--nbd-unix-mode`).
+    pub nbd_unix_mode: u32,
     /// One reactor per listed core; empty means one reactor on [`default_core`].
     pub cores: Vec<usize>,
     pub poll: PollMode,
@@ -132,7 +134,11 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         acceptors.push(listener::listen_tcp(address, nbd.clone())?);
     }
     if let Some(path) = &config.nbd_socket {
-        acceptors.push(listener::listen_unix(path, nbd.clone())?);
+        acceptors.push(listener::listen_unix(
+            path,
+            config.nbd_unix_mode,
+            nbd.clone(),
+        )?);
     }
     let socket = config
         .rpc_socket

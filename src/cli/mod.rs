@@ -107,6 +107,10 @@ struct ServeArgs {
     /// NBD over a Unix socket as well
     #[arg(long)]
     nbd_socket: Option<PathBuf>,
+    /// Permission bits of the --nbd-socket file, in octal. The default lets every user reach
+    /// the socket, so that the host records (`unix:UID`) decide who sees what
+    #[arg(long, default_value = "0666", value_parser = parse_mode)]
+    nbd_unix_mode: u32,
     /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3` [default: the last core,
     /// leaving core 0 to the kernel's interrupt work and to local clients]
     #[arg(long)]
@@ -395,6 +399,14 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// A file mode in octal (`0666`, `660`), at most 0777.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|&mode| mode <= 0o777)
+        .ok_or_else(|| format!("{text:?}: expected an octal mode from 0000 to 0777"))
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
     crate::logger::init(&args.log_level);
     let nbd_listen = match args.nbd_listen.as_str() {
@@ -409,6 +421,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         rpc_socket: args.rpc_socket,
         nbd_listen,
         nbd_socket: args.nbd_socket,
+        nbd_unix_mode: args.nbd_unix_mode,
         cores: match &args.cores {
             Some(text) => parse_cores(text)?,
             None => Vec::new(),

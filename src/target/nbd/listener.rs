@@ -25,6 +25,7 @@ use crate::volume::Volume;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,6 +38,13 @@ pub enum ListenerError {
     #[error("cannot listen for NBD on {address}")]
     Bind {
         address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set the mode of the NBD socket {address} to {mode:04o}")]
+    Mode {
+        address: String,
+        mode: u32,
         #[source]
         source: std::io::Error,
     },
@@ -168,13 +176,27 @@ pub fn listen_tcp(
     spawn_acceptor(Listening::Tcp(listener), context)
 }
 
-pub fn listen_unix(path: &Path, context: Arc<NbdContext>) -> Result<JoinHandle<()>, ListenerError> {
+/// Listens on a Unix socket at `path` with permission bits `mode`. Who may connect is decided
+/// by the host records (`unix:UID`), so the default mode lets every user reach the socket;
+/// a narrower mode is for sites that want the file system to decide as well.
+pub fn listen_unix(
+    path: &Path,
+    mode: u32,
+    context: Arc<NbdContext>,
+) -> Result<JoinHandle<()>, ListenerError> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| ListenerError::Bind {
         address: path.display().to_string(),
         source,
     })?;
-    log::info!("NBD listening on {}", path.display());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ListenerError::Mode {
+            address: path.display().to_string(),
+            mode,
+            source,
+        }
+    })?;
+    log::info!("NBD listening on {} (mode {mode:04o})", path.display());
     spawn_acceptor(Listening::Unix(listener, path.to_path_buf()), context)
 }
 
