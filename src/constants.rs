@@ -11,6 +11,13 @@ pub const MAX_UNNEGOTIATED_IO_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 128;
 /// Bytes of request buffers one connection may hold at once; requests beyond wait.
 pub const MAX_BUFFER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
+/// Bytes of request buffers all NBD connections together hold (requests in flight and
+/// replies waiting to be sent); a connection past it waits for its own replies to drain, but
+/// one holding nothing may always take one request (see `target::nbd::buffer_budget`).
+pub const MAX_BUFFER_BYTES_TOTAL: usize = 512 * 1024 * 1024;
+/// Bytes of request buffers a connection keeps allocated for reuse; past it, a released
+/// request's buffer is freed (so idle slots cannot pin a connection's peak forever).
+pub const MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION: usize = MAX_BUFFER_BYTES_PER_CONNECTION;
 /// Bytes of the receive buffer each NBD connection reads request headers into.
 pub const NBD_RECV_BUFFER_BYTES: usize = 256 * 1024;
 /// Front-end connections one reactor serves.
@@ -58,6 +65,8 @@ pub const METADATA_BATCH_MAX: usize = 4096;
 
 const _: () = assert!(MAX_IO_BYTES <= MAX_UNNEGOTIATED_IO_BYTES);
 const _: () = assert!(MAX_IO_BYTES <= MAX_BUFFER_BYTES_PER_CONNECTION);
+const _: () = assert!(MAX_BUFFER_BYTES_PER_CONNECTION <= MAX_BUFFER_BYTES_TOTAL);
+const _: () = assert!(MAX_IO_BYTES <= MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION);
 const _: () = assert!(NBD_RECV_BUFFER_BYTES >= 4096);
 const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_power_of_two());
 const _: () =

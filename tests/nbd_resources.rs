@@ -116,3 +116,179 @@ fn the_nbd_socket_mode_is_a_setting() {
     server.grant("v");
     write_and_verify(&url, &[(0x4f, 0, 65536)]);
 }
+
+/// The resident memory of the server started for `server`, in bytes (VmRSS of the process
+/// whose command line names its state dir).
+fn server_rss_bytes(server: &Server) -> u64 {
+    let needle = server.state_dir.display().to_string();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(" serve ") || !cmdline.contains(&needle) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if let Some(line) = status.lines().find(|l| l.starts_with("VmRSS:")) {
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("VmRSS in kB");
+            return kib * 1024;
+        }
+    }
+    panic!("no sds serve process for {needle}");
+}
+
+/// Times a real client's 4 KiB write and read-back (qemu-io, pattern compared).
+fn timed_small_io(url: &str, pattern: u8) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let (clean, text) = qemu_io(
+        url,
+        &[
+            format!("write -P {pattern} 0 4096"),
+            format!("read -P {pattern} 0 4096"),
+        ],
+    );
+    assert!(clean && text.contains("read 4096/4096"), "qemu-io:\n{text}");
+    started.elapsed()
+}
+
+#[test]
+fn replies_nobody_reads_hold_bounded_memory_and_others_are_still_served() {
+    use std::io::Write;
+    const SESSIONS: usize = 48;
+    const READS_PER_SESSION: u64 = 24;
+    let server = Server::start();
+    server.ok(
+        "lun_create",
+        json!({"name": "m", "kind": "mem", "size": 160 * MIB}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 128 * MIB}),
+    );
+    let url = server.url("v");
+    timed_small_io(&url, 0x21);
+    let baseline = server_rss_bytes(&server);
+    // Each session pipelines 24 reads of 4 MiB (96 MiB of replies) and reads none of them.
+    let mut hogs = Vec::new();
+    for session in 0..SESSIONS {
+        let mut stream = nbd_raw_connect(server.port, "v");
+        let mut requests = Vec::new();
+        for k in 0..READS_PER_SESSION {
+            let offset = (k % 32) * 4 * MIB;
+            requests.extend(nbd_request(0, (session as u64) << 32 | k, offset, 4 << 20));
+        }
+        stream.write_all(&requests).expect("pipelined reads");
+        hogs.push(stream);
+    }
+    // Let the server take what it will take; watch the peak.
+    let mut peak = 0;
+    let watch_until = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while std::time::Instant::now() < watch_until {
+        peak = peak.max(server_rss_bytes(&server));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Another client is served, promptly, with the right bytes.
+    let took = timed_small_io(&url, 0x22);
+    peak = peak.max(server_rss_bytes(&server));
+    eprintln!(
+        "baseline {} MiB, peak {} MiB under {SESSIONS} sessions x {READS_PER_SESSION} x 4 MiB unread; 4 KiB write+read took {took:?}",
+        baseline >> 20,
+        peak >> 20
+    );
+    // The bound: the server-wide budget of reply buffers (512 MiB), plus one 4 MiB request
+    // each session may always have (so that none starves), plus the baseline and slack for
+    // the allocator. Without a server-wide budget every session holds its own 64 MiB: 3 GiB.
+    let bound = baseline + 512 * MIB + SESSIONS as u64 * 4 * MIB + 128 * MIB;
+    assert!(
+        peak < bound,
+        "resident memory reached {} MiB (bound {} MiB)",
+        peak >> 20,
+        bound >> 20
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "a 4 KiB write and read took {took:?}"
+    );
+    drop(hogs);
+}
+
+#[test]
+fn refused_requests_do_not_lift_the_per_connection_buffer_cap() {
+    use std::io::{Read, Write};
+    const GOOD_READS: u64 = 40;
+    // The per-connection cap (64 MiB) in 4 MiB requests.
+    const CAP_IN_REQUESTS: usize = 16;
+    let server = Server::start();
+    server.ok(
+        "lun_create",
+        json!({"name": "base", "kind": "mem", "size": 64 * MIB}),
+    );
+    server.ok(
+        "lun_create",
+        json!({"name": "slow", "kind": "fault", "base": "base"}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["slow"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 32 * MIB}),
+    );
+    write_and_verify(&server.url("v"), &[(0x5c, 0, 4 * MIB)]);
+    // Every read now completes one second after it started: the good reads below are all in
+    // flight together, and the refused ones answer at once.
+    server.ok(
+        "lun_inject_fault",
+        json!({"name": "slow", "io_type": "read", "mode": "delay", "delay_us": 1_000_000}),
+    );
+    let mut client = nbd_raw_connect(server.port, "v");
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    // A good 4 MiB read, then a 4 MiB read past the end (EINVAL), and again.
+    let mut requests = Vec::new();
+    for k in 0..GOOD_READS {
+        requests.extend(nbd_request(0, 2 * k, 0, 4 << 20));
+        requests.extend(nbd_request(0, 2 * k + 1, 64 * MIB, 4 << 20));
+    }
+    client.write_all(&requests).expect("requests");
+    // Refused reads are answered as soon as they are parsed; a good read only after its
+    // second. The server parses past a good read only while the connection's buffers (64 MiB:
+    // 16 good reads) allow, so no more than that many refusals can come before the first good
+    // reply. If a refusal gave back a charge it never took, all 40 would.
+    let mut refused_before_first_good = 0;
+    let mut replies = 0;
+    let mut data = vec![0u8; 4 << 20];
+    let mut seen_good = false;
+    while replies < 2 * GOOD_READS {
+        let (error, cookie) = nbd_reply(&mut client);
+        replies += 1;
+        if cookie % 2 == 1 {
+            assert_eq!(error, 22, "a read past the end");
+            if !seen_good {
+                refused_before_first_good += 1;
+            }
+        } else {
+            assert_eq!(error, 0, "a good read");
+            client.read_exact(&mut data).expect("read data");
+            assert!(data.iter().all(|&b| b == 0x5c), "read back the wrong bytes");
+            seen_good = true;
+        }
+    }
+    eprintln!("{refused_before_first_good} refusals before the first good reply");
+    assert!(
+        refused_before_first_good <= CAP_IN_REQUESTS + 1,
+        "{refused_before_first_good} refused reads were answered before the first good one: \
+         the connection held more than its 64 MiB of buffers"
+    );
+    assert!(
+        !server.log().contains("buffer accounting"),
+        "the server's buffer accounting went out of step"
+    );
+}
