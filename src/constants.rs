@@ -28,10 +28,18 @@ pub const RING_ENTRIES: u32 = 1024;
 pub const MAX_REACTORS: usize = 64;
 /// Messages waiting in one reactor's mailbox.
 pub const MAILBOX_CAPACITY: usize = 1024;
-/// Connections negotiating (NBD handshake) at once; more wait in the listen backlog.
+/// Connections negotiating (NBD handshake) at once; more are closed at once.
 pub const MAX_HANDSHAKES: usize = 64;
-/// Seconds a client may take to finish its NBD handshake.
+/// Of those, handshakes of peers that no host record names by address or user id (they
+/// cannot take the slots of the hosts that have one; see `target::nbd::handshake_slots`).
+pub const MAX_UNKNOWN_HANDSHAKES: usize = 16;
+/// Handshakes one source address (or Unix user id) may have in progress at once.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+/// Seconds a client may take for its whole NBD handshake (every read and write of the
+/// negotiation together, TLS included); the default of `--nbd-handshake-timeout-secs`.
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
+/// Longest `--nbd-handshake-timeout-secs`.
+pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 600;
 /// Largest NBD option payload accepted during the handshake.
 pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
 
@@ -103,5 +111,10 @@ pub const TLS_RELAY_LINGER_SECS: u64 = 5;
 /// Largest PEM file accepted for `--tls-cert`, `--tls-key` and `--tls-client-ca`.
 pub const MAX_TLS_PEM_BYTES: usize = 1024 * 1024;
 const _: () = assert!(MAX_TLS_CONNECTIONS >= MAX_HANDSHAKES);
+// Strangers get a minority of the handshake slots; one source a minority of theirs.
+const _: () = assert!(MAX_UNKNOWN_HANDSHAKES * 2 <= MAX_HANDSHAKES);
+const _: () = assert!(MAX_HANDSHAKES_PER_ADDRESS <= MAX_UNKNOWN_HANDSHAKES);
+const _: () =
+    assert!(HANDSHAKE_TIMEOUT_SECS >= 1 && HANDSHAKE_TIMEOUT_SECS <= MAX_HANDSHAKE_TIMEOUT_SECS);
 // A relay buffer holds at least one whole TLS record (16 KiB of plaintext and its overhead).
 const _: () = assert!(TLS_RELAY_BUFFER_BYTES >= 16 * 1024 + 256);

@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub nbd_socket: Option<PathBuf>,
     /// Permission bits of the NBD Unix socket (`--nbd-unix-mode`).
     pub nbd_unix_mode: u32,
+    /// How long one NBD handshake may take, all of it (`--nbd-handshake-timeout-secs`).
+    pub nbd_handshake_timeout: std::time::Duration,
     /// One reactor per listed core; empty means one reactor on [`default_core`].
     pub cores: Vec<usize>,
     pub poll: PollMode,
@@ -128,6 +130,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         provisioner.clone(),
         shutdown.clone(),
         tls,
+        config.nbd_handshake_timeout,
     );
     let mut acceptors = Vec::new();
     if let Some(address) = config.nbd_listen {

@@ -292,3 +292,156 @@ fn refused_requests_do_not_lift_the_per_connection_buffer_cap() {
         "the server's buffer accounting went out of step"
     );
 }
+
+/// A TCP connection to 127.0.0.1:`port` from source address `source` (any 127/8 address is
+/// this machine's).
+fn connect_from(source: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    fn sockaddr(address: [u8; 4], port: u16) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(address),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    // SAFETY: socket() with constant arguments; the descriptor is owned by the TcpStream
+    // built from it below, or closed here on failure.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let local = sockaddr(source, 0);
+    // SAFETY: bind with a valid sockaddr_in of `length` bytes that lives for the call.
+    if unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), length) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let remote = sockaddr([127, 0, 0, 1], port);
+    loop {
+        // SAFETY: connect with a valid sockaddr_in of `length` bytes that lives for the call.
+        if unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), length) } == 0 {
+            return Ok(stream);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Whether the server has closed `stream` (EOF or reset), without blocking.
+fn closed_by_server(mut stream: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut buffer = [0u8; 256];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_peer_no_host_names_cannot_lock_hosts_out_of_the_handshake() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    const ATTACKERS: usize = 80;
+    const DEADLINE_SECS: u64 = 3;
+    let server = Server::start_with(|dir| {
+        vec![
+            "--nbd-socket".into(),
+            dir.join("nbd.sock").display().to_string(),
+            "--nbd-handshake-timeout-secs".into(),
+            DEADLINE_SECS.to_string(),
+        ]
+    });
+    // The test host, narrowed to 127.0.0.1 (and root on the Unix socket): 127.0.0.5 is nobody.
+    server.ok("host_delete", json!({"name": TEST_HOST}));
+    server.ok(
+        "host_create",
+        json!({"name": TEST_HOST, "addresses": ["127.0.0.1", "unix:0"]}),
+    );
+    server.ok(
+        "lun_create",
+        json!({"name": "m", "kind": "mem", "size": 32 * MIB}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 8 * MIB}),
+    );
+    let url = server.url("v");
+    let unix_url = format!(
+        "nbd+unix:///v?socket={}",
+        server.dir.path().join("nbd.sock").display()
+    );
+    // Nobody, from 127.0.0.5 and 127.0.0.6, opens many connections and keeps each alive with
+    // a byte a second (each read well within any per-read timeout).
+    let attackers: Vec<_> = (0..ATTACKERS)
+        .filter_map(|k| connect_from([127, 0, 0, 5 + (k % 2) as u8], server.port).ok())
+        .collect();
+    assert_eq!(
+        attackers.len(),
+        ATTACKERS,
+        "could not open the attack connections"
+    );
+    let started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let mut streams: Vec<_> = attackers
+            .iter()
+            .map(|s| s.try_clone().expect("clone"))
+            .collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) && sent < 30 {
+                for stream in &mut streams {
+                    let _ = stream.write(&[0]);
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // The host is served, over TCP and over the Unix socket, while the attack goes on.
+    for url in [&url, &unix_url] {
+        let took = timed_small_io(url, 0x33);
+        assert!(
+            took < Duration::from_secs(30),
+            "{url}: a 4 KiB write and read took {took:?} under attack"
+        );
+    }
+    // And every attacking connection is closed by the whole-handshake deadline, although each
+    // kept sending.
+    let deadline = Instant::now() + Duration::from_secs(DEADLINE_SECS + 20);
+    loop {
+        let open = attackers.iter().filter(|s| !closed_by_server(s)).count();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} attacking connections still open {:?} after they started",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    trickle.join().expect("trickle");
+    let log = server.log();
+    assert!(
+        log.contains("handshakes of peers no host record names"),
+        "no stranger was refused:\n{log}"
+    );
+}

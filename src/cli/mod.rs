@@ -111,6 +111,11 @@ struct ServeArgs {
     /// the socket, so that the host records (`unix:UID`) decide who sees what
     #[arg(long, default_value = "0666", value_parser = parse_mode)]
     nbd_unix_mode: u32,
+    /// Seconds one NBD client may take for its whole handshake (negotiation and TLS); a
+    /// client still negotiating then is disconnected
+    #[arg(long, default_value_t = crate::constants::HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=crate::constants::MAX_HANDSHAKE_TIMEOUT_SECS))]
+    nbd_handshake_timeout_secs: u64,
     /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3` [default: the last core,
     /// leaving core 0 to the kernel's interrupt work and to local clients]
     #[arg(long)]
@@ -422,6 +427,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         nbd_listen,
         nbd_socket: args.nbd_socket,
         nbd_unix_mode: args.nbd_unix_mode,
+        nbd_handshake_timeout: std::time::Duration::from_secs(args.nbd_handshake_timeout_secs),
         cores: match &args.cores {
             Some(text) => parse_cores(text)?,
             None => Vec::new(),

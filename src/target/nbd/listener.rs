@@ -13,8 +13,9 @@
 
 use super::connection::NbdSession;
 use super::handshake::{ExportCatalog, ExportInfo, HandshakeError, Negotiation, TlsPolicy};
+use super::handshake_slots::{HandshakeSlots, Source};
 use super::tls::{self, TlsServer, TlsSocket};
-use crate::constants::{HANDSHAKE_TIMEOUT_SECS, MAX_HANDSHAKES, MAX_IO_BYTES};
+use crate::constants::MAX_IO_BYTES;
 use crate::domain::host::PeerIdentity;
 use crate::domain::snapshot::{PathView, Published, Snapshot};
 use crate::domain::vpath::AccessMode;
@@ -22,6 +23,7 @@ use crate::reactor::mailbox::Message;
 use crate::reactor::ReactorHandle;
 use crate::volume::provisioner::Provisioner;
 use crate::volume::Volume;
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -60,7 +62,9 @@ pub struct NbdContext {
     pub shutdown: Arc<AtomicBool>,
     /// The TLS set-up; when present, every connection must start TLS before anything else.
     pub tls: Option<TlsServer>,
-    handshakes: AtomicUsize,
+    handshakes: HandshakeSlots,
+    /// How long a whole handshake may take (`--nbd-handshake-timeout-secs`).
+    handshake_limit: Duration,
     next_reactor: AtomicUsize,
 }
 
@@ -71,6 +75,7 @@ impl NbdContext {
         provisioner: Provisioner,
         shutdown: Arc<AtomicBool>,
         tls: Option<TlsServer>,
+        handshake_limit: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             published,
@@ -78,7 +83,8 @@ impl NbdContext {
             provisioner,
             shutdown,
             tls,
-            handshakes: AtomicUsize::new(0),
+            handshakes: HandshakeSlots::default(),
+            handshake_limit,
             next_reactor: AtomicUsize::new(0),
         })
     }
@@ -227,7 +233,7 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
                     address: Some(peer.ip()),
                     ..PeerIdentity::default()
                 };
-                (Stream::Tcp(stream), peer.to_string(), identity)
+                (Socket::Tcp(stream), peer.to_string(), identity)
             }),
             Listening::Unix(l, path) => l.accept().map(|(stream, _)| {
                 let uid = peer_uid(&stream);
@@ -239,11 +245,11 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
                     Some(uid) => format!("unix:{uid}@{}", path.display()),
                     None => format!("unix:{}", path.display()),
                 };
-                (Stream::Unix(stream), name, identity)
+                (Socket::Unix(stream), name, identity)
             }),
         };
         match accepted {
-            Ok((stream, peer, identity)) => start_handshake(stream, peer, identity, &context),
+            Ok((socket, peer, identity)) => start_handshake(socket, peer, identity, &context),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20))
             }
@@ -258,34 +264,69 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
     }
 }
 
-enum Stream {
+/// A connection while it negotiates: a socket of either family, and the one deadline of the
+/// whole handshake. Every read and write waits at most until that deadline (the socket's
+/// timeout is set to what is left before each), so a peer that trickles a byte at a time
+/// cannot hold its handshake slot longer than the deadline allows.
+struct Stream {
+    socket: Socket,
+    /// None once the handshake is over (the TLS relay then owns the timing).
+    deadline: Cell<Option<Instant>>,
+}
+
+enum Socket {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
 }
 
 impl Stream {
-    fn prepare(&self) -> std::io::Result<()> {
-        let timeout = Some(Duration::from_secs(HANDSHAKE_TIMEOUT_SECS));
-        match self {
-            Stream::Tcp(s) => s
-                .set_nonblocking(false)
-                .and_then(|()| s.set_read_timeout(timeout))
-                .and_then(|()| s.set_write_timeout(timeout)),
-            Stream::Unix(s) => s
-                .set_nonblocking(false)
-                .and_then(|()| s.set_read_timeout(timeout))
-                .and_then(|()| s.set_write_timeout(timeout)),
+    fn new(socket: Socket) -> Self {
+        Self {
+            socket,
+            deadline: Cell::new(None),
+        }
+    }
+
+    /// Blocking, with the handshake's deadline `limit` from now.
+    fn prepare(&self, limit: Duration) -> std::io::Result<()> {
+        self.deadline.set(Some(Instant::now() + limit));
+        match &self.socket {
+            Socket::Tcp(s) => s.set_nonblocking(false),
+            Socket::Unix(s) => s.set_nonblocking(false),
+        }
+    }
+
+    /// Sets the socket's timeouts to the time left before the deadline; an error once it
+    /// has passed.
+    fn arm(&self) -> std::io::Result<()> {
+        let Some(deadline) = self.deadline.get() else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the handshake's deadline passed",
+            ));
+        }
+        match &self.socket {
+            Socket::Tcp(s) => s
+                .set_read_timeout(Some(left))
+                .and_then(|()| s.set_write_timeout(Some(left))),
+            Socket::Unix(s) => s
+                .set_read_timeout(Some(left))
+                .and_then(|()| s.set_write_timeout(Some(left))),
         }
     }
 
     /// Back to no timeouts: the reactor drives the socket through io_uring from now on.
     fn into_fd(self) -> std::io::Result<OwnedFd> {
-        match self {
-            Stream::Tcp(s) => s
+        match self.socket {
+            Socket::Tcp(s) => s
                 .set_read_timeout(None)
                 .and_then(|()| s.set_write_timeout(None))
                 .map(|()| OwnedFd::from(s)),
-            Stream::Unix(s) => s
+            Socket::Unix(s) => s
                 .set_read_timeout(None)
                 .and_then(|()| s.set_write_timeout(None))
                 .map(|()| OwnedFd::from(s)),
@@ -295,54 +336,58 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+        self.arm()?;
+        match &mut self.socket {
+            Socket::Tcp(s) => s.read(buf),
+            Socket::Unix(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
+        self.arm()?;
+        match &mut self.socket {
+            Socket::Tcp(s) => s.write(buf),
+            Socket::Unix(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
+        match &mut self.socket {
+            Socket::Tcp(s) => s.flush(),
+            Socket::Unix(s) => s.flush(),
         }
     }
 }
 
 impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
+        match &self.socket {
+            Socket::Tcp(s) => s.as_fd(),
+            Socket::Unix(s) => s.as_fd(),
         }
     }
 }
 
 impl TlsSocket for Stream {
     fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
-            Stream::Unix(s) => s.set_nonblocking(nonblocking),
+        match &self.socket {
+            Socket::Tcp(s) => s.set_nonblocking(nonblocking),
+            Socket::Unix(s) => s.set_nonblocking(nonblocking),
         }
     }
+    /// The handshake is over: its deadline no longer applies.
     fn clear_timeouts(&self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => TlsSocket::clear_timeouts(s),
-            Stream::Unix(s) => TlsSocket::clear_timeouts(s),
+        self.deadline.set(None);
+        match &self.socket {
+            Socket::Tcp(s) => TlsSocket::clear_timeouts(s),
+            Socket::Unix(s) => TlsSocket::clear_timeouts(s),
         }
     }
     fn shutdown_write(&self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => TlsSocket::shutdown_write(s),
-            Stream::Unix(s) => TlsSocket::shutdown_write(s),
+        match &self.socket {
+            Socket::Tcp(s) => TlsSocket::shutdown_write(s),
+            Socket::Unix(s) => TlsSocket::shutdown_write(s),
         }
     }
 }
@@ -368,22 +413,33 @@ fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
 }
 
 fn start_handshake(
-    stream: Stream,
+    socket: Socket,
     peer: String,
     identity: PeerIdentity,
     context: &Arc<NbdContext>,
 ) {
-    if context.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-        context.handshakes.fetch_sub(1, Ordering::AcqRel);
-        log::warn!("NBD {peer}: refused, {MAX_HANDSHAKES} handshakes already in progress");
-        return;
-    }
+    let source = match (identity.address, identity.unix_uid) {
+        (Some(address), _) => Source::Address(address),
+        (None, Some(uid)) => Source::UnixUid(uid),
+        (None, None) => Source::Unknown,
+    };
+    // Whether a host record names this peer by what the transport proves before any
+    // negotiation (its address or user id).
+    let known = context.published.load().host_of(&identity).is_some();
+    let slot = match context.handshakes.admit(source, known) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            log::warn!("NBD {peer}: refused: {refusal}");
+            return;
+        }
+    };
     let context = context.clone();
+    let stream = Stream::new(socket);
     let spawned = std::thread::Builder::new()
         .name("nbd-handshake".into())
         .spawn(move || {
             handshake(stream, &peer, &identity, &context);
-            context.handshakes.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
     if let Err(error) = spawned {
         log::error!("NBD: cannot start a handshake thread: {error}");
@@ -391,7 +447,7 @@ fn start_handshake(
 }
 
 fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &NbdContext) {
-    if let Err(error) = stream.prepare() {
+    if let Err(error) = stream.prepare(context.handshake_limit) {
         log::warn!("NBD {peer}: {error}");
         return;
     }
