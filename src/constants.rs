@@ -87,6 +87,15 @@ const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2
 /// Longest delay a fault LUN may inject into one I/O (`lun_inject_fault`, mode `delay`).
 pub const MAX_FAULT_DELAY_US: u64 = 10_000_000;
 
+/// NBD sessions one host may have open at once, unless its record says otherwise
+/// (`host_create`/`host_set` `max_sessions`): below what one reactor serves, so that a single
+/// host cannot take every session the server has.
+pub const DEFAULT_MAX_SESSIONS_PER_HOST: usize = 64;
+/// Largest `max_sessions` a host record may set: every session of the largest server.
+pub const MAX_SESSIONS_PER_HOST: usize = MAX_CONNECTIONS_PER_REACTOR * MAX_REACTORS;
+const _: () = assert!(DEFAULT_MAX_SESSIONS_PER_HOST < MAX_CONNECTIONS_PER_REACTOR);
+const _: () = assert!(DEFAULT_MAX_SESSIONS_PER_HOST <= MAX_SESSIONS_PER_HOST);
+
 /// Hosts, storage domains and virtual paths one server manages.
 pub const MAX_HOSTS: usize = 4096;
 pub const MAX_DOMAINS: usize = 256;

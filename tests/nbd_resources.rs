@@ -445,3 +445,168 @@ fn a_peer_no_host_names_cannot_lock_hosts_out_of_the_handshake() {
         "no stranger was refused:\n{log}"
     );
 }
+
+/// A fixed-newstyle negotiation ending in NBD_OPT_GO for `export`, from source address
+/// `source`: the connection if the server accepted, else the option error and its message.
+fn try_go(source: [u8; 4], port: u16, export: &str) -> Result<std::net::TcpStream, (u32, String)> {
+    use std::io::{Read, Write};
+    let mut stream = connect_from(source, port).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(&greeting[0..8], b"NBDMAGIC");
+    let mut option = 3u32.to_be_bytes().to_vec();
+    option.extend_from_slice(b"IHAVEOPT");
+    option.extend_from_slice(&7u32.to_be_bytes());
+    option.extend_from_slice(&(4 + export.len() as u32 + 2).to_be_bytes());
+    option.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    option.extend_from_slice(export.as_bytes());
+    option.extend_from_slice(&0u16.to_be_bytes());
+    stream.write_all(&option).expect("NBD_OPT_GO");
+    loop {
+        let mut header = [0u8; 20];
+        stream.read_exact(&mut header).expect("option reply");
+        let kind = u32::from_be_bytes(header[12..16].try_into().expect("4"));
+        let len = u32::from_be_bytes(header[16..20].try_into().expect("4")) as usize;
+        let mut data = vec![0u8; len];
+        stream.read_exact(&mut data).expect("option data");
+        if kind >= 0x8000_0000 {
+            return Err((kind, String::from_utf8_lossy(&data).into_owned()));
+        }
+        if kind == 1 {
+            return Ok(stream);
+        }
+    }
+}
+
+#[test]
+fn one_host_cannot_take_every_session() {
+    use std::io::{Read, Write};
+    const ATTEMPTS: usize = 300;
+    const NBD_REP_ERR_POLICY: u32 = (1 << 31) | 2;
+    let server = Server::start_with(|dir| {
+        vec![
+            "--nbd-socket".into(),
+            dir.join("nbd.sock").display().to_string(),
+        ]
+    });
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    server.ok(
+        "lun_create",
+        json!({"name": "m", "kind": "mem", "size": 32 * MIB}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    for name in ["a", "b"] {
+        server.ok(
+            "volume_create",
+            json!({"name": name, "pool": "p", "size": 8 * MIB}),
+        );
+    }
+    let url = server.url("a");
+    write_and_verify(&url, &[(0x1a, 0, 4096)]);
+    server.ok(
+        "host_create",
+        json!({"name": "other", "addresses": ["unix:65534"]}),
+    );
+    server.ok("vpath_create", json!({"host": "other", "volume": "b"}));
+    // The test host opens sessions until it is refused (one reactor serves 256).
+    let mut sessions = Vec::new();
+    let mut refusal = None;
+    for _ in 0..ATTEMPTS {
+        match try_go([127, 0, 0, 1], server.port, "a") {
+            Ok(stream) => sessions.push(stream),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    // Every session the server said yes to serves: none is dropped at its first request.
+    for (k, stream) in sessions.iter_mut().enumerate() {
+        stream
+            .write_all(&nbd_request(0, k as u64, 0, 4096))
+            .expect("read request");
+        let mut header = [0u8; 16];
+        if stream.read_exact(&mut header).is_err() {
+            panic!(
+                "session {k} of {}: NBD_OPT_GO succeeded, then the connection was dropped at \
+                 its first request",
+                sessions.len()
+            );
+        }
+        assert_eq!(&header[4..8], &[0; 4], "session {k}: read failed");
+        let mut data = vec![0u8; 4096];
+        stream.read_exact(&mut data).expect("data");
+        assert!(data.iter().all(|&b| b == 0x1a), "session {k}: wrong bytes");
+    }
+    let listed = server.ok("host_get_hosts", json!({"name": TEST_HOST}));
+    let limit = listed[0]["max_sessions"]
+        .as_u64()
+        .expect("max_sessions shown") as usize;
+    assert_eq!(
+        listed[0]["sessions"].as_u64(),
+        Some(limit as u64),
+        "{listed}"
+    );
+    assert_eq!(
+        sessions.len(),
+        limit,
+        "sessions granted past the host's limit"
+    );
+    let (code, message) = refusal.expect("the host was never refused");
+    assert_eq!(code, NBD_REP_ERR_POLICY, "{message}");
+    assert!(message.contains("sessions"), "{message}");
+    // Real clients of the same host fail at the negotiation, not at their first request;
+    // qemu shows the server's reason.
+    require_tool("nbdinfo");
+    let output = Command::new("nbdinfo").arg(&url).output().expect("nbdinfo");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && text.contains("opt_go"),
+        "nbdinfo past the limit: {text}"
+    );
+    let (clean, text) = qemu_io(&url, &["read 0 4096".into()]);
+    assert!(
+        !clean && text.contains("already has") && text.contains("sessions open"),
+        "qemu-io past the limit:\n{text}"
+    );
+    eprintln!(
+        "nbdinfo: {}qemu-io: {text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Another host still gets in and reads back what it wrote.
+    let unix_url = format!(
+        "nbd+unix:///b?socket={}",
+        server.dir.path().join("nbd.sock").display()
+    );
+    let (clean, text) = write_and_verify_as(65534, &unix_url);
+    assert!(clean, "the other host was locked out:\n{text}");
+    // The limit is the host's own setting: lowering it refuses more; closed sessions give
+    // their places back.
+    let listing = server.cli(&["host", "list", TEST_HOST]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("SESSIONS") && listing.contains(&format!("{limit}/{limit}")),
+        "sds host list:\n{listing}"
+    );
+    let output = server.cli(&["host", "set", TEST_HOST, "--max-sessions", "2"]);
+    assert!(
+        output.status.success(),
+        "sds host set: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    drop(sessions);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.ok("host_get_hosts", json!({"name": TEST_HOST}))[0]["sessions"] != json!(0) {
+        assert!(std::time::Instant::now() < deadline, "sessions never ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kept: Vec<_> = (0..2)
+        .map(|_| try_go([127, 0, 0, 1], server.port, "a").expect("within the new limit"))
+        .collect();
+    assert!(try_go([127, 0, 0, 1], server.port, "a").is_err());
+    drop(kept);
+}

@@ -677,6 +677,17 @@ enum HostCommand {
         /// by it
         #[arg(long)]
         nqn: Option<String>,
+        /// NBD sessions the host may have open at once [default: 64]
+        #[arg(long, value_name = "N")]
+        max_sessions: Option<u64>,
+    },
+    /// Change a host's limits (an NBD client past max_sessions is refused at NBD_OPT_GO)
+    Set {
+        /// The host to change
+        name: String,
+        /// NBD sessions the host may have open at once
+        #[arg(long, value_name = "N")]
+        max_sessions: u64,
     },
     /// List hosts with their identities and how many virtual paths each has
     List {
@@ -958,8 +969,10 @@ fn host(command: HostCommand, json: bool, call: top::Call) -> Result<(), String>
             tls_subject,
             iqn,
             nqn,
+            max_sessions,
         } => {
             let mut params = json!({ "name": name });
+            set(&mut params, "max_sessions", max_sessions.map(|n| json!(n)));
             if !addresses.is_empty() {
                 params["addresses"] = json!(addresses);
             }
@@ -972,6 +985,14 @@ fn host(command: HostCommand, json: bool, call: top::Call) -> Result<(), String>
             set(&mut params, "nqn", nqn.map(|s| json!(s)));
             show(json, call("host_create", Some(params))?, print_hosts)
         }
+        HostCommand::Set { name, max_sessions } => show(
+            json,
+            call(
+                "host_set",
+                Some(json!({ "name": name, "max_sessions": max_sessions })),
+            )?,
+            print_hosts,
+        ),
         HostCommand::List { name } => show(
             json,
             call("host_get_hosts", name.map(|name| json!({ "name": name })))?,
@@ -1150,11 +1171,20 @@ fn print_hosts(items: &[Value]) {
                 text(h, "iqn"),
                 text(h, "nqn"),
                 text(h, "vpaths"),
+                format!("{}/{}", text(h, "sessions"), text(h, "max_sessions")),
             ]
         })
         .collect();
     print_table(
-        &["NAME", "ADDRESSES", "TLS SUBJECT", "IQN", "NQN", "VPS"],
+        &[
+            "NAME",
+            "ADDRESSES",
+            "TLS SUBJECT",
+            "IQN",
+            "NQN",
+            "VPS",
+            "SESSIONS",
+        ],
         &rows,
     );
 }

@@ -6,8 +6,11 @@
 //! networks or `unix:UID`. With TLS, only the certificate counts: an address proves nothing a
 //! certificate could not.
 
+use crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST;
 use crate::store::records::HostRecord;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// What a connection's transport proves about the peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -153,6 +156,11 @@ pub struct Host {
     pub name: String,
     pub tls_subject: Option<String>,
     pub addresses: Vec<HostAddress>,
+    /// NBD sessions it may have open at once.
+    pub max_sessions: usize,
+    /// NBD sessions it has open (or has been promised by a successful NBD_OPT_GO), shared by
+    /// every snapshot's copy of this host.
+    pub sessions: Arc<AtomicUsize>,
 }
 
 impl Host {
@@ -166,7 +174,20 @@ impl Host {
             name: record.name.clone(),
             tls_subject: record.nbd_tls_subject.clone(),
             addresses,
+            max_sessions: record.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS_PER_HOST),
+            sessions: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Takes one of the host's sessions; `Err(open)` when it already has `max_sessions`.
+    pub fn take_session(&self) -> Result<HostSession, usize> {
+        self.sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max_sessions).then_some(open + 1)
+            })
+            .map(|_| HostSession {
+                sessions: self.sessions.clone(),
+            })
     }
 
     /// Whether this host is the peer: by certificate subject when the peer proved one, else
@@ -190,6 +211,19 @@ impl Host {
                 .map(HostAddress::specificity)
                 .max(),
         }
+    }
+}
+
+/// One of a host's sessions, given back when dropped.
+#[derive(Debug)]
+pub struct HostSession {
+    sessions: Arc<AtomicUsize>,
+}
+
+impl Drop for HostSession {
+    fn drop(&mut self) {
+        let before = self.sessions.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "host session count underflow");
     }
 }
 
@@ -250,6 +284,7 @@ mod tests {
             iqn: None,
             nqn: None,
             addresses: vec!["127.0.0.0/8".into()],
+            max_sessions: Some(2),
         })
         .expect("host");
         assert!(host.matches(&peer_at("127.0.0.1")));
@@ -261,5 +296,14 @@ mod tests {
         );
         tls_peer.tls_subject = Some("CN=h".into());
         assert!(host.matches(&tls_peer));
+        // Sessions up to the record's limit, and back when dropped.
+        let first = host.take_session().expect("first");
+        let _second = host
+            .clone()
+            .take_session()
+            .expect("a snapshot's copy counts too");
+        assert_eq!(host.take_session().err(), Some(2));
+        drop(first);
+        assert!(host.take_session().is_ok());
     }
 }

@@ -17,6 +17,7 @@
 
 use super::buffer_budget::{BufferBudget, NBD_BUFFER_BUDGET};
 use super::protocol::{self, Command, RequestHeader};
+use super::session_slots::SessionTicket;
 use crate::backend::aligned_buf::{AlignedBuf, BUFFER_ALIGN_BYTES};
 use crate::backend::{completion_result, IoType, LunIo, Started};
 use crate::constants::{
@@ -177,6 +178,8 @@ pub struct NbdSession {
     closing: bool,
     finished: bool,
     peer: String,
+    /// Its host's session and its place on the reactor, given back when it is dropped.
+    ticket: Option<SessionTicket>,
 }
 
 // SAFETY: the raw pointers inside (iovecs and the msghdr) point into buffers this session owns;
@@ -254,7 +257,13 @@ impl NbdSession {
             closing: false,
             finished: false,
             peer,
+            ticket: None,
         }
+    }
+
+    /// Keeps the session's grant (see `session_slots`) for as long as the session lives.
+    pub fn hold(&mut self, ticket: SessionTicket) {
+        self.ticket = Some(ticket);
     }
 
     fn fd(&self) -> types::Fd {

@@ -57,6 +57,11 @@ impl ExportInfo {
 pub trait ExportCatalog {
     fn list_exports(&self) -> Vec<ExportInfo>;
     fn find_export(&self, name: &str) -> Option<ExportInfo>;
+    /// Grants a session on `export` just before the server says yes to it; `Err` says why
+    /// not (the client gets NBD_REP_ERR_POLICY with it).
+    fn admit(&self, _export: &ExportInfo) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The client's choice.
@@ -88,6 +93,8 @@ pub enum HandshakeError {
     TlsRequired,
     #[error("handshake step out of order: {0}")]
     TlsState(&'static str),
+    #[error("NBD_OPT_EXPORT_NAME refused: {0}")]
+    Refused(String),
 }
 
 /// A parsed NBD_OPT_INFO / NBD_OPT_GO payload.
@@ -376,6 +383,8 @@ impl Negotiation {
                     let Some(export) = catalog.find_export(&name) else {
                         return Err(HandshakeError::UnknownExport(quoted_name(&name)));
                     };
+                    // This option has no error reply: a refusal can only close.
+                    catalog.admit(&export).map_err(HandshakeError::Refused)?;
                     let flags = export.transmission_flags();
                     let mut out = Vec::with_capacity(10 + 124);
                     out.extend_from_slice(&export.size_bytes.to_be_bytes());
@@ -439,6 +448,12 @@ impl Negotiation {
                         )?;
                         continue;
                     };
+                    if code == NBD_OPT_GO {
+                        if let Err(why) = catalog.admit(&export) {
+                            reply(stream, code, NBD_REP_ERR_POLICY, why.as_bytes())?;
+                            continue;
+                        }
+                    }
                     let flags = export.transmission_flags();
                     let mut body = [0u8; 10];
                     body[0..8].copy_from_slice(&export.size_bytes.to_be_bytes());

@@ -14,23 +14,24 @@
 use super::connection::NbdSession;
 use super::handshake::{ExportCatalog, ExportInfo, HandshakeError, Negotiation, TlsPolicy};
 use super::handshake_slots::{HandshakeSlots, Source};
+use super::session_slots::{ReactorLoad, SessionTicket};
 use super::tls::{self, TlsServer, TlsSocket};
 use crate::constants::MAX_IO_BYTES;
-use crate::domain::host::PeerIdentity;
+use crate::domain::host::{Host, PeerIdentity};
 use crate::domain::snapshot::{PathView, Published, Snapshot};
 use crate::domain::vpath::AccessMode;
 use crate::reactor::mailbox::Message;
 use crate::reactor::ReactorHandle;
 use crate::volume::provisioner::Provisioner;
 use crate::volume::Volume;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -65,7 +66,8 @@ pub struct NbdContext {
     handshakes: HandshakeSlots,
     /// How long a whole handshake may take (`--nbd-handshake-timeout-secs`).
     handshake_limit: Duration,
-    next_reactor: AtomicUsize,
+    /// Sessions each reactor serves or has been promised.
+    reactor_load: Arc<ReactorLoad>,
 }
 
 impl NbdContext {
@@ -79,13 +81,13 @@ impl NbdContext {
     ) -> Arc<Self> {
         Arc::new(Self {
             published,
-            reactors,
             provisioner,
             shutdown,
             tls,
             handshakes: HandshakeSlots::default(),
             handshake_limit,
-            next_reactor: AtomicUsize::new(0),
+            reactor_load: ReactorLoad::new(reactors.len()),
+            reactors,
         })
     }
 }
@@ -94,25 +96,33 @@ impl NbdContext {
 /// its VP allows (read-only, and only the operations its domain allows advertised).
 struct HostCatalog {
     snapshot: Arc<Snapshot>,
-    host: Option<String>,
+    host: Option<Host>,
+    reactor_load: Arc<ReactorLoad>,
+    /// The session granted at NBD_OPT_GO, until it is handed to its reactor.
+    ticket: RefCell<Option<SessionTicket>>,
 }
 
 impl HostCatalog {
     /// The catalogue of whichever host `identity` names, in the snapshot published now; that
     /// one snapshot serves the rest of the negotiation.
-    fn resolve(published: &Published, identity: &PeerIdentity, peer: &str) -> Self {
-        let snapshot = published.load();
-        let host = snapshot.host_of(identity).map(|h| h.name.clone());
+    fn resolve(context: &NbdContext, identity: &PeerIdentity, peer: &str) -> Self {
+        let snapshot = context.published.load();
+        let host = snapshot.host_of(identity).cloned();
         if host.is_none() {
             log::info!("NBD {peer}: no host matches {identity}: it sees no export");
         }
-        Self { snapshot, host }
+        Self {
+            snapshot,
+            host,
+            reactor_load: context.reactor_load.clone(),
+            ticket: RefCell::new(None),
+        }
     }
 
     /// The virtual path behind an export this catalogue showed.
     fn path(&self, export: &str) -> Option<(usize, &PathView)> {
-        let host = self.host.as_deref()?;
-        self.snapshot.path_to(host, export)
+        let host = self.host.as_ref()?;
+        self.snapshot.path_to(&host.name, export)
     }
 
     fn export(&self, view: &PathView) -> ExportInfo {
@@ -151,7 +161,7 @@ impl ExportCatalog for HostCatalog {
             return Vec::new();
         };
         self.snapshot
-            .paths_of(host)
+            .paths_of(&host.name)
             .map(|(_, view)| self.export(view))
             .collect()
     }
@@ -159,8 +169,32 @@ impl ExportCatalog for HostCatalog {
     fn find_export(&self, name: &str) -> Option<ExportInfo> {
         let host = self.host.as_ref()?;
         self.snapshot
-            .path_to(host, name)
+            .path_to(&host.name, name)
             .map(|(_, view)| self.export(view))
+    }
+
+    /// One of the host's sessions and a place on a reactor, or why not.
+    fn admit(&self, _export: &ExportInfo) -> Result<(), String> {
+        let Some(host) = &self.host else {
+            return Err("no host".into());
+        };
+        let host_session = host.take_session().map_err(|open| {
+            format!(
+                "host {} already has {open} sessions open, its max_sessions",
+                host.name
+            )
+        })?;
+        let place = self.reactor_load.reserve().ok_or_else(|| {
+            format!(
+                "the server already serves its {} sessions",
+                self.reactor_load.capacity()
+            )
+        })?;
+        *self.ticket.borrow_mut() = Some(SessionTicket {
+            host: host_session,
+            place,
+        });
+        Ok(())
     }
 }
 
@@ -460,7 +494,7 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
         Err(error) => return handshake_failed(peer, &error),
     };
     let Some(tls) = &context.tls else {
-        let catalog = HostCatalog::resolve(&context.published, identity, peer);
+        let catalog = HostCatalog::resolve(context, identity, peer);
         let negotiated = match negotiation.choose_export(&mut stream, &catalog) {
             Ok(Some(negotiated)) => negotiated,
             Ok(None) => return,
@@ -469,8 +503,11 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
         let Some((index, view)) = catalog.path(&negotiated.export.name) else {
             return;
         };
+        let Some(ticket) = catalog.ticket.take() else {
+            return;
+        };
         match stream.into_fd() {
-            Ok(fd) => attach(context, fd, index, view, peer),
+            Ok(fd) => attach(context, fd, index, view, peer, ticket),
             Err(error) => log::warn!("NBD {peer}: {error}"),
         }
         return;
@@ -515,7 +552,7 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
             stream.describe()
         ),
     }
-    let catalog = HostCatalog::resolve(&context.published, &identity, peer);
+    let catalog = HostCatalog::resolve(context, &identity, peer);
     let negotiated = match negotiation.choose_export(&mut stream, &catalog) {
         Ok(Some(negotiated)) => negotiated,
         Ok(None) => return,
@@ -524,8 +561,11 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
     let Some((index, view)) = catalog.path(&negotiated.export.name) else {
         return;
     };
+    let Some(ticket) = catalog.ticket.take() else {
+        return;
+    };
     match tls::spawn_relay(stream, slot, peer.to_string()) {
-        Ok(fd) => attach(context, fd, index, view, peer),
+        Ok(fd) => attach(context, fd, index, view, peer, ticket),
         Err(error) => log::warn!("NBD {peer}: cannot start the TLS relay: {error}"),
     }
 }
@@ -537,15 +577,23 @@ fn handshake_failed(peer: &str, error: &HandshakeError) {
     );
 }
 
-/// Hands a negotiated connection to the next reactor.
-fn attach(context: &NbdContext, fd: OwnedFd, index: usize, view: &PathView, peer: &str) {
+/// Hands a negotiated connection to the reactor its ticket has a place on.
+fn attach(
+    context: &NbdContext,
+    fd: OwnedFd,
+    index: usize,
+    view: &PathView,
+    peer: &str,
+    ticket: SessionTicket,
+) {
     log::info!(
         "NBD {peer}: host {} serving volume {} through virtual path {}",
         view.vpath.host,
         view.vpath.volume.name,
         view.vpath.id
     );
-    let session = NbdSession::new(
+    let reactor = ticket.place.reactor();
+    let mut session = NbdSession::new(
         fd,
         view.vpath.clone(),
         index,
@@ -554,7 +602,9 @@ fn attach(context: &NbdContext, fd: OwnedFd, index: usize, view: &PathView, peer
         MAX_IO_BYTES,
         peer.to_string(),
     );
-    let reactor = &context.reactors
-        [context.next_reactor.fetch_add(1, Ordering::Relaxed) % context.reactors.len()];
+    session.hold(ticket);
+    let Some(reactor) = context.reactors.get(reactor) else {
+        return;
+    };
     reactor.post(Message::Attach(Box::new(session)));
 }

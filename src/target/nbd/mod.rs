@@ -11,4 +11,5 @@ pub mod handshake;
 pub mod handshake_slots;
 pub mod listener;
 pub mod protocol;
+pub mod session_slots;
 pub mod tls;
