@@ -33,8 +33,9 @@ pub const MAX_HANDSHAKES: usize = 64;
 /// Of those, handshakes of peers that no host record names by address or user id (they
 /// cannot take the slots of the hosts that have one; see `target::nbd::handshake_slots`).
 pub const MAX_UNKNOWN_HANDSHAKES: usize = 16;
-/// Handshakes one source address (or Unix user id) may have in progress at once.
-pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+/// Handshakes one source address (or Unix user id) may have in progress at once: room for a
+/// burst of connections from one host (fio jobs, nbdcopy's connections), but not for all.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
 /// Seconds a client may take for its whole NBD handshake (every read and write of the
 /// negotiation together, TLS included); the default of `--nbd-handshake-timeout-secs`.
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
