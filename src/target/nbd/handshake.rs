@@ -609,6 +609,44 @@ mod tests {
         assert_eq!(replies[2].1, NBD_REP_ACK);
     }
 
+    /// Shows one export but grants no session on it.
+    struct Busy;
+    impl ExportCatalog for Busy {
+        fn list_exports(&self) -> Vec<ExportInfo> {
+            vec![export("a")]
+        }
+        fn find_export(&self, name: &str) -> Option<ExportInfo> {
+            (name == "a").then(|| export(name))
+        }
+        fn admit(&self, _export: &ExportInfo) -> Result<(), String> {
+            Err("no sessions left".into())
+        }
+    }
+
+    #[test]
+    fn a_session_refused_at_go_is_an_option_error_and_negotiation_goes_on() {
+        let mut input = 3u32.to_be_bytes().to_vec();
+        input.extend(option(NBD_OPT_INFO, &go_payload("a", &[])));
+        input.extend(option(NBD_OPT_GO, &go_payload("a", &[])));
+        input.extend(option(NBD_OPT_ABORT, &[]));
+        let mut duplex = Duplex {
+            input: std::io::Cursor::new(input),
+            output: Vec::new(),
+        };
+        let result = negotiate(&mut duplex, &Busy);
+        assert!(matches!(result, Ok(None)), "{result:?}");
+        let replies = replies(&duplex.output);
+        // NBD_OPT_INFO only describes: it is answered in full.
+        assert!(replies
+            .iter()
+            .any(|r| r.0 == NBD_OPT_INFO && r.1 == NBD_REP_ACK));
+        let go: Vec<_> = replies.iter().filter(|r| r.0 == NBD_OPT_GO).collect();
+        assert_eq!(go.len(), 1, "nothing but the error for NBD_OPT_GO");
+        assert_eq!(go[0].1, NBD_REP_ERR_POLICY);
+        assert_eq!(go[0].2, b"no sessions left");
+        assert_eq!(replies.last().expect("abort").1, NBD_REP_ACK);
+    }
+
     #[test]
     fn go_sends_export_and_block_size() {
         let (result, output) = run(
