@@ -11,6 +11,13 @@ pub const MAX_UNNEGOTIATED_IO_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 128;
 /// Bytes of request buffers one connection may hold at once; requests beyond wait.
 pub const MAX_BUFFER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
+/// Bytes of request buffers all NBD connections together hold (requests in flight and
+/// replies waiting to be sent); a connection past it waits for its own replies to drain, but
+/// one holding nothing may always take one request (see `target::nbd::buffer_budget`).
+pub const MAX_BUFFER_BYTES_TOTAL: usize = 512 * 1024 * 1024;
+/// Bytes of request buffers a connection keeps allocated for reuse; past it, a released
+/// request's buffer is freed (so idle slots cannot pin a connection's peak forever).
+pub const MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION: usize = MAX_BUFFER_BYTES_PER_CONNECTION;
 /// Bytes of the receive buffer each NBD connection reads request headers into.
 pub const NBD_RECV_BUFFER_BYTES: usize = 256 * 1024;
 /// Front-end connections one reactor serves.
@@ -23,10 +30,19 @@ pub const RING_ENTRIES: u32 = 1024;
 pub const MAX_REACTORS: usize = 64;
 /// Messages waiting in one reactor's mailbox.
 pub const MAILBOX_CAPACITY: usize = 1024;
-/// Connections negotiating (NBD handshake) at once; more wait in the listen backlog.
+/// Connections negotiating (NBD handshake) at once; more are closed at once.
 pub const MAX_HANDSHAKES: usize = 64;
-/// Seconds a client may take to finish its NBD handshake.
+/// Of those, handshakes of peers that no host record names by address or user id (they
+/// cannot take the slots of the hosts that have one; see `target::nbd::handshake_slots`).
+pub const MAX_UNKNOWN_HANDSHAKES: usize = 16;
+/// Handshakes one source address (or Unix user id) may have in progress at once: room for a
+/// burst of connections from one host (fio jobs, nbdcopy's connections), but not for all.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+/// Seconds a client may take for its whole NBD handshake (every read and write of the
+/// negotiation together, TLS included); the default of `--nbd-handshake-timeout-secs`.
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
+/// Longest `--nbd-handshake-timeout-secs`.
+pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 600;
 /// Largest NBD option payload accepted during the handshake.
 pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
 
@@ -66,6 +82,8 @@ pub const METADATA_BATCH_MAX: usize = 4096;
 
 const _: () = assert!(MAX_IO_BYTES <= MAX_UNNEGOTIATED_IO_BYTES);
 const _: () = assert!(MAX_IO_BYTES <= MAX_BUFFER_BYTES_PER_CONNECTION);
+const _: () = assert!(MAX_BUFFER_BYTES_PER_CONNECTION <= MAX_BUFFER_BYTES_TOTAL);
+const _: () = assert!(MAX_IO_BYTES <= MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION);
 const _: () = assert!(NBD_RECV_BUFFER_BYTES >= 4096);
 const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_power_of_two());
 const _: () =
@@ -93,6 +111,15 @@ const _: () = assert!(LUN_CLAIM_RETRY_MS < LUN_CLAIM_WAIT_MS);
 /// Longest delay a fault LUN may inject into one I/O (`lun_inject_fault`, mode `delay`).
 pub const MAX_FAULT_DELAY_US: u64 = 10_000_000;
 
+/// NBD sessions one host may have open at once, unless its record says otherwise
+/// (`host_create`/`host_set` `max_sessions`): below what one reactor serves, so that a single
+/// host cannot take every session the server has.
+pub const DEFAULT_MAX_SESSIONS_PER_HOST: usize = 64;
+/// Largest `max_sessions` a host record may set: every session of the largest server.
+pub const MAX_SESSIONS_PER_HOST: usize = MAX_CONNECTIONS_PER_REACTOR * MAX_REACTORS;
+const _: () = assert!(DEFAULT_MAX_SESSIONS_PER_HOST < MAX_CONNECTIONS_PER_REACTOR);
+const _: () = assert!(DEFAULT_MAX_SESSIONS_PER_HOST <= MAX_SESSIONS_PER_HOST);
+
 /// Hosts, storage domains and virtual paths one server manages.
 pub const MAX_HOSTS: usize = 4096;
 pub const MAX_DOMAINS: usize = 256;
@@ -117,5 +144,10 @@ pub const TLS_RELAY_LINGER_SECS: u64 = 5;
 /// Largest PEM file accepted for `--tls-cert`, `--tls-key` and `--tls-client-ca`.
 pub const MAX_TLS_PEM_BYTES: usize = 1024 * 1024;
 const _: () = assert!(MAX_TLS_CONNECTIONS >= MAX_HANDSHAKES);
+// Strangers get a minority of the handshake slots; one source a minority of theirs.
+const _: () = assert!(MAX_UNKNOWN_HANDSHAKES * 2 <= MAX_HANDSHAKES);
+const _: () = assert!(MAX_HANDSHAKES_PER_ADDRESS <= MAX_UNKNOWN_HANDSHAKES);
+const _: () =
+    assert!(HANDSHAKE_TIMEOUT_SECS >= 1 && HANDSHAKE_TIMEOUT_SECS <= MAX_HANDSHAKE_TIMEOUT_SECS);
 // A relay buffer holds at least one whole TLS record (16 KiB of plaintext and its overhead).
 const _: () = assert!(TLS_RELAY_BUFFER_BYTES >= 16 * 1024 + 256);

@@ -37,6 +37,10 @@ pub struct ServeConfig {
     pub nbd_listen: Option<SocketAddr>,
     /// NBD over a Unix socket, in addition to TCP.
     pub nbd_socket: Option<PathBuf>,
+    /// Permission bits of the NBD Unix socket (`--nbd-unix-mode`).
+    pub nbd_unix_mode: u32,
+    /// How long one NBD handshake may take, all of it (`--nbd-handshake-timeout-secs`).
+    pub nbd_handshake_timeout: std::time::Duration,
     /// One reactor per listed core; empty means one reactor on [`default_core`].
     pub cores: Vec<usize>,
     pub poll: PollMode,
@@ -152,13 +156,18 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         provisioner.clone(),
         shutdown.clone(),
         tls,
+        config.nbd_handshake_timeout,
     );
     let mut acceptors = Vec::new();
     if let Some(address) = config.nbd_listen {
         acceptors.push(listener::listen_tcp(address, nbd.clone())?);
     }
     if let Some(path) = &config.nbd_socket {
-        acceptors.push(listener::listen_unix(path, nbd.clone())?);
+        acceptors.push(listener::listen_unix(
+            path,
+            config.nbd_unix_mode,
+            nbd.clone(),
+        )?);
     }
     let rpc = rpc::server::spawn(&socket, Arc::new(dispatch), shutdown.clone())?;
     log::info!(

@@ -101,7 +101,8 @@ fn hosts_domains_and_virtual_paths() {
             "CN=h1,O=lab",
             "iqn.2024-01.lab:h1",
             "-",
-            "0"
+            "0",
+            "0/64"
         ]
     );
     let hosts = json(&server, &["host", "list"]);

@@ -364,3 +364,42 @@ fn a_domain_budget_goes_to_whoever_is_busy() {
     eprintln!("three busy VPs: {each:.0?} IOPS, {total:.0} together (budget 3000)");
     assert!(within(total, 3000.0, 0.10), "together {total:.0} IOPS");
 }
+
+#[test]
+fn the_most_specific_host_address_wins_and_overlaps_are_reported() {
+    let server = Server::start();
+    server.file_pool("p", MIB);
+    for name in ["mine", "everyones"] {
+        server.ok(
+            "volume_create",
+            json!({"name": name, "pool": "p", "size": 8 * MIB}),
+        );
+    }
+    // The test host ("tester") is 127.0.0.0/8; a catch-all host sorts before it by name.
+    let any = server.ok(
+        "host_create",
+        json!({"name": "any", "addresses": ["0.0.0.0/0"]}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": "any", "volume": "everyones"}),
+    );
+    // A client from 127.0.0.1 is tester's (a /8 is more specific than a /0): it reaches
+    // tester's volume through tester's path, and not the catch-all host's volume.
+    write_and_verify(&server.url("mine"), &[(0x6d, 0, 65536)]);
+    let (clean, text) = qemu_io(
+        &server.url_without_grant("everyones"),
+        &["read 0 4096".into()],
+    );
+    assert!(!clean, "tester reached the catch-all host's volume: {text}");
+    let overlaps = any["overlaps"].to_string();
+    assert!(
+        overlaps.contains("tester") && overlaps.contains("127.0.0.0/8"),
+        "host_create did not report the overlap with tester: {any}"
+    );
+    let listed = server.ok("host_get_hosts", json!({"name": "tester"}));
+    assert!(
+        listed[0]["overlaps"].to_string().contains("any"),
+        "host_get_hosts does not show the overlap: {listed}"
+    );
+}

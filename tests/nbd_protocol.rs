@@ -226,3 +226,63 @@ fn blockdev_lun_on_a_loop_device() {
     );
     assert!(clean, "{text}");
 }
+
+/// A request header with command flags (the harness's `nbd_request` sends none).
+fn request_with_flags(flags: u16, command: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+    let mut out = nbd_request(command, cookie, offset, length);
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out
+}
+
+#[test]
+fn unknown_command_flags_are_refused_with_einval() {
+    let server = Server::start();
+    server.mixed_pool("mix", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "mix", "size": 16 * MIB}),
+    );
+    write_and_verify(&server.url("v"), &[(0x5a, 0, 65536)]);
+    let mut client = nbd_raw_connect(server.port, "v");
+    // A flag no version of the protocol defines, on a read: EINVAL.
+    client
+        .write_all(&request_with_flags(1 << 15, 0, 1, 0, 4096))
+        .expect("read with an unknown flag");
+    assert_eq!(nbd_reply(&mut client), (22, 1));
+    // DF only means something with structured replies, which this server does not negotiate.
+    client
+        .write_all(&request_with_flags(1 << 2, 0, 2, 0, 4096))
+        .expect("read with DF");
+    assert_eq!(nbd_reply(&mut client), (22, 2));
+    // NO_HOLE is for WRITE_ZEROES only; on a write it is refused and the payload skipped, the
+    // stream staying in step; nothing is written.
+    let mut write = request_with_flags(1 << 1, 1, 3, 0, 4096);
+    write.extend(std::iter::repeat_n(0xeeu8, 4096));
+    client.write_all(&write).expect("write with NO_HOLE");
+    assert_eq!(nbd_reply(&mut client), (22, 3));
+    let mut write = request_with_flags(1 << 7, 1, 4, 4096, 4096);
+    write.extend(std::iter::repeat_n(0xeeu8, 4096));
+    client
+        .write_all(&write)
+        .expect("write with an unknown flag");
+    assert_eq!(nbd_reply(&mut client), (22, 4));
+    // The flags the server knows still work: FUA on a read (the spec lets it be sent on any
+    // command), NO_HOLE on WRITE_ZEROES.
+    client
+        .write_all(&request_with_flags(1, 0, 5, 0, 8192))
+        .expect("read with FUA");
+    assert_eq!(nbd_reply(&mut client), (0, 5));
+    let mut data = vec![0u8; 8192];
+    client.read_exact(&mut data).expect("data");
+    assert!(
+        data.iter().all(|&b| b == 0x5a),
+        "a refused write changed the volume"
+    );
+    client
+        .write_all(&request_with_flags(1 << 1, 6, 6, 65536, 4096))
+        .expect("write zeroes with NO_HOLE");
+    assert_eq!(nbd_reply(&mut client), (0, 6));
+    client
+        .write_all(&nbd_request(2, 7, 0, 0))
+        .expect("disconnect");
+}

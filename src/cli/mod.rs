@@ -107,6 +107,15 @@ struct ServeArgs {
     /// NBD over a Unix socket as well
     #[arg(long)]
     nbd_socket: Option<PathBuf>,
+    /// Permission bits of the --nbd-socket file, in octal. The default lets every user reach
+    /// the socket, so that the host records (`unix:UID`) decide who sees what
+    #[arg(long, default_value = "0666", value_parser = parse_mode)]
+    nbd_unix_mode: u32,
+    /// Seconds one NBD client may take for its whole handshake (negotiation and TLS); a
+    /// client still negotiating then is disconnected
+    #[arg(long, default_value_t = crate::constants::HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=crate::constants::MAX_HANDSHAKE_TIMEOUT_SECS))]
+    nbd_handshake_timeout_secs: u64,
     /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3` [default: the last core,
     /// leaving core 0 to the kernel's interrupt work and to local clients]
     #[arg(long)]
@@ -397,6 +406,14 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// A file mode in octal (`0666`, `660`), at most 0777.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|&mode| mode <= 0o777)
+        .ok_or_else(|| format!("{text:?}: expected an octal mode from 0000 to 0777"))
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
     crate::logger::init(&args.log_level);
     let nbd_listen = match args.nbd_listen.as_str() {
@@ -411,6 +428,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         rpc_socket: args.rpc_socket,
         nbd_listen,
         nbd_socket: args.nbd_socket,
+        nbd_unix_mode: args.nbd_unix_mode,
+        nbd_handshake_timeout: std::time::Duration::from_secs(args.nbd_handshake_timeout_secs),
         cores: match &args.cores {
             Some(text) => parse_cores(text)?,
             None => Vec::new(),
@@ -690,6 +709,17 @@ enum HostCommand {
         /// by it
         #[arg(long)]
         nqn: Option<String>,
+        /// NBD sessions the host may have open at once [default: 64]
+        #[arg(long, value_name = "N")]
+        max_sessions: Option<u64>,
+    },
+    /// Change a host's limits (an NBD client past max_sessions is refused at NBD_OPT_GO)
+    Set {
+        /// The host to change
+        name: String,
+        /// NBD sessions the host may have open at once
+        #[arg(long, value_name = "N")]
+        max_sessions: u64,
     },
     /// List hosts with their identities and how many virtual paths each has
     List {
@@ -971,8 +1001,10 @@ fn host(command: HostCommand, json: bool, call: top::Call) -> Result<(), String>
             tls_subject,
             iqn,
             nqn,
+            max_sessions,
         } => {
             let mut params = json!({ "name": name });
+            set(&mut params, "max_sessions", max_sessions.map(|n| json!(n)));
             if !addresses.is_empty() {
                 params["addresses"] = json!(addresses);
             }
@@ -985,6 +1017,14 @@ fn host(command: HostCommand, json: bool, call: top::Call) -> Result<(), String>
             set(&mut params, "nqn", nqn.map(|s| json!(s)));
             show(json, call("host_create", Some(params))?, print_hosts)
         }
+        HostCommand::Set { name, max_sessions } => show(
+            json,
+            call(
+                "host_set",
+                Some(json!({ "name": name, "max_sessions": max_sessions })),
+            )?,
+            print_hosts,
+        ),
         HostCommand::List { name } => show(
             json,
             call("host_get_hosts", name.map(|name| json!({ "name": name })))?,
@@ -1163,11 +1203,20 @@ fn print_hosts(items: &[Value]) {
                 text(h, "iqn"),
                 text(h, "nqn"),
                 text(h, "vpaths"),
+                format!("{}/{}", text(h, "sessions"), text(h, "max_sessions")),
             ]
         })
         .collect();
     print_table(
-        &["NAME", "ADDRESSES", "TLS SUBJECT", "IQN", "NQN", "VPS"],
+        &[
+            "NAME",
+            "ADDRESSES",
+            "TLS SUBJECT",
+            "IQN",
+            "NQN",
+            "VPS",
+            "SESSIONS",
+        ],
         &rows,
     );
 }

@@ -2,7 +2,10 @@
 
 use super::params::{one_or_all, Params};
 use super::Control;
-use crate::constants::{MAX_HOSTS, MAX_HOST_ADDRESSES, MAX_IDENTITY_BYTES};
+use crate::constants::{
+    DEFAULT_MAX_SESSIONS_PER_HOST, MAX_HOSTS, MAX_HOST_ADDRESSES, MAX_IDENTITY_BYTES,
+    MAX_SESSIONS_PER_HOST,
+};
 use crate::domain::host::Host;
 use crate::logger::error_chain;
 use crate::rpc::RpcError;
@@ -27,7 +30,39 @@ pub fn describe(control: &Control, entry: &HostEntry) -> Value {
         "nqn": entry.record.nqn,
         "addresses": entry.host.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "vpaths": vpaths,
+        "max_sessions": entry.host.max_sessions,
+        "sessions": entry.host.sessions.load(std::sync::atomic::Ordering::Acquire),
+        "overlaps": overlaps(control, entry),
     })
+}
+
+/// The other hosts some of whose addresses a peer of `entry` could also match, and which host
+/// such a peer goes to (the more specific address; equal ones go to the first by name). Not
+/// an error: a catch-all beside specific hosts is legitimate, but the administrator should
+/// see it.
+fn overlaps(control: &Control, entry: &HostEntry) -> Vec<Value> {
+    let mut found = Vec::new();
+    for other in control.hosts.values() {
+        if other.record.name == entry.record.name {
+            continue;
+        }
+        for own in &entry.host.addresses {
+            for theirs in other.host.addresses.iter().filter(|a| a.overlaps(own)) {
+                let winner = match own.specificity().cmp(&theirs.specificity()) {
+                    std::cmp::Ordering::Greater => &entry.record.name,
+                    std::cmp::Ordering::Less => &other.record.name,
+                    std::cmp::Ordering::Equal => entry.record.name.as_str().min(&other.record.name),
+                };
+                found.push(json!({
+                    "address": own.to_string(),
+                    "host": other.record.name,
+                    "host_address": theirs.to_string(),
+                    "peers_in_both_go_to": winner,
+                }));
+            }
+        }
+    }
+    found
 }
 
 fn identity(params: &Params, key: &str) -> Result<Option<String>, RpcError> {
@@ -43,7 +78,14 @@ fn identity(params: &Params, key: &str) -> Result<Option<String>, RpcError> {
 pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(
         params,
-        &["name", "nbd_tls_subject", "iqn", "nqn", "addresses"],
+        &[
+            "name",
+            "nbd_tls_subject",
+            "iqn",
+            "nqn",
+            "addresses",
+            "max_sessions",
+        ],
     )?;
     let name = params.name("name")?;
     let record = HostRecord {
@@ -57,6 +99,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             .into_iter()
             .map(str::to_string)
             .collect(),
+        max_sessions: max_sessions(&params)?,
     };
     if record.addresses.len() > MAX_HOST_ADDRESSES {
         return Err(RpcError::invalid_params(format!(
@@ -101,11 +144,67 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         .put("host", name, &record)
         .map_err(|error| RpcError::internal(error_chain(&error)))?;
     let entry = HostEntry { record, host };
-    let described = describe(control, &entry);
     control.hosts.insert(name.to_string(), entry);
     control.publish();
     log::info!("host {name} created");
+    let described = control
+        .hosts
+        .get(name)
+        .map_or(Value::Null, |entry| describe(control, entry));
+    for overlap in described["overlaps"].as_array().into_iter().flatten() {
+        log::warn!(
+            "host {name}: address {} overlaps host {}'s {}; peers in both go to {}",
+            overlap["address"].as_str().unwrap_or("?"),
+            overlap["host"].as_str().unwrap_or("?"),
+            overlap["host_address"].as_str().unwrap_or("?"),
+            overlap["peers_in_both_go_to"].as_str().unwrap_or("?"),
+        );
+    }
     Ok(described)
+}
+
+/// `max_sessions`, if given: 1 to MAX_SESSIONS_PER_HOST.
+fn max_sessions(params: &Params) -> Result<Option<usize>, RpcError> {
+    match params.optional_u64("max_sessions")? {
+        None => Ok(None),
+        Some(n) if (1..=MAX_SESSIONS_PER_HOST as u64).contains(&n) => Ok(Some(n as usize)),
+        Some(_) => Err(RpcError::invalid_params(format!(
+            "max_sessions: must be 1 to {MAX_SESSIONS_PER_HOST} (default \
+             {DEFAULT_MAX_SESSIONS_PER_HOST})"
+        ))),
+    }
+}
+
+/// `host_set {name, max_sessions}`: changes a host's session limit, at once. Sessions open
+/// past a lowered limit stay; new ones are refused until the host is under it.
+pub fn set(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name", "max_sessions"])?;
+    let name = params.name("name")?;
+    let Some(limit) = max_sessions(&params)? else {
+        return Err(RpcError::invalid_params(
+            "max_sessions: give the setting to change",
+        ));
+    };
+    let Some(entry) = control.hosts.get(name) else {
+        return Err(RpcError::invalid_params(format!("name: no host {name}")));
+    };
+    let mut record = entry.record.clone();
+    record.max_sessions = Some(limit);
+    control
+        .store
+        .put("host", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    if let Some(entry) = control.hosts.get_mut(name) {
+        entry.record = record;
+        // The same host, sessions counter and all: only its limit changes.
+        entry.host.max_sessions = limit;
+    }
+    control.publish();
+    log::info!("host {name}: max_sessions {limit}");
+    Ok(control
+        .hosts
+        .get(name)
+        .map_or(Value::Null, |entry| describe(control, entry)))
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

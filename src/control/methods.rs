@@ -23,6 +23,7 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("volume_delete", failed::volume_delete),
     ("host_create", hosts::create),
     ("host_get_hosts", hosts::get),
+    ("host_set", hosts::set),
     ("host_delete", hosts::delete),
     ("domain_create", domains::create),
     ("domain_set_capabilities", domains::set_capabilities),

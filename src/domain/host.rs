@@ -6,8 +6,11 @@
 //! networks or `unix:UID`. With TLS, only the certificate counts: an address proves nothing a
 //! certificate could not.
 
+use crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST;
 use crate::store::records::HostRecord;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// What a connection's transport proves about the peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,6 +80,42 @@ impl HostAddress {
                 .is_some_and(|address| in_network(address, base, prefix_bits)),
         }
     }
+
+    /// How specific this address is, for choosing between hosts that both match a peer
+    /// (longest prefix first, as routes and ACLs do): the prefix length of a network; a user
+    /// id names exactly one peer, so it ranks above any network.
+    pub fn specificity(&self) -> u16 {
+        match *self {
+            Self::UnixUid(_) => u16::MAX,
+            Self::Net { prefix_bits, .. } => u16::from(prefix_bits),
+        }
+    }
+
+    /// Whether some peer could match both addresses (one network contains the other, or the
+    /// same user id).
+    pub fn overlaps(&self, other: &HostAddress) -> bool {
+        match (*self, *other) {
+            (Self::UnixUid(a), Self::UnixUid(b)) => a == b,
+            (
+                Self::Net {
+                    base: a,
+                    prefix_bits: a_bits,
+                },
+                Self::Net {
+                    base: b,
+                    prefix_bits: b_bits,
+                },
+            ) => {
+                let (wide, wide_bits, narrow) = if a_bits <= b_bits {
+                    (a, a_bits, b)
+                } else {
+                    (b, b_bits, a)
+                };
+                in_network(narrow, wide, wide_bits)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Display for HostAddress {
@@ -117,6 +156,11 @@ pub struct Host {
     pub name: String,
     pub tls_subject: Option<String>,
     pub addresses: Vec<HostAddress>,
+    /// NBD sessions it may have open at once.
+    pub max_sessions: usize,
+    /// NBD sessions it has open (or has been promised by a successful NBD_OPT_GO), shared by
+    /// every snapshot's copy of this host.
+    pub sessions: Arc<AtomicUsize>,
 }
 
 impl Host {
@@ -130,16 +174,56 @@ impl Host {
             name: record.name.clone(),
             tls_subject: record.nbd_tls_subject.clone(),
             addresses,
+            max_sessions: record.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS_PER_HOST),
+            sessions: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Takes one of the host's sessions; `Err(open)` when it already has `max_sessions`.
+    pub fn take_session(&self) -> Result<HostSession, usize> {
+        self.sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max_sessions).then_some(open + 1)
+            })
+            .map(|_| HostSession {
+                sessions: self.sessions.clone(),
+            })
     }
 
     /// Whether this host is the peer: by certificate subject when the peer proved one, else
     /// by address.
     pub fn matches(&self, peer: &PeerIdentity) -> bool {
+        self.match_specificity(peer).is_some()
+    }
+
+    /// How specifically this host claims the peer, if it does: a certificate subject is unique
+    /// among hosts; without TLS, the most specific of its addresses that matches. The host
+    /// that claims a peer most specifically is its host.
+    pub fn match_specificity(&self, peer: &PeerIdentity) -> Option<u16> {
         match &peer.tls_subject {
-            Some(subject) => self.tls_subject.as_deref() == Some(subject.as_str()),
-            None => self.addresses.iter().any(|a| a.matches(peer)),
+            Some(subject) => {
+                (self.tls_subject.as_deref() == Some(subject.as_str())).then_some(u16::MAX)
+            }
+            None => self
+                .addresses
+                .iter()
+                .filter(|a| a.matches(peer))
+                .map(HostAddress::specificity)
+                .max(),
         }
+    }
+}
+
+/// One of a host's sessions, given back when dropped.
+#[derive(Debug)]
+pub struct HostSession {
+    sessions: Arc<AtomicUsize>,
+}
+
+impl Drop for HostSession {
+    fn drop(&mut self) {
+        let before = self.sessions.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "host session count underflow");
     }
 }
 
@@ -178,6 +262,21 @@ mod tests {
     }
 
     #[test]
+    fn specificity_and_overlap() {
+        let any = HostAddress::parse("0.0.0.0/0").expect("any");
+        let loopback = HostAddress::parse("127.0.0.0/8").expect("loopback");
+        let one = HostAddress::parse("127.0.0.1").expect("one");
+        let other = HostAddress::parse("10.0.0.0/8").expect("other");
+        assert!(any.specificity() < loopback.specificity());
+        assert!(loopback.specificity() < one.specificity());
+        assert!(one.specificity() < HostAddress::UnixUid(0).specificity());
+        assert!(any.overlaps(&one) && one.overlaps(&any) && loopback.overlaps(&one));
+        assert!(!loopback.overlaps(&other) && !other.overlaps(&one));
+        assert!(!one.overlaps(&HostAddress::UnixUid(0)));
+        assert!(HostAddress::UnixUid(7).overlaps(&HostAddress::UnixUid(7)));
+    }
+
+    #[test]
     fn a_certificate_outranks_an_address() {
         let host = Host::from_record(&HostRecord {
             name: "h".into(),
@@ -185,6 +284,7 @@ mod tests {
             iqn: None,
             nqn: None,
             addresses: vec!["127.0.0.0/8".into()],
+            max_sessions: Some(2),
         })
         .expect("host");
         assert!(host.matches(&peer_at("127.0.0.1")));
@@ -196,5 +296,14 @@ mod tests {
         );
         tls_peer.tls_subject = Some("CN=h".into());
         assert!(host.matches(&tls_peer));
+        // Sessions up to the record's limit, and back when dropped.
+        let first = host.take_session().expect("first");
+        let _second = host
+            .clone()
+            .take_session()
+            .expect("a snapshot's copy counts too");
+        assert_eq!(host.take_session().err(), Some(2));
+        drop(first);
+        assert!(host.take_session().is_ok());
     }
 }

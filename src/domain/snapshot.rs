@@ -44,9 +44,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The host a connection belongs to: the first whose identity matches.
+    /// The host a connection belongs to: the one whose identity matches it most specifically.
     pub fn host_of(&self, peer: &PeerIdentity) -> Option<&Host> {
-        self.hosts.iter().find(|host| host.matches(peer))
+        // The most specific claim wins (longest prefix, as ACLs match); between equally
+        // specific claims (reported as overlaps when the hosts were created), the first host
+        // in name order.
+        let mut best: Option<(u16, &Host)> = None;
+        for host in &self.hosts {
+            if let Some(rank) = host.match_specificity(peer) {
+                if best.map_or(true, |(best_rank, _)| rank > best_rank) {
+                    best = Some((rank, host));
+                }
+            }
+        }
+        best.map(|(_, host)| host)
     }
 
     /// The VPs of host `host`, with their index in `paths`.

@@ -155,6 +155,8 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
             name: PERF_HOST.to_string(),
             tls_subject: None,
             addresses: Vec::new(),
+            max_sessions: crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST,
+            sessions: Arc::default(),
         }],
         paths: vec![PathView {
             vpath: vpath.clone(),

@@ -54,6 +54,9 @@ pub struct HostRecord {
     pub nqn: Option<String>,
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// NBD sessions the host may have open at once; the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<usize>,
 }
 
 /// A storage domain (`domain_create`).

@@ -374,17 +374,64 @@ pub fn spdk_python() -> PathBuf {
     python
 }
 
-/// A minimal NBD client, for requests a real client would never send: fixed-newstyle handshake with NBD_OPT_GO for `export`.
-pub fn nbd_raw_connect(port: u16, export: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+/// A TCP connection to 127.0.0.1:`port` from source address `source` (any 127/8 address is
+/// this machine's).
+pub fn nbd_connect_from(source: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    fn sockaddr(address: [u8; 4], port: u16) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(address),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    // SAFETY: socket() with constant arguments; the descriptor is owned by the TcpStream
+    // built from it below, or closed here on failure.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let local = sockaddr(source, 0);
+    // SAFETY: bind with a valid sockaddr_in of `length` bytes that lives for the call.
+    if unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), length) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let remote = sockaddr([127, 0, 0, 1], port);
+    loop {
+        // SAFETY: connect with a valid sockaddr_in of `length` bytes that lives for the call.
+        if unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), length) } == 0 {
+            return Ok(stream);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// A fixed-newstyle negotiation ending in NBD_OPT_GO for `export`, from source address
+/// `source`: the connection if the server accepted, else the option error and its message.
+pub fn nbd_try_go(
+    source: [u8; 4],
+    port: u16,
+    export: &str,
+) -> Result<std::net::TcpStream, (u32, String)> {
+    use std::io::{Read, Write};
+    let mut stream = nbd_connect_from(source, port).expect("connect");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .expect("timeout");
     let mut greeting = [0u8; 18];
     stream.read_exact(&mut greeting).expect("greeting");
     assert_eq!(&greeting[0..8], b"NBDMAGIC");
-    stream.write_all(&3u32.to_be_bytes()).expect("client flags");
-    let mut option = b"IHAVEOPT".to_vec();
+    let mut option = 3u32.to_be_bytes().to_vec();
+    option.extend_from_slice(b"IHAVEOPT");
     option.extend_from_slice(&7u32.to_be_bytes());
     option.extend_from_slice(&(4 + export.len() as u32 + 2).to_be_bytes());
     option.extend_from_slice(&(export.len() as u32).to_be_bytes());
@@ -398,11 +445,20 @@ pub fn nbd_raw_connect(port: u16, export: &str) -> TcpStream {
         let len = u32::from_be_bytes(header[16..20].try_into().expect("4")) as usize;
         let mut data = vec![0u8; len];
         stream.read_exact(&mut data).expect("option data");
-        assert!(kind < 0x8000_0000, "NBD_OPT_GO refused: {kind:#x}");
+        if kind >= 0x8000_0000 {
+            return Err((kind, String::from_utf8_lossy(&data).into_owned()));
+        }
         if kind == 1 {
-            return stream;
+            return Ok(stream);
         }
     }
+}
+
+/// A minimal NBD client, for requests a real client would never send: fixed-newstyle handshake
+/// with NBD_OPT_GO for `export`, which must succeed.
+pub fn nbd_raw_connect(port: u16, export: &str) -> TcpStream {
+    nbd_try_go([127, 0, 0, 1], port, export)
+        .unwrap_or_else(|(kind, message)| panic!("NBD_OPT_GO refused: {kind:#x} {message}"))
 }
 
 pub fn nbd_request(command: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {

@@ -15,12 +15,14 @@
 //! range, misaligned, too large, a write on a read-only export) gets NBD's errno and the
 //! connection goes on; a malformed header (bad magic) closes only this connection.
 
+use super::buffer_budget::{BufferBudget, NBD_BUFFER_BUDGET};
 use super::protocol::{self, Command, RequestHeader};
-use crate::backend::aligned_buf::AlignedBuf;
+use super::session_slots::SessionTicket;
+use crate::backend::aligned_buf::{AlignedBuf, BUFFER_ALIGN_BYTES};
 use crate::backend::{completion_result, IoType, LunIo, Started};
 use crate::constants::{
     MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
-    MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
+    MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION, MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
 };
 use crate::domain::capabilities::AllowedOps;
 use crate::domain::decision::DecisionCache;
@@ -29,7 +31,6 @@ use crate::domain::snapshot::Published;
 use crate::domain::stats::OpKind;
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::{Session, SessionContext};
-use crate::volume::open_state::OpenGuard;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
 use crate::volume::stats::IoKind;
 use crate::volume::{Segment, Volume};
@@ -87,6 +88,10 @@ struct Slot {
     state: SlotState,
     header: RequestHeader,
     buf: AlignedBuf,
+    /// Bytes this request took from the connection's and the server's buffer budgets, given
+    /// back exactly when the slot is released (0 for a request that was refused or needs no
+    /// buffer).
+    charged_bytes: usize,
     /// Bytes of the request handled by completed rounds.
     cursor_bytes: u64,
     /// Ring completions still to come for the current round.
@@ -154,7 +159,13 @@ pub struct NbdSession {
     inbound: Inbound,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
+    /// Bytes charged by this connection's requests in flight or replying (the sum of their
+    /// slots' `charged_bytes`), at most MAX_BUFFER_BYTES_PER_CONNECTION.
     buffer_bytes: usize,
+    /// The server-wide budget the same bytes are charged to.
+    budget: &'static BufferBudget,
+    /// Bytes of all slot buffers this connection keeps allocated, in use or not.
+    retained_bytes: usize,
     /// A parsed request waiting for a slot or buffer budget.
     stalled: bool,
     send_queue: VecDeque<usize>,
@@ -167,9 +178,10 @@ pub struct NbdSession {
     closing: bool,
     finished: bool,
     peer: String,
-    /// The session's open of its volume: given back when the session is dropped, so a session
-    /// a reactor refuses, or one that fails, never leaves the volume undeletable.
-    _open: OpenGuard,
+    /// Its host's session, its place on the reactor and its open of the volume, given back
+    /// when the session is dropped: a session a reactor refuses, or one that fails, never
+    /// leaves the volume undeletable or the host's count high.
+    _ticket: SessionTicket,
 }
 
 // SAFETY: the raw pointers inside (iovecs and the msghdr) point into buffers this session owns;
@@ -177,15 +189,15 @@ pub struct NbdSession {
 unsafe impl Send for NbdSession {}
 
 impl NbdSession {
-    /// A session on `socket` through `vpath`, holding `open` (an open of the path's volume)
-    /// until it is dropped, whatever drops it.
+    /// A session on `socket` through `vpath`, holding `ticket` (granted at NBD_OPT_GO) until
+    /// it is dropped, whatever drops it.
     #[expect(
         clippy::too_many_arguments,
         reason = "each is a distinct part of the session"
     )]
     pub fn new(
         socket: OwnedFd,
-        open: OpenGuard,
+        ticket: SessionTicket,
         vpath: Arc<Vpath>,
         path_hint: usize,
         published: Arc<Published>,
@@ -196,11 +208,12 @@ impl NbdSession {
         let volume = vpath.volume.clone();
         let read_only = vpath.mode == AccessMode::ReadOnly;
         let slow_writes = volume.needs_read_modify_write();
-        let slots = (0..MAX_INFLIGHT_PER_CONNECTION)
+        let slots: Vec<Slot> = (0..MAX_INFLIGHT_PER_CONNECTION)
             .map(|_| Slot {
                 state: SlotState::Free,
                 header: RequestHeader::default(),
                 buf: AlignedBuf::new(0),
+                charged_bytes: 0,
                 cursor_bytes: 0,
                 pending: 0,
                 waiting: 0,
@@ -213,6 +226,7 @@ impl NbdSession {
                 rate: RateLimit::default(),
             })
             .collect();
+        let retained_bytes = slots.iter().map(|s: &Slot| s.buf.len()).sum();
         let decisions = DecisionCache::new(vpath.clone(), path_hint);
         Self {
             socket,
@@ -238,6 +252,8 @@ impl NbdSession {
             slots,
             free_slots: (0..MAX_INFLIGHT_PER_CONNECTION).rev().collect(),
             buffer_bytes: 0,
+            budget: &NBD_BUFFER_BUDGET,
+            retained_bytes,
             stalled: false,
             send_queue: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             sending: Vec::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
@@ -249,10 +265,11 @@ impl NbdSession {
             closing: false,
             finished: false,
             peer,
-            _open: open,
+            _ticket: ticket,
         }
     }
 
+    /// Keeps the session's grant (see `session_slots`) for as long as the session lives.
     fn fd(&self) -> types::Fd {
         types::Fd(self.socket.as_raw_fd())
     }
@@ -409,19 +426,38 @@ impl NbdSession {
             _ => 0,
         };
         let fits = buffer_bytes <= self.max_io_bytes;
+        let refused = match header.command {
+            Command::Disconnect => None,
+            _ => self.refuse(&header, fits, ops),
+        };
+        // Only a request that will run takes a buffer. Past the connection's budget it waits
+        // for this connection's own replies to drain; past the server's too, unless the
+        // connection holds nothing (then it always gets this one request, so that others
+        // holding everything cannot starve it).
+        let charge_bytes = if refused.is_none() { buffer_bytes } else { 0 };
         if self.free_slots.is_empty()
-            || (fits
-                && self.buffer_bytes + buffer_bytes > MAX_BUFFER_BYTES_PER_CONNECTION
-                && self.buffer_bytes > 0)
+            || (charge_bytes > 0
+                && self.buffer_bytes > 0
+                && self.buffer_bytes + charge_bytes > MAX_BUFFER_BYTES_PER_CONNECTION)
         {
             self.stalled = true;
             return false;
         }
+        if charge_bytes > 0 && !self.budget.try_charge(charge_bytes, self.buffer_bytes == 0) {
+            self.stalled = true;
+            return false;
+        }
+        self.buffer_bytes += charge_bytes;
         self.recv_start += REQUEST_HEADER_BYTES;
         let Some(index) = self.free_slots.pop() else {
+            // Unreachable (checked above); give the charge back rather than leak it.
+            self.buffer_bytes -= charge_bytes;
+            self.budget.release(charge_bytes);
             return false;
         };
         let slot = &mut self.slots[index];
+        debug_assert_eq!(slot.charged_bytes, 0, "a free slot holds no charge");
+        slot.charged_bytes = charge_bytes;
         slot.header = header;
         slot.cursor_bytes = 0;
         slot.pending = 0;
@@ -438,7 +474,7 @@ impl NbdSession {
             self.close("client disconnected");
             return false;
         }
-        if let Some(errno) = self.refuse(&header, fits, ops) {
+        if let Some(errno) = refused {
             let slot = &mut self.slots[index];
             slot.state = SlotState::Running;
             slot.error = errno;
@@ -450,12 +486,13 @@ impl NbdSession {
             self.complete(index, ctx);
             return true;
         }
-        if buffer_bytes > 0 {
+        if charge_bytes > 0 {
             let slot = &mut self.slots[index];
-            if slot.buf.len() < buffer_bytes {
-                slot.buf = AlignedBuf::new(buffer_bytes.next_power_of_two());
+            if slot.buf.len() < charge_bytes {
+                let old_bytes = slot.buf.len();
+                slot.buf = AlignedBuf::new(charge_bytes.next_power_of_two());
+                self.retained_bytes += slot.buf.len() - old_bytes;
             }
-            self.buffer_bytes += buffer_bytes;
         }
         if payload_bytes > 0 {
             let have = (self.recv_end - self.recv_start).min(payload_bytes);
@@ -593,6 +630,9 @@ impl NbdSession {
         };
         if !allowed {
             return Some(protocol::NBD_EPERM);
+        }
+        if header.flags & !header.command.known_flags() != 0 {
+            return Some(protocol::NBD_EINVAL);
         }
         let block = u64::from(self.volume.block_size_bytes);
         let (offset, length) = (header.offset_bytes, u64::from(header.length_bytes));
@@ -969,17 +1009,45 @@ impl NbdSession {
         self.sending.clear();
     }
 
+    /// Frees a replied slot, giving back exactly what its request charged.
     fn release_slot(&mut self, index: usize) {
         let slot = &mut self.slots[index];
-        if matches!(slot.header.command, Command::Read | Command::Write)
-            && slot.header.length_bytes as usize <= self.max_io_bytes
+        let charged = std::mem::take(&mut slot.charged_bytes);
+        debug_assert!(
+            charged <= self.buffer_bytes,
+            "buffer accounting underflow: releasing {charged} bytes of {}",
+            self.buffer_bytes
+        );
+        self.buffer_bytes = self.buffer_bytes.checked_sub(charged).unwrap_or_else(|| {
+            log::error!(
+                "nbd {}: buffer accounting: releasing {charged} bytes of {}",
+                self.peer,
+                self.buffer_bytes
+            );
+            0
+        });
+        self.budget.release(charged);
+        // Buffers are kept for reuse (a warm connection allocates nothing), but not past the
+        // retention limit: a client that once had many large requests does not pin them.
+        if self.retained_bytes > MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION
+            && slot.buf.len() > BUFFER_ALIGN_BYTES
         {
-            self.buffer_bytes = self
-                .buffer_bytes
-                .saturating_sub(slot.header.length_bytes as usize);
+            let old_bytes = slot.buf.len();
+            slot.buf = AlignedBuf::new(0);
+            self.retained_bytes -= old_bytes - slot.buf.len();
         }
         slot.state = SlotState::Free;
         self.free_slots.push(index);
+    }
+}
+
+impl Drop for NbdSession {
+    /// A session can end with replies it never sent (the client went away): their charge goes
+    /// back to the server's budget.
+    fn drop(&mut self) {
+        let charged: usize = self.slots.iter().map(|s| s.charged_bytes).sum();
+        debug_assert_eq!(charged, self.buffer_bytes, "buffer accounting out of step");
+        self.budget.release(charged);
     }
 }
 

@@ -57,6 +57,11 @@ impl ExportInfo {
 pub trait ExportCatalog {
     fn list_exports(&self) -> Vec<ExportInfo>;
     fn find_export(&self, name: &str) -> Option<ExportInfo>;
+    /// Grants a session on `export` just before the server says yes to it; `Err` says why
+    /// not (the client gets NBD_REP_ERR_POLICY with it).
+    fn admit(&self, _export: &ExportInfo) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The client's choice.
@@ -88,6 +93,8 @@ pub enum HandshakeError {
     TlsRequired,
     #[error("handshake step out of order: {0}")]
     TlsState(&'static str),
+    #[error("NBD_OPT_EXPORT_NAME refused: {0}")]
+    Refused(String),
 }
 
 /// A parsed NBD_OPT_INFO / NBD_OPT_GO payload.
@@ -376,6 +383,8 @@ impl Negotiation {
                     let Some(export) = catalog.find_export(&name) else {
                         return Err(HandshakeError::UnknownExport(quoted_name(&name)));
                     };
+                    // This option has no error reply: a refusal can only close.
+                    catalog.admit(&export).map_err(HandshakeError::Refused)?;
                     let flags = export.transmission_flags();
                     let mut out = Vec::with_capacity(10 + 124);
                     out.extend_from_slice(&export.size_bytes.to_be_bytes());
@@ -439,6 +448,12 @@ impl Negotiation {
                         )?;
                         continue;
                     };
+                    if code == NBD_OPT_GO {
+                        if let Err(why) = catalog.admit(&export) {
+                            reply(stream, code, NBD_REP_ERR_POLICY, why.as_bytes())?;
+                            continue;
+                        }
+                    }
                     let flags = export.transmission_flags();
                     let mut body = [0u8; 10];
                     body[0..8].copy_from_slice(&export.size_bytes.to_be_bytes());
@@ -592,6 +607,44 @@ mod tests {
         assert_eq!(&replies[0].2[4..], b"a");
         assert_eq!(&replies[1].2[4..], b"b");
         assert_eq!(replies[2].1, NBD_REP_ACK);
+    }
+
+    /// Shows one export but grants no session on it.
+    struct Busy;
+    impl ExportCatalog for Busy {
+        fn list_exports(&self) -> Vec<ExportInfo> {
+            vec![export("a")]
+        }
+        fn find_export(&self, name: &str) -> Option<ExportInfo> {
+            (name == "a").then(|| export(name))
+        }
+        fn admit(&self, _export: &ExportInfo) -> Result<(), String> {
+            Err("no sessions left".into())
+        }
+    }
+
+    #[test]
+    fn a_session_refused_at_go_is_an_option_error_and_negotiation_goes_on() {
+        let mut input = 3u32.to_be_bytes().to_vec();
+        input.extend(option(NBD_OPT_INFO, &go_payload("a", &[])));
+        input.extend(option(NBD_OPT_GO, &go_payload("a", &[])));
+        input.extend(option(NBD_OPT_ABORT, &[]));
+        let mut duplex = Duplex {
+            input: std::io::Cursor::new(input),
+            output: Vec::new(),
+        };
+        let result = negotiate(&mut duplex, &Busy);
+        assert!(matches!(result, Ok(None)), "{result:?}");
+        let replies = replies(&duplex.output);
+        // NBD_OPT_INFO only describes: it is answered in full.
+        assert!(replies
+            .iter()
+            .any(|r| r.0 == NBD_OPT_INFO && r.1 == NBD_REP_ACK));
+        let go: Vec<_> = replies.iter().filter(|r| r.0 == NBD_OPT_GO).collect();
+        assert_eq!(go.len(), 1, "nothing but the error for NBD_OPT_GO");
+        assert_eq!(go[0].1, NBD_REP_ERR_POLICY);
+        assert_eq!(go[0].2, b"no sessions left");
+        assert_eq!(replies.last().expect("abort").1, NBD_REP_ACK);
     }
 
     #[test]

@@ -13,9 +13,11 @@
 
 use super::connection::NbdSession;
 use super::handshake::{ExportCatalog, ExportInfo, HandshakeError, Negotiation, TlsPolicy};
+use super::handshake_slots::{HandshakeSlots, Source};
+use super::session_slots::{ReactorLoad, SessionTicket};
 use super::tls::{self, TlsServer, TlsSocket};
-use crate::constants::{HANDSHAKE_TIMEOUT_SECS, MAX_HANDSHAKES, MAX_IO_BYTES};
-use crate::domain::host::PeerIdentity;
+use crate::constants::MAX_IO_BYTES;
+use crate::domain::host::{Host, PeerIdentity};
 use crate::domain::snapshot::{PathView, Published, Snapshot};
 use crate::domain::vpath::AccessMode;
 use crate::reactor::mailbox::Message;
@@ -23,21 +25,30 @@ use crate::reactor::ReactorHandle;
 use crate::volume::open_state::OpenGuard;
 use crate::volume::provisioner::Provisioner;
 use crate::volume::Volume;
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     #[error("cannot listen for NBD on {address}")]
     Bind {
         address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set the mode of the NBD socket {address} to {mode:04o}")]
+    Mode {
+        address: String,
+        mode: u32,
         #[source]
         source: std::io::Error,
     },
@@ -53,8 +64,11 @@ pub struct NbdContext {
     pub shutdown: Arc<AtomicBool>,
     /// The TLS set-up; when present, every connection must start TLS before anything else.
     pub tls: Option<TlsServer>,
-    handshakes: AtomicUsize,
-    next_reactor: AtomicUsize,
+    handshakes: HandshakeSlots,
+    /// How long a whole handshake may take (`--nbd-handshake-timeout-secs`).
+    handshake_limit: Duration,
+    /// Sessions each reactor serves or has been promised.
+    reactor_load: Arc<ReactorLoad>,
 }
 
 impl NbdContext {
@@ -64,15 +78,17 @@ impl NbdContext {
         provisioner: Provisioner,
         shutdown: Arc<AtomicBool>,
         tls: Option<TlsServer>,
+        handshake_limit: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             published,
-            reactors,
             provisioner,
             shutdown,
             tls,
-            handshakes: AtomicUsize::new(0),
-            next_reactor: AtomicUsize::new(0),
+            handshakes: HandshakeSlots::default(),
+            handshake_limit,
+            reactor_load: ReactorLoad::new(reactors.len()),
+            reactors,
         })
     }
 }
@@ -81,25 +97,33 @@ impl NbdContext {
 /// its VP allows (read-only, and only the operations its domain allows advertised).
 struct HostCatalog {
     snapshot: Arc<Snapshot>,
-    host: Option<String>,
+    host: Option<Host>,
+    reactor_load: Arc<ReactorLoad>,
+    /// The session granted at NBD_OPT_GO, until it is handed to its reactor.
+    ticket: RefCell<Option<SessionTicket>>,
 }
 
 impl HostCatalog {
     /// The catalogue of whichever host `identity` names, in the snapshot published now; that
     /// one snapshot serves the rest of the negotiation.
-    fn resolve(published: &Published, identity: &PeerIdentity, peer: &str) -> Self {
-        let snapshot = published.load();
-        let host = snapshot.host_of(identity).map(|h| h.name.clone());
+    fn resolve(context: &NbdContext, identity: &PeerIdentity, peer: &str) -> Self {
+        let snapshot = context.published.load();
+        let host = snapshot.host_of(identity).cloned();
         if host.is_none() {
             log::info!("NBD {peer}: no host matches {identity}: it sees no export");
         }
-        Self { snapshot, host }
+        Self {
+            snapshot,
+            host,
+            reactor_load: context.reactor_load.clone(),
+            ticket: RefCell::new(None),
+        }
     }
 
     /// The virtual path behind an export this catalogue showed.
     fn path(&self, export: &str) -> Option<(usize, &PathView)> {
-        let host = self.host.as_deref()?;
-        self.snapshot.path_to(host, export)
+        let host = self.host.as_ref()?;
+        self.snapshot.path_to(&host.name, export)
     }
 
     fn export(&self, view: &PathView) -> ExportInfo {
@@ -138,7 +162,7 @@ impl ExportCatalog for HostCatalog {
             return Vec::new();
         };
         self.snapshot
-            .paths_of(host)
+            .paths_of(&host.name)
             .map(|(_, view)| self.export(view))
             .collect()
     }
@@ -146,8 +170,40 @@ impl ExportCatalog for HostCatalog {
     fn find_export(&self, name: &str) -> Option<ExportInfo> {
         let host = self.host.as_ref()?;
         self.snapshot
-            .path_to(host, name)
+            .path_to(&host.name, name)
             .map(|(_, view)| self.export(view))
+    }
+
+    /// One of the host's sessions and a place on a reactor, or why not.
+    fn admit(&self, export: &ExportInfo) -> Result<(), String> {
+        let Some(host) = &self.host else {
+            return Err("no host".into());
+        };
+        let (_, view) = self
+            .path(&export.name)
+            .ok_or_else(|| format!("no export {}", export.name))?;
+        // Opened here, before GO is answered: a volume being deleted cannot be opened, and a
+        // volume open cannot be deleted (see volume::open_state).
+        let open = OpenGuard::open(&view.vpath.volume)
+            .map_err(|error| format!("volume {}: {error}", export.name))?;
+        let host_session = host.take_session().map_err(|open| {
+            format!(
+                "host {} already has {open} sessions open, its max_sessions",
+                host.name
+            )
+        })?;
+        let place = self.reactor_load.reserve().ok_or_else(|| {
+            format!(
+                "the server already serves its {} sessions",
+                self.reactor_load.capacity()
+            )
+        })?;
+        *self.ticket.borrow_mut() = Some(SessionTicket {
+            host: host_session,
+            place,
+            open,
+        });
+        Ok(())
     }
 }
 
@@ -169,13 +225,27 @@ pub fn listen_tcp(
     spawn_acceptor(Listening::Tcp(listener), context)
 }
 
-pub fn listen_unix(path: &Path, context: Arc<NbdContext>) -> Result<JoinHandle<()>, ListenerError> {
+/// Listens on a Unix socket at `path` with permission bits `mode`. Who may connect is decided
+/// by the host records (`unix:UID`), so the default mode lets every user reach the socket;
+/// a narrower mode is for sites that want the file system to decide as well.
+pub fn listen_unix(
+    path: &Path,
+    mode: u32,
+    context: Arc<NbdContext>,
+) -> Result<JoinHandle<()>, ListenerError> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| ListenerError::Bind {
         address: path.display().to_string(),
         source,
     })?;
-    log::info!("NBD listening on {}", path.display());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ListenerError::Mode {
+            address: path.display().to_string(),
+            mode,
+            source,
+        }
+    })?;
+    log::info!("NBD listening on {} (mode {mode:04o})", path.display());
     spawn_acceptor(Listening::Unix(listener, path.to_path_buf()), context)
 }
 
@@ -206,7 +276,7 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
                     address: Some(peer.ip()),
                     ..PeerIdentity::default()
                 };
-                (Stream::Tcp(stream), peer.to_string(), identity)
+                (Socket::Tcp(stream), peer.to_string(), identity)
             }),
             Listening::Unix(l, path) => l.accept().map(|(stream, _)| {
                 let uid = peer_uid(&stream);
@@ -218,11 +288,11 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
                     Some(uid) => format!("unix:{uid}@{}", path.display()),
                     None => format!("unix:{}", path.display()),
                 };
-                (Stream::Unix(stream), name, identity)
+                (Socket::Unix(stream), name, identity)
             }),
         };
         match accepted {
-            Ok((stream, peer, identity)) => start_handshake(stream, peer, identity, &context),
+            Ok((socket, peer, identity)) => start_handshake(socket, peer, identity, &context),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20))
             }
@@ -237,34 +307,69 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
     }
 }
 
-enum Stream {
+/// A connection while it negotiates: a socket of either family, and the one deadline of the
+/// whole handshake. Every read and write waits at most until that deadline (the socket's
+/// timeout is set to what is left before each), so a peer that trickles a byte at a time
+/// cannot hold its handshake slot longer than the deadline allows.
+struct Stream {
+    socket: Socket,
+    /// None once the handshake is over (the TLS relay then owns the timing).
+    deadline: Cell<Option<Instant>>,
+}
+
+enum Socket {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
 }
 
 impl Stream {
-    fn prepare(&self) -> std::io::Result<()> {
-        let timeout = Some(Duration::from_secs(HANDSHAKE_TIMEOUT_SECS));
-        match self {
-            Stream::Tcp(s) => s
-                .set_nonblocking(false)
-                .and_then(|()| s.set_read_timeout(timeout))
-                .and_then(|()| s.set_write_timeout(timeout)),
-            Stream::Unix(s) => s
-                .set_nonblocking(false)
-                .and_then(|()| s.set_read_timeout(timeout))
-                .and_then(|()| s.set_write_timeout(timeout)),
+    fn new(socket: Socket) -> Self {
+        Self {
+            socket,
+            deadline: Cell::new(None),
+        }
+    }
+
+    /// Blocking, with the handshake's deadline `limit` from now.
+    fn prepare(&self, limit: Duration) -> std::io::Result<()> {
+        self.deadline.set(Some(Instant::now() + limit));
+        match &self.socket {
+            Socket::Tcp(s) => s.set_nonblocking(false),
+            Socket::Unix(s) => s.set_nonblocking(false),
+        }
+    }
+
+    /// Sets the socket's timeouts to the time left before the deadline; an error once it
+    /// has passed.
+    fn arm(&self) -> std::io::Result<()> {
+        let Some(deadline) = self.deadline.get() else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the handshake's deadline passed",
+            ));
+        }
+        match &self.socket {
+            Socket::Tcp(s) => s
+                .set_read_timeout(Some(left))
+                .and_then(|()| s.set_write_timeout(Some(left))),
+            Socket::Unix(s) => s
+                .set_read_timeout(Some(left))
+                .and_then(|()| s.set_write_timeout(Some(left))),
         }
     }
 
     /// Back to no timeouts: the reactor drives the socket through io_uring from now on.
     fn into_fd(self) -> std::io::Result<OwnedFd> {
-        match self {
-            Stream::Tcp(s) => s
+        match self.socket {
+            Socket::Tcp(s) => s
                 .set_read_timeout(None)
                 .and_then(|()| s.set_write_timeout(None))
                 .map(|()| OwnedFd::from(s)),
-            Stream::Unix(s) => s
+            Socket::Unix(s) => s
                 .set_read_timeout(None)
                 .and_then(|()| s.set_write_timeout(None))
                 .map(|()| OwnedFd::from(s)),
@@ -274,54 +379,58 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+        self.arm()?;
+        match &mut self.socket {
+            Socket::Tcp(s) => s.read(buf),
+            Socket::Unix(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
+        self.arm()?;
+        match &mut self.socket {
+            Socket::Tcp(s) => s.write(buf),
+            Socket::Unix(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
+        match &mut self.socket {
+            Socket::Tcp(s) => s.flush(),
+            Socket::Unix(s) => s.flush(),
         }
     }
 }
 
 impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
+        match &self.socket {
+            Socket::Tcp(s) => s.as_fd(),
+            Socket::Unix(s) => s.as_fd(),
         }
     }
 }
 
 impl TlsSocket for Stream {
     fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(nonblocking),
-            Stream::Unix(s) => s.set_nonblocking(nonblocking),
+        match &self.socket {
+            Socket::Tcp(s) => s.set_nonblocking(nonblocking),
+            Socket::Unix(s) => s.set_nonblocking(nonblocking),
         }
     }
+    /// The handshake is over: its deadline no longer applies.
     fn clear_timeouts(&self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => TlsSocket::clear_timeouts(s),
-            Stream::Unix(s) => TlsSocket::clear_timeouts(s),
+        self.deadline.set(None);
+        match &self.socket {
+            Socket::Tcp(s) => TlsSocket::clear_timeouts(s),
+            Socket::Unix(s) => TlsSocket::clear_timeouts(s),
         }
     }
     fn shutdown_write(&self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => TlsSocket::shutdown_write(s),
-            Stream::Unix(s) => TlsSocket::shutdown_write(s),
+        match &self.socket {
+            Socket::Tcp(s) => TlsSocket::shutdown_write(s),
+            Socket::Unix(s) => TlsSocket::shutdown_write(s),
         }
     }
 }
@@ -347,22 +456,33 @@ fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
 }
 
 fn start_handshake(
-    stream: Stream,
+    socket: Socket,
     peer: String,
     identity: PeerIdentity,
     context: &Arc<NbdContext>,
 ) {
-    if context.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-        context.handshakes.fetch_sub(1, Ordering::AcqRel);
-        log::warn!("NBD {peer}: refused, {MAX_HANDSHAKES} handshakes already in progress");
-        return;
-    }
+    let source = match (identity.address, identity.unix_uid) {
+        (Some(address), _) => Source::Address(address),
+        (None, Some(uid)) => Source::UnixUid(uid),
+        (None, None) => Source::Unknown,
+    };
+    // Whether a host record names this peer by what the transport proves before any
+    // negotiation (its address or user id).
+    let known = context.published.load().host_of(&identity).is_some();
+    let slot = match context.handshakes.admit(source, known) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            log::warn!("NBD {peer}: refused: {refusal}");
+            return;
+        }
+    };
     let context = context.clone();
+    let stream = Stream::new(socket);
     let spawned = std::thread::Builder::new()
         .name("nbd-handshake".into())
         .spawn(move || {
             handshake(stream, &peer, &identity, &context);
-            context.handshakes.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
     if let Err(error) = spawned {
         log::error!("NBD: cannot start a handshake thread: {error}");
@@ -370,7 +490,7 @@ fn start_handshake(
 }
 
 fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &NbdContext) {
-    if let Err(error) = stream.prepare() {
+    if let Err(error) = stream.prepare(context.handshake_limit) {
         log::warn!("NBD {peer}: {error}");
         return;
     }
@@ -383,7 +503,7 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
         Err(error) => return handshake_failed(peer, &error),
     };
     let Some(tls) = &context.tls else {
-        let catalog = HostCatalog::resolve(&context.published, identity, peer);
+        let catalog = HostCatalog::resolve(context, identity, peer);
         let negotiated = match negotiation.choose_export(&mut stream, &catalog) {
             Ok(Some(negotiated)) => negotiated,
             Ok(None) => return,
@@ -392,8 +512,11 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
         let Some((index, view)) = catalog.path(&negotiated.export.name) else {
             return;
         };
+        let Some(ticket) = catalog.ticket.take() else {
+            return;
+        };
         match stream.into_fd() {
-            Ok(fd) => attach(context, fd, index, view, peer),
+            Ok(fd) => attach(context, fd, index, view, peer, ticket),
             Err(error) => log::warn!("NBD {peer}: {error}"),
         }
         return;
@@ -438,7 +561,7 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
             stream.describe()
         ),
     }
-    let catalog = HostCatalog::resolve(&context.published, &identity, peer);
+    let catalog = HostCatalog::resolve(context, &identity, peer);
     let negotiated = match negotiation.choose_export(&mut stream, &catalog) {
         Ok(Some(negotiated)) => negotiated,
         Ok(None) => return,
@@ -447,8 +570,11 @@ fn handshake(mut stream: Stream, peer: &str, identity: &PeerIdentity, context: &
     let Some((index, view)) = catalog.path(&negotiated.export.name) else {
         return;
     };
+    let Some(ticket) = catalog.ticket.take() else {
+        return;
+    };
     match tls::spawn_relay(stream, slot, peer.to_string()) {
-        Ok(fd) => attach(context, fd, index, view, peer),
+        Ok(fd) => attach(context, fd, index, view, peer, ticket),
         Err(error) => log::warn!("NBD {peer}: cannot start the TLS relay: {error}"),
     }
 }
@@ -460,29 +586,25 @@ fn handshake_failed(peer: &str, error: &HandshakeError) {
     );
 }
 
-/// Hands a negotiated connection to the next reactor.
-fn attach(context: &NbdContext, fd: OwnedFd, index: usize, view: &PathView, peer: &str) {
+/// Hands a negotiated connection to the reactor its ticket has a place on.
+fn attach(
+    context: &NbdContext,
+    fd: OwnedFd,
+    index: usize,
+    view: &PathView,
+    peer: &str,
+    ticket: SessionTicket,
+) {
     log::info!(
         "NBD {peer}: host {} serving volume {} through virtual path {}",
         view.vpath.host,
         view.vpath.volume.name,
         view.vpath.id
     );
-    // Opened here, after the handshake: a volume being deleted cannot be opened, and a
-    // volume open cannot be deleted (see volume::open_state).
-    let open = match OpenGuard::open(&view.vpath.volume) {
-        Ok(open) => open,
-        Err(error) => {
-            log::info!(
-                "NBD {peer}: volume {}: {error}; closing the connection",
-                view.vpath.volume.name
-            );
-            return;
-        }
-    };
+    let reactor = ticket.place.reactor();
     let session = NbdSession::new(
         fd,
-        open,
+        ticket,
         view.vpath.clone(),
         index,
         context.published.clone(),
@@ -490,7 +612,8 @@ fn attach(context: &NbdContext, fd: OwnedFd, index: usize, view: &PathView, peer
         MAX_IO_BYTES,
         peer.to_string(),
     );
-    let reactor = &context.reactors
-        [context.next_reactor.fetch_add(1, Ordering::Relaxed) % context.reactors.len()];
+    let Some(reactor) = context.reactors.get(reactor) else {
+        return;
+    };
     reactor.post(Message::Attach(Box::new(session)));
 }

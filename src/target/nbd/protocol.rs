@@ -48,6 +48,19 @@ pub const NBD_INFO_BLOCK_SIZE: u16 = 3;
 pub const NBD_CMD_FLAG_FUA: u16 = 1 << 0;
 pub const NBD_CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 
+impl Command {
+    /// The command flags this server understands on this command. The spec lets FUA be sent
+    /// with any command once NBD_FLAG_SEND_FUA is advertised; NO_HOLE belongs to WRITE_ZEROES.
+    /// Every other flag (DF and REQ_ONE need structured replies, FAST_ZERO and PAYLOAD_LEN
+    /// features this server does not advertise) is refused with EINVAL, as the spec asks.
+    pub fn known_flags(self) -> u16 {
+        match self {
+            Self::WriteZeroes => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
+            _ => NBD_CMD_FLAG_FUA,
+        }
+    }
+}
+
 // Errors, as NBD numbers them.
 pub const NBD_EPERM: u32 = 1;
 pub const NBD_EIO: u32 = 5;
@@ -194,6 +207,13 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn knows_fua_everywhere_and_no_hole_only_on_write_zeroes() {
+        assert_eq!(Command::Read.known_flags(), NBD_CMD_FLAG_FUA);
+        assert_eq!(Command::Write.known_flags() & NBD_CMD_FLAG_NO_HOLE, 0);
+        assert_ne!(Command::WriteZeroes.known_flags() & NBD_CMD_FLAG_NO_HOLE, 0);
     }
 
     #[test]
