@@ -1,6 +1,6 @@
 //! `domain_*` methods: storage domains and their capabilities. The `default` domain always
-//! exists: it limits nothing and allows everything, so it never contradicts what other
-//! domains enforce; it can be given capabilities but not deleted.
+//! exists: as made, it limits nothing and allows everything, so it never contradicts what
+//! other domains enforce; it can be given capabilities but not deleted.
 
 use super::params::{one_or_all, Params};
 use super::stats::{totals_json, CycleStats};

@@ -63,7 +63,8 @@ impl Params {
             .ok_or_else(|| RpcError::invalid_params(format!("{key}: missing required parameter")))
     }
 
-    /// A LUN, pool or volume name: 1..64 of `[A-Za-z0-9._:-]`.
+    /// A LUN, pool, volume, host or domain name: 1..=`MAX_NAME_BYTES` (64) of
+    /// `[A-Za-z0-9._:-]`.
     pub fn name(&self, key: &str) -> Result<&str, RpcError> {
         let name = self.str(key)?;
         check_name(key, name)?;

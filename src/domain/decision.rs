@@ -3,9 +3,10 @@
 //! front end (and `sds perf`) asks here once per request.
 //!
 //! A session keeps the last decision in a [`DecisionCache`] and looks at the snapshot again
-//! only when the published generation moved: the steady state costs one relaxed load of a
-//! counter that changes only when the control thread publishes, and touches nothing else
-//! shared.
+//! only when the published generation moved: the steady state costs one Acquire load of a
+//! counter that changes only when the control thread publishes (it pairs with the Release
+//! increment after each new snapshot is stored), plus, for a rate-limited VP, one load of the
+//! VP's session count on this reactor.
 
 use super::capabilities::{AllowedOps, StatsDetail};
 use super::qos::RateLimit;

@@ -1,10 +1,11 @@
 //! Hosts: initiators, named by what their protocol proves about them.
 //!
-//! A connection carries a [`PeerIdentity`]: its TLS client-certificate subject when it came
-//! over TLS, else its source address (TCP) or its user id (a Unix socket). A [`Host`] claims
-//! connections by those: its TLS subject, or (without TLS) one of its addresses — CIDR
-//! networks or `unix:UID`. With TLS, only the certificate counts: an address proves nothing a
-//! certificate could not.
+//! A connection carries a [`PeerIdentity`]: its source address (TCP) or its user id (a Unix
+//! socket), and, when it came over TLS with a verified client certificate, that certificate's
+//! subject. A [`Host`] claims connections by those: by its TLS subject when the peer proved
+//! one, and then only by it (an address proves nothing a certificate could not); else by one
+//! of its addresses — CIDR networks or `unix:UID` — as also over TLS without client
+//! certificates.
 
 use crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST;
 use crate::store::records::HostRecord;

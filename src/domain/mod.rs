@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  handshake: PeerIdentity ──▶ Host ──▶ its VPs (discovery, open)
-//!  per I/O:   session ──▶ Snapshot (one atomic load) ──▶ PathView: access, allowed ops,
+//!  per I/O:   session ──▶ DecisionCache (one load of the published generation; the
+//!             Snapshot's PathView is read again only when it moved) ──▶ allowed ops,
 //!             RateLimit ──▶ TokenBucket (session-local) ──▶ volume; then VpCounters
 //!  control:   every cycle, VpathStats ──▶ share domain budgets (qos) ──▶ new Snapshot
 //! ```

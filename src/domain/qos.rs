@@ -1,11 +1,11 @@
 //! Quality of service: the control loop's sharing of budgets, and the token buckets the
-//! reactors take from.
+//! sessions take from on their reactors.
 //!
 //! ```text
 //!  control thread, every cycle:  domain budget ──share_budget──▶ per-VP allowance
 //!                                per-VP allowance ──split by reactor demand──▶ RateLimit
 //!                                                     (published in the snapshot)
-//!  reactor, per I/O:             TokenBucket (reactor-local) ──refill at RateLimit──▶ take
+//!  session, per I/O:             TokenBucket (its own) ──refill at its share──▶ take
 //! ```
 //!
 //! Budgets are max-min fair with weights: a VP that used less than its share last cycle and
@@ -78,7 +78,9 @@ impl RateLimit {
 /// How long a bucket may save up unused tokens: the burst a limit allows.
 const BURST_SECONDS: f64 = 0.02;
 
-/// One reactor's tokens for one VP. Reactor-local: no atomics, no sharing.
+/// One session's tokens: it refills at the session's share of its VP's rate on its reactor
+/// (that rate split evenly among the VP's sessions there, see [`super::decision`]). Owned by
+/// the session: no atomics, no sharing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokenBucket {
     ios: f64,

@@ -2,8 +2,10 @@
 //!
 //! The control thread builds a new [`Snapshot`] whenever configuration changes, and every
 //! control-loop cycle in which a VP's rates change, and publishes it with one atomic swap.
-//! Handshakes resolve a connection's host and VP from it; sessions load it once per request
-//! and read their VP's current decisions (access, allowed operations, rates) from it.
+//! Handshakes resolve a connection's host and VP from it; sessions read their VP's current
+//! decisions (allowed operations, statistics detail, rates) from it through a
+//! [`DecisionCache`](super::decision::DecisionCache), which looks at the snapshot again only
+//! when [`Published::generation`] moved.
 
 use super::capabilities::{AllowedOps, StatsDetail};
 use super::host::{Host, PeerIdentity};

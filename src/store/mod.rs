@@ -1,4 +1,5 @@
-//! Configuration records: one JSON file per LUN, pool and volume under `STATE/config/`.
+//! Configuration records: one JSON file per LUN, pool, volume, host, storage domain and
+//! virtual path under `STATE/config/` (`KIND-NAME.json`, the records in [`records`]).
 //!
 //! A record is replaced atomically: written to a temporary file, fsynced, renamed over the
 //! old one, and the directory fsynced, so after a crash at any instant each record is either
@@ -8,7 +9,6 @@
 //! A write that fails at any step removes its temporary file, and temporary files a crash left
 //! behind (`.KIND-NAME.json.tmp`) are removed, with a log line, when the store opens: they are
 //! never a record (a record is whole only once renamed).
-//! (A region of several servers keeps the same records in etcd instead.)
 
 pub mod records;
 
