@@ -67,6 +67,15 @@ const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);
 
+/// Memory kept back from RAM LUNs: every `mem` LUN together must fit in `MemAvailable` (of
+/// /proc/meminfo, when one is created) less this, so the server and the machine keep room.
+pub const MEM_LUN_RESERVE_BYTES: u64 = 1 << 30;
+
+/// A LUN's I/O errors are logged at most once per this many milliseconds per I/O type (each
+/// line with the count it stands for): the control thread writes them, never a reactor.
+pub const LUN_ERROR_LOG_INTERVAL_MS: u64 = 1000;
+const _: () = assert!(LUN_ERROR_LOG_INTERVAL_MS >= DEFAULT_CYCLE_MS);
+
 /// Longest delay a fault LUN may inject into one I/O (`lun_inject_fault`, mode `delay`).
 pub const MAX_FAULT_DELAY_US: u64 = 10_000_000;
 

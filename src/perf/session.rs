@@ -28,7 +28,7 @@ use super::clock::{thread_cpu_ns, TickClock};
 use super::options::Workload;
 use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::backend::{completion_result, IoType, LunIo, Started};
+use crate::backend::{completion_result, split_tag, IoType, LunIo, Started};
 use crate::constants::MAX_LUNS_PER_POOL;
 use crate::domain::decision::DecisionCache;
 use crate::domain::qos::{Admit, TokenBucket};
@@ -64,6 +64,8 @@ const TAG_EXPECTED_MASK: u64 = (1 << TAG_LUN_SHIFT) - 1;
 
 const _: () = assert!((crate::constants::MAX_IO_BYTES as u64) <= TAG_EXPECTED_MASK);
 const _: () = assert!(MAX_LUNS_PER_POOL <= 1 << 8);
+// Kinds stay below the bit a LUN driver marks its own timer entries with.
+const _: () = assert!((TAG_NOP << TAG_KIND_SHIFT) < crate::backend::DRIVER_TIMER_TAG);
 const _: () = assert!(super::options::MAX_PERF_QUEUE_DEPTH <= 1 << 12);
 
 fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 {
@@ -712,6 +714,7 @@ impl PerfSession {
                 }
                 Segment::Mapped {
                     lun,
+                    lun_index,
                     offset_bytes,
                     len_bytes,
                 } => {
@@ -729,7 +732,6 @@ impl PerfSession {
                             fua: false,
                         },
                     };
-                    let lun_index = volume.pool.member_index(lun);
                     let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, len_bytes as u32));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this I/O is reaped: the slot is not reused before it completes, and
@@ -856,6 +858,7 @@ impl Session for PerfSession {
 
     fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
         self.ring_pending -= 1;
+        let (local_tag, driver_timer) = split_tag(local_tag);
         let kind = local_tag >> TAG_KIND_SHIFT;
         match kind {
             TAG_NOP => self.nop_armed = false,
@@ -867,7 +870,7 @@ impl Session for PerfSession {
                     return;
                 };
                 slot.pending -= 1;
-                if let Err(errno) = completion_result(result, expected) {
+                if let Err(errno) = completion_result(result, expected, driver_timer) {
                     note_error(&self.volume.pool, lun_index, slot.op, errno);
                     if slot.error == 0 {
                         slot.error = errno;

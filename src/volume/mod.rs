@@ -37,9 +37,10 @@ pub struct Volume {
 
 /// One piece of a request, inside one virtual extent.
 pub enum Segment<'a> {
-    /// Stored at `offset_bytes` on `lun`.
+    /// Stored at `offset_bytes` on `lun`, the pool's LUN number `lun_index`.
     Mapped {
         lun: &'a PoolLun,
+        lun_index: usize,
         offset_bytes: u64,
         len_bytes: u64,
     },
@@ -114,9 +115,10 @@ impl Volume {
         match map.get(extent) {
             0 => Segment::Unmapped { extent, len_bytes },
             slot => {
-                let (lun, offset_bytes) = self.pool.locate(slot, within);
+                let (lun, lun_index, offset_bytes) = self.pool.locate(slot, within);
                 Segment::Mapped {
                     lun,
+                    lun_index,
                     offset_bytes,
                     len_bytes,
                 }

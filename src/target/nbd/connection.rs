@@ -17,7 +17,7 @@
 
 use super::protocol::{self, Command, RequestHeader};
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::backend::{completion_result, IoType, LunIo, Started};
+use crate::backend::{completion_result, split_tag, IoType, LunIo, Started};
 use crate::constants::{
     MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
     MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
@@ -59,6 +59,8 @@ const TAG_EXPECTED_MASK: u64 = (1 << TAG_LUN_SHIFT) - 1;
 const _: () = assert!((MAX_IO_BYTES as u64) <= TAG_EXPECTED_MASK);
 const _: () = assert!(MAX_LUNS_PER_POOL <= 1 << 8);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 1 << 8);
+// Kinds stay below the bit a LUN driver marks its own timer entries with.
+const _: () = assert!((TAG_TIMER << 40) < crate::backend::DRIVER_TIMER_TAG);
 
 fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 {
     debug_assert!(u64::from(expected_bytes) <= TAG_EXPECTED_MASK && lun_index < 1 << 8);
@@ -713,6 +715,7 @@ impl NbdSession {
                 }
                 Segment::Mapped {
                     lun,
+                    lun_index,
                     offset_bytes,
                     len_bytes,
                 } => {
@@ -740,7 +743,6 @@ impl NbdSession {
                     } else {
                         0
                     };
-                    let lun_index = volume.pool.member_index(lun);
                     let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, expected));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped: the slot is not reused before it is replied to.
@@ -787,20 +789,14 @@ impl NbdSession {
         if let Some(lun) = lun {
             lun.note_error(io_type, errno);
         }
+        // Counted on the LUN, not logged here: a log line is a blocking write, and the control
+        // thread logs the LUN's errors, rate-limited (control::lun_errors).
         if slot.error == 0 {
             slot.error = if errno == libc::ENOSPC {
                 protocol::NBD_ENOSPC
             } else {
                 protocol::NBD_EIO
             };
-            log::warn!(
-                "nbd {}: {} I/O error on volume {}, LUN {}: {}",
-                self.peer,
-                slot.header.command.name(),
-                self.volume.name,
-                lun.map_or("?", |l| l.info().name.as_str()),
-                std::io::Error::from_raw_os_error(errno)
-            );
         }
     }
 
@@ -993,6 +989,7 @@ impl Session for NbdSession {
 
     fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
         self.ring_pending -= 1;
+        let (local_tag, driver_timer) = split_tag(local_tag);
         let kind = local_tag >> 40;
         let index = ((local_tag >> 32) & 0xff) as usize;
         let lun_index = ((local_tag >> TAG_LUN_SHIFT) & 0xff) as usize;
@@ -1024,7 +1021,11 @@ impl Session for NbdSession {
             TAG_TIMER => self.on_timer(ctx),
             TAG_IO => {
                 self.slots[index].pending -= 1;
-                self.note_result(index, lun_index, completion_result(result, expected));
+                self.note_result(
+                    index,
+                    lun_index,
+                    completion_result(result, expected, driver_timer),
+                );
                 let slot = &self.slots[index];
                 if slot.pending == 0 && slot.waiting == 0 {
                     self.finish_round(index, ctx);
