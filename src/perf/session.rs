@@ -29,7 +29,7 @@ use super::options::Workload;
 use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{completion_result, split_tag, IoType, LunIo, Started};
-use crate::constants::MAX_LUNS_PER_POOL;
+use crate::constants::{MAX_LUNS_PER_POOL, MAX_RING_ENTRIES_PER_ROUND};
 use crate::domain::decision::DecisionCache;
 use crate::domain::qos::{Admit, TokenBucket};
 use crate::domain::snapshot::Published;
@@ -202,6 +202,9 @@ pub struct PerfSession {
     /// Ring entries outstanding (LUN I/O and the NOP).
     ring_pending: u32,
     nop_armed: bool,
+    /// Provisioned writes waiting for ring credit to start, oldest first; while any wait (or
+    /// the ring is short of credit) the job starts no new I/O.
+    ring_deferred: std::collections::VecDeque<usize>,
     stage: Stage,
     /// Next unit of a fill, a sequential workload or a read-back.
     cursor: u64,
@@ -256,6 +259,7 @@ impl PerfSession {
             })
             .collect();
         let free = (0..spec.queue_depth).rev().collect();
+        let ring_deferred = std::collections::VecDeque::with_capacity(spec.queue_depth);
         let stamps = if spec.verify {
             vec![0; spec.units as usize]
         } else {
@@ -285,6 +289,7 @@ impl PerfSession {
             in_flight: 0,
             ring_pending: 0,
             nop_armed: false,
+            ring_deferred,
             stage: Stage::Run,
             cursor: 0,
             rng: seed | 1,
@@ -470,6 +475,11 @@ impl PerfSession {
             }
             if budget == 0 {
                 self.arm_nop(ctx);
+                break;
+            }
+            if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                // Back-pressure: the reactor calls on_ring_credit when entries are free.
+                ctx.wait_for_ring_credit();
                 break;
             }
             budget -= 1;
@@ -900,9 +910,26 @@ impl Session for PerfSession {
         if slot.waiting == 0 && slot.pending == 0 {
             if slot.error != 0 {
                 self.complete(index);
+            } else if !self.ring_deferred.is_empty()
+                || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND
+            {
+                self.ring_deferred.push_back(index);
+                ctx.wait_for_ring_credit();
             } else {
                 self.run_segments(index, ctx);
             }
+        }
+        self.pump(ctx);
+    }
+
+    fn on_ring_credit(&mut self, ctx: &mut SessionContext) {
+        while let Some(&index) = self.ring_deferred.front() {
+            if ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                ctx.wait_for_ring_credit();
+                return;
+            }
+            self.ring_deferred.pop_front();
+            self.run_segments(index, ctx);
         }
         self.pump(ctx);
     }

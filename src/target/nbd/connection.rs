@@ -20,7 +20,7 @@ use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{completion_result, split_tag, IoType, LunIo, Started};
 use crate::constants::{
     MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
-    MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
+    MAX_RING_ENTRIES_PER_ROUND, MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
 };
 use crate::domain::capabilities::AllowedOps;
 use crate::domain::decision::DecisionCache;
@@ -156,8 +156,11 @@ pub struct NbdSession {
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     buffer_bytes: usize,
-    /// A parsed request waiting for a slot or buffer budget.
+    /// A parsed request waiting for a slot or buffer budget, or for ring credit.
     stalled: bool,
+    /// Requests whose next round waits for ring credit (the reactor's ring is near its
+    /// in-flight limit), oldest first; while any wait, no new request is read.
+    ring_deferred: VecDeque<usize>,
     send_queue: VecDeque<usize>,
     sending: Vec<usize>,
     send_iov: Vec<libc::iovec>,
@@ -231,6 +234,7 @@ impl NbdSession {
             free_slots: (0..MAX_INFLIGHT_PER_CONNECTION).rev().collect(),
             buffer_bytes: 0,
             stalled: false,
+            ring_deferred: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             send_queue: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             sending: Vec::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             send_iov: Vec::with_capacity(2 * MAX_INFLIGHT_PER_CONNECTION),
@@ -374,6 +378,11 @@ impl NbdSession {
     /// Parses one request header and starts it. Returns false when it must wait (no slot or
     /// buffer budget, or its payload is still arriving).
     fn take_request(&mut self, ctx: &mut SessionContext) -> bool {
+        if !self.ring_deferred.is_empty() {
+            // Back-pressure: requests already taken wait for ring credit.
+            self.stalled = true;
+            return false;
+        }
         let mut raw = [0u8; REQUEST_HEADER_BYTES];
         raw.copy_from_slice(
             &self.recv_buf.as_slice()[self.recv_start..self.recv_start + REQUEST_HEADER_BYTES],
@@ -613,8 +622,19 @@ impl NbdSession {
 
     // ---- running requests --------------------------------------------------------------------
 
-    /// Starts the next round of a request: as many segments as fit in one round.
+    /// Starts the next round of a request, or queues it until the reactor's ring has credit
+    /// for a round (then `on_ring_credit` starts it).
     fn run(&mut self, index: usize, ctx: &mut SessionContext) {
+        if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+            self.ring_deferred.push_back(index);
+            ctx.wait_for_ring_credit();
+            return;
+        }
+        self.run_round(index, ctx);
+    }
+
+    /// Starts the next round of a request: as many segments as fit in one round.
+    fn run_round(&mut self, index: usize, ctx: &mut SessionContext) {
         let header = self.slots[index].header;
         match header.command {
             Command::Flush => self.run_flush(index, ctx),
@@ -978,6 +998,26 @@ impl Session for NbdSession {
             .sessions
             .fetch_add(1, Ordering::Relaxed);
         self.post_recv(ctx);
+    }
+
+    fn on_ring_credit(&mut self, ctx: &mut SessionContext) {
+        while let Some(&index) = self.ring_deferred.front() {
+            if self.closing {
+                self.ring_deferred.clear();
+                break;
+            }
+            if ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                ctx.wait_for_ring_credit();
+                return;
+            }
+            self.ring_deferred.pop_front();
+            self.run_round(index, ctx);
+        }
+        if self.stalled {
+            self.stalled = false;
+            self.process_input(ctx);
+        }
+        self.maybe_finish();
     }
 
     fn revoke(&mut self, tag: u64, _ctx: &mut SessionContext) {
