@@ -635,6 +635,10 @@ mod tests {
     /// The ring path on this kernel: an injected failure completes at once without touching
     /// the ring; a delay queues the I/O and a timer with the same tag, and both complete as
     /// successes (the timer's -ETIME reads as Ok, as the timer's only).
+    #[cfg_attr(
+        miri,
+        ignore = "io_uring: a system call Miri cannot run (sanitize.sh runs it under TSan)"
+    )]
     #[test]
     fn ring_path_fails_at_once_and_delays_with_a_timer() {
         use crate::backend::aligned_buf::AlignedBuf;

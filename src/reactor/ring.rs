@@ -235,6 +235,10 @@ mod tests {
     /// A ring with a 4-entry submission queue (8 completion entries) offered far more entries
     /// than its completion queue holds: it takes no more than fit, never spins, and every
     /// entry it took completes exactly once.
+    #[cfg_attr(
+        miri,
+        ignore = "io_uring: a system call Miri cannot run (sanitize.sh runs it under TSan)"
+    )]
     #[test]
     fn a_tiny_ring_bounds_in_flight_and_loses_no_completion() {
         bounded(20, || {
