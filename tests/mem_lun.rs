@@ -45,6 +45,7 @@ fn a_mem_lun_larger_than_memory_is_refused_and_the_server_keeps_serving() {
         let Err((code, message)) = refused else {
             panic!("a mem LUN of {size} bytes was created: {refused:?}");
         };
+        eprintln!("lun_create mem of {size} bytes: {code} {message}");
         assert_eq!(code, -32602, "{message}");
         assert!(message.contains("size"), "{message}");
         let luns = server.ok("lun_get_luns", json!({}));
