@@ -119,3 +119,39 @@ pub trait Session: Send {
     /// Closed, with nothing left on the ring: the reactor may drop it and reuse its index.
     fn is_finished(&self) -> bool;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(index: u16, generation: u32) -> SessionId {
+        SessionId { index, generation }
+    }
+
+    /// Each session waits once, in order; a session that finished and whose index was reused
+    /// leaves a stale entry behind, and the new one is queued all the same.
+    #[test]
+    fn waiters_queue_once_each_and_survive_a_reused_index() {
+        let mut waiters = CreditWaiters::default();
+        waiters.add(id(3, 1));
+        waiters.add(id(5, 1));
+        waiters.add(id(3, 1));
+        assert_eq!(waiters.len(), 2, "asking twice queues once");
+        waiters.add(id(3, 2));
+        assert_eq!(waiters.pop(), Some(id(3, 1)), "stale: the caller skips it");
+        assert_eq!(waiters.pop(), Some(id(5, 1)));
+        assert_eq!(waiters.pop(), Some(id(3, 2)));
+        assert!(waiters.is_empty());
+        waiters.add(id(3, 2));
+        assert_eq!(
+            waiters.pop(),
+            Some(id(3, 2)),
+            "may wait again once called back"
+        );
+        waiters.add(id(u16::MAX, 1));
+        assert!(
+            waiters.is_empty(),
+            "an index past the reactor's sessions is ignored"
+        );
+    }
+}
