@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, unit tests, and the integration tests that start the real
 # server and drive it with real clients (qemu-io, nbdinfo, fio, SPDK's Python RPC client).
-# Installs what is missing through scripts/setup.sh first. Ends with a short, bounded run of
+# Installs what is missing through scripts/setup.sh first. Then the unit tests of the data path's
+# unsafe code under Miri and ThreadSanitizer (scripts/sanitize.sh), and a short, bounded run of
 # every fuzz target (scripts/fuzz.sh, SDS_FUZZ_SECONDS per target, 15 by default).
 #
 #   scripts/test.sh [--long]    --long: 300 s per fuzz target and 200 crash-test cycles
@@ -37,5 +38,9 @@ echo "== cargo test"
 # Integration tests each run their own server on their own port and temp dir, so they run in
 # parallel; two at a time keeps the clients and servers from starving a 2-core machine.
 cargo test --all-targets --locked -- --test-threads="${SDS_TEST_THREADS:-2}"
+echo "== sanitize"
+# Miri and ThreadSanitizer over the LUN drivers, the ring, the map and the bitmap (nightly with
+# miri and rust-src; about a minute when warm, several on the first run).
+scripts/sanitize.sh
 echo "== fuzz"
 scripts/fuzz.sh "${SDS_FUZZ_SECONDS:-15}"

@@ -26,6 +26,24 @@ pub const MAX_CONNECTIONS_PER_REACTOR: usize = 256;
 pub const MAX_OPENS_PER_VOLUME: usize = MAX_REACTORS * MAX_CONNECTIONS_PER_REACTOR;
 /// Submission queue entries of each reactor's io_uring.
 pub const RING_ENTRIES: u32 = 1024;
+/// Completion queue entries of each reactor's io_uring (a power of two): also the most entries
+/// a reactor has in flight, so its completion queue never overflows.
+pub const RING_CQ_ENTRIES: u32 = 4096;
+pub const MAX_RING_IN_FLIGHT: usize = RING_CQ_ENTRIES as usize;
+/// Ring entries one LUN I/O may take: a FUA zeroing is a linked fallocate + fdatasync pair,
+/// and a fault LUN's delay adds a timer.
+pub const MAX_RING_ENTRIES_PER_LUN_IO: usize = 3;
+/// Ring entries one round of a host request may take (its segments, or a flush of every LUN
+/// of its pool): a session starts a round only with this much ring credit, else it waits.
+pub const MAX_RING_ENTRIES_PER_ROUND: usize = if MAX_SEGMENTS_PER_IO > MAX_LUNS_PER_POOL {
+    MAX_SEGMENTS_PER_IO * MAX_RING_ENTRIES_PER_LUN_IO
+} else {
+    MAX_LUNS_PER_POOL * MAX_RING_ENTRIES_PER_LUN_IO
+};
+/// Ring entries kept for what sessions post besides LUN I/O, which never waits for credit:
+/// each session has at most one receive, one send and one timer (or NOP) posted, and the
+/// reactor its mailbox read and, at shutdown, its cancel.
+pub const RING_RESERVED_ENTRIES: usize = 3 * MAX_CONNECTIONS_PER_REACTOR + 2;
 /// Reactors (poller threads) in one server.
 pub const MAX_REACTORS: usize = 64;
 /// Messages waiting in one reactor's mailbox.
@@ -93,6 +111,19 @@ const _: () = assert!(MAX_VOLUME_EXTENTS % MAP_CHUNK_SLOTS as u64 == 0 && MAP_TO
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);
 const _: () = assert!((RING_ENTRIES as usize) >= MAX_INFLIGHT_PER_CONNECTION * 2);
+const _: () = assert!(RING_CQ_ENTRIES.is_power_of_two() && RING_CQ_ENTRIES >= RING_ENTRIES);
+const _: () = assert!(MAX_RING_IN_FLIGHT <= RING_CQ_ENTRIES as usize);
+// LUN I/O always has room for at least a few rounds beside the reserved entries.
+const _: () = assert!(RING_RESERVED_ENTRIES + 4 * MAX_RING_ENTRIES_PER_ROUND <= MAX_RING_IN_FLIGHT);
+
+/// Memory kept back from RAM LUNs: every `mem` LUN together must fit in `MemAvailable` (of
+/// /proc/meminfo, when one is created) less this, so the server and the machine keep room.
+pub const MEM_LUN_RESERVE_BYTES: u64 = 1 << 30;
+
+/// A LUN's I/O errors are logged at most once per this many milliseconds per I/O type (each
+/// line with the count it stands for): the control thread writes them, never a reactor.
+pub const LUN_ERROR_LOG_INTERVAL_MS: u64 = 1000;
+const _: () = assert!(LUN_ERROR_LOG_INTERVAL_MS >= DEFAULT_CYCLE_MS);
 
 /// How often, and how many milliseconds apart, a server refused the state directory's lock
 /// reads the holder's pid (the holder writes it just after locking), and the longest pid text

@@ -739,3 +739,85 @@ fn a_lun_whose_file_is_gone_fails_with_its_pool_and_the_rest_serves() {
     verify(&server.url("vo"), &kept);
     verify(&server.url("vo"), &[(0x83, 4 * MIB, 4096)]);
 }
+
+/// A LUN that fails every I/O under load does not flood the log (every line a locked,
+/// blocking write on a reactor): its errors are summarised, at most about one line per second
+/// per I/O type, with the count of errors each line stands for, while every failed I/O still
+/// reaches the client as EIO.
+#[test]
+fn a_lun_failing_every_io_under_load_logs_a_bounded_summary() {
+    let server = server_with_fault_pool();
+    let url = server.url("v");
+    // Map the first 4 MiB, so reads go to the LUN on the reactor path.
+    write_and_verify(&url, &[(0x71, 0, 4 * MIB)]);
+    server.ok(
+        "lun_inject_fault",
+        json!({"name": "fl", "io_type": "read", "mode": "fail"}),
+    );
+    let lines_before = server.log().lines().count();
+    let started = std::time::Instant::now();
+    let (_, text) = fio(
+        server.dir.path(),
+        &[
+            "--name=failing".into(),
+            "--ioengine=nbd".into(),
+            format!("--uri={url}"),
+            "--rw=randread".into(),
+            "--bs=4k".into(),
+            "--iodepth=16".into(),
+            "--numjobs=2".into(),
+            "--size=4M".into(),
+            "--time_based=1".into(),
+            "--runtime=3".into(),
+            "--continue_on_error=all".into(),
+            "--group_reporting=1".into(),
+        ],
+    );
+    let elapsed_s = started.elapsed().as_secs();
+    assert!(
+        text.contains("Input/output error") || text.contains("error=5"),
+        "fio did not see EIO:\n{text}"
+    );
+    let failed = count(&lun(&server, "fl"), &["errors", "read"]);
+    assert!(failed >= 100, "only {failed} reads failed:\n{text}");
+    // The summary lines reach the log within a control cycle or two.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let lines = loop {
+        let log = server.log();
+        let lines: Vec<String> = log
+            .lines()
+            .skip(lines_before)
+            .filter(|l| l.contains("LUN fl") && l.contains("error"))
+            .map(str::to_string)
+            .collect();
+        let counted: u64 = lines.iter().filter_map(|l| summarised_count(l)).sum();
+        if counted + 1 >= failed || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let bound = 3 * (elapsed_s + 3) as usize;
+    assert!(
+        !lines.is_empty() && lines.len() <= bound,
+        "{} log lines about LUN fl for {failed} failed reads in {elapsed_s} s (at most {bound}); first:\n{}",
+        lines.len(),
+        lines.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let counted: u64 = lines.iter().filter_map(|l| summarised_count(l)).sum();
+    eprintln!(
+        "{failed} failed reads in {elapsed_s} s, {} log lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        counted + 1 >= failed,
+        "the log accounts for {counted} of {failed} failed reads:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// How many errors a log line stands for: the N of "N read error(s)".
+fn summarised_count(line: &str) -> Option<u64> {
+    let (before, _) = line.split_once(" read error")?;
+    before.rsplit(' ').next()?.parse().ok()
+}

@@ -15,7 +15,9 @@ pub struct AlignedBuf {
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
 unsafe impl Send for AlignedBuf {}
-// SAFETY: shared references only allow reads of the owned bytes, like &[u8].
+// SAFETY: like Box<[u8]>: a shared reference allows only reads of the owned bytes (as_slice,
+// as_ptr); every way to write them takes &mut self. Memory that threads write while sharing it
+// is a `mem_region::MemRegion`, never an AlignedBuf.
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
@@ -53,13 +55,6 @@ impl AlignedBuf {
     }
 
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// A pointer through which the buffer may be written while shared, for storage that
-    /// several threads address by offset (the RAM LUN). Callers keep their writes disjoint
-    /// from any slice borrowed from the same buffer.
-    pub fn shared_mut_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 

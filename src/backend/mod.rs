@@ -8,7 +8,8 @@
 //! A driver implements [`Lun`]: it reports what it is ([`LunInfo`]), starts data-path I/O on the
 //! calling reactor's ring (or completes it at once), and offers synchronous I/O for the
 //! metadata thread and the control thread. Completions on the ring come back to the reactor with
-//! the tag the caller chose; the reactor maps the result with [`completion_result`].
+//! the tag the caller chose (a driver's own timer entry adds [`DRIVER_TIMER_TAG`]); the front end
+//! maps the result with [`completion_result`].
 //!
 //! To add a driver: one new file here implementing `Lun`, one variant in [`LunKind`], and one
 //! arm in [`open_lun`], the only place that lists drivers.
@@ -29,6 +30,7 @@ pub mod fd_lun;
 pub mod file;
 pub mod lun_path;
 pub mod mem;
+pub mod mem_region;
 pub mod null;
 
 use crate::reactor::ring::IoRing;
@@ -217,6 +219,14 @@ pub struct LunHealth {
     failed_errno: AtomicI32,
     /// Errors returned, indexed by [`IoType::index`].
     errors: [AtomicU64; 3],
+    /// The errno of the latest error of each type, 0 if none is known (the error path stores
+    /// it; the control thread names it when it logs the errors).
+    last_errno: [AtomicI32; 3],
+    /// How many of each type's errors the control thread has logged, and when it last did
+    /// (its clock, in milliseconds). Only the control thread touches these
+    /// (`control::lun_errors`): reactors never log an I/O error themselves.
+    reported: [AtomicU64; 3],
+    reported_at_ms: [AtomicU64; 3],
 }
 
 impl LunHealth {
@@ -259,8 +269,38 @@ impl LunHealth {
     /// Counts one error and marks the LUN failed if the errno says its device is gone.
     /// Returns whether this error failed the LUN (it was online until now).
     pub fn note_error(&self, io_type: IoType, errno: i32) -> bool {
-        self.count_error(io_type);
+        self.count_errno(io_type, errno);
         is_device_gone(errno) && self.mark_failed(errno)
+    }
+
+    /// Counts one error of `io_type` that ended with `errno`, without judging the errno.
+    #[inline]
+    pub fn count_errno(&self, io_type: IoType, errno: i32) {
+        self.count_error(io_type);
+        self.last_errno[io_type.index()].store(errno, Ordering::Relaxed);
+    }
+
+    /// The errno of the latest error of `io_type` noted with one, if any.
+    pub fn last_errno(&self, io_type: IoType) -> Option<i32> {
+        match self.last_errno[io_type.index()].load(Ordering::Relaxed) {
+            0 => None,
+            errno => Some(errno),
+        }
+    }
+
+    /// The control thread's record of what it has logged of `io_type`'s errors: the count,
+    /// and when (its clock, in milliseconds; 0 if never).
+    pub fn reported(&self, io_type: IoType) -> (u64, u64) {
+        (
+            self.reported[io_type.index()].load(Ordering::Relaxed),
+            self.reported_at_ms[io_type.index()].load(Ordering::Relaxed),
+        )
+    }
+
+    /// The control thread has logged `io_type`'s errors up to `count`, at `at_ms`.
+    pub fn set_reported(&self, io_type: IoType, count: u64, at_ms: u64) {
+        self.reported[io_type.index()].store(count, Ordering::Relaxed);
+        self.reported_at_ms[io_type.index()].store(at_ms, Ordering::Relaxed);
     }
 
     pub fn errors(&self) -> ErrorCounts {
@@ -381,8 +421,9 @@ pub trait Lun: Send + Sync {
     }
 
     /// Accounts an error that a ring I/O of this LUN completed with (or that `submit` returned
-    /// at once): the front end calls it on its error path. ENODEV and ENXIO mark the LUN
-    /// failed. The synchronous methods count their own errors and never come through here.
+    /// at once): the front end calls it on its error path, on a reactor, so it only counts
+    /// (atomics); the control thread logs the counts, rate-limited (`control::lun_errors`).
+    /// ENODEV and ENXIO mark the LUN failed, which is logged here, once in the LUN's life. The synchronous methods count their own errors and never come through here.
     fn note_error(&self, io_type: IoType, errno: i32) {
         if let Some(health) = self.health() {
             if health.note_error(io_type, errno) {
@@ -396,15 +437,36 @@ pub trait Lun: Send + Sync {
     }
 }
 
+/// The tag bit a driver sets on a ring entry of its own that travels with an I/O, a timer (the
+/// fault LUN's delay, [`fault::FaultLun`]): its completion is the request's like the I/O's,
+/// but it ends with `-ETIME` when it fires, which for a read, write, fsync or fallocate would
+/// be an error. Callers' tags keep this bit clear (the NBD and perf sessions use bits below
+/// 46), and hand it back to [`completion_result`] through [`split_tag`].
+pub const DRIVER_TIMER_TAG: u64 = 1 << 47;
+// The bit lies in the session-local part of a reactor's tag, which the session decodes.
+const _: () = assert!(DRIVER_TIMER_TAG & !crate::reactor::session::SESSION_TAG_MASK == 0);
+
+/// Splits a completion's tag into the tag the caller chose and whether the entry was a
+/// driver's timer ([`DRIVER_TIMER_TAG`]).
+#[inline]
+pub fn split_tag(tag: u64) -> (u64, bool) {
+    (tag & !DRIVER_TIMER_TAG, tag & DRIVER_TIMER_TAG != 0)
+}
+
 /// The result of a ring completion for a LUN I/O of `expected_bytes` (0 for flush and zeroes):
 /// `Ok` or a positive errno. A short transfer is an I/O error: LUN I/O never crosses the end
-/// of the LUN, so a short one means the medium failed. `-ETIME` is the expiry of a fault LUN's
-/// delay timer ([`fault::FaultLun`]), which completes like the I/O it holds back; no read,
-/// write, fsync or fallocate ends with ETIME.
-pub fn completion_result(result: i32, expected_bytes: u32) -> Result<(), i32> {
-    if result == -libc::ETIME {
-        Ok(())
-    } else if result < 0 {
+/// of the LUN, so a short one means the medium failed. For a driver's timer
+/// (`driver_timer`, see [`split_tag`]) the expiry, `-ETIME`, is its success; for every other
+/// entry ETIME is an error like any errno.
+pub fn completion_result(result: i32, expected_bytes: u32, driver_timer: bool) -> Result<(), i32> {
+    if driver_timer {
+        return if result == -libc::ETIME || result >= 0 {
+            Ok(())
+        } else {
+            Err(-result)
+        };
+    }
+    if result < 0 {
         Err(-result)
     } else if expected_bytes != 0 && result as u32 != expected_bytes {
         Err(libc::EIO)
@@ -510,12 +572,29 @@ mod tests {
 
     #[test]
     fn completion_results() {
-        assert_eq!(completion_result(4096, 4096), Ok(()));
-        assert_eq!(completion_result(512, 4096), Err(libc::EIO));
-        assert_eq!(completion_result(-libc::EIO, 4096), Err(libc::EIO));
-        assert_eq!(completion_result(0, 0), Ok(()));
-        // A fault LUN's delay timer expiring.
-        assert_eq!(completion_result(-libc::ETIME, 4096), Ok(()));
+        assert_eq!(completion_result(4096, 4096, false), Ok(()));
+        assert_eq!(completion_result(512, 4096, false), Err(libc::EIO));
+        assert_eq!(completion_result(-libc::EIO, 4096, false), Err(libc::EIO));
+        assert_eq!(completion_result(0, 0, false), Ok(()));
+        // A fault LUN's delay timer expiring, or cancelled with an error.
+        assert_eq!(completion_result(-libc::ETIME, 4096, true), Ok(()));
+        assert_eq!(
+            completion_result(-libc::ECANCELED, 4096, true),
+            Err(libc::ECANCELED)
+        );
+        assert_eq!(split_tag(9 | DRIVER_TIMER_TAG), (9, true));
+        assert_eq!(split_tag(9), (9, false));
+    }
+
+    /// Only a driver's timer entry may end with ETIME as a success: a read, write, fsync or
+    /// fallocate that does is an error.
+    #[test]
+    fn etime_is_an_error_of_an_io() {
+        assert_eq!(
+            completion_result(-libc::ETIME, 4096, false),
+            Err(libc::ETIME)
+        );
+        assert_eq!(completion_result(-libc::ETIME, 0, false), Err(libc::ETIME));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! per-VP counters, turns them into last-cycle statistics, shares each domain's budget among
 //! its VPs by their recent demand (and each volume's `bdev_set_qos_limit` among the VPs to
 //! it, by priority), splits each VP's allowance among the reactors serving it, and publishes
-//! a new snapshot when any rate changed. The data path only reads these decisions.
+//! a new snapshot when any rate changed. The data path only reads these decisions. It also
+//! logs the LUN errors the reactors counted, rate-limited ([`super::lun_errors`]).
 
 use super::Control;
 use crate::domain::capabilities::QosLimits;
@@ -110,6 +111,12 @@ impl Control {
         if self.recompute_rates() {
             self.publish();
         }
+        // The reactors only count LUN errors; their log lines are written here.
+        super::lun_errors::report(
+            self.luns
+                .iter()
+                .map(|(name, entry)| (name.as_str(), entry.lun.as_ref())),
+        );
     }
 
     /// Recomputes every VP's allowance and per-reactor rates from the last cycle's demand.

@@ -12,6 +12,7 @@ mod cycle;
 mod domains;
 mod failed;
 mod hosts;
+mod lun_errors;
 mod luns;
 pub use luns::error_chain as luns_error_chain;
 pub mod methods;

@@ -28,8 +28,8 @@ use super::clock::{thread_cpu_ns, TickClock};
 use super::options::Workload;
 use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::backend::{completion_result, IoType, LunIo, Started};
-use crate::constants::MAX_LUNS_PER_POOL;
+use crate::backend::{completion_result, split_tag, IoType, LunIo, Started};
+use crate::constants::{MAX_LUNS_PER_POOL, MAX_RING_ENTRIES_PER_ROUND};
 use crate::domain::decision::DecisionCache;
 use crate::domain::qos::{Admit, TokenBucket};
 use crate::domain::snapshot::Published;
@@ -64,6 +64,8 @@ const TAG_EXPECTED_MASK: u64 = (1 << TAG_LUN_SHIFT) - 1;
 
 const _: () = assert!((crate::constants::MAX_IO_BYTES as u64) <= TAG_EXPECTED_MASK);
 const _: () = assert!(MAX_LUNS_PER_POOL <= 1 << 8);
+// Kinds stay below the bit a LUN driver marks its own timer entries with.
+const _: () = assert!((TAG_NOP << TAG_KIND_SHIFT) < crate::backend::DRIVER_TIMER_TAG);
 const _: () = assert!(super::options::MAX_PERF_QUEUE_DEPTH <= 1 << 12);
 
 fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 {
@@ -200,6 +202,9 @@ pub struct PerfSession {
     /// Ring entries outstanding (LUN I/O and the NOP).
     ring_pending: u32,
     nop_armed: bool,
+    /// Provisioned writes waiting for ring credit to start, oldest first; while any wait (or
+    /// the ring is short of credit) the job starts no new I/O.
+    ring_deferred: std::collections::VecDeque<usize>,
     stage: Stage,
     /// Next unit of a fill, a sequential workload or a read-back.
     cursor: u64,
@@ -254,6 +259,7 @@ impl PerfSession {
             })
             .collect();
         let free = (0..spec.queue_depth).rev().collect();
+        let ring_deferred = std::collections::VecDeque::with_capacity(spec.queue_depth);
         let stamps = if spec.verify {
             vec![0; spec.units as usize]
         } else {
@@ -283,6 +289,7 @@ impl PerfSession {
             in_flight: 0,
             ring_pending: 0,
             nop_armed: false,
+            ring_deferred,
             stage: Stage::Run,
             cursor: 0,
             rng: seed | 1,
@@ -468,6 +475,11 @@ impl PerfSession {
             }
             if budget == 0 {
                 self.arm_nop(ctx);
+                break;
+            }
+            if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                // Back-pressure: the reactor calls on_ring_credit when entries are free.
+                ctx.wait_for_ring_credit();
                 break;
             }
             budget -= 1;
@@ -712,6 +724,7 @@ impl PerfSession {
                 }
                 Segment::Mapped {
                     lun,
+                    lun_index,
                     offset_bytes,
                     len_bytes,
                 } => {
@@ -729,7 +742,6 @@ impl PerfSession {
                             fua: false,
                         },
                     };
-                    let lun_index = volume.pool.member_index(lun);
                     let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, len_bytes as u32));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this I/O is reaped: the slot is not reused before it completes, and
@@ -856,6 +868,7 @@ impl Session for PerfSession {
 
     fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
         self.ring_pending -= 1;
+        let (local_tag, driver_timer) = split_tag(local_tag);
         let kind = local_tag >> TAG_KIND_SHIFT;
         match kind {
             TAG_NOP => self.nop_armed = false,
@@ -867,7 +880,7 @@ impl Session for PerfSession {
                     return;
                 };
                 slot.pending -= 1;
-                if let Err(errno) = completion_result(result, expected) {
+                if let Err(errno) = completion_result(result, expected, driver_timer) {
                     note_error(&self.volume.pool, lun_index, slot.op, errno);
                     if slot.error == 0 {
                         slot.error = errno;
@@ -897,9 +910,26 @@ impl Session for PerfSession {
         if slot.waiting == 0 && slot.pending == 0 {
             if slot.error != 0 {
                 self.complete(index);
+            } else if !self.ring_deferred.is_empty()
+                || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND
+            {
+                self.ring_deferred.push_back(index);
+                ctx.wait_for_ring_credit();
             } else {
                 self.run_segments(index, ctx);
             }
+        }
+        self.pump(ctx);
+    }
+
+    fn on_ring_credit(&mut self, ctx: &mut SessionContext) {
+        while let Some(&index) = self.ring_deferred.front() {
+            if ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                ctx.wait_for_ring_credit();
+                return;
+            }
+            self.ring_deferred.pop_front();
+            self.run_segments(index, ctx);
         }
         self.pump(ctx);
     }

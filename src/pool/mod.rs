@@ -414,7 +414,7 @@ impl Pool {
     /// Zeroes the data of a freshly claimed extent, so a volume never reads what a previous
     /// owner left there.
     pub fn zero_extent(&self, slot: u64) -> Result<(), PoolError> {
-        let (member, extent) = self.member(slot);
+        let (member, _, extent) = self.member(slot);
         member
             .lun
             .write_zeroes_at(member.layout.extent_offset_bytes(extent), self.extent_bytes)
@@ -483,12 +483,15 @@ impl Pool {
         self.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The LUN and byte offset on it of `offset_in_extent` within the extent of `slot`.
+    /// The LUN, its index in this pool (what the I/O path tags LUN I/O with, so its errors
+    /// are counted on it without a lookup), and the byte offset on it of `offset_in_extent`
+    /// within the extent of `slot`.
     #[inline]
-    pub fn locate(&self, slot: u64, offset_in_extent: u64) -> (&PoolLun, u64) {
-        let (member, extent) = self.member(slot);
+    pub fn locate(&self, slot: u64, offset_in_extent: u64) -> (&PoolLun, usize, u64) {
+        let (member, index, extent) = self.member(slot);
         (
             member,
+            index,
             member.layout.extent_offset_bytes(extent) + offset_in_extent,
         )
     }
@@ -505,23 +508,11 @@ impl Pool {
         Ok(())
     }
 
-    /// The index of `member` in `self.luns`, from its address (segments hand out references
-    /// into that list): plain address arithmetic, no lookup, for the I/O path.
+    /// The member holding `slot`, its index in `self.luns`, and the extent on it.
     #[inline]
-    pub fn member_index(&self, member: &PoolLun) -> usize {
-        let offset = (member as *const PoolLun as usize).wrapping_sub(self.luns.as_ptr() as usize);
-        let index = offset / std::mem::size_of::<PoolLun>();
-        debug_assert!(self
-            .luns
-            .get(index)
-            .is_some_and(|m| std::ptr::eq(m, member)));
-        index
-    }
-
-    #[inline]
-    fn member(&self, slot: u64) -> (&PoolLun, u64) {
+    fn member(&self, slot: u64) -> (&PoolLun, usize, u64) {
         let (lun, extent) = decode_slot(slot).unwrap_or((usize::MAX, 0));
-        (&self.luns[lun], extent)
+        (&self.luns[lun], lun, extent)
     }
 
     fn no_such_slot(&self, slot: u64) -> PoolError {

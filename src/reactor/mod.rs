@@ -11,12 +11,15 @@ pub mod mailbox;
 pub mod ring;
 pub mod session;
 
-use crate::constants::{MAILBOX_CAPACITY, MAX_CONNECTIONS_PER_REACTOR, RING_ENTRIES};
+use crate::constants::{
+    MAILBOX_CAPACITY, MAX_CONNECTIONS_PER_REACTOR, MAX_RING_ENTRIES_PER_ROUND, RING_CQ_ENTRIES,
+    RING_ENTRIES,
+};
 use crate::serve::PollMode;
 use io_uring::{opcode, types};
 use mailbox::{Mailbox, Message, SessionId};
 use ring::IoRing;
-use session::{Session, SessionContext, SESSION_TAG_BITS, SESSION_TAG_MASK};
+use session::{CreditWaiters, Session, SessionContext, SESSION_TAG_BITS, SESSION_TAG_MASK};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -99,7 +102,7 @@ pub fn spawn(
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 log::warn!("reactor {index}: could not pin to core {core}; running unpinned");
             }
-            let ring = match IoRing::new(RING_ENTRIES) {
+            let ring = match IoRing::with_sizes(RING_ENTRIES, RING_CQ_ENTRIES) {
                 Ok(ring) => ring,
                 Err(error) => {
                     let _ = ready.send(Err(error));
@@ -136,6 +139,7 @@ struct Reactor {
     free_indexes: Vec<u16>,
     eventfd_buf: Box<u64>,
     shutting_down: bool,
+    credit_waiters: CreditWaiters,
 }
 
 impl Reactor {
@@ -154,6 +158,7 @@ impl Reactor {
             free_indexes,
             eventfd_buf: Box::new(0),
             shutting_down: false,
+            credit_waiters: CreditWaiters::default(),
         }
     }
 
@@ -185,6 +190,7 @@ impl Reactor {
                 did_work = true;
                 self.route(completion.user_data(), completion.result());
             }
+            self.resume_credit_waiters();
             if self.shutting_down && self.handle.sessions.load(Ordering::Relaxed) == 0 {
                 break;
             }
@@ -298,6 +304,7 @@ impl Reactor {
             reactor_index: self.handle.index,
             reactor: &self.handle,
             id,
+            credit_waiters: &mut self.credit_waiters,
         };
         session.start(&mut ctx);
         self.sessions[index as usize].session = Some(session);
@@ -330,12 +337,35 @@ impl Reactor {
             reactor_index: self.handle.index,
             reactor: &self.handle,
             id,
+            credit_waiters: &mut self.credit_waiters,
         };
         f(session.as_mut(), &mut ctx);
         if session.is_finished() {
             slot.session = None;
             self.free_indexes.push(index);
             self.handle.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls back the sessions waiting for ring credit, oldest first, while a round's worth is
+    /// free; each is called at most once per turn (one that is still short asks again and goes
+    /// to the back).
+    fn resume_credit_waiters(&mut self) {
+        for _ in 0..self.credit_waiters.len() {
+            if self
+                .ring
+                .credit()
+                .saturating_sub(crate::constants::RING_RESERVED_ENTRIES)
+                < MAX_RING_ENTRIES_PER_ROUND
+            {
+                return;
+            }
+            let Some(id) = self.credit_waiters.pop() else {
+                return;
+            };
+            self.with_session(id.index, Some(id.generation), |s, ctx| {
+                s.on_ring_credit(ctx)
+            });
         }
     }
 

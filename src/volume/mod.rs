@@ -42,9 +42,10 @@ pub struct Volume {
 
 /// One piece of a request, inside one virtual extent.
 pub enum Segment<'a> {
-    /// Stored at `offset_bytes` on `lun`.
+    /// Stored at `offset_bytes` on `lun`, the pool's LUN number `lun_index`.
     Mapped {
         lun: &'a PoolLun,
+        lun_index: usize,
         offset_bytes: u64,
         len_bytes: u64,
     },
@@ -136,9 +137,10 @@ impl Volume {
             (0, Some(member)) => encode_slot(member, 0),
             (slot, _) => slot,
         };
-        let (lun, offset_bytes) = self.pool.locate(slot, within);
+        let (lun, lun_index, offset_bytes) = self.pool.locate(slot, within);
         Segment::Mapped {
             lun,
+            lun_index,
             offset_bytes,
             len_bytes,
         }

@@ -275,6 +275,7 @@ fn slow_write(
                 lun,
                 offset_bytes: at,
                 len_bytes: piece,
+                ..
             } => {
                 let piece = piece.min(MAX_IO_BYTES as u64);
                 let block = u64::from(lun.layout.block_size_bytes);

@@ -19,10 +19,11 @@ use super::buffer_budget::{BufferBudget, NBD_BUFFER_BUDGET};
 use super::protocol::{self, Command, RequestHeader};
 use super::session_slots::SessionTicket;
 use crate::backend::aligned_buf::{AlignedBuf, BUFFER_ALIGN_BYTES};
-use crate::backend::{completion_result, IoType, LunIo, Started};
+use crate::backend::{completion_result, split_tag, IoType, LunIo, Started};
 use crate::constants::{
     MAX_BUFFER_BYTES_PER_CONNECTION, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
-    MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION, MAX_SEGMENTS_PER_IO, NBD_RECV_BUFFER_BYTES,
+    MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION, MAX_RING_ENTRIES_PER_ROUND, MAX_SEGMENTS_PER_IO,
+    NBD_RECV_BUFFER_BYTES,
 };
 use crate::domain::capabilities::AllowedOps;
 use crate::domain::decision::DecisionCache;
@@ -61,6 +62,8 @@ const TAG_EXPECTED_MASK: u64 = (1 << TAG_LUN_SHIFT) - 1;
 const _: () = assert!((MAX_IO_BYTES as u64) <= TAG_EXPECTED_MASK);
 const _: () = assert!(MAX_LUNS_PER_POOL <= 1 << 8);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 1 << 8);
+// Kinds stay below the bit a LUN driver marks its own timer entries with.
+const _: () = assert!((TAG_TIMER << 40) < crate::backend::DRIVER_TIMER_TAG);
 
 fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 {
     debug_assert!(u64::from(expected_bytes) <= TAG_EXPECTED_MASK && lun_index < 1 << 8);
@@ -166,8 +169,11 @@ pub struct NbdSession {
     budget: &'static BufferBudget,
     /// Bytes of all slot buffers this connection keeps allocated, in use or not.
     retained_bytes: usize,
-    /// A parsed request waiting for a slot or buffer budget.
+    /// A parsed request waiting for a slot or buffer budget, or for ring credit.
     stalled: bool,
+    /// Requests whose next round waits for ring credit (the reactor's ring is near its
+    /// in-flight limit), oldest first; while any wait, no new request is read.
+    ring_deferred: VecDeque<usize>,
     send_queue: VecDeque<usize>,
     sending: Vec<usize>,
     send_iov: Vec<libc::iovec>,
@@ -255,6 +261,7 @@ impl NbdSession {
             budget: &NBD_BUFFER_BUDGET,
             retained_bytes,
             stalled: false,
+            ring_deferred: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             send_queue: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             sending: Vec::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             send_iov: Vec::with_capacity(2 * MAX_INFLIGHT_PER_CONNECTION),
@@ -399,6 +406,11 @@ impl NbdSession {
     /// Parses one request header and starts it. Returns false when it must wait (no slot or
     /// buffer budget, or its payload is still arriving).
     fn take_request(&mut self, ctx: &mut SessionContext) -> bool {
+        if !self.ring_deferred.is_empty() {
+            // Back-pressure: requests already taken wait for ring credit.
+            self.stalled = true;
+            return false;
+        }
         let mut raw = [0u8; REQUEST_HEADER_BYTES];
         raw.copy_from_slice(
             &self.recv_buf.as_slice()[self.recv_start..self.recv_start + REQUEST_HEADER_BYTES],
@@ -661,8 +673,19 @@ impl NbdSession {
 
     // ---- running requests --------------------------------------------------------------------
 
-    /// Starts the next round of a request: as many segments as fit in one round.
+    /// Starts the next round of a request, or queues it until the reactor's ring has credit
+    /// for a round (then `on_ring_credit` starts it).
     fn run(&mut self, index: usize, ctx: &mut SessionContext) {
+        if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+            self.ring_deferred.push_back(index);
+            ctx.wait_for_ring_credit();
+            return;
+        }
+        self.run_round(index, ctx);
+    }
+
+    /// Starts the next round of a request: as many segments as fit in one round.
+    fn run_round(&mut self, index: usize, ctx: &mut SessionContext) {
         let header = self.slots[index].header;
         match header.command {
             Command::Flush => self.run_flush(index, ctx),
@@ -763,6 +786,7 @@ impl NbdSession {
                 }
                 Segment::Mapped {
                     lun,
+                    lun_index,
                     offset_bytes,
                     len_bytes,
                 } => {
@@ -790,7 +814,6 @@ impl NbdSession {
                     } else {
                         0
                     };
-                    let lun_index = volume.pool.member_index(lun);
                     let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, expected));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped: the slot is not reused before it is replied to.
@@ -837,20 +860,14 @@ impl NbdSession {
         if let Some(lun) = lun {
             lun.note_error(io_type, errno);
         }
+        // Counted on the LUN, not logged here: a log line is a blocking write, and the control
+        // thread logs the LUN's errors, rate-limited (control::lun_errors).
         if slot.error == 0 {
             slot.error = if errno == libc::ENOSPC {
                 protocol::NBD_ENOSPC
             } else {
                 protocol::NBD_EIO
             };
-            log::warn!(
-                "nbd {}: {} I/O error on volume {}, LUN {}: {}",
-                self.peer,
-                slot.header.command.name(),
-                self.volume.name,
-                lun.map_or("?", |l| l.info().name.as_str()),
-                std::io::Error::from_raw_os_error(errno)
-            );
         }
     }
 
@@ -1062,6 +1079,26 @@ impl Session for NbdSession {
         self.post_recv(ctx);
     }
 
+    fn on_ring_credit(&mut self, ctx: &mut SessionContext) {
+        while let Some(&index) = self.ring_deferred.front() {
+            if self.closing {
+                self.ring_deferred.clear();
+                break;
+            }
+            if ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                ctx.wait_for_ring_credit();
+                return;
+            }
+            self.ring_deferred.pop_front();
+            self.run_round(index, ctx);
+        }
+        if self.stalled {
+            self.stalled = false;
+            self.process_input(ctx);
+        }
+        self.maybe_finish();
+    }
+
     fn revoke(&mut self, tag: u64, _ctx: &mut SessionContext) {
         if tag == self.vpath.id {
             self.close("its virtual path was deleted");
@@ -1071,6 +1108,7 @@ impl Session for NbdSession {
 
     fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
         self.ring_pending -= 1;
+        let (local_tag, driver_timer) = split_tag(local_tag);
         let kind = local_tag >> 40;
         let index = ((local_tag >> 32) & 0xff) as usize;
         let lun_index = ((local_tag >> TAG_LUN_SHIFT) & 0xff) as usize;
@@ -1102,7 +1140,11 @@ impl Session for NbdSession {
             TAG_TIMER => self.on_timer(ctx),
             TAG_IO => {
                 self.slots[index].pending -= 1;
-                self.note_result(index, lun_index, completion_result(result, expected));
+                self.note_result(
+                    index,
+                    lun_index,
+                    completion_result(result, expected, driver_timer),
+                );
                 let slot = &self.slots[index];
                 if slot.pending == 0 && slot.waiting == 0 {
                     self.finish_round(index, ctx);
