@@ -53,9 +53,13 @@ pub const MAX_HANDSHAKES: usize = 64;
 /// Of those, handshakes of peers that no host record names by address or user id (they
 /// cannot take the slots of the hosts that have one; see `target::nbd::handshake_slots`).
 pub const MAX_UNKNOWN_HANDSHAKES: usize = 16;
-/// Handshakes one source address (or Unix user id) may have in progress at once: room for a
-/// burst of connections from one host (fio jobs, nbdcopy's connections), but not for all.
+/// Handshakes one source address (or Unix user id) that no host record names may have in
+/// progress at once.
 pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+/// Handshakes one source that a host record names may have in progress at once: room for a
+/// burst of connections from one host (fio jobs, nbdcopy's connections, a hypervisor
+/// reattaching its disks), while half the slots stay free for the other hosts.
+pub const MAX_HANDSHAKES_PER_KNOWN_ADDRESS: usize = MAX_HANDSHAKES / 2;
 /// Seconds a client may take for its whole NBD handshake (every read and write of the
 /// negotiation together, TLS included); the default of `--nbd-handshake-timeout-secs`.
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
@@ -178,6 +182,10 @@ const _: () = assert!(MAX_TLS_CONNECTIONS >= MAX_HANDSHAKES);
 // Strangers get a minority of the handshake slots; one source a minority of theirs.
 const _: () = assert!(MAX_UNKNOWN_HANDSHAKES * 2 <= MAX_HANDSHAKES);
 const _: () = assert!(MAX_HANDSHAKES_PER_ADDRESS <= MAX_UNKNOWN_HANDSHAKES);
+const _: () = assert!(
+    MAX_HANDSHAKES_PER_KNOWN_ADDRESS >= MAX_HANDSHAKES_PER_ADDRESS
+        && MAX_HANDSHAKES_PER_KNOWN_ADDRESS < MAX_HANDSHAKES - MAX_UNKNOWN_HANDSHAKES
+);
 const _: () =
     assert!(HANDSHAKE_TIMEOUT_SECS >= 1 && HANDSHAKE_TIMEOUT_SECS <= MAX_HANDSHAKE_TIMEOUT_SECS);
 // A relay buffer holds at least one whole TLS record (16 KiB of plaintext and its overhead).

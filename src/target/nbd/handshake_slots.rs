@@ -6,7 +6,9 @@
 //! - every handshake has one deadline for the whole negotiation (enforced by the listener's
 //!   stream, not here), so a slot is never held longer than that;
 //! - one source (an IP address, or a Unix user id) holds at most
-//!   `MAX_HANDSHAKES_PER_ADDRESS` slots;
+//!   `MAX_HANDSHAKES_PER_ADDRESS` slots, or `MAX_HANDSHAKES_PER_KNOWN_ADDRESS` if a host
+//!   record names it (a host opening many connections at once is not refused, and still
+//!   leaves room for the others);
 //! - peers that no host record claims by address or user id share only
 //!   `MAX_UNKNOWN_HANDSHAKES` slots; the rest are kept for peers a host record names, so
 //!   strangers cannot starve known hosts. (Over TLS the host is named by its certificate,
@@ -18,7 +20,10 @@
 //! path. The map holds only sources with a handshake in progress, so it is bounded by
 //! `MAX_HANDSHAKES`.
 
-use crate::constants::{MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS, MAX_UNKNOWN_HANDSHAKES};
+use crate::constants::{
+    MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS, MAX_HANDSHAKES_PER_KNOWN_ADDRESS,
+    MAX_UNKNOWN_HANDSHAKES,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,8 +46,8 @@ pub enum Refusal {
         "{MAX_UNKNOWN_HANDSHAKES} handshakes of peers no host record names already in progress"
     )]
     UnknownFull,
-    #[error("{MAX_HANDSHAKES_PER_ADDRESS} handshakes from this source already in progress")]
-    SourceFull,
+    #[error("{0} handshakes from this source already in progress")]
+    SourceFull(usize),
 }
 
 #[derive(Default)]
@@ -76,8 +81,13 @@ impl HandshakeSlots {
             return Err(Refusal::UnknownFull);
         }
         let from_source = counts.by_source.get(&source).copied().unwrap_or(0);
-        if from_source >= MAX_HANDSHAKES_PER_ADDRESS {
-            return Err(Refusal::SourceFull);
+        let source_limit = if known {
+            MAX_HANDSHAKES_PER_KNOWN_ADDRESS
+        } else {
+            MAX_HANDSHAKES_PER_ADDRESS
+        };
+        if from_source >= source_limit {
+            return Err(Refusal::SourceFull(source_limit));
         }
         counts.total += 1;
         counts.unknown += usize::from(!known);
@@ -123,20 +133,25 @@ mod tests {
 
     #[test]
     fn one_source_holds_only_its_share() {
-        let slots = HandshakeSlots::default();
-        let held: Vec<_> = (0..MAX_HANDSHAKES_PER_ADDRESS)
-            .map(|_| slots.admit(address(1), true).expect("within the share"))
-            .collect();
-        assert_eq!(
-            slots.admit(address(1), true).err(),
-            Some(Refusal::SourceFull)
-        );
-        assert!(
-            slots.admit(address(2), true).is_ok(),
-            "another source still gets in"
-        );
-        drop(held);
-        assert!(slots.admit(address(1), true).is_ok(), "slots come back");
+        for (known, share) in [
+            (false, MAX_HANDSHAKES_PER_ADDRESS),
+            (true, MAX_HANDSHAKES_PER_KNOWN_ADDRESS),
+        ] {
+            let slots = HandshakeSlots::default();
+            let held: Vec<_> = (0..share)
+                .map(|_| slots.admit(address(1), known).expect("within the share"))
+                .collect();
+            assert_eq!(
+                slots.admit(address(1), known).err(),
+                Some(Refusal::SourceFull(share))
+            );
+            assert!(
+                slots.admit(address(2), known).is_ok(),
+                "another source still gets in"
+            );
+            drop(held);
+            assert!(slots.admit(address(1), known).is_ok(), "slots come back");
+        }
     }
 
     #[test]
@@ -160,7 +175,7 @@ mod tests {
         // Every remaining slot is a known host's.
         let mut known = Vec::new();
         for k in 0..(MAX_HANDSHAKES - MAX_UNKNOWN_HANDSHAKES) {
-            let source = Source::UnixUid(k as u32 / MAX_HANDSHAKES_PER_ADDRESS as u32);
+            let source = Source::UnixUid((k / MAX_HANDSHAKES_PER_KNOWN_ADDRESS) as u32);
             known.push(slots.admit(source, true).expect("a known host's slot"));
         }
         assert_eq!(
