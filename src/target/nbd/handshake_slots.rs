@@ -141,13 +141,17 @@ mod tests {
             let held: Vec<_> = (0..share)
                 .map(|_| slots.admit(address(1), known).expect("within the share"))
                 .collect();
-            assert_eq!(
-                slots.admit(address(1), known).err(),
-                Some(Refusal::SourceFull(share))
-            );
+            // A stranger's per-address share is the whole strangers' share, which is then
+            // what refuses first.
+            let expected = if known {
+                Refusal::SourceFull(share)
+            } else {
+                Refusal::UnknownFull
+            };
+            assert_eq!(slots.admit(address(1), known).err(), Some(expected));
             assert!(
-                slots.admit(address(2), known).is_ok(),
-                "another source still gets in"
+                slots.admit(address(2), true).is_ok(),
+                "another host still gets in"
             );
             drop(held);
             assert!(slots.admit(address(1), known).is_ok(), "slots come back");
