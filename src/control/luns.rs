@@ -1,5 +1,5 @@
-//! `lun_*` methods, fault injection (`lun_inject_fault`, `lun_clear_fault`), and the guards that
-//! keep the pool and volume methods off what a failed LUN took down.
+//! `lun_*` methods and fault injection (`lun_inject_fault`, `lun_clear_fault`). The guards that
+//! keep the pool and volume methods off what a failed LUN took down are in `failed.rs`.
 //!
 //! A LUN is `online` or `failed`: failed when it could not be opened at start-up (the entry's
 //! `failed` reason), when its device went away at run time (an I/O ended with ENODEV or

@@ -5,8 +5,11 @@
 //! changes the live objects, then publishes a new [`Snapshot`] to the data path with one
 //! atomic swap. A failed call changes nothing.
 //!
-//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `spdk`)
-//! and add one line to [`methods::METHODS`].
+//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `hosts`,
+//! `domains`, `vpaths`; the SPDK-named ones in `spdk`) and add one line to
+//! [`methods::METHODS`]. Pool and volume methods that must not touch what a failed LUN took
+//! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
+//! rate-limited LUN error log, `stats` the statistics methods.
 
 mod cycle;
 mod domains;
