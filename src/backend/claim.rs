@@ -121,6 +121,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri isolates the file system")]
     fn a_second_open_of_a_claimed_file_is_refused_until_the_first_closes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lun.img");

@@ -62,6 +62,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri isolates the file system")]
     fn spellings_resolve_to_one_path_and_links_to_one_identity() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = std::fs::canonicalize(dir.path()).expect("canonicalize");
