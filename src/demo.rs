@@ -10,8 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct DemoOptions {
+/// The options of `sds demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// State dir for the demo server [default: a new temporary directory]
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Leave the state dir in place afterwards
+    #[arg(long)]
     pub keep: bool,
 }
 
@@ -117,7 +123,7 @@ fn qemu_io(url: &str, commands: &[String]) -> Result<String, DemoError> {
     Ok(text)
 }
 
-pub fn run(options: DemoOptions) -> Result<(), DemoError> {
+pub fn run(options: DemoArgs) -> Result<(), DemoError> {
     let state_dir = options
         .state_dir
         .clone()
