@@ -3,7 +3,7 @@
 //! (and shows that a RAM LUN may not join them), creates a thin volume, writes and reads it with a real NBD client (qemu-io)
 //! across extent and LUN boundaries, shows what the server reports, and stops it cleanly.
 
-use crate::rpc::client::Client;
+use sds::rpc::client::Client;
 use serde_json::{json, Value};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

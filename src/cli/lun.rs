@@ -3,10 +3,10 @@
 
 use super::output::{done, show};
 use super::params::set;
-use super::size::parse_size;
 use super::table::{bytes, print_table, text};
 use super::Call;
 use clap::Subcommand;
+use sds::units::parse_size;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 

@@ -1,13 +1,15 @@
 //! The `sds` command line: `sds serve` runs the server; every other command is a client of
 //! its management socket (`--socket`, or `SDS_SOCKET`), printing tables for people and the
-//! raw JSON result with `--json`.
+//! raw JSON result with `--json`. It is the binary's, not the library's: it uses only the
+//! `sds` library's public API, and `sds serve`, `sds perf` and `sds demo` run in this process.
 //!
 //! This file holds the top-level [`Cli`] and [`Command`] and the dispatch to one file per
 //! resource, each of which holds its clap subcommands, the JSON-RPC calls they make and the
 //! table it prints: `lun`, `pool`, `volume` (with `qos`, the QoS limit options it shares with
 //! `domain`), `host`, `domain`, `vpath`; `serve` translates the server's options, `top` is the
 //! live view. Shared by all of them: `output` (table or `--json`), `params` (options to
-//! JSON-RPC parameters), `table` (layout and cells) and `size` (sizes typed and shown).
+//! JSON-RPC parameters) and `table` (layout and cells); sizes are the library's
+//! (`sds::units`), since `sds perf` and the fuzz targets parse them too.
 //!
 //! To add a resource: a file with its `Subcommand` enum, a `run(command, json, call)` that
 //! makes the calls and prints with `output::show`, and its table; then a variant of
@@ -21,14 +23,13 @@ mod params;
 mod pool;
 mod qos;
 mod serve;
-pub mod size;
 mod table;
 mod top;
 mod volume;
 mod vpath;
 
-use crate::rpc::client::{Client, ClientError};
 use clap::{Parser, Subcommand};
+use sds::rpc::client::{Client, ClientError};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -41,7 +42,7 @@ pub type Call<'a> = &'a dyn Fn(&str, Option<Value>) -> Result<Value, String>;
 #[derive(Parser)]
 #[command(
     name = "sds",
-    version = crate::version::VERSION,
+    version = sds::version::VERSION,
     long_version = concat!(env!("CARGO_PKG_VERSION"), " (rev ", env!("SDS_GIT_REVISION"), ")"),
     about = "sds, the storage domain server: pools LUNs, carves thin volumes, serves them over NBD",
     long_about = "sds pools heterogeneous block storage (RAM, files, block devices) into storage pools, \
@@ -104,7 +105,7 @@ enum Command {
     Vpath(vpath::VpathCommand),
     /// Drive a volume in-process (no network) and measure IOPS, latency and IOPS per core,
     /// like SPDK's bdevperf
-    Perf(crate::perf::PerfArgs),
+    Perf(sds::perf::PerfArgs),
     Top(top::TopArgs),
     /// Send any JSON-RPC method, e.g. `sds rpc bdev_get_bdevs '{"name":"vol1"}'`
     Rpc {
@@ -145,9 +146,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let json = cli.json;
     match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Perf(args) => crate::perf::main(args, json),
+        Command::Perf(args) => sds::perf::main(args, json),
         Command::Demo(args) => {
-            crate::logger::init("warn");
+            sds::logger::init("warn");
             crate::demo::run(args).map_err(|e| chain(&e))
         }
         Command::Rpc { method, params } => {
@@ -172,33 +173,5 @@ fn run(cli: Cli) -> Result<(), String> {
 
 /// An error and its causes, as one line for the user.
 fn chain(error: &dyn std::error::Error) -> String {
-    crate::control::luns_error_chain(error)
-}
-
-/// `0,2-3` → [0, 2, 3].
-pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
-    let mut cores = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("--cores: {part:?} is not a core or a range like 0-3");
-        match part.split_once('-') {
-            Some((from, to)) => {
-                let (from, to): (usize, usize) = (
-                    from.parse().map_err(|_| bad())?,
-                    to.parse().map_err(|_| bad())?,
-                );
-                if from > to {
-                    return Err(bad());
-                }
-                cores.extend(from..=to);
-            }
-            None => cores.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if cores.is_empty() || cores.len() > crate::constants::MAX_REACTORS {
-        return Err(format!(
-            "--cores: give 1 to {} cores",
-            crate::constants::MAX_REACTORS
-        ));
-    }
-    Ok(cores)
+    sds::control::luns_error_chain(error)
 }

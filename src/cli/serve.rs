@@ -1,9 +1,9 @@
 //! `sds serve`: the command-line options of the server and their translation into the
 //! library's [`ServeConfig`]; the server itself is `sds::serve`.
 
-use super::{chain, parse_cores, DEFAULT_STATE_DIR};
-use crate::serve::{PollMode, ServeConfig};
+use super::{chain, DEFAULT_STATE_DIR};
 use clap::{Args, ValueEnum};
+use sds::serve::{parse_cores, PollMode, ServeConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -27,8 +27,8 @@ pub struct ServeArgs {
     nbd_unix_mode: u32,
     /// Seconds one NBD client may take for its whole handshake (negotiation and TLS); a
     /// client still negotiating then is disconnected
-    #[arg(long, default_value_t = crate::constants::HANDSHAKE_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=crate::constants::MAX_HANDSHAKE_TIMEOUT_SECS))]
+    #[arg(long, default_value_t = sds::constants::HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=sds::constants::MAX_HANDSHAKE_TIMEOUT_SECS))]
     nbd_handshake_timeout_secs: u64,
     /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3` [default: the last core,
     /// leaving core 0 to the kernel's interrupt work and to local clients]
@@ -39,8 +39,8 @@ pub struct ServeArgs {
     poll: Poll,
     /// Period of the control loop, in milliseconds: how often per-VP statistics are gathered
     /// and each domain's QoS budget is shared anew among its virtual paths
-    #[arg(long, default_value_t = crate::constants::DEFAULT_CYCLE_MS,
-          value_parser = clap::value_parser!(u64).range(crate::constants::MIN_CYCLE_MS..=crate::constants::MAX_CYCLE_MS))]
+    #[arg(long, default_value_t = sds::constants::DEFAULT_CYCLE_MS,
+          value_parser = clap::value_parser!(u64).range(sds::constants::MIN_CYCLE_MS..=sds::constants::MAX_CYCLE_MS))]
     cycle_ms: u64,
     /// NBD over TLS: the server's certificate chain (PEM). With it every NBD client must
     /// start TLS (NBD_OPT_STARTTLS) before anything else
@@ -75,7 +75,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    crate::logger::init(&args.log_level);
+    sds::logger::init(&args.log_level);
     let nbd_listen = match args.nbd_listen.as_str() {
         "none" | "" => None,
         text => Some(
@@ -100,7 +100,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         },
         cycle: std::time::Duration::from_millis(args.cycle_ms),
         tls: match (args.tls_cert, args.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::target::nbd::tls::TlsFiles {
+            (Some(cert), Some(key)) => Some(sds::target::nbd::tls::TlsFiles {
                 cert,
                 key,
                 client_ca: args.tls_client_ca,
@@ -108,5 +108,5 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             _ => None,
         },
     };
-    crate::serve::run(config).map_err(|e| chain(&e))
+    sds::serve::run(config).map_err(|e| chain(&e))
 }

@@ -1,7 +1,7 @@
 //! Aligned text tables for people, and the cells they are made of; `--json` prints the raw
 //! result for scripts instead.
 
-use super::size::format_size;
+use sds::units::format_size;
 use serde_json::Value;
 
 /// Prints `rows` under `headers`, each column as wide as its widest cell.

@@ -11,10 +11,10 @@
 //! To add a column: add the field to [`DomainRow`] or [`VpathRow`], fill it in `from_stats`,
 //! and add it to the table and to `to_json`.
 
-use super::size::format_size;
 use super::table::render_table;
 use super::Call;
 use clap::Args;
+use sds::units::format_size;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
