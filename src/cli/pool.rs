@@ -3,7 +3,7 @@
 
 use super::output::{done, show};
 use super::params::set;
-use super::table::{bytes, print_notes, print_table, text, volatile};
+use super::table::{bytes, joined, print_notes, print_table, text, volatile};
 use super::Call;
 use clap::Subcommand;
 use sds::units::parse_size;
@@ -53,22 +53,13 @@ fn print_pools(items: &[Value]) {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|p| {
-            let luns = p["luns"]
-                .as_array()
-                .map(|l| {
-                    l.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
             vec![
                 text(p, "name"),
                 bytes(p, "capacity"),
                 bytes(p, "free"),
                 bytes(p, "extent_size"),
                 text(p, "volumes"),
-                luns,
+                joined(&p["luns"]),
                 text(p, "state"),
                 volatile(p),
             ]
