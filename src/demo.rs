@@ -3,15 +3,21 @@
 //! (and shows that a RAM LUN may not join them), creates a thin volume, writes and reads it with a real NBD client (qemu-io)
 //! across extent and LUN boundaries, shows what the server reports, and stops it cleanly.
 
-use crate::rpc::client::Client;
+use sds::rpc::client::Client;
 use serde_json::{json, Value};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct DemoOptions {
+/// The options of `sds demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// State dir for the demo server [default: a new temporary directory]
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Leave the state dir in place afterwards
+    #[arg(long)]
     pub keep: bool,
 }
 
@@ -117,7 +123,7 @@ fn qemu_io(url: &str, commands: &[String]) -> Result<String, DemoError> {
     Ok(text)
 }
 
-pub fn run(options: DemoOptions) -> Result<(), DemoError> {
+pub fn run(options: DemoArgs) -> Result<(), DemoError> {
     let state_dir = options
         .state_dir
         .clone()

@@ -5,14 +5,15 @@
 //! onto pool extents), pools (`pool`: extents, allocation, on-disk metadata) and LUN drivers
 //! (`backend`). Pinned poller threads (`reactor`) run that path without locks; the control
 //! thread (`control`) owns configuration, persists it (`store`) and publishes immutable
-//! snapshots to the reactors. `rpc` is the JSON-RPC management socket and `cli` its command
-//! line client. `perf` drives the same data path in-process, with no network (`sds perf`).
+//! snapshots to the reactors. `rpc` is the JSON-RPC management socket; `serve` starts and stops
+//! all of it. `perf` drives the same data path in-process, with no network (`sds perf`).
+//!
+//! The command line (`sds serve`, `sds pool create`, …) and `sds demo` are the binary's
+//! (`src/main.rs`, `src/cli/`, `src/demo.rs`), built on this library's public API.
 
 pub mod backend;
-pub mod cli;
 pub mod constants;
 pub mod control;
-pub mod demo;
 pub mod domain;
 pub mod identity;
 pub mod logger;
@@ -24,5 +25,6 @@ pub mod serve;
 pub mod state_lock;
 pub mod store;
 pub mod target;
+pub mod units;
 pub mod version;
 pub mod volume;

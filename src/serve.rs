@@ -210,3 +210,29 @@ pub fn default_core() -> usize {
         .and_then(|ids| ids.into_iter().map(|id| id.id).max())
         .unwrap_or(0)
 }
+
+/// The `--cores` list of `sds serve` and `sds perf`: `0,2-3` → [0, 2, 3], 1 to
+/// `MAX_REACTORS` cores.
+pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("--cores: {part:?} is not a core or a range like 0-3");
+        match part.split_once('-') {
+            Some((from, to)) => {
+                let (from, to): (usize, usize) = (
+                    from.parse().map_err(|_| bad())?,
+                    to.parse().map_err(|_| bad())?,
+                );
+                if from > to {
+                    return Err(bad());
+                }
+                cores.extend(from..=to);
+            }
+            None => cores.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cores.is_empty() || cores.len() > MAX_REACTORS {
+        return Err(format!("--cores: give 1 to {} cores", MAX_REACTORS));
+    }
+    Ok(cores)
+}

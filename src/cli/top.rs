@@ -11,9 +11,10 @@
 //! To add a column: add the field to [`DomainRow`] or [`VpathRow`], fill it in `from_stats`,
 //! and add it to the table and to `to_json`.
 
-use super::size::format_size;
 use super::table::render_table;
+use super::Call;
 use clap::Args;
+use sds::units::format_size;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -65,9 +66,6 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(seconds))
 }
-
-/// How the command line calls a JSON-RPC method: the result, or a message for the user.
-pub type Call<'a> = &'a dyn Fn(&str, Option<Value>) -> Result<Value, String>;
 
 /// Runs `sds top` until `--iterations` frames are out, stdout closes, or the process is
 /// interrupted.

@@ -3,13 +3,13 @@
 //! option.
 
 use crate::backend::LunKind;
-use crate::cli::size::{format_size, parse_size};
 use crate::constants::{
     MAX_EXTENT_BYTES, MAX_IO_BYTES, MAX_REACTORS, MAX_VOLUME_EXTENTS, MIN_EXTENT_BYTES,
     RING_ENTRIES,
 };
 use crate::pool::on_disk::Layout;
 use crate::serve::PollMode;
+use crate::units::{format_size, parse_size};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -419,7 +419,7 @@ impl PerfArgs {
             ));
         }
         let cores = match &self.cores {
-            Some(text) => crate::cli::parse_cores(text).map_err(|reason| PerfError::Option {
+            Some(text) => crate::serve::parse_cores(text).map_err(|reason| PerfError::Option {
                 option: "--cores",
                 reason: reason.trim_start_matches("--cores: ").to_string(),
             })?,

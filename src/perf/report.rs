@@ -5,8 +5,8 @@
 use super::options::{PerfConfig, PerfError};
 use super::pattern::Mismatch;
 use super::session::{Counts, JobResult};
-use crate::cli::size::format_size;
 use crate::domain::stats::VpTotals;
+use crate::units::format_size;
 use crate::volume::stats::IoTotals;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};

@@ -1,4 +1,6 @@
-//! Sizes on the command line (`4096`, `512K`, `10G`, `1.5GiB`: binary units) and in tables.
+//! Sizes as people type them (`4096`, `512K`, `10G`, `1.5GiB`: binary units) and as tables
+//! show them (`1.0 GiB`): the `--size` options of the command line and of `sds perf`, and
+//! their reports. Any text can reach `parse_size`, so it has a fuzz target (`cli_size`).
 
 /// Parses a size in bytes with an optional binary unit.
 pub fn parse_size(text: &str) -> Result<u64, String> {

@@ -1,0 +1,142 @@
+//! `sds host`: the initiators that may connect, known by what their connection proves. The
+//! subcommands, their JSON-RPC calls (`host_*`) and the host table.
+
+use super::output::{done, show};
+use super::params::set;
+use super::table::{joined, print_table, text};
+use super::Call;
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Register a host, known by at least one of its addresses, TLS subject, IQN or NQN
+    ///
+    /// Without TLS a connection belongs to the host one of whose addresses it comes from;
+    /// over TLS only the client certificate's subject counts. The new host sees no volume until
+    /// it is given a virtual path (`sds vpath create --host NAME --volume VOLUME`).
+    #[command(group(
+        clap::ArgGroup::new("identity")
+            .required(true)
+            .multiple(true)
+            .args(["addresses", "tls_subject", "iqn", "nqn"])
+    ))]
+    Create {
+        /// The host's name: 1 to 64 of A-Z a-z 0-9 . _ - :
+        name: String,
+        /// An address the host connects from without TLS: an IP address (127.0.0.1, ::1), a
+        /// CIDR network (10.0.0.0/24) or unix:UID for a Unix-socket peer running as that user
+        /// id. Repeat, or give a comma-separated list
+        #[arg(long = "address", value_name = "CIDR|unix:UID", value_delimiter = ',')]
+        addresses: Vec<String>,
+        /// Subject of the host's TLS client certificate, as `openssl x509 -noout -subject
+        /// -nameopt RFC2253` prints it (CN=host1,O=lab); no two hosts may share one
+        #[arg(long, value_name = "DN")]
+        tls_subject: Option<String>,
+        /// The host's iSCSI initiator name, kept with the host for front ends that identify
+        /// hosts by it
+        #[arg(long)]
+        iqn: Option<String>,
+        /// The host's NVMe-oF host NQN, kept with the host for front ends that identify hosts
+        /// by it
+        #[arg(long)]
+        nqn: Option<String>,
+        /// NBD sessions the host may have open at once [default: 64]
+        #[arg(long, value_name = "N")]
+        max_sessions: Option<u64>,
+    },
+    /// Change a host's limits (an NBD client past max_sessions is refused at NBD_OPT_GO)
+    Set {
+        /// The host to change
+        name: String,
+        /// NBD sessions the host may have open at once
+        #[arg(long, value_name = "N")]
+        max_sessions: u64,
+    },
+    /// List hosts with their identities and how many virtual paths each has
+    List {
+        /// Show only this host (an error if there is none)
+        name: Option<String>,
+    },
+    /// Remove a host; refused while it still has virtual paths (`sds vpath delete` them first)
+    Delete {
+        /// The host to remove
+        name: String,
+    },
+}
+
+/// Runs one `sds host` subcommand against the server.
+pub fn run(command: HostCommand, json: bool, call: Call) -> Result<(), String> {
+    match command {
+        HostCommand::Create {
+            name,
+            addresses,
+            tls_subject,
+            iqn,
+            nqn,
+            max_sessions,
+        } => {
+            let mut params = json!({ "name": name });
+            set(&mut params, "max_sessions", max_sessions.map(|n| json!(n)));
+            if !addresses.is_empty() {
+                params["addresses"] = json!(addresses);
+            }
+            set(
+                &mut params,
+                "nbd_tls_subject",
+                tls_subject.map(|s| json!(s)),
+            );
+            set(&mut params, "iqn", iqn.map(|s| json!(s)));
+            set(&mut params, "nqn", nqn.map(|s| json!(s)));
+            show(json, call("host_create", Some(params))?, print_hosts)
+        }
+        HostCommand::Set { name, max_sessions } => show(
+            json,
+            call(
+                "host_set",
+                Some(json!({ "name": name, "max_sessions": max_sessions })),
+            )?,
+            print_hosts,
+        ),
+        HostCommand::List { name } => show(
+            json,
+            call("host_get_hosts", name.map(|name| json!({ "name": name })))?,
+            print_hosts,
+        ),
+        HostCommand::Delete { name } => done(
+            json,
+            call("host_delete", Some(json!({ "name": name })))?,
+            &format!("host {name} deleted"),
+        ),
+    }
+}
+
+/// The table of hosts and their identities.
+fn print_hosts(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|h| {
+            vec![
+                text(h, "name"),
+                joined(&h["addresses"]),
+                text(h, "nbd_tls_subject"),
+                text(h, "iqn"),
+                text(h, "nqn"),
+                text(h, "vpaths"),
+                format!("{}/{}", text(h, "sessions"), text(h, "max_sessions")),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME",
+            "ADDRESSES",
+            "TLS SUBJECT",
+            "IQN",
+            "NQN",
+            "VPS",
+            "SESSIONS",
+        ],
+        &rows,
+    );
+}

@@ -1,0 +1,112 @@
+//! `sds serve`: the command-line options of the server and their translation into the
+//! library's [`ServeConfig`]; the server itself is `sds::serve`.
+
+use super::{chain, DEFAULT_STATE_DIR};
+use clap::{Args, ValueEnum};
+use sds::serve::{parse_cores, PollMode, ServeConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where configuration records, file LUNs created without a path and the socket live
+    #[arg(long, env = "SDS_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The management socket [default: STATE_DIR/sds.sock]
+    #[arg(long)]
+    rpc_socket: Option<PathBuf>,
+    /// NBD over TCP, HOST:PORT, or `none`
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    nbd_listen: String,
+    /// NBD over a Unix socket as well
+    #[arg(long)]
+    nbd_socket: Option<PathBuf>,
+    /// Permission bits of the --nbd-socket file, in octal. The default lets every user reach
+    /// the socket, so that the host records (`unix:UID`) decide who sees what
+    #[arg(long, default_value = "0666", value_parser = parse_mode)]
+    nbd_unix_mode: u32,
+    /// Seconds one NBD client may take for its whole handshake (negotiation and TLS); a
+    /// client still negotiating then is disconnected
+    #[arg(long, default_value_t = sds::constants::HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=sds::constants::MAX_HANDSHAKE_TIMEOUT_SECS))]
+    nbd_handshake_timeout_secs: u64,
+    /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3` [default: the last core,
+    /// leaving core 0 to the kernel's interrupt work and to local clients]
+    #[arg(long)]
+    cores: Option<String>,
+    /// busy: spin on the rings (lowest latency, burns the cores); adaptive: sleep when idle
+    #[arg(long, value_enum, default_value = "adaptive")]
+    poll: Poll,
+    /// Period of the control loop, in milliseconds: how often per-VP statistics are gathered
+    /// and each domain's QoS budget is shared anew among its virtual paths
+    #[arg(long, default_value_t = sds::constants::DEFAULT_CYCLE_MS,
+          value_parser = clap::value_parser!(u64).range(sds::constants::MIN_CYCLE_MS..=sds::constants::MAX_CYCLE_MS))]
+    cycle_ms: u64,
+    /// NBD over TLS: the server's certificate chain (PEM). With it every NBD client must
+    /// start TLS (NBD_OPT_STARTTLS) before anything else
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) NBD clients' certificates must chain to; each client must then
+    /// present one, and its subject (as `openssl x509 -noout -subject -nameopt RFC2253`
+    /// prints it) names the host, not its address
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// error, warn, info, debug or trace
+    #[arg(long, env = "SDS_LOG", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Poll {
+    Busy,
+    Adaptive,
+}
+
+/// A file mode in octal (`0666`, `660`), at most 0777.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|&mode| mode <= 0o777)
+        .ok_or_else(|| format!("{text:?}: expected an octal mode from 0000 to 0777"))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    sds::logger::init(&args.log_level);
+    let nbd_listen = match args.nbd_listen.as_str() {
+        "none" | "" => None,
+        text => Some(
+            text.parse::<SocketAddr>()
+                .map_err(|e| format!("--nbd-listen {text:?}: {e}"))?,
+        ),
+    };
+    let config = ServeConfig {
+        state_dir: args.state_dir,
+        rpc_socket: args.rpc_socket,
+        nbd_listen,
+        nbd_socket: args.nbd_socket,
+        nbd_unix_mode: args.nbd_unix_mode,
+        nbd_handshake_timeout: std::time::Duration::from_secs(args.nbd_handshake_timeout_secs),
+        cores: match &args.cores {
+            Some(text) => parse_cores(text)?,
+            None => Vec::new(),
+        },
+        poll: match args.poll {
+            Poll::Busy => PollMode::Busy,
+            Poll::Adaptive => PollMode::Adaptive,
+        },
+        cycle: std::time::Duration::from_millis(args.cycle_ms),
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(sds::target::nbd::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
+        },
+    };
+    sds::serve::run(config).map_err(|e| chain(&e))
+}
