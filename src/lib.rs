@@ -9,6 +9,7 @@
 //! line client. `perf` drives the same data path in-process, with no network (`sds perf`).
 
 pub mod backend;
+pub mod blockio;
 pub mod cli;
 pub mod constants;
 pub mod control;

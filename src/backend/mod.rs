@@ -83,6 +83,19 @@ pub enum IoType {
     Flush,
 }
 
+impl From<crate::blockio::BlockOp> for IoType {
+    /// The error counter of an operation: TRIM and WRITE_ZEROES zero, and count as writes.
+    #[inline]
+    fn from(op: crate::blockio::BlockOp) -> Self {
+        use crate::blockio::BlockOp;
+        match op {
+            BlockOp::Read => Self::Read,
+            BlockOp::Flush => Self::Flush,
+            BlockOp::Write | BlockOp::Trim | BlockOp::WriteZeroes => Self::Write,
+        }
+    }
+}
+
 impl IoType {
     pub const ALL: [IoType; 3] = [IoType::Read, IoType::Write, IoType::Flush];
 

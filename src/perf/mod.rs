@@ -29,6 +29,7 @@ pub mod session;
 pub use options::{PerfArgs, PerfConfig, PerfError};
 
 use crate::backend::{open_lun, LunSpec};
+use crate::blockio::clock::TickClock;
 use crate::domain::capabilities::{AllowedOps, StatsDetail};
 use crate::domain::host::Host;
 use crate::domain::qos::RateLimit;
@@ -40,7 +41,7 @@ use crate::reactor::mailbox::Message;
 use crate::reactor::{self, ReactorHandle};
 use crate::volume::provisioner::{provision, Provisioner};
 use crate::volume::Volume;
-use clock::{process_cpu_ns, TickClock};
+use clock::process_cpu_ns;
 use crossbeam::channel::{bounded, Receiver};
 use report::{ProcessCpu, Report};
 use session::{JobResult, JobSpec, PerfSession, RunControl, PHASE_MEASURE, PHASE_RAMP, PHASE_STOP};
@@ -115,7 +116,7 @@ impl Drop for Threads {
 
 /// Builds the stack, runs the jobs and gathers the report.
 pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
-    let clock = TickClock::calibrate();
+    let clock = TickClock::shared();
     let scratch = ScratchFile(
         config
             .lun_path
@@ -189,7 +190,6 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
             let session = PerfSession::new(
                 spec,
                 control.clone(),
-                clock,
                 sender.clone(),
                 vpath.clone(),
                 published.clone(),

@@ -264,9 +264,9 @@ impl Reactor {
                 } => self.with_session(session.index, Some(session.generation), |s, ctx| {
                     s.on_wake(token, result, ctx)
                 }),
-                Message::Revoke { tag } => {
+                Message::Revoke { vpath_id } => {
                     for index in 0..self.sessions.len() {
-                        self.with_session(index as u16, None, |s, ctx| s.revoke(tag, ctx));
+                        self.with_session(index as u16, None, |s, ctx| s.revoke(vpath_id, ctx));
                     }
                 }
                 Message::Shutdown => {

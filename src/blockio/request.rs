@@ -1,0 +1,81 @@
+//! What a front end asks of the engine: one block operation on a range of its volume.
+//!
+//! [`BlockOp`] is the one name of an operation everywhere in sds: the engine, the volume's and
+//! the VP's statistics, a domain's allowed operations and the RPC names
+//! (`read`, `write`, `flush`, `trim`, `write_zeroes`). A front end translates its wire
+//! commands (NBD command codes, SCSI opcodes, NVMe opcodes) to it in one place.
+
+/// A block operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockOp {
+    Read = 0,
+    Write = 1,
+    Flush = 2,
+    /// Deallocate a range (NBD TRIM, SCSI UNMAP, NVMe deallocate); it then reads as zeroes.
+    Trim = 3,
+    WriteZeroes = 4,
+}
+
+impl BlockOp {
+    pub const COUNT: usize = 5;
+    pub const ALL: [BlockOp; BlockOp::COUNT] = [
+        BlockOp::Read,
+        BlockOp::Write,
+        BlockOp::Flush,
+        BlockOp::Trim,
+        BlockOp::WriteZeroes,
+    ];
+
+    /// The name the README, the RPC methods and the statistics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Flush => "flush",
+            Self::Trim => "trim",
+            Self::WriteZeroes => "write_zeroes",
+        }
+    }
+
+    /// The position of this operation in per-operation counter arrays.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the request carries data in the slot's buffer (a read fills it, a write
+    /// brings it).
+    #[inline]
+    pub fn moves_data(self) -> bool {
+        matches!(self, Self::Read | Self::Write)
+    }
+
+    /// Whether the operation changes what the volume holds.
+    #[inline]
+    pub fn modifies(self) -> bool {
+        matches!(self, Self::Write | Self::Trim | Self::WriteZeroes)
+    }
+}
+
+/// One request. The data of a read or write is the slot's buffer
+/// ([`super::BlockEngine::buffer_mut`]), sized when the request is reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRequest {
+    pub op: BlockOp,
+    pub offset_bytes: u64,
+    pub length_bytes: u32,
+    /// Force unit access: the data is durable when the request completes.
+    pub fua: bool,
+}
+
+impl BlockRequest {
+    /// Bytes of buffer the request needs (0 for the operations that move no data).
+    #[inline]
+    pub fn buffer_bytes(&self) -> usize {
+        if self.op.moves_data() {
+            self.length_bytes as usize
+        } else {
+            0
+        }
+    }
+}
