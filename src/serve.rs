@@ -130,6 +130,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     } else {
         config.cores.clone()
     };
+    // Calibrate the engine's clock now (it sleeps once), not in the first handshake, where
+    // every handshake arriving meanwhile would wait behind it.
+    crate::blockio::clock::TickClock::shared();
     let mut reactors = Vec::with_capacity(cores.len());
     let mut reactor_threads = Vec::with_capacity(cores.len());
     for (index, &core) in cores.iter().enumerate().take(MAX_REACTORS) {

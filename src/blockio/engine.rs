@@ -140,6 +140,8 @@ pub struct BlockEngine {
     /// Writes, TRIM and WRITE_ZEROES go to the provisioner's read-modify-write path: the
     /// volume's blocks are smaller than some LUN's.
     slow_writes: bool,
+    /// The largest block size of the pool's LUNs.
+    max_lun_block_bytes: u32,
     clock: TickClock,
     bucket: TokenBucket,
     /// Requests waiting for QoS tokens, oldest first.
@@ -210,6 +212,13 @@ impl BlockEngine {
             decisions: DecisionCache::new(vpath.clone(), path_hint),
             read_only: vpath.mode == AccessMode::ReadOnly,
             slow_writes: volume.needs_read_modify_write(),
+            max_lun_block_bytes: volume
+                .pool
+                .luns
+                .iter()
+                .map(|l| l.layout.block_size_bytes)
+                .max()
+                .unwrap_or(512),
             vpath,
             volume,
             published,
@@ -628,12 +637,23 @@ impl BlockEngine {
             BlockOp::Write | BlockOp::Trim | BlockOp::WriteZeroes if self.slow_writes => {
                 self.run_slow(index, ctx)
             }
+            BlockOp::Read if self.needs_slow_read(index) => self.run_slow(index, ctx),
             _ => self.run_segments(index, ctx),
         }
         let slot = &self.slots[index];
         if slot.state == SlotState::Running && slot.pending == 0 && slot.waiting == 0 {
             self.finish_round(index, ctx);
         }
+    }
+
+    /// Whether a read is narrower than a LUN block it may touch: a LUN reads whole blocks of
+    /// its own, so such a read goes through the provisioning thread's bounce buffer.
+    #[inline]
+    fn needs_slow_read(&self, index: usize) -> bool {
+        let request = &self.slots[index].request;
+        let block = u64::from(self.max_lun_block_bytes);
+        self.slow_writes
+            && (request.offset_bytes % block != 0 || u64::from(request.length_bytes) % block != 0)
     }
 
     fn run_flush(&mut self, index: usize, ctx: &mut SessionContext) {
@@ -651,20 +671,32 @@ impl BlockEngine {
     fn run_slow(&mut self, index: usize, ctx: &mut SessionContext) {
         let slot = &mut self.slots[index];
         let request = slot.request;
-        let data = (request.op == BlockOp::Write).then(|| SessionBuffer {
-            ptr: slot.buf.as_ptr(),
+        let data = request.op.moves_data().then(|| SessionBuffer {
+            ptr: slot.buf.as_mut_ptr(),
             len_bytes: request.length_bytes as usize,
         });
-        let request = Request::SlowWrite {
-            volume: self.volume.clone(),
-            offset_bytes: request.offset_bytes,
-            len_bytes: u64::from(request.length_bytes),
-            data,
-            fua: request.fua,
-            reply: Reply {
-                reactor: ctx.reactor.clone(),
-                session: ctx.id,
-                token: index as u64,
+        let reply = Reply {
+            reactor: ctx.reactor.clone(),
+            session: ctx.id,
+            token: index as u64,
+        };
+        let volume = self.volume.clone();
+        let (offset_bytes, len_bytes) = (request.offset_bytes, u64::from(request.length_bytes));
+        let request = match (request.op, data) {
+            (BlockOp::Read, Some(data)) => Request::SlowRead {
+                volume,
+                offset_bytes,
+                len_bytes,
+                data,
+                reply,
+            },
+            (_, data) => Request::SlowWrite {
+                volume,
+                offset_bytes,
+                len_bytes,
+                data,
+                fua: request.fua,
+                reply,
             },
         };
         if self.provisioner.post(request).is_ok() {

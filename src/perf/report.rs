@@ -303,6 +303,7 @@ impl Report {
                 "lun_size": c.lun_size_bytes,
                 "lun_path": c.lun_path,
                 "block_size": c.block_size_bytes,
+                "volume_block_size": c.volume_block_size_bytes,
                 "volume_size": c.volume_size_bytes,
                 "extent_size": c.extent_bytes,
                 "thin": c.thin,
@@ -398,9 +399,15 @@ impl Report {
             },
         );
         println!(
-            "  {} {} volume on a {} {lun} LUN ({}-byte blocks, {} extents); {:.2} s measured after {:.2} s ramp",
+            "  {} {} volume ({}-byte blocks{}) on a {} {lun} LUN ({}-byte blocks, {} extents); {:.2} s measured after {:.2} s ramp",
             format_size(c.volume_size_bytes),
             if c.thin { "thin" } else { "thick" },
+            c.volume_block_size_bytes,
+            if c.volume_block_size_bytes < c.block_size_bytes {
+                ": writes read-modify-write"
+            } else {
+                ""
+            },
             format_size(c.lun_size_bytes),
             c.block_size_bytes,
             format_size(c.extent_bytes),

@@ -7,7 +7,8 @@
 //! written, then each touched LUN is flushed once, then the mappings are published.
 //!
 //! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
-//! all its writes here. This thread is single, so those writes are serialized and a
+//! all its writes here, and its reads that are not aligned to that LUN's blocks (a LUN reads
+//! only whole blocks of its own). This thread is single, so those writes are serialized and a
 //! read-modify-write can never interleave with another write to the same LUN block.
 
 use super::{Segment, Volume};
@@ -40,7 +41,7 @@ impl Reply {
 
 /// A buffer owned by a waiting session: it stays valid and untouched until the reply.
 pub struct SessionBuffer {
-    pub ptr: *const u8,
+    pub ptr: *mut u8,
     pub len_bytes: usize,
 }
 
@@ -65,6 +66,14 @@ pub enum Request {
         fua: bool,
         reply: Reply,
     },
+    /// Read `len_bytes` at `offset_bytes` into `data`, through whole LUN blocks.
+    SlowRead {
+        volume: Arc<Volume>,
+        offset_bytes: u64,
+        len_bytes: u64,
+        data: SessionBuffer,
+        reply: Reply,
+    },
     Stop,
 }
 
@@ -84,6 +93,13 @@ impl Provisioner {
             .name("provisioner".into())
             .spawn(move || run(receiver))?;
         Ok((Self { sender }, thread))
+    }
+
+    /// A provisioner with no thread: the test holding the receiver answers in its place.
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Self, Receiver<Request>) {
+        let (sender, receiver) = unbounded();
+        (Self { sender }, receiver)
     }
 
     /// Posts a request; fails (handing it back) only once the thread has stopped.
@@ -131,6 +147,16 @@ fn run(receiver: Receiver<Request>) {
                         fua,
                         &mut bounce,
                     );
+                    reply.send(errno_of(result));
+                }
+                Request::SlowRead {
+                    volume,
+                    offset_bytes,
+                    len_bytes,
+                    data,
+                    reply,
+                } => {
+                    let result = slow_read(&volume, offset_bytes, len_bytes, &data, &mut bounce);
                     reply.send(errno_of(result));
                 }
                 Request::Stop => stop = true,
@@ -300,6 +326,57 @@ fn slow_write(
                 lun.lun
                     .write_at(window, start, fua)
                     .map_err(|e| lun_error(&name, e))?;
+                piece
+            }
+        };
+        done += piece;
+    }
+    Ok(())
+}
+
+/// Reads a range of `volume` with synchronous I/O through whole LUN blocks, for a read a LUN
+/// cannot take as it is (narrower than its blocks). Unmapped ranges read as zeroes.
+fn slow_read(
+    volume: &Volume,
+    offset_bytes: u64,
+    len_bytes: u64,
+    data: &SessionBuffer,
+    bounce: &mut AlignedBuf,
+) -> Result<(), PoolError> {
+    debug_assert!(len_bytes as usize <= data.len_bytes);
+    // SAFETY: the session keeps the buffer of `len_bytes` (at most its length) valid and
+    // untouched until it is answered, and gave this thread its only use meanwhile.
+    let out = unsafe { std::slice::from_raw_parts_mut(data.ptr, len_bytes as usize) };
+    let mut done = 0u64;
+    while done < len_bytes {
+        let map = volume.map();
+        let piece = match volume.segment(map, offset_bytes + done, len_bytes - done) {
+            Segment::Unmapped {
+                len_bytes: piece, ..
+            } => {
+                out[done as usize..(done + piece) as usize].fill(0);
+                piece
+            }
+            Segment::Mapped {
+                lun,
+                offset_bytes: at,
+                len_bytes: piece,
+                ..
+            } => {
+                let piece = piece.min(MAX_IO_BYTES as u64);
+                let block = u64::from(lun.layout.block_size_bytes);
+                let start = at / block * block;
+                let end = (at + piece).next_multiple_of(block);
+                let window = &mut bounce.as_mut_slice()[..(end - start) as usize];
+                lun.lun
+                    .read_at(window, start)
+                    .map_err(|source| PoolError::Lun {
+                        pool: volume.pool.name.clone(),
+                        lun: lun.lun.info().name.clone(),
+                        source,
+                    })?;
+                out[done as usize..(done + piece) as usize]
+                    .copy_from_slice(&window[(at - start) as usize..(at - start + piece) as usize]);
                 piece
             }
         };
