@@ -54,7 +54,7 @@ pub fn get_reactors(control: &mut Control, params: Option<Value>) -> Result<Valu
                 "idle": r.idle_us.load(Ordering::Relaxed),
                 "in_interrupt": r.sleeping.load(Ordering::Relaxed),
                 "connections": r.sessions.load(Ordering::Relaxed),
-                "poll_mode": match r.poll { crate::serve::PollMode::Busy => "busy", crate::serve::PollMode::Adaptive => "adaptive" },
+                "poll_mode": r.poll.as_str(),
                 "lw_threads": [ { "name": format!("reactor_{}", r.index), "id": r.index } ],
             })
         })

@@ -9,7 +9,7 @@ use crate::constants::{
     RING_ENTRIES,
 };
 use crate::pool::on_disk::Layout;
-use crate::serve::PollMode;
+use crate::reactor::PollMode;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -99,14 +99,6 @@ impl Workload {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PollChoice {
-    /// Reactors spin without sleeping, like SPDK: lowest latency, their CPU time is wall time
-    Busy,
-    /// Reactors sleep in the kernel when idle, as `sds serve` does by default
-    Adaptive,
-}
-
 /// `sds perf`: an in-process load generator, like SPDK's bdevperf.
 #[derive(Args, Clone, Debug)]
 #[command(after_long_help = "\
@@ -179,7 +171,7 @@ pub struct PerfArgs {
     /// How idle reactors wait: busy (spin, like SPDK's bdevperf) or adaptive (sleep in the
     /// kernel, the default of `sds serve`)
     #[arg(long, value_enum, default_value = "busy")]
-    pub poll: PollChoice,
+    pub poll: PollMode,
     /// Seconds measured (fractions allowed)
     #[arg(long, default_value_t = 5.0)]
     pub time: f64,
@@ -524,10 +516,7 @@ impl PerfArgs {
             queue_depth: self.qd as usize,
             jobs_per_reactor: self.jobs as usize,
             cores,
-            poll: match self.poll {
-                PollChoice::Busy => PollMode::Busy,
-                PollChoice::Adaptive => PollMode::Adaptive,
-            },
+            poll: self.poll,
             time,
             ramp,
             domain: !self.no_domain,

@@ -313,10 +313,7 @@ impl Report {
                 "qd": c.queue_depth,
                 "jobs_per_reactor": c.jobs_per_reactor,
                 "cores": c.cores,
-                "poll": match c.poll {
-                    crate::serve::PollMode::Busy => "busy",
-                    crate::serve::PollMode::Adaptive => "adaptive",
-                },
+                "poll": c.poll.as_str(),
                 "time_s": c.time.as_secs_f64(),
                 "ramp_s": c.ramp.as_secs_f64(),
                 "domain": c.domain,
@@ -387,10 +384,7 @@ impl Report {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
-            match c.poll {
-                crate::serve::PollMode::Busy => "busy",
-                crate::serve::PollMode::Adaptive => "adaptive",
-            },
+            c.poll.as_str(),
             if c.domain { "on" } else { "bypassed" },
             if c.workload == super::options::Workload::RandRw {
                 format!(", {}% reads", c.read_percent)
