@@ -552,18 +552,15 @@ impl BlockEngine {
             .user_data(ctx.tag(tag::encode(KIND_QOS_TIMER, 0, 0, 0)));
         // SAFETY: the timespec is a box this engine owns and does not touch until the timer
         // completes (timer_armed); the session outlives every entry it has on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.timer_armed = true;
-                self.ring_pending += 1;
+        if unsafe { ctx.ring.push(&entry) }.is_err() {
+            // No timer, no retry: the throttled requests fail rather than hang.
+            while let Some(index) = self.throttled.pop_front() {
+                self.fail(index, BlockStatus::IoError);
             }
-            Err(_) => {
-                // No timer, no retry: the throttled requests fail rather than hang.
-                while let Some(index) = self.throttled.pop_front() {
-                    self.fail(index, BlockStatus::IoError);
-                }
-            }
+            return;
         }
+        self.timer_armed = true;
+        self.ring_pending += 1;
     }
 
     /// The QoS timer fired: run the throttled requests that now have tokens, in order.

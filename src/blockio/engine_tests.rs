@@ -91,6 +91,17 @@ impl Rig {
     /// A volume over `lun_count` fake LUNs, thin or with every extent mapped; the VP limited
     /// to `rate`.
     fn new(lun_count: usize, thin: bool, rate: RateLimit) -> Self {
+        Self::with_blocks(lun_count, thin, rate, 512, 512)
+    }
+
+    /// The same with LUN blocks of `lun_block_bytes` under a volume of `volume_block_bytes`.
+    fn with_blocks(
+        lun_count: usize,
+        thin: bool,
+        rate: RateLimit,
+        lun_block_bytes: u32,
+        volume_block_bytes: u32,
+    ) -> Self {
         let luns: Vec<Arc<FakeLun>> = (0..lun_count)
             .map(|i| {
                 let inner = open_lun(&LunSpec {
@@ -98,7 +109,7 @@ impl Rig {
                     kind: LunKind::Mem,
                     path: None,
                     size_bytes: Some(16 << 20),
-                    block_size_bytes: 512,
+                    block_size_bytes: lun_block_bytes,
                 })
                 .expect("RAM LUN");
                 Arc::new(FakeLun {
@@ -114,7 +125,7 @@ impl Rig {
             [2; 16],
             Arc::new(pool),
             VOLUME_BYTES,
-            512,
+            volume_block_bytes,
             thin,
         ));
         if !thin {
@@ -553,4 +564,52 @@ fn refusals_are_in_the_engines_terms() {
     rig.vpath.revoke();
     publish(&rig.published, &rig.vpath, RateLimit::UNLIMITED);
     assert!(rig.engine.decide().is_none());
+}
+
+#[test]
+fn small_blocks_on_large_lun_blocks_take_the_provisioners_slow_path() {
+    let mut rig = Rig::with_blocks(1, false, RateLimit::UNLIMITED, 4096, 512);
+    // A 512-byte write, a TRIM and a read narrower than a LUN block: each is one request to
+    // the provisioning thread, answered by one wake; no LUN I/O on the ring.
+    let write = rig.submit(BlockOp::Write, 512, 512);
+    let trim = rig.submit(BlockOp::Trim, 1024, 1024);
+    let read = rig.submit(BlockOp::Read, 512, 512);
+    assert!(rig.submitted().is_empty());
+    let mut answers = Vec::new();
+    while let Ok(request) = rig.provisions.try_recv() {
+        let (kind, reply) = match request {
+            Request::SlowWrite {
+                data: Some(_),
+                reply,
+                ..
+            } => ("write", reply),
+            Request::SlowWrite {
+                data: None, reply, ..
+            } => ("zeroes", reply),
+            Request::SlowRead { reply, .. } => ("read", reply),
+            _ => panic!("only the slow path expected"),
+        };
+        answers.push((kind, reply.token));
+    }
+    let kinds: Vec<&str> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(kinds, ["write", "zeroes", "read"]);
+    assert!(!rig.engine.is_idle());
+    for (_, token) in &answers {
+        rig.with(|engine, ctx| engine.on_wake(*token, 0, ctx));
+    }
+    assert_eq!(
+        rig.finished(),
+        vec![
+            (write, BlockStatus::Ok),
+            (trim, BlockStatus::Ok),
+            (read, BlockStatus::Ok)
+        ]
+    );
+    // A read of whole LUN blocks needs no bounce: straight to the LUN.
+    let aligned = rig.submit(BlockOp::Read, 4096, 4096);
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 1);
+    rig.complete(ios[0].1, 4096);
+    assert_eq!(rig.finished(), vec![(aligned, BlockStatus::Ok)]);
+    assert!(rig.engine.is_idle());
 }

@@ -429,17 +429,15 @@ impl PerfSession {
         if self.nop_armed {
             return;
         }
-        let entry = opcode::Nop::new()
-            .build()
-            .user_data(ctx.tag(tag::encode(TAG_NOP, 0, 0, 0)));
+        let nop = opcode::Nop::new().build();
+        let tagged = nop.user_data(ctx.tag(tag::encode(TAG_NOP, 0, 0, 0)));
         // SAFETY: a NOP refers to no memory.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.nop_armed = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.abandon(Some(format!("cannot post a NOP: {error}"))),
+        if let Err(error) = unsafe { ctx.ring.push(&tagged) } {
+            self.abandon(Some(format!("cannot post a NOP: {error}")));
+            return;
         }
+        self.nop_armed = true;
+        self.ring_pending += 1;
     }
 
     /// Whether an in-flight I/O of this job covers `unit` (`--verify` keeps them apart, so

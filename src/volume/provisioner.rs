@@ -266,6 +266,39 @@ pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
     results
 }
 
+/// The whole LUN blocks around a piece of a request, as the bounce buffer holds them.
+struct BlockSpan {
+    /// Where the first block starts on the LUN.
+    start_bytes: u64,
+    /// Bytes of whole blocks.
+    len_bytes: usize,
+    /// Where the piece lies within them.
+    within: std::ops::Range<usize>,
+}
+
+impl BlockSpan {
+    /// The blocks of `block_bytes` around `piece_bytes` at `at_bytes` on the LUN, the piece cut
+    /// to what the bounce buffer holds; the piece's length and its span.
+    fn of(block_bytes: u32, at_bytes: u64, piece_bytes: u64) -> (u64, Self) {
+        let piece = piece_bytes.min(MAX_IO_BYTES as u64);
+        let block = u64::from(block_bytes);
+        let start = at_bytes / block * block;
+        let end = (at_bytes + piece).next_multiple_of(block);
+        let offset = (at_bytes - start) as usize;
+        let span = Self {
+            start_bytes: start,
+            len_bytes: (end - start) as usize,
+            within: offset..offset + piece as usize,
+        };
+        (piece, span)
+    }
+
+    /// Whether the piece is whole blocks (nothing around it to read first).
+    fn is_exact(&self, piece_bytes: u64) -> bool {
+        self.within.start == 0 && self.len_bytes as u64 == piece_bytes
+    }
+}
+
 /// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
 /// blocks it covers only in part.
 fn slow_write(
@@ -303,18 +336,15 @@ fn slow_write(
                 len_bytes: piece,
                 ..
             } => {
-                let piece = piece.min(MAX_IO_BYTES as u64);
-                let block = u64::from(lun.layout.block_size_bytes);
-                let start = at / block * block;
-                let end = (at + piece).next_multiple_of(block);
+                let (piece, span) = BlockSpan::of(lun.layout.block_size_bytes, at, piece);
                 let name = lun.lun.info().name.clone();
-                let window = &mut bounce.as_mut_slice()[..(end - start) as usize];
-                if start != at || end != at + piece {
+                let window = &mut bounce.as_mut_slice()[..span.len_bytes];
+                if !span.is_exact(piece) {
                     lun.lun
-                        .read_at(window, start)
+                        .read_at(window, span.start_bytes)
                         .map_err(|e| lun_error(&name, e))?;
                 }
-                let into = &mut window[(at - start) as usize..(at - start + piece) as usize];
+                let into = &mut window[span.within.clone()];
                 match data {
                     // SAFETY: the session keeps the buffer of len_bytes valid and untouched
                     // until it is answered; done + piece <= len_bytes <= its length.
@@ -324,7 +354,7 @@ fn slow_write(
                     None => into.fill(0),
                 }
                 lun.lun
-                    .write_at(window, start, fua)
+                    .write_at(window, span.start_bytes, fua)
                     .map_err(|e| lun_error(&name, e))?;
                 piece
             }
@@ -349,37 +379,32 @@ fn slow_read(
     let out = unsafe { std::slice::from_raw_parts_mut(data.ptr, len_bytes as usize) };
     let mut done = 0u64;
     while done < len_bytes {
-        let map = volume.map();
-        let piece = match volume.segment(map, offset_bytes + done, len_bytes - done) {
-            Segment::Unmapped {
-                len_bytes: piece, ..
-            } => {
-                out[done as usize..(done + piece) as usize].fill(0);
-                piece
-            }
+        let segment = volume.segment(volume.map(), offset_bytes + done, len_bytes - done);
+        let (lun, lun_offset_bytes, mapped_bytes) = match segment {
             Segment::Mapped {
                 lun,
-                offset_bytes: at,
-                len_bytes: piece,
+                offset_bytes,
+                len_bytes,
                 ..
-            } => {
-                let piece = piece.min(MAX_IO_BYTES as u64);
-                let block = u64::from(lun.layout.block_size_bytes);
-                let start = at / block * block;
-                let end = (at + piece).next_multiple_of(block);
-                let window = &mut bounce.as_mut_slice()[..(end - start) as usize];
-                lun.lun
-                    .read_at(window, start)
-                    .map_err(|source| PoolError::Lun {
-                        pool: volume.pool.name.clone(),
-                        lun: lun.lun.info().name.clone(),
-                        source,
-                    })?;
-                out[done as usize..(done + piece) as usize]
-                    .copy_from_slice(&window[(at - start) as usize..(at - start + piece) as usize]);
-                piece
+            } => (lun, offset_bytes, len_bytes),
+            Segment::Unmapped { len_bytes, .. } => {
+                // Never written: zeroes.
+                out[done as usize..(done + len_bytes) as usize].fill(0);
+                done += len_bytes;
+                continue;
             }
         };
+        let (piece, span) =
+            BlockSpan::of(lun.layout.block_size_bytes, lun_offset_bytes, mapped_bytes);
+        let window = &mut bounce.as_mut_slice()[..span.len_bytes];
+        if let Err(source) = lun.lun.read_at(window, span.start_bytes) {
+            return Err(PoolError::Lun {
+                pool: volume.pool.name.clone(),
+                lun: lun.lun.info().name.clone(),
+                source,
+            });
+        }
+        out[done as usize..(done + piece) as usize].copy_from_slice(&window[span.within]);
         done += piece;
     }
     Ok(())
