@@ -354,7 +354,9 @@ impl BlockEngine {
         if !in_range {
             return Err(BlockStatus::OutOfRange);
         }
-        if offset % block != 0 || length % block != 0 {
+        // Block sizes are powers of two (512 or 4096): a mask, not a division.
+        debug_assert!(block.is_power_of_two());
+        if (offset | length) & (block - 1) != 0 {
             return Err(BlockStatus::Invalid);
         }
         if self.volume.is_deleted() {
@@ -380,6 +382,7 @@ impl BlockEngine {
 
     // ---- slots -------------------------------------------------------------------------
 
+    #[inline]
     pub fn has_free_slot(&self) -> bool {
         !self.free_slots.is_empty()
     }
@@ -387,6 +390,7 @@ impl BlockEngine {
     /// Takes a free slot for `request`, its buffer grown to the request's data if it is
     /// smaller (the only allocation, and only until the slot has seen its largest request).
     /// The clock of its latency starts here. `None` when every slot is in use.
+    #[inline]
     pub fn reserve(&mut self, request: BlockRequest, admission: Admission) -> Option<usize> {
         let index = self.free_slots.pop()?;
         let now = self.clock.now();
@@ -464,6 +468,7 @@ impl BlockEngine {
 
     /// Gives a finished request's slot back. Its buffer is kept for reuse, but not past the
     /// retention limit: a session that once had many large requests does not pin them.
+    #[inline]
     pub fn release(&mut self, index: usize) {
         let slot = &mut self.slots[index];
         debug_assert_eq!(slot.state, SlotState::Finished, "released twice or early");
@@ -481,6 +486,7 @@ impl BlockEngine {
     // ---- running a request -------------------------------------------------------------
 
     /// Starts a reserved request (its data in the buffer): QoS first, then its first round.
+    #[inline]
     pub fn start(&mut self, index: usize, ctx: &mut SessionContext) {
         debug_assert_eq!(self.slots[index].state, SlotState::Reserved);
         if self.closing {
@@ -511,6 +517,7 @@ impl BlockEngine {
 
     /// Takes the request's tokens at the rate it was admitted at (or, for a throttled one, the
     /// rate when the QoS timer last fired). An unlimited rate takes none.
+    #[inline]
     fn take_tokens(&mut self, index: usize) -> Admit {
         let slot = &self.slots[index];
         if slot.admission.rate.is_unlimited() {
@@ -602,6 +609,7 @@ impl BlockEngine {
 
     /// Starts the next round of a request, or queues it until the reactor's ring has credit
     /// for a round (then [`Self::on_ring_credit`] starts it).
+    #[inline]
     fn run(&mut self, index: usize, ctx: &mut SessionContext) {
         self.slots[index].state = SlotState::Running;
         if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
@@ -627,6 +635,7 @@ impl BlockEngine {
     }
 
     /// One round of a request: as many segments as fit in one round.
+    #[inline]
     fn run_round(&mut self, index: usize, ctx: &mut SessionContext) {
         let op = self.slots[index].request.op;
         match op {
@@ -727,34 +736,44 @@ impl BlockEngine {
         }
     }
 
+    #[inline]
     fn run_segments(&mut self, index: usize, ctx: &mut SessionContext) {
-        let volume = self.volume.clone();
+        // Split borrows: the volume is read while the slot and the counters change, without
+        // an Arc clone (two atomic read-modify-writes) per request.
+        let Self {
+            volume,
+            slots,
+            ring_pending,
+            ..
+        } = self;
+        let volume: &Volume = volume;
         let map = volume.map();
-        let request = self.slots[index].request;
+        let slot = &mut slots[index];
+        let request = slot.request;
         let start = request.offset_bytes;
         let total = u64::from(request.length_bytes);
         // Writes first make sure every extent they touch is mapped.
         if request.op == BlockOp::Write {
-            let mut at = self.slots[index].cursor_bytes;
+            let mut at = slot.cursor_bytes;
+            let mut unmapped = false;
             while at < total {
-                let (len, extent) = match volume.segment(map, start + at, total - at) {
-                    Segment::Unmapped { extent, len_bytes } => (len_bytes, Some(extent)),
-                    Segment::Mapped { len_bytes, .. } => (len_bytes, None),
+                at += match volume.segment(map, start + at, total - at) {
+                    Segment::Unmapped { len_bytes, .. } => {
+                        unmapped = true;
+                        len_bytes
+                    }
+                    Segment::Mapped { len_bytes, .. } => len_bytes,
                 };
-                if let Some(extent) = extent {
-                    self.request_provision(index, extent, ctx);
-                }
-                at += len;
             }
-            let slot = &self.slots[index];
-            if slot.waiting > 0 || !slot.status.is_ok() {
+            if unmapped {
+                self.provision_unmapped(index, ctx);
                 return;
             }
         }
+        let buf = slot.buf.as_mut_ptr();
         let mut segments = 0;
-        let mut at = self.slots[index].cursor_bytes;
+        let mut at = slot.cursor_bytes;
         while at < total && segments < MAX_SEGMENTS_PER_IO {
-            let buf = self.slots[index].buf.as_mut_ptr();
             let len = match volume.segment(map, start + at, total - at) {
                 Segment::Unmapped { len_bytes, .. } => {
                     if request.op == BlockOp::Read {
@@ -801,15 +820,39 @@ impl BlockEngine {
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped: the slot is not released before it finishes,
                     // and the session is dropped only when the engine is idle.
-                    let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
-                    self.account_start(index, lun_index, started);
+                    match unsafe { lun.lun.submit(&io, tag, ctx.ring) } {
+                        Started::Queued(count) => {
+                            slot.pending += count;
+                            *ring_pending += count;
+                        }
+                        Started::Done(result) => note_lun_result(volume, slot, lun_index, result),
+                    }
                     segments += 1;
                     len_bytes
                 }
             };
             at += len;
         }
-        self.slots[index].cursor_bytes = at;
+        slot.cursor_bytes = at;
+    }
+
+    /// A write found unmapped extents: ask the provisioner for each; the request waits.
+    #[cold]
+    fn provision_unmapped(&mut self, index: usize, ctx: &mut SessionContext) {
+        let volume = self.volume.clone();
+        let map = volume.map();
+        let request = self.slots[index].request;
+        let (start, total) = (request.offset_bytes, u64::from(request.length_bytes));
+        let mut at = self.slots[index].cursor_bytes;
+        while at < total {
+            at += match volume.segment(map, start + at, total - at) {
+                Segment::Unmapped { extent, len_bytes } => {
+                    self.request_provision(index, extent, ctx);
+                    len_bytes
+                }
+                Segment::Mapped { len_bytes, .. } => len_bytes,
+            };
+        }
     }
 
     fn account_start(&mut self, index: usize, lun_index: usize, started: Started) {
@@ -827,15 +870,7 @@ impl BlockEngine {
     /// request. Counted, not logged: a log line is a blocking write, and the control thread
     /// logs the LUN's errors, rate-limited (`control::lun_errors`).
     fn note_result(&mut self, index: usize, lun_index: usize, result: Result<(), i32>) {
-        let Err(errno) = result else {
-            return;
-        };
-        if let Some(member) = self.volume.pool.luns.get(lun_index) {
-            member
-                .lun
-                .note_error(self.slots[index].request.op.into(), errno);
-        }
-        self.note_status(index, BlockStatus::from_errno(errno));
+        note_lun_result(&self.volume, &mut self.slots[index], lun_index, result);
     }
 
     /// Records a failure of the request; the first one is what it finishes with.
@@ -848,6 +883,7 @@ impl BlockEngine {
     }
 
     /// A round ended (all its completions in): start the next one or finish the request.
+    #[inline]
     fn finish_round(&mut self, index: usize, ctx: &mut SessionContext) {
         let slot = &self.slots[index];
         let total = u64::from(slot.request.length_bytes);
@@ -863,6 +899,7 @@ impl BlockEngine {
     }
 
     /// The request is over: the volume's and the VP's counters, then the finished queue.
+    #[inline]
     fn finish(&mut self, index: usize) {
         let now = self.clock.now();
         let slot = &mut self.slots[index];
@@ -944,6 +981,24 @@ impl BlockEngine {
         } else {
             self.run(index, ctx);
         }
+    }
+}
+
+/// Takes the result of one LUN I/O of `slot`'s request on the pool's LUN `lun_index`. An
+/// error is counted on that LUN (which fails itself if its device is gone) and fails the
+/// request (its first failure is what it finishes with). Counted, not logged: a log line is a
+/// blocking write, and the control thread logs the LUN's errors, rate-limited
+/// (`control::lun_errors`).
+#[inline]
+fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: Result<(), i32>) {
+    let Err(errno) = result else {
+        return;
+    };
+    if let Some(member) = volume.pool.luns.get(lun_index) {
+        member.lun.note_error(slot.request.op.into(), errno);
+    }
+    if slot.status.is_ok() {
+        slot.status = BlockStatus::from_errno(errno);
     }
 }
 
