@@ -995,7 +995,7 @@ fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: R
         return;
     };
     if let Some(member) = volume.pool.luns.get(lun_index) {
-        member.lun.note_error(slot.request.op.into(), errno);
+        member.lun.note_error(slot.request.op.lun_class(), errno);
     }
     if slot.status.is_ok() {
         slot.status = BlockStatus::from_errno(errno);

@@ -43,6 +43,30 @@ impl BlockOp {
         self as usize
     }
 
+    /// The three classes a LUN counts its errors and injects its faults in (`lun_get_luns`
+    /// `errors`, `lun_inject_fault io_type`): TRIM and WRITE_ZEROES zero, so on a LUN they
+    /// are writes.
+    pub const LUN_CLASSES: [BlockOp; 3] = [BlockOp::Read, BlockOp::Write, BlockOp::Flush];
+
+    /// This operation's LUN class (one of [`Self::LUN_CLASSES`]).
+    #[inline]
+    pub fn lun_class(self) -> BlockOp {
+        match self {
+            Self::Trim | Self::WriteZeroes => Self::Write,
+            other => other,
+        }
+    }
+
+    /// The position of this operation's LUN class in per-class counter arrays (0..3).
+    #[inline]
+    pub fn class_index(self) -> usize {
+        match self {
+            Self::Read => 0,
+            Self::Write | Self::Trim | Self::WriteZeroes => 1,
+            Self::Flush => 2,
+        }
+    }
+
     /// Whether the request carries data in the slot's buffer (a read fills it, a write
     /// brings it).
     #[inline]
