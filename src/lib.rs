@@ -12,6 +12,7 @@
 //! (`src/main.rs`, `src/cli/`, `src/demo.rs`), built on this library's public API.
 
 pub mod backend;
+pub mod blockio;
 pub mod constants;
 pub mod control;
 pub mod domain;

@@ -16,15 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How a reactor waits when it has nothing to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum PollMode {
-    /// Spin on the rings without sleeping: lowest latency, burns a core.
-    Busy,
-    /// Spin briefly, then sleep in the kernel until a completion or a message arrives.
-    #[default]
-    Adaptive,
-}
+/// The poll mode lives with the reactor; named here too for the command line's sake.
+pub use crate::reactor::PollMode;
 
 /// Everything `sds serve` is told on its command line.
 #[derive(Clone, Debug)]
@@ -130,6 +123,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     } else {
         config.cores.clone()
     };
+    // Calibrate the engine's clock now (it sleeps once), not in the first handshake, where
+    // every handshake arriving meanwhile would wait behind it.
+    crate::blockio::clock::TickClock::shared();
     let mut reactors = Vec::with_capacity(cores.len());
     let mut reactor_threads = Vec::with_capacity(cores.len());
     for (index, &core) in cores.iter().enumerate().take(MAX_REACTORS) {

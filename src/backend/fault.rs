@@ -32,7 +32,8 @@
 //! its device gone): it keeps its place in the configuration, reports itself failed, and fails
 //! every I/O.
 
-use super::{IoType, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind, SpeedClass, Started};
+use super::{Lun, LunError, LunHealth, LunInfo, LunIo, LunKind, SpeedClass, Started};
+use crate::blockio::BlockOp;
 use crate::constants::MAX_FAULT_DELAY_US;
 use crate::reactor::ring::IoRing;
 use arc_swap::ArcSwapOption;
@@ -78,21 +79,21 @@ impl IoTypes {
 
     pub fn parse(text: &str) -> Option<Self> {
         match text {
-            "read" => Some(Self::only(IoType::Read)),
-            "write" => Some(Self::only(IoType::Write)),
-            "flush" => Some(Self::only(IoType::Flush)),
+            "read" => Some(Self::only(BlockOp::Read)),
+            "write" => Some(Self::only(BlockOp::Write)),
+            "flush" => Some(Self::only(BlockOp::Flush)),
             "all" => Some(Self::ALL),
             _ => None,
         }
     }
 
-    pub fn only(io_type: IoType) -> Self {
-        Self(1 << io_type.index())
+    pub fn only(io_type: BlockOp) -> Self {
+        Self(1 << io_type.class_index())
     }
 
     #[inline]
-    pub fn contains(self, io_type: IoType) -> bool {
-        self.0 & (1 << io_type.index()) != 0
+    pub fn contains(self, io_type: BlockOp) -> bool {
+        self.0 & (1 << io_type.class_index()) != 0
     }
 
     pub fn as_str(self) -> &'static str {
@@ -171,7 +172,7 @@ pub struct FaultStatus {
     pub remaining: Option<u64>,
 }
 
-/// Faults a fault LUN has injected, per [`IoType`].
+/// Faults a fault LUN has injected, per [`BlockOp`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InjectedCounts {
     pub failed: super::ErrorCounts,
@@ -283,9 +284,9 @@ impl FaultLun {
 
     pub fn injected(&self) -> InjectedCounts {
         let counts = |array: &[AtomicU64; 3]| super::ErrorCounts {
-            read: array[IoType::Read.index()].load(Ordering::Relaxed),
-            write: array[IoType::Write.index()].load(Ordering::Relaxed),
-            flush: array[IoType::Flush.index()].load(Ordering::Relaxed),
+            read: array[BlockOp::Read.class_index()].load(Ordering::Relaxed),
+            write: array[BlockOp::Write.class_index()].load(Ordering::Relaxed),
+            flush: array[BlockOp::Flush.class_index()].load(Ordering::Relaxed),
         };
         InjectedCounts {
             failed: counts(&self.failed),
@@ -295,7 +296,7 @@ impl FaultLun {
 
     /// Decides what happens to one I/O of `io_type`, counting what is injected.
     #[inline]
-    fn verdict(&self, io_type: IoType) -> Verdict {
+    fn verdict(&self, io_type: BlockOp) -> Verdict {
         let guard = self.injection.load();
         let Some(injection) = guard.as_ref() else {
             return Verdict::Pass;
@@ -312,8 +313,8 @@ impl FaultLun {
         // The error itself is counted by whoever sees it returned: gate_sync for synchronous
         // I/O, the front end (note_error) for ring I/O.
         match verdict {
-            Verdict::Fail => self.failed[io_type.index()].fetch_add(1, Ordering::Relaxed),
-            Verdict::Delay => self.delayed[io_type.index()].fetch_add(1, Ordering::Relaxed),
+            Verdict::Fail => self.failed[io_type.class_index()].fetch_add(1, Ordering::Relaxed),
+            Verdict::Delay => self.delayed[io_type.class_index()].fetch_add(1, Ordering::Relaxed),
             Verdict::Pass => 0,
         };
         verdict
@@ -321,7 +322,7 @@ impl FaultLun {
 
     /// Applies the fault to a synchronous I/O: fails it, or sleeps (never on a reactor: the
     /// synchronous methods run on the provisioning and control threads).
-    fn gate_sync(&self, io_type: IoType, offset_bytes: u64) -> Result<(), LunError> {
+    fn gate_sync(&self, io_type: BlockOp, offset_bytes: u64) -> Result<(), LunError> {
         match self.verdict(io_type) {
             Verdict::Pass => Ok(()),
             Verdict::Fail => {
@@ -346,7 +347,7 @@ impl FaultLun {
     }
 
     /// Counts an error the base returned to a synchronous I/O (this LUN returns it too).
-    fn pass_error(&self, io_type: IoType, error: LunError) -> LunError {
+    fn pass_error(&self, io_type: BlockOp, error: LunError) -> LunError {
         if error.is_io_error() {
             self.health.count_error(io_type);
         }
@@ -402,31 +403,31 @@ impl Lun for FaultLun {
     }
 
     fn read_at(&self, buf: &mut [u8], offset_bytes: u64) -> Result<(), LunError> {
-        self.gate_sync(IoType::Read, offset_bytes)?;
+        self.gate_sync(BlockOp::Read, offset_bytes)?;
         self.base
             .read_at(buf, offset_bytes)
-            .map_err(|error| self.pass_error(IoType::Read, error))
+            .map_err(|error| self.pass_error(BlockOp::Read, error))
     }
 
     fn write_at(&self, buf: &[u8], offset_bytes: u64, durable: bool) -> Result<(), LunError> {
-        self.gate_sync(IoType::Write, offset_bytes)?;
+        self.gate_sync(BlockOp::Write, offset_bytes)?;
         self.base
             .write_at(buf, offset_bytes, durable)
-            .map_err(|error| self.pass_error(IoType::Write, error))
+            .map_err(|error| self.pass_error(BlockOp::Write, error))
     }
 
     fn write_zeroes_at(&self, offset_bytes: u64, len_bytes: u64) -> Result<(), LunError> {
-        self.gate_sync(IoType::Write, offset_bytes)?;
+        self.gate_sync(BlockOp::Write, offset_bytes)?;
         self.base
             .write_zeroes_at(offset_bytes, len_bytes)
-            .map_err(|error| self.pass_error(IoType::Write, error))
+            .map_err(|error| self.pass_error(BlockOp::Write, error))
     }
 
     fn flush(&self) -> Result<(), LunError> {
-        self.gate_sync(IoType::Flush, 0)?;
+        self.gate_sync(BlockOp::Flush, 0)?;
         self.base
             .flush()
-            .map_err(|error| self.pass_error(IoType::Flush, error))
+            .map_err(|error| self.pass_error(BlockOp::Flush, error))
     }
 
     fn is_persistent(&self) -> bool {
@@ -444,7 +445,7 @@ impl Lun for FaultLun {
 
     /// Counts the error here; a device-gone error (never an injected one, which is EIO) came
     /// from the base, which it fails.
-    fn note_error(&self, io_type: IoType, errno: i32) {
+    fn note_error(&self, io_type: BlockOp, errno: i32) {
         self.health.count_errno(io_type, errno);
         if super::is_device_gone(errno) {
             self.base.note_error(io_type, errno);
@@ -484,7 +485,7 @@ impl MissingLun {
         }
     }
 
-    fn failed(&self, io_type: IoType) -> LunError {
+    fn failed(&self, io_type: BlockOp) -> LunError {
         self.health.count_error(io_type);
         LunError::Failed {
             lun: self.info.name.clone(),
@@ -503,19 +504,19 @@ impl Lun for MissingLun {
     }
 
     fn read_at(&self, _buf: &mut [u8], _offset_bytes: u64) -> Result<(), LunError> {
-        Err(self.failed(IoType::Read))
+        Err(self.failed(BlockOp::Read))
     }
 
     fn write_at(&self, _buf: &[u8], _offset_bytes: u64, _durable: bool) -> Result<(), LunError> {
-        Err(self.failed(IoType::Write))
+        Err(self.failed(BlockOp::Write))
     }
 
     fn write_zeroes_at(&self, _offset_bytes: u64, _len_bytes: u64) -> Result<(), LunError> {
-        Err(self.failed(IoType::Write))
+        Err(self.failed(BlockOp::Write))
     }
 
     fn flush(&self) -> Result<(), LunError> {
-        Err(self.failed(IoType::Flush))
+        Err(self.failed(BlockOp::Flush))
     }
 
     fn health(&self) -> Option<&LunHealth> {

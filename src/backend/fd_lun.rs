@@ -4,7 +4,8 @@
 //! ENXIO, on either path) is marked failed, and its I/O then fails at once with EIO.
 
 use super::aligned_buf::AlignedBuf;
-use super::{check_range, IoType, Lun, LunError, LunHealth, LunInfo, LunIo, Started};
+use super::{check_range, Lun, LunError, LunHealth, LunInfo, LunIo, Started};
+use crate::blockio::BlockOp;
 use crate::reactor::ring::IoRing;
 use io_uring::{opcode, squeue, types};
 use std::fs::{File, OpenOptions};
@@ -117,7 +118,7 @@ impl FdLun {
     }
 
     /// Counts a synchronous I/O error (failing the LUN if its device is gone) and wraps it.
-    fn io_error(&self, io_type: IoType, offset_bytes: u64, source: std::io::Error) -> LunError {
+    fn io_error(&self, io_type: BlockOp, offset_bytes: u64, source: std::io::Error) -> LunError {
         let errno = source.raw_os_error().unwrap_or(libc::EIO);
         if self.health.note_error(io_type, errno) {
             log::error!(
@@ -133,7 +134,7 @@ impl FdLun {
     }
 
     /// Refuses synchronous I/O to a failed LUN (counted as an error of `io_type`).
-    fn check_online(&self, io_type: IoType) -> Result<(), LunError> {
+    fn check_online(&self, io_type: BlockOp) -> Result<(), LunError> {
         match self.health.failed_errno() {
             None => Ok(()),
             Some(errno) => {
@@ -235,29 +236,29 @@ impl Lun for FdLun {
 
     fn read_at(&self, buf: &mut [u8], offset_bytes: u64) -> Result<(), LunError> {
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
-        self.check_online(IoType::Read)?;
+        self.check_online(BlockOp::Read)?;
         self.file
             .read_exact_at(buf, offset_bytes)
-            .map_err(|error| self.io_error(IoType::Read, offset_bytes, error))
+            .map_err(|error| self.io_error(BlockOp::Read, offset_bytes, error))
     }
 
     fn write_at(&self, buf: &[u8], offset_bytes: u64, durable: bool) -> Result<(), LunError> {
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
-        self.check_online(IoType::Write)?;
+        self.check_online(BlockOp::Write)?;
         self.file
             .write_all_at(buf, offset_bytes)
-            .map_err(|error| self.io_error(IoType::Write, offset_bytes, error))?;
+            .map_err(|error| self.io_error(BlockOp::Write, offset_bytes, error))?;
         if durable {
             self.file
                 .sync_data()
-                .map_err(|error| self.io_error(IoType::Flush, offset_bytes, error))?;
+                .map_err(|error| self.io_error(BlockOp::Flush, offset_bytes, error))?;
         }
         Ok(())
     }
 
     fn write_zeroes_at(&self, offset_bytes: u64, len_bytes: u64) -> Result<(), LunError> {
         check_range(&self.info, offset_bytes, len_bytes)?;
-        self.check_online(IoType::Write)?;
+        self.check_online(BlockOp::Write)?;
         if self.fallocate_sync(offset_bytes, len_bytes).is_ok() {
             return Ok(());
         }
@@ -269,17 +270,17 @@ impl Lun for FdLun {
             let len = (len_bytes - done).min(CHUNK_BYTES) as usize;
             self.file
                 .write_all_at(&zeroes.as_slice()[..len], offset_bytes + done)
-                .map_err(|error| self.io_error(IoType::Write, offset_bytes + done, error))?;
+                .map_err(|error| self.io_error(BlockOp::Write, offset_bytes + done, error))?;
             done += len as u64;
         }
         Ok(())
     }
 
     fn flush(&self) -> Result<(), LunError> {
-        self.check_online(IoType::Flush)?;
+        self.check_online(BlockOp::Flush)?;
         self.file
             .sync_data()
-            .map_err(|error| self.io_error(IoType::Flush, 0, error))
+            .map_err(|error| self.io_error(BlockOp::Flush, 0, error))
     }
 
     fn health(&self) -> Option<&LunHealth> {
@@ -309,7 +310,8 @@ pub fn speed_class_of_device(dev: u64) -> super::SpeedClass {
 #[cfg(test)]
 mod tests {
     use crate::backend::aligned_buf::AlignedBuf;
-    use crate::backend::{open_lun, IoType, LunError, LunIo, LunKind, LunSpec, Started};
+    use crate::backend::{open_lun, LunError, LunIo, LunKind, LunSpec, Started};
+    use crate::blockio::BlockOp;
     use crate::reactor::ring::IoRing;
 
     /// A device-gone error fails the LUN: every later I/O, on either path, fails at once.
@@ -330,9 +332,9 @@ mod tests {
         .expect("file LUN");
         let mut buf = AlignedBuf::new(4096);
         assert!(lun.read_at(buf.as_mut_slice(), 0).is_ok());
-        lun.note_error(IoType::Read, libc::EIO);
+        lun.note_error(BlockOp::Read, libc::EIO);
         assert!(!lun.is_failed(), "an I/O error alone does not fail a LUN");
-        lun.note_error(IoType::Read, libc::ENODEV);
+        lun.note_error(BlockOp::Read, libc::ENODEV);
         assert!(lun.is_failed());
         assert!(matches!(
             lun.read_at(buf.as_mut_slice(), 0),

@@ -11,9 +11,10 @@
 
 use super::mem_region::MemRegion;
 use super::{
-    check_range, in_memory_size, IoType, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind,
-    LunSpec, SpeedClass, Started,
+    check_range, in_memory_size, Lun, LunError, LunHealth, LunInfo, LunIo, LunKind, LunSpec,
+    SpeedClass, Started,
 };
+use crate::blockio::BlockOp;
 use crate::constants::MEM_LUN_RESERVE_BYTES;
 use crate::reactor::ring::IoRing;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,7 +147,7 @@ impl Lun for MemLun {
         };
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
         self.execute(&io)
-            .map_err(|errno| self.io_error(IoType::Read, offset_bytes, errno))
+            .map_err(|errno| self.io_error(BlockOp::Read, offset_bytes, errno))
     }
 
     fn write_at(&self, buf: &[u8], offset_bytes: u64, _durable: bool) -> Result<(), LunError> {
@@ -158,7 +159,7 @@ impl Lun for MemLun {
         };
         check_range(&self.info, offset_bytes, buf.len() as u64)?;
         self.execute(&io)
-            .map_err(|errno| self.io_error(IoType::Write, offset_bytes, errno))
+            .map_err(|errno| self.io_error(BlockOp::Write, offset_bytes, errno))
     }
 
     fn write_zeroes_at(&self, offset_bytes: u64, len_bytes: u64) -> Result<(), LunError> {
@@ -169,7 +170,7 @@ impl Lun for MemLun {
             fua: false,
         };
         self.execute(&io)
-            .map_err(|errno| self.io_error(IoType::Write, offset_bytes, errno))
+            .map_err(|errno| self.io_error(BlockOp::Write, offset_bytes, errno))
     }
 
     fn flush(&self) -> Result<(), LunError> {
@@ -186,7 +187,7 @@ impl Lun for MemLun {
 }
 
 impl MemLun {
-    fn io_error(&self, io_type: IoType, offset_bytes: u64, errno: i32) -> LunError {
+    fn io_error(&self, io_type: BlockOp, offset_bytes: u64, errno: i32) -> LunError {
         self.health.count_error(io_type);
         LunError::Io {
             lun: self.info.name.clone(),

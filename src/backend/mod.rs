@@ -14,7 +14,7 @@
 //! To add a driver: one new file here implementing `Lun`, one variant in [`LunKind`], and one
 //! arm in [`open_lun`], the only place that lists drivers.
 //!
-//! Errors: every driver keeps a [`LunHealth`] (error counters per [`IoType`], and whether the
+//! Errors: every driver keeps a [`LunHealth`] (error counters per [`BlockOp`], and whether the
 //! LUN has failed). The synchronous methods count the errors they return themselves; errors of
 //! ring I/O complete in the front end's session, which hands them back with
 //! [`Lun::note_error`]. Both touch the counters only on the error path. A LUN whose device is
@@ -33,6 +33,7 @@ pub mod mem;
 pub mod mem_region;
 pub mod null;
 
+use crate::blockio::BlockOp;
 use crate::reactor::ring::IoRing;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -71,33 +72,6 @@ impl LunKind {
             Self::Fault => "fault",
             Self::Null => "null",
         }
-    }
-}
-
-/// What an I/O does, as error counters and fault injection tell them apart. Zeroing (and
-/// TRIM, which zeroes) counts as a write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoType {
-    Read,
-    Write,
-    Flush,
-}
-
-impl IoType {
-    pub const ALL: [IoType; 3] = [IoType::Read, IoType::Write, IoType::Flush];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Read => "read",
-            Self::Write => "write",
-            Self::Flush => "flush",
-        }
-    }
-
-    /// The position of this type in per-type counter arrays.
-    #[inline]
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 
@@ -196,7 +170,7 @@ pub fn is_device_gone(errno: i32) -> bool {
     errno == libc::ENODEV || errno == libc::ENXIO
 }
 
-/// Errors a LUN returned, per [`IoType`].
+/// Errors a LUN returned, per [`BlockOp`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ErrorCounts {
     pub read: u64,
@@ -217,7 +191,7 @@ impl ErrorCounts {
 pub struct LunHealth {
     /// 0 while the LUN is online; else the errno that failed it.
     failed_errno: AtomicI32,
-    /// Errors returned, indexed by [`IoType::index`].
+    /// Errors returned, indexed by [`BlockOp::index`].
     errors: [AtomicU64; 3],
     /// The errno of the latest error of each type, 0 if none is known (the error path stores
     /// it; the control thread names it when it logs the errors).
@@ -262,27 +236,27 @@ impl LunHealth {
 
     /// Counts one error of `io_type`.
     #[inline]
-    pub fn count_error(&self, io_type: IoType) {
-        self.errors[io_type.index()].fetch_add(1, Ordering::Relaxed);
+    pub fn count_error(&self, io_type: BlockOp) {
+        self.errors[io_type.class_index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one error and marks the LUN failed if the errno says its device is gone.
     /// Returns whether this error failed the LUN (it was online until now).
-    pub fn note_error(&self, io_type: IoType, errno: i32) -> bool {
+    pub fn note_error(&self, io_type: BlockOp, errno: i32) -> bool {
         self.count_errno(io_type, errno);
         is_device_gone(errno) && self.mark_failed(errno)
     }
 
     /// Counts one error of `io_type` that ended with `errno`, without judging the errno.
     #[inline]
-    pub fn count_errno(&self, io_type: IoType, errno: i32) {
+    pub fn count_errno(&self, io_type: BlockOp, errno: i32) {
         self.count_error(io_type);
-        self.last_errno[io_type.index()].store(errno, Ordering::Relaxed);
+        self.last_errno[io_type.class_index()].store(errno, Ordering::Relaxed);
     }
 
     /// The errno of the latest error of `io_type` noted with one, if any.
-    pub fn last_errno(&self, io_type: IoType) -> Option<i32> {
-        match self.last_errno[io_type.index()].load(Ordering::Relaxed) {
+    pub fn last_errno(&self, io_type: BlockOp) -> Option<i32> {
+        match self.last_errno[io_type.class_index()].load(Ordering::Relaxed) {
             0 => None,
             errno => Some(errno),
         }
@@ -290,25 +264,25 @@ impl LunHealth {
 
     /// The control thread's record of what it has logged of `io_type`'s errors: the count,
     /// and when (its clock, in milliseconds; 0 if never).
-    pub fn reported(&self, io_type: IoType) -> (u64, u64) {
+    pub fn reported(&self, io_type: BlockOp) -> (u64, u64) {
         (
-            self.reported[io_type.index()].load(Ordering::Relaxed),
-            self.reported_at_ms[io_type.index()].load(Ordering::Relaxed),
+            self.reported[io_type.class_index()].load(Ordering::Relaxed),
+            self.reported_at_ms[io_type.class_index()].load(Ordering::Relaxed),
         )
     }
 
     /// The control thread has logged `io_type`'s errors up to `count`, at `at_ms`.
-    pub fn set_reported(&self, io_type: IoType, count: u64, at_ms: u64) {
-        self.reported[io_type.index()].store(count, Ordering::Relaxed);
-        self.reported_at_ms[io_type.index()].store(at_ms, Ordering::Relaxed);
+    pub fn set_reported(&self, io_type: BlockOp, count: u64, at_ms: u64) {
+        self.reported[io_type.class_index()].store(count, Ordering::Relaxed);
+        self.reported_at_ms[io_type.class_index()].store(at_ms, Ordering::Relaxed);
     }
 
     pub fn errors(&self) -> ErrorCounts {
-        let get = |t: IoType| self.errors[t.index()].load(Ordering::Relaxed);
+        let get = |t: BlockOp| self.errors[t.class_index()].load(Ordering::Relaxed);
         ErrorCounts {
-            read: get(IoType::Read),
-            write: get(IoType::Write),
-            flush: get(IoType::Flush),
+            read: get(BlockOp::Read),
+            write: get(BlockOp::Write),
+            flush: get(BlockOp::Flush),
         }
     }
 }
@@ -338,12 +312,13 @@ pub enum LunIo {
 }
 
 impl LunIo {
+    /// The I/O's LUN class (see [`BlockOp::LUN_CLASSES`]): a zeroing is a write.
     #[inline]
-    pub fn io_type(&self) -> IoType {
+    pub fn io_type(&self) -> BlockOp {
         match self {
-            Self::Read { .. } => IoType::Read,
-            Self::Write { .. } | Self::WriteZeroes { .. } => IoType::Write,
-            Self::Flush => IoType::Flush,
+            Self::Read { .. } => BlockOp::Read,
+            Self::Write { .. } | Self::WriteZeroes { .. } => BlockOp::Write,
+            Self::Flush => BlockOp::Flush,
         }
     }
 }
@@ -424,7 +399,7 @@ pub trait Lun: Send + Sync {
     /// at once): the front end calls it on its error path, on a reactor, so it only counts
     /// (atomics); the control thread logs the counts, rate-limited (`control::lun_errors`).
     /// ENODEV and ENXIO mark the LUN failed, which is logged here, once in the LUN's life. The synchronous methods count their own errors and never come through here.
-    fn note_error(&self, io_type: IoType, errno: i32) {
+    fn note_error(&self, io_type: BlockOp, errno: i32) {
         if let Some(health) = self.health() {
             if health.note_error(io_type, errno) {
                 log::error!(
@@ -600,10 +575,10 @@ mod tests {
     #[test]
     fn health_counts_and_fails_once() {
         let health = LunHealth::default();
-        assert!(!health.note_error(IoType::Write, libc::EIO));
-        assert!(health.note_error(IoType::Read, libc::ENXIO));
+        assert!(!health.note_error(BlockOp::Write, libc::EIO));
+        assert!(health.note_error(BlockOp::Read, libc::ENXIO));
         assert!(
-            !health.note_error(IoType::Read, libc::ENODEV),
+            !health.note_error(BlockOp::Read, libc::ENODEV),
             "already failed"
         );
         assert_eq!(health.failed_errno(), Some(libc::ENXIO));

@@ -2,7 +2,7 @@
 //! library's [`ServeConfig`]; the server itself is `sds::serve`.
 
 use super::{chain, DEFAULT_STATE_DIR};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use sds::serve::{parse_cores, PollMode, ServeConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +36,7 @@ pub struct ServeArgs {
     cores: Option<String>,
     /// busy: spin on the rings (lowest latency, burns the cores); adaptive: sleep when idle
     #[arg(long, value_enum, default_value = "adaptive")]
-    poll: Poll,
+    poll: PollMode,
     /// Period of the control loop, in milliseconds: how often per-VP statistics are gathered
     /// and each domain's QoS budget is shared anew among its virtual paths
     #[arg(long, default_value_t = sds::constants::DEFAULT_CYCLE_MS,
@@ -57,12 +57,6 @@ pub struct ServeArgs {
     /// error, warn, info, debug or trace
     #[arg(long, env = "SDS_LOG", default_value = "info")]
     log_level: String,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Poll {
-    Busy,
-    Adaptive,
 }
 
 /// A file mode in octal (`0666`, `660`), at most 0777.
@@ -94,10 +88,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             Some(text) => parse_cores(text)?,
             None => Vec::new(),
         },
-        poll: match args.poll {
-            Poll::Busy => PollMode::Busy,
-            Poll::Adaptive => PollMode::Adaptive,
-        },
+        poll: args.poll,
         cycle: std::time::Duration::from_millis(args.cycle_ms),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(sds::target::nbd::tls::TlsFiles {

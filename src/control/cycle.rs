@@ -6,9 +6,10 @@
 //! logs the LUN errors the reactors counted, rate-limited ([`super::lun_errors`]).
 
 use super::Control;
+use crate::blockio::BlockOp;
 use crate::domain::capabilities::QosLimits;
 use crate::domain::qos::{share_budget, Demand, RateLimit};
-use crate::domain::stats::{OpKind, VpTotals};
+use crate::domain::stats::VpTotals;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -55,8 +56,8 @@ impl Quantity {
         match self {
             Quantity::Ios => delta.limited_ops(),
             Quantity::RwBytes => delta.data_bytes(),
-            Quantity::ReadBytes => delta.bytes[OpKind::Read as usize],
-            Quantity::WriteBytes => delta.bytes[OpKind::Write as usize],
+            Quantity::ReadBytes => delta.bytes[BlockOp::Read.index()],
+            Quantity::WriteBytes => delta.bytes[BlockOp::Write.index()],
         }
     }
 }

@@ -9,7 +9,8 @@
 //! soon as one interval has passed since the last line of its cause), the rest of the burst
 //! as one line an interval with the count of errors it stands for, so no error goes unaccounted.
 
-use crate::backend::{IoType, Lun};
+use crate::backend::Lun;
+use crate::blockio::BlockOp;
 use crate::constants::LUN_ERROR_LOG_INTERVAL_MS;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -30,11 +31,11 @@ pub fn report<'a>(luns: impl Iterator<Item = (&'a str, &'a dyn Lun)>) {
             continue;
         };
         let counts = health.errors();
-        for io_type in IoType::ALL {
+        for io_type in BlockOp::LUN_CLASSES {
             let total = match io_type {
-                IoType::Read => counts.read,
-                IoType::Write => counts.write,
-                IoType::Flush => counts.flush,
+                BlockOp::Read => counts.read,
+                BlockOp::Flush => counts.flush,
+                BlockOp::Write | BlockOp::Trim | BlockOp::WriteZeroes => counts.write,
             };
             let (reported, reported_at_ms) = health.reported(io_type);
             if total <= reported
@@ -83,23 +84,23 @@ mod tests {
         .expect("null LUN");
         let health = lun.health().expect("health");
         for _ in 0..1000 {
-            lun.note_error(IoType::Read, libc::EIO);
+            lun.note_error(BlockOp::Read, libc::EIO);
         }
         report(std::iter::once(("n", lun.as_ref())));
         assert_eq!(
-            health.reported(IoType::Read).0,
+            health.reported(BlockOp::Read).0,
             1000,
             "the first burst is logged"
         );
-        let at = health.reported(IoType::Read).1;
+        let at = health.reported(BlockOp::Read).1;
         assert_ne!(at, 0);
-        lun.note_error(IoType::Read, libc::EIO);
+        lun.note_error(BlockOp::Read, libc::EIO);
         report(std::iter::once(("n", lun.as_ref())));
         assert_eq!(
-            health.reported(IoType::Read),
+            health.reported(BlockOp::Read),
             (1000, at),
             "not again within the interval"
         );
-        assert_eq!(health.reported(IoType::Write), (0, 0), "nothing to say");
+        assert_eq!(health.reported(BlockOp::Write), (0, 0), "nothing to say");
     }
 }

@@ -11,9 +11,9 @@
 use super::luns::{error_counts, failure};
 use super::params::Params;
 use super::{methods::METHODS, Control, LunEntry, VolumeEntry};
+use crate::blockio::BlockOp;
 use crate::rpc::RpcError;
 use crate::version::{GIT_REVISION, VERSION};
-use crate::volume::stats::IoKind;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
@@ -54,7 +54,7 @@ pub fn get_reactors(control: &mut Control, params: Option<Value>) -> Result<Valu
                 "idle": r.idle_us.load(Ordering::Relaxed),
                 "in_interrupt": r.sleeping.load(Ordering::Relaxed),
                 "connections": r.sessions.load(Ordering::Relaxed),
-                "poll_mode": match r.poll { crate::serve::PollMode::Busy => "busy", crate::serve::PollMode::Adaptive => "adaptive" },
+                "poll_mode": r.poll.as_str(),
                 "lw_threads": [ { "name": format!("reactor_{}", r.index), "id": r.index } ],
             })
         })
@@ -134,12 +134,12 @@ pub fn get_iostat(control: &mut Control, params: Option<Value>) -> Result<Value,
 
 fn volume_iostat(entry: &VolumeEntry) -> Value {
     let t = entry.volume.stats.totals();
-    let io_error: serde_json::Map<String, Value> = IoKind::ALL
+    let io_error: serde_json::Map<String, Value> = BlockOp::ALL
         .iter()
-        .map(|kind| {
+        .map(|op| {
             (
-                kind.as_str().to_string(),
-                json!(t.kind_errors[kind.index()]),
+                spdk_io_type(*op).to_string(),
+                json!(t.kind_errors[op.index()]),
             )
         })
         .collect();
@@ -182,4 +182,12 @@ fn lun_iostat(control: &Control, entry: &LunEntry) -> Value {
         });
     }
     stat
+}
+
+/// The name SPDK's `bdev_get_iostat` gives an operation in `io_error` (it calls TRIM "unmap").
+fn spdk_io_type(op: BlockOp) -> &'static str {
+    match op {
+        BlockOp::Trim => "unmap",
+        other => other.as_str(),
+    }
 }

@@ -1,7 +1,8 @@
 //! Statistics as the management interface shows them: one control-loop cycle's rates and
 //! percentiles, and totals since start.
 
-use crate::domain::stats::{VpTotals, OP_NAMES};
+use crate::blockio::BlockOp;
+use crate::domain::stats::VpTotals;
 use serde_json::{json, Map, Value};
 
 /// What one cycle saw, kept for `*_get_stats` and `sds top`.
@@ -39,9 +40,9 @@ impl CycleStats {
 pub fn totals_json(totals: &VpTotals) -> Value {
     let mut ops = Map::new();
     let mut bytes = Map::new();
-    for (kind, name) in OP_NAMES.iter().enumerate() {
-        ops.insert((*name).into(), totals.ops[kind].into());
-        bytes.insert((*name).into(), totals.bytes[kind].into());
+    for op in BlockOp::ALL {
+        ops.insert(op.as_str().into(), totals.ops[op.index()].into());
+        bytes.insert(op.as_str().into(), totals.bytes[op.index()].into());
     }
     let latency = totals.latency_us();
     json!({

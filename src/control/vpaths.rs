@@ -207,7 +207,7 @@ impl Control {
             entry.vpath.revoke();
             self.publish();
             for reactor in &self.reactors {
-                reactor.post(Message::Revoke { tag: id });
+                reactor.post(Message::Revoke { vpath_id: id });
             }
             log::info!(
                 "virtual path {id} deleted: host {} loses volume {}",

@@ -2,6 +2,7 @@
 //! floor and a ceiling for each VP, a priority class, the operations allowed, and how much
 //! statistics detail is kept. Zero means "no limit" everywhere, as in SPDK's QoS parameters.
 
+use crate::blockio::BlockOp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -130,7 +131,27 @@ impl Default for AllowedOps {
 }
 
 impl AllowedOps {
-    const NAMES: [&'static str; 5] = ["read", "write", "flush", "trim", "write_zeroes"];
+    /// Whether the domain lets its VPs send `op`.
+    #[inline]
+    pub fn allows(&self, op: BlockOp) -> bool {
+        match op {
+            BlockOp::Read => self.read,
+            BlockOp::Write => self.write,
+            BlockOp::Flush => self.flush,
+            BlockOp::Trim => self.trim,
+            BlockOp::WriteZeroes => self.write_zeroes,
+        }
+    }
+
+    fn set(&mut self, op: BlockOp, on: bool) {
+        match op {
+            BlockOp::Read => self.read = on,
+            BlockOp::Write => self.write = on,
+            BlockOp::Flush => self.flush = on,
+            BlockOp::Trim => self.trim = on,
+            BlockOp::WriteZeroes => self.write_zeroes = on,
+        }
+    }
 
     fn parse(value: &Value, name: &str) -> Result<Self, String> {
         let list = value
@@ -144,37 +165,24 @@ impl AllowedOps {
             write_zeroes: false,
         };
         for item in list {
-            match item.as_str() {
-                Some("read") => ops.read = true,
-                Some("write") => ops.write = true,
-                Some("flush") => ops.flush = true,
-                Some("trim") => ops.trim = true,
-                Some("write_zeroes") => ops.write_zeroes = true,
-                _ => {
-                    return Err(format!(
-                        "{name}: {item} is not one of {}",
-                        Self::NAMES.join(", ")
-                    ))
-                }
-            }
+            let op = BlockOp::ALL
+                .into_iter()
+                .find(|op| item.as_str() == Some(op.as_str()));
+            let Some(op) = op else {
+                let names: Vec<&str> = BlockOp::ALL.iter().map(|op| op.as_str()).collect();
+                return Err(format!("{name}: {item} is not one of {}", names.join(", ")));
+            };
+            ops.set(op, true);
         }
         Ok(ops)
     }
 
     pub fn to_json(self) -> Value {
-        let on = [
-            self.read,
-            self.write,
-            self.flush,
-            self.trim,
-            self.write_zeroes,
-        ];
         Value::Array(
-            Self::NAMES
-                .iter()
-                .zip(on)
-                .filter(|(_, on)| *on)
-                .map(|(name, _)| Value::from(*name))
+            BlockOp::ALL
+                .into_iter()
+                .filter(|op| self.allows(*op))
+                .map(|op| Value::from(op.as_str()))
                 .collect(),
         )
     }

@@ -25,6 +25,14 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// No limit at all.
+    pub const UNLIMITED: RateLimit = RateLimit {
+        ios_per_sec: 0.0,
+        rw_bytes_per_sec: 0.0,
+        r_bytes_per_sec: 0.0,
+        w_bytes_per_sec: 0.0,
+    };
+
     pub fn is_unlimited(&self) -> bool {
         self.ios_per_sec == 0.0
             && self.rw_bytes_per_sec == 0.0

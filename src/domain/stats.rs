@@ -4,21 +4,12 @@
 //! buckets (8 per power of two); the control thread turns bucket counts into percentiles with
 //! `hdrhistogram`.
 
+use crate::blockio::BlockOp;
 use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// What one I/O was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    Read = 0,
-    Write = 1,
-    Flush = 2,
-    Trim = 3,
-    WriteZeroes = 4,
-}
-
-pub const OP_KINDS: usize = 5;
-pub const OP_NAMES: [&str; OP_KINDS] = ["read", "write", "flush", "trim", "write_zeroes"];
+/// Operations counted per kind, in [`BlockOp::index`] order.
+pub const OP_KINDS: usize = BlockOp::COUNT;
 
 /// Sub-buckets per power of two.
 const SUB_BITS: u32 = 3;
@@ -92,9 +83,9 @@ fn bump(counter: &AtomicU64, by: u64) {
 impl VpCounters {
     /// Accounts one finished I/O. Called only by the reactor that owns this set.
     #[inline]
-    pub fn record(&self, kind: OpKind, bytes: u64, latency_ns: Option<u64>, failed: bool) {
-        bump(&self.ops[kind as usize], 1);
-        bump(&self.bytes[kind as usize], bytes);
+    pub fn record(&self, op: BlockOp, bytes: u64, latency_ns: Option<u64>, failed: bool) {
+        bump(&self.ops[op.index()], 1);
+        bump(&self.bytes[op.index()], bytes);
         if failed {
             bump(&self.errors, 1);
         }
@@ -184,10 +175,10 @@ impl VpTotals {
 
     /// I/Os that count against an IOPS limit: everything but flushes.
     pub fn limited_ops(&self) -> u64 {
-        self.ops[OpKind::Read as usize]
-            + self.ops[OpKind::Write as usize]
-            + self.ops[OpKind::Trim as usize]
-            + self.ops[OpKind::WriteZeroes as usize]
+        self.ops[BlockOp::Read.index()]
+            + self.ops[BlockOp::Write.index()]
+            + self.ops[BlockOp::Trim.index()]
+            + self.ops[BlockOp::WriteZeroes.index()]
     }
 
     pub fn all_ops(&self) -> u64 {
@@ -195,7 +186,7 @@ impl VpTotals {
     }
 
     pub fn data_bytes(&self) -> u64 {
-        self.bytes[OpKind::Read as usize] + self.bytes[OpKind::Write as usize]
+        self.bytes[BlockOp::Read.index()] + self.bytes[BlockOp::Write.index()]
     }
 
     /// Latency percentiles in microseconds (p50, p99, p99.9); `None` with no sample.
@@ -252,10 +243,10 @@ impl VpathStats {
     pub fn reactor_ops(&self, index: usize) -> u64 {
         let counters = self.reactor(index);
         [
-            OpKind::Read,
-            OpKind::Write,
-            OpKind::Trim,
-            OpKind::WriteZeroes,
+            BlockOp::Read,
+            BlockOp::Write,
+            BlockOp::Trim,
+            BlockOp::WriteZeroes,
         ]
         .iter()
         .map(|&k| counters.ops[k as usize].load(Ordering::Relaxed))
@@ -304,18 +295,20 @@ mod tests {
             let latency = if i < 990 { 100_000 } else { 5_000_000 };
             stats
                 .reactor(reactor)
-                .record(OpKind::Read, 4096, Some(latency), false);
+                .record(BlockOp::Read, 4096, Some(latency), false);
         }
-        stats.reactor(1).record(OpKind::Write, 512, None, true);
+        stats.reactor(1).record(BlockOp::Write, 512, None, true);
         let first = stats.totals();
-        assert_eq!(first.ops[OpKind::Read as usize], 1000);
+        assert_eq!(first.ops[BlockOp::Read.index()], 1000);
         assert_eq!(first.data_bytes(), 1000 * 4096 + 512);
         assert_eq!(first.errors, 1);
         let (p50, p99, p999) = first.latency_us().expect("samples");
         assert!((95.0..106.0).contains(&p50), "{p50}");
         assert!(p99 < 110.0, "{p99}");
         assert!((4500.0..5500.0).contains(&p999), "{p999}");
-        stats.reactor(0).record(OpKind::Flush, 0, Some(1000), false);
+        stats
+            .reactor(0)
+            .record(BlockOp::Flush, 0, Some(1000), false);
         let delta = stats.totals().since(&first);
         assert_eq!(delta.all_ops(), 1);
         assert_eq!(delta.limited_ops(), 0);

@@ -29,6 +29,7 @@ pub mod session;
 pub use options::{PerfArgs, PerfConfig, PerfError};
 
 use crate::backend::{open_lun, LunSpec};
+use crate::blockio::clock::TickClock;
 use crate::domain::capabilities::{AllowedOps, StatsDetail};
 use crate::domain::host::Host;
 use crate::domain::qos::RateLimit;
@@ -40,7 +41,7 @@ use crate::reactor::mailbox::Message;
 use crate::reactor::{self, ReactorHandle};
 use crate::volume::provisioner::{provision, Provisioner};
 use crate::volume::Volume;
-use clock::{process_cpu_ns, TickClock};
+use clock::process_cpu_ns;
 use crossbeam::channel::{bounded, Receiver};
 use report::{ProcessCpu, Report};
 use session::{JobResult, JobSpec, PerfSession, RunControl, PHASE_MEASURE, PHASE_RAMP, PHASE_STOP};
@@ -115,7 +116,7 @@ impl Drop for Threads {
 
 /// Builds the stack, runs the jobs and gathers the report.
 pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
-    let clock = TickClock::calibrate();
+    let clock = TickClock::shared();
     let scratch = ScratchFile(
         config
             .lun_path
@@ -189,7 +190,6 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
             let session = PerfSession::new(
                 spec,
                 control.clone(),
-                clock,
                 sender.clone(),
                 vpath.clone(),
                 published.clone(),
@@ -231,18 +231,16 @@ fn build_volume(config: &PerfConfig) -> Result<Arc<Volume>, PerfError> {
     let uuid = || Uuid::new_random().map(|u| u.0).map_err(PerfError::Uuid);
     let pool = Pool::create(PERF_NAME, uuid()?, config.extent_bytes, None, vec![lun])
         .map_err(PerfError::Pool)?;
+    // A volume block smaller than the LUN's sends every write through the provisioning
+    // thread's read-modify-write, as it does for a host.
     let volume = Arc::new(Volume::new(
         PERF_NAME,
         uuid()?,
         Arc::new(pool),
         config.volume_size_bytes,
-        config.block_size_bytes,
+        config.volume_block_size_bytes,
         config.thin,
     ));
-    debug_assert!(
-        !volume.needs_read_modify_write(),
-        "volume and LUN share a block size"
-    );
     if !config.thin {
         let wanted: Vec<(&Volume, u64)> = (0..config.volume_extents())
             .map(|extent| (volume.as_ref(), extent))

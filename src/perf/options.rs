@@ -8,7 +8,7 @@ use crate::constants::{
     RING_ENTRIES,
 };
 use crate::pool::on_disk::Layout;
-use crate::serve::PollMode;
+use crate::reactor::PollMode;
 use crate::units::{format_size, parse_size};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -99,14 +99,6 @@ impl Workload {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PollChoice {
-    /// Reactors spin without sleeping, like SPDK: lowest latency, their CPU time is wall time
-    Busy,
-    /// Reactors sleep in the kernel when idle, as `sds serve` does by default
-    Adaptive,
-}
-
 /// `sds perf`: an in-process load generator, like SPDK's bdevperf.
 #[derive(Args, Clone, Debug)]
 #[command(after_long_help = "\
@@ -126,9 +118,9 @@ Example: the cost of the domain layer on a RAM volume:
   sds perf --lun mem --rw randread --bs 4k --qd 32 --time 5 --no-domain")]
 pub struct PerfArgs {
     /// LUN driver under the volume: null (stores nothing: the cost of the stack alone), mem
-    /// (RAM) or file (io_uring on a file)
-    #[arg(long, value_enum, default_value = "null")]
-    pub lun: LunChoice,
+    /// (RAM) or file (io_uring on a file) [default: null; mem with --verify]
+    #[arg(long, value_enum)]
+    pub lun: Option<LunChoice>,
     /// Size of the LUN [default: just large enough for the volume and the pool's metadata]
     #[arg(long, value_parser = parse_size)]
     pub lun_size: Option<u64>,
@@ -139,6 +131,11 @@ pub struct PerfArgs {
     /// Block size of the LUN and of the volume: 512 or 4096
     #[arg(long, default_value = "4096", value_parser = parse_size)]
     pub block_size: u64,
+    /// Block size of the volume alone, 512 or 4096, at most --block-size [default:
+    /// --block-size]. Smaller than the LUN's, every write takes the read-modify-write path
+    /// (the provisioning thread), as a host's would
+    #[arg(long, value_parser = parse_size)]
+    pub volume_block_size: Option<u64>,
     /// Size of the volume the jobs share; each job works in its own equal slice of it
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub volume_size: u64,
@@ -155,7 +152,7 @@ pub struct PerfArgs {
     /// Percentage of reads with --rw randrw (0 to 100)
     #[arg(long, default_value_t = 50)]
     pub rwmixread: u32,
-    /// Bytes per I/O (e.g. 4k, 128k): a multiple of --block-size, at most 4M; I/Os are aligned
+    /// Bytes per I/O (e.g. 4k, 128k): a multiple of the volume's block size, at most 4M; I/Os are aligned
     /// to their size
     #[arg(long, default_value = "4k", value_parser = parse_size)]
     pub bs: u64,
@@ -174,7 +171,7 @@ pub struct PerfArgs {
     /// How idle reactors wait: busy (spin, like SPDK's bdevperf) or adaptive (sleep in the
     /// kernel, the default of `sds serve`)
     #[arg(long, value_enum, default_value = "busy")]
-    pub poll: PollChoice,
+    pub poll: PollMode,
     /// Seconds measured (fractions allowed)
     #[arg(long, default_value_t = 5.0)]
     pub time: f64,
@@ -255,7 +252,10 @@ pub struct PerfConfig {
     pub lun_path: Option<PathBuf>,
     /// Whether that file is the run's own scratch file (no --lun-path), removed at the end.
     pub lun_path_is_scratch: bool,
+    /// The LUN's block size.
     pub block_size_bytes: u32,
+    /// The volume's block size (at most the LUN's).
+    pub volume_block_size_bytes: u32,
     pub volume_size_bytes: u64,
     pub extent_bytes: u64,
     pub thin: bool,
@@ -345,11 +345,29 @@ impl PerfArgs {
             other => return Err(bad("--block-size", format!("{other} is not 512 or 4096"))),
         };
         let block = u64::from(block_size_bytes);
-        if self.bs == 0 || self.bs % block != 0 {
+        let volume_block_size_bytes = match self.volume_block_size {
+            None => block_size_bytes,
+            Some(512) => 512u32,
+            Some(4096) if block_size_bytes == 4096 => 4096,
+            Some(4096) => {
+                return Err(bad(
+                    "--volume-block-size",
+                    "4096 is larger than the LUN's block size (--block-size 512)",
+                ))
+            }
+            Some(other) => {
+                return Err(bad(
+                    "--volume-block-size",
+                    format!("{other} is not 512 or 4096"),
+                ))
+            }
+        };
+        let volume_block = u64::from(volume_block_size_bytes);
+        if self.bs == 0 || self.bs % volume_block != 0 {
             return Err(bad(
                 "--bs",
                 format!(
-                    "{} is not a multiple of the block size {block} (--block-size)",
+                    "{} is not a multiple of the block size {volume_block} (--block-size, --volume-block-size)",
                     self.bs
                 ),
             ));
@@ -461,7 +479,12 @@ impl PerfArgs {
                 ),
             ));
         }
-        let lun_path = match (self.lun, &self.lun_path) {
+        let lun = self.lun.unwrap_or(if self.verify {
+            LunChoice::Mem
+        } else {
+            LunChoice::Null
+        });
+        let lun_path = match (lun, &self.lun_path) {
             (LunChoice::File, Some(path)) => Some(path.clone()),
             (LunChoice::File, None) => {
                 Some(std::env::temp_dir().join(format!("sds-perf-{}.img", std::process::id())))
@@ -471,18 +494,19 @@ impl PerfArgs {
             }
             (_, None) => None,
         };
-        if self.verify && self.lun == LunChoice::Null {
+        if self.verify && lun == LunChoice::Null {
             return Err(bad(
                 "--verify",
                 "a null LUN stores nothing to read back: use --lun mem or --lun file",
             ));
         }
         let config = PerfConfig {
-            lun: self.lun,
+            lun,
             lun_size_bytes: 0,
-            lun_path_is_scratch: self.lun == LunChoice::File && self.lun_path.is_none(),
+            lun_path_is_scratch: lun == LunChoice::File && self.lun_path.is_none(),
             lun_path,
             block_size_bytes,
+            volume_block_size_bytes,
             volume_size_bytes: self.volume_size,
             extent_bytes: self.extent_size,
             thin: self.thin,
@@ -492,10 +516,7 @@ impl PerfArgs {
             queue_depth: self.qd as usize,
             jobs_per_reactor: self.jobs as usize,
             cores,
-            poll: match self.poll {
-                PollChoice::Busy => PollMode::Busy,
-                PollChoice::Adaptive => PollMode::Adaptive,
-            },
+            poll: self.poll,
             time,
             ramp,
             domain: !self.no_domain,
@@ -602,6 +623,24 @@ mod tests {
         assert!(config.lun_size_bytes < (1 << 30) + (64 << 20));
     }
 
+    /// `--verify` needs a LUN that keeps data: without `--lun` it gets RAM; the volume's blocks
+    /// default to the LUN's and may be smaller (the read-modify-write path).
+    #[test]
+    fn verify_defaults_to_ram_and_volume_blocks_to_the_luns() {
+        let config = config(&["--cores", "0", "--verify"]).expect("valid");
+        assert_eq!(config.lun, LunChoice::Mem);
+        assert_eq!(config.volume_block_size_bytes, 4096);
+        let config = config_rmw();
+        assert_eq!(
+            (config.block_size_bytes, config.volume_block_size_bytes),
+            (4096, 512)
+        );
+    }
+
+    fn config_rmw() -> PerfConfig {
+        config(&["--cores", "0", "--volume-block-size", "512", "--bs", "512"]).expect("valid")
+    }
+
     #[test]
     fn bad_values_name_their_option() {
         for (args, option) in [
@@ -624,7 +663,12 @@ mod tests {
                 "--volume-size",
             ),
             (&["--lun", "mem", "--lun-path", "/tmp/x"][..], "--lun-path"),
-            (&["--verify"][..], "--verify"),
+            (&["--lun", "null", "--verify"][..], "--verify"),
+            (&["--volume-block-size", "1024"][..], "--volume-block-size"),
+            (
+                &["--block-size", "512", "--volume-block-size", "4096"][..],
+                "--volume-block-size",
+            ),
             (&["--lun", "mem", "--lun-size", "1M"][..], "--lun-size"),
             (&["--cores", "0,0"][..], "--cores"),
             (&["--cores", "9999"][..], "--cores"),

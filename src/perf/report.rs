@@ -303,6 +303,7 @@ impl Report {
                 "lun_size": c.lun_size_bytes,
                 "lun_path": c.lun_path,
                 "block_size": c.block_size_bytes,
+                "volume_block_size": c.volume_block_size_bytes,
                 "volume_size": c.volume_size_bytes,
                 "extent_size": c.extent_bytes,
                 "thin": c.thin,
@@ -312,10 +313,7 @@ impl Report {
                 "qd": c.queue_depth,
                 "jobs_per_reactor": c.jobs_per_reactor,
                 "cores": c.cores,
-                "poll": match c.poll {
-                    crate::serve::PollMode::Busy => "busy",
-                    crate::serve::PollMode::Adaptive => "adaptive",
-                },
+                "poll": c.poll.as_str(),
                 "time_s": c.time.as_secs_f64(),
                 "ramp_s": c.ramp.as_secs_f64(),
                 "domain": c.domain,
@@ -386,10 +384,7 @@ impl Report {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
-            match c.poll {
-                crate::serve::PollMode::Busy => "busy",
-                crate::serve::PollMode::Adaptive => "adaptive",
-            },
+            c.poll.as_str(),
             if c.domain { "on" } else { "bypassed" },
             if c.workload == super::options::Workload::RandRw {
                 format!(", {}% reads", c.read_percent)
@@ -398,9 +393,15 @@ impl Report {
             },
         );
         println!(
-            "  {} {} volume on a {} {lun} LUN ({}-byte blocks, {} extents); {:.2} s measured after {:.2} s ramp",
+            "  {} {} volume ({}-byte blocks{}) on a {} {lun} LUN ({}-byte blocks, {} extents); {:.2} s measured after {:.2} s ramp",
             format_size(c.volume_size_bytes),
             if c.thin { "thin" } else { "thick" },
+            c.volume_block_size_bytes,
+            if c.volume_block_size_bytes < c.block_size_bytes {
+                ": writes read-modify-write"
+            } else {
+                ""
+            },
             format_size(c.lun_size_bytes),
             c.block_size_bytes,
             format_size(c.extent_bytes),

@@ -1,15 +1,12 @@
-//! One `sds perf` job: a reactor [`Session`] that keeps its queue depth of I/Os going to a
-//! volume, through the same steps as an NBD session's requests, with no socket.
+//! One `sds perf` job: a reactor [`Session`] that keeps its queue depth of requests going to
+//! a volume through the block engine (`crate::blockio`) an NBD session uses, with no socket:
+//! its figures are the host path's minus the wire.
 //!
 //! ```text
-//!  pump ─▶ pick op and unit ─▶ domain layer: VP view, allowed ops, token bucket (unless --no-domain)
-//!                                 │
-//!                                 ▼
-//!          volume.segment ─▶ lun.submit on the reactor's ring ─▶ Done at once (null, mem)
-//!                 │ unmapped write                              └▶ ring completion (file)
-//!                 ▼                                                          │
-//!          provisioner ──wake──▶ resubmit                                    ▼
-//!                                     complete: volume and VP counters, latency histogram ─▶ pump
+//!  pump ─▶ pick op and unit ─▶ BlockEngine: decide, admit, reserve slot k, (pattern), start
+//!                                 (VP view, QoS, map, provisioner, RMW, LUN I/O on the ring)
+//!                                                                      │
+//!  pump ◀── job counters, latency histogram, --verify check ◀── finished (k, status)
 //! ```
 //!
 //! Slots and their buffers are allocated when the job is built; the I/O path allocates
@@ -24,22 +21,16 @@
 //! with writes: read the whole region back and check it), then `Finish`: it sends its
 //! [`JobResult`] to the coordinating thread and leaves the reactor.
 
-use super::clock::{thread_cpu_ns, TickClock};
+use super::clock::thread_cpu_ns;
 use super::options::Workload;
 use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
-use crate::backend::aligned_buf::AlignedBuf;
-use crate::backend::{completion_result, split_tag, IoType, LunIo, Started};
-use crate::constants::{MAX_LUNS_PER_POOL, MAX_RING_ENTRIES_PER_ROUND};
-use crate::domain::decision::DecisionCache;
-use crate::domain::qos::{Admit, TokenBucket};
+use crate::blockio::clock::TickClock;
+use crate::blockio::tag::{self, KIND_FRONT_END_FIRST};
+use crate::blockio::{BlockEngine, BlockOp, BlockRequest, BlockStatus, EngineConfig, Finished};
 use crate::domain::snapshot::Published;
-use crate::domain::stats::OpKind;
-use crate::domain::vpath::{AccessMode, Vpath};
-use crate::pool::Pool;
+use crate::domain::vpath::Vpath;
 use crate::reactor::session::{Session, SessionContext};
-use crate::volume::provisioner::{Provisioner, Reply, Request};
-use crate::volume::stats::IoKind;
-use crate::volume::{Segment, Volume};
+use crate::volume::provisioner::Provisioner;
 use crossbeam::channel::Sender;
 use hdrhistogram::Histogram;
 use io_uring::opcode;
@@ -53,28 +44,9 @@ const VERIFY_DRAWS: u32 = 8;
 /// Latencies above this are recorded as this (the histogram's range), in nanoseconds.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 
-/// Session-local ring tags: kind in bits 44..48, slot in 32..44, the pool-LUN index of a LUN
-/// I/O in 24..32, expected bytes in 0..24 (as the NBD session lays out its own).
-const TAG_IO: u64 = 1;
-const TAG_NOP: u64 = 2;
-const TAG_KIND_SHIFT: u32 = 44;
-const TAG_SLOT_SHIFT: u32 = 32;
-const TAG_LUN_SHIFT: u32 = 24;
-const TAG_EXPECTED_MASK: u64 = (1 << TAG_LUN_SHIFT) - 1;
-
-const _: () = assert!((crate::constants::MAX_IO_BYTES as u64) <= TAG_EXPECTED_MASK);
-const _: () = assert!(MAX_LUNS_PER_POOL <= 1 << 8);
-// Kinds stay below the bit a LUN driver marks its own timer entries with.
-const _: () = assert!((TAG_NOP << TAG_KIND_SHIFT) < crate::backend::DRIVER_TIMER_TAG);
-const _: () = assert!(super::options::MAX_PERF_QUEUE_DEPTH <= 1 << 12);
-
-fn tag_of(kind: u64, slot: usize, lun_index: usize, expected_bytes: u32) -> u64 {
-    debug_assert!(slot < 1 << 12 && lun_index < 1 << 8);
-    (kind << TAG_KIND_SHIFT)
-        | ((slot as u64) << TAG_SLOT_SHIFT)
-        | ((lun_index as u64) << TAG_LUN_SHIFT)
-        | u64::from(expected_bytes)
-}
+/// The job's own ring entry: the NOP that brings it back on the reactor's next turn.
+const TAG_NOP: u64 = KIND_FRONT_END_FIRST;
+const _: () = assert!(super::options::MAX_PERF_QUEUE_DEPTH as usize <= tag::MAX_SLOTS);
 
 /// Where a run is, as the coordinating thread sets it. Jobs only read it.
 pub const PHASE_PREPARE: u8 = 0;
@@ -159,28 +131,16 @@ enum Stage {
     Done,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    Read,
-    Write,
-}
-
-struct Slot {
+/// What the job keeps per engine slot.
+#[derive(Clone, Copy)]
+struct JobSlot {
     busy: bool,
-    op: Op,
+    op: BlockOp,
     /// Unit of the job's region, and its byte offset in the volume.
     unit: u64,
     offset_bytes: u64,
-    started_ticks: u64,
-    /// Ring completions and provisioner answers still to come.
-    pending: u32,
-    waiting: u32,
-    /// First error, a positive errno; 0 if none.
-    error: i32,
-    record_latency: bool,
     /// A write's stamp, or the stamp a read expects (`--verify`).
     stamp: u32,
-    buf: AlignedBuf,
 }
 
 pub struct PerfSession {
@@ -188,23 +148,13 @@ pub struct PerfSession {
     control: Arc<RunControl>,
     clock: TickClock,
     results: Sender<JobResult>,
-    volume: Arc<Volume>,
-    vpath: Arc<Vpath>,
-    published: Arc<Published>,
-    provisioner: Provisioner,
-    decisions: DecisionCache,
-    bucket: TokenBucket,
-    read_only: bool,
+    engine: BlockEngine,
     reactor_index: usize,
-    slots: Vec<Slot>,
-    free: Vec<usize>,
+    slots: Vec<JobSlot>,
     in_flight: usize,
-    /// Ring entries outstanding (LUN I/O and the NOP).
+    /// The job's own ring entries outstanding (the NOP).
     ring_pending: u32,
     nop_armed: bool,
-    /// Provisioned writes waiting for ring credit to start, oldest first; while any wait (or
-    /// the ring is short of credit) the job starts no new I/O.
-    ring_deferred: std::collections::VecDeque<usize>,
     stage: Stage,
     /// Next unit of a fill, a sequential workload or a read-back.
     cursor: u64,
@@ -223,43 +173,45 @@ pub struct PerfSession {
     verify_checked: u64,
     verify_errors: u64,
     first_mismatch: Option<Mismatch>,
-    throttled_ios: u64,
     histogram: Option<Histogram<u64>>,
     fatal: Option<String>,
     finished: bool,
 }
 
 impl PerfSession {
-    /// Builds a job: every slot and buffer, the latency histogram and (for `--verify`) the
-    /// stamp table are allocated here, not on the I/O path.
+    /// Builds a job: its engine with every slot and buffer, the latency histogram and (for
+    /// `--verify`) the stamp table are allocated here, not on the I/O path.
     pub fn new(
         spec: JobSpec,
         control: Arc<RunControl>,
-        clock: TickClock,
         results: Sender<JobResult>,
         vpath: Arc<Vpath>,
         published: Arc<Published>,
         provisioner: Provisioner,
     ) -> Self {
-        let volume = vpath.volume.clone();
-        let read_only = vpath.mode == AccessMode::ReadOnly;
-        let slots = (0..spec.queue_depth)
-            .map(|_| Slot {
+        let engine = BlockEngine::new(
+            vpath,
+            0,
+            published,
+            provisioner,
+            EngineConfig {
+                slots: spec.queue_depth,
+                max_io_bytes: spec.io_bytes as usize,
+                initial_buffer_bytes: spec.io_bytes as usize,
+                retained_buffer_bytes: spec.queue_depth * spec.io_bytes as usize,
+                domain: spec.domain,
+            },
+        );
+        let slots = vec![
+            JobSlot {
                 busy: false,
-                op: Op::Read,
+                op: BlockOp::Read,
                 unit: 0,
                 offset_bytes: 0,
-                started_ticks: 0,
-                pending: 0,
-                waiting: 0,
-                error: 0,
-                record_latency: true,
                 stamp: 0,
-                buf: AlignedBuf::new(spec.io_bytes as usize),
-            })
-            .collect();
-        let free = (0..spec.queue_depth).rev().collect();
-        let ring_deferred = std::collections::VecDeque::with_capacity(spec.queue_depth);
+            };
+            spec.queue_depth
+        ];
         let stamps = if spec.verify {
             vec![0; spec.units as usize]
         } else {
@@ -270,26 +222,17 @@ impl PerfSession {
         let mut seed = (spec.job as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         seed = (seed ^ (seed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         seed = (seed ^ (seed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        let decisions = DecisionCache::new(vpath.clone(), 0);
         Self {
             spec,
             control,
-            clock,
+            clock: engine.clock(),
             results,
-            volume,
-            vpath,
-            published,
-            provisioner,
-            decisions,
-            bucket: TokenBucket::default(),
-            read_only,
+            engine,
             reactor_index: 0,
             slots,
-            free,
             in_flight: 0,
             ring_pending: 0,
             nop_armed: false,
-            ring_deferred,
             stage: Stage::Run,
             cursor: 0,
             rng: seed | 1,
@@ -306,7 +249,6 @@ impl PerfSession {
             verify_checked: 0,
             verify_errors: 0,
             first_mismatch: None,
-            throttled_ios: 0,
             histogram,
             fatal: None,
             finished: false,
@@ -371,7 +313,7 @@ impl PerfSession {
                     self.stage = Stage::Finish;
                 }
                 Stage::Finish => {
-                    if self.in_flight > 0 || self.ring_pending > 0 {
+                    if self.in_flight > 0 || self.ring_pending > 0 || !self.engine.is_idle() {
                         return;
                     }
                     self.finish();
@@ -424,13 +366,7 @@ impl PerfSession {
     fn finish(&mut self) {
         self.stage = Stage::Done;
         self.finished = true;
-        if self.spec.domain {
-            self.vpath
-                .stats
-                .reactor(self.reactor_index)
-                .sessions
-                .fetch_sub(1, Ordering::Relaxed);
-        }
+        self.engine.detach();
         let histogram = self.histogram.take();
         let result = JobResult {
             job: self.spec.job,
@@ -443,7 +379,7 @@ impl PerfSession {
             verify_checked: self.verify_checked,
             verify_errors: self.verify_errors,
             first_mismatch: self.first_mismatch.take(),
-            throttled_ios: self.throttled_ios,
+            throttled_ios: self.engine.throttled_requests(),
             histogram,
             fatal: self.fatal.take(),
         };
@@ -470,24 +406,19 @@ impl PerfSession {
         let mut budget = PUMP_BATCH_IOS;
         loop {
             self.advance();
-            if !self.has_work() || self.free.is_empty() {
+            if !self.has_work() || !self.engine.has_free_slot() {
                 break;
             }
             if budget == 0 {
                 self.arm_nop(ctx);
                 break;
             }
-            if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+            if self.engine.ring_blocked(ctx) {
                 // Back-pressure: the reactor calls on_ring_credit when entries are free.
-                ctx.wait_for_ring_credit();
                 break;
             }
             budget -= 1;
-            let Some(index) = self.free.pop() else {
-                break;
-            };
-            if !self.start_io(index, ctx) {
-                self.free.push(index);
+            if !self.start_io(ctx) {
                 break;
             }
         }
@@ -498,17 +429,15 @@ impl PerfSession {
         if self.nop_armed {
             return;
         }
-        let entry = opcode::Nop::new()
-            .build()
-            .user_data(ctx.tag(tag_of(TAG_NOP, 0, 0, 0)));
+        let nop = opcode::Nop::new().build();
+        let tagged = nop.user_data(ctx.tag(tag::encode(TAG_NOP, 0, 0, 0)));
         // SAFETY: a NOP refers to no memory.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.nop_armed = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.abandon(Some(format!("cannot post a NOP: {error}"))),
+        if let Err(error) = unsafe { ctx.ring.push(&tagged) } {
+            self.abandon(Some(format!("cannot post a NOP: {error}")));
+            return;
         }
+        self.nop_armed = true;
+        self.ring_pending += 1;
     }
 
     /// Whether an in-flight I/O of this job covers `unit` (`--verify` keeps them apart, so
@@ -519,28 +448,28 @@ impl PerfSession {
 
     /// Picks the next I/O of the stage: its operation and unit. `None` when the only units
     /// left are busy (`--verify`); an in-flight I/O's completion pumps again.
-    fn pick(&mut self) -> Option<(Op, u64)> {
+    fn pick(&mut self) -> Option<(BlockOp, u64)> {
         let units = self.spec.units;
         match self.stage {
             Stage::Fill => {
                 let unit = self.cursor;
                 self.cursor += 1;
-                Some((Op::Write, unit))
+                Some((BlockOp::Write, unit))
             }
             Stage::ReadBack => {
                 let unit = self.cursor;
                 self.cursor += 1;
-                Some((Op::Read, unit))
+                Some((BlockOp::Read, unit))
             }
             _ => {
                 let op = match self.spec.workload {
-                    Workload::RandRead | Workload::Read => Op::Read,
-                    Workload::RandWrite | Workload::Write => Op::Write,
+                    Workload::RandRead | Workload::Read => BlockOp::Read,
+                    Workload::RandWrite | Workload::Write => BlockOp::Write,
                     Workload::RandRw => {
                         if (self.random() % 100) < u64::from(self.spec.read_percent) {
-                            Op::Read
+                            BlockOp::Read
                         } else {
-                            Op::Write
+                            BlockOp::Write
                         }
                     }
                 };
@@ -572,19 +501,23 @@ impl PerfSession {
         }
     }
 
-    /// Starts one I/O on slot `index`. Returns false (the slot stays free) when there is
-    /// nothing to start right now.
-    fn start_io(&mut self, index: usize, ctx: &mut SessionContext) -> bool {
+    /// Starts one I/O. Returns false when there is nothing to start right now.
+    fn start_io(&mut self, ctx: &mut SessionContext) -> bool {
         let Some((op, unit)) = self.pick() else {
             return false;
         };
         let io_bytes = self.spec.io_bytes;
         let offset_bytes = self.spec.region_start_bytes + unit * u64::from(io_bytes);
-        let started_ticks = self.clock.now();
+        let request = BlockRequest {
+            op,
+            offset_bytes,
+            length_bytes: io_bytes,
+            fua: false,
+        };
         let mut stamp = 0;
         if self.spec.verify {
             match op {
-                Op::Write => {
+                BlockOp::Write => {
                     stamp = self.next_stamp;
                     self.next_stamp = match self.next_stamp.wrapping_add(1) {
                         0 | UNKNOWN_STAMP => 1,
@@ -592,220 +525,68 @@ impl PerfSession {
                     };
                     self.stamps[unit as usize] = stamp;
                 }
-                Op::Read => stamp = self.stamps[unit as usize],
+                _ => stamp = self.stamps[unit as usize],
             }
         }
-        {
-            let slot = &mut self.slots[index];
-            slot.busy = true;
-            slot.op = op;
-            slot.unit = unit;
-            slot.offset_bytes = offset_bytes;
-            slot.started_ticks = started_ticks;
-            slot.pending = 0;
-            slot.waiting = 0;
-            slot.error = 0;
-            slot.record_latency = true;
-            slot.stamp = stamp;
-            if self.spec.verify && op == Op::Write {
-                pattern::fill(
-                    &mut slot.buf.as_mut_slice()[..io_bytes as usize],
-                    offset_bytes,
-                    stamp,
-                );
-            }
-        }
+        // The domain layer's work, as for a host's request: the VP's current view (one
+        // snapshot load), its access mode and allowed operations, range and alignment.
+        let admitted = match self.engine.decide() {
+            Some(decision) => self.engine.admit(&request, &decision),
+            None => Err(BlockStatus::NotPermitted),
+        };
+        let reserved = match admitted {
+            Ok(admission) => self.engine.reserve(request, admission),
+            Err(status) => self.engine.refuse(request, status),
+        };
+        let Some(index) = reserved else {
+            return false;
+        };
+        self.slots[index] = JobSlot {
+            busy: true,
+            op,
+            unit,
+            offset_bytes,
+            stamp,
+        };
         self.in_flight += 1;
-        if self.spec.domain {
-            if let Some(errno) = self.domain_check(index, ctx) {
-                self.slots[index].error = errno;
-                self.complete(index);
-                return true;
+        if admitted.is_ok() {
+            if self.spec.verify && op == BlockOp::Write {
+                pattern::fill(self.engine.buffer_mut(index), offset_bytes, stamp);
             }
+            self.engine.start(index, ctx);
         }
-        if self.volume.is_deleted() {
-            self.slots[index].error = libc::ESHUTDOWN;
-            self.complete(index);
-            return true;
-        }
-        self.run_segments(index, ctx);
+        self.drain_finished();
         true
-    }
-
-    /// The domain layer's work for one I/O, as the NBD session does it per request: the VP's
-    /// current view (one snapshot load), its access mode and allowed operations, then the
-    /// token bucket at the VP's rate on this reactor. Returns the errno the I/O is refused
-    /// with, if it is.
-    fn domain_check(&mut self, index: usize, ctx: &SessionContext) -> Option<i32> {
-        let op = self.slots[index].op;
-        let Some(decision) = self.decisions.decide(&self.published, ctx.reactor_index) else {
-            return Some(libc::EPERM);
-        };
-        let ops = decision.allowed_ops;
-        self.slots[index].record_latency = decision.record_latency;
-        let allowed = match op {
-            Op::Read => ops.read,
-            Op::Write => ops.write && !self.read_only,
-        };
-        if !allowed {
-            return Some(libc::EPERM);
-        }
-        let bytes = u64::from(self.spec.io_bytes);
-        let (read_bytes, write_bytes) = match op {
-            Op::Read => (bytes, 0),
-            Op::Write => (0, bytes),
-        };
-        let now_ns = self.clock.to_ns(self.slots[index].started_ticks);
-        // NBD skips the bucket when the rate is unlimited; perf takes from it anyway, so what
-        // is measured is the most the domain layer can cost.
-        if let Admit::Wait(_) =
-            self.bucket
-                .take(&decision.rate, now_ns, true, read_bytes, write_bytes)
-        {
-            // The run publishes no limit, so the bucket never asks to wait; if it did, the
-            // I/O goes ahead and the report shows it.
-            self.throttled_ios += 1;
-        }
-        None
-    }
-
-    /// Translates the I/O through the volume's map and starts it on the LUN(s); an I/O that
-    /// completes at once is completed here. A write to an unmapped extent (a thin volume)
-    /// first waits for the provisioning thread.
-    fn run_segments(&mut self, index: usize, ctx: &mut SessionContext) {
-        let volume = &*self.volume;
-        let map = volume.map();
-        let slot = &mut self.slots[index];
-        let start = slot.offset_bytes;
-        let total = u64::from(self.spec.io_bytes);
-        if slot.op == Op::Write {
-            let mut at = 0;
-            while at < total {
-                let (len, extent) = match volume.segment(map, start + at, total - at) {
-                    Segment::Unmapped { extent, len_bytes } => (len_bytes, Some(extent)),
-                    Segment::Mapped { len_bytes, .. } => (len_bytes, None),
-                };
-                if let Some(extent) = extent {
-                    let request = Request::Provision {
-                        volume: self.volume.clone(),
-                        extent,
-                        reply: Reply {
-                            reactor: ctx.reactor.clone(),
-                            session: ctx.id,
-                            token: index as u64,
-                        },
-                    };
-                    if self.provisioner.post(request).is_ok() {
-                        slot.waiting += 1;
-                    } else if slot.error == 0 {
-                        slot.error = libc::EIO;
-                    }
-                }
-                at += len;
-            }
-            if slot.waiting > 0 {
-                return;
-            }
-            if slot.error != 0 {
-                self.complete(index);
-                return;
-            }
-        }
-        let buf = slot.buf.as_mut_ptr();
-        let mut at = 0;
-        while at < total {
-            let len = match volume.segment(map, start + at, total - at) {
-                Segment::Unmapped { len_bytes, .. } => {
-                    // Only reads get here (writes were mapped above): never-written data
-                    // reads as zeroes, as the NBD session answers.
-                    // SAFETY: at + len_bytes <= total, the buffer's length.
-                    unsafe { std::ptr::write_bytes(buf.add(at as usize), 0, len_bytes as usize) };
-                    len_bytes
-                }
-                Segment::Mapped {
-                    lun,
-                    lun_index,
-                    offset_bytes,
-                    len_bytes,
-                } => {
-                    // at + len_bytes <= total <= the buffer's length.
-                    let io = match slot.op {
-                        Op::Read => LunIo::Read {
-                            offset_bytes,
-                            buf: buf.wrapping_add(at as usize),
-                            len_bytes: len_bytes as u32,
-                        },
-                        Op::Write => LunIo::Write {
-                            offset_bytes,
-                            buf: buf.wrapping_add(at as usize),
-                            len_bytes: len_bytes as u32,
-                            fua: false,
-                        },
-                    };
-                    let tag = ctx.tag(tag_of(TAG_IO, index, lun_index, len_bytes as u32));
-                    // SAFETY: the slot's buffer stays put and untouched until every completion
-                    // of this I/O is reaped: the slot is not reused before it completes, and
-                    // the session (owner of the buffer) is dropped only when nothing of it is
-                    // left on the ring.
-                    match unsafe { lun.lun.submit(&io, tag, ctx.ring) } {
-                        Started::Queued(count) => {
-                            slot.pending += count;
-                            self.ring_pending += count;
-                        }
-                        Started::Done(Ok(())) => {}
-                        Started::Done(Err(errno)) => {
-                            note_error(&volume.pool, lun_index, slot.op, errno);
-                            if slot.error == 0 {
-                                slot.error = errno;
-                            }
-                        }
-                    }
-                    len_bytes
-                }
-            };
-            at += len;
-        }
-        if slot.pending == 0 {
-            self.complete(index);
-        }
     }
 
     // ---- completing ------------------------------------------------------------------------
 
-    /// Accounts a finished I/O (volume and VP counters, the job's own counters and latency
-    /// histogram, the data check) and frees its slot.
-    fn complete(&mut self, index: usize) {
-        let now = self.clock.now();
-        let slot = &mut self.slots[index];
-        debug_assert!(slot.busy && slot.pending == 0 && slot.waiting == 0);
-        let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
-        let bytes = u64::from(self.spec.io_bytes);
-        let failed = slot.error != 0;
-        let (volume_kind, vp_kind) = match slot.op {
-            Op::Read => (IoKind::Read, OpKind::Read),
-            Op::Write => (IoKind::Write, OpKind::Write),
-        };
-        self.volume
-            .stats
-            .record(self.reactor_index, volume_kind, bytes, latency_ns, failed);
-        if self.spec.domain {
-            self.vpath.stats.reactor(self.reactor_index).record(
-                vp_kind,
-                bytes,
-                slot.record_latency.then_some(latency_ns),
-                failed,
-            );
+    /// Takes every request the engine has finished.
+    fn drain_finished(&mut self) {
+        while let Some(done) = self.engine.pop_finished() {
+            self.complete(done);
         }
+    }
+
+    /// Accounts a finished I/O (the job's own counters and latency histogram, the data
+    /// check; the engine counted it on the volume and the VP) and frees its slot.
+    fn complete(&mut self, done: Finished) {
+        let index = done.slot;
+        let slot = self.slots[index];
+        debug_assert!(slot.busy);
+        let latency_ns = done.latency_ns;
+        let bytes = u64::from(self.spec.io_bytes);
+        let failed = !done.status.is_ok();
         self.completed_ios += 1;
         if failed {
             self.failed_ios += 1;
-            if self.spec.verify && slot.op == Op::Write {
+            if self.spec.verify && slot.op == BlockOp::Write {
                 // What the unit holds now is anyone's guess.
                 self.stamps[slot.unit as usize] = UNKNOWN_STAMP;
             }
-        } else if self.spec.verify && slot.op == Op::Read && slot.stamp != UNKNOWN_STAMP {
+        } else if self.spec.verify && slot.op == BlockOp::Read && slot.stamp != UNKNOWN_STAMP {
             self.verify_checked += 1;
-            let data = &slot.buf.as_slice()[..self.spec.io_bytes as usize];
+            let data = self.engine.buffer(index);
             if let Err(mismatch) = pattern::check(data, slot.offset_bytes, slot.stamp) {
                 self.verify_errors += 1;
                 if self.first_mismatch.is_none() {
@@ -818,8 +599,8 @@ impl PerfSession {
             counts.ios += 1;
             counts.bytes += bytes;
             match slot.op {
-                Op::Read => counts.read_ios += 1,
-                Op::Write => counts.write_ios += 1,
+                BlockOp::Read => counts.read_ios += 1,
+                _ => counts.write_ios += 1,
             }
             if failed {
                 counts.errors += 1;
@@ -828,34 +609,16 @@ impl PerfSession {
                 histogram.saturating_record(latency_ns.max(1));
             }
         }
-        slot.busy = false;
+        self.slots[index].busy = false;
         self.in_flight -= 1;
-        self.free.push(index);
-    }
-}
-
-/// Counts a LUN I/O error on the LUN (which fails itself if its device is gone), as the NBD
-/// session does.
-fn note_error(pool: &Pool, lun_index: usize, op: Op, errno: i32) {
-    if let Some(member) = pool.luns.get(lun_index) {
-        let io_type = match op {
-            Op::Read => IoType::Read,
-            Op::Write => IoType::Write,
-        };
-        member.lun.note_error(io_type, errno);
+        self.engine.release(index);
     }
 }
 
 impl Session for PerfSession {
     fn start(&mut self, ctx: &mut SessionContext) {
         self.reactor_index = ctx.reactor_index;
-        if self.spec.domain {
-            self.vpath
-                .stats
-                .reactor(ctx.reactor_index)
-                .sessions
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.engine.attach(ctx.reactor_index);
         if self.histogram.is_none() {
             self.abandon(Some("cannot allocate a latency histogram".into()));
         } else if self.spec.verify && !self.spec.workload.has_writes() {
@@ -867,75 +630,37 @@ impl Session for PerfSession {
     }
 
     fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
-        self.ring_pending -= 1;
-        let (local_tag, driver_timer) = split_tag(local_tag);
-        let kind = local_tag >> TAG_KIND_SHIFT;
-        match kind {
-            TAG_NOP => self.nop_armed = false,
-            TAG_IO => {
-                let index = ((local_tag >> TAG_SLOT_SHIFT) & 0xfff) as usize;
-                let lun_index = ((local_tag >> TAG_LUN_SHIFT) & 0xff) as usize;
-                let expected = (local_tag & TAG_EXPECTED_MASK) as u32;
-                let Some(slot) = self.slots.get_mut(index) else {
-                    return;
-                };
-                slot.pending -= 1;
-                if let Err(errno) = completion_result(result, expected, driver_timer) {
-                    note_error(&self.volume.pool, lun_index, slot.op, errno);
-                    if slot.error == 0 {
-                        slot.error = errno;
-                    }
-                }
-                if slot.pending == 0 && slot.waiting == 0 {
-                    self.complete(index);
-                }
-            }
-            _ => log::error!(
+        if tag::is_engine(local_tag) {
+            self.engine.on_completion(local_tag, result, ctx);
+            self.drain_finished();
+        } else if tag::kind_of(local_tag) == TAG_NOP {
+            self.ring_pending -= 1;
+            self.nop_armed = false;
+        } else {
+            log::error!(
                 "perf job {}: completion with unknown tag {local_tag:#x}",
                 self.spec.job
-            ),
+            );
         }
         self.pump(ctx);
     }
 
     fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext) {
-        let index = token as usize;
-        let Some(slot) = self.slots.get_mut(index) else {
-            return;
-        };
-        slot.waiting = slot.waiting.saturating_sub(1);
-        if result != 0 && slot.error == 0 {
-            slot.error = result;
-        }
-        if slot.waiting == 0 && slot.pending == 0 {
-            if slot.error != 0 {
-                self.complete(index);
-            } else if !self.ring_deferred.is_empty()
-                || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND
-            {
-                self.ring_deferred.push_back(index);
-                ctx.wait_for_ring_credit();
-            } else {
-                self.run_segments(index, ctx);
-            }
-        }
+        self.engine.on_wake(token, result, ctx);
+        self.drain_finished();
         self.pump(ctx);
     }
 
     fn on_ring_credit(&mut self, ctx: &mut SessionContext) {
-        while let Some(&index) = self.ring_deferred.front() {
-            if ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
-                ctx.wait_for_ring_credit();
-                return;
-            }
-            self.ring_deferred.pop_front();
-            self.run_segments(index, ctx);
-        }
+        self.engine.on_ring_credit(ctx);
+        self.drain_finished();
         self.pump(ctx);
     }
 
     fn begin_shutdown(&mut self, ctx: &mut SessionContext) {
         self.abandon(Some("the reactor is shutting down".into()));
+        self.engine.shut_down();
+        self.drain_finished();
         self.pump(ctx);
     }
 

@@ -5,7 +5,8 @@
 //! with EIO instead of returning zeroes. Flushes succeed: there is nothing of it to make
 //! durable, and a FLUSH of the volume must still reach its other LUNs.
 
-use crate::backend::{IoType, Lun, LunError, LunHealth, LunInfo, LunIo, Started};
+use crate::backend::{Lun, LunError, LunHealth, LunInfo, LunIo, Started};
+use crate::blockio::BlockOp;
 use crate::reactor::ring::IoRing;
 
 pub struct LostLun {
@@ -24,7 +25,7 @@ impl LostLun {
         }
     }
 
-    fn lost(&self, io_type: IoType) -> LunError {
+    fn lost(&self, io_type: BlockOp) -> LunError {
         self.health.count_error(io_type);
         LunError::Failed {
             lun: self.info.name.clone(),
@@ -46,15 +47,15 @@ impl Lun for LostLun {
     }
 
     fn read_at(&self, _buf: &mut [u8], _offset_bytes: u64) -> Result<(), LunError> {
-        Err(self.lost(IoType::Read))
+        Err(self.lost(BlockOp::Read))
     }
 
     fn write_at(&self, _buf: &[u8], _offset_bytes: u64, _durable: bool) -> Result<(), LunError> {
-        Err(self.lost(IoType::Write))
+        Err(self.lost(BlockOp::Write))
     }
 
     fn write_zeroes_at(&self, _offset_bytes: u64, _len_bytes: u64) -> Result<(), LunError> {
-        Err(self.lost(IoType::Write))
+        Err(self.lost(BlockOp::Write))
     }
 
     fn flush(&self) -> Result<(), LunError> {

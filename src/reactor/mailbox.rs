@@ -16,8 +16,8 @@ pub enum Message {
         token: u64,
         result: i32,
     },
-    /// Whatever `tag` names (a virtual path) is gone: every session serving it closes.
-    Revoke { tag: u64 },
+    /// The virtual path `vpath_id` is gone: every session serving it closes.
+    Revoke { vpath_id: u64 },
     /// Stop accepting work, finish what is in flight, then exit.
     Shutdown,
 }

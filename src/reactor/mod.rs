@@ -8,14 +8,16 @@
 //! (adaptive polling, the default on small machines).
 
 pub mod mailbox;
+pub mod poll_mode;
 pub mod ring;
 pub mod session;
+
+pub use poll_mode::PollMode;
 
 use crate::constants::{
     MAILBOX_CAPACITY, MAX_CONNECTIONS_PER_REACTOR, MAX_RING_ENTRIES_PER_ROUND, RING_CQ_ENTRIES,
     RING_ENTRIES,
 };
-use crate::serve::PollMode;
 use io_uring::{opcode, types};
 use mailbox::{Mailbox, Message, SessionId};
 use ring::IoRing;
@@ -264,9 +266,9 @@ impl Reactor {
                 } => self.with_session(session.index, Some(session.generation), |s, ctx| {
                     s.on_wake(token, result, ctx)
                 }),
-                Message::Revoke { tag } => {
+                Message::Revoke { vpath_id } => {
                     for index in 0..self.sessions.len() {
-                        self.with_session(index as u16, None, |s, ctx| s.revoke(tag, ctx));
+                        self.with_session(index as u16, None, |s, ctx| s.revoke(vpath_id, ctx));
                     }
                 }
                 Message::Shutdown => {

@@ -112,8 +112,8 @@ pub trait Session: Send {
     /// Ring entries were freed after this session asked for them
     /// ([`SessionContext::wait_for_ring_credit`]): start what it kept queued.
     fn on_ring_credit(&mut self, _ctx: &mut SessionContext) {}
-    /// What `tag` names (a virtual path) was revoked: close if this session serves it.
-    fn revoke(&mut self, _tag: u64, _ctx: &mut SessionContext) {}
+    /// The virtual path `vpath_id` was revoked: close if this session serves it.
+    fn revoke(&mut self, _vpath_id: u64, _ctx: &mut SessionContext) {}
     /// The server is stopping: finish what is in flight, take nothing new.
     fn begin_shutdown(&mut self, ctx: &mut SessionContext);
     /// Closed, with nothing left on the ring: the reactor may drop it and reuse its index.

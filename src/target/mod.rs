@@ -1,4 +1,6 @@
-//! Front ends: each protocol parses its wire frames, resolves the host once at login or
-//! handshake, and hands block requests to the volumes through the domain layer.
+//! Front ends: each protocol negotiates off the data path (resolving the host once at login
+//! or handshake), then, on a reactor, parses its wire frames and hands block requests to its
+//! session's block engine (`crate::blockio`), answering in its own terms from the engine's
+//! status.
 
 pub mod nbd;

@@ -7,7 +7,8 @@
 //! written, then each touched LUN is flushed once, then the mappings are published.
 //!
 //! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
-//! all its writes here. This thread is single, so those writes are serialized and a
+//! all its writes here, and its reads that are not aligned to that LUN's blocks (a LUN reads
+//! only whole blocks of its own). This thread is single, so those writes are serialized and a
 //! read-modify-write can never interleave with another write to the same LUN block.
 
 use super::{Segment, Volume};
@@ -40,7 +41,7 @@ impl Reply {
 
 /// A buffer owned by a waiting session: it stays valid and untouched until the reply.
 pub struct SessionBuffer {
-    pub ptr: *const u8,
+    pub ptr: *mut u8,
     pub len_bytes: usize,
 }
 
@@ -65,6 +66,14 @@ pub enum Request {
         fua: bool,
         reply: Reply,
     },
+    /// Read `len_bytes` at `offset_bytes` into `data`, through whole LUN blocks.
+    SlowRead {
+        volume: Arc<Volume>,
+        offset_bytes: u64,
+        len_bytes: u64,
+        data: SessionBuffer,
+        reply: Reply,
+    },
     Stop,
 }
 
@@ -84,6 +93,13 @@ impl Provisioner {
             .name("provisioner".into())
             .spawn(move || run(receiver))?;
         Ok((Self { sender }, thread))
+    }
+
+    /// A provisioner with no thread: the test holding the receiver answers in its place.
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Self, Receiver<Request>) {
+        let (sender, receiver) = unbounded();
+        (Self { sender }, receiver)
     }
 
     /// Posts a request; fails (handing it back) only once the thread has stopped.
@@ -131,6 +147,16 @@ fn run(receiver: Receiver<Request>) {
                         fua,
                         &mut bounce,
                     );
+                    reply.send(errno_of(result));
+                }
+                Request::SlowRead {
+                    volume,
+                    offset_bytes,
+                    len_bytes,
+                    data,
+                    reply,
+                } => {
+                    let result = slow_read(&volume, offset_bytes, len_bytes, &data, &mut bounce);
                     reply.send(errno_of(result));
                 }
                 Request::Stop => stop = true,
@@ -240,6 +266,39 @@ pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
     results
 }
 
+/// The whole LUN blocks around a piece of a request, as the bounce buffer holds them.
+struct BlockSpan {
+    /// Where the first block starts on the LUN.
+    start_bytes: u64,
+    /// Bytes of whole blocks.
+    len_bytes: usize,
+    /// Where the piece lies within them.
+    within: std::ops::Range<usize>,
+}
+
+impl BlockSpan {
+    /// The blocks of `block_bytes` around `piece_bytes` at `at_bytes` on the LUN, the piece cut
+    /// to what the bounce buffer holds; the piece's length and its span.
+    fn of(block_bytes: u32, at_bytes: u64, piece_bytes: u64) -> (u64, Self) {
+        let piece = piece_bytes.min(MAX_IO_BYTES as u64);
+        let block = u64::from(block_bytes);
+        let start = at_bytes / block * block;
+        let end = (at_bytes + piece).next_multiple_of(block);
+        let offset = (at_bytes - start) as usize;
+        let span = Self {
+            start_bytes: start,
+            len_bytes: (end - start) as usize,
+            within: offset..offset + piece as usize,
+        };
+        (piece, span)
+    }
+
+    /// Whether the piece is whole blocks (nothing around it to read first).
+    fn is_exact(&self, piece_bytes: u64) -> bool {
+        self.within.start == 0 && self.len_bytes as u64 == piece_bytes
+    }
+}
+
 /// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
 /// blocks it covers only in part.
 fn slow_write(
@@ -277,18 +336,15 @@ fn slow_write(
                 len_bytes: piece,
                 ..
             } => {
-                let piece = piece.min(MAX_IO_BYTES as u64);
-                let block = u64::from(lun.layout.block_size_bytes);
-                let start = at / block * block;
-                let end = (at + piece).next_multiple_of(block);
+                let (piece, span) = BlockSpan::of(lun.layout.block_size_bytes, at, piece);
                 let name = lun.lun.info().name.clone();
-                let window = &mut bounce.as_mut_slice()[..(end - start) as usize];
-                if start != at || end != at + piece {
+                let window = &mut bounce.as_mut_slice()[..span.len_bytes];
+                if !span.is_exact(piece) {
                     lun.lun
-                        .read_at(window, start)
+                        .read_at(window, span.start_bytes)
                         .map_err(|e| lun_error(&name, e))?;
                 }
-                let into = &mut window[(at - start) as usize..(at - start + piece) as usize];
+                let into = &mut window[span.within.clone()];
                 match data {
                     // SAFETY: the session keeps the buffer of len_bytes valid and untouched
                     // until it is answered; done + piece <= len_bytes <= its length.
@@ -298,11 +354,57 @@ fn slow_write(
                     None => into.fill(0),
                 }
                 lun.lun
-                    .write_at(window, start, fua)
+                    .write_at(window, span.start_bytes, fua)
                     .map_err(|e| lun_error(&name, e))?;
                 piece
             }
         };
+        done += piece;
+    }
+    Ok(())
+}
+
+/// Reads a range of `volume` with synchronous I/O through whole LUN blocks, for a read a LUN
+/// cannot take as it is (narrower than its blocks). Unmapped ranges read as zeroes.
+fn slow_read(
+    volume: &Volume,
+    offset_bytes: u64,
+    len_bytes: u64,
+    data: &SessionBuffer,
+    bounce: &mut AlignedBuf,
+) -> Result<(), PoolError> {
+    debug_assert!(len_bytes as usize <= data.len_bytes);
+    // SAFETY: the session keeps the buffer of `len_bytes` (at most its length) valid and
+    // untouched until it is answered, and gave this thread its only use meanwhile.
+    let out = unsafe { std::slice::from_raw_parts_mut(data.ptr, len_bytes as usize) };
+    let mut done = 0u64;
+    while done < len_bytes {
+        let segment = volume.segment(volume.map(), offset_bytes + done, len_bytes - done);
+        let (lun, lun_offset_bytes, mapped_bytes) = match segment {
+            Segment::Mapped {
+                lun,
+                offset_bytes,
+                len_bytes,
+                ..
+            } => (lun, offset_bytes, len_bytes),
+            Segment::Unmapped { len_bytes, .. } => {
+                // Never written: zeroes.
+                out[done as usize..(done + len_bytes) as usize].fill(0);
+                done += len_bytes;
+                continue;
+            }
+        };
+        let (piece, span) =
+            BlockSpan::of(lun.layout.block_size_bytes, lun_offset_bytes, mapped_bytes);
+        let window = &mut bounce.as_mut_slice()[..span.len_bytes];
+        if let Err(source) = lun.lun.read_at(window, span.start_bytes) {
+            return Err(PoolError::Lun {
+                pool: volume.pool.name.clone(),
+                lun: lun.lun.info().name.clone(),
+                source,
+            });
+        }
+        out[done as usize..(done + piece) as usize].copy_from_slice(&window[span.within]);
         done += piece;
     }
     Ok(())

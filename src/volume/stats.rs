@@ -1,46 +1,10 @@
 //! Per-volume I/O counters, one cache-line-padded set per reactor: each reactor writes only its
 //! own set (no shared cache line, no lock) and readers add them up.
 
+use crate::blockio::BlockOp;
 use crate::constants::MAX_REACTORS;
 use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// What one I/O was, for accounting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoKind {
-    Read,
-    Write,
-    Unmap,
-    WriteZeroes,
-    Flush,
-}
-
-impl IoKind {
-    pub const COUNT: usize = 5;
-    pub const ALL: [IoKind; IoKind::COUNT] = [
-        IoKind::Read,
-        IoKind::Write,
-        IoKind::Unmap,
-        IoKind::WriteZeroes,
-        IoKind::Flush,
-    ];
-
-    #[inline]
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The name SPDK gives this I/O type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Read => "read",
-            Self::Write => "write",
-            Self::Unmap => "unmap",
-            Self::WriteZeroes => "write_zeroes",
-            Self::Flush => "flush",
-        }
-    }
-}
 
 #[derive(Default)]
 pub struct IoCounters {
@@ -57,8 +21,8 @@ pub struct IoCounters {
     pub zero_bytes: AtomicU64,
     pub flush_ops: AtomicU64,
     pub errors: AtomicU64,
-    /// Failed requests per [`IoKind`] (their sum is `errors`), bumped on the error path only.
-    pub kind_errors: [AtomicU64; IoKind::COUNT],
+    /// Failed requests per [`BlockOp`] (their sum is `errors`), bumped on the error path only.
+    pub kind_errors: [AtomicU64; BlockOp::COUNT],
 }
 
 /// A sum of every reactor's counters.
@@ -77,8 +41,8 @@ pub struct IoTotals {
     pub zero_bytes: u64,
     pub flush_ops: u64,
     pub errors: u64,
-    /// Failed requests, indexed by [`IoKind::index`].
-    pub kind_errors: [u64; IoKind::COUNT],
+    /// Failed requests, indexed by [`BlockOp::index`].
+    pub kind_errors: [u64; BlockOp::COUNT],
 }
 
 pub struct VolumeStats {
@@ -108,34 +72,34 @@ fn bump(counter: &AtomicU64, by: u64) {
 impl VolumeStats {
     /// Accounts one completed I/O on `reactor`'s own counters.
     #[inline]
-    pub fn record(&self, reactor: usize, kind: IoKind, bytes: u64, latency_ns: u64, failed: bool) {
+    pub fn record(&self, reactor: usize, op: BlockOp, bytes: u64, latency_ns: u64, failed: bool) {
         let c = &self.per_reactor[reactor];
         if failed {
             bump(&c.errors, 1);
-            bump(&c.kind_errors[kind.index()], 1);
+            bump(&c.kind_errors[op.index()], 1);
             return;
         }
-        match kind {
-            IoKind::Read => {
+        match op {
+            BlockOp::Read => {
                 bump(&c.read_ops, 1);
                 bump(&c.read_bytes, bytes);
                 bump(&c.read_latency_ns, latency_ns);
             }
-            IoKind::Write => {
+            BlockOp::Write => {
                 bump(&c.write_ops, 1);
                 bump(&c.write_bytes, bytes);
                 bump(&c.write_latency_ns, latency_ns);
             }
-            IoKind::Unmap => {
+            BlockOp::Trim => {
                 bump(&c.unmap_ops, 1);
                 bump(&c.unmap_bytes, bytes);
                 bump(&c.unmap_latency_ns, latency_ns);
             }
-            IoKind::WriteZeroes => {
+            BlockOp::WriteZeroes => {
                 bump(&c.zero_ops, 1);
                 bump(&c.zero_bytes, bytes);
             }
-            IoKind::Flush => bump(&c.flush_ops, 1),
+            BlockOp::Flush => bump(&c.flush_ops, 1),
         }
     }
 

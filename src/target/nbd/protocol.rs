@@ -71,6 +71,20 @@ pub const NBD_EOVERFLOW: u32 = 75;
 pub const NBD_ENOTSUP: u32 = 95;
 pub const NBD_ESHUTDOWN: u32 = 108;
 
+/// The NBD errno of a block request's status: the one place the engine's outcomes become
+/// NBD's numbers (0 for success).
+pub fn nbd_errno(status: crate::blockio::BlockStatus) -> u32 {
+    use crate::blockio::BlockStatus;
+    match status {
+        BlockStatus::Ok => 0,
+        BlockStatus::Invalid | BlockStatus::OutOfRange | BlockStatus::TooLarge => NBD_EINVAL,
+        BlockStatus::NotPermitted => NBD_EPERM,
+        BlockStatus::NoSpace => NBD_ENOSPC,
+        BlockStatus::IoError => NBD_EIO,
+        BlockStatus::ShutDown => NBD_ESHUTDOWN,
+    }
+}
+
 /// A transmission-phase command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Command {

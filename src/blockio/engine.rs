@@ -1,0 +1,1007 @@
+//! The per-session block engine: everything between "a front end has a block request" and
+//! "the request finished, with this status".
+//!
+//! A front end owns one [`BlockEngine`] per session and drives it from its reactor callbacks:
+//!
+//! ```text
+//!  front end                          BlockEngine
+//!  ─────────                          ───────────
+//!  decide() / check_*()  ──────────▶  VP decision (one Acquire load), allowed ops, range
+//!  reserve(request) ─▶ slot k ──────▶ slot k: request, buffer (grown once, reused)
+//!  buffer_mut(k): payload in
+//!  start(k) ────────────────────────▶ QoS tokens ─ short ─▶ throttled queue + ring timer
+//!                                      │ go
+//!                                      ▼
+//!                                     ring credit? ─ short ─▶ deferred until on_ring_credit
+//!                                      │
+//!                                      ▼
+//!                                     Volume::segment ─▶ unmapped write ─▶ provisioner ─wake─┐
+//!                                      │                 slow write (RMW) ▶ provisioner ─wake─┤
+//!                                      ▼                                                     │
+//!                                     Lun::submit on the ring (tag: slot, LUN, bytes) ◀───────┘
+//!  on_completion(tag) ──────────────▶ completion_result, LUN error counters
+//!  on_wake / on_ring_credit ─────────▶ …
+//!  pop_finished() ◀────────────────── (slot, status, latency): volume and VP counters done
+//!  release(k) ──────────────────────▶ slot free, buffer kept (up to the retention limit)
+//! ```
+//!
+//! Nothing here allocates per request or takes a lock: slots are made when the session is
+//! built, a slot's buffer grows only when a request is larger than any before it, and the
+//! finished queue holds at most one entry per slot. Every request that is started finishes
+//! exactly once, through [`BlockEngine::pop_finished`] — also when the session closes: a
+//! throttled or deferred request then finishes with [`BlockStatus::ShutDown`], one in flight
+//! with what its LUN I/O returns.
+
+use super::clock::TickClock;
+use super::request::{BlockOp, BlockRequest};
+use super::status::BlockStatus;
+use super::tag::{self, KIND_LUN_IO, KIND_QOS_TIMER};
+use crate::backend::aligned_buf::{AlignedBuf, BUFFER_ALIGN_BYTES};
+use crate::backend::{completion_result, LunIo, Started};
+use crate::constants::{MAX_QOS_TIMER_NS, MAX_RING_ENTRIES_PER_ROUND, MAX_SEGMENTS_PER_IO};
+use crate::domain::capabilities::AllowedOps;
+use crate::domain::decision::{DecisionCache, PathDecision};
+use crate::domain::qos::{Admit, RateLimit, TokenBucket};
+use crate::domain::snapshot::Published;
+use crate::domain::vpath::{AccessMode, Vpath};
+use crate::reactor::session::SessionContext;
+use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
+use crate::volume::{Segment, Volume};
+use io_uring::{opcode, types};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// How a session's engine is sized and what it does per request.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Requests in flight at once (the session's slots), at most [`tag::MAX_SLOTS`].
+    pub slots: usize,
+    /// Largest request, in bytes.
+    pub max_io_bytes: usize,
+    /// Buffer each slot gets when the engine is built (0: grown when first needed).
+    pub initial_buffer_bytes: usize,
+    /// Slot buffer bytes kept for reuse once their requests are released.
+    pub retained_buffer_bytes: usize,
+    /// Whether requests go through the domain layer: VP decision, allowed operations, QoS
+    /// and the VP's statistics. Only `sds perf --no-domain` turns it off, to measure it.
+    pub domain: bool,
+}
+
+/// What the domain layer decided for a request when it was reserved.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    pub record_latency: bool,
+    pub rate: RateLimit,
+}
+
+impl Admission {
+    /// No domain layer: nothing limited, latency recorded.
+    const UNLIMITED: Admission = Admission {
+        record_latency: true,
+        rate: RateLimit::UNLIMITED,
+    };
+}
+
+/// A request that finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub slot: usize,
+    pub status: BlockStatus,
+    /// From [`BlockEngine::reserve`] to the end, on the engine's clock.
+    pub latency_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Reserved; the front end is filling its buffer (a write's payload arriving).
+    Reserved,
+    Running,
+    /// Waiting for the provisioner (extent mapping or slow-path write).
+    Waiting,
+    /// Waiting for QoS tokens.
+    Throttled,
+    /// Waiting for ring credit.
+    Deferred,
+    /// Finished; the front end has it until it releases it.
+    Finished,
+}
+
+struct Slot {
+    state: SlotState,
+    request: BlockRequest,
+    buf: AlignedBuf,
+    /// Bytes of the request handled by completed rounds.
+    cursor_bytes: u64,
+    /// Ring completions still to come for the current round.
+    pending: u32,
+    /// Provisioner answers still to come.
+    waiting: u32,
+    /// The first failure, `Ok` if none.
+    status: BlockStatus,
+    started_ticks: u64,
+    /// When it started waiting for QoS tokens.
+    throttled_ticks: u64,
+    /// Whether this request went to the slow path (answered by one wake).
+    slow_path: bool,
+    admission: Admission,
+}
+
+/// The engine of one session. See the module documentation.
+pub struct BlockEngine {
+    vpath: Arc<Vpath>,
+    volume: Arc<Volume>,
+    published: Arc<Published>,
+    provisioner: Provisioner,
+    decisions: DecisionCache,
+    config: EngineConfig,
+    read_only: bool,
+    /// Writes, TRIM and WRITE_ZEROES go to the provisioner's read-modify-write path: the
+    /// volume's blocks are smaller than some LUN's.
+    slow_writes: bool,
+    /// The largest block size of the pool's LUNs.
+    max_lun_block_bytes: u32,
+    clock: TickClock,
+    bucket: TokenBucket,
+    /// Requests waiting for QoS tokens, oldest first.
+    throttled: VecDeque<usize>,
+    timer_armed: bool,
+    /// The QoS timer's timeout; the ring reads it when the entry is submitted.
+    timer_spec: Box<types::Timespec>,
+    /// Requests whose next round waits for ring credit, oldest first.
+    ring_deferred: VecDeque<usize>,
+    slots: Vec<Slot>,
+    free_slots: Vec<usize>,
+    finished: VecDeque<Finished>,
+    /// Bytes of all slot buffers kept allocated, in use or not.
+    retained_bytes: usize,
+    /// Ring entries of the engine still to complete (LUN I/O and the timer).
+    ring_pending: u32,
+    /// Provisioner answers still to come, over all slots.
+    wakes_pending: u32,
+    /// The reactor serving the session, once attached.
+    reactor_index: Option<usize>,
+    closing: bool,
+    /// Requests the token bucket made wait (what `sds perf` reports).
+    throttled_requests: u64,
+}
+
+// SAFETY: the engine holds raw pointers only inside requests it has handed to the ring or the
+// provisioner (slot buffers it owns) and the timer's timespec (a box it owns); a session moves
+// between threads only before it is attached, with nothing in flight.
+unsafe impl Send for BlockEngine {}
+
+impl BlockEngine {
+    /// An engine for requests through `vpath` to its volume. Every slot (and, with
+    /// `initial_buffer_bytes`, its buffer) is made here, not on the I/O path.
+    pub fn new(
+        vpath: Arc<Vpath>,
+        path_hint: usize,
+        published: Arc<Published>,
+        provisioner: Provisioner,
+        config: EngineConfig,
+    ) -> Self {
+        assert!(
+            config.slots > 0 && config.slots <= tag::MAX_SLOTS,
+            "slots within the tag layout"
+        );
+        let volume = vpath.volume.clone();
+        let slots: Vec<Slot> = (0..config.slots)
+            .map(|_| Slot {
+                state: SlotState::Free,
+                request: BlockRequest {
+                    op: BlockOp::Read,
+                    offset_bytes: 0,
+                    length_bytes: 0,
+                    fua: false,
+                },
+                buf: AlignedBuf::new(config.initial_buffer_bytes),
+                cursor_bytes: 0,
+                pending: 0,
+                waiting: 0,
+                status: BlockStatus::Ok,
+                started_ticks: 0,
+                throttled_ticks: 0,
+                slow_path: false,
+                admission: Admission::UNLIMITED,
+            })
+            .collect();
+        let retained_bytes = slots.iter().map(|s| s.buf.len()).sum();
+        Self {
+            decisions: DecisionCache::new(vpath.clone(), path_hint),
+            read_only: vpath.mode == AccessMode::ReadOnly,
+            slow_writes: volume.needs_read_modify_write(),
+            max_lun_block_bytes: volume
+                .pool
+                .luns
+                .iter()
+                .map(|l| l.layout.block_size_bytes)
+                .max()
+                .unwrap_or(512),
+            vpath,
+            volume,
+            published,
+            provisioner,
+            config,
+            clock: TickClock::shared(),
+            bucket: TokenBucket::default(),
+            throttled: VecDeque::with_capacity(config.slots),
+            timer_armed: false,
+            timer_spec: Box::new(types::Timespec::new()),
+            ring_deferred: VecDeque::with_capacity(config.slots),
+            slots,
+            free_slots: (0..config.slots).rev().collect(),
+            finished: VecDeque::with_capacity(config.slots),
+            retained_bytes,
+            ring_pending: 0,
+            wakes_pending: 0,
+            reactor_index: None,
+            closing: false,
+            throttled_requests: 0,
+        }
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    pub fn vpath(&self) -> &Arc<Vpath> {
+        &self.vpath
+    }
+
+    pub fn clock(&self) -> TickClock {
+        self.clock
+    }
+
+    /// Requests the token bucket has made wait so far.
+    pub fn throttled_requests(&self) -> u64 {
+        self.throttled_requests
+    }
+
+    // ---- life of the session -----------------------------------------------------------
+
+    /// The session started on reactor `reactor_index`: it counts as one of the VP's sessions
+    /// there (its QoS rate is shared among them).
+    pub fn attach(&mut self, reactor_index: usize) {
+        if self.reactor_index.is_none() && self.config.domain {
+            self.vpath
+                .stats
+                .reactor(reactor_index)
+                .sessions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.reactor_index = Some(reactor_index);
+    }
+
+    /// The session is closing: throttled and deferred requests finish now with
+    /// [`BlockStatus::ShutDown`]; requests on the ring or at the provisioner finish when
+    /// their answers come. Nothing new may start.
+    pub fn shut_down(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        while let Some(index) = self.throttled.pop_front() {
+            self.fail(index, BlockStatus::ShutDown);
+        }
+        while let Some(index) = self.ring_deferred.pop_front() {
+            self.fail(index, BlockStatus::ShutDown);
+        }
+    }
+
+    /// Whether nothing of the engine is on the ring or at the provisioner: the session may be
+    /// dropped (its buffers are no longer referenced).
+    pub fn is_idle(&self) -> bool {
+        self.ring_pending == 0 && self.wakes_pending == 0
+    }
+
+    /// The session is done: it no longer counts among the VP's sessions.
+    pub fn detach(&mut self) {
+        if let Some(reactor_index) = self.reactor_index.take() {
+            if self.config.domain {
+                self.vpath
+                    .stats
+                    .reactor(reactor_index)
+                    .sessions
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    // ---- admitting a request -----------------------------------------------------------
+
+    /// The VP's current decision (one Acquire load while nothing changed); `None` once the VP
+    /// is gone. Without the domain layer: nothing forbidden, nothing limited.
+    #[inline]
+    pub fn decide(&mut self) -> Option<PathDecision> {
+        if !self.config.domain {
+            return Some(PathDecision {
+                allowed_ops: AllowedOps::default(),
+                record_latency: true,
+                rate: RateLimit::UNLIMITED,
+            });
+        }
+        let reactor_index = self.reactor_index.unwrap_or(0);
+        self.decisions.decide(&self.published, reactor_index)
+    }
+
+    /// Whether the path may send `op`: the domain's allowed operations and the path's access
+    /// mode.
+    #[inline]
+    pub fn check_permitted(&self, op: BlockOp, decision: &PathDecision) -> Result<(), BlockStatus> {
+        if !decision.allowed_ops.allows(op) || (self.read_only && op.modifies()) {
+            return Err(BlockStatus::NotPermitted);
+        }
+        Ok(())
+    }
+
+    /// Whether the request fits: size, range, alignment to the volume's blocks, and a volume
+    /// that is not being deleted.
+    #[inline]
+    pub fn check_range(&self, request: &BlockRequest) -> Result<(), BlockStatus> {
+        if request.op == BlockOp::Flush {
+            return Ok(());
+        }
+        if request.buffer_bytes() > self.config.max_io_bytes {
+            return Err(BlockStatus::TooLarge);
+        }
+        let block = u64::from(self.volume.block_size_bytes);
+        let (offset, length) = (request.offset_bytes, u64::from(request.length_bytes));
+        let in_range = offset
+            .checked_add(length)
+            .is_some_and(|end| end <= self.volume.size_bytes());
+        if !in_range {
+            return Err(BlockStatus::OutOfRange);
+        }
+        // Block sizes are powers of two (512 or 4096): a mask, not a division.
+        debug_assert!(block.is_power_of_two());
+        if (offset | length) & (block - 1) != 0 {
+            return Err(BlockStatus::Invalid);
+        }
+        if self.volume.is_deleted() {
+            return Err(BlockStatus::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// Both checks, with the decision's admission for [`Self::reserve`].
+    #[inline]
+    pub fn admit(
+        &self,
+        request: &BlockRequest,
+        decision: &PathDecision,
+    ) -> Result<Admission, BlockStatus> {
+        self.check_permitted(request.op, decision)?;
+        self.check_range(request)?;
+        Ok(Admission {
+            record_latency: decision.record_latency,
+            rate: decision.rate,
+        })
+    }
+
+    // ---- slots -------------------------------------------------------------------------
+
+    #[inline]
+    pub fn has_free_slot(&self) -> bool {
+        !self.free_slots.is_empty()
+    }
+
+    /// Takes a free slot for `request`, its buffer grown to the request's data if it is
+    /// smaller (the only allocation, and only until the slot has seen its largest request).
+    /// The clock of its latency starts here. `None` when every slot is in use.
+    #[inline]
+    pub fn reserve(&mut self, request: BlockRequest, admission: Admission) -> Option<usize> {
+        let index = self.free_slots.pop()?;
+        let now = self.clock.now();
+        let slot = &mut self.slots[index];
+        debug_assert_eq!(slot.state, SlotState::Free);
+        let need = request.buffer_bytes();
+        if slot.buf.len() < need {
+            let old_bytes = slot.buf.len();
+            slot.buf = AlignedBuf::new(need.next_power_of_two().max(BUFFER_ALIGN_BYTES));
+            self.retained_bytes += slot.buf.len() - old_bytes;
+        }
+        slot.state = SlotState::Reserved;
+        slot.request = request;
+        slot.cursor_bytes = 0;
+        slot.pending = 0;
+        slot.waiting = 0;
+        slot.status = BlockStatus::Ok;
+        slot.started_ticks = now;
+        slot.slow_path = false;
+        slot.admission = admission;
+        Some(index)
+    }
+
+    /// Takes a free slot for a request refused before it touched the volume, and finishes it
+    /// at once with `status` (counted like any other; its buffer is not grown). `None` when
+    /// every slot is in use.
+    pub fn refuse(&mut self, request: BlockRequest, status: BlockStatus) -> Option<usize> {
+        let index = self.free_slots.pop()?;
+        let now = self.clock.now();
+        let slot = &mut self.slots[index];
+        debug_assert_eq!(slot.state, SlotState::Free);
+        slot.request = request;
+        slot.pending = 0;
+        slot.waiting = 0;
+        slot.status = status;
+        slot.started_ticks = now;
+        slot.admission = Admission::UNLIMITED;
+        self.finish(index);
+        Some(index)
+    }
+
+    /// The request's data: what a write sends, what a read returned.
+    #[inline]
+    pub fn buffer(&self, index: usize) -> &[u8] {
+        let slot = &self.slots[index];
+        &slot.buf.as_slice()[..slot.request.buffer_bytes()]
+    }
+
+    #[inline]
+    pub fn buffer_mut(&mut self, index: usize) -> &mut [u8] {
+        let slot = &mut self.slots[index];
+        let len = slot.request.buffer_bytes();
+        &mut slot.buf.as_mut_slice()[..len]
+    }
+
+    pub fn request(&self, index: usize) -> &BlockRequest {
+        &self.slots[index].request
+    }
+
+    /// Finishes a reserved request at once with `status` (refused before it touched the
+    /// volume); it is counted like any other.
+    pub fn fail(&mut self, index: usize, status: BlockStatus) {
+        let slot = &mut self.slots[index];
+        if slot.status.is_ok() {
+            slot.status = status;
+        }
+        self.finish(index);
+    }
+
+    /// The next finished request, oldest first.
+    #[inline]
+    pub fn pop_finished(&mut self) -> Option<Finished> {
+        self.finished.pop_front()
+    }
+
+    /// Gives a finished request's slot back. Its buffer is kept for reuse, but not past the
+    /// retention limit: a session that once had many large requests does not pin them.
+    #[inline]
+    pub fn release(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        debug_assert_eq!(slot.state, SlotState::Finished, "released twice or early");
+        if self.retained_bytes > self.config.retained_buffer_bytes
+            && slot.buf.len() > BUFFER_ALIGN_BYTES
+        {
+            let old_bytes = slot.buf.len();
+            slot.buf = AlignedBuf::new(0);
+            self.retained_bytes -= old_bytes - slot.buf.len();
+        }
+        slot.state = SlotState::Free;
+        self.free_slots.push(index);
+    }
+
+    // ---- running a request -------------------------------------------------------------
+
+    /// Starts a reserved request (its data in the buffer): QoS first, then its first round.
+    #[inline]
+    pub fn start(&mut self, index: usize, ctx: &mut SessionContext) {
+        debug_assert_eq!(self.slots[index].state, SlotState::Reserved);
+        if self.closing {
+            self.fail(index, BlockStatus::ShutDown);
+            return;
+        }
+        if !self.throttled.is_empty() {
+            // Behind the ones already waiting, in order.
+            self.throttle(index, None, ctx);
+            return;
+        }
+        match self.take_tokens(index) {
+            Admit::Go => self.run(index, ctx),
+            Admit::Wait(wait_ns) => self.throttle(index, Some(wait_ns), ctx),
+        }
+    }
+
+    /// Whether new requests should wait: earlier ones are waiting for ring credit, or the
+    /// ring is short of it. Asks the reactor for a callback ([`Self::on_ring_credit`]) then.
+    #[inline]
+    pub fn ring_blocked(&self, ctx: &mut SessionContext) -> bool {
+        if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+            ctx.wait_for_ring_credit();
+            return true;
+        }
+        false
+    }
+
+    /// Takes the request's tokens at the rate it was admitted at (or, for a throttled one, the
+    /// rate when the QoS timer last fired). An unlimited rate takes none.
+    #[inline]
+    fn take_tokens(&mut self, index: usize) -> Admit {
+        let slot = &self.slots[index];
+        if slot.admission.rate.is_unlimited() {
+            return Admit::Go;
+        }
+        let request = slot.request;
+        let length = u64::from(request.length_bytes);
+        let (counts, read_bytes, write_bytes) = match request.op {
+            BlockOp::Read => (true, length, 0),
+            BlockOp::Write => (true, 0, length),
+            BlockOp::Trim | BlockOp::WriteZeroes => (true, 0, 0),
+            BlockOp::Flush => (false, 0, 0),
+        };
+        let now_ns = self.clock.to_ns(self.clock.now());
+        let rate = slot.admission.rate;
+        self.bucket
+            .take(&rate, now_ns, counts, read_bytes, write_bytes)
+    }
+
+    fn throttle(&mut self, index: usize, wait_ns: Option<u64>, ctx: &mut SessionContext) {
+        let now = self.clock.now();
+        let slot = &mut self.slots[index];
+        slot.state = SlotState::Throttled;
+        slot.throttled_ticks = now;
+        self.throttled.push_back(index);
+        self.throttled_requests += 1;
+        if !self.timer_armed {
+            self.arm_timer(wait_ns.unwrap_or(1_000_000), ctx);
+        }
+    }
+
+    fn arm_timer(&mut self, wait_ns: u64, ctx: &mut SessionContext) {
+        let wait_ns = wait_ns.clamp(1_000, MAX_QOS_TIMER_NS);
+        *self.timer_spec = types::Timespec::new()
+            .sec(wait_ns / 1_000_000_000)
+            .nsec((wait_ns % 1_000_000_000) as u32);
+        let entry = opcode::Timeout::new(&*self.timer_spec)
+            .build()
+            .user_data(ctx.tag(tag::encode(KIND_QOS_TIMER, 0, 0, 0)));
+        // SAFETY: the timespec is a box this engine owns and does not touch until the timer
+        // completes (timer_armed); the session outlives every entry it has on the ring.
+        if unsafe { ctx.ring.push(&entry) }.is_err() {
+            // No timer, no retry: the throttled requests fail rather than hang.
+            while let Some(index) = self.throttled.pop_front() {
+                self.fail(index, BlockStatus::IoError);
+            }
+            return;
+        }
+        self.timer_armed = true;
+        self.ring_pending += 1;
+    }
+
+    /// The QoS timer fired: run the throttled requests that now have tokens, in order.
+    fn on_timer(&mut self, ctx: &mut SessionContext) {
+        self.timer_armed = false;
+        if self.closing {
+            return;
+        }
+        // The rate may have changed while they waited: one fresh decision for all of them.
+        if let Some(decision) = self.decide() {
+            for &index in &self.throttled {
+                self.slots[index].admission.rate = decision.rate;
+            }
+        }
+        while let Some(&index) = self.throttled.front() {
+            match self.take_tokens(index) {
+                Admit::Go => {
+                    self.throttled.pop_front();
+                    let waited_ns = self.clock.to_ns(
+                        self.clock
+                            .now()
+                            .wrapping_sub(self.slots[index].throttled_ticks),
+                    );
+                    if let (true, Some(reactor_index)) = (self.config.domain, self.reactor_index) {
+                        self.vpath
+                            .stats
+                            .reactor(reactor_index)
+                            .record_throttled(waited_ns);
+                    }
+                    self.run(index, ctx);
+                }
+                Admit::Wait(wait_ns) => {
+                    self.arm_timer(wait_ns, ctx);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts the next round of a request, or queues it until the reactor's ring has credit
+    /// for a round (then [`Self::on_ring_credit`] starts it).
+    #[inline]
+    fn run(&mut self, index: usize, ctx: &mut SessionContext) {
+        self.slots[index].state = SlotState::Running;
+        if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+            self.slots[index].state = SlotState::Deferred;
+            self.ring_deferred.push_back(index);
+            ctx.wait_for_ring_credit();
+            return;
+        }
+        self.run_round(index, ctx);
+    }
+
+    /// Ring entries were freed: start the deferred rounds the credit covers, in order.
+    pub fn on_ring_credit(&mut self, ctx: &mut SessionContext) {
+        while let Some(&index) = self.ring_deferred.front() {
+            if ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                ctx.wait_for_ring_credit();
+                return;
+            }
+            self.ring_deferred.pop_front();
+            self.slots[index].state = SlotState::Running;
+            self.run_round(index, ctx);
+        }
+    }
+
+    /// One round of a request: as many segments as fit in one round.
+    #[inline]
+    fn run_round(&mut self, index: usize, ctx: &mut SessionContext) {
+        let op = self.slots[index].request.op;
+        match op {
+            BlockOp::Flush => self.run_flush(index, ctx),
+            BlockOp::Write | BlockOp::Trim | BlockOp::WriteZeroes if self.slow_writes => {
+                self.run_slow(index, ctx)
+            }
+            BlockOp::Read if self.needs_slow_read(index) => self.run_slow(index, ctx),
+            _ => self.run_segments(index, ctx),
+        }
+        let slot = &self.slots[index];
+        if slot.state == SlotState::Running && slot.pending == 0 && slot.waiting == 0 {
+            self.finish_round(index, ctx);
+        }
+    }
+
+    /// Whether a read is narrower than a LUN block it may touch: a LUN reads whole blocks of
+    /// its own, so such a read goes through the provisioning thread's bounce buffer.
+    #[inline]
+    fn needs_slow_read(&self, index: usize) -> bool {
+        let request = &self.slots[index].request;
+        let block = u64::from(self.max_lun_block_bytes);
+        self.slow_writes
+            && (request.offset_bytes % block != 0 || u64::from(request.length_bytes) % block != 0)
+    }
+
+    fn run_flush(&mut self, index: usize, ctx: &mut SessionContext) {
+        let volume = self.volume.clone();
+        for (lun_index, member) in volume.pool.luns.iter().enumerate() {
+            let tag = ctx.tag(tag::encode(KIND_LUN_IO, index, lun_index, 0));
+            // SAFETY: a flush refers to no buffer.
+            let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
+            self.account_start(index, lun_index, started);
+        }
+        self.slots[index].cursor_bytes = u64::from(self.slots[index].request.length_bytes);
+    }
+
+    /// The read-modify-write path: the provisioning thread does the whole request.
+    fn run_slow(&mut self, index: usize, ctx: &mut SessionContext) {
+        let slot = &mut self.slots[index];
+        let request = slot.request;
+        let data = request.op.moves_data().then(|| SessionBuffer {
+            ptr: slot.buf.as_mut_ptr(),
+            len_bytes: request.length_bytes as usize,
+        });
+        let reply = Reply {
+            reactor: ctx.reactor.clone(),
+            session: ctx.id,
+            token: index as u64,
+        };
+        let volume = self.volume.clone();
+        let (offset_bytes, len_bytes) = (request.offset_bytes, u64::from(request.length_bytes));
+        let request = match (request.op, data) {
+            (BlockOp::Read, Some(data)) => Request::SlowRead {
+                volume,
+                offset_bytes,
+                len_bytes,
+                data,
+                reply,
+            },
+            (_, data) => Request::SlowWrite {
+                volume,
+                offset_bytes,
+                len_bytes,
+                data,
+                fua: request.fua,
+                reply,
+            },
+        };
+        if self.provisioner.post(request).is_ok() {
+            let slot = &mut self.slots[index];
+            slot.slow_path = true;
+            slot.waiting += 1;
+            slot.state = SlotState::Waiting;
+            self.wakes_pending += 1;
+        } else {
+            self.note_status(index, BlockStatus::IoError);
+        }
+    }
+
+    fn request_provision(&mut self, index: usize, extent: u64, ctx: &mut SessionContext) {
+        let request = Request::Provision {
+            volume: self.volume.clone(),
+            extent,
+            reply: Reply {
+                reactor: ctx.reactor.clone(),
+                session: ctx.id,
+                token: index as u64,
+            },
+        };
+        if self.provisioner.post(request).is_ok() {
+            let slot = &mut self.slots[index];
+            slot.waiting += 1;
+            slot.state = SlotState::Waiting;
+            self.wakes_pending += 1;
+        } else {
+            self.note_status(index, BlockStatus::IoError);
+        }
+    }
+
+    #[inline]
+    fn run_segments(&mut self, index: usize, ctx: &mut SessionContext) {
+        // Split borrows: the volume is read while the slot and the counters change, without
+        // an Arc clone (two atomic read-modify-writes) per request.
+        let Self {
+            volume,
+            slots,
+            ring_pending,
+            ..
+        } = self;
+        let volume: &Volume = volume;
+        let map = volume.map();
+        let slot = &mut slots[index];
+        let request = slot.request;
+        let start = request.offset_bytes;
+        let total = u64::from(request.length_bytes);
+        // Writes first make sure every extent they touch is mapped.
+        if request.op == BlockOp::Write {
+            let mut at = slot.cursor_bytes;
+            let mut unmapped = false;
+            while at < total {
+                at += match volume.segment(map, start + at, total - at) {
+                    Segment::Unmapped { len_bytes, .. } => {
+                        unmapped = true;
+                        len_bytes
+                    }
+                    Segment::Mapped { len_bytes, .. } => len_bytes,
+                };
+            }
+            if unmapped {
+                self.provision_unmapped(index, ctx);
+                return;
+            }
+        }
+        let buf = slot.buf.as_mut_ptr();
+        let mut segments = 0;
+        let mut at = slot.cursor_bytes;
+        while at < total && segments < MAX_SEGMENTS_PER_IO {
+            let len = match volume.segment(map, start + at, total - at) {
+                Segment::Unmapped { len_bytes, .. } => {
+                    if request.op == BlockOp::Read {
+                        // Never written: reads as zeroes, no I/O.
+                        // SAFETY: at + len_bytes <= total <= the buffer's length.
+                        unsafe {
+                            std::ptr::write_bytes(buf.add(at as usize), 0, len_bytes as usize)
+                        };
+                    }
+                    // TRIM and WRITE_ZEROES skip it: it already reads as zeroes.
+                    len_bytes
+                }
+                Segment::Mapped {
+                    lun,
+                    lun_index,
+                    offset_bytes,
+                    len_bytes,
+                } => {
+                    // at + len_bytes <= total <= the buffer's length (reads and writes).
+                    let io = match request.op {
+                        BlockOp::Read => LunIo::Read {
+                            offset_bytes,
+                            buf: buf.wrapping_add(at as usize),
+                            len_bytes: len_bytes as u32,
+                        },
+                        BlockOp::Write => LunIo::Write {
+                            offset_bytes,
+                            buf: buf.wrapping_add(at as usize),
+                            len_bytes: len_bytes as u32,
+                            fua: request.fua,
+                        },
+                        _ => LunIo::WriteZeroes {
+                            offset_bytes,
+                            len_bytes,
+                            fua: request.fua,
+                        },
+                    };
+                    let expected = if request.op.moves_data() {
+                        len_bytes as u32
+                    } else {
+                        0
+                    };
+                    let tag = ctx.tag(tag::encode(KIND_LUN_IO, index, lun_index, expected));
+                    // SAFETY: the slot's buffer stays put and untouched until every completion
+                    // of this round is reaped: the slot is not released before it finishes,
+                    // and the session is dropped only when the engine is idle.
+                    match unsafe { lun.lun.submit(&io, tag, ctx.ring) } {
+                        Started::Queued(count) => {
+                            slot.pending += count;
+                            *ring_pending += count;
+                        }
+                        Started::Done(result) => note_lun_result(volume, slot, lun_index, result),
+                    }
+                    segments += 1;
+                    len_bytes
+                }
+            };
+            at += len;
+        }
+        slot.cursor_bytes = at;
+    }
+
+    /// A write found unmapped extents: ask the provisioner for each; the request waits.
+    #[cold]
+    fn provision_unmapped(&mut self, index: usize, ctx: &mut SessionContext) {
+        let volume = self.volume.clone();
+        let map = volume.map();
+        let request = self.slots[index].request;
+        let (start, total) = (request.offset_bytes, u64::from(request.length_bytes));
+        let mut at = self.slots[index].cursor_bytes;
+        while at < total {
+            at += match volume.segment(map, start + at, total - at) {
+                Segment::Unmapped { extent, len_bytes } => {
+                    self.request_provision(index, extent, ctx);
+                    len_bytes
+                }
+                Segment::Mapped { len_bytes, .. } => len_bytes,
+            };
+        }
+    }
+
+    fn account_start(&mut self, index: usize, lun_index: usize, started: Started) {
+        match started {
+            Started::Queued(count) => {
+                self.slots[index].pending += count;
+                self.ring_pending += count;
+            }
+            Started::Done(result) => self.note_result(index, lun_index, result),
+        }
+    }
+
+    /// Takes the result of one LUN I/O of request `index` on the pool's LUN `lun_index`. An
+    /// error is counted on that LUN (which fails itself if its device is gone) and fails the
+    /// request. Counted, not logged: a log line is a blocking write, and the control thread
+    /// logs the LUN's errors, rate-limited (`control::lun_errors`).
+    fn note_result(&mut self, index: usize, lun_index: usize, result: Result<(), i32>) {
+        note_lun_result(&self.volume, &mut self.slots[index], lun_index, result);
+    }
+
+    /// Records a failure of the request; the first one is what it finishes with.
+    #[inline]
+    fn note_status(&mut self, index: usize, status: BlockStatus) {
+        let slot = &mut self.slots[index];
+        if slot.status.is_ok() {
+            slot.status = status;
+        }
+    }
+
+    /// A round ended (all its completions in): start the next one or finish the request.
+    #[inline]
+    fn finish_round(&mut self, index: usize, ctx: &mut SessionContext) {
+        let slot = &self.slots[index];
+        let total = u64::from(slot.request.length_bytes);
+        if slot.status.is_ok() && !slot.slow_path && slot.cursor_bytes < total {
+            if self.closing {
+                self.fail(index, BlockStatus::ShutDown);
+            } else {
+                self.run(index, ctx);
+            }
+            return;
+        }
+        self.finish(index);
+    }
+
+    /// The request is over: the volume's and the VP's counters, then the finished queue.
+    #[inline]
+    fn finish(&mut self, index: usize) {
+        let now = self.clock.now();
+        let slot = &mut self.slots[index];
+        debug_assert!(slot.pending == 0 && slot.waiting == 0);
+        slot.state = SlotState::Finished;
+        let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
+        let failed = !slot.status.is_ok();
+        let bytes = u64::from(slot.request.length_bytes);
+        let reactor_index = self.reactor_index.unwrap_or(0);
+        self.volume
+            .stats
+            .record(reactor_index, slot.request.op, bytes, latency_ns, failed);
+        if self.config.domain {
+            self.vpath.stats.reactor(reactor_index).record(
+                slot.request.op,
+                bytes,
+                slot.admission.record_latency.then_some(latency_ns),
+                failed,
+            );
+        }
+        self.finished.push_back(Finished {
+            slot: index,
+            status: slot.status,
+            latency_ns,
+        });
+    }
+
+    // ---- events the front end forwards -----------------------------------------------------
+
+    /// A ring completion of the engine's (see [`tag::is_engine`]).
+    pub fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
+        let decoded = tag::decode(local_tag);
+        self.ring_pending = self.ring_pending.saturating_sub(1);
+        match decoded.kind {
+            KIND_QOS_TIMER => self.on_timer(ctx),
+            KIND_LUN_IO => {
+                let index = decoded.slot;
+                let Some(slot) = self.slots.get_mut(index) else {
+                    return;
+                };
+                slot.pending = slot.pending.saturating_sub(1);
+                self.note_result(
+                    index,
+                    decoded.lun_index,
+                    completion_result(result, decoded.expected_bytes, decoded.driver_timer),
+                );
+                let slot = &self.slots[index];
+                if slot.pending == 0 && slot.waiting == 0 {
+                    self.finish_round(index, ctx);
+                }
+            }
+            _ => debug_assert!(false, "not an engine tag: {local_tag:#x}"),
+        }
+    }
+
+    /// The provisioner answered request `token` (0 or a positive errno).
+    pub fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext) {
+        let index = token as usize;
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        if slot.waiting == 0 {
+            return;
+        }
+        slot.waiting -= 1;
+        self.wakes_pending = self.wakes_pending.saturating_sub(1);
+        if result != 0 {
+            self.note_status(index, BlockStatus::from_errno(result));
+        }
+        let slot = &mut self.slots[index];
+        if slot.waiting > 0 || slot.pending > 0 {
+            return;
+        }
+        slot.state = SlotState::Running;
+        if slot.slow_path || !slot.status.is_ok() {
+            self.finish(index);
+        } else if self.closing {
+            self.fail(index, BlockStatus::ShutDown);
+        } else {
+            self.run(index, ctx);
+        }
+    }
+}
+
+/// Takes the result of one LUN I/O of `slot`'s request on the pool's LUN `lun_index`. An
+/// error is counted on that LUN (which fails itself if its device is gone) and fails the
+/// request (its first failure is what it finishes with). Counted, not logged: a log line is a
+/// blocking write, and the control thread logs the LUN's errors, rate-limited
+/// (`control::lun_errors`).
+#[inline]
+fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: Result<(), i32>) {
+    let Err(errno) = result else {
+        return;
+    };
+    if let Some(member) = volume.pool.luns.get(lun_index) {
+        member.lun.note_error(slot.request.op.lun_class(), errno);
+    }
+    if slot.status.is_ok() {
+        slot.status = BlockStatus::from_errno(errno);
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
