@@ -267,30 +267,10 @@ fn a_relative_lun_path_is_stored_absolute_and_survives_a_restart_from_elsewhere(
 
 #[test]
 fn a_block_device_claimed_by_one_server_is_refused_to_another() {
-    require_tool("losetup");
     let first = Server::start();
     let second = Server::start();
-    let image = first.dir.path().join("loop.img");
-    let file = std::fs::File::create(&image).expect("image");
-    file.set_len(48 * MIB).expect("size");
-    let output = Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(&image)
-        .output()
-        .expect("losetup");
-    assert!(
-        output.status.success(),
-        "losetup failed (tests run as root): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let device = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let _detach = Detach(device.clone());
+    let loop_device = LoopDevice::attach(first.dir.path(), 48 * MIB);
+    let device = loop_device.path.clone();
     first.ok(
         "lun_create",
         json!({"name": "loop", "kind": "blockdev", "path": device}),

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 
@@ -179,29 +178,9 @@ fn nbd_over_a_unix_socket_and_several_reactors() {
 
 #[test]
 fn blockdev_lun_on_a_loop_device() {
-    require_tool("losetup");
     let server = Server::start();
-    let image = server.dir.path().join("loop.img");
-    let file = std::fs::File::create(&image).expect("image");
-    file.set_len(48 * MIB).expect("size");
-    let output = Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(&image)
-        .output()
-        .expect("losetup");
-    assert!(
-        output.status.success(),
-        "losetup failed (tests run as root): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let device = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let _detach = Detach(device.clone());
+    let loop_device = LoopDevice::attach(server.dir.path(), 48 * MIB);
+    let device = loop_device.path.clone();
     let lun = server.ok(
         "lun_create",
         json!({"name": "loop", "kind": "blockdev", "path": device}),

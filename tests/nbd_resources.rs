@@ -57,11 +57,7 @@ fn a_unix_host_that_is_not_root_reaches_the_nbd_socket() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o666, "the NBD socket's default mode");
-    server.ok(
-        "lun_create",
-        json!({"name": "m", "kind": "mem", "size": 32 * MIB}),
-    );
-    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ram_pool("p", 32 * MIB);
     server.ok(
         "volume_create",
         json!({"name": "v", "pool": "p", "size": 8 * MIB}),
@@ -95,11 +91,7 @@ fn the_nbd_socket_mode_is_a_setting() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    server.ok(
-        "lun_create",
-        json!({"name": "m", "kind": "mem", "size": 32 * MIB}),
-    );
-    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ram_pool("p", 32 * MIB);
     server.ok(
         "volume_create",
         json!({"name": "v", "pool": "p", "size": 8 * MIB}),
@@ -164,11 +156,7 @@ fn replies_nobody_reads_hold_bounded_memory_and_others_are_still_served() {
     const SESSIONS: usize = 48;
     const READS_PER_SESSION: u64 = 24;
     let server = Server::start();
-    server.ok(
-        "lun_create",
-        json!({"name": "m", "kind": "mem", "size": 160 * MIB}),
-    );
-    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ram_pool("p", 160 * MIB);
     server.ok(
         "volume_create",
         json!({"name": "v", "pool": "p", "size": 128 * MIB}),
@@ -329,11 +317,7 @@ fn a_peer_no_host_names_cannot_lock_hosts_out_of_the_handshake() {
         "host_create",
         json!({"name": TEST_HOST, "addresses": ["127.0.0.1", "unix:0"]}),
     );
-    server.ok(
-        "lun_create",
-        json!({"name": "m", "kind": "mem", "size": 32 * MIB}),
-    );
-    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ram_pool("p", 32 * MIB);
     server.ok(
         "volume_create",
         json!({"name": "v", "pool": "p", "size": 8 * MIB}),
@@ -418,11 +402,7 @@ fn one_host_cannot_take_every_session() {
     });
     std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod dir");
-    server.ok(
-        "lun_create",
-        json!({"name": "m", "kind": "mem", "size": 32 * MIB}),
-    );
-    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ram_pool("p", 32 * MIB);
     for name in ["a", "b"] {
         server.ok(
             "volume_create",

@@ -48,11 +48,7 @@ fn a_volume_refused_by_a_full_reactor_can_be_deleted_after_its_clients_leave() {
         "host_set",
         json!({"name": TEST_HOST, "max_sessions": REACTOR_SESSIONS + 44}),
     );
-    server.ok(
-        "lun_create",
-        json!({"name": "m", "kind": "mem", "size": 16u64 << 20}),
-    );
-    server.ok("pool_create", json!({"name": "p", "luns": ["m"]}));
+    server.ram_pool("p", 16u64 << 20);
     server.ok(
         "volume_create",
         json!({"name": "v", "pool": "p", "size": 4u64 << 20}),

@@ -6,9 +6,7 @@
 use super::*;
 use crate::backend::{open_lun, Lun, LunInfo, LunKind, LunSpec};
 use crate::constants::{RING_CQ_ENTRIES, RING_ENTRIES};
-use crate::domain::capabilities::StatsDetail;
-use crate::domain::host::Host;
-use crate::domain::snapshot::{PathView, Snapshot};
+use crate::domain::snapshot::Snapshot;
 use crate::pool::Pool;
 use crate::reactor::mailbox::{Mailbox, SessionId};
 use crate::reactor::ring::IoRing;
@@ -247,24 +245,13 @@ impl Rig {
 }
 
 fn publish(published: &Published, vpath: &Arc<Vpath>, rate: RateLimit) {
-    published.publish(Snapshot {
-        generation: 1,
-        volumes: BTreeMap::new(),
-        hosts: vec![Host {
-            name: "h".into(),
-            tls_subject: None,
-            addresses: Vec::new(),
-            max_sessions: crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST,
-            sessions: Arc::default(),
-        }],
-        paths: vec![PathView {
-            vpath: vpath.clone(),
-            domain: "d".into(),
-            allowed_ops: AllowedOps::default(),
-            statistics: StatsDetail::Latency,
-            rates: vec![rate].into_boxed_slice(),
-        }],
-    });
+    published.publish(Snapshot::one_path(
+        "h",
+        vpath.clone(),
+        "d",
+        BTreeMap::new(),
+        vec![rate].into_boxed_slice(),
+    ));
 }
 
 /// The bytes a read or write of `len` expects from its LUN I/O.

@@ -46,6 +46,37 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot of one host (`host`, known by no address) with one VP, `vpath`, in a domain
+    /// that allows every operation and records latencies, served at `rates` (one per
+    /// reactor): what `sds perf` publishes in place of the control thread, and what the
+    /// engine's unit tests run under.
+    pub fn one_path(
+        host: &str,
+        vpath: Arc<Vpath>,
+        domain: &str,
+        volumes: BTreeMap<String, Arc<Volume>>,
+        rates: Box<[RateLimit]>,
+    ) -> Self {
+        Self {
+            generation: 1,
+            volumes,
+            hosts: vec![Host {
+                name: host.to_string(),
+                tls_subject: None,
+                addresses: Vec::new(),
+                max_sessions: crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST,
+                sessions: Arc::default(),
+            }],
+            paths: vec![PathView {
+                vpath,
+                domain: domain.to_string(),
+                allowed_ops: AllowedOps::default(),
+                statistics: StatsDetail::Latency,
+                rates,
+            }],
+        }
+    }
+
     /// The host a connection belongs to: the one whose identity matches it most specifically.
     pub fn host_of(&self, peer: &PeerIdentity) -> Option<&Host> {
         // The most specific claim wins (longest prefix, as ACLs match); between equally

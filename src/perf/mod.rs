@@ -30,10 +30,8 @@ pub use options::{PerfArgs, PerfConfig, PerfError};
 
 use crate::backend::{open_lun, LunSpec};
 use crate::blockio::clock::TickClock;
-use crate::domain::capabilities::{AllowedOps, StatsDetail};
-use crate::domain::host::Host;
 use crate::domain::qos::RateLimit;
-use crate::domain::snapshot::{PathView, Published, Snapshot};
+use crate::domain::snapshot::{Published, Snapshot};
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::identity::Uuid;
 use crate::pool::Pool;
@@ -149,24 +147,13 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
         reactor_count,
     ));
     let published = Arc::new(Published::default());
-    published.publish(Snapshot {
-        generation: 1,
-        volumes: BTreeMap::from([(PERF_NAME.to_string(), volume.clone())]),
-        hosts: vec![Host {
-            name: PERF_HOST.to_string(),
-            tls_subject: None,
-            addresses: Vec::new(),
-            max_sessions: crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST,
-            sessions: Arc::default(),
-        }],
-        paths: vec![PathView {
-            vpath: vpath.clone(),
-            domain: PERF_NAME.to_string(),
-            allowed_ops: AllowedOps::default(),
-            statistics: StatsDetail::Latency,
-            rates: vec![RateLimit::default(); reactor_count].into_boxed_slice(),
-        }],
-    });
+    published.publish(Snapshot::one_path(
+        PERF_HOST,
+        vpath.clone(),
+        PERF_NAME,
+        BTreeMap::from([(PERF_NAME.to_string(), volume.clone())]),
+        vec![RateLimit::default(); reactor_count].into_boxed_slice(),
+    ));
 
     let control = Arc::new(RunControl::default());
     let jobs = config.jobs();

@@ -232,6 +232,16 @@ impl Server {
         );
     }
 
+    /// A volatile pool `name` of one RAM LUN (`{name}-ram`) of `size_bytes`.
+    pub fn ram_pool(&self, name: &str, size_bytes: u64) {
+        let lun = format!("{name}-ram");
+        self.ok(
+            "lun_create",
+            json!({"name": lun, "kind": "mem", "size": size_bytes}),
+        );
+        self.ok("pool_create", json!({"name": name, "luns": [lun]}));
+    }
+
     /// A pool of file LUNs only (what survives a restart).
     pub fn file_pool(&self, name: &str, extent_size: u64) {
         self.ok("lun_create", json!({"name": format!("{name}-a"), "kind": "file", "size": 32u64 << 20, "block_size": 512}));
@@ -482,4 +492,37 @@ pub fn nbd_reply(stream: &mut TcpStream) -> (u32, u64) {
         u32::from_be_bytes(header[4..8].try_into().expect("4")),
         u64::from_be_bytes(header[8..16].try_into().expect("8")),
     )
+}
+
+/// A loop device over a new sparse image of `size_bytes` in `dir`, detached when dropped.
+pub struct LoopDevice {
+    pub path: String,
+}
+
+impl LoopDevice {
+    pub fn attach(dir: &Path, size_bytes: u64) -> Self {
+        require_tool("losetup");
+        let image = dir.join("loop.img");
+        let file = std::fs::File::create(&image).expect("image");
+        file.set_len(size_bytes).expect("size");
+        let output = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .expect("losetup");
+        assert!(
+            output.status.success(),
+            "losetup failed (tests run as root): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self {
+            path: String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+    }
 }
