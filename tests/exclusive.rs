@@ -9,42 +9,9 @@ use common::*;
 use serde_json::json;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const MIB: u64 = 1 << 20;
-
-/// Runs `sds serve` with `args` and expects it to refuse to start; returns what it printed.
-fn serve_fails(args: &[&std::ffi::OsStr]) -> String {
-    let mut child = Command::new(sds_binary())
-        .arg("serve")
-        .args(args)
-        .args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sds serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(!status.success(), "the second server exited 0");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("output");
-            panic!(
-                "a second server started where the first one runs:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
-}
 
 /// The pattern tests write and read back: 1 MiB at 0 and 1 MiB at 3 MiB.
 const PATTERN: &[(u8, u64, u64)] = &[(0x3c, 0, MIB), (0xa5, 3 * MIB, MIB)];
@@ -61,7 +28,10 @@ fn a_second_server_on_the_same_state_dir_is_refused_naming_the_first() {
     write_and_verify(&url, PATTERN);
     let pid = server.pid().expect("pid").to_string();
 
-    let text = serve_fails(&["--state-dir".as_ref(), server.state_dir.as_os_str()]);
+    let text = serve_must_fail(
+        &["--state-dir".as_ref(), server.state_dir.as_os_str()],
+        "a second server started where the first one runs",
+    );
     assert!(
         text.contains(&pid),
         "the refusal does not name the running server's pid {pid}:\n{text}"
@@ -74,12 +44,15 @@ fn a_second_server_on_the_same_state_dir_is_refused_naming_the_first() {
     // Another state dir but the first server's management socket: refused too, and the
     // socket is left alone.
     let other = server.dir.path().join("other-state");
-    let text = serve_fails(&[
-        "--state-dir".as_ref(),
-        other.as_os_str(),
-        "--rpc-socket".as_ref(),
-        server.socket.as_os_str(),
-    ]);
+    let text = serve_must_fail(
+        &[
+            "--state-dir".as_ref(),
+            other.as_os_str(),
+            "--rpc-socket".as_ref(),
+            server.socket.as_os_str(),
+        ],
+        "a server took over another server's RPC socket",
+    );
     assert!(
         text.contains(&server.socket.display().to_string()),
         "the refusal does not name the socket:\n{text}"

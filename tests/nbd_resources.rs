@@ -39,15 +39,18 @@ fn write_and_verify_as(uid: u32, url: &str) -> (bool, String) {
     (clean, text)
 }
 
-#[test]
-fn a_unix_host_that_is_not_root_reaches_the_nbd_socket() {
+/// A server with an NBD Unix socket (and `extra` options), a volume `v` and a host for uid
+/// 65534 with a path to it; the socket's permission bits and the volume's URL. Only the
+/// socket's own mode may stand in the way: its directory lets anyone through.
+fn nobody_behind_nbd_socket(extra: &[&str]) -> (Server, u32, String) {
     let server = Server::start_with(|dir| {
-        vec![
-            "--nbd-socket".into(),
+        let mut args = vec![
+            "--nbd-socket".to_string(),
             dir.join("nbd.sock").display().to_string(),
-        ]
+        ];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        args
     });
-    // Only the socket's own mode may stand in the way: the directory lets anyone through.
     std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod dir");
     let socket = server.dir.path().join("nbd.sock");
@@ -56,7 +59,6 @@ fn a_unix_host_that_is_not_root_reaches_the_nbd_socket() {
         .permissions()
         .mode()
         & 0o777;
-    assert_eq!(mode, 0o666, "the NBD socket's default mode");
     server.ram_pool("p", 32 * MIB);
     server.ok(
         "volume_create",
@@ -68,40 +70,21 @@ fn a_unix_host_that_is_not_root_reaches_the_nbd_socket() {
     );
     server.ok("vpath_create", json!({"host": "nobody", "volume": "v"}));
     let url = format!("nbd+unix:///v?socket={}", socket.display());
+    (server, mode, url)
+}
+
+#[test]
+fn a_unix_host_that_is_not_root_reaches_the_nbd_socket() {
+    let (_server, mode, url) = nobody_behind_nbd_socket(&[]);
+    assert_eq!(mode, 0o666, "the NBD socket's default mode");
     let (clean, text) = write_and_verify_as(65534, &url);
     assert!(clean, "uid 65534 could not use its volume:\n{text}");
 }
 
 #[test]
 fn the_nbd_socket_mode_is_a_setting() {
-    let server = Server::start_with(|dir| {
-        vec![
-            "--nbd-socket".into(),
-            dir.join("nbd.sock").display().to_string(),
-            "--nbd-unix-mode".into(),
-            "0600".into(),
-        ]
-    });
-    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod dir");
-    let socket = server.dir.path().join("nbd.sock");
-    let mode = std::fs::metadata(&socket)
-        .expect("socket")
-        .permissions()
-        .mode()
-        & 0o777;
+    let (server, mode, url) = nobody_behind_nbd_socket(&["--nbd-unix-mode", "0600"]);
     assert_eq!(mode, 0o600);
-    server.ram_pool("p", 32 * MIB);
-    server.ok(
-        "volume_create",
-        json!({"name": "v", "pool": "p", "size": 8 * MIB}),
-    );
-    server.ok(
-        "host_create",
-        json!({"name": "nobody", "addresses": ["unix:65534"]}),
-    );
-    server.ok("vpath_create", json!({"host": "nobody", "volume": "v"}));
-    let url = format!("nbd+unix:///v?socket={}", socket.display());
     let (clean, text) = write_and_verify_as(65534, &url);
     assert!(!clean, "a 0600 socket let uid 65534 in:\n{text}");
     // Root (the test host's unix:0) still gets in.

@@ -4,39 +4,8 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-/// Starts `sds serve` on the server's state dir and expects it to refuse to start; returns what
-/// it printed.
-fn start_fails(server: &Server) -> String {
-    let mut child = Command::new(sds_binary())
-        .args(["serve", "--state-dir"])
-        .arg(&server.state_dir)
-        .args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sds serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(!status.success(), "the server exited 0 on a bad record");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server started on a bad configuration record");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
-}
 
 #[test]
 fn a_corrupt_or_missing_record_stops_start_up_and_names_its_file() {
@@ -54,7 +23,10 @@ fn a_corrupt_or_missing_record_stops_start_up_and_names_its_file() {
     let volume_record = config.join("volume-v.json");
     let good = std::fs::read(&volume_record).expect("volume record");
     std::fs::write(&volume_record, &good[..good.len() / 2]).expect("cut");
-    let text = start_fails(&server);
+    let text = serve_must_fail(
+        &["--state-dir".as_ref(), server.state_dir.as_os_str()],
+        "the server started on a bad configuration record",
+    );
     assert!(
         text.contains(&volume_record.display().to_string()),
         "the error does not name {}:\n{text}",
@@ -66,7 +38,10 @@ fn a_corrupt_or_missing_record_stops_start_up_and_names_its_file() {
     let lun_record = config.join("lun-p-a.json");
     let lun_good = std::fs::read(&lun_record).expect("LUN record");
     std::fs::remove_file(&lun_record).expect("remove");
-    let text = start_fails(&server);
+    let text = serve_must_fail(
+        &["--state-dir".as_ref(), server.state_dir.as_os_str()],
+        "the server started on a bad configuration record",
+    );
     assert!(
         text.contains(&lun_record.display().to_string()),
         "the error does not name {}:\n{text}",

@@ -9,6 +9,7 @@ use super::qos::QosArgs;
 use super::table::{joined, limit, print_table, text};
 use super::{top, Call};
 use clap::{Args, Subcommand, ValueEnum};
+use sds::blockio::BlockOp;
 use serde_json::{json, Map, Value};
 
 #[derive(Subcommand)]
@@ -96,15 +97,11 @@ impl CapabilityArgs {
             object.insert("priority".into(), value_name(&priority).into());
         }
         if !self.allow.is_empty() {
-            let ops: Vec<&str> = if self.allow.contains(&OpArg::All) {
-                OpArg::EACH.iter().map(|op| op.as_str()).collect()
-            } else {
-                OpArg::EACH
-                    .iter()
-                    .filter(|op| self.allow.contains(op))
-                    .map(|op| op.as_str())
-                    .collect()
-            };
+            let ops: Vec<&str> = BlockOp::ALL
+                .into_iter()
+                .filter(|&op| self.allow.iter().any(|arg| arg.includes(op)))
+                .map(BlockOp::as_str)
+                .collect();
             object.insert("allowed_ops".into(), json!(ops));
         }
         if let Some(statistics) = self.statistics {
@@ -138,23 +135,17 @@ enum OpArg {
 }
 
 impl OpArg {
-    const EACH: [OpArg; 5] = [
-        Self::Read,
-        Self::Write,
-        Self::Flush,
-        Self::Trim,
-        Self::WriteZeroes,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Read => "read",
-            Self::Write => "write",
-            Self::Flush => "flush",
-            Self::Trim => "trim",
-            Self::WriteZeroes => "write_zeroes",
-            Self::All => "all",
-        }
+    /// Whether this choice names `op` (`all` names every one).
+    fn includes(self, op: BlockOp) -> bool {
+        let named = match self {
+            Self::Read => BlockOp::Read,
+            Self::Write => BlockOp::Write,
+            Self::Flush => BlockOp::Flush,
+            Self::Trim => BlockOp::Trim,
+            Self::WriteZeroes => BlockOp::WriteZeroes,
+            Self::All => return true,
+        };
+        named == op
     }
 }
 
@@ -220,7 +211,7 @@ fn print_domains(items: &[Value]) {
         .map(|d| {
             let c = &d["capabilities"];
             let allowed = match c["allowed_ops"].as_array().map(Vec::len) {
-                Some(n) if n == OpArg::EACH.len() => "all".to_string(),
+                Some(n) if n == BlockOp::COUNT => "all".to_string(),
                 Some(0) => "none".to_string(),
                 _ => joined(&c["allowed_ops"]),
             };

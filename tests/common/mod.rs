@@ -313,6 +313,39 @@ pub fn read_value(stream: &mut UnixStream) -> Value {
     }
 }
 
+/// Runs `sds serve` with `args` (and a free NBD port) and expects it to refuse to start within
+/// 30 s; returns what it printed. `why` says what its starting would have meant.
+pub fn serve_must_fail(args: &[&std::ffi::OsStr], why: &str) -> String {
+    let mut child = Command::new(sds_binary())
+        .arg("serve")
+        .args(args)
+        .args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sds serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(!status.success(), "sds serve exited 0: {why}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "{why}:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
 /// Runs qemu-io on `url` with `commands`; returns its output and whether it succeeded with no
 /// failed verification.
 pub fn qemu_io(url: &str, commands: &[String]) -> (bool, String) {
