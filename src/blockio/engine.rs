@@ -57,6 +57,10 @@ use std::sync::Arc;
 pub struct EngineConfig {
     /// Requests in flight at once (the session's slots), at most [`tag::MAX_SLOTS`].
     pub slots: usize,
+    /// The number of the engine's first slot in ring tags and provisioner tokens: a session
+    /// with several engines (one per SCSI LUN) gives each its own range,
+    /// `slot_base..slot_base + slots`, and routes a completion by its slot. 0 for one engine.
+    pub slot_base: usize,
     /// Largest request, in bytes.
     pub max_io_bytes: usize,
     /// Buffer each slot gets when the engine is built (0: grown when first needed).
@@ -183,7 +187,7 @@ impl BlockEngine {
         config: EngineConfig,
     ) -> Self {
         assert!(
-            config.slots > 0 && config.slots <= tag::MAX_SLOTS,
+            config.slots > 0 && config.slot_base + config.slots <= tag::MAX_SLOTS,
             "slots within the tag layout"
         );
         let volume = vpath.volume.clone();
@@ -556,7 +560,7 @@ impl BlockEngine {
             .nsec((wait_ns % 1_000_000_000) as u32);
         let entry = opcode::Timeout::new(&*self.timer_spec)
             .build()
-            .user_data(ctx.tag(tag::encode(KIND_QOS_TIMER, 0, 0, 0)));
+            .user_data(ctx.tag(tag::encode(KIND_QOS_TIMER, self.config.slot_base, 0, 0)));
         // SAFETY: the timespec is a box this engine owns and does not touch until the timer
         // completes (timer_armed); the session outlives every entry it has on the ring.
         if unsafe { ctx.ring.push(&entry) }.is_err() {
@@ -662,10 +666,21 @@ impl BlockEngine {
             && (request.offset_bytes % block != 0 || u64::from(request.length_bytes) % block != 0)
     }
 
+    /// The ring tag of a LUN I/O of slot `index`, numbered from the engine's slot base.
+    #[inline]
+    fn lun_io_tag(&self, index: usize, lun_index: usize, expected_bytes: u32) -> u64 {
+        tag::encode(
+            KIND_LUN_IO,
+            self.config.slot_base + index,
+            lun_index,
+            expected_bytes,
+        )
+    }
+
     fn run_flush(&mut self, index: usize, ctx: &mut SessionContext) {
         let volume = self.volume.clone();
         for (lun_index, member) in volume.pool.luns.iter().enumerate() {
-            let tag = ctx.tag(tag::encode(KIND_LUN_IO, index, lun_index, 0));
+            let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
             // SAFETY: a flush refers to no buffer.
             let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
             self.account_start(index, lun_index, started);
@@ -684,7 +699,7 @@ impl BlockEngine {
         let reply = Reply {
             reactor: ctx.reactor.clone(),
             session: ctx.id,
-            token: index as u64,
+            token: (self.config.slot_base + index) as u64,
         };
         let volume = self.volume.clone();
         let (offset_bytes, len_bytes) = (request.offset_bytes, u64::from(request.length_bytes));
@@ -723,7 +738,7 @@ impl BlockEngine {
             reply: Reply {
                 reactor: ctx.reactor.clone(),
                 session: ctx.id,
-                token: index as u64,
+                token: (self.config.slot_base + index) as u64,
             },
         };
         if self.provisioner.post(request).is_ok() {
@@ -744,6 +759,7 @@ impl BlockEngine {
             volume,
             slots,
             ring_pending,
+            config,
             ..
         } = self;
         let volume: &Volume = volume;
@@ -816,7 +832,12 @@ impl BlockEngine {
                     } else {
                         0
                     };
-                    let tag = ctx.tag(tag::encode(KIND_LUN_IO, index, lun_index, expected));
+                    let tag = ctx.tag(tag::encode(
+                        KIND_LUN_IO,
+                        config.slot_base + index,
+                        lun_index,
+                        expected,
+                    ));
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped: the slot is not released before it finishes,
                     // and the session is dropped only when the engine is idle.
@@ -936,7 +957,9 @@ impl BlockEngine {
         match decoded.kind {
             KIND_QOS_TIMER => self.on_timer(ctx),
             KIND_LUN_IO => {
-                let index = decoded.slot;
+                let Some(index) = decoded.slot.checked_sub(self.config.slot_base) else {
+                    return;
+                };
                 let Some(slot) = self.slots.get_mut(index) else {
                     return;
                 };
@@ -957,7 +980,9 @@ impl BlockEngine {
 
     /// The provisioner answered request `token` (0 or a positive errno).
     pub fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext) {
-        let index = token as usize;
+        let Some(index) = (token as usize).checked_sub(self.config.slot_base) else {
+            return;
+        };
         let Some(slot) = self.slots.get_mut(index) else {
             return;
         };

@@ -151,6 +151,7 @@ impl Rig {
             published.clone(),
             provisioner,
             EngineConfig {
+                slot_base: 0,
                 slots: 8,
                 max_io_bytes: 1 << 20,
                 initial_buffer_bytes: 0,

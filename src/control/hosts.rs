@@ -93,6 +93,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         nbd_tls_subject: identity(&params, "nbd_tls_subject")?,
         iqn: identity(&params, "iqn")?,
         nqn: identity(&params, "nqn")?,
+        chap: None,
         addresses: params
             .optional_str_list("addresses")?
             .unwrap_or_default()

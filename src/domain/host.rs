@@ -8,7 +8,7 @@
 //! certificates.
 
 use crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST;
-use crate::store::records::HostRecord;
+use crate::store::records::{ChapRecord, HostRecord};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -156,6 +156,10 @@ fn in_network(address: IpAddr, base: IpAddr, prefix_bits: u8) -> bool {
 pub struct Host {
     pub name: String,
     pub tls_subject: Option<String>,
+    /// The iSCSI initiator name that is this host.
+    pub iqn: Option<String>,
+    /// The CHAP credentials an iSCSI login must prove (and, mutual, be proved), if set.
+    pub chap: Option<Arc<ChapRecord>>,
     pub addresses: Vec<HostAddress>,
     /// NBD sessions it may have open at once.
     pub max_sessions: usize,
@@ -174,6 +178,8 @@ impl Host {
         Ok(Self {
             name: record.name.clone(),
             tls_subject: record.nbd_tls_subject.clone(),
+            iqn: record.iqn.clone(),
+            chap: record.chap.clone().map(Arc::new),
             addresses,
             max_sessions: record.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS_PER_HOST),
             sessions: Arc::new(AtomicUsize::new(0)),

@@ -63,6 +63,8 @@ impl Snapshot {
             hosts: vec![Host {
                 name: host.to_string(),
                 tls_subject: None,
+                iqn: None,
+                chap: None,
                 addresses: Vec::new(),
                 max_sessions: crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST,
                 sessions: Arc::default(),
@@ -78,6 +80,16 @@ impl Snapshot {
     }
 
     /// The host a connection belongs to: the one whose identity matches it most specifically.
+    /// The host an iSCSI initiator name is (initiator names compare case-insensitively, as
+    /// RFC 3722 normalises them).
+    pub fn host_by_iqn(&self, initiator_name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|host| {
+            host.iqn
+                .as_deref()
+                .is_some_and(|iqn| iqn.eq_ignore_ascii_case(initiator_name))
+        })
+    }
+
     pub fn host_of(&self, peer: &PeerIdentity) -> Option<&Host> {
         // The most specific claim wins (longest prefix, as ACLs match); between equally
         // specific claims (reported as overlaps when the hosts were created), the first host

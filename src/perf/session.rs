@@ -195,6 +195,7 @@ impl PerfSession {
             published,
             provisioner,
             EngineConfig {
+                slot_base: 0,
                 slots: spec.queue_depth,
                 max_io_bytes: spec.io_bytes as usize,
                 initial_buffer_bytes: spec.io_bytes as usize,

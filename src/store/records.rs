@@ -57,6 +57,31 @@ pub struct HostRecord {
     /// NBD sessions the host may have open at once; the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<usize>,
+    /// iSCSI CHAP credentials (`host_set_chap`); the secrets are never shown by any RPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<ChapRecord>,
+}
+
+/// A host's CHAP credentials: the initiator proves `user`/`secret` to the target; with a
+/// mutual pair, the target then proves `mutual_user`/`mutual_secret` to the initiator.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapRecord {
+    pub user: String,
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+/// Never prints a secret.
+impl std::fmt::Debug for ChapRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapRecord")
+            .field("user", &self.user)
+            .field("mutual_user", &self.mutual_user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A storage domain (`domain_create`).

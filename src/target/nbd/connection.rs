@@ -146,6 +146,7 @@ impl NbdSession {
             published,
             provisioner,
             EngineConfig {
+                slot_base: 0,
                 slots: MAX_INFLIGHT_PER_CONNECTION,
                 max_io_bytes,
                 initial_buffer_bytes: 0,
