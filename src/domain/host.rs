@@ -292,6 +292,7 @@ mod tests {
             nqn: None,
             addresses: vec!["127.0.0.0/8".into()],
             max_sessions: Some(2),
+            chap: None,
         })
         .expect("host");
         assert!(host.matches(&peer_at("127.0.0.1")));
