@@ -193,3 +193,43 @@ const _: () =
     assert!(HANDSHAKE_TIMEOUT_SECS >= 1 && HANDSHAKE_TIMEOUT_SECS <= MAX_HANDSHAKE_TIMEOUT_SECS);
 // A relay buffer holds at least one whole TLS record (16 KiB of plaintext and its overhead).
 const _: () = assert!(TLS_RELAY_BUFFER_BYTES >= 16 * 1024 + 256);
+
+// ---- SCSI layer (src/scsi) ------------------------------------------------------------------
+
+/// Commands one `ScsiLun` holds at once (its task table); a transport past it answers TASK
+/// SET FULL. The LUN's block engine gets at least this many slots, so every task that does
+/// I/O finds one.
+pub const SCSI_TASKS_PER_LUN: usize = 64;
+/// Bytes of fixed-format sense data a task returns (SPC-4 4.5.3, with the sense-key specific
+/// bytes; no additional sense bytes past byte 17).
+pub const SCSI_SENSE_BYTES: usize = 18;
+/// Bytes of a task's own buffer kept for reuse after release (the buffer answers the
+/// non-I/O commands and takes parameter lists, CAW and VERIFY data): past it, a task that
+/// needed a large buffer gives it back.
+pub const SCSI_RETAINED_TASK_BUFFER_BYTES: usize = 64 * 1024;
+/// Largest parameter list accepted (MODE SELECT, PERSISTENT RESERVE OUT, UNMAP).
+pub const SCSI_MAX_PARAMETER_LIST_BYTES: usize = 8 + 16 * SCSI_MAX_UNMAP_DESCRIPTORS;
+/// UNMAP block descriptors in one command (VPD B0 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT).
+pub const SCSI_MAX_UNMAP_DESCRIPTORS: usize = 256;
+/// Blocks one UNMAP descriptor or WRITE SAME may cover (VPD B0 MAXIMUM UNMAP LBA COUNT and
+/// MAXIMUM WRITE SAME LENGTH): 1 Gi blocks; the layer cuts them into engine requests.
+pub const SCSI_MAX_UNMAP_BLOCKS: u64 = 1 << 30;
+/// Bytes of one TRIM or WRITE_ZEROES engine request the layer makes from UNMAP or WRITE SAME.
+pub const SCSI_MAX_ZEROING_REQUEST_BYTES: u64 = 1 << 30;
+/// Bytes of COMPARE AND WRITE data (verify plus write halves) at most: VPD B0 reports the
+/// largest block count that fits.
+pub const SCSI_MAX_COMPARE_AND_WRITE_BYTES: usize = 64 * 1024;
+/// COMPARE AND WRITE commands in flight at once on one logical unit, over every session
+/// (the interlock's table); past it a CAW answers BUSY.
+pub const SCSI_MAX_INTERLOCKED_RANGES: usize = 64;
+/// Persistent reservation registrations per logical unit; past it REGISTER answers
+/// INSUFFICIENT REGISTRATION RESOURCES.
+pub const SCSI_MAX_PR_REGISTRATIONS: usize = 128;
+/// Unit attentions queued per I_T nexus beyond the standing ones (SPC-4 lets the oldest be
+/// dropped: the newest is then reported as overflow is not needed for our few kinds).
+pub const SCSI_MAX_PENDING_UNIT_ATTENTIONS: usize = 16;
+/// Largest persistent-reservation state file read back at start.
+pub const SCSI_MAX_PR_FILE_BYTES: u64 = 1024 * 1024;
+const _: () = assert!(SCSI_TASKS_PER_LUN <= crate::blockio::tag::MAX_SLOTS);
+const _: () = assert!(SCSI_MAX_ZEROING_REQUEST_BYTES <= u32::MAX as u64);
+const _: () = assert!(SCSI_MAX_COMPARE_AND_WRITE_BYTES <= MAX_IO_BYTES);
