@@ -10,7 +10,7 @@ use super::unit_attention::Mailbox;
 use crate::volume::Volume;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One volume as a SCSI logical unit, shared by its `ScsiLun`s.
@@ -23,6 +23,12 @@ pub struct LogicalUnit {
     /// page cache or device cache holds them until SYNCHRONIZE CACHE or FUA). MODE SELECT
     /// may clear it: every write is then sent with FUA.
     write_cache: AtomicBool,
+    /// Counts LUN resets and mode parameter changes: every nexus compares them with what it
+    /// last saw (one atomic load each per command) and raises BUS DEVICE RESET or MODE
+    /// PARAMETERS CHANGED for itself (SAM-5 6.4: a reset is heard by every nexus; SPC-4
+    /// 6.13: a change made through one nexus is heard by the others).
+    pub resets: AtomicU64,
+    pub mode_changes: AtomicU64,
 }
 
 impl LogicalUnit {
@@ -34,6 +40,8 @@ impl LogicalUnit {
             unit_attentions: Mailbox::default(),
             interlock: Interlock::default(),
             write_cache: AtomicBool::new(true),
+            resets: AtomicU64::new(0),
+            mode_changes: AtomicU64::new(0),
         })
     }
 
@@ -121,6 +129,8 @@ impl LogicalUnit {
             unit_attentions: Mailbox::default(),
             interlock: Interlock::default(),
             write_cache: AtomicBool::new(true),
+            resets: AtomicU64::new(0),
+            mode_changes: AtomicU64::new(0),
         }
     }
 }

@@ -735,7 +735,3 @@ fn write_atomically(path: &Path, state: &PrState) -> Result<(), PersistError> {
     }
     written.map_err(io)
 }
-
-#[cfg(test)]
-#[path = "reservations_tests.rs"]
-mod tests;

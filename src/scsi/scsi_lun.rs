@@ -136,6 +136,8 @@ pub struct ScsiLun {
     slot_task: Vec<u16>,
     unit_attentions: Pending,
     mailbox_seen: u64,
+    resets_seen: u64,
+    mode_changes_seen: u64,
     /// Task-buffer bytes allocated over all tasks.
     own_bytes: usize,
 }
@@ -154,6 +156,8 @@ impl ScsiLun {
         let geometry = Geometry::of(engine.volume());
         let mut unit_attentions = Pending::default();
         unit_attentions.raise(Condition::PowerOn);
+        let resets_seen = lu.resets.load(Ordering::Acquire);
+        let mode_changes_seen = lu.mode_changes.load(Ordering::Acquire);
         Self {
             lun,
             read_only: engine.vpath().mode == AccessMode::ReadOnly,
@@ -170,6 +174,8 @@ impl ScsiLun {
             unit_attentions,
             // Anything posted for this nexus before it came is superseded by the power-on.
             mailbox_seen: u64::MAX,
+            resets_seen,
+            mode_changes_seen,
             own_bytes: 0,
         }
     }
@@ -270,6 +276,16 @@ impl ScsiLun {
                 &self.nexus.target_port,
                 &mut self.unit_attentions,
             );
+        }
+        let resets = self.lu.resets.load(Ordering::Acquire);
+        if resets != self.resets_seen {
+            self.resets_seen = resets;
+            self.unit_attentions.raise(Condition::LunReset);
+        }
+        let mode_changes = self.lu.mode_changes.load(Ordering::Acquire);
+        if mode_changes != self.mode_changes_seen {
+            self.mode_changes_seen = mode_changes;
+            self.unit_attentions.raise(Condition::ModeParametersChanged);
         }
         let exempt = matches!(
             command,
@@ -415,8 +431,8 @@ impl ScsiLun {
                 self.answer_own(t, allocation_length, expected_in);
             }
             Command::Read { lba, blocks, fua } => {
-                self.check_range(lba, u64::from(blocks))?;
                 self.check_transfer(blocks, 7)?;
+                self.check_range(lba, u64::from(blocks))?;
                 let bytes = u64::from(blocks) * block;
                 if blocks == 0 {
                     self.tasks[t].residual = Residual::of(0, expected_in);
@@ -434,8 +450,8 @@ impl ScsiLun {
                     Command::Write { fua, .. } => fua,
                     _ => true,
                 };
-                self.check_range(lba, u64::from(blocks))?;
                 self.check_transfer(blocks, 7)?;
+                self.check_range(lba, u64::from(blocks))?;
                 let bytes = u64::from(blocks) * block;
                 if blocks == 0 {
                     self.tasks[t].residual = Residual::of(0, expected_out);
@@ -915,7 +931,12 @@ impl ScsiLun {
                 let list = &self.tasks[t].own[..self.tasks[t].own_len];
                 let selected = mode_pages::mode_select(ten, list, &self.geometry, &state)?;
                 if let Some(write_cache) = selected.write_cache {
-                    self.lu.set_write_cache(write_cache);
+                    if write_cache != self.lu.write_cache_enabled() {
+                        self.lu.set_write_cache(write_cache);
+                        // Heard by the other nexuses, not by this one.
+                        self.mode_changes_seen =
+                            self.lu.mode_changes.fetch_add(1, Ordering::AcqRel) + 1;
+                    }
                 }
                 self.tasks[t].data = DataSource::None;
                 self.complete(t);
@@ -1312,11 +1333,14 @@ impl ScsiLun {
         }
     }
 
-    /// LOGICAL UNIT RESET: aborts every task, releases the SPC-2 reservation and raises
-    /// BUS DEVICE RESET FUNCTION OCCURRED for this nexus. Persistent reservations stay.
+    /// LOGICAL UNIT RESET: aborts this nexus's tasks, releases the SPC-2 reservation and
+    /// raises BUS DEVICE RESET FUNCTION OCCURRED for every nexus of the unit (the others
+    /// notice on their next command). Persistent reservations stay. Other sessions' tasks
+    /// are not aborted: a session aborts only its own.
     pub fn reset(&mut self) {
         self.abort_all();
         self.lu.reservations.reset_spc2();
+        self.resets_seen = self.lu.resets.fetch_add(1, Ordering::AcqRel) + 1;
         self.unit_attentions.raise(Condition::LunReset);
     }
 
