@@ -22,6 +22,7 @@
 //! - [`reservations`], [`interlock`], [`unit_attention`], [`logical_unit`]: per-volume
 //!   shared state.
 //! - [`scsi_lun`], [`task`]: the per-nexus executor and its task table.
+//! - [`unmap`]: the UNMAP parameter list.
 //! - [`report_luns`]: REPORT LUNS over the transport's LUN list, and the answer of a LUN
 //!   with no unit.
 //! - [`nexus`]: who asks ([`Nexus`]) and what the unit says it is ([`LunIdentity`]).
@@ -44,6 +45,7 @@ pub mod sense;
 pub mod status;
 pub mod task;
 pub mod unit_attention;
+pub mod unmap;
 
 pub use logical_unit::{LogicalUnit, LuRegistry};
 pub use nexus::{LunIdentity, Nexus};

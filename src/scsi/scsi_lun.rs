@@ -41,6 +41,7 @@ use super::sense::{self, Sense};
 use super::status::{self, Residual};
 use super::task::{DataDirection, DataSource, FillKind, Step, Submit, Task, TaskDone, TaskState};
 use super::unit_attention::{Condition, Pending};
+use super::unmap;
 use crate::blockio::{BlockEngine, BlockOp, BlockRequest, BlockStatus};
 use crate::constants::{
     MAX_IO_BYTES, SCSI_MAX_PARAMETER_LIST_BYTES, SCSI_MAX_ZEROING_REQUEST_BYTES,
@@ -796,7 +797,7 @@ impl ScsiLun {
         if kind == FillKind::Unmap {
             // The next descriptor with blocks left (they were all checked on arrival).
             while cursor >= end {
-                let Some((lba, blocks)) = unmap_descriptor(
+                let Some((lba, blocks)) = unmap::descriptor(
                     &self.tasks[t].own[..self.tasks[t].own_len],
                     descriptor as usize,
                 ) else {
@@ -874,7 +875,9 @@ impl ScsiLun {
     fn run_with_data(&mut self, t: usize, ctx: &mut SessionContext) -> Result<(), Failure> {
         let block = u64::from(self.geometry.block_bytes);
         match self.tasks[t].command {
-            Command::Write { .. } | Command::WriteAndVerify { .. } => {
+            Command::Write { lba, blocks, .. } | Command::WriteAndVerify { lba, blocks, .. } => {
+                // Again now: a CAW may have taken the blocks while the data came.
+                self.check_interlock(lba, u64::from(blocks))?;
                 if let Some(slot) = self.tasks[t].slot {
                     self.engine.start(slot, ctx);
                 }
@@ -901,7 +904,8 @@ impl ScsiLun {
                 )?;
                 self.engine.start(slot, ctx);
             }
-            Command::WriteSame { .. } => {
+            Command::WriteSame { lba, blocks, .. } => {
+                self.check_interlock(lba, u64::from(blocks))?;
                 let pattern = &self.tasks[t].own[..block as usize];
                 let zero = pattern.iter().all(|&b| b == 0);
                 if let Step::Fill { kind, .. } = &mut self.tasks[t].step {
@@ -917,7 +921,14 @@ impl ScsiLun {
             }
             Command::Unmap { .. } => {
                 let list = &self.tasks[t].own[..self.tasks[t].own_len];
-                check_unmap_list(list, &self.geometry)?;
+                unmap::check(list, &self.geometry)?;
+                if !self.lu.interlock.is_empty() {
+                    let mut index = 0;
+                    while let Some((lba, blocks)) = unmap::descriptor(list, index) {
+                        self.check_interlock(lba, blocks)?;
+                        index += 1;
+                    }
+                }
                 self.tasks[t].step = Step::Fill {
                     cursor: 0,
                     end: 0,
@@ -1035,6 +1046,12 @@ impl ScsiLun {
         let op = self.engine.request(slot).op;
         if !block_status.is_ok() {
             self.engine.release(slot);
+            if let Step::ReadBack {
+                second: written, ..
+            } = self.tasks[t].step
+            {
+                self.engine.release(written);
+            }
             self.tasks[t].slot = None;
             let deleted = self.engine.volume().is_deleted();
             return Err(block_failure(op, block_status, deleted));
@@ -1374,67 +1391,6 @@ impl ScsiLun {
     pub fn detach(&mut self) {
         self.engine.detach();
     }
-}
-
-/// Descriptor `index` of an UNMAP parameter list: (lba, blocks), or None past the last.
-fn unmap_descriptor(list: &[u8], index: usize) -> Option<(u64, u64)> {
-    let count = unmap_descriptor_count(list);
-    if index >= count {
-        return None;
-    }
-    let at = 8 + 16 * index;
-    let d = list.get(at..at + 16)?;
-    let lba = u64::from_be_bytes(d[0..8].try_into().ok()?);
-    let blocks = u64::from(u32::from_be_bytes(d[8..12].try_into().ok()?));
-    Some((lba, blocks))
-}
-
-fn unmap_descriptor_count(list: &[u8]) -> usize {
-    if list.len() < 8 {
-        return 0;
-    }
-    let declared = usize::from(u16::from_be_bytes([list[2], list[3]]));
-    declared.min(list.len() - 8) / 16
-}
-
-/// Checks an UNMAP parameter list (SBC-3 5.28.2) before anything is unmapped.
-fn check_unmap_list(list: &[u8], geometry: &Geometry) -> Result<(), Failure> {
-    if list.len() < 8 {
-        return Err(Failure::Check(sense::PARAMETER_LIST_LENGTH_ERROR));
-    }
-    let data_length = usize::from(u16::from_be_bytes([list[0], list[1]]));
-    let descriptor_length = usize::from(u16::from_be_bytes([list[2], list[3]]));
-    if data_length + 2 > list.len() && data_length != 0 {
-        return Err(Failure::Check(Sense::invalid_field_in_parameter_list(
-            0, None,
-        )));
-    }
-    if descriptor_length > list.len() - 8 {
-        return Err(Failure::Check(Sense::invalid_field_in_parameter_list(
-            2, None,
-        )));
-    }
-    let count = descriptor_length / 16;
-    if count > geometry.max_unmap_descriptors() as usize {
-        return Err(Failure::Check(Sense::invalid_field_in_parameter_list(
-            2, None,
-        )));
-    }
-    for index in 0..count {
-        let Some((lba, blocks)) = unmap_descriptor(list, index) else {
-            break;
-        };
-        if !geometry.in_range(lba, blocks) {
-            return Err(Failure::Check(sense::LBA_OUT_OF_RANGE));
-        }
-        if blocks > u64::from(geometry.max_unmap_blocks()) {
-            return Err(Failure::Check(Sense::invalid_field_in_parameter_list(
-                (8 + 16 * index + 8) as u16,
-                None,
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -667,6 +667,20 @@ fn compare_and_write_holds_its_blocks_against_every_nexus_until_it_has_written()
     assert!(rig.lu.interlock.is_empty());
     assert_eq!(rig.read(1, 5, 1), vec![0x77; BLOCK]);
     rig.write(1, 5, &[2; BLOCK]).good();
+    // A write that asked for its data before a CAW took its block is checked again when
+    // its data has come (block 3000: an unmapped extent, so the CAW waits there).
+    let early = rig
+        .with(|luns, ctx| luns[1].submit(8, &rw10(0x2A, 3000, 1), 512, DataDirection::Write, ctx));
+    let Submit::NeedData { task, .. } = early else {
+        panic!("{early:?}");
+    };
+    rig.start(0, &caw(3000, 1), &data, data.len() as u32);
+    assert!(!rig.lu.interlock.is_empty());
+    rig.with(|luns, ctx| luns[1].data_out_done(task, ctx));
+    assert_eq!(rig.luns[1].pop_done().map(|d| d.status), Some(status::BUSY));
+    rig.luns[1].release(task);
+    rig.finish(0).good();
+    assert_eq!(rig.read(1, 3000, 1), vec![0x77; BLOCK]);
 }
 
 fn unmap_list(descriptors: &[(u64, u32)]) -> Vec<u8> {
