@@ -3,4 +3,5 @@
 //! session's block engine (`crate::blockio`), answering in its own terms from the engine's
 //! status.
 
+pub mod iscsi;
 pub mod nbd;
