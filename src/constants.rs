@@ -71,6 +71,33 @@ pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 600;
 /// Largest NBD option payload accepted during the handshake.
 pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
 
+/// iSCSI (`target::iscsi`): the largest data segment this target accepts in one PDU, declared
+/// to every initiator as MaxRecvDataSegmentLength.
+pub const ISCSI_MAX_RECV_DATA_SEGMENT_BYTES: u32 = 256 * 1024;
+/// This target's offer of MaxBurstLength (the most data in one Data-In or solicited Data-Out
+/// sequence) and FirstBurstLength (the most immediate and unsolicited data of one command);
+/// a login settles on the smaller of these and the initiator's.
+pub const ISCSI_MAX_BURST_BYTES: u32 = 1024 * 1024;
+pub const ISCSI_FIRST_BURST_BYTES: u32 = 256 * 1024;
+/// This target's offer of MaxOutstandingR2T: R2Ts one command may have unanswered.
+pub const ISCSI_MAX_OUTSTANDING_R2T: u32 = 1;
+/// The login's text format: the longest key (RFC 7143 §6.1: 63 bytes), the longest value
+/// (room for a CHAP challenge or response in hex), the most text of one login or text
+/// exchange (across continued PDUs), and the most key=value pairs in it.
+pub const MAX_ISCSI_KEY_BYTES: usize = 63;
+pub const MAX_ISCSI_VALUE_BYTES: usize = 8192;
+pub const MAX_ISCSI_TEXT_BYTES: usize = 64 * 1024;
+pub const MAX_ISCSI_TEXT_PAIRS: usize = 256;
+/// The largest data segment a login or discovery PDU may carry (what this target declares
+/// during login is its default, 8192, until the operational stage says otherwise; it reads
+/// up to this much so an initiator that sends a large first PDU is not cut off).
+pub const ISCSI_LOGIN_DATA_SEGMENT_BYTES: u32 = 64 * 1024;
+/// Login and discovery PDUs one handshake may exchange before it is refused: a login takes a
+/// handful, a SendTargets answer a few more.
+pub const MAX_ISCSI_LOGIN_PDUS: usize = 64;
+/// Sessions the iSCSI target serves at once (every kind, discovery included).
+pub const MAX_ISCSI_SESSIONS: usize = MAX_CONNECTIONS_PER_REACTOR * MAX_REACTORS;
+
 /// Extent sizes a pool may use: powers of two in this range.
 pub const MIN_EXTENT_BYTES: u64 = 64 * 1024;
 pub const MAX_EXTENT_BYTES: u64 = 1024 * 1024 * 1024;
@@ -193,3 +220,9 @@ const _: () =
     assert!(HANDSHAKE_TIMEOUT_SECS >= 1 && HANDSHAKE_TIMEOUT_SECS <= MAX_HANDSHAKE_TIMEOUT_SECS);
 // A relay buffer holds at least one whole TLS record (16 KiB of plaintext and its overhead).
 const _: () = assert!(TLS_RELAY_BUFFER_BYTES >= 16 * 1024 + 256);
+const _: () = assert!(ISCSI_FIRST_BURST_BYTES <= ISCSI_MAX_BURST_BYTES);
+const _: () = assert!(ISCSI_MAX_BURST_BYTES as usize <= MAX_IO_BYTES);
+const _: () = assert!(
+    ISCSI_MAX_RECV_DATA_SEGMENT_BYTES >= 512 && ISCSI_MAX_RECV_DATA_SEGMENT_BYTES < (1 << 24)
+);
+const _: () = assert!(ISCSI_LOGIN_DATA_SEGMENT_BYTES as usize <= MAX_ISCSI_TEXT_BYTES);

@@ -5,4 +5,5 @@
 //! host record's `iqn`), sees each of its virtual paths as a LUN at the VP's `lun` number.
 
 pub mod digest;
+pub mod params;
 pub mod pdu;
