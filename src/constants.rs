@@ -95,6 +95,8 @@ pub const ISCSI_LOGIN_DATA_SEGMENT_BYTES: u32 = 64 * 1024;
 /// Login and discovery PDUs one handshake may exchange before it is refused: a login takes a
 /// handful, a SendTargets answer a few more.
 pub const MAX_ISCSI_LOGIN_PDUS: usize = 64;
+/// PDUs one discovery session may exchange (its login excluded) before it is closed.
+pub const MAX_ISCSI_DISCOVERY_PDUS: usize = 256;
 /// Sessions the iSCSI target serves at once (every kind, discovery included).
 pub const MAX_ISCSI_SESSIONS: usize = MAX_CONNECTIONS_PER_REACTOR * MAX_REACTORS;
 

@@ -4,6 +4,13 @@
 //! One target per server, its LUNs masked per host: a host, named by its initiator name (the
 //! host record's `iqn`), sees each of its virtual paths as a LUN at the VP's `lun` number.
 
+pub mod chap;
 pub mod digest;
+pub mod discovery;
+pub mod login;
 pub mod params;
 pub mod pdu;
+pub mod pdu_io;
+pub mod registry;
+#[cfg(test)]
+mod test_initiator;
