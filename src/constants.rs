@@ -54,7 +54,7 @@ pub const MAILBOX_CAPACITY: usize = 1024;
 /// Connections negotiating (NBD handshake) at once; more are closed at once.
 pub const MAX_HANDSHAKES: usize = 64;
 /// Of those, handshakes of peers that no host record names by address or user id (they
-/// cannot take the slots of the hosts that have one; see `target::nbd::handshake_slots`).
+/// cannot take the slots of the hosts that have one; see `target::handshake_slots`).
 pub const MAX_UNKNOWN_HANDSHAKES: usize = 16;
 /// Handshakes one source address (or Unix user id) that no host record names may have in
 /// progress at once.

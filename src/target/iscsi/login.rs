@@ -28,9 +28,11 @@ use crate::constants::{
     ISCSI_LOGIN_DATA_SEGMENT_BYTES, MAX_INFLIGHT_PER_CONNECTION, MAX_ISCSI_LOGIN_PDUS,
     MAX_ISCSI_TEXT_BYTES,
 };
-use crate::domain::host::Host;
+use crate::domain::host::{Host, HostSession};
 use crate::domain::snapshot::Snapshot;
+use crate::target::reactor_load::{ReactorLoad, ReactorPlace};
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
 /// The commands an initiator may have outstanding (MaxCmdSN − ExpCmdSN + 1) as the login
@@ -61,6 +63,45 @@ pub struct LoginSetup<'a> {
     pub registry: &'a Arc<Registry>,
     /// The initiator's address, for the registry and the logs.
     pub peer: String,
+    /// Where a normal session gets its place on a reactor (taken before the final response,
+    /// so a full server refuses the login instead of dropping a session it accepted); `None`
+    /// in tests that never reach a normal session.
+    pub reactor_load: Option<&'a Arc<ReactorLoad>>,
+}
+
+/// What a normal session holds while it lives: one of its host's sessions (`max_sessions`)
+/// and a place on a reactor, both given back when dropped.
+pub struct SessionTicket {
+    pub host: HostSession,
+    pub place: ReactorPlace,
+}
+
+impl std::fmt::Debug for SessionTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTicket")
+            .field("reactor", &self.place.reactor())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A normal session at the end of its login, as the listener hands it to
+/// `session::attach`: its socket (blocking, no timeouts) and everything the login settled.
+pub struct LoggedIn {
+    pub stream: TcpStream,
+    pub initiator_name: String,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    /// The sds host the initiator name matched.
+    pub host: String,
+    pub params: Negotiated,
+    /// The CmdSN expected next (ExpCmdSN).
+    pub cmd_sn: u32,
+    /// The StatSN of the next response.
+    pub stat_sn: u32,
+    pub peer: SocketAddr,
+    pub registry_entry: RegistryEntry,
+    /// The host session and the reactor place (`ticket.place.reactor()`) it was given.
+    pub ticket: SessionTicket,
 }
 
 /// A login that reached the full-feature phase.
@@ -78,6 +119,8 @@ pub struct LoginOutcome {
     /// The StatSN of the target's next response.
     pub stat_sn: u32,
     pub registry_entry: RegistryEntry,
+    /// A normal session's host session and reactor place.
+    pub ticket: Option<SessionTicket>,
 }
 
 /// Where the security stage is.
@@ -727,6 +770,30 @@ impl Login<'_> {
             data_digest: params.data_digest,
             luns: Vec::new(),
         };
+        let ticket = match (&self.host, self.setup.reactor_load) {
+            (Some(host), Some(load)) if self.session_type == SessionType::Normal => {
+                let host_session = host.take_session().map_err(|open| {
+                    fail(
+                        login_status::OUT_OF_RESOURCES,
+                        format!(
+                            "host {} already has {open} sessions, its max_sessions",
+                            host.name
+                        ),
+                    )
+                })?;
+                let place = load.reserve().ok_or_else(|| {
+                    fail(
+                        login_status::OUT_OF_RESOURCES,
+                        format!("the server already serves its {} sessions", load.capacity()),
+                    )
+                })?;
+                Some(SessionTicket {
+                    host: host_session,
+                    place,
+                })
+            }
+            _ => None,
+        };
         let registry_entry = self.setup.registry.add(info).map_err(|error| match error {
             RegistryError::Full => fail(login_status::OUT_OF_RESOURCES, error.to_string()),
         })?;
@@ -740,6 +807,7 @@ impl Login<'_> {
             cmd_sn: self.first.cmd_sn,
             stat_sn: self.stat_sn,
             registry_entry,
+            ticket,
         })
     }
 }
@@ -801,6 +869,7 @@ mod tests {
                 offer: Offer::default(),
                 registry: &registry,
                 peer: "test".into(),
+                reactor_load: None,
             };
             let outcome = login(&mut stream, &setup).map_err(|e| e.to_string())?;
             if outcome.session_type == SessionType::Discovery {

@@ -7,10 +7,13 @@
 pub mod chap;
 pub mod digest;
 pub mod discovery;
+pub mod listener;
 pub mod login;
 pub mod params;
 pub mod pdu;
 pub mod pdu_io;
 pub mod registry;
+pub mod session;
+pub mod target_name;
 #[cfg(test)]
 mod test_initiator;
