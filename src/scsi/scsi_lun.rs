@@ -1379,6 +1379,11 @@ impl ScsiLun {
         self.lu.reservations.release_spc2(&self.nexus);
     }
 
+    /// Tasks taken and not yet released (what a transport's command window counts).
+    pub fn tasks_in_use(&self) -> usize {
+        self.tasks.len() - self.free_tasks.len()
+    }
+
     /// Nothing on the ring or at the provisioner.
     pub fn is_idle(&self) -> bool {
         self.engine.is_idle()
