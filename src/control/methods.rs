@@ -25,6 +25,8 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),
     ("host_delete", hosts::delete),
+    ("host_set_chap", hosts::set_chap),
+    ("host_clear_chap", hosts::clear_chap),
     ("domain_create", domains::create),
     ("domain_set_capabilities", domains::set_capabilities),
     ("domain_get_domains", domains::get),
