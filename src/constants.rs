@@ -194,6 +194,14 @@ pub const MAX_VPATHS: usize = 16384;
 /// Addresses one host may list, and the longest identity string (TLS subject, IQN, NQN).
 pub const MAX_HOST_ADDRESSES: usize = 64;
 pub const MAX_IDENTITY_BYTES: usize = 1024;
+/// The longest iSCSI name, a host's `iqn` (RFC 7143 §4.2.7: 223 bytes).
+pub const MAX_ISCSI_NAME_BYTES: usize = 223;
+/// A host's CHAP secrets (`host_set_chap`): RFC 7143 §12.1.3 wants at least 12 bytes (96
+/// bits) of secret; 255 bytes is what initiators such as open-iscsi accept.
+pub const MIN_CHAP_SECRET_BYTES: usize = 12;
+pub const MAX_CHAP_SECRET_BYTES: usize = 255;
+/// The longest CHAP user name (CHAP_N) a host may be given.
+pub const MAX_CHAP_USER_BYTES: usize = 255;
 /// The control loop's default cycle, and the bounds of `--cycle-ms`.
 pub const DEFAULT_CYCLE_MS: u64 = 100;
 pub const MIN_CYCLE_MS: u64 = 10;

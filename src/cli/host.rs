@@ -3,6 +3,7 @@
 
 use super::output::{done, show};
 use super::params::set;
+use super::secret::SecretSource;
 use super::table::{joined, print_table, text};
 use super::Call;
 use clap::Subcommand;
@@ -33,8 +34,9 @@ pub enum HostCommand {
         /// -nameopt RFC2253` prints it (CN=host1,O=lab); no two hosts may share one
         #[arg(long, value_name = "DN")]
         tls_subject: Option<String>,
-        /// The host's iSCSI initiator name, kept with the host for front ends that identify
-        /// hosts by it
+        /// The host's iSCSI initiator name (iqn.YYYY-MM.reversed.domain[:id], eui.<16 hex>
+        /// or naa.<16 or 32 hex>), stored lower-case; an iSCSI login with it is this host's,
+        /// and no two hosts may share one
         #[arg(long)]
         iqn: Option<String>,
         /// The host's NVMe-oF host NQN, kept with the host for front ends that identify hosts
@@ -52,6 +54,44 @@ pub enum HostCommand {
         /// NBD sessions the host may have open at once
         #[arg(long, value_name = "N")]
         max_sessions: u64,
+    },
+    /// Set or clear the CHAP credentials an iSCSI login of the host must prove
+    ///
+    /// The host proves USER and the secret; with --mutual-user the target then proves
+    /// MUTUAL_USER and the mutual secret back. Secrets are 12 to 255 bytes, and no command
+    /// or answer ever shows them again. To keep a secret out of the shell's history, give it
+    /// in $SDS_CHAP_SECRET / $SDS_CHAP_MUTUAL_SECRET, in a file (--secret-file PATH), on stdin
+    /// (--secret-file -, one line per secret), or type it at the prompt.
+    #[command(group(
+        clap::ArgGroup::new("secret_source").args(["secret", "secret_file"])
+    ))]
+    #[command(group(
+        clap::ArgGroup::new("mutual_secret_source").args(["mutual_secret", "mutual_secret_file"])
+    ))]
+    Chap {
+        /// The host to change
+        name: String,
+        /// The CHAP name (CHAP_N) the host logs in with
+        #[arg(long, required_unless_present = "clear")]
+        user: Option<String>,
+        /// The host's CHAP secret
+        #[arg(long, env = "SDS_CHAP_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Read the host's secret from this file (its first line), or from stdin with -
+        #[arg(long, value_name = "PATH|-")]
+        secret_file: Option<String>,
+        /// For mutual CHAP: the name the target answers with
+        #[arg(long, requires = "user")]
+        mutual_user: Option<String>,
+        /// For mutual CHAP: the target's secret (must differ from the host's)
+        #[arg(long, env = "SDS_CHAP_MUTUAL_SECRET", hide_env_values = true)]
+        mutual_secret: Option<String>,
+        /// Read the target's secret from this file, or from stdin with -
+        #[arg(long, value_name = "PATH|-")]
+        mutual_secret_file: Option<String>,
+        /// Remove the host's CHAP credentials: it logs in without CHAP again
+        #[arg(long, conflicts_with_all = ["user", "secret", "secret_file", "mutual_user", "mutual_secret", "mutual_secret_file"])]
+        clear: bool,
     },
     /// List hosts with their identities and how many virtual paths each has
     List {
@@ -98,6 +138,49 @@ pub fn run(command: HostCommand, json: bool, call: Call) -> Result<(), String> {
             )?,
             print_hosts,
         ),
+        HostCommand::Chap {
+            name,
+            user,
+            secret,
+            secret_file,
+            mutual_user,
+            mutual_secret,
+            mutual_secret_file,
+            clear,
+        } => {
+            if clear {
+                return show(
+                    json,
+                    call("host_clear_chap", Some(json!({ "name": name })))?,
+                    print_hosts,
+                );
+            }
+            let secret = SecretSource {
+                value: secret,
+                file: secret_file.as_deref(),
+                what: format!("CHAP secret of host {name}"),
+            }
+            .read(true)?
+            .ok_or("give the secret: --secret-file PATH|-, $SDS_CHAP_SECRET or --secret")?;
+            let mut params = json!({ "name": name, "user": user, "secret": secret });
+            if let Some(mutual_user) = mutual_user {
+                let mutual_secret = SecretSource {
+                    value: mutual_secret,
+                    file: mutual_secret_file.as_deref(),
+                    what: format!("target's mutual CHAP secret for host {name}"),
+                }
+                .read(true)?
+                .ok_or(
+                    "give the mutual secret: --mutual-secret-file PATH|-, \
+                     $SDS_CHAP_MUTUAL_SECRET or --mutual-secret",
+                )?;
+                params["mutual_user"] = json!(mutual_user);
+                params["mutual_secret"] = json!(mutual_secret);
+            } else if mutual_secret.is_some() || mutual_secret_file.is_some() {
+                return Err("a mutual secret needs --mutual-user".into());
+            }
+            show(json, call("host_set_chap", Some(params))?, print_hosts)
+        }
         HostCommand::List { name } => show(
             json,
             call("host_get_hosts", name.map(|name| json!({ "name": name })))?,
@@ -121,6 +204,7 @@ fn print_hosts(items: &[Value]) {
                 joined(&h["addresses"]),
                 text(h, "nbd_tls_subject"),
                 text(h, "iqn"),
+                chap_text(&h["chap"]),
                 text(h, "nqn"),
                 text(h, "vpaths"),
                 format!("{}/{}", text(h, "sessions"), text(h, "max_sessions")),
@@ -133,10 +217,20 @@ fn print_hosts(items: &[Value]) {
             "ADDRESSES",
             "TLS SUBJECT",
             "IQN",
+            "CHAP",
             "NQN",
             "VPS",
             "SESSIONS",
         ],
         &rows,
     );
+}
+
+/// The CHAP column: the user names, never a secret (the server sends none).
+fn chap_text(chap: &Value) -> String {
+    match (chap["user"].as_str(), chap["mutual_user"].as_str()) {
+        (None, _) => "-".into(),
+        (Some(user), None) => user.into(),
+        (Some(user), Some(mutual)) => format!("{user} (mutual: {mutual})"),
+    }
 }

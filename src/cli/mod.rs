@@ -17,11 +17,13 @@
 
 mod domain;
 mod host;
+mod iscsi;
 mod lun;
 mod output;
 mod params;
 mod pool;
 mod qos;
+mod secret;
 mod serve;
 mod table;
 mod top;
@@ -103,6 +105,9 @@ enum Command {
     /// shows the IDs that delete, set-domain and stats take.
     #[command(subcommand)]
     Vpath(vpath::VpathCommand),
+    /// The iSCSI target: its name, portals and LUNs per host, and its live sessions
+    #[command(subcommand)]
+    Iscsi(iscsi::IscsiCommand),
     /// Drive a volume in-process (no network) and measure IOPS, latency and IOPS per core,
     /// like SPDK's bdevperf
     Perf(sds::perf::PerfArgs),
@@ -167,6 +172,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Host(command) => host::run(command, json, &call),
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),
+        Command::Iscsi(command) => iscsi::run(command, json, &call),
         Command::Top(args) => top::run(&args, json, &call),
     }
 }

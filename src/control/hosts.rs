@@ -3,14 +3,16 @@
 use super::params::{one_or_all, Params};
 use super::Control;
 use crate::constants::{
-    DEFAULT_MAX_SESSIONS_PER_HOST, MAX_HOSTS, MAX_HOST_ADDRESSES, MAX_IDENTITY_BYTES,
-    MAX_SESSIONS_PER_HOST,
+    DEFAULT_MAX_SESSIONS_PER_HOST, MAX_CHAP_SECRET_BYTES, MAX_CHAP_USER_BYTES, MAX_HOSTS,
+    MAX_HOST_ADDRESSES, MAX_IDENTITY_BYTES, MAX_SESSIONS_PER_HOST, MIN_CHAP_SECRET_BYTES,
 };
 use crate::domain::host::Host;
+use crate::domain::iscsi_name;
 use crate::logger::error_chain;
 use crate::rpc::RpcError;
-use crate::store::records::HostRecord;
+use crate::store::records::{ChapRecord, HostRecord};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 pub struct HostEntry {
     pub record: HostRecord,
@@ -27,6 +29,11 @@ pub fn describe(control: &Control, entry: &HostEntry) -> Value {
         "name": entry.record.name,
         "nbd_tls_subject": entry.record.nbd_tls_subject,
         "iqn": entry.record.iqn,
+        // Who the host and the target say they are in CHAP; never the secrets.
+        "chap": entry.record.chap.as_ref().map(|chap| json!({
+            "user": chap.user,
+            "mutual_user": chap.mutual_user,
+        })),
         "nqn": entry.record.nqn,
         "addresses": entry.host.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "vpaths": vpaths,
@@ -91,7 +98,11 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let record = HostRecord {
         name: name.to_string(),
         nbd_tls_subject: identity(&params, "nbd_tls_subject")?,
-        iqn: identity(&params, "iqn")?,
+        iqn: params
+            .optional_str("iqn")?
+            .map(iscsi_name::normalize)
+            .transpose()
+            .map_err(|error| RpcError::invalid_params(format!("iqn: {error}")))?,
         nqn: identity(&params, "nqn")?,
         chap: None,
         addresses: params
@@ -131,6 +142,18 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         {
             return Err(RpcError::invalid_params(format!(
                 "nbd_tls_subject: host {} already has this subject",
+                other.record.name
+            )));
+        }
+    }
+    if let Some(iqn) = &record.iqn {
+        if let Some(other) = control
+            .hosts
+            .values()
+            .find(|h| h.record.iqn.as_ref() == Some(iqn))
+        {
+            return Err(RpcError::invalid_params(format!(
+                "iqn: host {} already has the iSCSI name {iqn}",
                 other.record.name
             )));
         }
@@ -206,6 +229,129 @@ pub fn set(control: &mut Control, params: Option<Value>) -> Result<Value, RpcErr
         .hosts
         .get(name)
         .map_or(Value::Null, |entry| describe(control, entry)))
+}
+
+/// A CHAP user name: 1 to MAX_CHAP_USER_BYTES bytes of printable ASCII (it travels as the
+/// CHAP_N text value; RFC 7143 §6.1 values are UTF-8 without NUL, and open-iscsi's own
+/// configuration takes no more).
+fn chap_user(params: &Params, key: &str) -> Result<Option<String>, RpcError> {
+    match params.optional_str(key)? {
+        None => Ok(None),
+        Some(user)
+            if !user.is_empty()
+                && user.len() <= MAX_CHAP_USER_BYTES
+                && user.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(user.to_string()))
+        }
+        Some(_) => Err(RpcError::invalid_params(format!(
+            "{key}: must be 1 to {MAX_CHAP_USER_BYTES} printable ASCII characters"
+        ))),
+    }
+}
+
+/// A CHAP secret: MIN_CHAP_SECRET_BYTES to MAX_CHAP_SECRET_BYTES bytes, no NUL or line
+/// breaks. The error never repeats the secret.
+fn chap_secret(params: &Params, key: &str) -> Result<Option<String>, RpcError> {
+    match params.optional_str(key)? {
+        None => Ok(None),
+        Some(secret) if secret.len() < MIN_CHAP_SECRET_BYTES => {
+            Err(RpcError::invalid_params(format!(
+                "{key}: a CHAP secret is at least {MIN_CHAP_SECRET_BYTES} bytes (RFC 7143 \
+                 12.1.3); this one is {}",
+                secret.len()
+            )))
+        }
+        Some(secret) if secret.len() > MAX_CHAP_SECRET_BYTES => Err(RpcError::invalid_params(
+            format!("{key}: a CHAP secret is at most {MAX_CHAP_SECRET_BYTES} bytes"),
+        )),
+        Some(secret) if secret.chars().any(char::is_control) => Err(RpcError::invalid_params(
+            format!("{key}: a CHAP secret holds no control characters"),
+        )),
+        Some(secret) => Ok(Some(secret.to_string())),
+    }
+}
+
+/// `host_set_chap {name, user, secret, mutual_user?, mutual_secret?}`: the CHAP credentials an
+/// iSCSI login of this host must prove, and with the mutual pair, those the target proves
+/// back. Replaces any earlier ones; sessions already logged in stay. Nothing the server says
+/// (answers, logs) ever holds a secret.
+pub fn set_chap(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(
+        params,
+        &["name", "user", "secret", "mutual_user", "mutual_secret"],
+    )?;
+    let name = params.name("name")?;
+    let user =
+        chap_user(&params, "user")?.ok_or_else(|| RpcError::invalid_params("user: required"))?;
+    let secret = chap_secret(&params, "secret")?
+        .ok_or_else(|| RpcError::invalid_params("secret: required"))?;
+    let mutual_user = chap_user(&params, "mutual_user")?;
+    let mutual_secret = chap_secret(&params, "mutual_secret")?;
+    if mutual_user.is_some() != mutual_secret.is_some() {
+        return Err(RpcError::invalid_params(
+            "mutual_user: mutual CHAP needs both mutual_user and mutual_secret",
+        ));
+    }
+    // One secret for both directions lets an impostor target replay the initiator's own
+    // response as its proof (RFC 7143 §12.1.3 forbids it).
+    if mutual_secret.as_ref() == Some(&secret) {
+        return Err(RpcError::invalid_params(
+            "mutual_secret: must differ from secret",
+        ));
+    }
+    let Some(entry) = control.hosts.get(name) else {
+        return Err(RpcError::invalid_params(format!("name: no host {name}")));
+    };
+    let mutual = mutual_user.is_some();
+    let mut record = entry.record.clone();
+    record.chap = Some(ChapRecord {
+        user,
+        secret,
+        mutual_user,
+        mutual_secret,
+    });
+    replace_chap(control, name, record)?;
+    log::info!(
+        "host {name}: CHAP set ({})",
+        if mutual { "mutual" } else { "one-way" }
+    );
+    Ok(control
+        .hosts
+        .get(name)
+        .map_or(Value::Null, |entry| describe(control, entry)))
+}
+
+/// `host_clear_chap {name}`: the host logs in without CHAP again.
+pub fn clear_chap(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["name"])?;
+    let name = params.name("name")?;
+    let Some(entry) = control.hosts.get(name) else {
+        return Err(RpcError::invalid_params(format!("name: no host {name}")));
+    };
+    let mut record = entry.record.clone();
+    record.chap = None;
+    replace_chap(control, name, record)?;
+    log::info!("host {name}: CHAP cleared");
+    Ok(control
+        .hosts
+        .get(name)
+        .map_or(Value::Null, |entry| describe(control, entry)))
+}
+
+/// Persists `record` (whose CHAP changed) and publishes it: the live host keeps its sessions
+/// counter, only its credentials change.
+fn replace_chap(control: &mut Control, name: &str, record: HostRecord) -> Result<(), RpcError> {
+    control
+        .store
+        .put("host", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    if let Some(entry) = control.hosts.get_mut(name) {
+        entry.host.chap = record.chap.clone().map(Arc::new);
+        entry.record = record;
+    }
+    control.publish();
+    Ok(())
 }
 
 pub fn get(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

@@ -1,6 +1,6 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{domains, failed, hosts, luns, spdk, volumes, vpaths, Control};
+use super::{domains, failed, hosts, iscsi, luns, spdk, volumes, vpaths, Control};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -25,6 +25,8 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),
     ("host_delete", hosts::delete),
+    ("host_set_chap", hosts::set_chap),
+    ("host_clear_chap", hosts::clear_chap),
     ("domain_create", domains::create),
     ("domain_set_capabilities", domains::set_capabilities),
     ("domain_get_domains", domains::get),
@@ -35,6 +37,8 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("vpath_delete", vpaths::delete),
     ("vpath_set_domain", vpaths::set_domain),
     ("vpath_get_stats", vpaths::get_stats),
+    ("iscsi_get_targets", iscsi::get_targets),
+    ("iscsi_get_sessions", iscsi::get_sessions),
     ("bdev_set_qos_limit", volumes::set_qos_limit),
     ("spdk_get_version", spdk::get_version),
     ("rpc_get_methods", spdk::get_methods),

@@ -6,7 +6,7 @@
 //! atomic swap. A failed call changes nothing.
 //!
 //! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `hosts`,
-//! `domains`, `vpaths`; the SPDK-named ones in `spdk`) and add one line to
+//! `domains`, `vpaths`, `iscsi`; the SPDK-named ones in `spdk`) and add one line to
 //! [`methods::METHODS`]. Pool and volume methods that must not touch what a failed LUN took
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
 //! rate-limited LUN error log, `stats` the statistics methods.
@@ -15,6 +15,7 @@ mod cycle;
 mod domains;
 mod failed;
 mod hosts;
+pub mod iscsi;
 mod lun_errors;
 mod luns;
 pub use luns::error_chain as luns_error_chain;
@@ -117,6 +118,8 @@ pub struct Control {
     pub cycle_period: Duration,
     pub last_cycle_at: Instant,
     pub last_cycle_s: f64,
+    /// The iSCSI target, for `iscsi_*` (set by `serve` before the control thread starts).
+    pub iscsi: Option<iscsi::IscsiTarget>,
     generation: u64,
 }
 
@@ -152,6 +155,7 @@ impl Control {
             cycle_period,
             last_cycle_at: Instant::now(),
             last_cycle_s: cycle_period.as_secs_f64(),
+            iscsi: None,
             generation: 0,
         };
         control.restore_luns()?;

@@ -16,7 +16,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+/// Records are readable by the server's user only: a host's record may hold CHAP secrets.
+const RECORD_FILE_MODE: u32 = 0o600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -94,7 +98,13 @@ impl FileStore {
             path: path.clone(),
             source,
         })?;
-        let written = File::create(&temp)
+        // Owner-only: a host record may hold CHAP secrets.
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(RECORD_FILE_MODE)
+            .open(&temp)
             .and_then(|mut file| {
                 file.write_all(&text)?;
                 file.sync_all()

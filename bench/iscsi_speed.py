@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Side-by-side iSCSI benchmark: sds against tgtd on the same pre-filled file, and an sds RAM
+volume against tgtd on a RAM (tmpfs) file. fio with its libiscsi engine drives both (build it
+with scripts/build-fio-libiscsi.sh: Debian's fio has no libiscsi engine); the jobs run
+interleaved A B A B over several rounds and the table gives medians, IOPS per server
+CPU-second (utime+stime from /proc/PID/stat over the run) and the sds/tgtd ratios. The table is
+printed and written to bench/last-iscsi-speed.txt.
+
+Servers run on the last core and fio on the others, as in bench/compare.py (see
+../shared/NOTES-tools.md for what the numbers mean on a 2-core machine).
+
+Usage: bench/iscsi_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH]
+                            [--tgtd-only] [--only TEXT] [--fio PATH]
+"""
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from iscsi_peers import SDS_TARGET, Sds, Tgtd, cpu_seconds  # noqa: E402
+
+JOBS = [
+    ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
+    ("4k randwrite QD32", dict(rw="randwrite", bs="4k", iodepth=32)),
+    ("4k randread QD1", dict(rw="randread", bs="4k", iodepth=1)),
+    ("128k seqread QD8", dict(rw="read", bs="128k", iodepth=8)),
+]
+# fio's libiscsi engine logs in with this name unless told otherwise; sds gives it a host.
+FIO_INITIATOR = "iqn.2019-04.org.fio:fio"
+# tgtd's LUN is the whole shared file: its jobs stay above this offset, clear of the sds pool's
+# superblock and records at the start of the file.
+PEER_OFFSET = 16 << 20
+NCPU = os.cpu_count() or 1
+SERVER_CPUS = str(NCPU - 1)
+CLIENT_CPUS = ",".join(str(c) for c in range(NCPU - 1)) if NCPU > 1 else "0"
+
+
+def escape(url):
+    """fio splits its filename option at ':'; libiscsi URLs carry them escaped."""
+    return url.replace(":", "\\:")
+
+
+def fio(binary, url, size, offset, args):
+    cmd = ["taskset", "-c", CLIENT_CPUS, binary, "--name=bench", "--ioengine=libiscsi",
+           f"--filename={escape(url)}", f"--initiator={FIO_INITIATOR}", f"--size={size}", f"--offset={offset}",
+           "--output-format=json", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio on {url}: {out.stderr.strip()[-500:]}")
+    return out.stdout
+
+
+def run_job(binary, target, job, runtime):
+    before = cpu_seconds(target.pid)
+    out = fio(binary, target.url, target.size, target.offset,
+              ["--time_based", f"--runtime={runtime}", "--ramp_time=1", "--lat_percentiles=1",
+               "--norandommap", "--randrepeat=0", f"--rw={job['rw']}", f"--bs={job['bs']}",
+               f"--iodepth={job['iodepth']}"])
+    cpu = cpu_seconds(target.pid) - before
+    data = json.loads(out[out.index("{"):])["jobs"][0]
+    side = data["read"] if job["rw"] in ("randread", "read") else data["write"]
+    pct = side["lat_ns"].get("percentile", {})
+    return dict(iops=side["iops"], mbps=side["bw_bytes"] / 1e6, p50_us=pct.get("50.000000", 0) / 1000,
+                p99_us=pct.get("99.000000", 0) / 1000, cpu_s=cpu,
+                iops_per_cpu_s=side["iops"] * (runtime + 1) / cpu if cpu > 0 else 0.0)
+
+
+class Target:
+    """One (server, LUN) pair the jobs run against."""
+
+    def __init__(self, name, server, url, size, offset=0):
+        self.name, self.server, self.url, self.size, self.offset = name, server, url, size, offset
+        self.pid = server.pid
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one round, 2 s per job, 256 MiB")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--runtime", type=int, default=5)
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--sds", help="sds binary (default: build target/release/sds)")
+    ap.add_argument("--tgtd-only", action="store_true", help="run only tgtd (sds's iSCSI target not needed)")
+    ap.add_argument("--only", help="run only the jobs whose name contains this text (e.g. 'QD32')")
+    ap.add_argument("--fio", help="fio with the libiscsi engine (default target/tools/fio)")
+    ap.add_argument("--out", help="table file (default bench/last-iscsi-speed.txt)")
+    args = ap.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fio_binary = args.fio or os.path.join(os.environ.get("SDS_TOOLS", os.path.join(root, "target/tools")), "fio")
+    engines = subprocess.run([fio_binary, "--enghelp"], capture_output=True, text=True).stdout if os.access(fio_binary, os.X_OK) else ""
+    if "libiscsi" not in engines.split():
+        print(f"skipped: {fio_binary} is not a fio with the libiscsi engine; build it with "
+              "scripts/build-fio-libiscsi.sh (Debian's fio has none)")
+        return
+    for tool in ("tgtd", "tgtadm"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: run scripts/setup.sh")
+    jobs = [j for j in JOBS if not args.only or args.only in j[0]]
+    if not jobs:
+        sys.exit(f"no job matches {args.only!r}")
+    if args.quick:
+        args.repeat, args.runtime, args.size = 1, 2, "256M"
+    units = {"K": 10, "M": 20, "G": 30}
+    size = int(args.size[:-1]) << units[args.size[-1].upper()] if args.size[-1].upper() in units else int(args.size)
+    sds_binary = None
+    if not args.tgtd_only:
+        sds_binary = args.sds or os.path.join(root, "target/release/sds")
+        if not args.sds:
+            subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=root, check=True)
+    out_path = args.out or os.path.join(root, "bench/last-iscsi-speed.txt")
+    server_prefix = ["taskset", "-c", SERVER_CPUS]
+
+    tmp = tempfile.mkdtemp(prefix="sds-iscsi-speed-")
+    ram_dir = tempfile.mkdtemp(prefix="sds-iscsi-speed-", dir="/dev/shm") if os.path.isdir("/dev/shm") else tmp
+    servers, notes = [], []
+    try:
+        # One backing file for both servers, filled with data first, so neither reads holes.
+        backing = os.path.join(tmp, "backing.img")
+        file_bytes = size + (64 << 20)
+        print(f"filling a {file_bytes >> 20} MiB backing file ...", flush=True)
+        subprocess.run(["fio", "--name=prefill", f"--filename={backing}", f"--size={file_bytes}", "--rw=write",
+                        "--bs=1m", "--ioengine=psync", "--direct=1", "--refill_buffers=1"], check=True, capture_output=True)
+        ram_backing = os.path.join(ram_dir, "tgtd-ram.img")
+        subprocess.run(["fio", "--name=prefill", f"--filename={ram_backing}", f"--size={size}", "--rw=write",
+                        "--bs=1m", "--ioengine=psync", "--refill_buffers=1"], check=True, capture_output=True)
+        groups = {"file": [], "ram": []}
+
+        if sds_binary:
+            state = os.path.join(tmp, "sds-state")
+            os.makedirs(state)
+            try:
+                sds = Sds(sds_binary, state, prefix=server_prefix, log=os.path.join(tmp, "sds.log"))
+            except RuntimeError as e:
+                notes.append(f"sds not measured: {e}")
+            else:
+                servers.append(sds)
+                try:
+                    sds.volume("vol", "file", size, path=backing)
+                    sds.volume("ramvol", "mem", size)
+                    sds.rpc("host_create", {"name": "fio", "iqn": FIO_INITIATOR})
+                    sds.rpc("vpath_create", {"host": "fio", "volume": "vol", "lun": 0})
+                    sds.rpc("vpath_create", {"host": "fio", "volume": "ramvol", "lun": 1})
+                    base = f"iscsi://127.0.0.1:{sds.port}/{SDS_TARGET}"
+                    file_target = Target("sds", sds, f"{base}/0", size)
+                    ram_target = Target("sds-ram", sds, f"{base}/1", size)
+                    print("filling the sds volumes (thin: map every extent before reading) ...", flush=True)
+                    for t in (file_target, ram_target):
+                        fio(fio_binary, t.url, size, 0, ["--rw=write", "--bs=1m", "--iodepth=8"])
+                    groups["file"].append(file_target)
+                    groups["ram"].append(ram_target)
+                except RuntimeError as e:
+                    notes.append(f"sds not measured: {e}")
+        tgtd = Tgtd(backing, prefix=server_prefix)
+        servers.append(tgtd)
+        groups["file"].append(Target("tgtd", tgtd, tgtd.url, size, PEER_OFFSET))
+        tgtd_ram = Tgtd(ram_backing, prefix=server_prefix)
+        servers.append(tgtd_ram)
+        groups["ram"].append(Target("tgtd-ram", tgtd_ram, tgtd_ram.url, size))
+
+        results = {}
+        for round_index in range(args.repeat):
+            for job_name, job in jobs:
+                for members in groups.values():
+                    for target in members:
+                        r = run_job(fio_binary, target, job, args.runtime)
+                        results.setdefault((job_name, target.name), []).append(r)
+                        print(f"round {round_index + 1} {job_name:18} {target.name:9} {r['iops']:>9.0f} IOPS "
+                              f"p50 {r['p50_us']:7.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if ram_dir != tmp:
+            shutil.rmtree(ram_dir, ignore_errors=True)
+
+    med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+    header = (f"{'job':18} {'server':9} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} "
+              f"{'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}")
+    lines = [f"fio libiscsi engine, {size >> 20} MiB, medians of {args.repeat} rounds of {args.runtime} s; "
+             "ratios are sds / tgtd on the same backing (file, or RAM)", "", header, "-" * len(header)]
+    for job_name, _ in jobs:
+        for group, members in groups.items():
+            peer = next((t for t in members if t.name.startswith("tgtd")), None)
+            for target in members:
+                m = med.get((job_name, target.name))
+                if m is None:
+                    continue
+                ratio = eff = ""
+                if target.name.startswith("sds") and peer is not None:
+                    b = med[(job_name, peer.name)]
+                    ratio = f"{m['iops'] / b['iops']:.2f}" if b["iops"] else "-"
+                    eff = f"{m['iops_per_cpu_s'] / b['iops_per_cpu_s']:.2f}" if b["iops_per_cpu_s"] else "-"
+                lines.append(f"{job_name:18} {target.name:9} {m['iops']:>9.0f} {m['mbps']:>8.1f} {m['p50_us']:>8.1f} "
+                             f"{m['p99_us']:>8.1f} {m['cpu_s']:>6.2f} {m['iops_per_cpu_s']:>11.0f} {ratio:>7} {eff:>6}")
+    lines += [""] + notes
+    text = "\n".join(lines).rstrip() + "\n"
+    print("\n" + text)
+    with open(out_path, "w") as f:
+        f.write(text)
+    print(f"written to {os.path.relpath(out_path)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+//! The iSCSI control plane through the real server: hosts' iSCSI names (checked, normalised,
+//! unique), CHAP credentials (set, replaced, cleared, persisted, and never shown back), and
+//! `iscsi_get_targets`.
+
+mod common;
+
+use common::Server;
+use serde_json::json;
+
+const INVALID_PARAMS: i64 = -32602;
+
+#[test]
+fn host_iqn_is_checked_normalised_and_unique() {
+    let server = Server::start();
+    for bad in [
+        "host1",
+        "iqn.2001-13.com.example",
+        "iqn.2001-04",
+        "iqn.2001-04.com..example",
+        "iqn.2001-04.com.example:a b",
+        "eui.0123",
+        "naa.0123456789abcdef01",
+    ] {
+        let (code, message) = server
+            .call("host_create", json!({"name": "h", "iqn": bad}))
+            .expect_err(bad);
+        assert_eq!(code, INVALID_PARAMS, "{bad}: {message}");
+        assert!(message.starts_with("iqn: "), "{bad}: {message}");
+        assert!(
+            message.contains(bad),
+            "the message names the name: {message}"
+        );
+    }
+    assert!(
+        server
+            .ok("host_get_hosts", json!({}))
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+
+    let created = server.ok(
+        "host_create",
+        json!({"name": "h1", "iqn": "IQN.2001-04.com.Example:Host1"}),
+    );
+    assert_eq!(created["iqn"], "iqn.2001-04.com.example:host1");
+    server.ok(
+        "host_create",
+        json!({"name": "h2", "iqn": "eui.02004567A425678D"}),
+    );
+    let listed = server.ok("host_get_hosts", json!({"name": "h2"}));
+    assert_eq!(listed[0]["iqn"], "eui.02004567a425678d");
+
+    // The same name in another case is the same initiator.
+    let (code, message) = server
+        .call(
+            "host_create",
+            json!({"name": "h3", "iqn": "iqn.2001-04.com.example:HOST1"}),
+        )
+        .expect_err("duplicate iqn");
+    assert_eq!(code, INVALID_PARAMS);
+    assert!(message.contains("h1"), "{message}");
+
+    // Kept across a restart, as given after normalisation.
+    let mut server = server;
+    assert!(server.stop());
+    server.spawn();
+    let listed = server.ok("host_get_hosts", json!({"name": "h1"}));
+    assert_eq!(listed[0]["iqn"], "iqn.2001-04.com.example:host1");
+}
+
+const SECRET: &str = "initiator-secret-7f3a";
+const MUTUAL_SECRET: &str = "target-secret-c91e";
+
+/// Fails if `text` holds either secret.
+fn assert_no_secret(what: &str, text: &str) {
+    assert!(
+        !text.contains(SECRET) && !text.contains(MUTUAL_SECRET),
+        "{what} shows a CHAP secret:\n{text}"
+    );
+}
+
+#[test]
+fn chap_is_set_cleared_persisted_and_never_shown() {
+    let mut server = Server::start();
+    server.ok(
+        "host_create",
+        json!({"name": "esx1", "iqn": "iqn.1998-01.com.vmware:esx1"}),
+    );
+    let host = |server: &Server| server.ok("host_get_hosts", json!({"name": "esx1"}))[0].clone();
+    assert!(host(&server)["chap"].is_null());
+
+    // Refusals: too short a secret, half a mutual pair, one secret both ways, unknown host.
+    for (params, field) in [
+        (
+            json!({"name": "esx1", "user": "u", "secret": "short-11byt"}),
+            "secret",
+        ),
+        (json!({"name": "esx1", "user": "u"}), "secret"),
+        (json!({"name": "esx1", "secret": SECRET}), "user"),
+        (
+            json!({"name": "esx1", "user": "", "secret": SECRET}),
+            "user",
+        ),
+        (
+            json!({"name": "esx1", "user": "u", "secret": "x".repeat(256)}),
+            "secret",
+        ),
+        (
+            json!({"name": "esx1", "user": "u", "secret": SECRET, "mutual_user": "t"}),
+            "mutual_user",
+        ),
+        (
+            json!({"name": "esx1", "user": "u", "secret": SECRET, "mutual_user": "t", "mutual_secret": SECRET}),
+            "mutual_secret",
+        ),
+        (
+            json!({"name": "esx1", "user": "u", "secret": SECRET, "mutual_user": "t", "mutual_secret": "short"}),
+            "mutual_secret",
+        ),
+        (
+            json!({"name": "nobody", "user": "u", "secret": SECRET}),
+            "name",
+        ),
+    ] {
+        let (code, message) = server
+            .call("host_set_chap", params.clone())
+            .expect_err(&params.to_string());
+        assert_eq!(code, INVALID_PARAMS, "{params}: {message}");
+        assert!(
+            message.starts_with(&format!("{field}: ")),
+            "{params}: {message}"
+        );
+        assert_no_secret("an error", &message);
+    }
+    assert!(
+        host(&server)["chap"].is_null(),
+        "a refused call changed nothing"
+    );
+
+    // One-way, then mutual: the answer and the listing show the users, never the secrets.
+    let answer = server.ok(
+        "host_set_chap",
+        json!({"name": "esx1", "user": "esx1-user", "secret": SECRET}),
+    );
+    assert_eq!(
+        answer["chap"],
+        json!({"user": "esx1-user", "mutual_user": null})
+    );
+    assert_no_secret("host_set_chap", &answer.to_string());
+    let answer = server.ok(
+        "host_set_chap",
+        json!({"name": "esx1", "user": "esx1-user", "secret": SECRET,
+               "mutual_user": "sds-target", "mutual_secret": MUTUAL_SECRET}),
+    );
+    assert_eq!(
+        answer["chap"],
+        json!({"user": "esx1-user", "mutual_user": "sds-target"})
+    );
+    for method in ["host_get_hosts", "vpath_get_vpaths", "domain_get_domains"] {
+        let text = server.ok(method, json!({})).to_string();
+        assert_no_secret(method, &text);
+    }
+    let cli = server.cli(&["host", "list", "--json"]);
+    assert!(cli.status.success());
+    assert_no_secret("sds host list", &String::from_utf8_lossy(&cli.stdout));
+
+    // Persisted, in a record only the server's user can read.
+    assert!(server.stop());
+    let record = server.state_dir.join("config/host-esx1.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&record).unwrap().permissions());
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "{} is readable by others",
+        record.display()
+    );
+    server.spawn();
+    assert_eq!(
+        host(&server)["chap"],
+        json!({"user": "esx1-user", "mutual_user": "sds-target"})
+    );
+
+    // Cleared: gone from the listing and, after a restart, from the record.
+    let answer = server.ok("host_clear_chap", json!({"name": "esx1"}));
+    assert!(answer["chap"].is_null());
+    assert!(server.stop());
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert_no_secret("the cleared record", &text);
+    server.spawn();
+    assert!(host(&server)["chap"].is_null());
+    assert!(server.stop());
+    assert_no_secret("the server log", &server.log());
+}
