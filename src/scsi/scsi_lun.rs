@@ -459,8 +459,23 @@ impl ScsiLun {
                     self.complete(t);
                     return Ok(None);
                 }
-                self.check_interlock(lba, u64::from(blocks))?;
+                // Less Data-Out than the CDB asks for (EDTL < transfer length): the
+                // command runs on the whole blocks that come, and reports the rest as
+                // overflow (FCP-4 9.4.2, which iSCSI follows; libiscsi checks it).
+                let bytes = if u64::from(expected_out) < bytes {
+                    let whole = u64::from(expected_out) / block * block;
+                    if whole == 0 {
+                        self.tasks[t].residual = Residual::of(bytes, expected_out);
+                        self.complete(t);
+                        return Ok(None);
+                    }
+                    whole
+                } else {
+                    bytes
+                };
+                self.check_interlock(lba, bytes / block)?;
                 let len = self.data_out(t, bytes, expected_out)?;
+                self.tasks[t].residual = Residual::of(u64::from(blocks) * block, expected_out);
                 let fua = self.fua(fua);
                 self.engine_request(t, BlockOp::Write, lba * block, bytes, fua)?;
                 if let Command::WriteAndVerify { byte_check, .. } = command {
