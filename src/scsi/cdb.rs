@@ -57,6 +57,18 @@ pub enum Command {
         lba: u64,
         blocks: u32,
     },
+    /// PRE-FETCH: sds has no cache to load, so only the range is checked.
+    PreFetch {
+        lba: u64,
+        blocks: u32,
+    },
+    /// START STOP UNIT without LOEJ (a non-removable medium cannot be loaded or ejected):
+    /// nothing to do.
+    StartStopUnit,
+    GetLbaStatus {
+        lba: u64,
+        allocation_length: u32,
+    },
     WriteSame {
         lba: u64,
         blocks: u32,
@@ -200,7 +212,25 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
                     allocation_length: be32(cdb, 10),
                 }
             }
+            op::SA_GET_LBA_STATUS => Command::GetLbaStatus {
+                lba: be64(cdb, 2),
+                allocation_length: be32(cdb, 10),
+            },
             _ => return Err(Sense::invalid_field_in_cdb(1, Some(4))),
+        },
+        op::START_STOP_UNIT => {
+            if cdb[4] & 0x02 != 0 {
+                return Err(Sense::invalid_field_in_cdb(4, Some(1)));
+            }
+            Command::StartStopUnit
+        }
+        op::PRE_FETCH_10 => Command::PreFetch {
+            lba: u64::from(be32(cdb, 2)),
+            blocks: u32::from(be16(cdb, 7)),
+        },
+        op::PRE_FETCH_16 => Command::PreFetch {
+            lba: be64(cdb, 2),
+            blocks: be32(cdb, 10),
         },
         op::READ_6 | op::WRITE_6 => {
             let lba = u64::from(be32(cdb, 0) & 0x001F_FFFF);
@@ -238,12 +268,19 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
                 Command::Write { lba, blocks, fua }
             }
         }
-        op::VERIFY_10 | op::VERIFY_16 | op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_16 => {
+        op::VERIFY_10
+        | op::VERIFY_12
+        | op::VERIFY_16
+        | op::WRITE_AND_VERIFY_10
+        | op::WRITE_AND_VERIFY_12
+        | op::WRITE_AND_VERIFY_16 => {
             no_protection(cdb)?;
-            let (lba, blocks) = if opcode == op::VERIFY_10 || opcode == op::WRITE_AND_VERIFY_10 {
-                (u64::from(be32(cdb, 2)), u32::from(be16(cdb, 7)))
-            } else {
-                (be64(cdb, 2), be32(cdb, 10))
+            let (lba, blocks) = match opcode {
+                op::VERIFY_10 | op::WRITE_AND_VERIFY_10 => {
+                    (u64::from(be32(cdb, 2)), u32::from(be16(cdb, 7)))
+                }
+                op::VERIFY_12 | op::WRITE_AND_VERIFY_12 => (u64::from(be32(cdb, 2)), be32(cdb, 6)),
+                _ => (be64(cdb, 2), be32(cdb, 10)),
             };
             // BYTCHK (bits 2..1): 00b medium only, 01b compare; 10b reserved; 11b (one
             // block compared with every block) is not implemented.
@@ -252,7 +289,7 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
                 1 => true,
                 _ => return Err(Sense::invalid_field_in_cdb(1, Some(2))),
             };
-            if opcode == op::VERIFY_10 || opcode == op::VERIFY_16 {
+            if matches!(opcode, op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16) {
                 Command::Verify {
                     lba,
                     blocks,

@@ -12,6 +12,7 @@ pub const READ_6: u8 = 0x08;
 pub const WRITE_6: u8 = 0x0A;
 pub const INQUIRY: u8 = 0x12;
 pub const MODE_SELECT_6: u8 = 0x15;
+pub const START_STOP_UNIT: u8 = 0x1B;
 pub const RESERVE_6: u8 = 0x16;
 pub const RELEASE_6: u8 = 0x17;
 pub const MODE_SENSE_6: u8 = 0x1A;
@@ -20,6 +21,7 @@ pub const READ_10: u8 = 0x28;
 pub const WRITE_10: u8 = 0x2A;
 pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
 pub const VERIFY_10: u8 = 0x2F;
+pub const PRE_FETCH_10: u8 = 0x34;
 pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
 pub const WRITE_SAME_10: u8 = 0x41;
 pub const UNMAP: u8 = 0x42;
@@ -34,17 +36,21 @@ pub const COMPARE_AND_WRITE: u8 = 0x89;
 pub const WRITE_16: u8 = 0x8A;
 pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
 pub const VERIFY_16: u8 = 0x8F;
+pub const PRE_FETCH_16: u8 = 0x90;
 pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
 pub const WRITE_SAME_16: u8 = 0x93;
 /// SERVICE ACTION IN(16): READ CAPACITY(16) is its service action 10h.
 pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
 pub const SA_READ_CAPACITY_16: u8 = 0x10;
+pub const SA_GET_LBA_STATUS: u8 = 0x12;
 pub const REPORT_LUNS: u8 = 0xA0;
 /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES is its service action 0Ch.
 pub const MAINTENANCE_IN: u8 = 0xA3;
 pub const SA_REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0C;
 pub const READ_12: u8 = 0xA8;
 pub const WRITE_12: u8 = 0xAA;
+pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+pub const VERIFY_12: u8 = 0xAF;
 
 /// One supported command: opcode, service action (if the opcode has them) and the CDB
 /// usage data (its first byte is the opcode; its length is the CDB's).
@@ -65,6 +71,7 @@ pub const SUPPORTED: &[Supported] = &[
     s(RESERVE_6, None, &[0x16, 0, 0, 0, 0, 0x07]),
     s(RELEASE_6, None, &[0x17, 0, 0, 0, 0, 0x07]),
     s(MODE_SENSE_6, None, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x07]),
+    s(START_STOP_UNIT, None, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0x07]),
     s(
         READ_CAPACITY_10,
         None,
@@ -150,6 +157,14 @@ pub const SUPPORTED: &[Supported] = &[
         ],
     ),
     s(
+        PRE_FETCH_16,
+        None,
+        &[
+            0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x3F, 0x07,
+        ],
+    ),
+    s(
         SYNCHRONIZE_CACHE_16,
         None,
         &[
@@ -170,6 +185,14 @@ pub const SUPPORTED: &[Supported] = &[
         Some(SA_READ_CAPACITY_16 as u16),
         &[
             0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
+        ],
+    ),
+    s(
+        SERVICE_ACTION_IN_16,
+        Some(SA_GET_LBA_STATUS as u16),
+        &[
+            0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0x07,
         ],
     ),
     s(

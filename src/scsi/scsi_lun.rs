@@ -31,6 +31,7 @@ use super::capacity;
 use super::cdb::{self, Command};
 use super::geometry::Geometry;
 use super::inquiry;
+use super::lba_status;
 use super::logical_unit::LogicalUnit;
 use super::mode_pages::{self, ModeState};
 use super::nexus::{LunIdentity, Nexus};
@@ -99,18 +100,23 @@ fn access(command: &Command) -> Access {
         | Command::ReportSupportedOperationCodes { .. }
         | Command::ReadCapacity10
         | Command::ReadCapacity16 { .. }
+        | Command::GetLbaStatus { .. }
         | Command::PersistentReserveIn { .. }
         | Command::PersistentReserveOut { .. }
         | Command::Reserve
         | Command::Release => Access::Always,
         Command::TestUnitReady => Access::TestUnitReady,
-        Command::Read { .. } | Command::Verify { .. } | Command::ModeSense { .. } => Access::Read,
+        Command::Read { .. }
+        | Command::Verify { .. }
+        | Command::PreFetch { .. }
+        | Command::ModeSense { .. } => Access::Read,
         Command::Write { .. }
         | Command::WriteAndVerify { .. }
         | Command::CompareAndWrite { .. }
         | Command::WriteSame { .. }
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }
+        | Command::StartStopUnit
         | Command::ModeSelect { .. } => Access::Write,
     }
 }
@@ -511,6 +517,29 @@ impl ScsiLun {
                 self.tasks[t].data = DataSource::Own;
                 self.own_buffer(t, bytes as usize);
                 return Ok(len);
+            }
+            Command::PreFetch { lba, blocks } => {
+                self.check_range(lba, u64::from(blocks))?;
+                self.complete(t);
+            }
+            Command::StartStopUnit => self.complete(t),
+            Command::GetLbaStatus {
+                lba,
+                allocation_length,
+            } => {
+                if lba >= self.geometry.capacity_blocks {
+                    return Err(Failure::Check(sense::LBA_OUT_OF_RANGE));
+                }
+                self.build(t, |me, out| {
+                    lba_status::describe(
+                        me.engine.volume(),
+                        &me.geometry,
+                        lba,
+                        allocation_length,
+                        out,
+                    )
+                });
+                self.answer_own(t, allocation_length, expected_in);
             }
             Command::SynchronizeCache { lba, blocks } => {
                 self.check_range(lba, u64::from(blocks))?;

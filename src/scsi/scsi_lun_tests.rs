@@ -1283,3 +1283,52 @@ fn any_cdb_and_parameter_list_ends_with_a_status() {
     // Every task is free: a full table can be taken again.
     assert_eq!(rig.luns[0].free_tasks.len(), SCSI_TASKS_PER_LUN);
 }
+
+#[test]
+fn get_lba_status_prefetch_start_stop_and_the_12_byte_verifies() {
+    let mut rig = Rig::new(true, AccessMode::ReadWrite, 1).ready();
+    // Extent 1 (blocks 2048..4096) written: deallocated, mapped, deallocated.
+    rig.write(0, 2048 + 7, &[9; BLOCK]).good();
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x9E;
+    cdb[1] = 0x12;
+    cdb[13] = 255;
+    let status = rig.cmd(0, &cdb, &[], 255);
+    let data = &status.good().data;
+    assert_eq!(&data[..4], &[0, 0, 0, 4 + 3 * 16]);
+    let descriptor = |i: usize| {
+        let d = &data[8 + 16 * i..8 + 16 * (i + 1)];
+        (
+            u64::from_be_bytes(d[..8].try_into().unwrap()),
+            u32::from_be_bytes(d[8..12].try_into().unwrap()),
+            d[12],
+        )
+    };
+    assert_eq!(descriptor(0), (0, 2048, 1));
+    assert_eq!(descriptor(1), (2048, 2048, 0));
+    assert_eq!(descriptor(2), (4096, 4096, 1));
+    // From inside the mapped extent; past the end.
+    cdb[2..10].copy_from_slice(&3000u64.to_be_bytes());
+    let from = rig.cmd(0, &cdb, &[], 255);
+    assert_eq!(
+        &from.good().data[8..20],
+        &[0, 0, 0, 0, 0, 0, 0x0B, 0xB8, 0, 0, 0x04, 0x48]
+    );
+    cdb[2..10].copy_from_slice(&BLOCKS.to_be_bytes());
+    rig.cmd(0, &cdb, &[], 255)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    // PRE-FETCH checks the range only; START STOP UNIT cannot eject.
+    rig.cmd(0, &rw10(0x34, 0, 8), &[], 0).good();
+    rig.cmd(0, &rw16(0x90, BLOCKS, 1), &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    rig.cmd(0, &[0x1B, 0, 0, 0, 0x01, 0], &[], 0).good();
+    rig.cmd(0, &[0x1B, 0, 0, 0, 0x02, 0], &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
+    // VERIFY(12) and WRITE AND VERIFY(12).
+    let data = pattern(3, 2 * BLOCK);
+    rig.cmd(0, &rw12(0xAE, 2048 + 20, 2), &data, data.len() as u32)
+        .good();
+    let mut verify = rw12(0xAF, 2048 + 20, 2);
+    verify[1] = 0x02;
+    rig.cmd(0, &verify, &data, data.len() as u32).good();
+}
