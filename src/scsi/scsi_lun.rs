@@ -580,6 +580,12 @@ impl ScsiLun {
                     self.next_fill_piece(t, ctx)?;
                     return Ok(None);
                 }
+                if u64::from(expected_out) > block {
+                    // WRITE SAME takes exactly one block: more Data-Out is a malformed
+                    // command, not data to ignore.
+                    self.tasks[t].residual = Residual::of(block, expected_out);
+                    return Err(Failure::Check(sense::INVALID_FIELD_IN_INFORMATION_UNIT));
+                }
                 let len = self.data_out(t, block, expected_out)?;
                 self.tasks[t].data = DataSource::Own;
                 self.own_buffer(t, block as usize);

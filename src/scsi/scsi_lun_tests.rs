@@ -774,6 +774,16 @@ fn write_same_repeats_its_block_zeroes_and_unmaps() {
     cdb[7..9].copy_from_slice(&2u16.to_be_bytes());
     rig.cmd(0, &cdb, &block, BLOCK as u32).good();
     assert_eq!(rig.read(0, 401, 1), block);
+    // Data-Out of other than one block.
+    let mut two = block.clone();
+    two.extend_from_slice(&block);
+    rig.cmd(0, &rw10(0x41, 0, 1), &two, two.len() as u32).check(
+        sense::KEY_ILLEGAL_REQUEST,
+        0x0E,
+        0x03,
+    );
+    rig.cmd(0, &rw10(0x41, 0, 1), &block[..100], 100)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
     // Zero blocks (WSNZ), past the end, ANCHOR.
     rig.cmd(0, &rw10(0x41, 0, 0), &block, BLOCK as u32)
         .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
