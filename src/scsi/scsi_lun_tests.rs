@@ -1342,3 +1342,46 @@ fn get_lba_status_prefetch_start_stop_and_the_12_byte_verifies() {
     verify[1] = 0x02;
     rig.cmd(0, &verify, &data, data.len() as u32).good();
 }
+
+/// A session moves between threads before it is attached: its LUNs must be Send, and the
+/// shared unit Send and Sync.
+#[test]
+fn a_scsi_lun_can_move_to_its_reactor() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync>() {}
+    send::<ScsiLun>();
+    shared::<LogicalUnit>();
+    shared::<LuRegistry>();
+}
+
+#[test]
+fn an_aborted_task_in_flight_ends_silently_when_its_io_does() {
+    let mut rig = Rig::new(true, AccessMode::ReadWrite, 1).ready();
+    // A write to an unmapped extent waits for the provisioner.
+    let started = rig.start(0, &rw10(0x2A, 0, 1), &[5; BLOCK], 512);
+    assert!(matches!(started, Submit::NeedData { .. }));
+    assert!(rig.luns[0].pop_done().is_none());
+    assert!(rig.luns[0].abort_task(7));
+    assert!(!rig.luns[0].is_idle(), "the provisioner still has it");
+    assert!(rig.answer_provisioner(0));
+    assert!(rig.luns[0].pop_done().is_none(), "no response");
+    assert!(rig.luns[0].is_idle());
+    assert_eq!(rig.luns[0].free_tasks.len(), SCSI_TASKS_PER_LUN);
+    // Shutting down drops what waits for data; what runs still answers.
+    let waiting =
+        rig.with(|luns, ctx| luns[0].submit(9, &rw10(0x2A, 1, 1), 512, DataDirection::Write, ctx));
+    assert!(matches!(waiting, Submit::NeedData { .. }));
+    rig.luns[0].shut_down();
+    assert!(rig.luns[0].pop_done().is_none());
+    assert_eq!(rig.luns[0].free_tasks.len(), SCSI_TASKS_PER_LUN);
+    let after =
+        rig.with(|luns, ctx| luns[0].submit(10, &rw10(0x28, 0, 1), 512, DataDirection::Read, ctx));
+    assert!(matches!(after, Submit::Started { .. }));
+    let done = rig.luns[0].pop_done().expect("refused at once");
+    assert_eq!(done.status, status::CHECK_CONDITION);
+    assert_eq!(
+        Sense::parse_fixed(rig.luns[0].sense(done.task)).map(|s| s.key),
+        Some(sense::KEY_ABORTED_COMMAND)
+    );
+    rig.luns[0].release(done.task);
+}
