@@ -255,7 +255,14 @@ pub fn find(opcode: u8, service_action: Option<u16>) -> Option<&'static Supporte
         .find(|c| c.opcode == opcode && c.service_action == service_action)
 }
 
-/// REPORT SUPPORTED OPERATION CODES parameter data (SPC-4 6.35) into `out`.
+/// Whether the unit executes `opcode`: UNMAP only on a thin volume (a fully provisioned
+/// one has nothing to deallocate, and VPD B2 says so: LBPU clear).
+pub fn executes(opcode: u8, thin: bool) -> bool {
+    opcode != UNMAP || thin
+}
+
+/// REPORT SUPPORTED OPERATION CODES parameter data (SPC-4 6.35) into `out`, for a unit
+/// that is `thin` or not.
 /// `options` 0: all commands; 1: `opcode` (which must have no service actions); 2:
 /// `opcode` and `service_action` (it must have them); 3: either, as the opcode has them.
 pub fn report(
@@ -263,6 +270,7 @@ pub fn report(
     options: u8,
     opcode: u8,
     service_action: u16,
+    thin: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), super::sense::Sense> {
     use super::sense::Sense;
@@ -271,7 +279,7 @@ pub fn report(
     out.clear();
     if options == 0 {
         out.extend_from_slice(&[0; 4]);
-        for c in SUPPORTED {
+        for c in SUPPORTED.iter().filter(|c| executes(c.opcode, thin)) {
             out.push(c.opcode);
             out.push(0);
             out.extend_from_slice(&c.service_action.unwrap_or(0).to_be_bytes());
@@ -294,7 +302,7 @@ pub fn report(
         2 => Some(service_action),
         _ => with_actions.then_some(service_action),
     };
-    match find(opcode, action) {
+    match find(opcode, action).filter(|c| executes(c.opcode, thin)) {
         Some(c) => {
             out.push(0);
             // CTDP (with timeouts), SUPPORT 011b: supported as the standard says.

@@ -552,6 +552,10 @@ impl ScsiLun {
                 unmap,
                 no_data_out,
             } => {
+                if unmap && !self.geometry.thin {
+                    // VPD B2 LBPWS/LBPWS10 are clear on a fully provisioned volume.
+                    return Err(Failure::Check(Sense::invalid_field_in_cdb(1, Some(3))));
+                }
                 if blocks == 0 {
                     // WSNZ: a zero count (the whole medium) is not supported.
                     return Err(Failure::Check(Sense::invalid_field_in_cdb(7, None)));
@@ -594,6 +598,9 @@ impl ScsiLun {
             Command::Unmap {
                 parameter_list_length,
             } => {
+                if !opcodes::executes(opcodes::UNMAP, self.geometry.thin) {
+                    return Err(Failure::Check(sense::INVALID_COMMAND_OPERATION_CODE));
+                }
                 if self.read_only {
                     return Err(Failure::Check(sense::WRITE_PROTECTED));
                 }
@@ -686,8 +693,8 @@ impl ScsiLun {
                 service_action,
                 allocation_length,
             } => {
-                self.build(t, |_, out| {
-                    opcodes::report(rctd, options, opcode, service_action, out)
+                self.build(t, |me, out| {
+                    opcodes::report(rctd, options, opcode, service_action, me.geometry.thin, out)
                 })?;
                 self.answer_own(t, allocation_length, expected_in);
             }

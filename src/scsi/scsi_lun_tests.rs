@@ -551,7 +551,7 @@ fn residuals_follow_the_expected_length() {
 
 #[test]
 fn a_read_only_path_refuses_every_change_with_write_protected() {
-    let mut rig = Rig::new(false, AccessMode::ReadOnly, 1).ready();
+    let mut rig = Rig::new(true, AccessMode::ReadOnly, 1).ready();
     rig.read(0, 0, 1);
     rig.write(0, 0, &[1; BLOCK])
         .check(sense::KEY_DATA_PROTECT, 0x27, 0x00);
@@ -912,7 +912,7 @@ fn report_supported_operation_codes_all_and_one() {
     let data = &all.good().data;
     let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
     assert_eq!(len, data.len() - 4);
-    assert_eq!(len, 8 * opcodes::SUPPORTED.len());
+    assert_eq!(len, 8 * (opcodes::SUPPORTED.len() - 1), "no UNMAP: thick");
     let read10 = data[4..]
         .chunks(8)
         .find(|d| d[0] == 0x28)
@@ -1384,4 +1384,28 @@ fn an_aborted_task_in_flight_ends_silently_when_its_io_does() {
         Some(sense::KEY_ABORTED_COMMAND)
     );
     rig.luns[0].release(done.task);
+}
+
+#[test]
+fn a_fully_provisioned_volume_has_no_unmap() {
+    let mut rig = Rig::new(false, AccessMode::ReadWrite, 1).ready();
+    let list = unmap_list(&[(0, 1)]);
+    rig.cmd(0, &unmap_cdb(list.len()), &list, list.len() as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x20, 0);
+    let mut ws = rw16(0x93, 0, 1);
+    ws[1] = 0x08;
+    rig.cmd(0, &ws, &[0; BLOCK], BLOCK as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
+    // WRITE SAME without UNMAP zeroes as on any volume.
+    rig.write(0, 0, &[7; BLOCK]).good();
+    ws[1] = 0;
+    rig.cmd(0, &ws, &[0; BLOCK], BLOCK as u32).good();
+    assert_eq!(rig.read(0, 0, 1), vec![0; BLOCK]);
+    let one = rig.cmd(
+        0,
+        &[0xA3, 0x0C, 0x01, 0x42, 0, 0, 0, 0, 1, 0, 0, 0],
+        &[],
+        256,
+    );
+    assert_eq!(&one.good().data[..2], &[0, 0x01], "UNMAP: not supported");
 }
