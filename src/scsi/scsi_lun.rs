@@ -37,7 +37,7 @@ use super::mode_pages::{self, ModeState};
 use super::nexus::{LunIdentity, Nexus};
 use super::opcodes;
 use super::report_luns::encode_lun;
-use super::reservations::{Access, Refusal};
+use super::reservations::{Access, Refusal, Verdict};
 use super::sense::{self, Sense};
 use super::status::{self, Residual};
 use super::task::{DataDirection, DataSource, FillKind, Step, Submit, Task, TaskDone, TaskState};
@@ -145,6 +145,8 @@ pub struct ScsiLun {
     mailbox_seen: u64,
     resets_seen: u64,
     mode_changes_seen: u64,
+    /// The reservations' verdict for this nexus and the version it was made at.
+    reservation_verdict: Option<(u64, Verdict)>,
     /// Task-buffer bytes allocated over all tasks.
     own_bytes: usize,
 }
@@ -183,6 +185,7 @@ impl ScsiLun {
             mailbox_seen: u64::MAX,
             resets_seen,
             mode_changes_seen,
+            reservation_verdict: None,
             own_bytes: 0,
         }
     }
@@ -303,8 +306,21 @@ impl ScsiLun {
                 return Err(Failure::Check(condition.sense()));
             }
         }
-        if self.lu.reservations.conflicts(&self.nexus, access(command)) {
-            return Err(Failure::Status(status::RESERVATION_CONFLICT));
+        let access = access(command);
+        let reservations = &self.lu.reservations;
+        if access != Access::Always && reservations.is_reserved() {
+            let version = reservations.version();
+            let verdict = match self.reservation_verdict {
+                Some((seen, verdict)) if seen == version => verdict,
+                _ => {
+                    let (seen, verdict) = reservations.verdict(&self.nexus);
+                    self.reservation_verdict = Some((seen, verdict));
+                    verdict
+                }
+            };
+            if verdict.conflicts(access) {
+                return Err(Failure::Status(status::RESERVATION_CONFLICT));
+            }
         }
         Ok(())
     }

@@ -1164,6 +1164,11 @@ fn spc2_reserve_and_release() {
         status::RESERVATION_CONFLICT
     );
     rig.cmd(1, &inquiry(false, 0, 36), &[], 36).good();
+    let (cdb, p) = pr_out(pr::SA_REGISTER, 0, 0, 5, false);
+    assert_eq!(
+        rig.cmd(1, &cdb, &p, 24).status,
+        status::RESERVATION_CONFLICT
+    );
     // A release by the other nexus is GOOD and changes nothing.
     rig.cmd(1, &[0x17, 0, 0, 0, 0, 0], &[], 0).good();
     assert_eq!(rig.read(0, 0, 1).len(), BLOCK);
