@@ -231,6 +231,17 @@ impl ScsiLun {
         task.step = Step::Single;
         task.aborted = false;
         task.interlocked = false;
+        // A pending unit attention comes first, before the CDB is even looked at, except
+        // for the commands SAM-5 5.14 lets through (they may be malformed themselves).
+        let opcode = cdb.first().copied().unwrap_or(0xFF);
+        let exempt = matches!(
+            opcode,
+            opcodes::INQUIRY | opcodes::REPORT_LUNS | opcodes::REQUEST_SENSE
+        );
+        if let Some(condition) = self.unit_attention(exempt) {
+            self.fail(t, Failure::Check(condition.sense()));
+            return Submit::Started { task: t };
+        }
         let command = match cdb::decode(cdb) {
             Ok(command) => command,
             Err(sense) => {
@@ -239,7 +250,7 @@ impl ScsiLun {
             }
         };
         self.tasks[t].command = command;
-        if let Err(failure) = self.admit_command(&command) {
+        if let Err(failure) = self.check_reservations(&command) {
             self.fail(t, failure);
             return Submit::Started { task: t };
         }
@@ -271,8 +282,10 @@ impl ScsiLun {
         }
     }
 
-    /// Unit attentions and reservations: whether the command may run at all.
-    fn admit_command(&mut self, command: &Command) -> Result<(), Failure> {
+    /// Notices what changed since the last command (the volume's size, conditions other
+    /// nexuses caused) and takes the unit attention to report, unless the command is
+    /// `exempt`.
+    fn unit_attention(&mut self, exempt: bool) -> Option<Condition> {
         let blocks = self.engine.volume().size_bytes() / u64::from(self.geometry.block_bytes);
         if blocks != self.geometry.capacity_blocks {
             self.geometry.capacity_blocks = blocks;
@@ -297,15 +310,14 @@ impl ScsiLun {
             self.mode_changes_seen = mode_changes;
             self.unit_attentions.raise(Condition::ModeParametersChanged);
         }
-        let exempt = matches!(
-            command,
-            Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. }
-        );
-        if !self.unit_attentions.is_empty() && !exempt {
-            if let Some(condition) = self.unit_attentions.take() {
-                return Err(Failure::Check(condition.sense()));
-            }
+        if exempt || self.unit_attentions.is_empty() {
+            return None;
         }
+        self.unit_attentions.take()
+    }
+
+    /// Whether the reservations let the command through (SPC-4 5.13.1).
+    fn check_reservations(&mut self, command: &Command) -> Result<(), Failure> {
         let access = access(command);
         let reservations = &self.lu.reservations;
         if access != Access::Always && reservations.is_reserved() {

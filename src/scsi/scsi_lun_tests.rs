@@ -343,10 +343,13 @@ fn pr_in(action: u8) -> [u8; 10] {
 fn a_new_nexus_hears_power_on_once_but_inquiry_passes() {
     let mut rig = Rig::new(false, AccessMode::ReadWrite, 1);
     rig.cmd(0, &inquiry(false, 0, 96), &[], 96).good();
-    let sense = rig
-        .cmd(0, &[0; 6], &[], 0)
-        .check(sense::KEY_UNIT_ATTENTION, 0x29, 0x00);
+    // Reported before the CDB is looked at: even an unknown opcode hears it first.
+    let sense =
+        rig.cmd(0, &[0x1D, 0, 0, 0, 0, 0], &[], 0)
+            .check(sense::KEY_UNIT_ATTENTION, 0x29, 0x00);
     assert_eq!(sense.information, None);
+    rig.cmd(0, &[0x1D, 0, 0, 0, 0, 0], &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x20, 0x00);
     rig.cmd(0, &[0; 6], &[], 0).good();
 }
 
