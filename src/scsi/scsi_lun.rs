@@ -541,6 +541,11 @@ impl ScsiLun {
                     return Err(Failure::Check(sense::WRITE_PROTECTED));
                 }
                 let bytes = 2 * u64::from(blocks) * block;
+                if u64::from(expected_out) > bytes {
+                    // The verify and write halves are exactly the command's length.
+                    self.tasks[t].residual = Residual::of(bytes, expected_out);
+                    return Err(Failure::Check(sense::INVALID_FIELD_IN_INFORMATION_UNIT));
+                }
                 let len = self.data_out(t, bytes, expected_out)?;
                 self.tasks[t].data = DataSource::Own;
                 self.own_buffer(t, bytes as usize);

@@ -635,6 +635,14 @@ fn compare_and_write_writes_on_a_match_and_reports_the_first_difference() {
     assert_eq!(sense.information, Some(700));
     assert_eq!(rig.read(0, 20, 2), new, "nothing written");
     assert!(rig.lu.interlock.is_empty(), "the range is given back");
+    // Data-Out other than both halves: refused, nothing written.
+    rig.cmd(0, &caw(20, 2), &data[..2 * BLOCK], 2 * BLOCK as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
+    let mut long = data.clone();
+    long.extend_from_slice(&[0; BLOCK]);
+    rig.cmd(0, &caw(20, 2), &long, long.len() as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
+    assert_eq!(rig.read(0, 20, 2), new);
     // Zero blocks: nothing; too many: refused.
     rig.cmd(0, &caw(20, 0), &[], 0).good();
     let sense = rig
