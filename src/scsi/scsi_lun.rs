@@ -231,6 +231,7 @@ impl ScsiLun {
         task.step = Step::Single;
         task.aborted = false;
         task.interlocked = false;
+        task.command = Command::TestUnitReady;
         // A pending unit attention comes first, before the CDB is even looked at, except
         // for the commands SAM-5 5.14 lets through (they may be malformed themselves).
         let opcode = cdb.first().copied().unwrap_or(0xFF);
