@@ -69,6 +69,14 @@ pub enum Command {
         lba: u64,
         allocation_length: u32,
     },
+    /// READ DEFECT DATA(10)/(12): a volume has no defect list; the header echoes the
+    /// requested lists and format with a length of zero.
+    ReadDefectData {
+        twelve: bool,
+        /// REQ_PLIST, REQ_GLIST and the DEFECT LIST FORMAT as the CDB had them.
+        lists_and_format: u8,
+        allocation_length: u32,
+    },
     WriteSame {
         lba: u64,
         blocks: u32,
@@ -224,6 +232,16 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
             }
             Command::StartStopUnit
         }
+        op::READ_DEFECT_DATA_10 => Command::ReadDefectData {
+            twelve: false,
+            lists_and_format: cdb[2] & 0x1F,
+            allocation_length: u32::from(be16(cdb, 7)),
+        },
+        op::READ_DEFECT_DATA_12 => Command::ReadDefectData {
+            twelve: true,
+            lists_and_format: cdb[1] & 0x1F,
+            allocation_length: be32(cdb, 6),
+        },
         op::PRE_FETCH_10 => Command::PreFetch {
             lba: u64::from(be32(cdb, 2)),
             blocks: u32::from(be16(cdb, 7)),

@@ -109,6 +109,7 @@ fn access(command: &Command) -> Access {
         Command::Read { .. }
         | Command::Verify { .. }
         | Command::PreFetch { .. }
+        | Command::ReadDefectData { .. }
         | Command::ModeSense { .. } => Access::Read,
         Command::Write { .. }
         | Command::WriteAndVerify { .. }
@@ -557,6 +558,20 @@ impl ScsiLun {
                 self.complete(t);
             }
             Command::StartStopUnit => self.complete(t),
+            Command::ReadDefectData {
+                twelve,
+                lists_and_format,
+                allocation_length,
+            } => {
+                self.build(t, |_, out| {
+                    out.clear();
+                    out.extend_from_slice(&[0, lists_and_format, 0, 0]);
+                    if twelve {
+                        out.extend_from_slice(&[0; 4]);
+                    }
+                });
+                self.answer_own(t, allocation_length, expected_in);
+            }
             Command::GetLbaStatus {
                 lba,
                 allocation_length,

@@ -1311,7 +1311,7 @@ fn any_cdb_and_parameter_list_ends_with_a_status() {
 }
 
 #[test]
-fn get_lba_status_prefetch_start_stop_and_the_12_byte_verifies() {
+fn get_lba_status_prefetch_start_stop_defects_and_the_12_byte_verifies() {
     let mut rig = Rig::new(true, AccessMode::ReadWrite, 1).ready();
     // Extent 1 (blocks 2048..4096) written: deallocated, mapped, deallocated.
     rig.write(0, 2048 + 7, &[9; BLOCK]).good();
@@ -1350,6 +1350,11 @@ fn get_lba_status_prefetch_start_stop_and_the_12_byte_verifies() {
     rig.cmd(0, &[0x1B, 0, 0, 0, 0x01, 0], &[], 0).good();
     rig.cmd(0, &[0x1B, 0, 0, 0, 0x02, 0], &[], 0)
         .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
+    // READ DEFECT DATA: no defects, the request echoed.
+    let defects = rig.cmd(0, &[0x37, 0, 0x1D, 0, 0, 0, 0, 0, 32, 0], &[], 32);
+    assert_eq!(defects.good().data, vec![0, 0x1D, 0, 0]);
+    let defects = rig.cmd(0, &[0xB7, 0x0C, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[], 32);
+    assert_eq!(defects.good().data, vec![0, 0x0C, 0, 0, 0, 0, 0, 0]);
     // VERIFY(12) and WRITE AND VERIFY(12).
     let data = pattern(3, 2 * BLOCK);
     rig.cmd(0, &rw12(0xAE, 2048 + 20, 2), &data, data.len() as u32)
