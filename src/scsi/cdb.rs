@@ -53,6 +53,13 @@ pub enum Command {
         blocks: u32,
         fua: bool,
     },
+    /// ORWRITE(16): the blocks become their OR with the Data-Out, atomically (the same
+    /// interlock as COMPARE AND WRITE).
+    OrWrite {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    },
     SynchronizeCache {
         lba: u64,
         blocks: u32,
@@ -326,6 +333,14 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
             Command::CompareAndWrite {
                 lba: be64(cdb, 2),
                 blocks: u32::from(cdb[13]),
+                fua: cdb[1] & 0x08 != 0,
+            }
+        }
+        op::ORWRITE_16 => {
+            no_protection(cdb)?;
+            Command::OrWrite {
+                lba: be64(cdb, 2),
+                blocks: be32(cdb, 10),
                 fua: cdb[1] & 0x08 != 0,
             }
         }

@@ -35,6 +35,7 @@ pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
 pub const READ_16: u8 = 0x88;
 pub const COMPARE_AND_WRITE: u8 = 0x89;
 pub const WRITE_16: u8 = 0x8A;
+pub const ORWRITE_16: u8 = 0x8B;
 pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
 pub const VERIFY_16: u8 = 0x8F;
 pub const PRE_FETCH_16: u8 = 0x90;
@@ -142,6 +143,14 @@ pub const SUPPORTED: &[Supported] = &[
         ],
     ),
     s(WRITE_16, None, W16_USAGE),
+    s(
+        ORWRITE_16,
+        None,
+        &[
+            0x8B, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0x07,
+        ],
+    ),
     s(
         WRITE_AND_VERIFY_16,
         None,

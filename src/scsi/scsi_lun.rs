@@ -114,6 +114,7 @@ fn access(command: &Command) -> Access {
         Command::Write { .. }
         | Command::WriteAndVerify { .. }
         | Command::CompareAndWrite { .. }
+        | Command::OrWrite { .. }
         | Command::WriteSame { .. }
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }
@@ -553,6 +554,22 @@ impl ScsiLun {
                 self.own_buffer(t, bytes as usize);
                 return Ok(len);
             }
+            Command::OrWrite { lba, blocks, .. } => {
+                self.check_transfer(blocks, 10)?;
+                self.check_range(lba, u64::from(blocks))?;
+                if blocks == 0 {
+                    self.complete(t);
+                    return Ok(None);
+                }
+                if self.read_only {
+                    return Err(Failure::Check(sense::WRITE_PROTECTED));
+                }
+                let bytes = u64::from(blocks) * block;
+                let len = self.data_out(t, bytes, expected_out)?;
+                self.tasks[t].data = DataSource::Own;
+                self.own_buffer(t, bytes as usize);
+                return Ok(len);
+            }
             Command::PreFetch { lba, blocks } => {
                 self.check_range(lba, u64::from(blocks))?;
                 self.complete(t);
@@ -976,7 +993,7 @@ impl ScsiLun {
             Command::Verify { .. } => {
                 self.next_verify_piece(t, ctx)?;
             }
-            Command::CompareAndWrite { lba, blocks, .. } => {
+            Command::CompareAndWrite { lba, blocks, .. } | Command::OrWrite { lba, blocks, .. } => {
                 if !self
                     .lu
                     .interlock
@@ -1236,22 +1253,35 @@ impl ScsiLun {
             }
             Step::CawRead => {
                 let block = u64::from(self.geometry.block_bytes);
-                let Command::CompareAndWrite { lba, blocks, fua } = self.tasks[t].command else {
-                    return Err(Failure::Check(sense::INTERNAL_TARGET_FAILURE));
+                let (lba, blocks, fua, or) = match self.tasks[t].command {
+                    Command::CompareAndWrite { lba, blocks, fua } => (lba, blocks, fua, false),
+                    Command::OrWrite { lba, blocks, fua } => (lba, blocks, fua, true),
+                    _ => return Err(Failure::Check(sense::INTERNAL_TARGET_FAILURE)),
                 };
                 let n = (u64::from(blocks) * block) as usize;
-                let differs = first_difference(&self.tasks[t].own[..n], self.engine.buffer(slot));
-                self.engine.release(slot);
-                self.tasks[t].slot = None;
-                if let Some(i) = differs {
+                if or {
+                    // The new blocks: what is there, OR the Data-Out (kept in the task
+                    // buffer, then written from it below).
+                    let (own, engine) = (&mut self.tasks[t].own, &self.engine);
+                    for (new, old) in own[..n].iter_mut().zip(engine.buffer(slot)) {
+                        *new |= *old;
+                    }
+                } else if let Some(i) =
+                    first_difference(&self.tasks[t].own[..n], self.engine.buffer(slot))
+                {
+                    self.engine.release(slot);
+                    self.tasks[t].slot = None;
                     return Err(Failure::Check(
                         sense::MISCOMPARE_DURING_VERIFY.with_information(i as u32),
                     ));
                 }
+                self.engine.release(slot);
+                self.tasks[t].slot = None;
                 let fua = self.fua(fua);
                 let write = self.engine_request(t, BlockOp::Write, lba * block, n as u64, fua)?;
                 let (own, engine) = (&self.tasks[t].own, &mut self.engine);
-                engine.buffer_mut(write).copy_from_slice(&own[n..2 * n]);
+                let data = if or { &own[..n] } else { &own[n..2 * n] };
+                engine.buffer_mut(write).copy_from_slice(data);
                 self.tasks[t].step = Step::CawWrite;
                 self.engine.start(write, ctx);
             }
@@ -1273,7 +1303,9 @@ impl ScsiLun {
     fn complete(&mut self, t: usize) {
         let task = &mut self.tasks[t];
         if task.interlocked {
-            if let Command::CompareAndWrite { lba, .. } = task.command {
+            if let Command::CompareAndWrite { lba, .. } | Command::OrWrite { lba, .. } =
+                task.command
+            {
                 self.lu.interlock.give_back(lba, self.owner);
             }
             task.interlocked = false;
@@ -1317,7 +1349,9 @@ impl ScsiLun {
     fn free(&mut self, t: usize) {
         let task = &mut self.tasks[t];
         if task.interlocked {
-            if let Command::CompareAndWrite { lba, .. } = task.command {
+            if let Command::CompareAndWrite { lba, .. } | Command::OrWrite { lba, .. } =
+                task.command
+            {
                 self.lu.interlock.give_back(lba, self.owner);
             }
             task.interlocked = false;

@@ -1430,3 +1430,26 @@ fn a_fully_provisioned_volume_has_no_unmap() {
     );
     assert_eq!(&one.good().data[..2], &[0, 0x01], "UNMAP: not supported");
 }
+
+#[test]
+fn orwrite_ors_the_data_into_the_blocks() {
+    let mut rig = Rig::new(false, AccessMode::ReadWrite, 1).ready();
+    let old: Vec<u8> = (0..2 * BLOCK).map(|i| (i % 3) as u8 * 0x11).collect();
+    rig.write(0, 40, &old).good();
+    let mask: Vec<u8> = (0..2 * BLOCK).map(|i| 1 << (i % 8)).collect();
+    let mut cdb = rw16(0x8B, 40, 2);
+    cdb[1] = 0x08; // FUA
+    rig.cmd(0, &cdb, &mask, mask.len() as u32).good();
+    let want: Vec<u8> = old.iter().zip(&mask).map(|(a, b)| a | b).collect();
+    assert_eq!(rig.read(0, 40, 2), want);
+    assert!(rig.lu.interlock.is_empty());
+    rig.cmd(0, &rw16(0x8B, 0, 0), &[], 0).good();
+    rig.cmd(0, &rw16(0x8B, BLOCKS + 1, 0), &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    rig.cmd(0, &rw16(0x8B, BLOCKS - 1, 2), &mask, mask.len() as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    let mut protect = rw16(0x8B, 0, 1);
+    protect[1] = 0x20;
+    rig.cmd(0, &protect, &mask[..BLOCK], BLOCK as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
+}
