@@ -1158,6 +1158,12 @@ fn aptpl_reservations_are_read_back_by_a_new_registry() {
     let (cdb, p) = pr_out(pr::SA_REGISTER, 0, 0x1234, 0x1234, false);
     after.cmd(0, &cdb, &p, 24).good();
     assert!(!path.exists());
+    // A file that does not parse is set aside; the unit starts without reservations.
+    std::fs::write(&path, b"{ not json").expect("write");
+    let lu = LuRegistry::new(dir.path()).get(&rig.volume);
+    assert!(!lu.reservations.is_reserved());
+    assert!(!path.exists());
+    assert!(path.with_extension("json.corrupt").exists());
 }
 
 #[test]
