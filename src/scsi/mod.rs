@@ -23,7 +23,7 @@
 //!   shared state.
 //! - [`scsi_lun`], [`task`]: the per-nexus executor and its task table.
 //! - [`unmap`]: the UNMAP parameter list; [`lba_status`]: GET LBA STATUS.
-//! - [`report_luns`]: REPORT LUNS over the transport's LUN list, and the answer of a LUN
+//! - [`mod@report_luns`]: REPORT LUNS over the transport's LUN list, and the answer of a LUN
 //!   with no unit.
 //! - [`nexus`]: who asks ([`Nexus`]) and what the unit says it is ([`LunIdentity`]).
 //!

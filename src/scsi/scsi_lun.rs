@@ -21,7 +21,7 @@
 //! the engine's slot buffers, so the I/O path does not allocate or lock (the reservation
 //! and interlock checks are one atomic load each while nothing is reserved or interlocked).
 //!
-//! Status of a block request, in SCSI terms (one place: [`block_failure`]): out of range →
+//! Status of a block request, in SCSI terms (one place: `block_failure`): out of range →
 //! LBA OUT OF RANGE; a write on a read-only path → DATA PROTECT / WRITE PROTECTED; a full
 //! pool → DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT; a LUN I/O error → MEDIUM
 //! ERROR (UNRECOVERED READ ERROR or WRITE ERROR); a deleted volume → NOT READY; a closing
