@@ -221,7 +221,11 @@ impl ScsiLun {
         let task = &mut self.tasks[t];
         task.state = TaskState::Running;
         task.itt = itt;
-        task.expected_bytes = expected_data_len;
+        task.expected_in_bytes = if dir == DataDirection::Read {
+            expected_data_len
+        } else {
+            0
+        };
         task.data_out_bytes = 0;
         task.status = status::GOOD;
         task.sense_len = 0;
@@ -1317,6 +1321,10 @@ impl ScsiLun {
         task.state = TaskState::Done;
         if task.data == DataSource::None || task.status != status::GOOD {
             task.data_in_len = 0;
+        }
+        if task.status != status::GOOD && task.expected_in_bytes > 0 {
+            // A failed command sends no Data-In: all the initiator expected is residual.
+            task.residual = Residual::Underflow(task.expected_in_bytes);
         }
         self.done.push_back(TaskDone {
             task: t,

@@ -539,6 +539,10 @@ fn residuals_follow_the_expected_length() {
     let short = rig.cmd(0, &rw10(0x28, 10, 2), &[], 700);
     assert_eq!(short.good().data, data[..700].to_vec());
     assert_eq!(short.residual, Residual::Overflow(2 * 512 - 700));
+    // A failed read sends nothing: everything expected is residual.
+    let failed = rig.cmd(0, &rw10(0x28, BLOCKS as u32, 2), &[], 1024);
+    failed.check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    assert_eq!(failed.residual, Residual::Underflow(1024));
     // Expecting less Data-Out than the command writes: refused, nothing written.
     let refused = rig.cmd(0, &rw10(0x2A, 10, 2), &[0xEE; 200], 200);
     refused.check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);

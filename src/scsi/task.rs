@@ -114,7 +114,8 @@ pub(crate) struct Task {
     pub state: TaskState,
     pub itt: u32,
     pub command: Command,
-    pub expected_bytes: u32,
+    /// The Data-In the initiator expects (0 unless the transport said Read).
+    pub expected_in_bytes: u32,
     /// Bytes of Data-Out the command takes (NeedData's len).
     pub data_out_bytes: u32,
     pub status: u8,
@@ -140,7 +141,7 @@ impl Task {
             state: TaskState::Free,
             itt: 0,
             command: Command::TestUnitReady,
-            expected_bytes: 0,
+            expected_in_bytes: 0,
             data_out_bytes: 0,
             status: status::GOOD,
             sense: [0; SCSI_SENSE_BYTES],
