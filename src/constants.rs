@@ -229,11 +229,11 @@ pub const SCSI_MAX_PR_REGISTRATIONS: usize = 128;
 /// Unit attentions queued per I_T nexus beyond the standing ones (SPC-4 lets the oldest be
 /// dropped: the newest is then reported as overflow is not needed for our few kinds).
 pub const SCSI_MAX_PENDING_UNIT_ATTENTIONS: usize = 16;
+/// Extents GET LBA STATUS looks at for one answer: its last descriptor ends there (the
+/// initiator asks again from that LBA), so a huge volume is never walked whole on a reactor.
+pub const SCSI_MAX_LBA_STATUS_EXTENTS: u64 = 4096;
 /// Largest persistent-reservation state file read back at start.
 pub const SCSI_MAX_PR_FILE_BYTES: u64 = 1024 * 1024;
 const _: () = assert!(SCSI_TASKS_PER_LUN <= crate::blockio::tag::MAX_SLOTS);
 const _: () = assert!(SCSI_MAX_ZEROING_REQUEST_BYTES <= u32::MAX as u64);
 const _: () = assert!(SCSI_MAX_COMPARE_AND_WRITE_BYTES <= MAX_IO_BYTES);
-/// Extents GET LBA STATUS looks at for one answer: its last descriptor ends there (the
-/// initiator asks again from that LBA), so a huge volume is never walked whole on a reactor.
-pub const SCSI_MAX_LBA_STATUS_EXTENTS: u64 = 4096;
