@@ -38,8 +38,9 @@ declare -A max_len=(
     [cli_size]=64
     [pool_on_disk]=4097
     [nbd_starttls]=4096
+    [scsi_cdb]=4096
 )
-read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk nbd_starttls}"
+read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk nbd_starttls scsi_cdb}"
 # A parser run on at most 16 KiB has no business near these: a larger allocation or RSS is a
 # bug (an allocation sized by the input), reported as a crash.
 rss_limit_mb=1024
@@ -140,6 +141,11 @@ journal[64:72] = struct.pack("<Q", 42)
 journal[72] = 1
 journal[4:8] = struct.pack("<I", crc32c(bytes(journal[8:])))
 seed("pool_on_disk", "journal", b"\x02" + bytes(journal))
+# SCSI: READ(10) and INQUIRY VPD CDBs; an UNMAP list with one descriptor; PR OUT REGISTER.
+seed("scsi_cdb", "cdbs", b"\x00" + bytes([0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0] + [0] * 6)
+     + bytes([0x12, 1, 0x83, 0, 255, 0] + [0] * 10))
+seed("scsi_cdb", "unmap", b"\x02" + struct.pack(">HH4xQI4x", 22, 16, 8, 16))
+seed("scsi_cdb", "pr-out", b"\x03" + bytes([0, 0, 0]) + struct.pack(">QQ8x", 0, 0xABCD))
 PY
 
 failed=()
