@@ -543,11 +543,20 @@ fn residuals_follow_the_expected_length() {
     let failed = rig.cmd(0, &rw10(0x28, BLOCKS as u32, 2), &[], 1024);
     failed.check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
     assert_eq!(failed.residual, Residual::Underflow(1024));
-    // Expecting less Data-Out than the command writes: refused, nothing written.
-    let refused = rig.cmd(0, &rw10(0x2A, 10, 2), &[0xEE; 200], 200);
-    refused.check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
-    assert_eq!(refused.residual, Residual::Overflow(2 * 512 - 200));
+    // Expecting less Data-Out than the command writes: the whole blocks that come are
+    // written, the rest is overflow (less than a block: nothing written).
+    let short = rig.cmd(0, &rw10(0x2A, 10, 2), &[0xEE; 200], 200);
+    assert_eq!(short.good().residual, Residual::Overflow(2 * 512 - 200));
     assert_eq!(rig.read(0, 10, 2), data);
+    let one = pattern(7, BLOCK);
+    let cut = rig.cmd(0, &rw10(0x2A, 10, 2), &one, BLOCK as u32);
+    assert_eq!(cut.good().residual, Residual::Overflow(512));
+    assert_eq!(rig.read(0, 10, 1), one, "the block that came is written");
+    assert_eq!(
+        rig.read(0, 11, 1),
+        data[BLOCK..].to_vec(),
+        "the next is not"
+    );
     // Expecting more: the command's length is written, the rest is underflow.
     let mut big = pattern(5, BLOCK);
     big.extend_from_slice(&[0xEE; 100]);
