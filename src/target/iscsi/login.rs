@@ -1150,6 +1150,54 @@ mod tests {
     }
 
     #[test]
+    fn a_discovery_answer_longer_than_the_initiators_limit_comes_in_parts() {
+        let (mut initiator, thread) = target(vec![]);
+        let reply = initiator.login(
+            stage::OPERATIONAL,
+            Some(stage::FULL_FEATURE),
+            &[
+                ("InitiatorName", "iqn.x:y"),
+                ("SessionType", "Discovery"),
+                ("MaxRecvDataSegmentLength", "512"),
+            ],
+        );
+        assert_eq!(reply.status(), (0, 0));
+        // Forty unknown keys: forty NotUnderstood answers, about 1.5 KiB of text, split
+        // wherever 512 bytes end (RFC 7143 lets a pair straddle two PDUs).
+        let keys: Vec<String> = (0..40)
+            .map(|k| format!("X-org.example.key{k:04}"))
+            .collect();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "1")).collect();
+        let mut reply = initiator.text(&pairs, pdu::RESERVED_TAG);
+        let mut text = Vec::new();
+        let mut parts = 1;
+        loop {
+            let pdu::TargetPdu::Text(response) = reply.pdu else {
+                panic!("not a Text Response");
+            };
+            assert!(reply.data.len() <= 512);
+            text.extend_from_slice(&reply.data);
+            if response.final_ {
+                assert_eq!(response.target_transfer_tag, pdu::RESERVED_TAG);
+                break;
+            }
+            assert!(response.continue_);
+            assert_ne!(response.target_transfer_tag, pdu::RESERVED_TAG);
+            reply = initiator.text(&[], response.target_transfer_tag);
+            parts += 1;
+        }
+        assert!(parts >= 3, "{parts} parts");
+        let answers = params::parse_text(&text).unwrap();
+        assert_eq!(answers.len(), 40);
+        assert!(answers
+            .iter()
+            .zip(&keys)
+            .all(|((key, value), sent)| key == sent && *value == "NotUnderstood"));
+        initiator.logout();
+        assert!(thread.join().unwrap().is_ok());
+    }
+
+    #[test]
     fn operational_keys_are_answered_and_unknown_ones_not_understood() {
         let (mut initiator, thread) = target(vec![]);
         let reply = initiator.login(
