@@ -4,8 +4,8 @@
 //!
 //! Input: byte 0 caps how many bytes one `read` returns (0: no cap), byte 1 makes the Nth
 //! `write` fail (0: never); the rest is what the initiator sends.
-//! Checks: no panic; a session that reaches full-feature phase has a TSIH and the parameters
-//! this target allows; everything the target wrote during login frames as Login Responses.
+//! Checks: no panic; only a discovery session reaches full-feature phase (no host has a
+//! virtual path), with a TSIH and the parameters this target allows; everything the target wrote during login frames as Login Responses.
 
 #![no_main]
 
@@ -79,9 +79,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_ne!(outcome.tsih, 0);
+    // No host has a virtual path, so only a discovery session may log in.
+    assert_eq!(outcome.session_type, SessionType::Discovery);
     assert_eq!(outcome.params.error_recovery_level, 0);
     assert!(outcome.params.first_burst_length <= outcome.params.max_burst_length);
-    if outcome.session_type == SessionType::Discovery {
+    {
         let setup = DiscoverySetup {
             published: &published,
             target_name: "iqn.2026-11.org.sds:fuzz",
