@@ -163,6 +163,8 @@ struct Login<'a> {
     answered_once: bool,
     /// Whether the first request's text has been read for who the initiator is.
     identified: bool,
+    /// The latest stage a request was in: the login never goes back to an earlier one.
+    stage_reached: u8,
 }
 
 /// Runs a login on `stream` to its end: the full-feature phase, or a refusal (sent, then
@@ -198,6 +200,7 @@ pub fn login<S: Read + Write>(
         negotiation: Negotiation::new(setup.offer, SessionType::Normal),
         answered_once: false,
         identified: false,
+        stage_reached: stage::SECURITY,
     };
     match login.run(stream, received) {
         Ok(outcome) => Ok(outcome),
@@ -400,6 +403,14 @@ impl Login<'_> {
             )
             .into());
         }
+        if current < self.stage_reached {
+            return Err(fail(
+                login_status::INITIATOR_ERROR_GENERIC,
+                format!("login stage {current} after stage {}", self.stage_reached),
+            )
+            .into());
+        }
+        self.stage_reached = current;
         if current == stage::OPERATIONAL {
             self.leave_security()?;
         }
@@ -1245,6 +1256,20 @@ mod tests {
         let outcome = thread.join().unwrap().unwrap();
         assert_eq!(outcome.initiator_name, "iqn.x:y");
         assert_eq!(outcome.session_type, SessionType::Discovery);
+    }
+
+    #[test]
+    fn a_login_never_goes_back_to_the_security_stage() {
+        let (mut initiator, thread) = target(vec![]);
+        let reply = initiator.login(
+            stage::OPERATIONAL,
+            None,
+            &[("InitiatorName", "iqn.x:y"), ("SessionType", "Discovery")],
+        );
+        assert_eq!(reply.status(), (0, 0));
+        let reply = initiator.login(stage::SECURITY, None, &[("AuthMethod", "None")]);
+        assert_eq!(reply.status(), login_status::INITIATOR_ERROR_GENERIC);
+        assert!(thread.join().unwrap().is_err());
     }
 
     #[test]
