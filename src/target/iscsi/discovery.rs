@@ -19,7 +19,7 @@ use super::pdu::{
 };
 use super::pdu_io::{read_pdu, write_pdu, Digests, PduIoError};
 use crate::constants::{MAX_ISCSI_DISCOVERY_PDUS, MAX_ISCSI_TEXT_BYTES};
-use crate::domain::snapshot::Published;
+use crate::domain::snapshot::{Published, Snapshot};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 
@@ -207,21 +207,15 @@ impl Session<'_> {
         self.send_part(stream, request)
     }
 
-    /// The targets this initiator may see: this one, when its host has a virtual path.
     fn send_targets(&self, value: &str, answer: &mut Vec<u8>) {
-        let snapshot = self.setup.published.load();
-        let visible = snapshot
-            .host_by_iqn(&self.outcome.initiator_name)
-            .is_some_and(|host| snapshot.paths_of(&host.name).next().is_some());
-        let asked = value == "All" || value.eq_ignore_ascii_case(self.setup.target_name);
-        if visible && asked {
-            params::push_pair(answer, "TargetName", self.setup.target_name);
-            params::push_pair(
-                answer,
-                "TargetAddress",
-                &format!("{},{TARGET_PORTAL_GROUP_TAG}", self.setup.portal),
-            );
-        }
+        send_targets(
+            &self.setup.published.load(),
+            &self.outcome.initiator_name,
+            self.setup.target_name,
+            self.setup.portal,
+            value,
+            answer,
+        );
     }
 
     /// Sends as much of the pending answer as one PDU may carry.
@@ -257,5 +251,31 @@ impl Session<'_> {
         .write(&mut bhs);
         write_pdu(stream, &bhs, data, self.digests)?;
         Ok(())
+    }
+}
+
+/// The answer to `SendTargets=<value>` from `initiator`, appended to `answer`: this target's
+/// name and portal when the initiator's host has a virtual path in `snapshot` and `value` is
+/// `All` or this target's name; nothing otherwise. (A normal session's Text Request may ask
+/// it too, RFC 7143 §13.3, with an empty value meaning "this session's target".)
+pub fn send_targets(
+    snapshot: &Snapshot,
+    initiator: &str,
+    target_name: &str,
+    portal: SocketAddr,
+    value: &str,
+    answer: &mut Vec<u8>,
+) {
+    let visible = snapshot
+        .host_by_iqn(initiator)
+        .is_some_and(|host| snapshot.paths_of(&host.name).next().is_some());
+    let asked = value == "All" || value.eq_ignore_ascii_case(target_name);
+    if visible && asked {
+        params::push_pair(answer, "TargetName", target_name);
+        params::push_pair(
+            answer,
+            "TargetAddress",
+            &format!("{portal},{TARGET_PORTAL_GROUP_TAG}"),
+        );
     }
 }
