@@ -5,7 +5,8 @@
 //! `SendTargets=All` (or `=<this target's name>`) answers `TargetName=<name>` and
 //! `TargetAddress=<the address the initiator reached>,1` — but only to an initiator whose host
 //! has at least one virtual path in the snapshot published when the request comes; anyone
-//! else gets an empty answer, so an initiator learns of nothing it may not use. An answer
+//! else gets an empty answer, so an initiator learns of nothing it may not use; a value that is
+//! neither `All` nor an iSCSI name is answered `SendTargets=Reject`. An answer
 //! longer than the initiator's MaxRecvDataSegmentLength goes out in parts (F=0, C=1, a target
 //! transfer tag the initiator sends back to ask for the next). Any other PDU is rejected
 //! (Reject, protocol error) and the session goes on; the whole session, login included, must
@@ -256,8 +257,11 @@ impl Session<'_> {
 
 /// The answer to `SendTargets=<value>` from `initiator`, appended to `answer`: this target's
 /// name and portal when the initiator's host has a virtual path in `snapshot` and `value` is
-/// `All` or this target's name; nothing otherwise. (A normal session's Text Request may ask
-/// it too, RFC 7143 §13.3, with an empty value meaning "this session's target".)
+/// `All` or this target's name; nothing for another iSCSI name or a host with no VP; and
+/// `SendTargets=Reject` for a value that is neither `All` nor an iSCSI name (libiscsi's
+/// `iSCSI.iSCSISendTargets.Invalid` sends `Alle` and `A` and expects a failure). A normal
+/// session's Text Request may ask it too (RFC 7143 §13.3); there an empty value means "this
+/// session's target", so the caller passes the target's name instead.
 pub fn send_targets(
     snapshot: &Snapshot,
     initiator: &str,
@@ -266,11 +270,19 @@ pub fn send_targets(
     value: &str,
     answer: &mut Vec<u8>,
 ) {
+    let is_name = ["iqn.", "eui.", "naa."].iter().any(|prefix| {
+        value
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    });
+    if value != "All" && !is_name {
+        params::push_pair(answer, "SendTargets", "Reject");
+        return;
+    }
     let visible = snapshot
         .host_by_iqn(initiator)
         .is_some_and(|host| snapshot.paths_of(&host.name).next().is_some());
-    let asked = value == "All" || value.eq_ignore_ascii_case(target_name);
-    if visible && asked {
+    if visible && (value == "All" || value.eq_ignore_ascii_case(target_name)) {
         params::push_pair(answer, "TargetName", target_name);
         params::push_pair(
             answer,

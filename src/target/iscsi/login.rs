@@ -1273,6 +1273,35 @@ mod tests {
     }
 
     #[test]
+    fn malformed_send_targets_are_rejected_and_unknown_keys_not_understood() {
+        let (mut initiator, thread) = target(vec![]);
+        let reply =
+            initiator.login_plain(&[("InitiatorName", "iqn.x:y"), ("SessionType", "Discovery")]);
+        assert_eq!(reply.status(), (0, 0));
+        for (key, value, expected) in [
+            ("SendTargets", "Alle", Some(("SendTargets", "Reject"))),
+            ("SendTargets", "A", Some(("SendTargets", "Reject"))),
+            (
+                "SendTargetsPlease",
+                "All",
+                Some(("SendTargetsPlease", "NotUnderstood")),
+            ),
+            ("sENDtARGETS", "aLL", Some(("sENDtARGETS", "NotUnderstood"))),
+            ("SendTargets", "iqn.2026-11.org.sds:elsewhere", None),
+            ("SendTargets", "All", None),
+        ] {
+            let reply = initiator.text(&[(key, value)], pdu::RESERVED_TAG);
+            let pairs = reply.pairs();
+            match expected {
+                Some((k, v)) => assert_eq!(pairs, vec![(k.to_string(), v.to_string())]),
+                None => assert!(pairs.is_empty(), "{key}={value}: {pairs:?}"),
+            }
+        }
+        initiator.logout();
+        assert!(thread.join().unwrap().is_ok());
+    }
+
+    #[test]
     fn a_login_naming_a_tsih_is_refused() {
         let (initiator, thread) = target(vec![]);
         let data = b"InitiatorName=iqn.x:y\0SessionType=Discovery\0";
