@@ -192,8 +192,9 @@ pub struct IscsiSession {
     peer: String,
     initiator: String,
     target_name: String,
-    /// `IP:port,TPGT` of the portal this connection came in through.
-    portal: String,
+    /// The portal this connection came in through.
+    portal: Option<std::net::SocketAddr>,
+    published: std::sync::Arc<crate::domain::snapshot::Published>,
     params: Negotiated,
     luns: Vec<Lun>,
     /// Sorted LUN numbers, for REPORT LUNS.
@@ -287,11 +288,9 @@ impl IscsiSession {
         luns: Vec<(u64, u64, ScsiLun)>,
         opens: Vec<OpenGuard>,
         target_name: String,
+        published: std::sync::Arc<crate::domain::snapshot::Published>,
     ) -> Self {
-        let portal = match logged_in.stream.local_addr() {
-            Ok(address) => format!("{address},{}", super::login::TARGET_PORTAL_GROUP_TAG),
-            Err(_) => String::new(),
-        };
+        let portal = logged_in.stream.local_addr().ok();
         let LoggedIn {
             stream,
             initiator_name,
@@ -316,6 +315,7 @@ impl IscsiSession {
             initiator: initiator_name,
             target_name,
             portal,
+            published,
             params,
             luns: luns
                 .into_iter()
@@ -1057,22 +1057,26 @@ impl IscsiSession {
         }
     }
 
-    /// The answer to a Text Request in full-feature phase: SendTargets (All, or this
-    /// target's name) names this target at the portal the initiator came in through; any
-    /// other key is not understood.
+    /// The answer to a Text Request in full-feature phase: SendTargets as a discovery
+    /// session answers it (this target at the portal the initiator came in through, if its
+    /// host still has a VP); any other key is not understood.
     fn text_answer(&self, text: &[u8]) -> Vec<u8> {
         let mut answer = Vec::new();
         let Ok(pairs) = super::params::parse_text(text) else {
             return answer;
         };
+        let snapshot = self.published.load();
         for (key, value) in pairs {
-            if key == "SendTargets" {
-                if value == "All" || value.eq_ignore_ascii_case(&self.target_name) {
-                    super::params::push_pair(&mut answer, "TargetName", &self.target_name);
-                    super::params::push_pair(&mut answer, "TargetAddress", &self.portal);
-                }
-            } else {
-                super::params::push_pair(&mut answer, key, "NotUnderstood");
+            match (key, self.portal) {
+                ("SendTargets", Some(portal)) => super::discovery::send_targets(
+                    &snapshot,
+                    &self.initiator,
+                    &self.target_name,
+                    portal,
+                    value,
+                    &mut answer,
+                ),
+                _ => super::params::push_pair(&mut answer, key, "NotUnderstood"),
             }
         }
         answer
@@ -1811,7 +1815,13 @@ pub fn attach(logged_in: LoggedIn, context: &IscsiContext) {
             .collect::<Vec<_>>()
     );
     let reactor = logged_in.ticket.place.reactor();
-    let session = IscsiSession::new(logged_in, luns, opens, context.target_name.clone());
+    let session = IscsiSession::new(
+        logged_in,
+        luns,
+        opens,
+        context.target_name.clone(),
+        context.published.clone(),
+    );
     if let Some(reactor) = context.reactors.get(reactor) {
         reactor.post(Message::Attach(Box::new(session)));
     }
