@@ -552,6 +552,11 @@ impl ScsiLun {
             }
             Command::CompareAndWrite { lba, blocks, .. } => {
                 if blocks == 0 {
+                    if expected_out > 0 {
+                        // Data-Out the CDB does not describe (a length past the one-byte
+                        // field, wrapped to 0): refused, not silently dropped.
+                        return Err(Failure::Check(Sense::invalid_field_in_cdb(13, None)));
+                    }
                     self.complete(t);
                     return Ok(None);
                 }
