@@ -11,9 +11,9 @@ pub const MAX_UNNEGOTIATED_IO_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 128;
 /// Bytes of request buffers one connection may hold at once; requests beyond wait.
 pub const MAX_BUFFER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
-/// Bytes of request buffers all NBD connections together hold (requests in flight and
+/// Bytes of request buffers all front-end connections together hold (requests in flight and
 /// replies waiting to be sent); a connection past it waits for its own replies to drain, but
-/// one holding nothing may always take one request (see `target::nbd::buffer_budget`).
+/// one holding nothing may always take one request (see `target::buffer_budget`).
 pub const MAX_BUFFER_BYTES_TOTAL: usize = 512 * 1024 * 1024;
 /// Bytes of request buffers a connection keeps allocated for reuse; past it, a released
 /// request's buffer is freed (so idle slots cannot pin a connection's peak forever).

@@ -1537,6 +1537,26 @@ impl ScsiLun {
         self.tasks.len() - self.free_tasks.len()
     }
 
+    /// Whether `task` is taken (an aborted task is given back by the layer itself once its
+    /// engine work ends).
+    pub fn task_in_use(&self, task: usize) -> bool {
+        self.tasks
+            .get(task)
+            .is_some_and(|entry| entry.state != TaskState::Free)
+    }
+
+    /// Bytes of buffer `task` holds: its block request's data and its own buffer (what a
+    /// transport charges to its buffer budgets).
+    pub fn buffer_bytes(&self, task: usize) -> usize {
+        let Some(entry) = self.tasks.get(task) else {
+            return 0;
+        };
+        let slot = entry
+            .slot
+            .map_or(0, |slot| self.engine.request(slot).buffer_bytes());
+        slot + entry.own.len()
+    }
+
     /// Nothing on the ring or at the provisioner.
     pub fn is_idle(&self) -> bool {
         self.engine.is_idle()

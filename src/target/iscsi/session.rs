@@ -41,12 +41,13 @@ use crate::blockio::{BlockEngine, EngineConfig};
 use crate::constants::{
     ISCSI_CMD_WINDOW, ISCSI_CONTROL_PDUS, ISCSI_MAX_AHS_BYTES, ISCSI_NOP_INTERVAL_SECS,
     ISCSI_NOP_TIMEOUT_SECS, ISCSI_OUT_PDUS, ISCSI_RECV_BUFFER_BYTES, ISCSI_SLOTS_PER_LUN,
-    MAX_IO_BYTES, MAX_LUNS_PER_ISCSI_SESSION, MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION,
-    SCSI_TASKS_PER_LUN,
+    MAX_BUFFER_BYTES_PER_CONNECTION, MAX_BUFFER_BYTES_TOTAL, MAX_IO_BYTES,
+    MAX_LUNS_PER_ISCSI_SESSION, MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION, SCSI_TASKS_PER_LUN,
 };
 use crate::reactor::mailbox::Message;
 use crate::reactor::session::{Session, SessionContext};
 use crate::scsi::{self, DataDirection, ScsiLun, Submit, TaskDone};
+use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::volume::open_state::OpenGuard;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -210,8 +211,15 @@ pub struct IscsiSession {
     recv_end: usize,
     recv_posted: bool,
     inbound: Inbound,
-    /// A command waiting for a task of its LUN (its PDU is still in the receive buffer).
+    /// A command waiting for a task of its LUN or for buffer budget (its PDU is still in the
+    /// receive buffer).
     stalled: bool,
+    /// Bytes of buffer each task holds, charged to this session's and the server's budgets
+    /// when it was submitted (index `lun * SCSI_TASKS_PER_LUN + task`).
+    charged: Vec<usize>,
+    /// Their sum, at most about `MAX_BUFFER_BYTES_PER_CONNECTION`.
+    buffer_bytes: usize,
+    budget: &'static BufferBudget,
     waits: Vec<DataWait>,
 
     out: Vec<OutPdu>,
@@ -306,6 +314,7 @@ impl IscsiSession {
             _ticket: ticket,
             _opens: opens,
         };
+        let luns_len = luns.len();
         let mut lun_numbers: Vec<u64> = luns.iter().map(|(number, _, _)| *number).collect();
         lun_numbers.sort_unstable();
         let recv_buf = AlignedBuf::new(ISCSI_RECV_BUFFER_BYTES);
@@ -337,6 +346,9 @@ impl IscsiSession {
             recv_posted: false,
             inbound: Inbound::Headers,
             stalled: false,
+            charged: vec![0; luns_len * SCSI_TASKS_PER_LUN],
+            buffer_bytes: 0,
+            budget: &BUFFER_BUDGET,
             waits: Vec::with_capacity(ISCSI_CMD_WINDOW as usize),
             out: (0..ISCSI_OUT_PDUS).map(|_| OutPdu::new()).collect(),
             free_out: (0..ISCSI_OUT_PDUS).rev().collect(),
@@ -723,6 +735,15 @@ impl IscsiSession {
             self.skip(header_bytes + data_bytes + trailer_bytes);
             return true;
         }
+        // Buffers: past this session's share or the server's, the command waits for this
+        // session's own answers to drain; a session holding nothing always gets one.
+        if self.buffer_bytes > 0
+            && (self.buffer_bytes >= MAX_BUFFER_BYTES_PER_CONNECTION
+                || self.budget.used_bytes() >= MAX_BUFFER_BYTES_TOTAL)
+        {
+            self.stalled = true;
+            return false;
+        }
         let submitted = self.luns[index].scsi.submit(
             command.initiator_task_tag,
             &command.cdb,
@@ -737,13 +758,20 @@ impl IscsiSession {
                 self.stalled = true;
                 return false;
             }
-            Submit::Started { task } => (task, 0),
+            Submit::Started { task } => {
+                self.charge(index, task);
+                (task, 0)
+            }
             Submit::NeedData { task, len: 0 } => {
+                self.charge(index, task);
                 // Nothing to wait for: the command runs now.
                 self.luns[index].scsi.data_out_done(task, ctx);
                 (task, 0)
             }
-            Submit::NeedData { task, len } => (task, len),
+            Submit::NeedData { task, len } => {
+                self.charge(index, task);
+                (task, len)
+            }
         };
         self.accept_cmd_sn(command.immediate, command.cmd_sn);
         self.recv_start += header_bytes;
@@ -969,6 +997,38 @@ impl IscsiSession {
         self.queue_pdu(|bhs| r2t.write(bhs), OutData::None, None, false, ctx);
     }
 
+    /// Charges what a task just taken holds to the budgets. A charge still standing on the
+    /// same task belonged to one the layer gave back itself (aborted): it is returned first.
+    fn charge(&mut self, lun: usize, task: usize) {
+        self.uncharge(lun, task);
+        let bytes = self.luns[lun].scsi.buffer_bytes(task);
+        if bytes > 0 && self.budget.try_charge(bytes, true) {
+            self.charged[lun * SCSI_TASKS_PER_LUN + task] = bytes;
+            self.buffer_bytes += bytes;
+        }
+    }
+
+    fn uncharge(&mut self, lun: usize, task: usize) {
+        if let Some(charged) = self.charged.get_mut(lun * SCSI_TASKS_PER_LUN + task) {
+            let bytes = std::mem::take(charged);
+            self.buffer_bytes -= bytes;
+            self.budget.release(bytes);
+        }
+    }
+
+    /// Returns the charges of tasks the layer gave back itself (aborted).
+    fn uncharge_freed(&mut self) {
+        for lun in 0..self.luns.len() {
+            for task in 0..SCSI_TASKS_PER_LUN {
+                if self.charged[lun * SCSI_TASKS_PER_LUN + task] > 0
+                    && !self.luns[lun].scsi.task_in_use(task)
+                {
+                    self.uncharge(lun, task);
+                }
+            }
+        }
+    }
+
     fn skip(&mut self, bytes: usize) {
         let take = bytes.min(self.buffered());
         self.recv_start += take;
@@ -1126,6 +1186,7 @@ impl IscsiSession {
             _ => tmf::FUNCTION_NOT_SUPPORTED,
         };
         // Aborted tasks get no answer of their own; what they had queued is dropped.
+        self.uncharge_freed();
         self.drain_done(ctx);
         let answer = TaskManagementResponse {
             response,
@@ -1562,7 +1623,9 @@ impl IscsiSession {
             close_after |= out.close_after;
             out.data = OutData::None;
             if let Some((lun, task)) = out.release.take() {
-                self.luns[usize::from(lun)].scsi.release(usize::from(task));
+                let (lun, task) = (usize::from(lun), usize::from(task));
+                self.luns[lun].scsi.release(task);
+                self.uncharge(lun, task);
             }
             self.free_out.push(index);
         }
@@ -1623,6 +1686,14 @@ impl IscsiSession {
             None => {}
         }
         self.post_tick(ctx);
+    }
+}
+
+impl Drop for IscsiSession {
+    /// A session can end with answers it never sent, or tasks the layer dropped: what they
+    /// were charged goes back to the server's budget.
+    fn drop(&mut self) {
+        self.budget.release(self.buffer_bytes);
     }
 }
 
@@ -1773,6 +1844,9 @@ pub fn attach(logged_in: LoggedIn, context: &IscsiContext) {
         );
         paths.truncate(MAX_LUNS_PER_ISCSI_SESSION);
     }
+    // The buffers the session's engines keep for reuse are a connection's worth, shared.
+    let retained_per_lun =
+        (MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION / paths.len().max(1)).max(MAX_IO_BYTES);
     let mut luns = Vec::with_capacity(paths.len());
     let mut opens = Vec::with_capacity(paths.len());
     for (position, (path_index, view)) in paths.into_iter().enumerate() {
@@ -1790,7 +1864,7 @@ pub fn attach(logged_in: LoggedIn, context: &IscsiContext) {
                 slots: SCSI_TASKS_PER_LUN,
                 max_io_bytes: MAX_IO_BYTES,
                 initial_buffer_bytes: 0,
-                retained_buffer_bytes: MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION,
+                retained_buffer_bytes: retained_per_lun,
                 domain: true,
             },
         );
