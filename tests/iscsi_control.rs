@@ -194,3 +194,52 @@ fn chap_is_set_cleared_persisted_and_never_shown() {
     assert!(server.stop());
     assert_no_secret("the server log", &server.log());
 }
+
+/// The harness's reading of iscsi-test-cu logs (what the lead's conformance test counts by):
+/// a skip CUnit calls a pass, a tolerated "[FAILED]" step, a message after the verdict, a real
+/// failure with its reason, and a run cut off mid-test.
+#[test]
+fn test_cu_logs_are_read_test_by_test() {
+    let log = "\
+Suite: iSCSIdatasn
+  Test: iSCSIDataSnInvalid ...FAILED
+    1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)
+Suite: CompareAndWrite
+  Test: Simple ...    [SKIPPED] COMPAREANDWRITE is not implemented.
+    [SKIPPED] COMPAREANDWRITE is not implemented.
+passed
+Suite: Reserve6
+  Test: Simple ...passed
+  Test: 2Initiators ...    Take out a RESERVE6 from the first initiator
+    [FAILED] MODESENSE6 successful but should have failed
+    RELEASE6 from the second initiator
+FAILED
+    1. test_reserve6_2initiators.c:70  - CU_ASSERT_EQUAL(_r,0)
+  Test: LUNReset ...passed    [FAILED] PRIN command: failed with sense.
+
+Suite: Read10
+  Test: Simple ...
+";
+    let results = common::parse_test_cu(log.to_string());
+    assert_eq!(results.passed, ["Reserve6.Simple", "Reserve6.LUNReset"]);
+    assert_eq!(
+        results.skipped,
+        [(
+            "CompareAndWrite.Simple".to_string(),
+            "COMPAREANDWRITE is not implemented.".to_string()
+        )]
+    );
+    let failed: Vec<&str> = results.failed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        failed,
+        [
+            "iSCSIdatasn.iSCSIDataSnInvalid",
+            "Reserve6.2Initiators",
+            "Read10.Simple"
+        ]
+    );
+    assert_eq!(
+        results.failed[1].1,
+        "MODESENSE6 successful but should have failed"
+    );
+}
