@@ -54,7 +54,7 @@ pub const MAILBOX_CAPACITY: usize = 1024;
 /// Connections negotiating (NBD handshake) at once; more are closed at once.
 pub const MAX_HANDSHAKES: usize = 64;
 /// Of those, handshakes of peers that no host record names by address or user id (they
-/// cannot take the slots of the hosts that have one; see `target::nbd::handshake_slots`).
+/// cannot take the slots of the hosts that have one; see `target::handshake_slots`).
 pub const MAX_UNKNOWN_HANDSHAKES: usize = 16;
 /// Handshakes one source address (or Unix user id) that no host record names may have in
 /// progress at once.
@@ -70,6 +70,35 @@ pub const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
 pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 600;
 /// Largest NBD option payload accepted during the handshake.
 pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
+
+/// iSCSI (`target::iscsi`): the largest data segment this target accepts in one PDU, declared
+/// to every initiator as MaxRecvDataSegmentLength.
+pub const ISCSI_MAX_RECV_DATA_SEGMENT_BYTES: u32 = 256 * 1024;
+/// This target's offer of MaxBurstLength (the most data in one Data-In or solicited Data-Out
+/// sequence) and FirstBurstLength (the most immediate and unsolicited data of one command);
+/// a login settles on the smaller of these and the initiator's.
+pub const ISCSI_MAX_BURST_BYTES: u32 = 1024 * 1024;
+pub const ISCSI_FIRST_BURST_BYTES: u32 = 256 * 1024;
+/// This target's offer of MaxOutstandingR2T: R2Ts one command may have unanswered.
+pub const ISCSI_MAX_OUTSTANDING_R2T: u32 = 1;
+/// The login's text format: the longest key (RFC 7143 §6.1: 63 bytes), the longest value
+/// (room for a CHAP challenge or response in hex), the most text of one login or text
+/// exchange (across continued PDUs), and the most key=value pairs in it.
+pub const MAX_ISCSI_KEY_BYTES: usize = 63;
+pub const MAX_ISCSI_VALUE_BYTES: usize = 8192;
+pub const MAX_ISCSI_TEXT_BYTES: usize = 64 * 1024;
+pub const MAX_ISCSI_TEXT_PAIRS: usize = 256;
+/// The largest data segment a login or discovery PDU may carry (what this target declares
+/// during login is its default, 8192, until the operational stage says otherwise; it reads
+/// up to this much so an initiator that sends a large first PDU is not cut off).
+pub const ISCSI_LOGIN_DATA_SEGMENT_BYTES: u32 = 64 * 1024;
+/// Login and discovery PDUs one handshake may exchange before it is refused: a login takes a
+/// handful, a SendTargets answer a few more.
+pub const MAX_ISCSI_LOGIN_PDUS: usize = 64;
+/// PDUs one discovery session may exchange (its login excluded) before it is closed.
+pub const MAX_ISCSI_DISCOVERY_PDUS: usize = 256;
+/// Sessions the iSCSI target serves at once (every kind, discovery included).
+pub const MAX_ISCSI_SESSIONS: usize = MAX_CONNECTIONS_PER_REACTOR * MAX_REACTORS;
 
 /// Extent sizes a pool may use: powers of two in this range.
 pub const MIN_EXTENT_BYTES: u64 = 64 * 1024;
@@ -201,3 +230,77 @@ const _: () =
     assert!(HANDSHAKE_TIMEOUT_SECS >= 1 && HANDSHAKE_TIMEOUT_SECS <= MAX_HANDSHAKE_TIMEOUT_SECS);
 // A relay buffer holds at least one whole TLS record (16 KiB of plaintext and its overhead).
 const _: () = assert!(TLS_RELAY_BUFFER_BYTES >= 16 * 1024 + 256);
+const _: () = assert!(ISCSI_FIRST_BURST_BYTES <= ISCSI_MAX_BURST_BYTES);
+const _: () = assert!(ISCSI_MAX_BURST_BYTES as usize <= MAX_IO_BYTES);
+const _: () = assert!(
+    ISCSI_MAX_RECV_DATA_SEGMENT_BYTES >= 512 && ISCSI_MAX_RECV_DATA_SEGMENT_BYTES < (1 << 24)
+);
+const _: () = assert!(ISCSI_LOGIN_DATA_SEGMENT_BYTES as usize <= MAX_ISCSI_TEXT_BYTES);
+
+// ---- SCSI layer (src/scsi) ------------------------------------------------------------------
+
+/// Commands one `ScsiLun` holds at once (its task table); a transport past it answers TASK
+/// SET FULL. The LUN's block engine gets at least this many slots, so every task that does
+/// I/O finds one.
+pub const SCSI_TASKS_PER_LUN: usize = 64;
+/// Bytes of fixed-format sense data a task returns (SPC-4 4.5.3, with the sense-key specific
+/// bytes; no additional sense bytes past byte 17).
+pub const SCSI_SENSE_BYTES: usize = 18;
+/// Bytes of a task's own buffer kept for reuse after release (the buffer answers the
+/// non-I/O commands and takes parameter lists, CAW and VERIFY data): past it, a task that
+/// needed a large buffer gives it back.
+pub const SCSI_RETAINED_TASK_BUFFER_BYTES: usize = 64 * 1024;
+/// Largest parameter list accepted (MODE SELECT, PERSISTENT RESERVE OUT, UNMAP).
+pub const SCSI_MAX_PARAMETER_LIST_BYTES: usize = 8 + 16 * SCSI_MAX_UNMAP_DESCRIPTORS;
+/// UNMAP block descriptors in one command (VPD B0 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT).
+pub const SCSI_MAX_UNMAP_DESCRIPTORS: usize = 256;
+/// Blocks one UNMAP descriptor or WRITE SAME may cover (VPD B0 MAXIMUM UNMAP LBA COUNT and
+/// MAXIMUM WRITE SAME LENGTH): 1 Gi blocks; the layer cuts them into engine requests.
+pub const SCSI_MAX_UNMAP_BLOCKS: u64 = 1 << 30;
+/// Bytes of one TRIM or WRITE_ZEROES engine request the layer makes from UNMAP or WRITE SAME.
+pub const SCSI_MAX_ZEROING_REQUEST_BYTES: u64 = 1 << 30;
+/// Bytes of COMPARE AND WRITE data (verify plus write halves) at most: VPD B0 reports the
+/// largest block count that fits.
+pub const SCSI_MAX_COMPARE_AND_WRITE_BYTES: usize = 64 * 1024;
+/// COMPARE AND WRITE commands in flight at once on one logical unit, over every session
+/// (the interlock's table); past it a CAW answers BUSY.
+pub const SCSI_MAX_INTERLOCKED_RANGES: usize = 64;
+/// Persistent reservation registrations per logical unit; past it REGISTER answers
+/// INSUFFICIENT REGISTRATION RESOURCES.
+pub const SCSI_MAX_PR_REGISTRATIONS: usize = 128;
+/// Unit attentions queued per I_T nexus beyond the standing ones (SPC-4 lets the oldest be
+/// dropped: the newest is then reported as overflow is not needed for our few kinds).
+pub const SCSI_MAX_PENDING_UNIT_ATTENTIONS: usize = 16;
+/// Largest persistent-reservation state file read back at start.
+pub const SCSI_MAX_PR_FILE_BYTES: u64 = 1024 * 1024;
+const _: () = assert!(SCSI_TASKS_PER_LUN <= crate::blockio::tag::MAX_SLOTS);
+const _: () = assert!(SCSI_MAX_ZEROING_REQUEST_BYTES <= u32::MAX as u64);
+const _: () = assert!(SCSI_MAX_COMPARE_AND_WRITE_BYTES <= MAX_IO_BYTES);
+
+// ---- iSCSI full-feature phase (src/target/iscsi/session.rs) ----
+
+/// Commands an iSCSI session may have outstanding, over all its LUNs (the CmdSN window when
+/// none is).
+pub const ISCSI_CMD_WINDOW: u32 = 64;
+/// Additional header segments of one PDU at most (an extended CDB needs 260 bytes).
+pub const ISCSI_MAX_AHS_BYTES: usize = 1024;
+/// Engine slots numbered per LUN of an iSCSI session: LUN k's engine owns tags
+/// `k * ISCSI_SLOTS_PER_LUN ..`.
+pub const ISCSI_SLOTS_PER_LUN: usize = 64;
+/// LUNs one iSCSI session serves: as many engines as the tag layout's slot field holds.
+pub const MAX_LUNS_PER_ISCSI_SESSION: usize = crate::blockio::tag::MAX_SLOTS / ISCSI_SLOTS_PER_LUN;
+/// Outgoing PDUs an iSCSI session builds ahead of the socket (headers, sense, digests).
+pub const ISCSI_OUT_PDUS: usize = 256;
+/// Of those, the ones Data-In and status never take: R2T, NOP-In, Reject, task management
+/// and logout answers always find one.
+pub const ISCSI_CONTROL_PDUS: usize = 32;
+const _: () = assert!(ISCSI_CONTROL_PDUS < ISCSI_OUT_PDUS);
+/// The receive buffer of an iSCSI session: headers and every data segment that does not go
+/// straight into a task's buffer; larger than the largest data segment it accepts.
+pub const ISCSI_RECV_BUFFER_BYTES: usize = ISCSI_MAX_RECV_DATA_SEGMENT_BYTES as usize + 64 * 1024;
+/// Seconds of silence after which the target sends an initiator a NOP-In.
+pub const ISCSI_NOP_INTERVAL_SECS: u32 = 10;
+/// Seconds a NOP-In may go unanswered before the session is taken for dead.
+pub const ISCSI_NOP_TIMEOUT_SECS: u32 = 20;
+const _: () = assert!(ISCSI_CMD_WINDOW as usize <= SCSI_TASKS_PER_LUN);
+const _: () = assert!(SCSI_TASKS_PER_LUN <= ISCSI_SLOTS_PER_LUN);

@@ -22,6 +22,7 @@ pub mod perf;
 pub mod pool;
 pub mod reactor;
 pub mod rpc;
+pub mod scsi;
 pub mod serve;
 pub mod state_lock;
 pub mod store;

@@ -6,7 +6,11 @@ use crate::control::{self, Control};
 use crate::domain::snapshot::Published;
 use crate::reactor::{self, mailbox::Message};
 use crate::rpc;
+use crate::scsi::LuRegistry;
 use crate::state_lock::StateLock;
+use crate::target::iscsi::listener::{self as iscsi_listener, IscsiContext, IscsiSetup};
+use crate::target::iscsi::registry::Registry;
+use crate::target::iscsi::target_name;
 use crate::target::nbd::listener::{self, NbdContext};
 use crate::target::nbd::tls::{TlsFiles, TlsServer};
 use crate::volume::provisioner::Provisioner;
@@ -39,6 +43,11 @@ pub struct ServeConfig {
     pub poll: PollMode,
     /// The control loop's period: how often statistics are gathered and QoS shares decided.
     pub cycle: std::time::Duration,
+    /// The iSCSI portal; `None` disables the iSCSI target.
+    pub iscsi_listen: Option<SocketAddr>,
+    /// The iSCSI target name for this run (`--iscsi-target-name`); the stored one (made at
+    /// the first start) when absent.
+    pub iscsi_target_name: Option<String>,
     /// NBD over TLS: when set, every NBD connection (TCP or Unix) must start TLS, and with a
     /// client CA the client certificate's subject names the host.
     pub tls: Option<TlsFiles>,
@@ -75,6 +84,10 @@ pub enum ServeError {
     Rpc(#[from] crate::rpc::server::RpcServerError),
     #[error(transparent)]
     Tls(#[from] crate::target::nbd::tls::TlsError),
+    #[error(transparent)]
+    IscsiTargetName(#[from] crate::target::iscsi::target_name::TargetNameError),
+    #[error(transparent)]
+    IscsiListener(#[from] crate::target::iscsi::listener::ListenerError),
 }
 
 /// Runs the server until SIGINT/SIGTERM; returns after a clean shutdown: in-flight I/O
@@ -136,6 +149,11 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let (provisioner, provisioner_thread) =
         Provisioner::spawn().map_err(ServeError::Provisioner)?;
     let published = Arc::new(Published::default());
+    // The iSCSI target's name and its session registry exist whether or not the portal
+    // listens, so the control plane can show both.
+    let iscsi_target_name = target_name::resolve(&state_dir, config.iscsi_target_name.as_deref())?;
+    let iscsi_registry = Registry::new();
+    let iscsi_scsi = LuRegistry::new(&state_dir);
     let control = Control::restore(
         state_dir,
         published.clone(),
@@ -147,7 +165,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let (dispatch, control_thread) = control::spawn(control).map_err(Box::new)?;
 
     let nbd = NbdContext::new(
-        published,
+        published.clone(),
         reactors.clone(),
         provisioner.clone(),
         shutdown.clone(),
@@ -164,6 +182,20 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             config.nbd_unix_mode,
             nbd.clone(),
         )?);
+    }
+    if let Some(address) = config.iscsi_listen {
+        let iscsi = IscsiContext::new(IscsiSetup {
+            published: published.clone(),
+            reactors: reactors.clone(),
+            provisioner: provisioner.clone(),
+            shutdown: shutdown.clone(),
+            registry: iscsi_registry.clone(),
+            target_name: iscsi_target_name.clone(),
+            reactor_load: nbd.reactor_load(),
+            scsi: iscsi_scsi,
+            handshake_limit: config.nbd_handshake_timeout,
+        });
+        acceptors.push(iscsi_listener::listen(address, iscsi)?);
     }
     let rpc = rpc::server::spawn(&socket, Arc::new(dispatch), shutdown.clone())?;
     log::info!(

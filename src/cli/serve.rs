@@ -18,6 +18,13 @@ pub struct ServeArgs {
     /// NBD over TCP, HOST:PORT, or `none`
     #[arg(long, default_value = "127.0.0.1:10809")]
     nbd_listen: String,
+    /// The iSCSI target's portal, HOST:PORT, or `none`
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    iscsi_listen: String,
+    /// The iSCSI target name for this run [default: the one made at the first start,
+    /// iqn.2026-11.org.sds:<hostname>, kept in STATE_DIR/iscsi-target.json]
+    #[arg(long)]
+    iscsi_target_name: Option<String>,
     /// NBD over a Unix socket as well
     #[arg(long)]
     nbd_socket: Option<PathBuf>,
@@ -77,11 +84,20 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .map_err(|e| format!("--nbd-listen {text:?}: {e}"))?,
         ),
     };
+    let iscsi_listen = match args.iscsi_listen.as_str() {
+        "none" | "" => None,
+        text => Some(
+            text.parse::<SocketAddr>()
+                .map_err(|e| format!("--iscsi-listen {text:?}: {e}"))?,
+        ),
+    };
     let config = ServeConfig {
         state_dir: args.state_dir,
         rpc_socket: args.rpc_socket,
         nbd_listen,
         nbd_socket: args.nbd_socket,
+        iscsi_listen,
+        iscsi_target_name: args.iscsi_target_name,
         nbd_unix_mode: args.nbd_unix_mode,
         nbd_handshake_timeout: std::time::Duration::from_secs(args.nbd_handshake_timeout_secs),
         cores: match &args.cores {

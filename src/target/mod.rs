@@ -3,4 +3,8 @@
 //! session's block engine (`crate::blockio`), answering in its own terms from the engine's
 //! status.
 
+pub mod handshake_slots;
+pub mod handshake_stream;
+pub mod iscsi;
 pub mod nbd;
+pub mod reactor_load;

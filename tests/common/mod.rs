@@ -45,6 +45,8 @@ pub struct Server {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub port: u16,
+    /// The iSCSI portal's port (see [`Server::iscsi_port`]).
+    iscsi: u16,
     /// Options added to `sds serve` beyond the state dir, the port and the log level.
     extra_args: Vec<String>,
     /// The working directory `spawn` starts the server in; the test's own when `None`.
@@ -68,6 +70,7 @@ impl Server {
             state_dir,
             dir,
             port: free_port(),
+            iscsi: free_port(),
             extra_args,
             cwd: None,
             child: None,
@@ -97,6 +100,8 @@ impl Server {
             .args([
                 "--nbd-listen",
                 &format!("127.0.0.1:{}", self.port),
+                "--iscsi-listen",
+                &format!("127.0.0.1:{}", self.iscsi),
                 "--log-level",
                 "debug",
             ])
@@ -168,6 +173,30 @@ impl Server {
     pub fn url(&self, volume: &str) -> String {
         self.grant(volume);
         self.url_without_grant(volume)
+    }
+
+    /// The port of the server's iSCSI portal (127.0.0.1).
+    pub fn iscsi_port(&self) -> u16 {
+        self.iscsi
+    }
+
+    /// The server's iSCSI target name, as `iscsi_target_name` finds it stored.
+    pub fn iscsi_target(&self) -> String {
+        let text = std::fs::read_to_string(self.state_dir.join("iscsi-target.json"))
+            .expect("the server stores its iSCSI target name");
+        serde_json::from_str::<Value>(&text).expect("json")["name"]
+            .as_str()
+            .expect("a name")
+            .to_string()
+    }
+
+    /// A libiscsi URL of LUN `lun` of this server's target.
+    pub fn iscsi_url(&self, lun: u32) -> String {
+        format!(
+            "iscsi://127.0.0.1:{}/{}/{lun}",
+            self.iscsi,
+            self.iscsi_target()
+        )
     }
 
     /// The NBD URL of `volume`, granting nothing.
@@ -320,6 +349,7 @@ pub fn serve_must_fail(args: &[&std::ffi::OsStr], why: &str) -> String {
         .arg("serve")
         .args(args)
         .args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--iscsi-listen", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

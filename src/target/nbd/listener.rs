@@ -13,7 +13,6 @@
 
 use super::connection::NbdSession;
 use super::handshake::{ExportCatalog, ExportInfo, HandshakeError, Negotiation, TlsPolicy};
-use super::handshake_slots::{HandshakeSlots, Source};
 use super::session_slots::{ReactorLoad, SessionTicket};
 use super::tls::{self, TlsServer, TlsSocket};
 use crate::constants::MAX_IO_BYTES;
@@ -22,20 +21,21 @@ use crate::domain::snapshot::{PathView, Published, Snapshot};
 use crate::domain::vpath::AccessMode;
 use crate::reactor::mailbox::Message;
 use crate::reactor::ReactorHandle;
+use crate::target::handshake_slots::{HandshakeSlots, Source};
+use crate::target::handshake_stream::{HandshakeSocket as Socket, HandshakeStream as Stream};
 use crate::volume::open_state::OpenGuard;
 use crate::volume::provisioner::Provisioner;
 use crate::volume::Volume;
-use std::cell::{Cell, RefCell};
-use std::io::{Read, Write};
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -90,6 +90,11 @@ impl NbdContext {
             reactor_load: ReactorLoad::new(reactors.len()),
             reactors,
         })
+    }
+
+    /// Sessions each reactor serves: the other front ends count against the same places.
+    pub fn reactor_load(&self) -> Arc<ReactorLoad> {
+        self.reactor_load.clone()
     }
 }
 
@@ -307,128 +312,23 @@ fn accept_loop(listening: Listening, context: Arc<NbdContext>) {
     }
 }
 
-/// A connection while it negotiates: a socket of either family, and the one deadline of the
-/// whole handshake. Every read and write waits at most until that deadline (the socket's
-/// timeout is set to what is left before each), so a peer that trickles a byte at a time
-/// cannot hold its handshake slot longer than the deadline allows.
-struct Stream {
-    socket: Socket,
-    /// None once the handshake is over (the TLS relay then owns the timing).
-    deadline: Cell<Option<Instant>>,
-}
-
-enum Socket {
-    Tcp(std::net::TcpStream),
-    Unix(std::os::unix::net::UnixStream),
-}
-
-impl Stream {
-    fn new(socket: Socket) -> Self {
-        Self {
-            socket,
-            deadline: Cell::new(None),
-        }
-    }
-
-    /// Blocking, with the handshake's deadline `limit` from now.
-    fn prepare(&self, limit: Duration) -> std::io::Result<()> {
-        self.deadline.set(Some(Instant::now() + limit));
-        match &self.socket {
-            Socket::Tcp(s) => s.set_nonblocking(false),
-            Socket::Unix(s) => s.set_nonblocking(false),
-        }
-    }
-
-    /// Sets the socket's timeouts to the time left before the deadline; an error once it
-    /// has passed.
-    fn arm(&self) -> std::io::Result<()> {
-        let Some(deadline) = self.deadline.get() else {
-            return Ok(());
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the handshake's deadline passed",
-            ));
-        }
-        match &self.socket {
-            Socket::Tcp(s) => s
-                .set_read_timeout(Some(left))
-                .and_then(|()| s.set_write_timeout(Some(left))),
-            Socket::Unix(s) => s
-                .set_read_timeout(Some(left))
-                .and_then(|()| s.set_write_timeout(Some(left))),
-        }
-    }
-
-    /// Back to no timeouts: the reactor drives the socket through io_uring from now on.
-    fn into_fd(self) -> std::io::Result<OwnedFd> {
-        match self.socket {
-            Socket::Tcp(s) => s
-                .set_read_timeout(None)
-                .and_then(|()| s.set_write_timeout(None))
-                .map(|()| OwnedFd::from(s)),
-            Socket::Unix(s) => s
-                .set_read_timeout(None)
-                .and_then(|()| s.set_write_timeout(None))
-                .map(|()| OwnedFd::from(s)),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        match &mut self.socket {
-            Socket::Tcp(s) => s.read(buf),
-            Socket::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        match &mut self.socket {
-            Socket::Tcp(s) => s.write(buf),
-            Socket::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.socket {
-            Socket::Tcp(s) => s.flush(),
-            Socket::Unix(s) => s.flush(),
-        }
-    }
-}
-
-impl AsFd for Stream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match &self.socket {
-            Socket::Tcp(s) => s.as_fd(),
-            Socket::Unix(s) => s.as_fd(),
-        }
-    }
-}
-
 impl TlsSocket for Stream {
     fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
-        match &self.socket {
+        match self.socket() {
             Socket::Tcp(s) => s.set_nonblocking(nonblocking),
             Socket::Unix(s) => s.set_nonblocking(nonblocking),
         }
     }
     /// The handshake is over: its deadline no longer applies.
     fn clear_timeouts(&self) -> std::io::Result<()> {
-        self.deadline.set(None);
-        match &self.socket {
+        self.clear_deadline();
+        match self.socket() {
             Socket::Tcp(s) => TlsSocket::clear_timeouts(s),
             Socket::Unix(s) => TlsSocket::clear_timeouts(s),
         }
     }
     fn shutdown_write(&self) -> std::io::Result<()> {
-        match &self.socket {
+        match self.socket() {
             Socket::Tcp(s) => TlsSocket::shutdown_write(s),
             Socket::Unix(s) => TlsSocket::shutdown_write(s),
         }

@@ -8,7 +8,6 @@
 pub mod buffer_budget;
 pub mod connection;
 pub mod handshake;
-pub mod handshake_slots;
 pub mod listener;
 pub mod protocol;
 pub mod session_slots;

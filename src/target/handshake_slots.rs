@@ -1,4 +1,5 @@
-//! Who may negotiate at once: the admission of new NBD connections to a handshake thread.
+//! Who may negotiate at once: the admission of new front-end connections (NBD handshakes,
+//! iSCSI logins) to a handshake thread. Each front end has its own set of slots.
 //!
 //! A handshake holds a thread until it ends, so slots are few (`MAX_HANDSHAKES`), and a peer
 //! that keeps them without finishing would lock every client out. Three bounds stop that:

@@ -1,0 +1,229 @@
+//! Accepting iSCSI initiators: one acceptor thread on the portal's TCP socket; each new
+//! connection logs in on a short-lived handshake thread (blocking, bounded in number by
+//! [`HandshakeSlots`] and in time by one deadline for the whole login, off the data path). A
+//! discovery session is then served to its end on that same thread ([`super::discovery`]); a
+//! normal session is handed to a reactor through [`session::attach`].
+//!
+//! The initiator is known by its initiator name, which the login resolves against the
+//! snapshot published when the connection arrives; its address only decides which handshake
+//! slots it may take (a peer a host record names by address gets the larger share, as on NBD).
+
+use super::discovery::{self, DiscoverySetup};
+use super::login::{self, LoggedIn, LoginSetup};
+use super::params::{Offer, SessionType};
+use super::registry::Registry;
+use super::session;
+use crate::domain::host::PeerIdentity;
+use crate::domain::snapshot::Published;
+use crate::reactor::ReactorHandle;
+use crate::scsi::LuRegistry;
+use crate::target::handshake_slots::{HandshakeSlots, Source};
+use crate::target::handshake_stream::{HandshakeSocket, HandshakeStream};
+use crate::target::reactor_load::ReactorLoad;
+use crate::volume::provisioner::Provisioner;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("cannot listen for iSCSI on {address}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the iSCSI acceptor thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What the acceptor, every login thread and every session share.
+pub struct IscsiContext {
+    pub published: Arc<Published>,
+    pub reactors: Vec<Arc<ReactorHandle>>,
+    pub provisioner: Provisioner,
+    pub shutdown: Arc<AtomicBool>,
+    /// Every live session (`iscsi_get_sessions`, TSIHs, reinstatement).
+    pub registry: Arc<Registry>,
+    /// This server's one target name (see [`super::target_name`]).
+    pub target_name: String,
+    /// Sessions each reactor serves, shared with the NBD front end.
+    pub reactor_load: Arc<ReactorLoad>,
+    /// The SCSI layer's shared state (logical units across sessions).
+    pub scsi: Arc<LuRegistry>,
+    /// What logins are offered.
+    pub offer: Offer,
+    handshakes: HandshakeSlots,
+    /// How long a whole login (and a whole discovery session) may take.
+    handshake_limit: Duration,
+}
+
+/// What [`IscsiContext::new`] is given.
+pub struct IscsiSetup {
+    pub published: Arc<Published>,
+    pub reactors: Vec<Arc<ReactorHandle>>,
+    pub provisioner: Provisioner,
+    pub shutdown: Arc<AtomicBool>,
+    pub registry: Arc<Registry>,
+    pub target_name: String,
+    pub reactor_load: Arc<ReactorLoad>,
+    pub scsi: Arc<LuRegistry>,
+    pub handshake_limit: Duration,
+}
+
+impl IscsiContext {
+    pub fn new(setup: IscsiSetup) -> Arc<Self> {
+        Arc::new(Self {
+            published: setup.published,
+            reactors: setup.reactors,
+            provisioner: setup.provisioner,
+            shutdown: setup.shutdown,
+            registry: setup.registry,
+            target_name: setup.target_name,
+            reactor_load: setup.reactor_load,
+            scsi: setup.scsi,
+            offer: Offer::default(),
+            handshakes: HandshakeSlots::default(),
+            handshake_limit: setup.handshake_limit,
+        })
+    }
+}
+
+/// Listens on `address` and starts the acceptor thread.
+pub fn listen(
+    address: SocketAddr,
+    context: Arc<IscsiContext>,
+) -> Result<JoinHandle<()>, ListenerError> {
+    let listener = TcpListener::bind(address).map_err(|source| ListenerError::Bind {
+        address: address.to_string(),
+        source,
+    })?;
+    log::info!(
+        "iSCSI target {} listening on {address}",
+        context.target_name
+    );
+    std::thread::Builder::new()
+        .name("iscsi-accept".into())
+        .spawn(move || accept_loop(listener, context))
+        .map_err(ListenerError::Thread)
+}
+
+fn accept_loop(listener: TcpListener, context: Arc<IscsiContext>) {
+    if let Err(error) = listener.set_nonblocking(true) {
+        log::error!("iSCSI acceptor: {error}");
+        return;
+    }
+    while !context.shutdown.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((stream, peer)) => start_login(stream, peer, &context),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(error) => {
+                log::warn!("iSCSI accept failed: {error}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn start_login(stream: TcpStream, peer: SocketAddr, context: &Arc<IscsiContext>) {
+    let _ = stream.set_nodelay(true);
+    let identity = PeerIdentity {
+        address: Some(peer.ip()),
+        ..PeerIdentity::default()
+    };
+    let known = context.published.load().host_of(&identity).is_some();
+    let slot = match context.handshakes.admit(Source::Address(peer.ip()), known) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            log::warn!("iSCSI {peer}: refused: {refusal}");
+            return;
+        }
+    };
+    let context = context.clone();
+    let spawned = std::thread::Builder::new()
+        .name("iscsi-login".into())
+        .spawn(move || {
+            handshake(stream, peer, &context);
+            drop(slot);
+        });
+    if let Err(error) = spawned {
+        log::error!("iSCSI: cannot start a login thread: {error}");
+    }
+}
+
+fn handshake(tcp: TcpStream, peer: SocketAddr, context: &IscsiContext) {
+    let portal = match tcp.local_addr() {
+        Ok(address) => address,
+        Err(error) => {
+            log::warn!("iSCSI {peer}: {error}");
+            return;
+        }
+    };
+    let mut stream = HandshakeStream::new(HandshakeSocket::Tcp(tcp));
+    if let Err(error) = stream.prepare(context.handshake_limit) {
+        log::warn!("iSCSI {peer}: {error}");
+        return;
+    }
+    let setup = LoginSetup {
+        snapshot: context.published.load(),
+        target_name: &context.target_name,
+        offer: context.offer,
+        registry: &context.registry,
+        peer: peer.to_string(),
+        reactor_load: Some(&context.reactor_load),
+    };
+    let outcome = match login::login(&mut stream, &setup) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            log::info!(
+                "iSCSI {peer}: login failed: {}",
+                crate::logger::error_chain(&error)
+            );
+            return;
+        }
+    };
+    drop(setup);
+    if outcome.session_type == SessionType::Discovery {
+        let setup = DiscoverySetup {
+            published: &context.published,
+            target_name: &context.target_name,
+            portal,
+        };
+        if let Err(error) = discovery::serve(&mut stream, &outcome, &setup) {
+            log::info!(
+                "iSCSI {peer}: discovery session ended: {}",
+                crate::logger::error_chain(&error)
+            );
+        }
+        return;
+    }
+    let (Some(host), Some(ticket)) = (outcome.host, outcome.ticket) else {
+        log::warn!("iSCSI {peer}: a normal session without its host or reactor place");
+        return;
+    };
+    let stream = match stream.into_fd() {
+        Ok(fd) => TcpStream::from(fd),
+        Err(error) => {
+            log::warn!("iSCSI {peer}: {error}");
+            return;
+        }
+    };
+    let logged_in = LoggedIn {
+        stream,
+        initiator_name: outcome.initiator_name,
+        isid: outcome.isid,
+        tsih: outcome.tsih,
+        host: host.name,
+        params: outcome.params,
+        cmd_sn: outcome.cmd_sn,
+        stat_sn: outcome.stat_sn,
+        peer,
+        registry_entry: outcome.registry_entry,
+        ticket,
+    };
+    session::attach(logged_in, context);
+}

@@ -1,0 +1,186 @@
+//! The one iSCSI target name of this server, stable across restarts: made at the first start
+//! as `iqn.2026-11.org.sds:<hostname>` and kept in `STATE/iscsi-target.json`; every later
+//! start reads it back, so initiators that recorded it (and SCSI-3 reservations made through
+//! it) find the same target. `--iscsi-target-name` overrides it for one run without changing
+//! the file (remove the flag and the stored name is back).
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file in the state directory.
+pub const TARGET_NAME_FILE: &str = "iscsi-target.json";
+/// The naming authority of generated names (RFC 7143 §4.2.7.1: `iqn.yyyy-mm.reversed-domain`).
+pub const GENERATED_PREFIX: &str = "iqn.2026-11.org.sds:";
+/// The longest iSCSI name (RFC 7143 §4.2.7.1: 223 bytes).
+pub const MAX_ISCSI_NAME_BYTES: usize = 223;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetNameError {
+    #[error("cannot read the iSCSI target name from {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a target name record")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write the iSCSI target name to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name:?} is not an iSCSI name: {reason}")]
+    Invalid { name: String, reason: &'static str },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    name: String,
+}
+
+/// The name to serve: `configured` when given, else the stored one, else a new one (stored).
+pub fn resolve(state_dir: &Path, configured: Option<&str>) -> Result<String, TargetNameError> {
+    if let Some(name) = configured {
+        validate(name)?;
+        return Ok(name.to_string());
+    }
+    let path = state_dir.join(TARGET_NAME_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let record: Record =
+                serde_json::from_slice(&bytes).map_err(|source| TargetNameError::Parse {
+                    path: path.clone(),
+                    source,
+                })?;
+            validate(&record.name)?;
+            Ok(record.name)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let name = generated(&hostname());
+            let text = serde_json::to_vec_pretty(&Record { name: name.clone() })
+                .expect("a string serializes");
+            // Written whole or not at all: a temporary file renamed into place.
+            let temporary = state_dir.join(format!("{TARGET_NAME_FILE}.tmp"));
+            std::fs::write(&temporary, text)
+                .and_then(|()| std::fs::rename(&temporary, &path))
+                .map_err(|source| TargetNameError::Write { path, source })?;
+            log::info!("iSCSI target name {name} created");
+            Ok(name)
+        }
+        Err(source) => Err(TargetNameError::Read { path, source }),
+    }
+}
+
+/// `iqn.2026-11.org.sds:<host>` with the host name lower-cased and anything an iSCSI name may
+/// not hold (RFC 3722: letters, digits, '-', '.', ':') made a '-'.
+pub fn generated(host: &str) -> String {
+    let mut suffix: String = host
+        .trim()
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if suffix.is_empty() {
+        suffix = "sds".into();
+    }
+    suffix.truncate(MAX_ISCSI_NAME_BYTES - GENERATED_PREFIX.len());
+    format!("{GENERATED_PREFIX}{suffix}")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// An iSCSI name as RFC 7143 §4.2.7 has them: `iqn.`, `eui.` or `naa.`, at most 223 bytes of
+/// lower-case letters, digits, '-', '.' and ':'.
+pub fn validate(name: &str) -> Result<(), TargetNameError> {
+    let invalid = |reason| TargetNameError::Invalid {
+        name: name.to_string(),
+        reason,
+    };
+    if name.len() > MAX_ISCSI_NAME_BYTES {
+        return Err(invalid("longer than 223 bytes"));
+    }
+    if !["iqn.", "eui.", "naa."]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || name.len() <= 4
+    {
+        return Err(invalid("it must start with iqn., eui. or naa."));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b))
+    {
+        return Err(invalid(
+            "only lower-case letters, digits, '-', '.' and ':' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_are_valid() {
+        assert_eq!(generated("Node_1"), "iqn.2026-11.org.sds:node-1");
+        assert_eq!(generated(""), "iqn.2026-11.org.sds:sds");
+        validate(&generated(&"x".repeat(500))).unwrap();
+        validate(&generated("ünïcode host")).unwrap();
+    }
+
+    #[test]
+    fn validation() {
+        validate("iqn.2026-11.org.sds:a").unwrap();
+        validate("eui.02004567a425678d").unwrap();
+        assert!(validate("iqn.").is_err());
+        assert!(validate("iqn.2026-11.org.sds:UPPER").is_err());
+        assert!(validate("target").is_err());
+    }
+
+    #[test]
+    fn the_name_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = resolve(dir.path(), None).unwrap();
+        assert!(first.starts_with(GENERATED_PREFIX));
+        std::fs::write(
+            dir.path().join(TARGET_NAME_FILE),
+            r#"{"name": "iqn.2026-11.org.sds:kept"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            resolve(dir.path(), None).unwrap(),
+            "iqn.2026-11.org.sds:kept"
+        );
+        assert_eq!(
+            resolve(dir.path(), Some("iqn.2026-11.org.sds:given")).unwrap(),
+            "iqn.2026-11.org.sds:given"
+        );
+        assert_eq!(
+            resolve(dir.path(), None).unwrap(),
+            "iqn.2026-11.org.sds:kept",
+            "an override is not stored"
+        );
+        assert!(resolve(dir.path(), Some("Bad Name")).is_err());
+        std::fs::write(dir.path().join(TARGET_NAME_FILE), "not json").unwrap();
+        assert!(matches!(
+            resolve(dir.path(), None),
+            Err(TargetNameError::Parse { .. })
+        ));
+    }
+}
