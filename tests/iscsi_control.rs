@@ -243,3 +243,129 @@ Suite: Read10
         "MODESENSE6 successful but should have failed"
     );
 }
+
+#[test]
+fn iscsi_get_targets_lists_each_hosts_luns() {
+    let server = Server::start();
+    server.ram_pool("p", 64 << 20);
+    for volume in ["a", "b"] {
+        server.ok(
+            "volume_create",
+            json!({"name": volume, "pool": "p", "size": 8u64 << 20}),
+        );
+    }
+    server.ok(
+        "host_create",
+        json!({"name": "esx1", "iqn": "iqn.1998-01.com.vmware:esx1"}),
+    );
+    server.ok(
+        "host_create",
+        json!({"name": "linux1", "iqn": "iqn.1993-08.org.debian:01:abc"}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": "esx1", "volume": "b", "lun": 3}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": "esx1", "volume": "a", "lun": 0}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": "linux1", "volume": "a", "lun": 7, "mode": "ro"}),
+    );
+    // A host with no iSCSI name has no LUNs on the target (it reaches its VP over NBD).
+    server.grant("b");
+
+    let targets = server.ok("iscsi_get_targets", json!({}));
+    assert_eq!(
+        targets,
+        json!([{
+            "name": server.iscsi_target(),
+            "portals": [format!("127.0.0.1:{}", server.iscsi_port())],
+            "luns": [
+                {"host": "esx1", "iqn": "iqn.1998-01.com.vmware:esx1", "lun": 0, "volume": "a", "mode": "rw"},
+                {"host": "esx1", "iqn": "iqn.1998-01.com.vmware:esx1", "lun": 3, "volume": "b", "mode": "rw"},
+                {"host": "linux1", "iqn": "iqn.1993-08.org.debian:01:abc", "lun": 7, "volume": "a", "mode": "ro"},
+            ],
+        }])
+    );
+    let (code, _) = server
+        .call("iscsi_get_targets", json!({"name": "x"}))
+        .expect_err("no parameters");
+    assert_eq!(code, INVALID_PARAMS);
+    assert_eq!(server.ok("iscsi_get_sessions", json!({})), json!([]));
+
+    let cli = server.cli(&["iscsi", "targets"]);
+    let text = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "{text}");
+    assert!(text.contains(&server.iscsi_target()), "{text}");
+    assert!(text.contains("iqn.1993-08.org.debian:01:abc"), "{text}");
+    let cli = server.cli(&["iscsi", "sessions"]);
+    assert!(cli.status.success());
+}
+
+#[test]
+fn cli_sets_chap_from_stdin_or_the_environment() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let server = Server::start();
+    server.ok(
+        "host_create",
+        json!({"name": "h", "iqn": "iqn.2001-04.com.example:h"}),
+    );
+    let mut child = Command::new(common::sds_binary())
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["host", "chap", "h", "--user", "u1", "--secret-file", "-"])
+        .args(["--mutual-user", "t1", "--mutual-secret-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{SECRET}\n{MUTUAL_SECRET}").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("u1 (mutual: t1)"), "{text}");
+    assert_no_secret("sds host chap", &text);
+    let host = server.ok("host_get_hosts", json!({"name": "h"}));
+    assert_eq!(host[0]["chap"], json!({"user": "u1", "mutual_user": "t1"}));
+
+    // From the environment; a short one is refused by the server with its reason.
+    let output = Command::new(common::sds_binary())
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["host", "chap", "h", "--user", "u2"])
+        .env("SDS_CHAP_SECRET", "too-short")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("at least 12 bytes"), "{text}");
+    let output = Command::new(common::sds_binary())
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["host", "chap", "h", "--user", "u2"])
+        .env("SDS_CHAP_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let host = server.ok("host_get_hosts", json!({"name": "h"}));
+    assert_eq!(host[0]["chap"], json!({"user": "u2", "mutual_user": null}));
+
+    // No secret from anywhere and no terminal to ask on: a clear error, nothing sent.
+    let output = server.cli(&["host", "chap", "h", "--user", "u3"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--secret-file"));
+
+    let output = server.cli(&["host", "chap", "h", "--clear"]);
+    assert!(output.status.success());
+    assert!(server.ok("host_get_hosts", json!({"name": "h"}))[0]["chap"].is_null());
+}
