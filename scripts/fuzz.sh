@@ -38,8 +38,12 @@ declare -A max_len=(
     [cli_size]=64
     [pool_on_disk]=4097
     [nbd_starttls]=4096
+    [scsi_cdb]=4096
+    [iscsi_pdu]=16384
+    [iscsi_params]=16384
+    [iscsi_login]=16384
 )
-read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk nbd_starttls}"
+read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk nbd_starttls iscsi_pdu iscsi_params iscsi_login scsi_cdb}"
 # A parser run on at most 16 KiB has no business near these: a larger allocation or RSS is a
 # bug (an allocation sized by the input), reported as a crash.
 rss_limit_mb=1024
@@ -140,6 +144,49 @@ journal[64:72] = struct.pack("<Q", 42)
 journal[72] = 1
 journal[4:8] = struct.pack("<I", crc32c(bytes(journal[8:])))
 seed("pool_on_disk", "journal", b"\x02" + bytes(journal))
+# SCSI: READ(10) and INQUIRY VPD CDBs; an UNMAP list with one descriptor; PR OUT REGISTER.
+seed("scsi_cdb", "cdbs", b"\x00" + bytes([0x28, 0, 0, 0, 0, 8, 0, 0, 1, 0] + [0] * 6)
+     + bytes([0x12, 1, 0x83, 0, 255, 0] + [0] * 10))
+seed("scsi_cdb", "unmap", b"\x02" + struct.pack(">HH4xQI4x", 22, 16, 8, 16))
+seed("scsi_cdb", "pr-out", b"\x03" + bytes([0, 0, 0]) + struct.pack(">QQ8x", 0, 0xABCD))
+
+# iSCSI: a discovery login as libiscsi sends it (security stage with AuthMethod=None, then
+# the operational stage), SendTargets and a logout; the same text alone for the negotiation.
+def text(pairs):
+    return b"".join(k.encode() + b"=" + v.encode() + b"\0" for k, v in pairs)
+def pad(data):
+    return data + b"\0" * (-len(data) % 4)
+def login(csg, nsg, transit, data, itt=0):
+    flags = (0x80 if transit else 0) | (csg << 2) | nsg
+    return (struct.pack(">BBBBB", 0x43, flags, 0, 0, 0) + struct.pack(">I", len(data))[1:]
+            + bytes([0x40, 0, 0, 1, 0, 0]) + struct.pack(">HIHHII", 0, itt, 0, 0, 1, 0)
+            + b"\0" * 16 + pad(data))
+def text_request(data, itt):
+    return (struct.pack(">BBBBB", 0x04, 0x80, 0, 0, 0) + struct.pack(">I", len(data))[1:]
+            + b"\0" * 8 + struct.pack(">IIII", itt, 0xFFFFFFFF, 1, 2) + b"\0" * 16 + pad(data))
+def logout(itt):
+    return (bytes([0x46, 0x80, 0, 0, 0, 0, 0, 0]) + b"\0" * 8
+            + struct.pack(">IHHII", itt, 0, 0, 2, 3) + b"\0" * 16)
+operational = [("HeaderDigest", "None,CRC32C"), ("DataDigest", "None"),
+               ("MaxRecvDataSegmentLength", "262144"), ("InitialR2T", "No"),
+               ("ImmediateData", "Yes"), ("MaxBurstLength", "16776192"),
+               ("FirstBurstLength", "262144"), ("MaxOutstandingR2T", "1"),
+               ("ErrorRecoveryLevel", "0"), ("DefaultTime2Wait", "2"),
+               ("DefaultTime2Retain", "0"), ("IFMarker", "No"), ("OFMarker", "No")]
+first = text([("InitiatorName", "iqn.b"), ("SessionType", "Discovery"), ("AuthMethod", "None")])
+seed("iscsi_login", "discovery", b"\0\0" + login(0, 1, True, first)
+     + login(1, 3, True, text(operational)) + text_request(text([("SendTargets", "All")]), 1)
+     + logout(2))
+chap = text([("InitiatorName", "iqn.a"), ("SessionType", "Discovery"), ("AuthMethod", "CHAP,None")])
+seed("iscsi_login", "chap", b"\0\0" + login(0, 1, True, chap) + login(0, 1, False, text([("CHAP_A", "5")]))
+     + login(0, 1, True, text([("CHAP_N", "u"), ("CHAP_R", "0x" + "00" * 16),
+                               ("CHAP_I", "1"), ("CHAP_C", "0x" + "11" * 16)])))
+seed("iscsi_params", "libiscsi", text(operational))
+seed("iscsi_pdu", "login", b"\0" + login(0, 1, True, first))
+seed("iscsi_pdu", "text-digests", b"\x03" + text_request(text([("SendTargets", "All")]), 1)[:48]
+     + struct.pack("<I", crc32c(text_request(text([("SendTargets", "All")]), 1)[:48]))
+     + pad(text([("SendTargets", "All")]))
+     + struct.pack("<I", crc32c(pad(text([("SendTargets", "All")])))))
 PY
 
 failed=()

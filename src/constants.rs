@@ -255,8 +255,9 @@ pub const SCSI_MAX_PARAMETER_LIST_BYTES: usize = 8 + 16 * SCSI_MAX_UNMAP_DESCRIP
 /// UNMAP block descriptors in one command (VPD B0 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT).
 pub const SCSI_MAX_UNMAP_DESCRIPTORS: usize = 256;
 /// Blocks one UNMAP descriptor or WRITE SAME may cover (VPD B0 MAXIMUM UNMAP LBA COUNT and
-/// MAXIMUM WRITE SAME LENGTH): 1 Gi blocks; the layer cuts them into engine requests.
-pub const SCSI_MAX_UNMAP_BLOCKS: u64 = 1 << 30;
+/// MAXIMUM WRITE SAME LENGTH): 1 Mi blocks (libiscsi's conformance test holds an explicit
+/// limit above that to be insane); the layer cuts them into engine requests.
+pub const SCSI_MAX_UNMAP_BLOCKS: u64 = 1 << 20;
 /// Bytes of one TRIM or WRITE_ZEROES engine request the layer makes from UNMAP or WRITE SAME.
 pub const SCSI_MAX_ZEROING_REQUEST_BYTES: u64 = 1 << 30;
 /// Bytes of COMPARE AND WRITE data (verify plus write halves) at most: VPD B0 reports the
@@ -271,6 +272,9 @@ pub const SCSI_MAX_PR_REGISTRATIONS: usize = 128;
 /// Unit attentions queued per I_T nexus beyond the standing ones (SPC-4 lets the oldest be
 /// dropped: the newest is then reported as overflow is not needed for our few kinds).
 pub const SCSI_MAX_PENDING_UNIT_ATTENTIONS: usize = 16;
+/// Extents GET LBA STATUS looks at for one answer: its last descriptor ends there (the
+/// initiator asks again from that LBA), so a huge volume is never walked whole on a reactor.
+pub const SCSI_MAX_LBA_STATUS_EXTENTS: u64 = 4096;
 /// Largest persistent-reservation state file read back at start.
 pub const SCSI_MAX_PR_FILE_BYTES: u64 = 1024 * 1024;
 const _: () = assert!(SCSI_TASKS_PER_LUN <= crate::blockio::tag::MAX_SLOTS);

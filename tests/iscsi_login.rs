@@ -309,3 +309,19 @@ fn malformed_login_pdus_end_only_their_own_connection() {
     let (ok, text) = iscsi_ls(&server, H1, "", "");
     assert!(ok && text.contains(&target_line(&server)), "{text}");
 }
+
+#[test]
+fn an_invalid_target_name_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let output = common::serve_must_fail(
+        &[
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--iscsi-target-name".as_ref(),
+            "Not An IQN".as_ref(),
+        ],
+        "a target name RFC 7143 does not allow was accepted",
+    );
+    assert!(output.contains("is not an iSCSI name"), "{output}");
+}

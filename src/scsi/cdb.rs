@@ -53,9 +53,36 @@ pub enum Command {
         blocks: u32,
         fua: bool,
     },
+    /// ORWRITE(16): the blocks become their OR with the Data-Out, atomically (the same
+    /// interlock as COMPARE AND WRITE).
+    OrWrite {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    },
     SynchronizeCache {
         lba: u64,
         blocks: u32,
+    },
+    /// PRE-FETCH: sds has no cache to load, so only the range is checked.
+    PreFetch {
+        lba: u64,
+        blocks: u32,
+    },
+    /// START STOP UNIT without LOEJ (a non-removable medium cannot be loaded or ejected):
+    /// nothing to do.
+    StartStopUnit,
+    GetLbaStatus {
+        lba: u64,
+        allocation_length: u32,
+    },
+    /// READ DEFECT DATA(10)/(12): a volume has no defect list; the header echoes the
+    /// requested lists and format with a length of zero.
+    ReadDefectData {
+        twelve: bool,
+        /// REQ_PLIST, REQ_GLIST and the DEFECT LIST FORMAT as the CDB had them.
+        lists_and_format: u8,
+        allocation_length: u32,
     },
     WriteSame {
         lba: u64,
@@ -200,7 +227,35 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
                     allocation_length: be32(cdb, 10),
                 }
             }
+            op::SA_GET_LBA_STATUS => Command::GetLbaStatus {
+                lba: be64(cdb, 2),
+                allocation_length: be32(cdb, 10),
+            },
             _ => return Err(Sense::invalid_field_in_cdb(1, Some(4))),
+        },
+        op::START_STOP_UNIT => {
+            if cdb[4] & 0x02 != 0 {
+                return Err(Sense::invalid_field_in_cdb(4, Some(1)));
+            }
+            Command::StartStopUnit
+        }
+        op::READ_DEFECT_DATA_10 => Command::ReadDefectData {
+            twelve: false,
+            lists_and_format: cdb[2] & 0x1F,
+            allocation_length: u32::from(be16(cdb, 7)),
+        },
+        op::READ_DEFECT_DATA_12 => Command::ReadDefectData {
+            twelve: true,
+            lists_and_format: cdb[1] & 0x1F,
+            allocation_length: be32(cdb, 6),
+        },
+        op::PRE_FETCH_10 => Command::PreFetch {
+            lba: u64::from(be32(cdb, 2)),
+            blocks: u32::from(be16(cdb, 7)),
+        },
+        op::PRE_FETCH_16 => Command::PreFetch {
+            lba: be64(cdb, 2),
+            blocks: be32(cdb, 10),
         },
         op::READ_6 | op::WRITE_6 => {
             let lba = u64::from(be32(cdb, 0) & 0x001F_FFFF);
@@ -238,12 +293,19 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
                 Command::Write { lba, blocks, fua }
             }
         }
-        op::VERIFY_10 | op::VERIFY_16 | op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_16 => {
+        op::VERIFY_10
+        | op::VERIFY_12
+        | op::VERIFY_16
+        | op::WRITE_AND_VERIFY_10
+        | op::WRITE_AND_VERIFY_12
+        | op::WRITE_AND_VERIFY_16 => {
             no_protection(cdb)?;
-            let (lba, blocks) = if opcode == op::VERIFY_10 || opcode == op::WRITE_AND_VERIFY_10 {
-                (u64::from(be32(cdb, 2)), u32::from(be16(cdb, 7)))
-            } else {
-                (be64(cdb, 2), be32(cdb, 10))
+            let (lba, blocks) = match opcode {
+                op::VERIFY_10 | op::WRITE_AND_VERIFY_10 => {
+                    (u64::from(be32(cdb, 2)), u32::from(be16(cdb, 7)))
+                }
+                op::VERIFY_12 | op::WRITE_AND_VERIFY_12 => (u64::from(be32(cdb, 2)), be32(cdb, 6)),
+                _ => (be64(cdb, 2), be32(cdb, 10)),
             };
             // BYTCHK (bits 2..1): 00b medium only, 01b compare; 10b reserved; 11b (one
             // block compared with every block) is not implemented.
@@ -252,7 +314,7 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
                 1 => true,
                 _ => return Err(Sense::invalid_field_in_cdb(1, Some(2))),
             };
-            if opcode == op::VERIFY_10 || opcode == op::VERIFY_16 {
+            if matches!(opcode, op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16) {
                 Command::Verify {
                     lba,
                     blocks,
@@ -271,6 +333,14 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
             Command::CompareAndWrite {
                 lba: be64(cdb, 2),
                 blocks: u32::from(cdb[13]),
+                fua: cdb[1] & 0x08 != 0,
+            }
+        }
+        op::ORWRITE_16 => {
+            no_protection(cdb)?;
+            Command::OrWrite {
+                lba: be64(cdb, 2),
+                blocks: be32(cdb, 10),
                 fua: cdb[1] & 0x08 != 0,
             }
         }

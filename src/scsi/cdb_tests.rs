@@ -213,7 +213,7 @@ fn unsupported_fields_are_refused_with_a_pointer() {
     for (bytes, want) in refused {
         assert_eq!(decode(&cdb16(&bytes)), Err(want), "{bytes:02x?}");
     }
-    for opcode in [0x01u8, 0x1B, 0x37, 0x7F, 0x9F, 0xC0, 0xFF] {
+    for opcode in [0x01u8, 0x1D, 0x3B, 0x7F, 0x9F, 0xC0, 0xFF] {
         assert_eq!(
             decode(&cdb16(&[opcode])),
             Err(crate::scsi::sense::INVALID_COMMAND_OPERATION_CODE),

@@ -3,7 +3,8 @@
 //!
 //! COMPARE AND WRITE must be atomic against other writes to its blocks (VMware's ATS locking
 //! relies on it): nothing may change the blocks between its read and its write. A CAW takes
-//! its range here before it reads and gives it back after its write. While it holds it:
+//! its range here before it reads and gives it back after its write. ORWRITE (read, OR,
+//! write) takes it the same way, and "CAW" below means either. While it holds it:
 //! - another CAW overlapping the range is refused with BUSY (the initiator retries; ATS
 //!   traffic is a few commands at a time, so a retry is rare and cheap);
 //! - a write, WRITE SAME, UNMAP or WRITE AND VERIFY overlapping the range that *starts* is

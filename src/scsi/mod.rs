@@ -22,8 +22,8 @@
 //! - [`reservations`], [`interlock`], [`unit_attention`], [`logical_unit`]: per-volume
 //!   shared state.
 //! - [`scsi_lun`], [`task`]: the per-nexus executor and its task table.
-//! - [`unmap`]: the UNMAP parameter list.
-//! - [`report_luns`]: REPORT LUNS over the transport's LUN list, and the answer of a LUN
+//! - [`unmap`]: the UNMAP parameter list; [`lba_status`]: GET LBA STATUS.
+//! - [`mod@report_luns`]: REPORT LUNS over the transport's LUN list, and the answer of a LUN
 //!   with no unit.
 //! - [`nexus`]: who asks ([`Nexus`]) and what the unit says it is ([`LunIdentity`]).
 //!
@@ -34,6 +34,7 @@ pub mod cdb;
 pub mod geometry;
 pub mod inquiry;
 pub mod interlock;
+pub mod lba_status;
 pub mod logical_unit;
 pub mod mode_pages;
 pub mod nexus;

@@ -7,7 +7,7 @@
 //! the current value, or it is refused with INVALID FIELD IN PARAMETER LIST pointing at the
 //! byte.
 //!
-//! Adding a page: its code in [`PAGES`], its bytes in [`page`], its changeable bits in the
+//! Adding a page: its code in [`PAGES`], its bytes in `page`, its changeable bits in the
 //! same function with `PageControl::Changeable`.
 
 use super::geometry::Geometry;

@@ -12,6 +12,7 @@ pub const READ_6: u8 = 0x08;
 pub const WRITE_6: u8 = 0x0A;
 pub const INQUIRY: u8 = 0x12;
 pub const MODE_SELECT_6: u8 = 0x15;
+pub const START_STOP_UNIT: u8 = 0x1B;
 pub const RESERVE_6: u8 = 0x16;
 pub const RELEASE_6: u8 = 0x17;
 pub const MODE_SENSE_6: u8 = 0x1A;
@@ -20,7 +21,9 @@ pub const READ_10: u8 = 0x28;
 pub const WRITE_10: u8 = 0x2A;
 pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
 pub const VERIFY_10: u8 = 0x2F;
+pub const PRE_FETCH_10: u8 = 0x34;
 pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+pub const READ_DEFECT_DATA_10: u8 = 0x37;
 pub const WRITE_SAME_10: u8 = 0x41;
 pub const UNMAP: u8 = 0x42;
 pub const MODE_SELECT_10: u8 = 0x55;
@@ -32,19 +35,25 @@ pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
 pub const READ_16: u8 = 0x88;
 pub const COMPARE_AND_WRITE: u8 = 0x89;
 pub const WRITE_16: u8 = 0x8A;
+pub const ORWRITE_16: u8 = 0x8B;
 pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
 pub const VERIFY_16: u8 = 0x8F;
+pub const PRE_FETCH_16: u8 = 0x90;
 pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
 pub const WRITE_SAME_16: u8 = 0x93;
 /// SERVICE ACTION IN(16): READ CAPACITY(16) is its service action 10h.
 pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
 pub const SA_READ_CAPACITY_16: u8 = 0x10;
+pub const SA_GET_LBA_STATUS: u8 = 0x12;
 pub const REPORT_LUNS: u8 = 0xA0;
 /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES is its service action 0Ch.
 pub const MAINTENANCE_IN: u8 = 0xA3;
 pub const SA_REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0C;
 pub const READ_12: u8 = 0xA8;
 pub const WRITE_12: u8 = 0xAA;
+pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+pub const VERIFY_12: u8 = 0xAF;
+pub const READ_DEFECT_DATA_12: u8 = 0xB7;
 
 /// One supported command: opcode, service action (if the opcode has them) and the CDB
 /// usage data (its first byte is the opcode; its length is the CDB's).
@@ -65,6 +74,7 @@ pub const SUPPORTED: &[Supported] = &[
     s(RESERVE_6, None, &[0x16, 0, 0, 0, 0, 0x07]),
     s(RELEASE_6, None, &[0x17, 0, 0, 0, 0, 0x07]),
     s(MODE_SENSE_6, None, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x07]),
+    s(START_STOP_UNIT, None, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0x07]),
     s(
         READ_CAPACITY_10,
         None,
@@ -134,6 +144,14 @@ pub const SUPPORTED: &[Supported] = &[
     ),
     s(WRITE_16, None, W16_USAGE),
     s(
+        ORWRITE_16,
+        None,
+        &[
+            0x8B, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0x07,
+        ],
+    ),
+    s(
         WRITE_AND_VERIFY_16,
         None,
         &[
@@ -147,6 +165,14 @@ pub const SUPPORTED: &[Supported] = &[
         &[
             0x8F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
             0x07,
+        ],
+    ),
+    s(
+        PRE_FETCH_16,
+        None,
+        &[
+            0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x3F, 0x07,
         ],
     ),
     s(
@@ -170,6 +196,14 @@ pub const SUPPORTED: &[Supported] = &[
         Some(SA_READ_CAPACITY_16 as u16),
         &[
             0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
+        ],
+    ),
+    s(
+        SERVICE_ACTION_IN_16,
+        Some(SA_GET_LBA_STATUS as u16),
+        &[
+            0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0,
+            0x07,
         ],
     ),
     s(
@@ -232,7 +266,14 @@ pub fn find(opcode: u8, service_action: Option<u16>) -> Option<&'static Supporte
         .find(|c| c.opcode == opcode && c.service_action == service_action)
 }
 
-/// REPORT SUPPORTED OPERATION CODES parameter data (SPC-4 6.35) into `out`.
+/// Whether the unit executes `opcode`: UNMAP only on a thin volume (a fully provisioned
+/// one has nothing to deallocate, and VPD B2 says so: LBPU clear).
+pub fn executes(opcode: u8, thin: bool) -> bool {
+    opcode != UNMAP || thin
+}
+
+/// REPORT SUPPORTED OPERATION CODES parameter data (SPC-4 6.35) into `out`, for a unit
+/// that is `thin` or not.
 /// `options` 0: all commands; 1: `opcode` (which must have no service actions); 2:
 /// `opcode` and `service_action` (it must have them); 3: either, as the opcode has them.
 pub fn report(
@@ -240,6 +281,7 @@ pub fn report(
     options: u8,
     opcode: u8,
     service_action: u16,
+    thin: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), super::sense::Sense> {
     use super::sense::Sense;
@@ -248,7 +290,7 @@ pub fn report(
     out.clear();
     if options == 0 {
         out.extend_from_slice(&[0; 4]);
-        for c in SUPPORTED {
+        for c in SUPPORTED.iter().filter(|c| executes(c.opcode, thin)) {
             out.push(c.opcode);
             out.push(0);
             out.extend_from_slice(&c.service_action.unwrap_or(0).to_be_bytes());
@@ -271,7 +313,7 @@ pub fn report(
         2 => Some(service_action),
         _ => with_actions.then_some(service_action),
     };
-    match find(opcode, action) {
+    match find(opcode, action).filter(|c| executes(c.opcode, thin)) {
         Some(c) => {
             out.push(0);
             // CTDP (with timeouts), SUPPORT 011b: supported as the standard says.

@@ -4,9 +4,10 @@
 //! presence of reservations").
 //!
 //! The state sits behind a mutex touched only by the reservation commands (rare,
-//! administrative traffic) and by commands that arrive while a reservation exists. The fast
-//! path of every other command is one atomic load: [`Reservations::conflicts`] returns at
-//! once while `reserved` is false (no persistent reservation and no SPC-2 reservation).
+//! administrative traffic) and when a nexus's verdict must be made again. The fast path of
+//! every other command is one atomic load: `reserved` is false (no persistent reservation
+//! and no SPC-2 reservation); under a standing reservation it is two, the flag and the
+//! state's version, against the [`Verdict`] the nexus's `ScsiLun` keeps.
 //!
 //! Persistence (APTPL): when the last REGISTER asked for it, the state is written to
 //! `STATE/scsi/pr-<volume uuid>.json` after every change, atomically (temporary file, fsync,
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub const TYPE_WRITE_EXCLUSIVE: u8 = 1;
@@ -539,9 +540,33 @@ pub enum PersistError {
     },
 }
 
+/// What the reservations mean for one nexus: which kinds of command conflict. A `ScsiLun`
+/// keeps the verdict with the version it was made at, so while nothing changes a command
+/// pays one atomic load even under a standing reservation (a cluster's, held for days).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub read: bool,
+    pub write: bool,
+    pub test_unit_ready: bool,
+}
+
+impl Verdict {
+    #[inline]
+    pub fn conflicts(&self, access: Access) -> bool {
+        match access {
+            Access::Always => false,
+            Access::Read => self.read,
+            Access::Write => self.write,
+            Access::TestUnitReady => self.test_unit_ready,
+        }
+    }
+}
+
 /// The reservations of one logical unit.
 pub struct Reservations {
     reserved: AtomicBool,
+    /// Bumped (under the lock) by every change of the state.
+    version: AtomicU64,
     state: Mutex<PrState>,
     /// Where the state persists (APTPL), if anywhere.
     path: Option<PathBuf>,
@@ -579,6 +604,7 @@ impl Reservations {
         }
         Ok(Self {
             reserved: AtomicBool::new(state.reservation.is_some()),
+            version: AtomicU64::new(0),
             state: Mutex::new(state),
             path,
         })
@@ -588,6 +614,7 @@ impl Reservations {
     pub fn empty() -> Self {
         Self {
             reserved: AtomicBool::new(false),
+            version: AtomicU64::new(0),
             state: Mutex::new(PrState::default()),
             path: None,
         }
@@ -605,7 +632,35 @@ impl Reservations {
         }
     }
 
+    /// Whether any reservation exists (the fast path: one load).
+    #[inline]
+    pub fn is_reserved(&self) -> bool {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// The version of the state: a verdict made at it still holds while it is the same.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The verdict for `nexus` now, and the version it was made at.
+    pub fn verdict(&self, nexus: &Nexus) -> (u64, Verdict) {
+        match self.state.lock() {
+            Ok(state) => (
+                self.version.load(Ordering::Acquire),
+                Verdict {
+                    read: state.conflicts(nexus, Access::Read),
+                    write: state.conflicts(nexus, Access::Write),
+                    test_unit_ready: state.conflicts(nexus, Access::TestUnitReady),
+                },
+            ),
+            Err(_) => (u64::MAX, Verdict::default()),
+        }
+    }
+
     fn publish(&self, state: &PrState) {
+        self.version.fetch_add(1, Ordering::AcqRel);
         self.reserved.store(
             state.reservation.is_some() || state.spc2.is_some(),
             Ordering::Release,
@@ -675,6 +730,12 @@ impl Reservations {
         let Ok(mut state) = self.state.lock() else {
             return Err(Refusal::Check(sense::INTERNAL_TARGET_FAILURE));
         };
+        // An SPC-2 reservation of another nexus keeps persistent reservations out too
+        // (SPC-4 5.13.3).
+        if matches!(&state.spc2, Some((i, t)) if !(*i == nexus.initiator_port && *t == nexus.target_port))
+        {
+            return Err(Refusal::Conflict);
+        }
         // Worked on a copy: if the state cannot be persisted, nothing changed.
         let mut next = state.clone();
         next.out(nexus, action, scope, pr_type, params, mailbox)?;

@@ -21,7 +21,7 @@
 //! the engine's slot buffers, so the I/O path does not allocate or lock (the reservation
 //! and interlock checks are one atomic load each while nothing is reserved or interlocked).
 //!
-//! Status of a block request, in SCSI terms (one place: [`block_failure`]): out of range →
+//! Status of a block request, in SCSI terms (one place: `block_failure`): out of range →
 //! LBA OUT OF RANGE; a write on a read-only path → DATA PROTECT / WRITE PROTECTED; a full
 //! pool → DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT; a LUN I/O error → MEDIUM
 //! ERROR (UNRECOVERED READ ERROR or WRITE ERROR); a deleted volume → NOT READY; a closing
@@ -31,12 +31,13 @@ use super::capacity;
 use super::cdb::{self, Command};
 use super::geometry::Geometry;
 use super::inquiry;
+use super::lba_status;
 use super::logical_unit::LogicalUnit;
 use super::mode_pages::{self, ModeState};
 use super::nexus::{LunIdentity, Nexus};
 use super::opcodes;
 use super::report_luns::encode_lun;
-use super::reservations::{Access, Refusal};
+use super::reservations::{Access, Refusal, Verdict};
 use super::sense::{self, Sense};
 use super::status::{self, Residual};
 use super::task::{DataDirection, DataSource, FillKind, Step, Submit, Task, TaskDone, TaskState};
@@ -99,18 +100,25 @@ fn access(command: &Command) -> Access {
         | Command::ReportSupportedOperationCodes { .. }
         | Command::ReadCapacity10
         | Command::ReadCapacity16 { .. }
+        | Command::GetLbaStatus { .. }
         | Command::PersistentReserveIn { .. }
         | Command::PersistentReserveOut { .. }
         | Command::Reserve
         | Command::Release => Access::Always,
         Command::TestUnitReady => Access::TestUnitReady,
-        Command::Read { .. } | Command::Verify { .. } | Command::ModeSense { .. } => Access::Read,
+        Command::Read { .. }
+        | Command::Verify { .. }
+        | Command::PreFetch { .. }
+        | Command::ReadDefectData { .. }
+        | Command::ModeSense { .. } => Access::Read,
         Command::Write { .. }
         | Command::WriteAndVerify { .. }
         | Command::CompareAndWrite { .. }
+        | Command::OrWrite { .. }
         | Command::WriteSame { .. }
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }
+        | Command::StartStopUnit
         | Command::ModeSelect { .. } => Access::Write,
     }
 }
@@ -139,6 +147,8 @@ pub struct ScsiLun {
     mailbox_seen: u64,
     resets_seen: u64,
     mode_changes_seen: u64,
+    /// The reservations' verdict for this nexus and the version it was made at.
+    reservation_verdict: Option<(u64, Verdict)>,
     /// Task-buffer bytes allocated over all tasks.
     own_bytes: usize,
 }
@@ -177,6 +187,7 @@ impl ScsiLun {
             mailbox_seen: u64::MAX,
             resets_seen,
             mode_changes_seen,
+            reservation_verdict: None,
             own_bytes: 0,
         }
     }
@@ -210,7 +221,11 @@ impl ScsiLun {
         let task = &mut self.tasks[t];
         task.state = TaskState::Running;
         task.itt = itt;
-        task.expected_bytes = expected_data_len;
+        task.expected_in_bytes = if dir == DataDirection::Read {
+            expected_data_len
+        } else {
+            0
+        };
         task.data_out_bytes = 0;
         task.status = status::GOOD;
         task.sense_len = 0;
@@ -222,6 +237,18 @@ impl ScsiLun {
         task.step = Step::Single;
         task.aborted = false;
         task.interlocked = false;
+        task.command = Command::TestUnitReady;
+        // A pending unit attention comes first, before the CDB is even looked at, except
+        // for the commands SAM-5 5.14 lets through (they may be malformed themselves).
+        let opcode = cdb.first().copied().unwrap_or(0xFF);
+        let exempt = matches!(
+            opcode,
+            opcodes::INQUIRY | opcodes::REPORT_LUNS | opcodes::REQUEST_SENSE
+        );
+        if let Some(condition) = self.unit_attention(exempt) {
+            self.fail(t, Failure::Check(condition.sense()));
+            return Submit::Started { task: t };
+        }
         let command = match cdb::decode(cdb) {
             Ok(command) => command,
             Err(sense) => {
@@ -230,7 +257,7 @@ impl ScsiLun {
             }
         };
         self.tasks[t].command = command;
-        if let Err(failure) = self.admit_command(&command) {
+        if let Err(failure) = self.check_reservations(&command) {
             self.fail(t, failure);
             return Submit::Started { task: t };
         }
@@ -262,8 +289,10 @@ impl ScsiLun {
         }
     }
 
-    /// Unit attentions and reservations: whether the command may run at all.
-    fn admit_command(&mut self, command: &Command) -> Result<(), Failure> {
+    /// Notices what changed since the last command (the volume's size, conditions other
+    /// nexuses caused) and takes the unit attention to report, unless the command is
+    /// `exempt`.
+    fn unit_attention(&mut self, exempt: bool) -> Option<Condition> {
         let blocks = self.engine.volume().size_bytes() / u64::from(self.geometry.block_bytes);
         if blocks != self.geometry.capacity_blocks {
             self.geometry.capacity_blocks = blocks;
@@ -288,17 +317,29 @@ impl ScsiLun {
             self.mode_changes_seen = mode_changes;
             self.unit_attentions.raise(Condition::ModeParametersChanged);
         }
-        let exempt = matches!(
-            command,
-            Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. }
-        );
-        if !self.unit_attentions.is_empty() && !exempt {
-            if let Some(condition) = self.unit_attentions.take() {
-                return Err(Failure::Check(condition.sense()));
-            }
+        if exempt || self.unit_attentions.is_empty() {
+            return None;
         }
-        if self.lu.reservations.conflicts(&self.nexus, access(command)) {
-            return Err(Failure::Status(status::RESERVATION_CONFLICT));
+        self.unit_attentions.take()
+    }
+
+    /// Whether the reservations let the command through (SPC-4 5.13.1).
+    fn check_reservations(&mut self, command: &Command) -> Result<(), Failure> {
+        let access = access(command);
+        let reservations = &self.lu.reservations;
+        if access != Access::Always && reservations.is_reserved() {
+            let version = reservations.version();
+            let verdict = match self.reservation_verdict {
+                Some((seen, verdict)) if seen == version => verdict,
+                _ => {
+                    let (seen, verdict) = reservations.verdict(&self.nexus);
+                    self.reservation_verdict = Some((seen, verdict));
+                    verdict
+                }
+            };
+            if verdict.conflicts(access) {
+                return Err(Failure::Status(status::RESERVATION_CONFLICT));
+            }
         }
         Ok(())
     }
@@ -459,8 +500,23 @@ impl ScsiLun {
                     self.complete(t);
                     return Ok(None);
                 }
-                self.check_interlock(lba, u64::from(blocks))?;
+                // Less Data-Out than the CDB asks for (EDTL < transfer length): the
+                // command runs on the whole blocks that come, and reports the rest as
+                // overflow (FCP-4 9.4.2, which iSCSI follows; libiscsi checks it).
+                let bytes = if u64::from(expected_out) < bytes {
+                    let whole = u64::from(expected_out) / block * block;
+                    if whole == 0 {
+                        self.tasks[t].residual = Residual::of(bytes, expected_out);
+                        self.complete(t);
+                        return Ok(None);
+                    }
+                    whole
+                } else {
+                    bytes
+                };
+                self.check_interlock(lba, bytes / block)?;
                 let len = self.data_out(t, bytes, expected_out)?;
+                self.tasks[t].residual = Residual::of(u64::from(blocks) * block, expected_out);
                 let fua = self.fua(fua);
                 self.engine_request(t, BlockOp::Write, lba * block, bytes, fua)?;
                 if let Command::WriteAndVerify { byte_check, .. } = command {
@@ -507,10 +563,68 @@ impl ScsiLun {
                     return Err(Failure::Check(sense::WRITE_PROTECTED));
                 }
                 let bytes = 2 * u64::from(blocks) * block;
+                if u64::from(expected_out) > bytes {
+                    // The verify and write halves are exactly the command's length.
+                    self.tasks[t].residual = Residual::of(bytes, expected_out);
+                    return Err(Failure::Check(sense::INVALID_FIELD_IN_INFORMATION_UNIT));
+                }
                 let len = self.data_out(t, bytes, expected_out)?;
                 self.tasks[t].data = DataSource::Own;
                 self.own_buffer(t, bytes as usize);
                 return Ok(len);
+            }
+            Command::OrWrite { lba, blocks, .. } => {
+                self.check_transfer(blocks, 10)?;
+                self.check_range(lba, u64::from(blocks))?;
+                if blocks == 0 {
+                    self.complete(t);
+                    return Ok(None);
+                }
+                if self.read_only {
+                    return Err(Failure::Check(sense::WRITE_PROTECTED));
+                }
+                let bytes = u64::from(blocks) * block;
+                let len = self.data_out(t, bytes, expected_out)?;
+                self.tasks[t].data = DataSource::Own;
+                self.own_buffer(t, bytes as usize);
+                return Ok(len);
+            }
+            Command::PreFetch { lba, blocks } => {
+                self.check_range(lba, u64::from(blocks))?;
+                self.complete(t);
+            }
+            Command::StartStopUnit => self.complete(t),
+            Command::ReadDefectData {
+                twelve,
+                lists_and_format,
+                allocation_length,
+            } => {
+                self.build(t, |_, out| {
+                    out.clear();
+                    out.extend_from_slice(&[0, lists_and_format, 0, 0]);
+                    if twelve {
+                        out.extend_from_slice(&[0; 4]);
+                    }
+                });
+                self.answer_own(t, allocation_length, expected_in);
+            }
+            Command::GetLbaStatus {
+                lba,
+                allocation_length,
+            } => {
+                if lba >= self.geometry.capacity_blocks {
+                    return Err(Failure::Check(sense::LBA_OUT_OF_RANGE));
+                }
+                self.build(t, |me, out| {
+                    lba_status::describe(
+                        me.engine.volume(),
+                        &me.geometry,
+                        lba,
+                        allocation_length,
+                        out,
+                    )
+                });
+                self.answer_own(t, allocation_length, expected_in);
             }
             Command::SynchronizeCache { lba, blocks } => {
                 self.check_range(lba, u64::from(blocks))?;
@@ -523,6 +637,10 @@ impl ScsiLun {
                 unmap,
                 no_data_out,
             } => {
+                if unmap && !self.geometry.thin {
+                    // VPD B2 LBPWS/LBPWS10 are clear on a fully provisioned volume.
+                    return Err(Failure::Check(Sense::invalid_field_in_cdb(1, Some(3))));
+                }
                 if blocks == 0 {
                     // WSNZ: a zero count (the whole medium) is not supported.
                     return Err(Failure::Check(Sense::invalid_field_in_cdb(7, None)));
@@ -551,6 +669,12 @@ impl ScsiLun {
                     self.next_fill_piece(t, ctx)?;
                     return Ok(None);
                 }
+                if u64::from(expected_out) > block {
+                    // WRITE SAME takes exactly one block: more Data-Out is a malformed
+                    // command, not data to ignore.
+                    self.tasks[t].residual = Residual::of(block, expected_out);
+                    return Err(Failure::Check(sense::INVALID_FIELD_IN_INFORMATION_UNIT));
+                }
                 let len = self.data_out(t, block, expected_out)?;
                 self.tasks[t].data = DataSource::Own;
                 self.own_buffer(t, block as usize);
@@ -559,6 +683,9 @@ impl ScsiLun {
             Command::Unmap {
                 parameter_list_length,
             } => {
+                if !opcodes::executes(opcodes::UNMAP, self.geometry.thin) {
+                    return Err(Failure::Check(sense::INVALID_COMMAND_OPERATION_CODE));
+                }
                 if self.read_only {
                     return Err(Failure::Check(sense::WRITE_PROTECTED));
                 }
@@ -651,8 +778,8 @@ impl ScsiLun {
                 service_action,
                 allocation_length,
             } => {
-                self.build(t, |_, out| {
-                    opcodes::report(rctd, options, opcode, service_action, out)
+                self.build(t, |me, out| {
+                    opcodes::report(rctd, options, opcode, service_action, me.geometry.thin, out)
                 })?;
                 self.answer_own(t, allocation_length, expected_in);
             }
@@ -885,7 +1012,7 @@ impl ScsiLun {
             Command::Verify { .. } => {
                 self.next_verify_piece(t, ctx)?;
             }
-            Command::CompareAndWrite { lba, blocks, .. } => {
+            Command::CompareAndWrite { lba, blocks, .. } | Command::OrWrite { lba, blocks, .. } => {
                 if !self
                     .lu
                     .interlock
@@ -1145,22 +1272,35 @@ impl ScsiLun {
             }
             Step::CawRead => {
                 let block = u64::from(self.geometry.block_bytes);
-                let Command::CompareAndWrite { lba, blocks, fua } = self.tasks[t].command else {
-                    return Err(Failure::Check(sense::INTERNAL_TARGET_FAILURE));
+                let (lba, blocks, fua, or) = match self.tasks[t].command {
+                    Command::CompareAndWrite { lba, blocks, fua } => (lba, blocks, fua, false),
+                    Command::OrWrite { lba, blocks, fua } => (lba, blocks, fua, true),
+                    _ => return Err(Failure::Check(sense::INTERNAL_TARGET_FAILURE)),
                 };
                 let n = (u64::from(blocks) * block) as usize;
-                let differs = first_difference(&self.tasks[t].own[..n], self.engine.buffer(slot));
-                self.engine.release(slot);
-                self.tasks[t].slot = None;
-                if let Some(i) = differs {
+                if or {
+                    // The new blocks: what is there, OR the Data-Out (kept in the task
+                    // buffer, then written from it below).
+                    let (own, engine) = (&mut self.tasks[t].own, &self.engine);
+                    for (new, old) in own[..n].iter_mut().zip(engine.buffer(slot)) {
+                        *new |= *old;
+                    }
+                } else if let Some(i) =
+                    first_difference(&self.tasks[t].own[..n], self.engine.buffer(slot))
+                {
+                    self.engine.release(slot);
+                    self.tasks[t].slot = None;
                     return Err(Failure::Check(
                         sense::MISCOMPARE_DURING_VERIFY.with_information(i as u32),
                     ));
                 }
+                self.engine.release(slot);
+                self.tasks[t].slot = None;
                 let fua = self.fua(fua);
                 let write = self.engine_request(t, BlockOp::Write, lba * block, n as u64, fua)?;
                 let (own, engine) = (&self.tasks[t].own, &mut self.engine);
-                engine.buffer_mut(write).copy_from_slice(&own[n..2 * n]);
+                let data = if or { &own[..n] } else { &own[n..2 * n] };
+                engine.buffer_mut(write).copy_from_slice(data);
                 self.tasks[t].step = Step::CawWrite;
                 self.engine.start(write, ctx);
             }
@@ -1182,7 +1322,9 @@ impl ScsiLun {
     fn complete(&mut self, t: usize) {
         let task = &mut self.tasks[t];
         if task.interlocked {
-            if let Command::CompareAndWrite { lba, .. } = task.command {
+            if let Command::CompareAndWrite { lba, .. } | Command::OrWrite { lba, .. } =
+                task.command
+            {
                 self.lu.interlock.give_back(lba, self.owner);
             }
             task.interlocked = false;
@@ -1194,6 +1336,10 @@ impl ScsiLun {
         task.state = TaskState::Done;
         if task.data == DataSource::None || task.status != status::GOOD {
             task.data_in_len = 0;
+        }
+        if task.status != status::GOOD && task.expected_in_bytes > 0 {
+            // A failed command sends no Data-In: all the initiator expected is residual.
+            task.residual = Residual::Underflow(task.expected_in_bytes);
         }
         self.done.push_back(TaskDone {
             task: t,
@@ -1226,7 +1372,9 @@ impl ScsiLun {
     fn free(&mut self, t: usize) {
         let task = &mut self.tasks[t];
         if task.interlocked {
-            if let Command::CompareAndWrite { lba, .. } = task.command {
+            if let Command::CompareAndWrite { lba, .. } | Command::OrWrite { lba, .. } =
+                task.command
+            {
                 self.lu.interlock.give_back(lba, self.owner);
             }
             task.interlocked = false;

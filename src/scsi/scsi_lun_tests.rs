@@ -343,10 +343,13 @@ fn pr_in(action: u8) -> [u8; 10] {
 fn a_new_nexus_hears_power_on_once_but_inquiry_passes() {
     let mut rig = Rig::new(false, AccessMode::ReadWrite, 1);
     rig.cmd(0, &inquiry(false, 0, 96), &[], 96).good();
-    let sense = rig
-        .cmd(0, &[0; 6], &[], 0)
-        .check(sense::KEY_UNIT_ATTENTION, 0x29, 0x00);
+    // Reported before the CDB is looked at: even an unknown opcode hears it first.
+    let sense =
+        rig.cmd(0, &[0x1D, 0, 0, 0, 0, 0], &[], 0)
+            .check(sense::KEY_UNIT_ATTENTION, 0x29, 0x00);
     assert_eq!(sense.information, None);
+    rig.cmd(0, &[0x1D, 0, 0, 0, 0, 0], &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x20, 0x00);
     rig.cmd(0, &[0; 6], &[], 0).good();
 }
 
@@ -536,11 +539,24 @@ fn residuals_follow_the_expected_length() {
     let short = rig.cmd(0, &rw10(0x28, 10, 2), &[], 700);
     assert_eq!(short.good().data, data[..700].to_vec());
     assert_eq!(short.residual, Residual::Overflow(2 * 512 - 700));
-    // Expecting less Data-Out than the command writes: refused, nothing written.
-    let refused = rig.cmd(0, &rw10(0x2A, 10, 2), &[0xEE; 200], 200);
-    refused.check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
-    assert_eq!(refused.residual, Residual::Overflow(2 * 512 - 200));
+    // A failed read sends nothing: everything expected is residual.
+    let failed = rig.cmd(0, &rw10(0x28, BLOCKS as u32, 2), &[], 1024);
+    failed.check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    assert_eq!(failed.residual, Residual::Underflow(1024));
+    // Expecting less Data-Out than the command writes: the whole blocks that come are
+    // written, the rest is overflow (less than a block: nothing written).
+    let short = rig.cmd(0, &rw10(0x2A, 10, 2), &[0xEE; 200], 200);
+    assert_eq!(short.good().residual, Residual::Overflow(2 * 512 - 200));
     assert_eq!(rig.read(0, 10, 2), data);
+    let one = pattern(7, BLOCK);
+    let cut = rig.cmd(0, &rw10(0x2A, 10, 2), &one, BLOCK as u32);
+    assert_eq!(cut.good().residual, Residual::Overflow(512));
+    assert_eq!(rig.read(0, 10, 1), one, "the block that came is written");
+    assert_eq!(
+        rig.read(0, 11, 1),
+        data[BLOCK..].to_vec(),
+        "the next is not"
+    );
     // Expecting more: the command's length is written, the rest is underflow.
     let mut big = pattern(5, BLOCK);
     big.extend_from_slice(&[0xEE; 100]);
@@ -551,7 +567,7 @@ fn residuals_follow_the_expected_length() {
 
 #[test]
 fn a_read_only_path_refuses_every_change_with_write_protected() {
-    let mut rig = Rig::new(false, AccessMode::ReadOnly, 1).ready();
+    let mut rig = Rig::new(true, AccessMode::ReadOnly, 1).ready();
     rig.read(0, 0, 1);
     rig.write(0, 0, &[1; BLOCK])
         .check(sense::KEY_DATA_PROTECT, 0x27, 0x00);
@@ -632,6 +648,14 @@ fn compare_and_write_writes_on_a_match_and_reports_the_first_difference() {
     assert_eq!(sense.information, Some(700));
     assert_eq!(rig.read(0, 20, 2), new, "nothing written");
     assert!(rig.lu.interlock.is_empty(), "the range is given back");
+    // Data-Out other than both halves: refused, nothing written.
+    rig.cmd(0, &caw(20, 2), &data[..2 * BLOCK], 2 * BLOCK as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
+    let mut long = data.clone();
+    long.extend_from_slice(&[0; BLOCK]);
+    rig.cmd(0, &caw(20, 2), &long, long.len() as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
+    assert_eq!(rig.read(0, 20, 2), new);
     // Zero blocks: nothing; too many: refused.
     rig.cmd(0, &caw(20, 0), &[], 0).good();
     let sense = rig
@@ -774,6 +798,16 @@ fn write_same_repeats_its_block_zeroes_and_unmaps() {
     cdb[7..9].copy_from_slice(&2u16.to_be_bytes());
     rig.cmd(0, &cdb, &block, BLOCK as u32).good();
     assert_eq!(rig.read(0, 401, 1), block);
+    // Data-Out of other than one block.
+    let mut two = block.clone();
+    two.extend_from_slice(&block);
+    rig.cmd(0, &rw10(0x41, 0, 1), &two, two.len() as u32).check(
+        sense::KEY_ILLEGAL_REQUEST,
+        0x0E,
+        0x03,
+    );
+    rig.cmd(0, &rw10(0x41, 0, 1), &block[..100], 100)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x0E, 0x03);
     // Zero blocks (WSNZ), past the end, ANCHOR.
     rig.cmd(0, &rw10(0x41, 0, 0), &block, BLOCK as u32)
         .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
@@ -902,7 +936,7 @@ fn report_supported_operation_codes_all_and_one() {
     let data = &all.good().data;
     let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
     assert_eq!(len, data.len() - 4);
-    assert_eq!(len, 8 * opcodes::SUPPORTED.len());
+    assert_eq!(len, 8 * (opcodes::SUPPORTED.len() - 1), "no UNMAP: thick");
     let read10 = data[4..]
         .chunks(8)
         .find(|d| d[0] == 0x28)
@@ -1137,6 +1171,12 @@ fn aptpl_reservations_are_read_back_by_a_new_registry() {
     let (cdb, p) = pr_out(pr::SA_REGISTER, 0, 0x1234, 0x1234, false);
     after.cmd(0, &cdb, &p, 24).good();
     assert!(!path.exists());
+    // A file that does not parse is set aside; the unit starts without reservations.
+    std::fs::write(&path, b"{ not json").expect("write");
+    let lu = LuRegistry::new(dir.path()).get(&rig.volume);
+    assert!(!lu.reservations.is_reserved());
+    assert!(!path.exists());
+    assert!(path.with_extension("json.corrupt").exists());
 }
 
 #[test]
@@ -1154,6 +1194,11 @@ fn spc2_reserve_and_release() {
         status::RESERVATION_CONFLICT
     );
     rig.cmd(1, &inquiry(false, 0, 36), &[], 36).good();
+    let (cdb, p) = pr_out(pr::SA_REGISTER, 0, 0, 5, false);
+    assert_eq!(
+        rig.cmd(1, &cdb, &p, 24).status,
+        status::RESERVATION_CONFLICT
+    );
     // A release by the other nexus is GOOD and changes nothing.
     rig.cmd(1, &[0x17, 0, 0, 0, 0, 0], &[], 0).good();
     assert_eq!(rig.read(0, 0, 1).len(), BLOCK);
@@ -1282,4 +1327,148 @@ fn any_cdb_and_parameter_list_ends_with_a_status() {
     assert!(rig.luns[0].is_idle());
     // Every task is free: a full table can be taken again.
     assert_eq!(rig.luns[0].free_tasks.len(), SCSI_TASKS_PER_LUN);
+}
+
+#[test]
+fn get_lba_status_prefetch_start_stop_defects_and_the_12_byte_verifies() {
+    let mut rig = Rig::new(true, AccessMode::ReadWrite, 1).ready();
+    // Extent 1 (blocks 2048..4096) written: deallocated, mapped, deallocated.
+    rig.write(0, 2048 + 7, &[9; BLOCK]).good();
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x9E;
+    cdb[1] = 0x12;
+    cdb[13] = 255;
+    let status = rig.cmd(0, &cdb, &[], 255);
+    let data = &status.good().data;
+    assert_eq!(&data[..4], &[0, 0, 0, 4 + 3 * 16]);
+    let descriptor = |i: usize| {
+        let d = &data[8 + 16 * i..8 + 16 * (i + 1)];
+        (
+            u64::from_be_bytes(d[..8].try_into().unwrap()),
+            u32::from_be_bytes(d[8..12].try_into().unwrap()),
+            d[12],
+        )
+    };
+    assert_eq!(descriptor(0), (0, 2048, 1));
+    assert_eq!(descriptor(1), (2048, 2048, 0));
+    assert_eq!(descriptor(2), (4096, 4096, 1));
+    // From inside the mapped extent; past the end.
+    cdb[2..10].copy_from_slice(&3000u64.to_be_bytes());
+    let from = rig.cmd(0, &cdb, &[], 255);
+    assert_eq!(
+        &from.good().data[8..20],
+        &[0, 0, 0, 0, 0, 0, 0x0B, 0xB8, 0, 0, 0x04, 0x48]
+    );
+    cdb[2..10].copy_from_slice(&BLOCKS.to_be_bytes());
+    rig.cmd(0, &cdb, &[], 255)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    // PRE-FETCH checks the range only; START STOP UNIT cannot eject.
+    rig.cmd(0, &rw10(0x34, 0, 8), &[], 0).good();
+    rig.cmd(0, &rw16(0x90, BLOCKS, 1), &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    rig.cmd(0, &[0x1B, 0, 0, 0, 0x01, 0], &[], 0).good();
+    rig.cmd(0, &[0x1B, 0, 0, 0, 0x02, 0], &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
+    // READ DEFECT DATA: no defects, the request echoed.
+    let defects = rig.cmd(0, &[0x37, 0, 0x1D, 0, 0, 0, 0, 0, 32, 0], &[], 32);
+    assert_eq!(defects.good().data, vec![0, 0x1D, 0, 0]);
+    let defects = rig.cmd(0, &[0xB7, 0x0C, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[], 32);
+    assert_eq!(defects.good().data, vec![0, 0x0C, 0, 0, 0, 0, 0, 0]);
+    // VERIFY(12) and WRITE AND VERIFY(12).
+    let data = pattern(3, 2 * BLOCK);
+    rig.cmd(0, &rw12(0xAE, 2048 + 20, 2), &data, data.len() as u32)
+        .good();
+    let mut verify = rw12(0xAF, 2048 + 20, 2);
+    verify[1] = 0x02;
+    rig.cmd(0, &verify, &data, data.len() as u32).good();
+}
+
+/// A session moves between threads before it is attached: its LUNs must be Send, and the
+/// shared unit Send and Sync.
+#[test]
+fn a_scsi_lun_can_move_to_its_reactor() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync>() {}
+    send::<ScsiLun>();
+    shared::<LogicalUnit>();
+    shared::<LuRegistry>();
+}
+
+#[test]
+fn an_aborted_task_in_flight_ends_silently_when_its_io_does() {
+    let mut rig = Rig::new(true, AccessMode::ReadWrite, 1).ready();
+    // A write to an unmapped extent waits for the provisioner.
+    let started = rig.start(0, &rw10(0x2A, 0, 1), &[5; BLOCK], 512);
+    assert!(matches!(started, Submit::NeedData { .. }));
+    assert!(rig.luns[0].pop_done().is_none());
+    assert!(rig.luns[0].abort_task(7));
+    assert!(!rig.luns[0].is_idle(), "the provisioner still has it");
+    assert!(rig.answer_provisioner(0));
+    assert!(rig.luns[0].pop_done().is_none(), "no response");
+    assert!(rig.luns[0].is_idle());
+    assert_eq!(rig.luns[0].free_tasks.len(), SCSI_TASKS_PER_LUN);
+    // Shutting down drops what waits for data; what runs still answers.
+    let waiting =
+        rig.with(|luns, ctx| luns[0].submit(9, &rw10(0x2A, 1, 1), 512, DataDirection::Write, ctx));
+    assert!(matches!(waiting, Submit::NeedData { .. }));
+    rig.luns[0].shut_down();
+    assert!(rig.luns[0].pop_done().is_none());
+    assert_eq!(rig.luns[0].free_tasks.len(), SCSI_TASKS_PER_LUN);
+    let after =
+        rig.with(|luns, ctx| luns[0].submit(10, &rw10(0x28, 0, 1), 512, DataDirection::Read, ctx));
+    assert!(matches!(after, Submit::Started { .. }));
+    let done = rig.luns[0].pop_done().expect("refused at once");
+    assert_eq!(done.status, status::CHECK_CONDITION);
+    assert_eq!(
+        Sense::parse_fixed(rig.luns[0].sense(done.task)).map(|s| s.key),
+        Some(sense::KEY_ABORTED_COMMAND)
+    );
+    rig.luns[0].release(done.task);
+}
+
+#[test]
+fn a_fully_provisioned_volume_has_no_unmap() {
+    let mut rig = Rig::new(false, AccessMode::ReadWrite, 1).ready();
+    let list = unmap_list(&[(0, 1)]);
+    rig.cmd(0, &unmap_cdb(list.len()), &list, list.len() as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x20, 0);
+    let mut ws = rw16(0x93, 0, 1);
+    ws[1] = 0x08;
+    rig.cmd(0, &ws, &[0; BLOCK], BLOCK as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
+    // WRITE SAME without UNMAP zeroes as on any volume.
+    rig.write(0, 0, &[7; BLOCK]).good();
+    ws[1] = 0;
+    rig.cmd(0, &ws, &[0; BLOCK], BLOCK as u32).good();
+    assert_eq!(rig.read(0, 0, 1), vec![0; BLOCK]);
+    let one = rig.cmd(
+        0,
+        &[0xA3, 0x0C, 0x01, 0x42, 0, 0, 0, 0, 1, 0, 0, 0],
+        &[],
+        256,
+    );
+    assert_eq!(&one.good().data[..2], &[0, 0x01], "UNMAP: not supported");
+}
+
+#[test]
+fn orwrite_ors_the_data_into_the_blocks() {
+    let mut rig = Rig::new(false, AccessMode::ReadWrite, 1).ready();
+    let old: Vec<u8> = (0..2 * BLOCK).map(|i| (i % 3) as u8 * 0x11).collect();
+    rig.write(0, 40, &old).good();
+    let mask: Vec<u8> = (0..2 * BLOCK).map(|i| 1 << (i % 8)).collect();
+    let mut cdb = rw16(0x8B, 40, 2);
+    cdb[1] = 0x08; // FUA
+    rig.cmd(0, &cdb, &mask, mask.len() as u32).good();
+    let want: Vec<u8> = old.iter().zip(&mask).map(|(a, b)| a | b).collect();
+    assert_eq!(rig.read(0, 40, 2), want);
+    assert!(rig.lu.interlock.is_empty());
+    rig.cmd(0, &rw16(0x8B, 0, 0), &[], 0).good();
+    rig.cmd(0, &rw16(0x8B, BLOCKS + 1, 0), &[], 0)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    rig.cmd(0, &rw16(0x8B, BLOCKS - 1, 2), &mask, mask.len() as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x21, 0);
+    let mut protect = rw16(0x8B, 0, 1);
+    protect[1] = 0x20;
+    rig.cmd(0, &protect, &mask[..BLOCK], BLOCK as u32)
+        .check(sense::KEY_ILLEGAL_REQUEST, 0x24, 0);
 }

@@ -27,9 +27,12 @@ pub enum DataDirection {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Submit {
     /// The command needs `len` bytes of Data-Out in `data_out_buffer(task)` first; then
-    /// the transport calls `data_out_done(task)`.
+    /// the transport calls `data_out_done(task)` (once). Data-Out the initiator sends past
+    /// `len` (it expected to send more) is read and dropped; the residual says so.
     NeedData { task: usize, len: u32 },
-    /// The command runs (or is already done): it comes out of `pop_done`.
+    /// The command runs (or is already done): it comes out of `pop_done`. Any Data-Out
+    /// the initiator sends for it (unsolicited or immediate data of a command that was
+    /// refused, or one flagged as a write that is not) is read and dropped.
     Started { task: usize },
     /// Every task is in use: answer TASK SET FULL (or hold the command and retry).
     Busy,
@@ -111,7 +114,8 @@ pub(crate) struct Task {
     pub state: TaskState,
     pub itt: u32,
     pub command: Command,
-    pub expected_bytes: u32,
+    /// The Data-In the initiator expects (0 unless the transport said Read).
+    pub expected_in_bytes: u32,
     /// Bytes of Data-Out the command takes (NeedData's len).
     pub data_out_bytes: u32,
     pub status: u8,
@@ -137,7 +141,7 @@ impl Task {
             state: TaskState::Free,
             itt: 0,
             command: Command::TestUnitReady,
-            expected_bytes: 0,
+            expected_in_bytes: 0,
             data_out_bytes: 0,
             status: status::GOOD,
             sense: [0; SCSI_SENSE_BYTES],

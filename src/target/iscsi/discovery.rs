@@ -5,7 +5,8 @@
 //! `SendTargets=All` (or `=<this target's name>`) answers `TargetName=<name>` and
 //! `TargetAddress=<the address the initiator reached>,1` — but only to an initiator whose host
 //! has at least one virtual path in the snapshot published when the request comes; anyone
-//! else gets an empty answer, so an initiator learns of nothing it may not use. An answer
+//! else gets an empty answer, so an initiator learns of nothing it may not use; a value that is
+//! neither `All` nor an iSCSI name is answered `SendTargets=Reject`. An answer
 //! longer than the initiator's MaxRecvDataSegmentLength goes out in parts (F=0, C=1, a target
 //! transfer tag the initiator sends back to ask for the next). Any other PDU is rejected
 //! (Reject, protocol error) and the session goes on; the whole session, login included, must
@@ -19,7 +20,7 @@ use super::pdu::{
 };
 use super::pdu_io::{read_pdu, write_pdu, Digests, PduIoError};
 use crate::constants::{MAX_ISCSI_DISCOVERY_PDUS, MAX_ISCSI_TEXT_BYTES};
-use crate::domain::snapshot::Published;
+use crate::domain::snapshot::{Published, Snapshot};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 
@@ -207,21 +208,15 @@ impl Session<'_> {
         self.send_part(stream, request)
     }
 
-    /// The targets this initiator may see: this one, when its host has a virtual path.
     fn send_targets(&self, value: &str, answer: &mut Vec<u8>) {
-        let snapshot = self.setup.published.load();
-        let visible = snapshot
-            .host_by_iqn(&self.outcome.initiator_name)
-            .is_some_and(|host| snapshot.paths_of(&host.name).next().is_some());
-        let asked = value == "All" || value.eq_ignore_ascii_case(self.setup.target_name);
-        if visible && asked {
-            params::push_pair(answer, "TargetName", self.setup.target_name);
-            params::push_pair(
-                answer,
-                "TargetAddress",
-                &format!("{},{TARGET_PORTAL_GROUP_TAG}", self.setup.portal),
-            );
-        }
+        send_targets(
+            &self.setup.published.load(),
+            &self.outcome.initiator_name,
+            self.setup.target_name,
+            self.setup.portal,
+            value,
+            answer,
+        );
     }
 
     /// Sends as much of the pending answer as one PDU may carry.
@@ -257,5 +252,42 @@ impl Session<'_> {
         .write(&mut bhs);
         write_pdu(stream, &bhs, data, self.digests)?;
         Ok(())
+    }
+}
+
+/// The answer to `SendTargets=<value>` from `initiator`, appended to `answer`: this target's
+/// name and portal when the initiator's host has a virtual path in `snapshot` and `value` is
+/// `All` or this target's name; nothing for another iSCSI name or a host with no VP; and
+/// `SendTargets=Reject` for a value that is neither `All` nor an iSCSI name (libiscsi's
+/// `iSCSI.iSCSISendTargets.Invalid` sends `Alle` and `A` and expects a failure). A normal
+/// session's Text Request may ask it too (RFC 7143 §13.3); there an empty value means "this
+/// session's target", so the caller passes the target's name instead.
+pub fn send_targets(
+    snapshot: &Snapshot,
+    initiator: &str,
+    target_name: &str,
+    portal: SocketAddr,
+    value: &str,
+    answer: &mut Vec<u8>,
+) {
+    let is_name = ["iqn.", "eui.", "naa."].iter().any(|prefix| {
+        value
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    });
+    if value != "All" && !is_name {
+        params::push_pair(answer, "SendTargets", "Reject");
+        return;
+    }
+    let visible = snapshot
+        .host_by_iqn(initiator)
+        .is_some_and(|host| snapshot.paths_of(&host.name).next().is_some());
+    if visible && (value == "All" || value.eq_ignore_ascii_case(target_name)) {
+        params::push_pair(answer, "TargetName", target_name);
+        params::push_pair(
+            answer,
+            "TargetAddress",
+            &format!("{portal},{TARGET_PORTAL_GROUP_TAG}"),
+        );
     }
 }

@@ -160,6 +160,10 @@ struct Login<'a> {
     negotiation: Negotiation,
     /// Whether the first response (which carries TargetPortalGroupTag) went out.
     answered_once: bool,
+    /// Whether the first request's text has been read for who the initiator is.
+    identified: bool,
+    /// The latest stage a request was in: the login never goes back to an earlier one.
+    stage_reached: u8,
 }
 
 /// Runs a login on `stream` to its end: the full-feature phase, or a refusal (sent, then
@@ -194,6 +198,8 @@ pub fn login<S: Read + Write>(
         security: Security::Open,
         negotiation: Negotiation::new(setup.offer, SessionType::Normal),
         answered_once: false,
+        identified: false,
+        stage_reached: stage::SECURITY,
     };
     match login.run(stream, received) {
         Ok(outcome) => Ok(outcome),
@@ -362,7 +368,7 @@ impl Login<'_> {
                 text.extend_from_slice(&next.1);
                 last = request;
             }
-            if let Some(outcome) = self.step(stream, &last, &text, pdus == 1)? {
+            if let Some(outcome) = self.step(stream, &last, &text)? {
                 return Ok(outcome);
             }
             pdus += 1;
@@ -380,12 +386,13 @@ impl Login<'_> {
         stream: &mut S,
         request: &LoginRequest,
         text: &[u8],
-        first: bool,
     ) -> Result<Option<LoginOutcome>, Step> {
         let pairs = params::parse_text(text)
             .map_err(|error| fail(login_status::INITIATOR_ERROR_GENERIC, error.to_string()))?;
-        if first {
+        // The first request's whole text (however many PDUs carried it) names the initiator.
+        if !self.identified {
             self.identify(&pairs)?;
+            self.identified = true;
         }
         let current = request.current_stage;
         if current != stage::SECURITY && current != stage::OPERATIONAL {
@@ -395,6 +402,14 @@ impl Login<'_> {
             )
             .into());
         }
+        if current < self.stage_reached {
+            return Err(fail(
+                login_status::INITIATOR_ERROR_GENERIC,
+                format!("login stage {current} after stage {}", self.stage_reached),
+            )
+            .into());
+        }
+        self.stage_reached = current;
         if current == stage::OPERATIONAL {
             self.leave_security()?;
         }
@@ -742,6 +757,12 @@ impl Login<'_> {
 
     /// The session exists from here: registered, with its TSIH.
     fn finish(&mut self) -> Result<LoginOutcome, Failure> {
+        if self.session_type == SessionType::Normal && self.host.is_none() {
+            return Err(fail(
+                login_status::AUTHORIZATION_FAILURE,
+                "a normal session without a host",
+            ));
+        }
         let params = self.negotiation.result;
         let kind = match self.session_type {
             SessionType::Normal => SessionKind::Normal,
@@ -1146,6 +1167,207 @@ mod tests {
             assert_eq!(reply.status(), login_status::AUTHENTICATION_FAILURE);
             assert!(thread.join().unwrap().is_err());
         }
+    }
+
+    #[test]
+    fn a_discovery_answer_longer_than_the_initiators_limit_comes_in_parts() {
+        let (mut initiator, thread) = target(vec![]);
+        let reply = initiator.login(
+            stage::OPERATIONAL,
+            Some(stage::FULL_FEATURE),
+            &[
+                ("InitiatorName", "iqn.x:y"),
+                ("SessionType", "Discovery"),
+                ("MaxRecvDataSegmentLength", "512"),
+            ],
+        );
+        assert_eq!(reply.status(), (0, 0));
+        // Forty unknown keys: forty NotUnderstood answers, about 1.5 KiB of text, split
+        // wherever 512 bytes end (RFC 7143 lets a pair straddle two PDUs).
+        let keys: Vec<String> = (0..40)
+            .map(|k| format!("X-org.example.key{k:04}"))
+            .collect();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "1")).collect();
+        let mut reply = initiator.text(&pairs, pdu::RESERVED_TAG);
+        let mut text = Vec::new();
+        let mut parts = 1;
+        loop {
+            let pdu::TargetPdu::Text(response) = reply.pdu else {
+                panic!("not a Text Response");
+            };
+            assert!(reply.data.len() <= 512);
+            text.extend_from_slice(&reply.data);
+            if response.final_ {
+                assert_eq!(response.target_transfer_tag, pdu::RESERVED_TAG);
+                break;
+            }
+            assert!(response.continue_);
+            assert_ne!(response.target_transfer_tag, pdu::RESERVED_TAG);
+            reply = initiator.text(&[], response.target_transfer_tag);
+            parts += 1;
+        }
+        assert!(parts >= 3, "{parts} parts");
+        let answers = params::parse_text(&text).unwrap();
+        assert_eq!(answers.len(), 40);
+        assert!(answers
+            .iter()
+            .zip(&keys)
+            .all(|((key, value), sent)| key == sent && *value == "NotUnderstood"));
+        initiator.logout();
+        assert!(thread.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn login_text_continued_over_pdus_is_gathered() {
+        let (mut initiator, thread) = target(vec![]);
+        // "InitiatorName=iqn.x:y\0SessionType=Discovery\0" cut in the middle of a key.
+        let whole = b"InitiatorName=iqn.x:y\0SessionType=Discovery\0AuthMethod=None\0";
+        let (head, tail) = whole.split_at(30);
+        for (part, more) in [(head, true), (tail, false)] {
+            let request = LoginRequest {
+                transit: !more,
+                continue_: more,
+                current_stage: stage::SECURITY,
+                next_stage: if more { 0 } else { stage::FULL_FEATURE },
+                version_max: 0,
+                version_min: 0,
+                data_segment_length: part.len() as u32,
+                isid: initiator.isid,
+                tsih: 0,
+                initiator_task_tag: 0,
+                cid: 0,
+                cmd_sn: 1,
+                exp_stat_sn: 0,
+            };
+            let mut bhs = [0u8; 48];
+            pdu::write_login_request(&request, &mut bhs);
+            write_pdu(&mut &initiator.stream, &bhs, part, Digests::default()).unwrap();
+            let reply = initiator.read();
+            assert_eq!(reply.status(), (0, 0));
+            if more {
+                assert!(reply.data.is_empty() && !reply.login().transit);
+            } else {
+                assert_eq!(reply.value("AuthMethod").as_deref(), Some("None"));
+                assert!(reply.login().transit);
+            }
+        }
+        initiator.logout();
+        let outcome = thread.join().unwrap().unwrap();
+        assert_eq!(outcome.initiator_name, "iqn.x:y");
+        assert_eq!(outcome.session_type, SessionType::Discovery);
+    }
+
+    #[test]
+    fn a_login_never_goes_back_to_the_security_stage() {
+        let (mut initiator, thread) = target(vec![]);
+        let reply = initiator.login(
+            stage::OPERATIONAL,
+            None,
+            &[("InitiatorName", "iqn.x:y"), ("SessionType", "Discovery")],
+        );
+        assert_eq!(reply.status(), (0, 0));
+        let reply = initiator.login(stage::SECURITY, None, &[("AuthMethod", "None")]);
+        assert_eq!(reply.status(), login_status::INITIATOR_ERROR_GENERIC);
+        assert!(thread.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn malformed_send_targets_are_rejected_and_unknown_keys_not_understood() {
+        let (mut initiator, thread) = target(vec![]);
+        let reply =
+            initiator.login_plain(&[("InitiatorName", "iqn.x:y"), ("SessionType", "Discovery")]);
+        assert_eq!(reply.status(), (0, 0));
+        for (key, value, expected) in [
+            ("SendTargets", "Alle", Some(("SendTargets", "Reject"))),
+            ("SendTargets", "A", Some(("SendTargets", "Reject"))),
+            (
+                "SendTargetsPlease",
+                "All",
+                Some(("SendTargetsPlease", "NotUnderstood")),
+            ),
+            ("sENDtARGETS", "aLL", Some(("sENDtARGETS", "NotUnderstood"))),
+            ("SendTargets", "iqn.2026-11.org.sds:elsewhere", None),
+            ("SendTargets", "All", None),
+        ] {
+            let reply = initiator.text(&[(key, value)], pdu::RESERVED_TAG);
+            let pairs = reply.pairs();
+            match expected {
+                Some((k, v)) => assert_eq!(pairs, vec![(k.to_string(), v.to_string())]),
+                None => assert!(pairs.is_empty(), "{key}={value}: {pairs:?}"),
+            }
+        }
+        initiator.logout();
+        assert!(thread.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_login_naming_a_tsih_is_refused() {
+        let (initiator, thread) = target(vec![]);
+        let data = b"InitiatorName=iqn.x:y\0SessionType=Discovery\0";
+        let request = LoginRequest {
+            transit: true,
+            continue_: false,
+            current_stage: stage::OPERATIONAL,
+            next_stage: stage::FULL_FEATURE,
+            version_max: 0,
+            version_min: 0,
+            data_segment_length: data.len() as u32,
+            isid: initiator.isid,
+            tsih: 7,
+            initiator_task_tag: 0,
+            cid: 1,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+        };
+        let mut bhs = [0u8; 48];
+        pdu::write_login_request(&request, &mut bhs);
+        write_pdu(&mut &initiator.stream, &bhs, data, Digests::default()).unwrap();
+        let mut initiator = initiator;
+        assert_eq!(
+            initiator.read().status(),
+            login_status::SESSION_DOES_NOT_EXIST
+        );
+        assert!(thread.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_discovery_session_answers_nops_and_rejects_scsi() {
+        let (mut initiator, thread) = target(vec![]);
+        let reply =
+            initiator.login_plain(&[("InitiatorName", "iqn.x:y"), ("SessionType", "Discovery")]);
+        assert_eq!(reply.status(), (0, 0));
+        // A ping with data comes back with the same data.
+        let nop = pdu::NopOut {
+            immediate: true,
+            lun: 0,
+            initiator_task_tag: 77,
+            target_transfer_tag: pdu::RESERVED_TAG,
+            cmd_sn: initiator.cmd_sn,
+            exp_stat_sn: initiator.exp_stat_sn,
+            data_segment_length: 5,
+        };
+        let mut bhs = [0u8; 48];
+        pdu::write_nop_out(&nop, &mut bhs);
+        write_pdu(&mut &initiator.stream, &bhs, b"hello", Digests::default()).unwrap();
+        let reply = initiator.read();
+        assert!(matches!(reply.pdu, pdu::TargetPdu::NopIn(n) if n.initiator_task_tag == 77));
+        assert_eq!(reply.data, b"hello");
+        // A SCSI command has no place in a discovery session: rejected, and the session
+        // goes on.
+        let mut bhs = [0u8; 48];
+        bhs[0] = 0x01;
+        bhs[1] = 0x80;
+        bhs[32] = 0x12;
+        write_pdu(&mut &initiator.stream, &bhs, &[], Digests::default()).unwrap();
+        let reply = initiator.read();
+        assert!(matches!(
+            reply.pdu,
+            pdu::TargetPdu::Reject(r) if r.reason == pdu::reject::PROTOCOL_ERROR
+        ));
+        assert_eq!(reply.data, bhs, "the rejected header comes back");
+        assert!(initiator.send_targets().data.is_empty());
+        initiator.logout();
+        assert!(thread.join().unwrap().is_ok());
     }
 
     #[test]

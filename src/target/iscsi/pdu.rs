@@ -1125,6 +1125,22 @@ impl TargetPdu {
             initiator => return Err(PduError::UnknownOpcode(initiator as u8)),
         })
     }
+
+    /// Builds this PDU's BHS.
+    pub fn write(&self, bhs: &mut Bhs) {
+        match self {
+            Self::NopIn(p) => p.write(bhs),
+            Self::ScsiResponse(p) => p.write(bhs),
+            Self::TaskManagement(p) => p.write(bhs),
+            Self::Login(p) => p.write(bhs),
+            Self::Text(p) => p.write(bhs),
+            Self::DataIn(p) => p.write(bhs),
+            Self::Logout(p) => p.write(bhs),
+            Self::ReadyToTransfer(p) => p.write(bhs),
+            Self::AsyncMessage(p) => p.write(bhs),
+            Self::Reject(p) => p.write(bhs),
+        }
+    }
 }
 
 /// Builds an initiator's Login Request BHS (for tests and a test initiator).
@@ -1521,18 +1537,7 @@ mod tests {
         ];
         for pdu in pdus {
             let mut bhs = [0u8; 48];
-            match pdu {
-                TargetPdu::NopIn(p) => p.write(&mut bhs),
-                TargetPdu::ScsiResponse(p) => p.write(&mut bhs),
-                TargetPdu::TaskManagement(p) => p.write(&mut bhs),
-                TargetPdu::Login(p) => p.write(&mut bhs),
-                TargetPdu::Text(p) => p.write(&mut bhs),
-                TargetPdu::DataIn(p) => p.write(&mut bhs),
-                TargetPdu::Logout(p) => p.write(&mut bhs),
-                TargetPdu::ReadyToTransfer(p) => p.write(&mut bhs),
-                TargetPdu::AsyncMessage(p) => p.write(&mut bhs),
-                TargetPdu::Reject(p) => p.write(&mut bhs),
-            }
+            pdu.write(&mut bhs);
             assert_eq!(TargetPdu::parse(&bhs), Ok(pdu), "{pdu:?}");
             let common = Common::parse(&bhs).unwrap();
             assert!(!common.opcode.is_initiator());

@@ -13,6 +13,7 @@
 
 use crate::constants::MAX_ISCSI_SESSIONS;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -41,7 +42,7 @@ pub struct SessionInfo {
     pub peer: String,
     pub kind: SessionKind,
     /// The negotiated operational parameters by their RFC 7143 names.
-    pub negotiated: Vec<(String, String)>,
+    pub negotiated: BTreeMap<String, String>,
     pub header_digest: bool,
     pub data_digest: bool,
     /// The LUNs the session's host sees (filled in by the session).
@@ -226,7 +227,7 @@ mod tests {
             target: "iqn.2026-11.org.sds:t".into(),
             peer: "127.0.0.1:1".into(),
             kind: SessionKind::Normal,
-            negotiated: Vec::new(),
+            negotiated: BTreeMap::new(),
             header_digest: false,
             data_digest: false,
             luns: Vec::new(),
@@ -250,6 +251,18 @@ mod tests {
         assert_eq!(registry.list().len(), 1);
         assert_eq!(registry.close_host("h"), 1);
         assert!(b.close_requested());
+    }
+
+    #[test]
+    fn sessions_serialize_as_iscsi_get_sessions_shows_them() {
+        let mut session = info("iqn.a", "400001370000");
+        session
+            .negotiated
+            .insert("HeaderDigest".into(), "CRC32C".into());
+        let value = serde_json::to_value(&session).unwrap();
+        assert_eq!(value["kind"], "normal");
+        assert_eq!(value["negotiated"]["HeaderDigest"], "CRC32C");
+        assert_eq!(value["isid"], "400001370000");
     }
 
     #[test]

@@ -146,14 +146,17 @@ struct DataWait {
     lun: u16,
     task: u16,
     lun_wire: u64,
-    /// Bytes the command takes.
+    /// Bytes the command takes (its transfer length); the task's buffer holds them.
     expected: u32,
+    /// The next buffer offset expected (Data-Out comes in order).
     received: u32,
     /// End of what the initiator may send now: the first burst, or the current R2T's.
     burst_end: u32,
     /// The current R2T's transfer tag, [`RESERVED_TAG`] for unsolicited data.
     ttt: u32,
     r2t_sn: u32,
+    /// The DataSN the next Data-Out of the current sequence must carry.
+    data_sn: u32,
 }
 
 /// What incoming bytes are for right now.
@@ -168,13 +171,16 @@ enum Inbound {
         offset: u32,
         len: u32,
         got: u32,
+        skip: u32,
         final_: bool,
     },
-    /// Padding and data digest after a data segment that went into a task's buffer.
+    /// What follows a data segment that went into a task's buffer: `skip` bytes of it past
+    /// what the command takes (dropped), then padding and data digest.
     Trailer {
         wait: u32,
         offset: u32,
         len: u32,
+        skip: u32,
         final_: bool,
     },
     /// Bytes to read and drop (the data of a command that was refused or aborted).
@@ -186,13 +192,16 @@ pub struct IscsiSession {
     peer: String,
     initiator: String,
     target_name: String,
-    /// `IP:port,TPGT` of the portal this connection came in through.
-    portal: String,
+    /// The portal this connection came in through.
+    portal: Option<std::net::SocketAddr>,
+    published: std::sync::Arc<crate::domain::snapshot::Published>,
     params: Negotiated,
     luns: Vec<Lun>,
     /// Sorted LUN numbers, for REPORT LUNS.
     lun_numbers: Vec<u64>,
     exp_cmd_sn: u32,
+    /// The MaxCmdSN last sent: a command past it is dropped (RFC 7143 3.2.2.1).
+    max_cmd_sn: u32,
     stat_sn: u32,
     next_ttt: u32,
 
@@ -279,11 +288,9 @@ impl IscsiSession {
         luns: Vec<(u64, u64, ScsiLun)>,
         opens: Vec<OpenGuard>,
         target_name: String,
+        published: std::sync::Arc<crate::domain::snapshot::Published>,
     ) -> Self {
-        let portal = match logged_in.stream.local_addr() {
-            Ok(address) => format!("{address},{}", super::login::TARGET_PORTAL_GROUP_TAG),
-            Err(_) => String::new(),
-        };
+        let portal = logged_in.stream.local_addr().ok();
         let LoggedIn {
             stream,
             initiator_name,
@@ -308,6 +315,7 @@ impl IscsiSession {
             initiator: initiator_name,
             target_name,
             portal,
+            published,
             params,
             luns: luns
                 .into_iter()
@@ -319,6 +327,8 @@ impl IscsiSession {
                 .collect(),
             lun_numbers,
             exp_cmd_sn: cmd_sn,
+            // What the login's last response said.
+            max_cmd_sn: cmd_sn.wrapping_add(ISCSI_CMD_WINDOW - 1),
             stat_sn,
             next_ttt: 1,
             recv_buf,
@@ -385,36 +395,35 @@ impl IscsiSession {
     /// has tasks free, so that no command ever finds its LUN without a free task (each LUN
     /// has at least `ISCSI_CMD_WINDOW` of them). It never goes down: a command received takes
     /// a task and moves ExpCmdSN by one.
-    fn max_cmd_sn(&self) -> u32 {
+    fn next_max_cmd_sn(&self) -> u32 {
         let in_use: usize = self.luns.iter().map(|lun| lun.scsi.tasks_in_use()).sum();
         let free = (ISCSI_CMD_WINDOW as usize).saturating_sub(in_use) as u32;
         self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1)
     }
 
-    fn sequence(&self, advance_stat_sn: bool) -> (Sequence, u32) {
-        let sequence = Sequence {
+    /// The sequence numbers of a PDU about to be sent; MaxCmdSN is remembered as sent.
+    fn sequence(&mut self) -> Sequence {
+        let max_cmd_sn = self.next_max_cmd_sn();
+        if serial_lt(self.max_cmd_sn, max_cmd_sn) {
+            self.max_cmd_sn = max_cmd_sn;
+        }
+        Sequence {
             stat_sn: self.stat_sn,
             exp_cmd_sn: self.exp_cmd_sn,
-            max_cmd_sn: self.max_cmd_sn(),
-        };
-        let next = if advance_stat_sn {
-            self.stat_sn.wrapping_add(1)
-        } else {
-            self.stat_sn
-        };
-        (sequence, next)
+            max_cmd_sn: self.max_cmd_sn,
+        }
     }
 
     /// The sequence numbers of a status-carrying PDU, advancing StatSN.
     fn status_sequence(&mut self) -> Sequence {
-        let (sequence, next) = self.sequence(true);
-        self.stat_sn = next;
+        let sequence = self.sequence();
+        self.stat_sn = self.stat_sn.wrapping_add(1);
         sequence
     }
 
     /// The sequence numbers of a PDU that carries no status (StatSN as it stands).
-    fn plain_sequence(&self) -> Sequence {
-        self.sequence(false).0
+    fn plain_sequence(&mut self) -> Sequence {
+        self.sequence()
     }
 
     // ---- receiving -----------------------------------------------------------------------
@@ -519,9 +528,10 @@ impl IscsiSession {
                     wait,
                     offset,
                     len,
+                    skip,
                     final_,
                 } => {
-                    if !self.take_trailer(wait, offset, len, final_, ctx) {
+                    if !self.take_trailer(wait, offset, len, skip, final_, ctx) {
                         break;
                     }
                 }
@@ -630,9 +640,7 @@ impl IscsiSession {
         if immediate {
             return true;
         }
-        let max_cmd_sn = self.exp_cmd_sn.wrapping_add(ISCSI_CMD_WINDOW - 1);
-        // The window as advertised may be narrower (tasks in use); a command beyond it but
-        // within the session's whole window still finds a task, or waits for one.
+        let max_cmd_sn = self.max_cmd_sn;
         if serial_lt(cmd_sn, self.exp_cmd_sn) || serial_lt(max_cmd_sn, cmd_sn) {
             log::debug!(
                 "iscsi {}: CmdSN {cmd_sn} outside [{}, {max_cmd_sn}]: dropped",
@@ -707,7 +715,7 @@ impl IscsiSession {
             return false;
         }
         // Peek the window before taking a task: a dropped command takes none.
-        let max_cmd_sn = self.exp_cmd_sn.wrapping_add(ISCSI_CMD_WINDOW - 1);
+        let max_cmd_sn = self.max_cmd_sn;
         if !command.immediate
             && (serial_lt(command.cmd_sn, self.exp_cmd_sn) || serial_lt(max_cmd_sn, command.cmd_sn))
         {
@@ -730,6 +738,11 @@ impl IscsiSession {
                 return false;
             }
             Submit::Started { task } => (task, 0),
+            Submit::NeedData { task, len: 0 } => {
+                // Nothing to wait for: the command runs now.
+                self.luns[index].scsi.data_out_done(task, ctx);
+                (task, 0)
+            }
             Submit::NeedData { task, len } => (task, len),
         };
         self.accept_cmd_sn(command.immediate, command.cmd_sn);
@@ -743,42 +756,37 @@ impl IscsiSession {
             self.drain_done(ctx);
             return true;
         }
-        let unsolicited = if self.params.initial_r2t {
-            0
+        let limit = command.expected_data_transfer_length;
+        // What the initiator may send before any R2T: its immediate data, and with
+        // InitialR2T=No unsolicited Data-Out up to FirstBurstLength (both within EDTL).
+        let first_burst = if self.params.initial_r2t {
+            data_bytes as u32
         } else {
-            self.params.first_burst_length
-        };
-        let immediate = (data_bytes as u32).min(len);
-        let wait = DataWait {
+            self.params.first_burst_length.max(data_bytes as u32)
+        }
+        .min(limit);
+        if data_bytes as u32 > first_burst {
+            self.reject_and_close(bhs, reject::PROTOCOL_ERROR, "immediate data past EDTL");
+            return false;
+        }
+        self.waits.push(DataWait {
             itt: command.initiator_task_tag,
             lun: index as u16,
             task: task as u16,
             lun_wire: command.lun,
             expected: len,
             received: 0,
-            burst_end: unsolicited
-                .max(immediate)
-                .min(self.params.first_burst_length.max(immediate))
-                .min(len),
+            burst_end: first_burst,
             ttt: RESERVED_TAG,
             r2t_sn: 0,
-        };
-        self.waits.push(wait);
+            data_sn: 0,
+        });
         let wait_index = (self.waits.len() - 1) as u32;
         if data_bytes == 0 {
             self.after_data(wait_index, command.final_, ctx);
             return true;
         }
-        if immediate < data_bytes as u32 {
-            // More immediate data than the command takes: an overflow the task cannot hold.
-            self.reject_and_close(
-                bhs,
-                reject::PROTOCOL_ERROR,
-                "immediate data past the command",
-            );
-            return false;
-        }
-        self.copy_buffered(wait_index, 0, immediate, command.final_);
+        self.copy_buffered(wait_index, 0, data_bytes as u32, command.final_);
         true
     }
 
@@ -795,7 +803,7 @@ impl IscsiSession {
         };
         let wait = self.waits[wait_index];
         let len = data.data_segment_length;
-        let in_order = data.buffer_offset == wait.received;
+        let in_order = data.buffer_offset == wait.received && data.data_sn == wait.data_sn;
         let in_burst = u64::from(data.buffer_offset) + u64::from(len) <= u64::from(wait.burst_end);
         let right_tag = data.target_transfer_tag == wait.ttt;
         if !(in_order && in_burst && right_tag) || len == 0 {
@@ -814,15 +822,20 @@ impl IscsiSession {
             return false;
         }
         self.recv_start += header_bytes;
+        self.waits[wait_index].data_sn = wait.data_sn.wrapping_add(1);
         self.copy_buffered(wait_index as u32, data.buffer_offset, len, data.final_);
         true
     }
 
-    /// Copies what the receive buffer already has of a data segment into the task's buffer;
-    /// the rest is received straight into it ([`Inbound::Data`]).
+    /// Takes a data segment of `len` bytes at buffer offset `offset` of a write: what the
+    /// command takes goes into the task's buffer (what the receive buffer already has is
+    /// copied, the rest is received straight into it, [`Inbound::Data`]); bytes past it are
+    /// dropped.
     fn copy_buffered(&mut self, wait: u32, offset: u32, len: u32, final_: bool) {
-        let have = self.buffered().min(len as usize);
         let w = self.waits[wait as usize];
+        let keep = len.min(w.expected.saturating_sub(offset));
+        let skip = len - keep;
+        let have = self.buffered().min(keep as usize);
         let start = self.recv_start;
         let buf = self.luns[usize::from(w.lun)]
             .scsi
@@ -834,19 +847,21 @@ impl IscsiSession {
         }
         buf[offset as usize..end].copy_from_slice(&self.recv_buf.as_slice()[start..start + have]);
         self.recv_start += have;
-        self.inbound = if have < len as usize {
+        self.inbound = if have < keep as usize {
             Inbound::Data {
                 wait,
                 offset,
-                len,
+                len: keep,
                 got: have as u32,
+                skip,
                 final_,
             }
         } else {
             Inbound::Trailer {
                 wait,
                 offset,
-                len,
+                len: keep,
+                skip,
                 final_,
             }
         };
@@ -859,9 +874,25 @@ impl IscsiSession {
         wait: u32,
         offset: u32,
         len: u32,
+        skip: u32,
         final_: bool,
         ctx: &mut SessionContext,
     ) -> bool {
+        if skip > 0 {
+            // The dropped part of the segment, its padding and its digest (which covers what
+            // is dropped, so it is not checked): taken like any other bytes to drop.
+            let padding = pdu::padding(len + skip);
+            let digest_bytes = if self.params.data_digest {
+                DIGEST_BYTES
+            } else {
+                0
+            };
+            self.waits[wait as usize].received += len + skip;
+            self.inbound = Inbound::Headers;
+            self.skip(skip as usize + padding + digest_bytes);
+            self.after_data(wait, final_, ctx);
+            return true;
+        }
         let padding = pdu::padding(len);
         let digest_bytes = if self.params.data_digest {
             DIGEST_BYTES
@@ -922,6 +953,7 @@ impl IscsiSession {
         let w = &mut self.waits[wait as usize];
         w.burst_end = w.received + burst;
         w.ttt = ttt;
+        w.data_sn = 0;
         let r2t = ReadyToTransfer {
             lun: w.lun_wire,
             initiator_task_tag: w.itt,
@@ -1025,22 +1057,26 @@ impl IscsiSession {
         }
     }
 
-    /// The answer to a Text Request in full-feature phase: SendTargets (All, or this
-    /// target's name) names this target at the portal the initiator came in through; any
-    /// other key is not understood.
+    /// The answer to a Text Request in full-feature phase: SendTargets as a discovery
+    /// session answers it (this target at the portal the initiator came in through, if its
+    /// host still has a VP); any other key is not understood.
     fn text_answer(&self, text: &[u8]) -> Vec<u8> {
         let mut answer = Vec::new();
         let Ok(pairs) = super::params::parse_text(text) else {
             return answer;
         };
+        let snapshot = self.published.load();
         for (key, value) in pairs {
-            if key == "SendTargets" {
-                if value == "All" || value.eq_ignore_ascii_case(&self.target_name) {
-                    super::params::push_pair(&mut answer, "TargetName", &self.target_name);
-                    super::params::push_pair(&mut answer, "TargetAddress", &self.portal);
-                }
-            } else {
-                super::params::push_pair(&mut answer, key, "NotUnderstood");
+            match (key, self.portal) {
+                ("SendTargets", Some(portal)) => super::discovery::send_targets(
+                    &snapshot,
+                    &self.initiator,
+                    &self.target_name,
+                    portal,
+                    value,
+                    &mut answer,
+                ),
+                _ => super::params::push_pair(&mut answer, key, "NotUnderstood"),
             }
         }
         answer
@@ -1645,6 +1681,7 @@ impl Session for IscsiSession {
                     offset,
                     len,
                     got,
+                    skip,
                     final_,
                 } = self.inbound
                 {
@@ -1655,6 +1692,7 @@ impl Session for IscsiSession {
                             offset,
                             len,
                             got,
+                            skip,
                             final_,
                         }
                     } else {
@@ -1662,6 +1700,7 @@ impl Session for IscsiSession {
                             wait,
                             offset,
                             len,
+                            skip,
                             final_,
                         }
                     };
@@ -1776,7 +1815,13 @@ pub fn attach(logged_in: LoggedIn, context: &IscsiContext) {
             .collect::<Vec<_>>()
     );
     let reactor = logged_in.ticket.place.reactor();
-    let session = IscsiSession::new(logged_in, luns, opens, context.target_name.clone());
+    let session = IscsiSession::new(
+        logged_in,
+        luns,
+        opens,
+        context.target_name.clone(),
+        context.published.clone(),
+    );
     if let Some(reactor) = context.reactors.get(reactor) {
         reactor.post(Message::Attach(Box::new(session)));
     }
