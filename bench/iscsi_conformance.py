@@ -75,14 +75,15 @@ def run_suite(url, tests, log_path):
     cmd = ["iscsi-test-cu", f"--test={tests}", "--dataloss", "--verbose",
            f"--initiator-name={CU_INITIATOR}", f"--initiator-name-2={CU_INITIATOR_2}", url]
     started = time.time()
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=SUITE_TIMEOUT_S)
-        text, note = out.stdout + out.stderr, ""
-    except subprocess.TimeoutExpired as e:
-        text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        note = f"cut off after {SUITE_TIMEOUT_S} s"
-    with open(log_path, "w") as f:
-        f.write(text)
+    note = ""
+    # Straight into the log file (kept with --logs), not through a pipe held in memory.
+    with open(log_path, "w") as log:
+        try:
+            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=SUITE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            note = f"cut off after {SUITE_TIMEOUT_S} s"
+    with open(log_path, errors="replace") as log:
+        text = log.read()
     return parse(text), time.time() - started, note
 
 

@@ -50,12 +50,13 @@ class Tgtd:
 
     def __init__(self, backing, prefix=None, log=os.devnull):
         self.log = open(log, "w")
-        # tgtd sometimes refuses a control port (a stale lock from an earlier instance): try a
-        # few, each with a fresh iSCSI port too.
+        # A control port another tgtd holds, or an iSCSI port taken since free_port() found it,
+        # makes tgtd exit: try a few, each with fresh ports.
         for attempt in range(5):
             self.port = free_port()
             # A control port of our own: /var/run/tgtd/socket.N must not be another tgtd's.
-            self.control = str(20000 + (os.getpid() * 7 + attempt * 1009) % 20000)
+            # tgtd exits (status 34) with one of 32768 or more: it keeps it in a short.
+            self.control = str(10000 + (os.getpid() * 7 + attempt * 1009) % 20000)
             cmd = ["tgtd", "-f", "-C", self.control, "--iscsi", f"portal=127.0.0.1:{self.port}"]
             self.proc = subprocess.Popen(([*prefix, *cmd] if prefix else cmd), stdout=self.log,
                                          stderr=subprocess.STDOUT, start_new_session=True)

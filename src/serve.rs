@@ -154,7 +154,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let iscsi_target_name = target_name::resolve(&state_dir, config.iscsi_target_name.as_deref())?;
     let iscsi_registry = Registry::new();
     let iscsi_scsi = LuRegistry::new(&state_dir);
-    let control = Control::restore(
+    let mut control = Control::restore(
         state_dir,
         published.clone(),
         reactors.clone(),
@@ -162,6 +162,17 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.cycle,
     )
     .map_err(Box::new)?;
+    // What `iscsi_get_targets` / `iscsi_get_sessions` show: the name, where it listens, and
+    // the sessions the login threads and reactors register.
+    control.iscsi = Some(control::iscsi::IscsiTarget {
+        name: iscsi_target_name.clone(),
+        portals: config
+            .iscsi_listen
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        registry: iscsi_registry.clone(),
+    });
     let (dispatch, control_thread) = control::spawn(control).map_err(Box::new)?;
 
     let nbd = NbdContext::new(

@@ -194,3 +194,178 @@ fn chap_is_set_cleared_persisted_and_never_shown() {
     assert!(server.stop());
     assert_no_secret("the server log", &server.log());
 }
+
+/// The harness's reading of iscsi-test-cu logs (what the lead's conformance test counts by):
+/// a skip CUnit calls a pass, a tolerated "[FAILED]" step, a message after the verdict, a real
+/// failure with its reason, and a run cut off mid-test.
+#[test]
+fn test_cu_logs_are_read_test_by_test() {
+    let log = "\
+Suite: iSCSIdatasn
+  Test: iSCSIDataSnInvalid ...FAILED
+    1. test_iscsi_datasn_invalid.c:98  - CU_ASSERT_NOT_EQUAL(ret,0)
+Suite: CompareAndWrite
+  Test: Simple ...    [SKIPPED] COMPAREANDWRITE is not implemented.
+    [SKIPPED] COMPAREANDWRITE is not implemented.
+passed
+Suite: Reserve6
+  Test: Simple ...passed
+  Test: 2Initiators ...    Take out a RESERVE6 from the first initiator
+    [FAILED] MODESENSE6 successful but should have failed
+    RELEASE6 from the second initiator
+FAILED
+    1. test_reserve6_2initiators.c:70  - CU_ASSERT_EQUAL(_r,0)
+  Test: LUNReset ...passed    [FAILED] PRIN command: failed with sense.
+
+Suite: Read10
+  Test: Simple ...
+";
+    let results = common::parse_test_cu(log.to_string());
+    assert_eq!(results.passed, ["Reserve6.Simple", "Reserve6.LUNReset"]);
+    assert_eq!(
+        results.skipped,
+        [(
+            "CompareAndWrite.Simple".to_string(),
+            "COMPAREANDWRITE is not implemented.".to_string()
+        )]
+    );
+    let failed: Vec<&str> = results.failed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        failed,
+        [
+            "iSCSIdatasn.iSCSIDataSnInvalid",
+            "Reserve6.2Initiators",
+            "Read10.Simple"
+        ]
+    );
+    assert_eq!(
+        results.failed[1].1,
+        "MODESENSE6 successful but should have failed"
+    );
+}
+
+#[test]
+fn iscsi_get_targets_lists_each_hosts_luns() {
+    let server = Server::start();
+    server.ram_pool("p", 64 << 20);
+    for volume in ["a", "b"] {
+        server.ok(
+            "volume_create",
+            json!({"name": volume, "pool": "p", "size": 8u64 << 20}),
+        );
+    }
+    server.ok(
+        "host_create",
+        json!({"name": "esx1", "iqn": "iqn.1998-01.com.vmware:esx1"}),
+    );
+    server.ok(
+        "host_create",
+        json!({"name": "linux1", "iqn": "iqn.1993-08.org.debian:01:abc"}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": "esx1", "volume": "b", "lun": 3}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": "esx1", "volume": "a", "lun": 0}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": "linux1", "volume": "a", "lun": 7, "mode": "ro"}),
+    );
+    // A host with no iSCSI name has no LUNs on the target (it reaches its VP over NBD).
+    server.grant("b");
+
+    let targets = server.ok("iscsi_get_targets", json!({}));
+    assert_eq!(
+        targets,
+        json!([{
+            "name": server.iscsi_target(),
+            "portals": [format!("127.0.0.1:{}", server.iscsi_port())],
+            "luns": [
+                {"host": "esx1", "iqn": "iqn.1998-01.com.vmware:esx1", "lun": 0, "volume": "a", "mode": "rw"},
+                {"host": "esx1", "iqn": "iqn.1998-01.com.vmware:esx1", "lun": 3, "volume": "b", "mode": "rw"},
+                {"host": "linux1", "iqn": "iqn.1993-08.org.debian:01:abc", "lun": 7, "volume": "a", "mode": "ro"},
+            ],
+        }])
+    );
+    let (code, _) = server
+        .call("iscsi_get_targets", json!({"name": "x"}))
+        .expect_err("no parameters");
+    assert_eq!(code, INVALID_PARAMS);
+    assert_eq!(server.ok("iscsi_get_sessions", json!({})), json!([]));
+
+    let cli = server.cli(&["iscsi", "targets"]);
+    let text = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "{text}");
+    assert!(text.contains(&server.iscsi_target()), "{text}");
+    assert!(text.contains("iqn.1993-08.org.debian:01:abc"), "{text}");
+    let cli = server.cli(&["iscsi", "sessions"]);
+    assert!(cli.status.success());
+}
+
+#[test]
+fn cli_sets_chap_from_stdin_or_the_environment() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let server = Server::start();
+    server.ok(
+        "host_create",
+        json!({"name": "h", "iqn": "iqn.2001-04.com.example:h"}),
+    );
+    let mut child = Command::new(common::sds_binary())
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["host", "chap", "h", "--user", "u1", "--secret-file", "-"])
+        .args(["--mutual-user", "t1", "--mutual-secret-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{SECRET}\n{MUTUAL_SECRET}").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("u1 (mutual: t1)"), "{text}");
+    assert_no_secret("sds host chap", &text);
+    let host = server.ok("host_get_hosts", json!({"name": "h"}));
+    assert_eq!(host[0]["chap"], json!({"user": "u1", "mutual_user": "t1"}));
+
+    // From the environment; a short one is refused by the server with its reason.
+    let output = Command::new(common::sds_binary())
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["host", "chap", "h", "--user", "u2"])
+        .env("SDS_CHAP_SECRET", "too-short")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("at least 12 bytes"), "{text}");
+    let output = Command::new(common::sds_binary())
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["host", "chap", "h", "--user", "u2"])
+        .env("SDS_CHAP_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let host = server.ok("host_get_hosts", json!({"name": "h"}));
+    assert_eq!(host[0]["chap"], json!({"user": "u2", "mutual_user": null}));
+
+    // No secret from anywhere and no terminal to ask on: a clear error, nothing sent.
+    let output = server.cli(&["host", "chap", "h", "--user", "u3"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--secret-file"));
+
+    let output = server.cli(&["host", "chap", "h", "--clear"]);
+    assert!(output.status.success());
+    assert!(server.ok("host_get_hosts", json!({"name": "h"}))[0]["chap"].is_null());
+}

@@ -35,7 +35,7 @@ const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 /// virtual paths, IOPS, MB/s, p50/p99 latency, I/Os the domain's limits delayed, and the
 /// limits), and the virtual paths (host, volume, domain, mode, IOPS split into reads and
 /// writes, MB/s, p50/p99/p99.9 latency, milliseconds of delay from throttling, the limit the
-/// control loop currently gives the VP, and open connections).
+/// control loop currently gives the VP, open connections, and their protocol: nbd, iscsi).
 ///
 /// Rates are measured between frames from the server's counters, so they cover the whole
 /// interval; the first frame shows the server's last control cycle (`sds serve --cycle-ms`).
@@ -118,6 +118,8 @@ struct Sample {
     domains: Vec<Value>,
     /// Each domain's capabilities, by name.
     capabilities: HashMap<String, Value>,
+    /// The iSCSI target's normal sessions (empty from a server without iSCSI).
+    iscsi_sessions: Vec<Value>,
 }
 
 impl Sample {
@@ -125,6 +127,14 @@ impl Sample {
         let vpaths = call("vpath_get_stats", None)?;
         let domains = call("domain_get_stats", None)?;
         let described = call("domain_get_domains", None)?;
+        // A server that predates iSCSI answers "method not found": then there are none.
+        let iscsi_sessions = call("iscsi_get_sessions", None)
+            .ok()
+            .and_then(|sessions| sessions.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|session| session["kind"] == "normal")
+            .collect();
         let capabilities = described
             .as_array()
             .map(|list| {
@@ -141,7 +151,30 @@ impl Sample {
             vpaths: list(&vpaths, "vpaths"),
             domains: list(&domains, "domains"),
             capabilities,
+            iscsi_sessions,
         })
+    }
+}
+
+/// How a VP is reached. The VP's connection count covers every front end (each iSCSI session
+/// with the VP's LUN holds one, as each NBD connection does); the iSCSI sessions of its host
+/// that serve its LUN are the iSCSI part, the rest are NBD.
+fn protocol(vpath: &Value, iscsi_sessions: &[Value]) -> &'static str {
+    let iscsi = iscsi_sessions
+        .iter()
+        .filter(|s| s["host"] == vpath["host"])
+        .filter(|s| {
+            s["luns"]
+                .as_array()
+                .is_some_and(|luns| luns.contains(&vpath["lun"]))
+        })
+        .count() as u64;
+    let nbd = count(vpath, &["connections"]).saturating_sub(iscsi);
+    match (nbd > 0, iscsi > 0) {
+        (true, true) => "nbd+iscsi",
+        (true, false) => "nbd",
+        (false, true) => "iscsi",
+        (false, false) => "-",
     }
 }
 
@@ -267,6 +300,8 @@ struct VpathRow {
     domain: String,
     mode: String,
     connections: u64,
+    /// How its connections reach it: nbd, iscsi, both, or "-" with none.
+    protocol: &'static str,
     rates: Rates,
     /// What the control loop gives the VP now, all reactors together.
     limit: Value,
@@ -319,6 +354,7 @@ impl View {
                     domain: text("domain"),
                     mode: text("mode"),
                     connections: count(v, &["connections"]),
+                    protocol: protocol(v, &sample.iscsi_sessions),
                     rates: Rates::new(v, before.as_ref(), window),
                     limit: v["limit"].clone(),
                 }
@@ -411,6 +447,7 @@ impl View {
                 object.insert("domain".into(), json!(v.domain));
                 object.insert("mode".into(), json!(v.mode));
                 object.insert("connections".into(), json!(v.connections));
+                object.insert("protocol".into(), json!(v.protocol));
                 object.insert("limit".into(), v.limit.clone());
                 Value::Object(object)
             })
@@ -533,6 +570,7 @@ fn vpath_table(rows: &[VpathRow]) -> String {
                 millis(v.rates.throttled_ms),
                 limit_text(&v.limit),
                 v.connections.to_string(),
+                v.protocol.to_string(),
             ]
         })
         .collect();
@@ -552,6 +590,7 @@ fn vpath_table(rows: &[VpathRow]) -> String {
             "THROTTLED MS",
             "LIMIT",
             "CONNS",
+            "PROTO",
         ],
         &cells,
     )
@@ -668,4 +707,23 @@ pub fn print_vpath_stats(result: &Value) {
             &rows,
         )
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protocol;
+    use serde_json::json;
+
+    #[test]
+    fn a_paths_protocol_comes_from_its_hosts_iscsi_sessions() {
+        let vp = |connections: u64| json!({"host": "h", "lun": 3, "connections": connections});
+        let session = |host: &str, luns: &[u64]| json!({"host": host, "luns": luns});
+        assert_eq!(protocol(&vp(0), &[]), "-");
+        assert_eq!(protocol(&vp(2), &[]), "nbd");
+        let sessions = [session("h", &[0, 3]), session("other", &[3])];
+        assert_eq!(protocol(&vp(1), &sessions), "iscsi");
+        assert_eq!(protocol(&vp(2), &sessions), "nbd+iscsi");
+        // A session of the host without this VP's LUN is not this path's.
+        assert_eq!(protocol(&vp(1), &[session("h", &[0])]), "nbd");
+    }
 }

@@ -9,21 +9,9 @@
 use super::params::Params;
 use super::Control;
 use crate::rpc::RpcError;
+use crate::target::iscsi::registry::Registry;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-// Until the target's session registry (src/target/iscsi/registry.rs) is in this tree, a
-// stand-in with the same `list()`; replaced by a `use` of the real one when it lands.
-use registry_stand_in::Registry;
-mod registry_stand_in {
-    #[derive(Default)]
-    pub struct Registry;
-    impl Registry {
-        pub fn list(&self) -> Vec<serde_json::Value> {
-            Vec::new()
-        }
-    }
-}
 
 /// What the control thread knows of the iSCSI target, handed over by `serve`.
 pub struct IscsiTarget {

@@ -589,3 +589,212 @@ impl Drop for LoopDevice {
         let _ = Command::new("losetup").args(["-d", &self.path]).status();
     }
 }
+
+// ---- iSCSI clients (libiscsi's tools, qemu-io over iscsi://) --------------------------------
+//
+// Each takes the initiator name to log in with, since the server knows hosts by it. A client
+// that hangs is killed at its deadline and reported as failed, with what it printed.
+
+/// Longest an iSCSI client tool may run before the harness kills it.
+pub const ISCSI_TOOL_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest one iscsi-test-cu run may take (the SCSI and iSCSI families take ~25 s on tgtd).
+pub const ISCSI_TEST_CU_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `command` to its end or `deadline`; returns (exited with status 0, stdout + stderr).
+pub fn run_bounded(command: &mut Command, deadline: Duration) -> (bool, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    // Read both pipes on threads so a chatty client never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let until = Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait().expect("wait for the client") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= until => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut text = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+    text += &String::from_utf8_lossy(&err.join().unwrap_or_default());
+    match status {
+        Some(status) => (status.success(), text),
+        None => (false, format!("{text}\n(killed after {deadline:?})")),
+    }
+}
+
+/// `iscsi-ls -s` (targets and their LUNs) of the portal `url` (`iscsi://127.0.0.1:PORT`).
+pub fn iscsi_ls(url: &str, initiator: &str) -> (bool, String) {
+    require_tool("iscsi-ls");
+    run_bounded(
+        Command::new("iscsi-ls").args(["-s", "-i", initiator, url]),
+        ISCSI_TOOL_DEADLINE,
+    )
+}
+
+/// `iscsi-inq` of the LUN at `url`; `page` asks for that VPD page (`-e 1 -c PAGE`).
+pub fn iscsi_inq(url: &str, initiator: &str, page: Option<u8>) -> (bool, String) {
+    require_tool("iscsi-inq");
+    let mut command = Command::new("iscsi-inq");
+    command.args(["-i", initiator]);
+    if let Some(page) = page {
+        command.args(["-e", "1", "-c", &page.to_string()]);
+    }
+    run_bounded(command.arg(url), ISCSI_TOOL_DEADLINE)
+}
+
+/// `iscsi-readcapacity16` of the LUN at `url`; on success also the size in bytes it printed
+/// ("Total size:N").
+pub fn iscsi_readcapacity16(url: &str, initiator: &str) -> (bool, String, Option<u64>) {
+    require_tool("iscsi-readcapacity16");
+    let (ok, text) = run_bounded(
+        Command::new("iscsi-readcapacity16").args(["-i", initiator, url]),
+        ISCSI_TOOL_DEADLINE,
+    );
+    let size = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Total size:"))
+        .and_then(|size| size.trim().parse().ok());
+    (ok, text, size)
+}
+
+/// qemu-io on the LUN at `url` (`iscsi://HOST:PORT/TARGET/LUN`) logged in as `initiator`,
+/// running `commands` (`write -P 0x5a 0 4096`, `read -P 0x5a 0 4096`, ...); returns whether it
+/// succeeded with no failed command or verification, and its output. qemu takes the
+/// initiator name only as a driver option, so the URL is given as its parts.
+pub fn qemu_io_iscsi(url: &str, initiator: &str, commands: &[String]) -> (bool, String) {
+    require_tool("qemu-io");
+    let rest = url
+        .strip_prefix("iscsi://")
+        .unwrap_or_else(|| panic!("{url} is not an iscsi:// URL"));
+    let mut parts = rest.splitn(3, '/');
+    let (portal, target, lun) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(portal), Some(target), Some(lun)) => (portal, target, lun),
+        _ => panic!("{url} is not iscsi://HOST:PORT/TARGET/LUN"),
+    };
+    let spec = json!({
+        "driver": "raw",
+        "file": {
+            "driver": "iscsi",
+            "transport": "tcp",
+            "portal": portal,
+            "target": target,
+            "lun": lun,
+            "initiator-name": initiator,
+        },
+    });
+    let mut command = Command::new("qemu-io");
+    for c in commands {
+        command.args(["-c", c]);
+    }
+    command.arg(format!("json:{spec}"));
+    let (ok, text) = run_bounded(&mut command, ISCSI_TOOL_DEADLINE);
+    let clean = ok && !text.contains("Pattern verification failed") && !text.contains("failed");
+    (clean, text)
+}
+
+/// What one iscsi-test-cu run found, test by test (`Suite.Test` names).
+#[derive(Debug, Default)]
+pub struct TestCuResults {
+    pub passed: Vec<String>,
+    /// With the first reason the test printed.
+    pub failed: Vec<(String, String)>,
+    pub skipped: Vec<(String, String)>,
+    /// The whole log, for a failing assertion to show.
+    pub log: String,
+}
+
+/// Runs libiscsi's conformance suite: `iscsi-test-cu --test=TESTS --dataloss` on `url` with
+/// the two initiator names it logs in with (the second for its two-initiator tests).
+pub fn iscsi_test_cu(url: &str, tests: &str, initiator: &str, initiator_2: &str) -> TestCuResults {
+    require_tool("iscsi-test-cu");
+    let (_, log) = run_bounded(
+        Command::new("iscsi-test-cu").args([
+            &format!("--test={tests}"),
+            "--dataloss",
+            "--verbose",
+            &format!("--initiator-name={initiator}"),
+            &format!("--initiator-name-2={initiator_2}"),
+            url,
+        ]),
+        ISCSI_TEST_CU_DEADLINE,
+    );
+    parse_test_cu(log)
+}
+
+/// Reads iscsi-test-cu's verbose log. CUnit counts a skipped test as passed, so a skip is
+/// found in the test's own lines ("[SKIPPED]"); the verdict is the first "passed" or "FAILED"
+/// that starts the test's block or a line of it (a test may print "[FAILED] ..." for a step
+/// it then tolerates). Same rules as bench/iscsi_conformance.py.
+pub fn parse_test_cu(log: String) -> TestCuResults {
+    let mut results = TestCuResults::default();
+    let mut suite = String::from("?");
+    let mut current: Option<(String, Vec<String>)> = None;
+    let close = |current: Option<(String, Vec<String>)>, results: &mut TestCuResults| {
+        let Some((name, lines)) = current else {
+            return;
+        };
+        let verdict = lines.iter().position(|line| {
+            let line = line.trim_start();
+            line.starts_with("passed") || line.starts_with("FAILED")
+        });
+        let reason = |marker: &str, lines: &[String]| {
+            lines
+                .iter()
+                .find_map(|line| {
+                    line.split_once(marker)
+                        .map(|(_, rest)| rest.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        match verdict {
+            Some(at) if lines[at].trim_start().starts_with("FAILED") => {
+                let why = reason("[FAILED]", &lines[..at]);
+                results.failed.push((name, why));
+            }
+            None => results
+                .failed
+                .push((name, "no verdict (the run was cut off here)".into())),
+            Some(_) if lines.iter().any(|line| line.contains("[SKIPPED]")) => {
+                let why = reason("[SKIPPED]", &lines);
+                results.skipped.push((name, why));
+            }
+            Some(_) => results.passed.push(name),
+        }
+    };
+    for line in log.lines() {
+        if let Some(name) = line.strip_prefix("Suite: ") {
+            close(current.take(), &mut results);
+            suite = name.trim().to_string();
+        } else if let Some(rest) = line.trim_start().strip_prefix("Test: ") {
+            close(current.take(), &mut results);
+            let (name, after) = rest.split_once(" ...").unwrap_or((rest, ""));
+            current = Some((format!("{suite}.{}", name.trim()), vec![after.to_string()]));
+        } else if line.starts_with("Run Summary") {
+            close(current.take(), &mut results);
+        } else if let Some((_, lines)) = current.as_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    close(current.take(), &mut results);
+    results.log = log;
+    results
+}
