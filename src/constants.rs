@@ -295,9 +295,10 @@ pub const ISCSI_SLOTS_PER_LUN: usize = 64;
 pub const MAX_LUNS_PER_ISCSI_SESSION: usize = crate::blockio::tag::MAX_SLOTS / ISCSI_SLOTS_PER_LUN;
 /// Outgoing PDUs an iSCSI session builds ahead of the socket (headers, sense, digests).
 pub const ISCSI_OUT_PDUS: usize = 256;
-/// Of those, the ones Data-In and status never take: R2T, NOP-In, Reject, task management
-/// and logout answers always find one.
-pub const ISCSI_CONTROL_PDUS: usize = 32;
+/// Of those, the ones Data-In and status never take: an R2T for every command the window
+/// allows (MaxOutstandingR2T is 1), and room for NOP-In, Reject, task management and logout
+/// answers, so none of them finds the pool full while answers wait for a slow socket.
+pub const ISCSI_CONTROL_PDUS: usize = ISCSI_CMD_WINDOW as usize + 32;
 const _: () = assert!(ISCSI_CONTROL_PDUS < ISCSI_OUT_PDUS);
 /// The receive buffer of an iSCSI session: headers and every data segment that does not go
 /// straight into a task's buffer; larger than the largest data segment it accepts.
