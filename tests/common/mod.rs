@@ -32,12 +32,23 @@ pub fn require_tool(tool: &str) {
     assert!(found, "{tool} is not installed: run scripts/setup.sh");
 }
 
+/// A port nothing listens on now, never one this test process was given before: the kernel
+/// may hand a just-released port out again, and a server given the same port for NBD and
+/// iSCSI would fail to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct Server {
