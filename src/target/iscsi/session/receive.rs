@@ -174,7 +174,11 @@ impl IscsiSession {
         } else if self.recv_buf.len() - self.recv_end < BHS_BYTES {
             self.compact();
         }
-        self.post_recv(ctx);
+        // A command waiting for a task or for buffers holds the rest back: TCP's flow control
+        // stops the initiator, rather than the receive buffer filling up.
+        if !self.stalled {
+            self.post_recv(ctx);
+        }
         self.post_send(ctx);
     }
 
