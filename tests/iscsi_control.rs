@@ -166,6 +166,31 @@ fn chap_is_set_cleared_persisted_and_never_shown() {
     assert!(cli.status.success());
     assert_no_secret("sds host list", &String::from_utf8_lossy(&cli.stdout));
 
+    // Logins that prove them, and ones that do not, log nothing of them either.
+    server.ram_pool("p", 32 << 20);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 4u64 << 20}),
+    );
+    server.ok("vpath_create", json!({"host": "esx1", "volume": "v"}));
+    let portal = |credentials: &str, arguments: &str| {
+        format!(
+            "iscsi://{credentials}127.0.0.1:{}{arguments}",
+            server.iscsi_port()
+        )
+    };
+    let mutual = format!("?target_user=sds-target&target_password={MUTUAL_SECRET}");
+    let (ok, text) = common::iscsi_ls(
+        &portal(&format!("esx1-user%{SECRET}@"), &mutual),
+        "iqn.1998-01.com.vmware:esx1",
+    );
+    assert!(ok && text.contains(&server.iscsi_target()), "{text}");
+    let (ok, text) = common::iscsi_ls(
+        &portal("esx1-user%not-the-secret-0@", ""),
+        "iqn.1998-01.com.vmware:esx1",
+    );
+    assert!(!ok, "a wrong secret logged in:\n{text}");
+
     // Persisted, in a record only the server's user can read.
     assert!(server.stop());
     let record = server.state_dir.join("config/host-esx1.json");
