@@ -2,8 +2,8 @@
 """Side-by-side NBD benchmark: sds against nbdkit and qemu-nbd on the same pre-filled file,
 and an sds RAM volume against nbdkit's memory plugin. The same fio jobs run against every
 server, interleaved A B A B over several rounds; the table gives medians and sds/peer ratios,
-including IOPS per server CPU-second (see ../shared/NOTES-tools.md: on these 2-core machines
-the client and the transport cap raw IOPS, so CPU efficiency and QD1 latency tell servers apart).
+including IOPS per server CPU-second (on a 2-core machine the client and the transport cap raw
+IOPS, so CPU efficiency and QD1 latency tell servers apart; see the README's Benchmarks).
 
 Usage: bench/compare.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH] [--only TEXT]
 """
@@ -152,7 +152,7 @@ def main():
             fill(f"nbd://127.0.0.1:{port}/vol", size)
             fill(f"nbd://127.0.0.1:{port}/ramvol", size)
 
-        sds_server = Server("sds", [sds, "serve", "--state-dir", state, "--nbd-listen", f"127.0.0.1:{port}", "--log-level", "warn"],
+        sds_server = Server("sds", [sds, "serve", "--state-dir", state, "--nbd-listen", f"127.0.0.1:{port}", "--iscsi-listen", "none", "--log-level", "warn"],
                             port, f"nbd://127.0.0.1:{port}/vol", 0, size, sds_setup)
         servers.append(sds_server)
         sds_ram = Server.__new__(Server)

@@ -6,8 +6,8 @@ interleaved A B A B over several rounds and the table gives medians, IOPS per se
 CPU-second (utime+stime from /proc/PID/stat over the run) and the sds/tgtd ratios. The table is
 printed and written to bench/last-iscsi-speed.txt.
 
-Servers run on the last core and fio on the others, as in bench/compare.py (see
-../shared/NOTES-tools.md for what the numbers mean on a 2-core machine).
+Servers run on the last core and fio on the others, as in bench/compare.py (the README's
+Benchmarks section says what the numbers mean on a 2-core machine).
 
 Usage: bench/iscsi_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH]
                             [--tgtd-only] [--only TEXT] [--fio PATH]

@@ -6,8 +6,8 @@
     `--no-domain`, interleaved A B A B; the overhead is 1 - median(with) / median(without).
 (b) IOPS per core through the full stack on a null LUN and on a RAM (mem) LUN, 4k random
     read QD32, against SPDK bdevperf's published figures (null bdev 10.8 M, malloc bdev
-    1.95 M IOPS per core) and the ones measured on these machines (16.2 M and 1.57 M, see
-    ../shared/NOTES-tools.md).
+    1.95 M IOPS per core) and the ones measured on these machines (16.2 M and 1.57 M; the
+    README's Benchmarks section says how).
 
 IOPS per core is IOPS divided by the reactor threads' CPU time over the measured window
 (CLOCK_THREAD_CPUTIME_ID); with busy polling that is one core per reactor, as in bdevperf.

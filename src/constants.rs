@@ -11,9 +11,9 @@ pub const MAX_UNNEGOTIATED_IO_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 128;
 /// Bytes of request buffers one connection may hold at once; requests beyond wait.
 pub const MAX_BUFFER_BYTES_PER_CONNECTION: usize = 64 * 1024 * 1024;
-/// Bytes of request buffers all NBD connections together hold (requests in flight and
+/// Bytes of request buffers all front-end connections together hold (requests in flight and
 /// replies waiting to be sent); a connection past it waits for its own replies to drain, but
-/// one holding nothing may always take one request (see `target::nbd::buffer_budget`).
+/// one holding nothing may always take one request (see `target::buffer_budget`).
 pub const MAX_BUFFER_BYTES_TOTAL: usize = 512 * 1024 * 1024;
 /// Bytes of request buffers a connection keeps allocated for reuse; past it, a released
 /// request's buffer is freed (so idle slots cannot pin a connection's peak forever).
@@ -295,9 +295,10 @@ pub const ISCSI_SLOTS_PER_LUN: usize = 64;
 pub const MAX_LUNS_PER_ISCSI_SESSION: usize = crate::blockio::tag::MAX_SLOTS / ISCSI_SLOTS_PER_LUN;
 /// Outgoing PDUs an iSCSI session builds ahead of the socket (headers, sense, digests).
 pub const ISCSI_OUT_PDUS: usize = 256;
-/// Of those, the ones Data-In and status never take: R2T, NOP-In, Reject, task management
-/// and logout answers always find one.
-pub const ISCSI_CONTROL_PDUS: usize = 32;
+/// Of those, the ones Data-In and status never take: an R2T for every command the window
+/// allows (MaxOutstandingR2T is 1), and room for NOP-In, Reject, task management and logout
+/// answers, so none of them finds the pool full while answers wait for a slow socket.
+pub const ISCSI_CONTROL_PDUS: usize = ISCSI_CMD_WINDOW as usize + 32;
 const _: () = assert!(ISCSI_CONTROL_PDUS < ISCSI_OUT_PDUS);
 /// The receive buffer of an iSCSI session: headers and every data segment that does not go
 /// straight into a task's buffer; larger than the largest data segment it accepts.

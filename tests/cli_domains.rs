@@ -101,6 +101,7 @@ fn hosts_domains_and_virtual_paths() {
             "CN=h1,O=lab",
             "iqn.2024-01.lab:h1",
             "-",
+            "-",
             "0",
             "0/64"
         ]

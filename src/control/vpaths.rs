@@ -163,6 +163,16 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         "virtual path {id}: host {host} -> volume {volume_name} ({}, domain {domain})",
         mode.as_str()
     );
+    // A session's LUNs are settled at login: the host's iSCSI sessions are ended, and its
+    // initiators, which log back in on their own, find the new LUN.
+    if let Some(target) = &control.iscsi {
+        let closed = target.registry.close_host(host);
+        if closed > 0 {
+            log::info!(
+                "host {host}: {closed} iSCSI session(s) asked to log in again for LUN {lun}"
+            );
+        }
+    }
     Ok(described)
 }
 

@@ -552,6 +552,11 @@ impl ScsiLun {
             }
             Command::CompareAndWrite { lba, blocks, .. } => {
                 if blocks == 0 {
+                    if expected_out > 0 {
+                        // Data-Out the CDB does not describe (a length past the one-byte
+                        // field, wrapped to 0): refused, not silently dropped.
+                        return Err(Failure::Check(Sense::invalid_field_in_cdb(13, None)));
+                    }
                     self.complete(t);
                     return Ok(None);
                 }
@@ -1530,6 +1535,26 @@ impl ScsiLun {
     /// Tasks taken and not yet released (what a transport's command window counts).
     pub fn tasks_in_use(&self) -> usize {
         self.tasks.len() - self.free_tasks.len()
+    }
+
+    /// Whether `task` is taken (an aborted task is given back by the layer itself once its
+    /// engine work ends).
+    pub fn task_in_use(&self, task: usize) -> bool {
+        self.tasks
+            .get(task)
+            .is_some_and(|entry| entry.state != TaskState::Free)
+    }
+
+    /// Bytes of buffer `task` holds: its block request's data and its own buffer (what a
+    /// transport charges to its buffer budgets).
+    pub fn buffer_bytes(&self, task: usize) -> usize {
+        let Some(entry) = self.tasks.get(task) else {
+            return 0;
+        };
+        let slot = entry
+            .slot
+            .map_or(0, |slot| self.engine.request(slot).buffer_bytes());
+        slot + entry.own.len()
     }
 
     /// Nothing on the ring or at the provisioner.

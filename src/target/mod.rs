@@ -3,6 +3,7 @@
 //! session's block engine (`crate::blockio`), answering in its own terms from the engine's
 //! status.
 
+pub mod buffer_budget;
 pub mod handshake_slots;
 pub mod handshake_stream;
 pub mod iscsi;

@@ -18,7 +18,6 @@
 //! write on a read-only export) gets NBD's errno and the connection goes on; a malformed
 //! header (bad magic) closes only this connection.
 
-use super::buffer_budget::{BufferBudget, NBD_BUFFER_BUDGET};
 use super::protocol::{self, Command, RequestHeader};
 use super::session_slots::SessionTicket;
 use crate::backend::aligned_buf::AlignedBuf;
@@ -31,6 +30,7 @@ use crate::constants::{
 use crate::domain::snapshot::Published;
 use crate::domain::vpath::Vpath;
 use crate::reactor::session::{Session, SessionContext};
+use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::volume::provisioner::Provisioner;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -172,7 +172,7 @@ impl NbdSession {
                 MAX_INFLIGHT_PER_CONNECTION
             ],
             buffer_bytes: 0,
-            budget: &NBD_BUFFER_BUDGET,
+            budget: &BUFFER_BUDGET,
             stalled: false,
             send_queue: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             sending: Vec::with_capacity(MAX_INFLIGHT_PER_CONNECTION),

@@ -1,4 +1,4 @@
-//! The server-wide budget of NBD request buffers: bytes held by requests in flight or by
+//! The server-wide budget of request buffers (NBD and iSCSI): bytes held by requests in flight or by
 //! replies waiting to be sent, across every connection on every reactor.
 //!
 //! Each connection already keeps its own requests under `MAX_BUFFER_BYTES_PER_CONNECTION`;
@@ -16,7 +16,7 @@ use crate::constants::MAX_BUFFER_BYTES_TOTAL;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The budget every NBD connection of this server charges (one server per process).
-pub static NBD_BUFFER_BUDGET: BufferBudget = BufferBudget::new(MAX_BUFFER_BYTES_TOTAL);
+pub static BUFFER_BUDGET: BufferBudget = BufferBudget::new(MAX_BUFFER_BYTES_TOTAL);
 
 pub struct BufferBudget {
     used_bytes: AtomicUsize,

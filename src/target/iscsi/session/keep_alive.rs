@@ -1,0 +1,60 @@
+//! Keep-alive: a NOP-In to an initiator silent for `ISCSI_NOP_INTERVAL_SECS`, the session
+//! ended when it goes unanswered for `ISCSI_NOP_TIMEOUT_SECS` or when a reinstating login
+//! or a host change asks it to close.
+
+use super::*;
+
+impl IscsiSession {
+    pub(super) fn post_tick(&mut self, ctx: &mut SessionContext) {
+        if self.tick_posted || self.closing {
+            return;
+        }
+        let entry = opcode::Timeout::new(&*self.tick_spec)
+            .build()
+            .user_data(ctx.tag(tag::encode(TAG_TICK, 0, 0, 0)));
+        // SAFETY: the timespec is a box this session owns; the session outlives the entry.
+        match unsafe { ctx.ring.push(&entry) } {
+            Ok(()) => {
+                self.tick_posted = true;
+                self.ring_pending += 1;
+            }
+            Err(error) => self.close(&format!("cannot post the keep-alive timer: {error}")),
+        }
+    }
+
+    pub(super) fn on_tick(&mut self, ctx: &mut SessionContext) {
+        self.tick_posted = false;
+        if self.closing {
+            return;
+        }
+        if self.entry.close_requested() {
+            self.close("ended by a new login of its initiator, or by its host's VPs changing");
+            return;
+        }
+        self.idle_ticks = self.idle_ticks.saturating_add(1);
+        match self.nop_pending {
+            Some(ticks) if ticks + 1 >= ISCSI_NOP_TIMEOUT_SECS => {
+                self.close("the initiator did not answer a NOP-In");
+                return;
+            }
+            Some(ticks) => self.nop_pending = Some(ticks + 1),
+            None if self.idle_ticks >= ISCSI_NOP_INTERVAL_SECS => {
+                let ttt = self.next_ttt;
+                self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+                let nop = NopIn {
+                    data_segment_length: 0,
+                    lun: 0,
+                    initiator_task_tag: RESERVED_TAG,
+                    target_transfer_tag: ttt,
+                    sequence: self.plain_sequence(),
+                };
+                self.nop_pending = Some(0);
+                self.idle_ticks = 0;
+                self.queue_pdu(|bhs| nop.write(bhs), OutData::None, None, false, ctx);
+                self.post_send(ctx);
+            }
+            None => {}
+        }
+        self.post_tick(ctx);
+    }
+}
