@@ -126,8 +126,9 @@ class Sds:
             raise RuntimeError(f"sds {method} {params}: {out.stderr.strip() or out.stdout.strip()}")
         return out.stdout
 
-    def volume(self, name, kind, size, path=None, block_size=4096):
-        """A pool on one LUN (a file at `path`, or RAM) and a volume of `size` bytes on it."""
+    def volume(self, name, kind, size, path=None, block_size=4096, volume_block_size=None):
+        """A pool on one LUN (a file at `path`, or RAM) of `block_size`-byte blocks, and a
+        volume of `size` bytes on it (of `volume_block_size`-byte blocks: the LUN's if None)."""
         lun = {"name": f"{name}-lun", "kind": kind, "block_size": block_size}
         if kind == "file":
             lun["path"] = path
@@ -136,7 +137,10 @@ class Sds:
             lun["size"] = size + (64 << 20)
         self.rpc("lun_create", lun)
         self.rpc("pool_create", {"name": f"{name}-pool", "luns": [f"{name}-lun"]})
-        self.rpc("volume_create", {"name": name, "pool": f"{name}-pool", "size": size})
+        volume = {"name": name, "pool": f"{name}-pool", "size": size}
+        if volume_block_size:
+            volume["block_size"] = volume_block_size
+        self.rpc("volume_create", volume)
 
     def export(self, volume, initiators, lun=0):
         """A host per initiator name, each with a virtual path to `volume` at `lun`."""

@@ -166,6 +166,31 @@ fn chap_is_set_cleared_persisted_and_never_shown() {
     assert!(cli.status.success());
     assert_no_secret("sds host list", &String::from_utf8_lossy(&cli.stdout));
 
+    // Logins that prove them, and ones that do not, log nothing of them either.
+    server.ram_pool("p", 32 << 20);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 4u64 << 20}),
+    );
+    server.ok("vpath_create", json!({"host": "esx1", "volume": "v"}));
+    let portal = |credentials: &str, arguments: &str| {
+        format!(
+            "iscsi://{credentials}127.0.0.1:{}{arguments}",
+            server.iscsi_port()
+        )
+    };
+    let mutual = format!("?target_user=sds-target&target_password={MUTUAL_SECRET}");
+    let (ok, text) = common::iscsi_ls(
+        &portal(&format!("esx1-user%{SECRET}@"), &mutual),
+        "iqn.1998-01.com.vmware:esx1",
+    );
+    assert!(ok && text.contains(&server.iscsi_target()), "{text}");
+    let (ok, text) = common::iscsi_ls(
+        &portal("esx1-user%not-the-secret-0@", ""),
+        "iqn.1998-01.com.vmware:esx1",
+    );
+    assert!(!ok, "a wrong secret logged in:\n{text}");
+
     // Persisted, in a record only the server's user can read.
     assert!(server.stop());
     let record = server.state_dir.join("config/host-esx1.json");
@@ -368,4 +393,85 @@ fn cli_sets_chap_from_stdin_or_the_environment() {
     let output = server.cli(&["host", "chap", "h", "--clear"]);
     assert!(output.status.success());
     assert!(server.ok("host_get_hosts", json!({"name": "h"}))[0]["chap"].is_null());
+}
+
+/// A live session as `iscsi_get_sessions` and `sds iscsi sessions` show it, gone once the
+/// initiator leaves. qemu-io holds the session open with its `sleep` command.
+#[test]
+fn iscsi_get_sessions_shows_a_live_session_until_it_ends() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    common::require_tool("qemu-io");
+    let server = Server::start();
+    server.ram_pool("p", 32 << 20);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 4u64 << 20}),
+    );
+    let iqn = "iqn.2026-11.org.example:holder";
+    server.ok("host_create", json!({"name": "holder", "iqn": iqn}));
+    server.ok(
+        "vpath_create",
+        json!({"host": "holder", "volume": "v", "lun": 5}),
+    );
+    let mut holder = Command::new("qemu-io")
+        .args(["-c", "read 0 4096", "-c", "sleep 60000"])
+        .arg(common::qemu_iscsi_image(&server.iscsi_url(5), iqn))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-io");
+    let normal = |sessions: &serde_json::Value| -> Vec<serde_json::Value> {
+        sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "normal")
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let session = loop {
+        let found = normal(&server.ok("iscsi_get_sessions", json!({})));
+        // The LUN list is filled in when the session reaches full-feature phase.
+        if let Some(session) = found.into_iter().find(|s| s["luns"] == json!([5])) {
+            break session;
+        }
+        assert!(Instant::now() < deadline, "no session showed up");
+        assert!(holder.try_wait().unwrap().is_none(), "qemu-io ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(session["initiator"], iqn);
+    assert_eq!(session["host"], "holder");
+    assert_eq!(session["target"], server.iscsi_target());
+    assert!(session["tsih"].as_u64().is_some_and(|t| t > 0), "{session}");
+    assert_eq!(
+        session["isid"].as_str().map(str::len),
+        Some(12),
+        "{session}"
+    );
+    assert!(session["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(session["header_digest"].is_boolean() && session["data_digest"].is_boolean());
+    assert!(
+        session["negotiated"]["MaxBurstLength"].is_string(),
+        "{session}"
+    );
+    let cli = server.cli(&["iscsi", "sessions"]);
+    let text = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success() && text.contains(iqn) && text.contains("holder"),
+        "{text}"
+    );
+
+    holder.kill().expect("stop qemu-io");
+    holder.wait().expect("reap qemu-io");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !normal(&server.ok("iscsi_get_sessions", json!({}))).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the session outlived its connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -67,16 +67,8 @@ fn print_sessions(sessions: &[Value]) {
     let rows: Vec<Vec<String>> = sessions
         .iter()
         .map(|s| {
-            let negotiated = |key: &str| -> String {
-                s["negotiated"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|pair| pair[0].as_str() == Some(key))
-                    .and_then(|pair| pair[1].as_str())
-                    .unwrap_or("-")
-                    .to_string()
-            };
+            let negotiated =
+                |key: &str| -> String { s["negotiated"][key].as_str().unwrap_or("-").to_string() };
             let digests = match (s["header_digest"].as_bool(), s["data_digest"].as_bool()) {
                 (Some(true), Some(true)) => "header+data",
                 (Some(true), _) => "header",

@@ -258,7 +258,7 @@ fn chap_secret(params: &Params, key: &str) -> Result<Option<String>, RpcError> {
         Some(secret) if secret.len() < MIN_CHAP_SECRET_BYTES => {
             Err(RpcError::invalid_params(format!(
                 "{key}: a CHAP secret is at least {MIN_CHAP_SECRET_BYTES} bytes (RFC 7143 \
-                 12.1.3); this one is {}",
+                 §12.1.3); this one is {}",
                 secret.len()
             )))
         }

@@ -687,12 +687,10 @@ pub fn iscsi_readcapacity16(url: &str, initiator: &str) -> (bool, String, Option
     (ok, text, size)
 }
 
-/// qemu-io on the LUN at `url` (`iscsi://HOST:PORT/TARGET/LUN`) logged in as `initiator`,
-/// running `commands` (`write -P 0x5a 0 4096`, `read -P 0x5a 0 4096`, ...); returns whether it
-/// succeeded with no failed command or verification, and its output. qemu takes the
-/// initiator name only as a driver option, so the URL is given as its parts.
-pub fn qemu_io_iscsi(url: &str, initiator: &str, commands: &[String]) -> (bool, String) {
-    require_tool("qemu-io");
+/// qemu's image name for the LUN at `url` (`iscsi://HOST:PORT/TARGET/LUN`) logged in as
+/// `initiator`: qemu takes the initiator name only as a driver option, so the URL is given
+/// as its parts (`json:{...}`).
+pub fn qemu_iscsi_image(url: &str, initiator: &str) -> String {
     let rest = url
         .strip_prefix("iscsi://")
         .unwrap_or_else(|| panic!("{url} is not an iscsi:// URL"));
@@ -712,11 +710,19 @@ pub fn qemu_io_iscsi(url: &str, initiator: &str, commands: &[String]) -> (bool, 
             "initiator-name": initiator,
         },
     });
+    format!("json:{spec}")
+}
+
+/// qemu-io on the LUN at `url` (`iscsi://HOST:PORT/TARGET/LUN`) logged in as `initiator`,
+/// running `commands` (`write -P 0x5a 0 4096`, `read -P 0x5a 0 4096`, ...); returns whether it
+/// succeeded with no failed command or verification, and its output.
+pub fn qemu_io_iscsi(url: &str, initiator: &str, commands: &[String]) -> (bool, String) {
+    require_tool("qemu-io");
     let mut command = Command::new("qemu-io");
     for c in commands {
         command.args(["-c", c]);
     }
-    command.arg(format!("json:{spec}"));
+    command.arg(qemu_iscsi_image(url, initiator));
     let (ok, text) = run_bounded(&mut command, ISCSI_TOOL_DEADLINE);
     let clean = ok && !text.contains("Pattern verification failed") && !text.contains("failed");
     (clean, text)
