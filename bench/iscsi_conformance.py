@@ -94,8 +94,8 @@ def main():
                     help="also run against sds (binary PATH; default target/release/sds, built)")
     ap.add_argument("--size", type=int, default=128, help="LUN size in MiB (default 128)")
     ap.add_argument("--test", default="SCSI,iSCSI", help="iscsi-test-cu --test families (default SCSI,iSCSI)")
-    ap.add_argument("--sds-lun-block", type=int, choices=(512, 4096), default=4096,
-                    help="block size of the sds LUN under its 512-byte volume (default 4096)")
+    ap.add_argument("--sds-lun-block", type=int, choices=(512, 4096), default=512,
+                    help="block size of the sds LUN under its 512-byte volume (default 512, as tgtd; with 4096, GetLBAStatus.UnmapSingle trips on its own arithmetic for 8 logical blocks per physical block)")
     ap.add_argument("--out", help="table file (default bench/last-iscsi-conformance.txt)")
     ap.add_argument("--logs", help="keep the raw logs in this directory")
     args = ap.parse_args()

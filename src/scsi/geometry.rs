@@ -51,6 +51,13 @@ impl Geometry {
         ((SCSI_MAX_COMPARE_AND_WRITE_BYTES / 2 / self.block_bytes as usize) as u32).min(255)
     }
 
+    /// Largest WRITE SAME, in blocks (VPD B0 MAXIMUM WRITE SAME LENGTH): what one block
+    /// request may cover, as for a READ or WRITE. Initiators cut longer ranges to it (Linux
+    /// does), and libiscsi checks that a longer one is refused.
+    pub fn max_write_same_blocks(&self) -> u32 {
+        self.max_transfer_blocks()
+    }
+
     pub fn max_unmap_blocks(&self) -> u32 {
         SCSI_MAX_UNMAP_BLOCKS as u32
     }

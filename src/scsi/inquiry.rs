@@ -146,7 +146,7 @@ pub fn vpd_page(
                 // UGAVALID with alignment 0: extents start at LBA 0.
                 out[32] = 0x80;
             }
-            out[36..44].copy_from_slice(&u64::from(geometry.max_unmap_blocks()).to_be_bytes());
+            out[36..44].copy_from_slice(&u64::from(geometry.max_write_same_blocks()).to_be_bytes());
         }
         PAGE_BLOCK_DEVICE_CHARACTERISTICS => {
             out.resize(64, 0);

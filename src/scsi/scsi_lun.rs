@@ -650,7 +650,7 @@ impl ScsiLun {
                     // WSNZ: a zero count (the whole medium) is not supported.
                     return Err(Failure::Check(Sense::invalid_field_in_cdb(7, None)));
                 }
-                if u64::from(blocks) > u64::from(self.geometry.max_unmap_blocks()) {
+                if blocks > self.geometry.max_write_same_blocks() {
                     return Err(Failure::Check(Sense::invalid_field_in_cdb(7, None)));
                 }
                 self.check_range(lba, u64::from(blocks))?;

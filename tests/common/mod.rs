@@ -43,7 +43,9 @@ pub fn free_port() -> u16 {
             .local_addr()
             .expect("addr")
             .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !given.contains(&port) {
             given.push(port);
             return port;
