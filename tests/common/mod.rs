@@ -6,6 +6,8 @@
     reason = "each test file uses a different part of the harness"
 )]
 
+pub mod initiator;
+
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1214,6 +1214,43 @@ pub fn write_nop_out(request: &NopOut, bhs: &mut Bhs) {
     put32(bhs, 28, request.exp_stat_sn);
 }
 
+/// Builds an initiator's SCSI Command BHS (tests and a test initiator). AHS is not written:
+/// `ahs_bytes` must be 0.
+pub fn write_scsi_command(command: &ScsiCommand, bhs: &mut Bhs) {
+    let mut flags = command.attributes & 0x07;
+    if command.final_ {
+        flags |= FLAG_FINAL;
+    }
+    if command.read {
+        flags |= 0x40;
+    }
+    if command.write {
+        flags |= 0x20;
+    }
+    write_common(bhs, Opcode::ScsiCommand, flags, command.data_segment_length);
+    if command.immediate {
+        bhs[0] |= FLAG_IMMEDIATE;
+    }
+    put64(bhs, 8, command.lun);
+    put32(bhs, 16, command.initiator_task_tag);
+    put32(bhs, 20, command.expected_data_transfer_length);
+    put32(bhs, 24, command.cmd_sn);
+    put32(bhs, 28, command.exp_stat_sn);
+    bhs[32..48].copy_from_slice(&command.cdb);
+}
+
+/// Builds an initiator's SCSI Data-Out BHS (tests and a test initiator).
+pub fn write_data_out(data_out: &DataOut, bhs: &mut Bhs) {
+    let flags = if data_out.final_ { FLAG_FINAL } else { 0 };
+    write_common(bhs, Opcode::DataOut, flags, data_out.data_segment_length);
+    put64(bhs, 8, data_out.lun);
+    put32(bhs, 16, data_out.initiator_task_tag);
+    put32(bhs, 20, data_out.target_transfer_tag);
+    put32(bhs, 28, data_out.exp_stat_sn);
+    put32(bhs, 36, data_out.data_sn);
+    put32(bhs, 40, data_out.buffer_offset);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1228,6 +1265,46 @@ mod tests {
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // CmdSN, ExpStatSN
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
+
+    #[test]
+    fn scsi_commands_and_data_outs_built_for_a_test_initiator_parse_back() {
+        let command = ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: false,
+            write: true,
+            attributes: 1,
+            ahs_bytes: 0,
+            data_segment_length: 512,
+            lun: 3 << 48,
+            initiator_task_tag: 7,
+            expected_data_transfer_length: 4096,
+            cmd_sn: 9,
+            exp_stat_sn: 11,
+            cdb: [0x2a, 0, 0, 0, 0, 8, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let mut bhs = [0u8; BHS_BYTES];
+        write_scsi_command(&command, &mut bhs);
+        assert_eq!(
+            InitiatorPdu::parse(&bhs).unwrap(),
+            InitiatorPdu::ScsiCommand(command)
+        );
+        let data_out = DataOut {
+            final_: true,
+            data_segment_length: 1024,
+            lun: 3 << 48,
+            initiator_task_tag: 7,
+            target_transfer_tag: 0x1234,
+            exp_stat_sn: 12,
+            data_sn: 2,
+            buffer_offset: 2048,
+        };
+        write_data_out(&data_out, &mut bhs);
+        assert_eq!(
+            InitiatorPdu::parse(&bhs).unwrap(),
+            InitiatorPdu::DataOut(data_out)
+        );
+    }
 
     #[test]
     fn a_libiscsi_login_request_parses() {
