@@ -45,7 +45,9 @@ fn libiscsi_test_cu_scsi_and_iscsi_families_pass() {
     );
     server.ok(
         "volume_create",
-        json!({"name": "cu", "pool": "cu-pool", "size": VOLUME_BYTES}),
+        // tgtd's geometry, as bench/iscsi_conformance.py runs it: libiscsi's tests write
+        // more blocks than VPD B0's transfer limit of a 4096-byte volume (ExtendedCopy.Simple).
+        json!({"name": "cu", "pool": "cu-pool", "size": VOLUME_BYTES, "block_size": 512}),
     );
     for (index, iqn) in [CU_INITIATOR, CU_INITIATOR_2].into_iter().enumerate() {
         let host = format!("cu-h{index}");
