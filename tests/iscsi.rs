@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{require_tool, Server, TEST_HOST};
+use common::{iscsi_inq, iscsi_ls, iscsi_readcapacity16, qemu_io_iscsi, Server};
 use serde_json::json;
-use std::process::Command;
 
 const INITIATOR: &str = "iqn.2026-11.org.sds.test:initiator";
 const STRANGER: &str = "iqn.2026-11.org.sds.test:stranger";
@@ -32,58 +31,13 @@ fn served(server: &Server) -> String {
         "vpath_create",
         json!({"host": "h", "volume": "b", "lun": 3}),
     );
-    target_name(server)
-}
-
-fn target_name(server: &Server) -> String {
     server.iscsi_target()
-}
-
-fn url(server: &Server, target: &str, lun: u32) -> String {
-    format!("iscsi://127.0.0.1:{}/{target}/{lun}", server.iscsi_port())
-}
-
-/// qemu-io on an iSCSI LUN as `initiator`.
-fn qemu_io_iscsi(
-    server: &Server,
-    target: &str,
-    lun: u32,
-    initiator: &str,
-    commands: &[String],
-) -> (bool, String) {
-    let options = format!(
-        "driver=iscsi,transport=tcp,portal=127.0.0.1:{},target={target},lun={lun},initiator-name={initiator}",
-        server.iscsi_port()
-    );
-    require_tool("qemu-io");
-    let mut command = Command::new("qemu-io");
-    command.args(["--image-opts", &options]);
-    for c in commands {
-        command.args(["-c", c]);
-    }
-    let output = command.output().expect("qemu-io");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    let clean = output.status.success()
-        && !text.contains("Pattern verification failed")
-        && !text.contains("failed");
-    (clean, text)
-}
-
-fn libiscsi(tool: &str, args: &[&str]) -> (bool, String) {
-    require_tool(tool);
-    let output = Command::new(tool).args(args).output().expect(tool);
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
 }
 
 #[test]
 fn qemu_writes_patterns_across_extents_and_luns_and_reads_them_back_over_iscsi_and_nbd() {
     let server = Server::start();
-    let target = served(&server);
+    served(&server);
     // Pieces across extent boundaries (1 MiB extents), unaligned to them, one past 4 MiB.
     let writes_a: [(u8, u64, u64); 3] = [
         (0x11, 0, 4096),
@@ -101,7 +55,7 @@ fn qemu_writes_patterns_across_extents_and_luns_and_reads_them_back_over_iscsi_a
                 .iter()
                 .map(|&(p, o, l)| format!("read -P {p} {o} {l}")),
         );
-        let (clean, text) = qemu_io_iscsi(&server, &target, lun, INITIATOR, &commands);
+        let (clean, text) = qemu_io_iscsi(&server.iscsi_url(lun), INITIATOR, &commands);
         assert!(clean, "qemu-io over iSCSI, LUN {lun}:\n{text}");
         assert_eq!(
             text.matches("read ").count(),
@@ -113,9 +67,7 @@ fn qemu_writes_patterns_across_extents_and_luns_and_reads_them_back_over_iscsi_a
     common::verify(&server.url("a"), &writes_a);
     common::verify(&server.url("b"), &writes_b);
     let (clean, text) = qemu_io_iscsi(
-        &server,
-        &target,
-        3,
+        &server.iscsi_url(3),
         INITIATOR,
         &["read -P 0 0 512".into(), "read -P 0 2048 4096".into()],
     );
@@ -130,20 +82,17 @@ fn libiscsi_tools_see_the_target_its_luns_and_their_capacity() {
     let server = Server::start();
     let target = served(&server);
     let portal = format!("iscsi://127.0.0.1:{}", server.iscsi_port());
-    let (ok, text) = libiscsi("iscsi-ls", &["-i", INITIATOR, "-s", &portal]);
+    let (ok, text) = iscsi_ls(&portal, INITIATOR);
     assert!(ok, "iscsi-ls:\n{text}");
     assert!(text.contains(&target), "the target is listed:\n{text}");
     assert!(
         text.contains("Lun:0") && text.contains("Lun:3"),
         "both LUNs are listed:\n{text}"
     );
-    let (ok, text) = libiscsi("iscsi-inq", &["-i", INITIATOR, &url(&server, &target, 0)]);
+    let (ok, text) = iscsi_inq(&server.iscsi_url(0), INITIATOR, None);
     assert!(ok, "iscsi-inq:\n{text}");
     assert!(text.contains("SDS"), "vendor identification:\n{text}");
-    let (ok, text) = libiscsi(
-        "iscsi-readcapacity16",
-        &["-i", INITIATOR, &url(&server, &target, 3)],
-    );
+    let (ok, text, _) = iscsi_readcapacity16(&server.iscsi_url(3), INITIATOR);
     assert!(ok, "iscsi-readcapacity16:\n{text}");
     let blocks = (32u64 << 20) / 4096;
     assert!(
@@ -158,16 +107,15 @@ fn an_initiator_without_a_vp_sees_no_target_and_cannot_log_in() {
     let server = Server::start();
     let target = served(&server);
     let portal = format!("iscsi://127.0.0.1:{}", server.iscsi_port());
-    let (_, text) = libiscsi("iscsi-ls", &["-i", STRANGER, &portal]);
+    let (_, text) = iscsi_ls(&portal, STRANGER);
     assert!(
         !text.contains(&target),
         "a stranger is shown no target:\n{text}"
     );
-    let (ok, text) = libiscsi("iscsi-inq", &["-i", STRANGER, &url(&server, &target, 0)]);
+    let (ok, text) = iscsi_inq(&server.iscsi_url(0), STRANGER, None);
     assert!(!ok, "a stranger's login fails:\n{text}");
     // A host with no VP is no better.
     server.ok("host_create", json!({"name": "lonely", "iqn": STRANGER}));
-    let (ok, text) = libiscsi("iscsi-inq", &["-i", STRANGER, &url(&server, &target, 0)]);
+    let (ok, text) = iscsi_inq(&server.iscsi_url(0), STRANGER, None);
     assert!(!ok, "a host with no VP cannot log in:\n{text}");
-    let _ = TEST_HOST;
 }

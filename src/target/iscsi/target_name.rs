@@ -12,7 +12,7 @@ pub const TARGET_NAME_FILE: &str = "iscsi-target.json";
 /// The naming authority of generated names (RFC 7143 §4.2.7.1: `iqn.yyyy-mm.reversed-domain`).
 pub const GENERATED_PREFIX: &str = "iqn.2026-11.org.sds:";
 /// The longest iSCSI name (RFC 7143 §4.2.7.1: 223 bytes).
-pub const MAX_ISCSI_NAME_BYTES: usize = 223;
+pub use crate::constants::MAX_ISCSI_NAME_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetNameError {
