@@ -153,36 +153,15 @@ impl IscsiSession {
             self.answers.pop_front();
             let lun = usize::from(answer.lun);
             let task = answer.done.task;
-            let sense = self.luns[lun].scsi.sense(task);
-            let mut inline = [0u8; INLINE_BYTES];
-            let sense_len = sense.len().min(INLINE_BYTES - 2);
-            let data_len = if sense_len > 0 {
-                inline[..2].copy_from_slice(&(sense_len as u16).to_be_bytes());
-                inline[2..2 + sense_len].copy_from_slice(&sense[..sense_len]);
-                2 + sense_len
-            } else {
-                0
-            };
-            let response = ScsiResponse {
-                response: 0,
-                status: answer.done.status,
-                residual: answer.residual,
-                data_segment_length: data_len as u32,
-                initiator_task_tag: answer.done.itt,
-                sequence: self.status_sequence(),
-                exp_data_sn: answer.data_sn,
-            };
-            let index = self.queue_pdu(
-                |bhs| response.write(bhs),
-                OutData::Inline(data_len),
+            let segment = sense_segment(self.luns[lun].scsi.sense(task));
+            self.queue_scsi_response(
+                answer.done.itt,
+                answer.done.status,
+                answer.residual,
+                answer.data_sn,
+                segment,
                 Some((answer.lun, task as u16)),
-                false,
-                ctx,
             );
-            if let Some(index) = index {
-                self.out[index].inline = inline;
-                self.finish_trailer(index);
-            }
         }
         self.post_send(ctx);
     }
@@ -196,10 +175,6 @@ impl IscsiSession {
         sense: &[u8],
         residual: Residual,
     ) {
-        let sequence_needed = true;
-        debug_assert!(sequence_needed);
-        let mut inline = [0u8; INLINE_BYTES];
-        let sense_len = sense.len().min(INLINE_BYTES - 2);
         if !data.is_empty() && status == scsi::status::GOOD {
             let data_in = DataIn {
                 final_: true,
@@ -217,26 +192,42 @@ impl IscsiSession {
             self.queue_pdu_no_ctx(|bhs| data_in.write(bhs), OutData::Owned(data), false);
             return;
         }
-        let data_len = if sense_len > 0 {
-            inline[..2].copy_from_slice(&(sense_len as u16).to_be_bytes());
-            inline[2..2 + sense_len].copy_from_slice(&sense[..sense_len]);
-            2 + sense_len
-        } else {
-            0
-        };
+        let segment = sense_segment(sense);
+        self.queue_scsi_response(
+            command.initiator_task_tag,
+            status,
+            residual,
+            0,
+            segment,
+            None,
+        );
+    }
+
+    /// Queues a SCSI Response carrying `segment` (see [`sense_segment`]); `release` is the
+    /// task it ends.
+    fn queue_scsi_response(
+        &mut self,
+        itt: u32,
+        status: u8,
+        residual: Residual,
+        exp_data_sn: u32,
+        (inline, len): ([u8; INLINE_BYTES], usize),
+        release: Option<(u16, u16)>,
+    ) {
         let response = ScsiResponse {
             response: 0,
             status,
             residual,
-            data_segment_length: data_len as u32,
-            initiator_task_tag: command.initiator_task_tag,
+            data_segment_length: len as u32,
+            initiator_task_tag: itt,
             sequence: self.status_sequence(),
-            exp_data_sn: 0,
+            exp_data_sn,
         };
         if let Some(index) =
-            self.queue_pdu_no_ctx(|bhs| response.write(bhs), OutData::Inline(data_len), false)
+            self.queue_pdu_no_ctx(|bhs| response.write(bhs), OutData::Inline(len), false)
         {
             self.out[index].inline = inline;
+            self.out[index].release = release;
             self.finish_trailer(index);
         }
     }
@@ -470,4 +461,17 @@ impl IscsiSession {
         self.sending.clear();
         close_after
     }
+}
+
+/// The data segment of a SCSI Response: SenseLength and the sense bytes, or nothing when there
+/// is no sense.
+fn sense_segment(sense: &[u8]) -> ([u8; INLINE_BYTES], usize) {
+    let mut inline = [0u8; INLINE_BYTES];
+    let len = sense.len().min(INLINE_BYTES - 2);
+    if len == 0 {
+        return (inline, 0);
+    }
+    inline[..2].copy_from_slice(&(len as u16).to_be_bytes());
+    inline[2..2 + len].copy_from_slice(&sense[..len]);
+    (inline, 2 + len)
 }
