@@ -4,6 +4,7 @@
 //! status.
 
 pub mod buffer_budget;
+pub mod gather_send;
 pub mod handshake_slots;
 pub mod handshake_stream;
 pub mod iscsi;

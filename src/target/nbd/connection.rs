@@ -31,6 +31,7 @@ use crate::domain::snapshot::Published;
 use crate::domain::vpath::Vpath;
 use crate::reactor::session::{Session, SessionContext};
 use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
+use crate::target::gather_send::{GatherSend, Sent};
 use crate::volume::provisioner::Provisioner;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -93,9 +94,7 @@ pub struct NbdSession {
     stalled: bool,
     send_queue: VecDeque<usize>,
     sending: Vec<usize>,
-    send_iov: Vec<libc::iovec>,
-    send_msg: Box<libc::msghdr>,
-    send_posted: bool,
+    send: GatherSend,
     /// The session's own ring entries outstanding (receive and send).
     ring_pending: u32,
     closing: bool,
@@ -106,10 +105,6 @@ pub struct NbdSession {
     /// leaves the volume undeletable or the host's count high.
     _ticket: SessionTicket,
 }
-
-// SAFETY: the raw pointers inside (iovecs and the msghdr) point into buffers this session owns;
-// the session moves between threads only before it is attached, while nothing is in flight.
-unsafe impl Send for NbdSession {}
 
 /// The engine's operation for an NBD command (`None`: one this server does not implement).
 fn block_op(command: Command) -> Option<BlockOp> {
@@ -176,10 +171,7 @@ impl NbdSession {
             stalled: false,
             send_queue: VecDeque::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
             sending: Vec::with_capacity(MAX_INFLIGHT_PER_CONNECTION),
-            send_iov: Vec::with_capacity(2 * MAX_INFLIGHT_PER_CONNECTION),
-            // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
-            send_msg: Box::new(unsafe { std::mem::zeroed() }),
-            send_posted: false,
+            send: GatherSend::with_capacity(2 * MAX_INFLIGHT_PER_CONNECTION),
             ring_pending: 0,
             closing: false,
             finished: false,
@@ -463,25 +455,20 @@ impl NbdSession {
     // ---- replying ----------------------------------------------------------------------------
 
     fn post_send(&mut self, ctx: &mut SessionContext) {
-        if self.send_posted || self.send_queue.is_empty() {
+        if self.send.is_posted() || self.send_queue.is_empty() {
             return;
         }
         self.sending.clear();
-        self.send_iov.clear();
+        self.send.clear();
         while let Some(index) = self.send_queue.pop_front() {
             let reply = &self.replies[index];
-            self.send_iov.push(libc::iovec {
-                iov_base: reply.reply.as_ptr() as *mut _,
-                iov_len: REPLY_HEADER_BYTES,
-            });
+            self.send.push(&reply.reply);
             if reply.data_bytes > 0 {
-                self.send_iov.push(libc::iovec {
-                    iov_base: self.engine.buffer(index).as_ptr() as *mut _,
-                    iov_len: reply.data_bytes,
-                });
+                self.send
+                    .push(&self.engine.buffer(index)[..reply.data_bytes]);
             }
             self.sending.push(index);
-            if self.send_iov.len() + 2 > self.send_iov.capacity() || self.send_iov.len() >= 1000 {
+            if self.send.room() < 2 {
                 break;
             }
         }
@@ -489,43 +476,24 @@ impl NbdSession {
     }
 
     fn submit_send(&mut self, ctx: &mut SessionContext) {
-        self.send_msg.msg_iov = self.send_iov.as_mut_ptr();
-        self.send_msg.msg_iovlen = self.send_iov.len();
-        let entry = opcode::SendMsg::new(self.fd(), &*self.send_msg as *const libc::msghdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(TAG_SEND, 0, 0, 0)));
-        // SAFETY: the msghdr, the iovecs and the buffers they point at belong to this session and
+        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
+        // SAFETY: the reply headers and the slot buffers gathered belong to this session and
         // stay untouched until the send completes (slots in `sending` are not reused before).
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.send_posted = true;
-                self.ring_pending += 1;
-            }
+        match unsafe { self.send.submit(self.fd(), user_data, ctx.ring) } {
+            Ok(()) => self.ring_pending += 1,
             Err(error) => self.close(&format!("cannot post a send: {error}")),
         }
     }
 
     fn on_sent(&mut self, result: i32, ctx: &mut SessionContext) {
-        self.send_posted = false;
         if result <= 0 {
+            self.send.failed();
             self.close("send failed");
             self.release_sending();
             return;
         }
-        // Drop the iovecs that went out; resend the rest of a partial send.
-        let mut sent = result as usize;
-        let mut first = 0;
-        while first < self.send_iov.len() && sent >= self.send_iov[first].iov_len {
-            sent -= self.send_iov[first].iov_len;
-            first += 1;
-        }
-        if first < self.send_iov.len() {
-            self.send_iov.drain(..first);
-            let iov = &mut self.send_iov[0];
-            // SAFETY: sent < iov_len, so the advanced pointer stays inside the same buffer.
-            iov.iov_base = unsafe { (iov.iov_base as *mut u8).add(sent) }.cast();
-            iov.iov_len -= sent;
+        // Resend the rest of a partial send.
+        if self.send.complete(result as usize) == Sent::Partial {
             self.submit_send(ctx);
             return;
         }

@@ -307,23 +307,7 @@ impl IscsiSession {
     /// Fills a queued PDU's padding and data digest, once its data is in place.
     pub(super) fn finish_trailer(&mut self, index: usize) {
         let data_digest = self.params.data_digest;
-        let out = &self.out[index];
-        let data: &[u8] = match &out.data {
-            OutData::None => &[],
-            OutData::Task {
-                lun,
-                task,
-                offset,
-                len,
-            } => {
-                let all = self.luns[usize::from(*lun)]
-                    .scsi
-                    .data_in(usize::from(*task));
-                &all[*offset as usize..(*offset + *len) as usize]
-            }
-            OutData::Inline(len) => &out.inline[..*len],
-            OutData::Owned(bytes) => bytes,
-        };
+        let data = data_of(&self.luns, &self.out[index]);
         let padding = pdu::padding(data.len() as u32);
         let mut trailer = [0u8; 3 + DIGEST_BYTES];
         let mut trailer_len = padding;
@@ -339,92 +323,44 @@ impl IscsiSession {
     }
 
     pub(super) fn post_send(&mut self, ctx: &mut SessionContext) {
-        if self.send_posted || self.out_queue.is_empty() {
+        if self.send.is_posted() || self.out_queue.is_empty() {
             return;
         }
         self.sending.clear();
-        self.send_iov.clear();
+        self.send.clear();
         while let Some(&index) = self.out_queue.front() {
-            if self.send_iov.len() + 3 > MAX_SEND_IOVECS {
+            if self.send.room() < 3 {
                 break;
             }
             self.out_queue.pop_front();
             let out = &self.out[index];
-            self.send_iov.push(libc::iovec {
-                iov_base: out.header.as_ptr() as *mut _,
-                iov_len: out.header_len,
-            });
-            let data: &[u8] = match &out.data {
-                OutData::None => &[],
-                OutData::Task {
-                    lun,
-                    task,
-                    offset,
-                    len,
-                } => {
-                    let all = self.luns[usize::from(*lun)]
-                        .scsi
-                        .data_in(usize::from(*task));
-                    &all[*offset as usize..(*offset + *len) as usize]
-                }
-                OutData::Inline(len) => &out.inline[..*len],
-                OutData::Owned(bytes) => bytes,
-            };
-            if !data.is_empty() {
-                self.send_iov.push(libc::iovec {
-                    iov_base: data.as_ptr() as *mut _,
-                    iov_len: data.len(),
-                });
-            }
-            if out.trailer_len > 0 {
-                self.send_iov.push(libc::iovec {
-                    iov_base: out.trailer.as_ptr() as *mut _,
-                    iov_len: out.trailer_len,
-                });
-            }
+            self.send.push(&out.header[..out.header_len]);
+            self.send.push(data_of(&self.luns, out));
+            self.send.push(&out.trailer[..out.trailer_len]);
             self.sending.push(index);
         }
         self.submit_send(ctx);
     }
 
     pub(super) fn submit_send(&mut self, ctx: &mut SessionContext) {
-        self.send_msg.msg_iov = self.send_iov.as_mut_ptr();
-        self.send_msg.msg_iovlen = self.send_iov.len();
-        let entry = opcode::SendMsg::new(self.fd(), &*self.send_msg as *const libc::msghdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(TAG_SEND, 0, 0, 0)));
-        // SAFETY: the msghdr, the iovecs and the buffers they point at (PDUs of the pool,
-        // task buffers not released before their last PDU is sent) belong to this session and
-        // stay untouched until the send completes.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.send_posted = true;
-                self.ring_pending += 1;
-            }
+        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
+        // SAFETY: the pieces gathered (PDUs of the pool, task buffers not released before
+        // their last PDU is sent) belong to this session and stay untouched until the send
+        // completes.
+        match unsafe { self.send.submit(self.fd(), user_data, ctx.ring) } {
+            Ok(()) => self.ring_pending += 1,
             Err(error) => self.close(&format!("cannot post a send: {error}")),
         }
     }
 
     pub(super) fn on_sent(&mut self, result: i32, ctx: &mut SessionContext) {
-        self.send_posted = false;
         if result <= 0 {
+            self.send.failed();
             self.close("send failed");
             self.release_sending();
             return;
         }
-        let mut sent = result as usize;
-        let mut first = 0;
-        while first < self.send_iov.len() && sent >= self.send_iov[first].iov_len {
-            sent -= self.send_iov[first].iov_len;
-            first += 1;
-        }
-        if first < self.send_iov.len() {
-            self.send_iov.drain(..first);
-            let iov = &mut self.send_iov[0];
-            // SAFETY: sent < iov_len, so the advanced pointer stays inside the same buffer.
-            iov.iov_base = unsafe { (iov.iov_base as *mut u8).add(sent) }.cast();
-            iov.iov_len -= sent;
+        if self.send.complete(result as usize) == Sent::Partial {
             self.submit_send(ctx);
             return;
         }
@@ -474,4 +410,22 @@ fn sense_segment(sense: &[u8]) -> ([u8; INLINE_BYTES], usize) {
     inline[..2].copy_from_slice(&(len as u16).to_be_bytes());
     inline[2..2 + len].copy_from_slice(&sense[..len]);
     (inline, 2 + len)
+}
+
+/// The data segment of an outgoing PDU, wherever it lies.
+fn data_of<'a>(luns: &'a [Lun], out: &'a OutPdu) -> &'a [u8] {
+    match &out.data {
+        OutData::None => &[],
+        OutData::Task {
+            lun,
+            task,
+            offset,
+            len,
+        } => {
+            let all = luns[usize::from(*lun)].scsi.data_in(usize::from(*task));
+            &all[*offset as usize..(*offset + *len) as usize]
+        }
+        OutData::Inline(len) => &out.inline[..*len],
+        OutData::Owned(bytes) => bytes,
+    }
 }

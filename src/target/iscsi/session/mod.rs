@@ -63,6 +63,7 @@ use crate::reactor::mailbox::Message;
 use crate::reactor::session::{Session, SessionContext};
 use crate::scsi::{self, DataDirection, ScsiLun, Submit, TaskDone};
 use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
+use crate::target::gather_send::{GatherSend, Sent};
 use crate::volume::open_state::OpenGuard;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -131,9 +132,7 @@ pub struct IscsiSession {
     out_queue: VecDeque<usize>,
     answers: VecDeque<Answer>,
     sending: Vec<usize>,
-    send_iov: Vec<libc::iovec>,
-    send_msg: Box<libc::msghdr>,
-    send_posted: bool,
+    send: GatherSend,
 
     tick_spec: Box<types::Timespec>,
     tick_posted: bool,
@@ -159,10 +158,6 @@ struct SessionGuards {
     _ticket: SessionTicket,
     _opens: Vec<OpenGuard>,
 }
-
-// SAFETY: the raw pointers inside (iovecs and the msghdr) point into buffers this session
-// owns; the session moves between threads only before it is attached, with nothing in flight.
-unsafe impl Send for IscsiSession {}
 
 /// The LUN number of a LUN field in SAM's single-level formats (peripheral or flat space),
 /// `None` for any other addressing.
@@ -259,10 +254,7 @@ impl IscsiSession {
             out_queue: VecDeque::with_capacity(ISCSI_OUT_PDUS),
             answers: VecDeque::with_capacity(ISCSI_CMD_WINDOW as usize),
             sending: Vec::with_capacity(ISCSI_OUT_PDUS),
-            send_iov: Vec::with_capacity(MAX_SEND_IOVECS + 3),
-            // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
-            send_msg: Box::new(unsafe { std::mem::zeroed() }),
-            send_posted: false,
+            send: GatherSend::with_capacity(MAX_SEND_IOVECS),
             tick_spec: Box::new(types::Timespec::new().sec(1)),
             tick_posted: false,
             idle_ticks: 0,

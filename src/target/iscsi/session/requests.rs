@@ -181,7 +181,7 @@ impl IscsiSession {
         let busy = !self.luns.iter().all(|lun| lun.scsi.is_idle())
             || !self.answers.is_empty()
             || !self.out_queue.is_empty()
-            || self.send_posted;
+            || self.send.is_posted();
         if busy {
             return;
         }
