@@ -8,9 +8,9 @@ use sds::target::iscsi::params;
 use sds::target::iscsi::pdu::{
     self, stage, DataOut, LoginRequest, ScsiCommand, TargetPdu, BHS_BYTES,
 };
-use sds::target::iscsi::pdu_io::{read_pdu, write_pdu, Digests, Received};
+use sds::target::iscsi::pdu_io::{read_pdu, write_pdu, Digests, PduIoError, Received};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the test initiator accepts in one data segment (declared at login).
 pub const TEST_MAX_RECV_DATA_SEGMENT: u32 = 256 * 1024;
@@ -48,8 +48,10 @@ impl Outcome {
 /// Why a command or login did not come back with an answer.
 #[derive(Debug)]
 pub enum InitiatorError {
-    /// The connection ended (closed, reset or timed out).
+    /// The connection ended (closed or reset).
     Connection(String),
+    /// Nothing came within the time allowed.
+    TimedOut,
     /// The target refused the login with this status class and detail.
     Refused(u8, u8),
     /// The target answered something this initiator does not expect.
@@ -69,6 +71,21 @@ pub struct Initiator {
 
 fn connection(error: impl std::fmt::Debug) -> InitiatorError {
     InitiatorError::Connection(format!("{error:?}"))
+}
+
+/// A failed PDU read or write: a read timeout is [`InitiatorError::TimedOut`].
+fn pdu_io(error: PduIoError) -> InitiatorError {
+    match &error {
+        PduIoError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            InitiatorError::TimedOut
+        }
+        _ => connection(error),
+    }
 }
 
 impl Initiator {
@@ -184,13 +201,27 @@ impl Initiator {
 
     /// Sends one raw PDU with this session's digests.
     pub fn send(&mut self, bhs: &[u8; BHS_BYTES], data: &[u8]) -> Result<(), InitiatorError> {
-        write_pdu(&mut self.stream, bhs, data, self.digests).map_err(connection)
+        write_pdu(&mut self.stream, bhs, data, self.digests).map_err(pdu_io)
     }
 
     /// Reads one PDU with this session's digests, answering the target's NOP-In pings.
     pub fn receive(&mut self) -> Result<Received, InitiatorError> {
+        self.receive_within(TEST_PDU_TIMEOUT)
+    }
+
+    /// [`Initiator::receive`], giving up after `limit` in all (pings answered meanwhile do not
+    /// extend it).
+    pub fn receive_within(&mut self, limit: Duration) -> Result<Received, InitiatorError> {
+        let deadline = Instant::now() + limit;
         loop {
-            let pdu = read_pdu(&mut self.stream, self.digests, 16 << 20).map_err(connection)?;
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or(InitiatorError::TimedOut)?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(connection)?;
+            let pdu = read_pdu(&mut self.stream, self.digests, 16 << 20).map_err(pdu_io)?;
             match TargetPdu::parse(&pdu.bhs) {
                 Ok(TargetPdu::NopIn(nop)) if nop.target_transfer_tag != pdu::RESERVED_TAG => {
                     let reply = pdu::NopOut {
