@@ -34,37 +34,13 @@ const KILL_AFTER_MS: std::ops::Range<u64> = 150..700;
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
-    crash_loop(cycles_from_env(25));
+    crash_loop(common::crash_cycles(25));
 }
 
 #[test]
 #[ignore = "long mode: cargo test --test crash -- --ignored --nocapture"]
 fn acknowledged_writes_survive_kill_9_long() {
-    crash_loop(cycles_from_env(100));
-}
-
-fn cycles_from_env(default: usize) -> usize {
-    std::env::var("SDS_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// splitmix64: enough randomness for kill moments and seeds, reproducible from one number.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, range: std::ops::Range<u64>) -> u64 {
-        range.start + self.next() % (range.end - range.start)
-    }
+    crash_loop(common::crash_cycles(100));
 }
 
 fn checker() -> PathBuf {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{require_tool, Server, ISCSI_TOOL_DEADLINE};
+use common::{require_tool, Rng, Server, ISCSI_TOOL_DEADLINE};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -27,23 +27,6 @@ const EXTENT_BYTES: u64 = 64 * KIB;
 const WRITES_PER_CYCLE: usize = 800;
 /// When the server is killed, after the first acknowledged write of the cycle.
 const KILL_AFTER_MS: std::ops::Range<u64> = 50..600;
-
-/// splitmix64, reproducible from one seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, range: std::ops::Range<u64>) -> u64 {
-        range.start + self.next() % (range.end - range.start)
-    }
-}
 
 /// One write: a pattern byte over [offset, offset + length).
 #[derive(Clone, Copy, Debug)]
@@ -185,10 +168,7 @@ fn lost_regions(
 fn writes_acknowledged_over_iscsi_survive_kill_9() {
     require_tool("qemu-io");
     require_tool("stdbuf");
-    let cycles: usize = std::env::var("SDS_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+    let cycles = common::crash_cycles(8);
     let seed = std::env::var("SDS_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

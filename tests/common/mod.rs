@@ -819,3 +819,43 @@ pub fn parse_test_cu(log: String) -> TestCuResults {
     results.log = log;
     results
 }
+
+// ---- kill -9 loops (tests/crash.rs, tests/iscsi_crash.rs) -----------------------------------
+
+/// Cycles a kill -9 loop runs: `SDS_CRASH_CYCLES`, or `default`.
+pub fn crash_cycles(default: usize) -> usize {
+    std::env::var("SDS_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The seed of a kill -9 loop: `SDS_CRASH_SEED` replays a run; otherwise the clock.
+pub fn crash_seed() -> u64 {
+    std::env::var("SDS_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// splitmix64: enough randomness for kill moments and offsets, reproducible from one seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn range(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next() % (range.end - range.start)
+    }
+}
