@@ -27,11 +27,26 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-/// How long an adaptive reactor keeps polling after its last piece of work before it sleeps.
-/// Short: on small machines the hosts' clients share the cores with the reactors.
+/// The longest an adaptive reactor keeps polling after its last piece of work before it
+/// sleeps. Short: on small machines the hosts' clients share the cores with the reactors.
 const ADAPTIVE_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+/// The shortest spin an adaptive reactor grows back from; a window learned below it is none.
+const ADAPTIVE_SPIN_MIN: std::time::Duration = std::time::Duration::from_micros(1);
 /// The ring tag of the reactor's own eventfd read.
 const EVENTFD_TAG: u64 = 0;
+
+/// The adaptive spin window after a sleep of `slept`: doubled (from at least
+/// ADAPTIVE_SPIN_MIN, up to ADAPTIVE_SPIN) when a spin that long would have caught the wake-up,
+/// halved (to none below ADAPTIVE_SPIN_MIN) when it would not.
+fn next_spin(spin: std::time::Duration, slept: std::time::Duration) -> std::time::Duration {
+    if slept < ADAPTIVE_SPIN {
+        (spin * 2).clamp(ADAPTIVE_SPIN_MIN, ADAPTIVE_SPIN)
+    } else if spin / 2 < ADAPTIVE_SPIN_MIN {
+        std::time::Duration::ZERO
+    } else {
+        spin / 2
+    }
+}
 
 /// Why a reactor could not start.
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +201,13 @@ impl Reactor {
         self.arm_eventfd();
         let mut last_work = Instant::now();
         let mut last = Instant::now();
+        // The adaptive spin window, learned as KVM's halt polling learns its own: a sleep that
+        // ended within ADAPTIVE_SPIN would have been caught by spinning, so the window grows; a
+        // longer one means the spin before it was wasted, so the window shrinks. At queue depth
+        // 1 over TCP the next command is a network round trip away and the window goes to
+        // none (every spin there cost CPU, one io_uring_enter a microsecond, for nothing); under
+        // a steady stream it stays open.
+        let mut spin = ADAPTIVE_SPIN;
         loop {
             let mut did_work = self.drain_mailbox();
             while let Some(completion) = self.ring.pop_completion() {
@@ -202,6 +224,11 @@ impl Reactor {
             if did_work {
                 self.handle.busy_us.fetch_add(elapsed_us, Ordering::Relaxed);
                 last_work = now;
+                // Nothing queued: entering the kernel would only cost a system call (the
+                // completions it could post are reaped by the poll or the wait below).
+                if self.ring.is_empty_to_submit() {
+                    continue;
+                }
                 if let Err(error) = self.ring.submit() {
                     log::error!(
                         "reactor {}: io_uring submit failed: {error}",
@@ -211,7 +238,7 @@ impl Reactor {
                 continue;
             }
             self.handle.idle_us.fetch_add(elapsed_us, Ordering::Relaxed);
-            if self.handle.poll == PollMode::Busy || now.duration_since(last_work) < ADAPTIVE_SPIN {
+            if self.handle.poll == PollMode::Busy || now.duration_since(last_work) < spin {
                 // Enter the kernel without waiting: submits what is queued and runs the
                 // ring's pending task work, so socket completions show up while we poll.
                 if let Err(error) = self.ring.poll_kernel() {
@@ -230,7 +257,9 @@ impl Reactor {
                 );
             }
             self.handle.sleeping.store(false, Ordering::Relaxed);
+            let slept_from = last;
             let now = Instant::now();
+            spin = next_spin(spin, now.duration_since(slept_from));
             self.handle.idle_us.fetch_add(
                 now.duration_since(last).as_micros() as u64,
                 Ordering::Relaxed,
@@ -385,5 +414,27 @@ impl Reactor {
         self.with_session(index, None, |s, ctx| {
             s.on_completion(tag & SESSION_TAG_MASK, result, ctx)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn spin_window_closes_on_long_sleeps_and_reopens_on_short_ones() {
+        let round_trip = Duration::from_micros(60);
+        let mut spin = ADAPTIVE_SPIN;
+        for _ in 0..8 {
+            spin = next_spin(spin, round_trip);
+        }
+        assert_eq!(spin, Duration::ZERO, "every spin was wasted: none left");
+        spin = next_spin(spin, Duration::from_micros(3));
+        assert_eq!(spin, ADAPTIVE_SPIN_MIN, "a short sleep reopens the window");
+        for _ in 0..8 {
+            spin = next_spin(spin, Duration::from_micros(3));
+        }
+        assert_eq!(spin, ADAPTIVE_SPIN, "never past the longest spin");
     }
 }

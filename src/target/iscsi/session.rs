@@ -230,6 +230,10 @@ pub struct IscsiSession {
     send_iov: Vec<libc::iovec>,
     send_msg: Box<libc::msghdr>,
     send_posted: bool,
+    /// Set while the session handles a batch (what one receive brought, or its engines'
+    /// completions): the answers it queues go out together in one `sendmsg` at the end of the
+    /// batch rather than the first alone.
+    defer_send: bool,
 
     tick_spec: Box<types::Timespec>,
     tick_posted: bool,
@@ -359,6 +363,7 @@ impl IscsiSession {
             // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
             send_msg: Box::new(unsafe { std::mem::zeroed() }),
             send_posted: false,
+            defer_send: false,
             tick_spec: Box::new(types::Timespec::new().sec(1)),
             tick_posted: false,
             idle_ticks: 0,
@@ -516,8 +521,16 @@ impl IscsiSession {
         self.recv_end - self.recv_start
     }
 
-    /// Handles everything complete in the receive buffer.
+    /// Handles everything complete in the receive buffer, then sends the answers that made
+    /// ready together.
     fn process_input(&mut self, ctx: &mut SessionContext) {
+        let outer = std::mem::replace(&mut self.defer_send, true);
+        self.process_input_batch(ctx);
+        self.defer_send = outer;
+        self.post_send(ctx);
+    }
+
+    fn process_input_batch(&mut self, ctx: &mut SessionContext) {
         loop {
             if self.closing {
                 return;
@@ -1510,7 +1523,7 @@ impl IscsiSession {
     }
 
     fn post_send(&mut self, ctx: &mut SessionContext) {
-        if self.send_posted || self.out_queue.is_empty() {
+        if self.send_posted || self.defer_send || self.out_queue.is_empty() {
             return;
         }
         self.sending.clear();
