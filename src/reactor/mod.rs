@@ -27,26 +27,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-/// The longest an adaptive reactor keeps polling after its last piece of work before it
-/// sleeps. Short: on small machines the hosts' clients share the cores with the reactors.
+/// How long an adaptive reactor keeps polling after its last piece of work before it sleeps.
+/// Short: on small machines the hosts' clients share the cores with the reactors. (A window
+/// learned from how long sleeps last, as KVM's halt polling does, was tried for iSCSI at queue
+/// depth 1: it saved ~10% CPU per I/O on a file LUN but cost a RAM LUN ~30% in latency, the
+/// next command often arriving within the spin; see bench/iscsi_speed.py.)
 const ADAPTIVE_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
-/// The shortest spin an adaptive reactor grows back from; a window learned below it is none.
-const ADAPTIVE_SPIN_MIN: std::time::Duration = std::time::Duration::from_micros(1);
 /// The ring tag of the reactor's own eventfd read.
 const EVENTFD_TAG: u64 = 0;
-
-/// The adaptive spin window after a sleep of `slept`: doubled (from at least
-/// ADAPTIVE_SPIN_MIN, up to ADAPTIVE_SPIN) when a spin that long would have caught the wake-up,
-/// halved (to none below ADAPTIVE_SPIN_MIN) when it would not.
-fn next_spin(spin: std::time::Duration, slept: std::time::Duration) -> std::time::Duration {
-    if slept < ADAPTIVE_SPIN {
-        (spin * 2).clamp(ADAPTIVE_SPIN_MIN, ADAPTIVE_SPIN)
-    } else if spin / 2 < ADAPTIVE_SPIN_MIN {
-        std::time::Duration::ZERO
-    } else {
-        spin / 2
-    }
-}
 
 /// Why a reactor could not start.
 #[derive(Debug, thiserror::Error)]
@@ -201,13 +189,6 @@ impl Reactor {
         self.arm_eventfd();
         let mut last_work = Instant::now();
         let mut last = Instant::now();
-        // The adaptive spin window, learned as KVM's halt polling learns its own: a sleep that
-        // ended within ADAPTIVE_SPIN would have been caught by spinning, so the window grows; a
-        // longer one means the spin before it was wasted, so the window shrinks. At queue depth
-        // 1 over TCP the next command is a network round trip away and the window goes to
-        // none (every spin there cost CPU, one io_uring_enter a microsecond, for nothing); under
-        // a steady stream it stays open.
-        let mut spin = ADAPTIVE_SPIN;
         loop {
             let mut did_work = self.drain_mailbox();
             while let Some(completion) = self.ring.pop_completion() {
@@ -238,7 +219,7 @@ impl Reactor {
                 continue;
             }
             self.handle.idle_us.fetch_add(elapsed_us, Ordering::Relaxed);
-            if self.handle.poll == PollMode::Busy || now.duration_since(last_work) < spin {
+            if self.handle.poll == PollMode::Busy || now.duration_since(last_work) < ADAPTIVE_SPIN {
                 // Enter the kernel without waiting: submits what is queued and runs the
                 // ring's pending task work, so socket completions show up while we poll.
                 if let Err(error) = self.ring.poll_kernel() {
@@ -257,9 +238,7 @@ impl Reactor {
                 );
             }
             self.handle.sleeping.store(false, Ordering::Relaxed);
-            let slept_from = last;
             let now = Instant::now();
-            spin = next_spin(spin, now.duration_since(slept_from));
             self.handle.idle_us.fetch_add(
                 now.duration_since(last).as_micros() as u64,
                 Ordering::Relaxed,
@@ -414,27 +393,5 @@ impl Reactor {
         self.with_session(index, None, |s, ctx| {
             s.on_completion(tag & SESSION_TAG_MASK, result, ctx)
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn spin_window_closes_on_long_sleeps_and_reopens_on_short_ones() {
-        let round_trip = Duration::from_micros(60);
-        let mut spin = ADAPTIVE_SPIN;
-        for _ in 0..8 {
-            spin = next_spin(spin, round_trip);
-        }
-        assert_eq!(spin, Duration::ZERO, "every spin was wasted: none left");
-        spin = next_spin(spin, Duration::from_micros(3));
-        assert_eq!(spin, ADAPTIVE_SPIN_MIN, "a short sleep reopens the window");
-        for _ in 0..8 {
-            spin = next_spin(spin, Duration::from_micros(3));
-        }
-        assert_eq!(spin, ADAPTIVE_SPIN, "never past the longest spin");
     }
 }
