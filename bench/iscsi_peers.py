@@ -48,7 +48,9 @@ class Tgtd:
     name = "tgtd"
     lun = 1
 
-    def __init__(self, backing, prefix=None, log=os.devnull):
+    def __init__(self, backing, prefix=None, log=os.devnull, bsoflags=None):
+        """`bsoflags="direct"` opens the backing file with O_DIRECT (tgtd's default goes through
+        the page cache); tgtd then fails misaligned I/O, which 4k-aligned fio jobs never send."""
         self.log = open(log, "w")
         # A control port another tgtd holds, or an iSCSI port taken since free_port() found it,
         # makes tgtd exit: try a few, each with fresh ports.
@@ -70,7 +72,8 @@ class Tgtd:
                     raise
         try:
             self.admin("--op", "new", "--mode", "target", "--tid", "1", "-T", TGT_TARGET)
-            self.admin("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", str(self.lun), "-b", backing)
+            self.admin("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", str(self.lun), "-b", backing,
+                       *(["--bsoflags", bsoflags] if bsoflags else []))
             self.admin("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         except Exception:
             self.stop()
@@ -100,13 +103,13 @@ class Sds:
 
     name = "sds"
 
-    def __init__(self, binary, state_dir, prefix=None, log=os.devnull):
+    def __init__(self, binary, state_dir, prefix=None, log=os.devnull, extra=()):
         self.binary = binary
         self.port = free_port()
         self.socket = os.path.join(state_dir, "sds.sock")
         self.log = open(log, "w")
         cmd = [binary, "serve", "--state-dir", state_dir, "--nbd-listen", "none",
-               "--iscsi-listen", f"127.0.0.1:{self.port}", "--iscsi-target-name", SDS_TARGET, "--log-level", "warn"]
+               "--iscsi-listen", f"127.0.0.1:{self.port}", "--iscsi-target-name", SDS_TARGET, "--log-level", "warn", *extra]
         self.proc = subprocess.Popen(([*prefix, *cmd] if prefix else cmd), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -6,11 +6,17 @@ interleaved A B A B over several rounds and the table gives medians, IOPS per se
 CPU-second (utime+stime from /proc/PID/stat over the run) and the sds/tgtd ratios. The table is
 printed and written to bench/last-iscsi-speed.txt.
 
-Servers run on the last core and fio on the others, as in bench/compare.py (the README's
-Benchmarks section says what the numbers mean on a 2-core machine).
+Fairness: both servers get the same single core (the last one: `taskset` on tgtd and on sds,
+whose one reactor runs there with `--cores`), fio gets the others. sds opens a file LUN with
+O_DIRECT (it has no buffered mode; `lun_get_luns` shows `direct_io`), so the file rows compare it
+with tgtd opened with `--bsoflags direct` (row `tgtd`): both read and write the disk. Row
+`tgtd-cache` is tgtd's default, through the page cache (reads of a pre-filled file never reach
+the disk there): it is shown for information, the ratios are against `tgtd`. On RAM, sds serves a
+`mem` LUN and tgtd a file in /dev/shm (tmpfs: the page cache is the storage).
 
 Usage: bench/iscsi_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH]
-                            [--tgtd-only] [--only TEXT] [--fio PATH]
+                            [--tgtd-only] [--only TEXT] [--fio PATH] [--poll busy|adaptive]
+                            [--no-cache-peer]
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
 
@@ -82,6 +88,8 @@ def main():
     ap.add_argument("--only", help="run only the jobs whose name contains this text (e.g. 'QD32')")
     ap.add_argument("--fio", help="fio with the libiscsi engine (default target/tools/fio)")
     ap.add_argument("--out", help="table file (default bench/last-iscsi-speed.txt)")
+    ap.add_argument("--poll", choices=("busy", "adaptive"), default="adaptive", help="sds's reactor poll mode")
+    ap.add_argument("--no-cache-peer", action="store_true", help="leave out tgtd through the page cache")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     fio_binary = args.fio or os.path.join(os.environ.get("SDS_TOOLS", os.path.join(root, "target/tools")), "fio")
@@ -127,7 +135,8 @@ def main():
             state = os.path.join(tmp, "sds-state")
             os.makedirs(state)
             try:
-                sds = Sds(sds_binary, state, prefix=server_prefix, log=os.path.join(tmp, "sds.log"))
+                sds = Sds(sds_binary, state, prefix=server_prefix, log=os.path.join(tmp, "sds.log"),
+                          extra=["--cores", SERVER_CPUS, "--poll", args.poll])
             except RuntimeError as e:
                 notes.append(f"sds not measured: {e}")
             else:
@@ -148,9 +157,14 @@ def main():
                     groups["ram"].append(ram_target)
                 except RuntimeError as e:
                     notes.append(f"sds not measured: {e}")
-        tgtd = Tgtd(backing, prefix=server_prefix)
+        # The like-for-like peer first: the ratios are against the first tgtd of a group.
+        tgtd = Tgtd(backing, prefix=server_prefix, bsoflags="direct")
         servers.append(tgtd)
         groups["file"].append(Target("tgtd", tgtd, tgtd.url, size, PEER_OFFSET))
+        if not args.no_cache_peer:
+            tgtd_cache = Tgtd(backing, prefix=server_prefix)
+            servers.append(tgtd_cache)
+            groups["file"].append(Target("tgtd-cache", tgtd_cache, tgtd_cache.url, size, PEER_OFFSET))
         tgtd_ram = Tgtd(ram_backing, prefix=server_prefix)
         servers.append(tgtd_ram)
         groups["ram"].append(Target("tgtd-ram", tgtd_ram, tgtd_ram.url, size))
@@ -162,7 +176,7 @@ def main():
                     for target in members:
                         r = run_job(fio_binary, target, job, args.runtime)
                         results.setdefault((job_name, target.name), []).append(r)
-                        print(f"round {round_index + 1} {job_name:18} {target.name:9} {r['iops']:>9.0f} IOPS "
+                        print(f"round {round_index + 1} {job_name:18} {target.name:10} {r['iops']:>9.0f} IOPS "
                               f"p50 {r['p50_us']:7.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
     finally:
         for server in servers:
@@ -172,10 +186,14 @@ def main():
             shutil.rmtree(ram_dir, ignore_errors=True)
 
     med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
-    header = (f"{'job':18} {'server':9} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} "
+    header = (f"{'job':18} {'server':10} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} "
               f"{'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}")
+    load = open("/proc/loadavg").read().split()[:3]
     lines = [f"fio libiscsi engine, {size >> 20} MiB, medians of {args.repeat} rounds of {args.runtime} s; "
-             "ratios are sds / tgtd on the same backing (file, or RAM)", "", header, "-" * len(header)]
+             "ratios are sds / tgtd on the same backing (file, or RAM)",
+             f"servers pinned to cpu {SERVER_CPUS} (sds: one reactor, --poll {args.poll}), fio to cpu {CLIENT_CPUS}; "
+             "file: sds O_DIRECT vs tgtd --bsoflags direct (tgtd-cache: tgtd through the page cache, for information)",
+             f"load average at the end: {' '.join(load)}", "", header, "-" * len(header)]
     for job_name, _ in jobs:
         for group, members in groups.items():
             peer = next((t for t in members if t.name.startswith("tgtd")), None)
@@ -188,7 +206,7 @@ def main():
                     b = med[(job_name, peer.name)]
                     ratio = f"{m['iops'] / b['iops']:.2f}" if b["iops"] else "-"
                     eff = f"{m['iops_per_cpu_s'] / b['iops_per_cpu_s']:.2f}" if b["iops_per_cpu_s"] else "-"
-                lines.append(f"{job_name:18} {target.name:9} {m['iops']:>9.0f} {m['mbps']:>8.1f} {m['p50_us']:>8.1f} "
+                lines.append(f"{job_name:18} {target.name:10} {m['iops']:>9.0f} {m['mbps']:>8.1f} {m['p50_us']:>8.1f} "
                              f"{m['p99_us']:>8.1f} {m['cpu_s']:>6.2f} {m['iops_per_cpu_s']:>11.0f} {ratio:>7} {eff:>6}")
     lines += [""] + notes
     text = "\n".join(lines).rstrip() + "\n"

@@ -133,6 +133,11 @@ impl IoRing {
         }
     }
 
+    /// Whether no entry is queued for the kernel.
+    pub fn is_empty_to_submit(&mut self) -> bool {
+        self.ring.submission().is_empty()
+    }
+
     /// Hands queued entries to the kernel and sleeps until at least one completion is ready.
     pub fn submit_and_wait(&mut self) -> io::Result<usize> {
         match self.ring.submit_and_wait(1) {

@@ -323,7 +323,7 @@ impl IscsiSession {
     }
 
     pub(super) fn post_send(&mut self, ctx: &mut SessionContext) {
-        if self.send.is_posted() || self.out_queue.is_empty() {
+        if self.send.is_posted() || self.defer_send || self.out_queue.is_empty() {
             return;
         }
         self.sending.clear();

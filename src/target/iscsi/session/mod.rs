@@ -133,6 +133,10 @@ pub struct IscsiSession {
     answers: VecDeque<Answer>,
     sending: Vec<usize>,
     send: GatherSend,
+    /// Set while the session handles a batch (what one receive brought): the answers it
+    /// queues go out together in one `sendmsg` at the end of the batch rather than the first
+    /// alone.
+    defer_send: bool,
 
     tick_spec: Box<types::Timespec>,
     tick_posted: bool,
@@ -255,6 +259,7 @@ impl IscsiSession {
             answers: VecDeque::with_capacity(ISCSI_CMD_WINDOW as usize),
             sending: Vec::with_capacity(ISCSI_OUT_PDUS),
             send: GatherSend::with_capacity(MAX_SEND_IOVECS),
+            defer_send: false,
             tick_spec: Box::new(types::Timespec::new().sec(1)),
             tick_posted: false,
             idle_ticks: 0,

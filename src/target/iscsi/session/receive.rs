@@ -130,8 +130,16 @@ impl IscsiSession {
         self.recv_end - self.recv_start
     }
 
-    /// Handles everything complete in the receive buffer.
+    /// Handles everything complete in the receive buffer, then sends the answers that made
+    /// ready together.
     pub(super) fn process_input(&mut self, ctx: &mut SessionContext) {
+        let outer = std::mem::replace(&mut self.defer_send, true);
+        self.process_input_batch(ctx);
+        self.defer_send = outer;
+        self.post_send(ctx);
+    }
+
+    fn process_input_batch(&mut self, ctx: &mut SessionContext) {
         loop {
             if self.closing {
                 return;
