@@ -51,7 +51,9 @@ pub const RING_RESERVED_ENTRIES: usize = 3 * MAX_CONNECTIONS_PER_REACTOR + 2;
 pub const MAX_REACTORS: usize = 64;
 /// Messages waiting in one reactor's mailbox.
 pub const MAILBOX_CAPACITY: usize = 1024;
-/// Connections negotiating (NBD handshake) at once; more are closed at once.
+/// NBD connections negotiating at once, each on its own handshake thread (TLS included); a
+/// connection past this or the per-source bounds below is closed at once
+/// (`target::nbd::handshake_slots`).
 pub const MAX_HANDSHAKES: usize = 64;
 /// Of those, handshakes of peers that no host record names by address or user id (they
 /// cannot take the slots of the hosts that have one; see `target::nbd::handshake_slots`).

@@ -1,5 +1,5 @@
 //! One `sds perf` job: a reactor [`Session`] that keeps its queue depth of requests going to
-//! a volume through the block engine (`crate::blockio`) an NBD session uses, with no socket:
+//! a volume through the block engine (`sds::blockio`) an NBD session uses, with no socket:
 //! its figures are the host path's minus the wire.
 //!
 //! ```text
@@ -24,16 +24,16 @@
 use super::clock::thread_cpu_ns;
 use super::options::Workload;
 use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
-use crate::blockio::clock::TickClock;
-use crate::blockio::tag::{self, KIND_FRONT_END_FIRST};
-use crate::blockio::{BlockEngine, BlockOp, BlockRequest, BlockStatus, EngineConfig, Finished};
-use crate::domain::snapshot::Published;
-use crate::domain::vpath::Vpath;
-use crate::reactor::session::{Session, SessionContext};
-use crate::volume::provisioner::Provisioner;
 use crossbeam::channel::Sender;
 use hdrhistogram::Histogram;
 use io_uring::opcode;
+use sds::blockio::clock::TickClock;
+use sds::blockio::tag::{self, KIND_FRONT_END_FIRST};
+use sds::blockio::{BlockEngine, BlockOp, BlockRequest, BlockStatus, EngineConfig, Finished};
+use sds::domain::snapshot::Published;
+use sds::domain::vpath::Vpath;
+use sds::reactor::session::{Session, SessionContext};
+use sds::volume::provisioner::Provisioner;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
