@@ -205,6 +205,8 @@ pub struct BlockEngine {
     wakes_pending: u32,
     /// The reactor serving the session, once attached.
     reactor_index: Option<usize>,
+    /// The reactor whose counters the engine writes: `reactor_index`, 0 before attaching.
+    counters_reactor: usize,
     closing: bool,
     /// Requests the token bucket made wait (what `sds perf` reports).
     throttled_requests: u64,
@@ -281,6 +283,7 @@ impl BlockEngine {
             ring_pending: 0,
             wakes_pending: 0,
             reactor_index: None,
+            counters_reactor: 0,
             closing: false,
             throttled_requests: 0,
         }
@@ -316,6 +319,7 @@ impl BlockEngine {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.reactor_index = Some(reactor_index);
+        self.counters_reactor = reactor_index;
     }
 
     /// The session is closing: throttled and deferred requests finish now with
@@ -366,8 +370,8 @@ impl BlockEngine {
                 rate: RateLimit::UNLIMITED,
             });
         }
-        let reactor_index = self.reactor_index.unwrap_or(0);
-        self.decisions.decide(&self.published, reactor_index)
+        self.decisions
+            .decide(&self.published, self.counters_reactor)
     }
 
     /// Whether the path may send `op`: the domain's allowed operations and the path's access
@@ -1006,7 +1010,7 @@ impl BlockEngine {
         let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
         let failed = !slot.status.is_ok();
         let bytes = u64::from(slot.request.length_bytes);
-        let reactor_index = self.reactor_index.unwrap_or(0);
+        let reactor_index = self.counters_reactor;
         self.volume
             .stats
             .record(reactor_index, slot.request.op, bytes, latency_ns, failed);
