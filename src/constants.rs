@@ -35,14 +35,14 @@ pub const MAX_RING_IN_FLIGHT: usize = RING_CQ_ENTRIES as usize;
 pub const MAX_RING_ENTRIES_PER_LUN_IO: usize = 3;
 /// Ring entries one round of a host request may take (its segments, or a flush of every LUN
 /// of its pool): a session starts a round only with this much ring credit, else it waits.
-/// Longest single QoS timer of a session's engine: a session that is closing never waits
-/// longer than this for it.
-pub const MAX_QOS_TIMER_NS: u64 = 50_000_000;
 pub const MAX_RING_ENTRIES_PER_ROUND: usize = if MAX_SEGMENTS_PER_IO > MAX_LUNS_PER_POOL {
     MAX_SEGMENTS_PER_IO * MAX_RING_ENTRIES_PER_LUN_IO
 } else {
     MAX_LUNS_PER_POOL * MAX_RING_ENTRIES_PER_LUN_IO
 };
+/// Longest single QoS timer of a session's engine: a session that is closing never waits
+/// longer than this for it.
+pub const MAX_QOS_TIMER_NS: u64 = 50_000_000;
 /// Ring entries kept for what sessions post besides LUN I/O, which never waits for credit:
 /// each session has at most one receive, one send and one timer (or NOP) posted, and the
 /// reactor its mailbox read and, at shutdown, its cancel.
