@@ -174,9 +174,10 @@ pub struct PerfArgs {
     /// Seconds of load before measuring starts (fractions allowed)
     #[arg(long, default_value_t = 0.5)]
     pub ramp: f64,
-    /// Bypass the domain layer: no snapshot load, VP lookup, allowed-operation check, QoS
-    /// token bucket or per-VP statistics per I/O (what the domain layer costs is the
-    /// difference with a run without this)
+    /// Bypass the domain layer: no snapshot load, VP lookup, domain's allowed operations, QoS
+    /// token bucket or per-VP statistics per I/O; the engine's own checks stay (range,
+    /// alignment, the VP's read-only mode). What the domain layer costs is the difference with
+    /// a run without this
     #[arg(long)]
     pub no_domain: bool,
     /// Check the data: writes carry a pattern naming their place and their write; reads
