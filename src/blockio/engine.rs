@@ -704,13 +704,12 @@ impl BlockEngine {
     fn run_rounds(&mut self, index: usize, ctx: &mut SessionContext) {
         loop {
             self.slots[index].state = SlotState::Running;
-            match self.slots[index].request.op {
-                BlockOp::Flush => self.run_flush(index, ctx),
-                BlockOp::Write | BlockOp::Trim | BlockOp::WriteZeroes if self.slow_writes => {
-                    self.run_slow(index, ctx)
-                }
-                BlockOp::Read if self.needs_slow_read(index) => self.run_slow(index, ctx),
-                _ => self.run_segments(index, ctx),
+            let op = self.slots[index].request.op;
+            if !self.slow_writes && matches!(op, BlockOp::Read | BlockOp::Write) {
+                // The common case first: no read-modify-write volume, data to move.
+                self.run_segments(index, ctx);
+            } else {
+                self.run_other_round(index, op, ctx);
             }
             let slot = &self.slots[index];
             if slot.state != SlotState::Running || slot.pending != 0 || slot.waiting != 0 {
@@ -729,6 +728,19 @@ impl BlockEngine {
                 self.defer(index, ctx);
                 return;
             }
+        }
+    }
+
+    /// A round of a flush, a TRIM or WRITE_ZEROES, or of any request on a volume whose
+    /// blocks are smaller than its LUNs'.
+    fn run_other_round(&mut self, index: usize, op: BlockOp, ctx: &mut SessionContext) {
+        match op {
+            BlockOp::Flush => self.run_flush(index, ctx),
+            BlockOp::Write | BlockOp::Trim | BlockOp::WriteZeroes if self.slow_writes => {
+                self.run_slow(index, ctx)
+            }
+            BlockOp::Read if self.needs_slow_read(index) => self.run_slow(index, ctx),
+            _ => self.run_segments(index, ctx),
         }
     }
 
