@@ -417,26 +417,35 @@ impl PerfSession {
 
     /// Starts I/Os on free slots until the stage has no more, the slots are all busy or the
     /// batch is used up (then a NOP brings the job back on the reactor's next turn).
+    ///
+    /// What finished is accounted when the job runs out of free slots or of work, not after
+    /// every start: requests on LUNs that complete at once (null, mem) finish inside `start`,
+    /// and taking them a queue depth at a time keeps the accounting out of the issue loop.
     fn pump(&mut self, ctx: &mut SessionContext) {
         let mut budget = PUMP_BATCH_IOS;
         loop {
             self.advance();
-            if !self.has_work() || !self.engine.has_free_slot() {
-                break;
+            if self.has_work() && self.engine.has_free_slot() {
+                if budget == 0 {
+                    self.arm_nop(ctx);
+                    break;
+                }
+                if self.engine.ring_blocked(ctx) {
+                    // Back-pressure: the reactor calls on_ring_credit when entries are free.
+                    break;
+                }
+                budget -= 1;
+                if self.start_io(ctx) {
+                    continue;
+                }
             }
-            if budget == 0 {
-                self.arm_nop(ctx);
-                break;
-            }
-            if self.engine.ring_blocked(ctx) {
-                // Back-pressure: the reactor calls on_ring_credit when entries are free.
-                break;
-            }
-            budget -= 1;
-            if !self.start_io(ctx) {
+            // Nothing to start now: take what finished, and go on if that freed slots or
+            // moved the stage on.
+            if !self.drain_finished() {
                 break;
             }
         }
+        self.drain_finished();
         self.advance();
     }
 
@@ -570,17 +579,19 @@ impl PerfSession {
             }
             self.engine.start(index, ctx);
         }
-        self.drain_finished();
         true
     }
 
     // ---- completing ------------------------------------------------------------------------
 
-    /// Takes every request the engine has finished.
-    fn drain_finished(&mut self) {
+    /// Takes every request the engine has finished; whether there was any.
+    fn drain_finished(&mut self) -> bool {
+        let mut any = false;
         while let Some(done) = self.engine.pop_finished() {
             self.complete(done);
+            any = true;
         }
+        any
     }
 
     /// Accounts a finished I/O (the job's own counters and latency histogram, the data
