@@ -1,4 +1,4 @@
-//! `sds serve`: starts the reactors, the control thread, the metadata thread, the front ends and
+//! `sds serve`: starts the reactors, the control thread, the provisioning thread, the front ends and
 //! the management socket, and runs until SIGINT or SIGTERM.
 
 use crate::constants::MAX_REACTORS;
