@@ -35,14 +35,14 @@ pub const MAX_RING_IN_FLIGHT: usize = RING_CQ_ENTRIES as usize;
 pub const MAX_RING_ENTRIES_PER_LUN_IO: usize = 3;
 /// Ring entries one round of a host request may take (its segments, or a flush of every LUN
 /// of its pool): a session starts a round only with this much ring credit, else it waits.
-/// Longest single QoS timer of a session's engine: a session that is closing never waits
-/// longer than this for it.
-pub const MAX_QOS_TIMER_NS: u64 = 50_000_000;
 pub const MAX_RING_ENTRIES_PER_ROUND: usize = if MAX_SEGMENTS_PER_IO > MAX_LUNS_PER_POOL {
     MAX_SEGMENTS_PER_IO * MAX_RING_ENTRIES_PER_LUN_IO
 } else {
     MAX_LUNS_PER_POOL * MAX_RING_ENTRIES_PER_LUN_IO
 };
+/// Longest single QoS timer of a session's engine: a session that is closing never waits
+/// longer than this for it.
+pub const MAX_QOS_TIMER_NS: u64 = 50_000_000;
 /// Ring entries kept for what sessions post besides LUN I/O, which never waits for credit:
 /// each session has at most one receive, one send and one timer (or NOP) posted, and the
 /// reactor its mailbox read and, at shutdown, its cancel.
@@ -51,7 +51,9 @@ pub const RING_RESERVED_ENTRIES: usize = 3 * MAX_CONNECTIONS_PER_REACTOR + 2;
 pub const MAX_REACTORS: usize = 64;
 /// Messages waiting in one reactor's mailbox.
 pub const MAILBOX_CAPACITY: usize = 1024;
-/// Connections negotiating (NBD handshake) at once; more are closed at once.
+/// NBD connections negotiating at once, each on its own handshake thread (TLS included); a
+/// connection past this or the per-source bounds below is closed at once
+/// (`target::nbd::handshake_slots`).
 pub const MAX_HANDSHAKES: usize = 64;
 /// Of those, handshakes of peers that no host record names by address or user id (they
 /// cannot take the slots of the hosts that have one; see `target::handshake_slots`).

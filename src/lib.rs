@@ -6,10 +6,11 @@
 //! (`backend`). Pinned poller threads (`reactor`) run that path without locks; the control
 //! thread (`control`) owns configuration, persists it (`store`) and publishes immutable
 //! snapshots to the reactors. `rpc` is the JSON-RPC management socket; `serve` starts and stops
-//! all of it. `perf` drives the same data path in-process, with no network (`sds perf`).
+//! all of it.
 //!
-//! The command line (`sds serve`, `sds pool create`, …) and `sds demo` are the binary's
-//! (`src/main.rs`, `src/cli/`, `src/demo.rs`), built on this library's public API.
+//! The command line (`sds serve`, `sds pool create`, …), `sds demo` and `sds perf` are the
+//! binary's (`src/main.rs`, `src/cli/`, `src/demo.rs`, `src/perf/`), built on this library's
+//! public API.
 
 pub mod backend;
 pub mod blockio;
@@ -18,7 +19,6 @@ pub mod control;
 pub mod domain;
 pub mod identity;
 pub mod logger;
-pub mod perf;
 pub mod pool;
 pub mod reactor;
 pub mod rpc;

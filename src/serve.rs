@@ -1,5 +1,5 @@
-//! `sds serve`: starts the reactors, the control thread, the metadata thread, the front ends and
-//! the management socket, and runs until SIGINT or SIGTERM.
+//! `sds serve`: starts the reactors, the control thread, the provisioning thread, the front
+//! ends and the management socket, and runs until SIGINT or SIGTERM.
 
 use crate::constants::MAX_REACTORS;
 use crate::control::{self, Control};

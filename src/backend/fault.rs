@@ -17,8 +17,9 @@
 //! one atomic decrement; nothing is allocated. An injected failure completes at once
 //! (`Started::Done(Err(EIO))`) without touching the ring. A delay starts the I/O on the base at
 //! once and queues, beside it, an io_uring timer with the same tag plus
-//! [`super::DRIVER_TIMER_TAG`]: the front end sees the request complete when both have, which is the semantics of SPDK's delay bdev (a completion
-//! is held until `delay_us` after submission). The timer's timespec is a field of the LUN,
+//! [`super::DRIVER_TIMER_TAG`]: the block engine sees the request complete when both have,
+//! which is the semantics of SPDK's delay bdev (a completion is held until `delay_us` after
+//! submission). The timer's timespec is a field of the LUN,
 //! written only with atomic stores, so it stays valid until the ring is submitted.
 //!
 //! Why not a timer linked in front of the I/O (IOSQE_IO_LINK): the base pushes its own ring
@@ -311,7 +312,7 @@ impl FaultLun {
             _ => Verdict::Pass,
         };
         // The error itself is counted by whoever sees it returned: gate_sync for synchronous
-        // I/O, the front end (note_error) for ring I/O.
+        // I/O, the block engine (note_error) for ring I/O.
         match verdict {
             Verdict::Fail => self.failed[io_type.class_index()].fetch_add(1, Ordering::Relaxed),
             Verdict::Delay => self.delayed[io_type.class_index()].fetch_add(1, Ordering::Relaxed),

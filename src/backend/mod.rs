@@ -1,22 +1,23 @@
 //! LUN drivers: the physical storage resources the server controls.
 //!
 //! ```text
-//!   volume ──(LunIo, tag)──▶ dyn Lun ──▶ io_uring entries on the reactor's ring  (file, blockdev)
-//!                                   └──▶ completed at once                      (mem, null)
+//!   block engine ──(LunIo, tag)──▶ dyn Lun ──▶ io_uring entries on the reactor's ring  (file, blockdev)
+//!                                         └──▶ completed at once                      (mem, null)
 //! ```
 //!
 //! A driver implements [`Lun`]: it reports what it is ([`LunInfo`]), starts data-path I/O on the
 //! calling reactor's ring (or completes it at once), and offers synchronous I/O for the
-//! metadata thread and the control thread. Completions on the ring come back to the reactor with
-//! the tag the caller chose (a driver's own timer entry adds [`DRIVER_TIMER_TAG`]); the front end
-//! maps the result with [`completion_result`].
+//! provisioning thread, the control thread and start-up. Completions on the ring come back to
+//! the reactor with the tag the caller chose (a driver's own timer entry adds
+//! [`DRIVER_TIMER_TAG`]); the block engine (`crate::blockio`) maps the result with
+//! [`completion_result`].
 //!
 //! To add a driver: one new file here implementing `Lun`, one variant in [`LunKind`], and one
 //! arm in [`open_lun`], the only place that lists drivers.
 //!
 //! Errors: every driver keeps a [`LunHealth`] (error counters per [`BlockOp`], and whether the
 //! LUN has failed). The synchronous methods count the errors they return themselves; errors of
-//! ring I/O complete in the front end's session, which hands them back with
+//! ring I/O complete in the session's block engine, which hands them back with
 //! [`Lun::note_error`]. Both touch the counters only on the error path. A LUN whose device is
 //! gone (an I/O ends with ENODEV or ENXIO) is marked failed; from then on its I/O fails at
 //! once with EIO. [`fault`] holds the fault-injection driver and the stand-in for a LUN that
@@ -371,7 +372,7 @@ pub trait Lun: Send + Sync {
     /// I/O completes: at once for `Started::Done`, else when the tagged completion is reaped.
     unsafe fn submit(&self, io: &LunIo, tag: u64, ring: &mut IoRing) -> Started;
 
-    /// Reads synchronously (metadata thread, control thread, start-up).
+    /// Reads synchronously (provisioning thread, control thread, start-up).
     fn read_at(&self, buf: &mut [u8], offset_bytes: u64) -> Result<(), LunError>;
     /// Writes synchronously; durable only after [`Lun::flush`] unless `durable`.
     fn write_at(&self, buf: &[u8], offset_bytes: u64, durable: bool) -> Result<(), LunError>;
@@ -415,8 +416,9 @@ pub trait Lun: Send + Sync {
 /// The tag bit a driver sets on a ring entry of its own that travels with an I/O, a timer (the
 /// fault LUN's delay, [`fault::FaultLun`]): its completion is the request's like the I/O's,
 /// but it ends with `-ETIME` when it fires, which for a read, write, fsync or fallocate would
-/// be an error. Callers' tags keep this bit clear (the NBD and perf sessions use bits below
-/// 46), and hand it back to [`completion_result`] through [`split_tag`].
+/// be an error. Callers' tags keep this bit clear (the block engine's layout,
+/// `blockio::tag`, stays below it), and hand it back to [`completion_result`] through
+/// [`split_tag`].
 pub const DRIVER_TIMER_TAG: u64 = 1 << 47;
 // The bit lies in the session-local part of a reactor's tag, which the session decodes.
 const _: () = assert!(DRIVER_TIMER_TAG & !crate::reactor::session::SESSION_TAG_MASK == 0);

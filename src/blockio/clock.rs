@@ -23,7 +23,7 @@ pub struct TickClock {
 }
 
 impl TickClock {
-    /// Calibrates the counter (sleeps [`CALIBRATION`] on x86_64).
+    /// Calibrates the counter (sleeps `CALIBRATION`, 20 ms, on x86_64).
     pub fn calibrate() -> Self {
         if cfg!(target_arch = "x86_64") {
             let (wall_start, ticks_start) = (Instant::now(), ticks());
@@ -78,7 +78,7 @@ fn ticks() -> u64 {
 }
 
 impl TickClock {
-    /// The process's clock, calibrated on first use (which sleeps [`CALIBRATION`] once).
+    /// The process's clock, calibrated on first use (which sleeps `CALIBRATION` once).
     pub fn shared() -> Self {
         static SHARED: std::sync::OnceLock<TickClock> = std::sync::OnceLock::new();
         *SHARED.get_or_init(TickClock::calibrate)

@@ -129,7 +129,46 @@ struct Slot {
     throttled_ticks: u64,
     /// Whether this request went to the slow path (answered by one wake).
     slow_path: bool,
+    /// From reserve to finish, once finished.
+    latency_ns: u64,
     admission: Admission,
+}
+
+/// The finished requests' slots, oldest first: a ring as large as the slots (a slot is in
+/// it at most once, from its finish to its release), so pushing never grows it.
+struct FinishedQueue {
+    ring: Box<[u32]>,
+    head: usize,
+    len: usize,
+}
+
+impl FinishedQueue {
+    fn new(slots: usize) -> Self {
+        Self {
+            ring: vec![0; slots.next_power_of_two()].into_boxed_slice(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, index: usize) {
+        debug_assert!(self.len < self.ring.len(), "a slot finished twice");
+        let mask = self.ring.len() - 1;
+        self.ring[(self.head + self.len) & mask] = index as u32;
+        self.len += 1;
+    }
+
+    #[inline]
+    fn pop(&mut self) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let index = self.ring[self.head & (self.ring.len() - 1)];
+        self.head = (self.head + 1) & (self.ring.len() - 1);
+        self.len -= 1;
+        Some(index as usize)
+    }
 }
 
 /// The engine of one session. See the module documentation.
@@ -157,7 +196,7 @@ pub struct BlockEngine {
     ring_deferred: VecDeque<usize>,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
-    finished: VecDeque<Finished>,
+    finished: FinishedQueue,
     /// Bytes of all slot buffers kept allocated, in use or not.
     retained_bytes: usize,
     /// Ring entries of the engine still to complete (LUN I/O and the timer).
@@ -166,6 +205,8 @@ pub struct BlockEngine {
     wakes_pending: u32,
     /// The reactor serving the session, once attached.
     reactor_index: Option<usize>,
+    /// The reactor whose counters the engine writes: `reactor_index`, 0 before attaching.
+    counters_reactor: usize,
     closing: bool,
     /// Requests the token bucket made wait (what `sds perf` reports).
     throttled_requests: u64,
@@ -208,6 +249,7 @@ impl BlockEngine {
                 started_ticks: 0,
                 throttled_ticks: 0,
                 slow_path: false,
+                latency_ns: 0,
                 admission: Admission::UNLIMITED,
             })
             .collect();
@@ -236,11 +278,12 @@ impl BlockEngine {
             ring_deferred: VecDeque::with_capacity(config.slots),
             slots,
             free_slots: (0..config.slots).rev().collect(),
-            finished: VecDeque::with_capacity(config.slots),
+            finished: FinishedQueue::new(config.slots),
             retained_bytes,
             ring_pending: 0,
             wakes_pending: 0,
             reactor_index: None,
+            counters_reactor: 0,
             closing: false,
             throttled_requests: 0,
         }
@@ -276,6 +319,7 @@ impl BlockEngine {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.reactor_index = Some(reactor_index);
+        self.counters_reactor = reactor_index;
     }
 
     /// The session is closing: throttled and deferred requests finish now with
@@ -326,8 +370,8 @@ impl BlockEngine {
                 rate: RateLimit::UNLIMITED,
             });
         }
-        let reactor_index = self.reactor_index.unwrap_or(0);
-        self.decisions.decide(&self.published, reactor_index)
+        self.decisions
+            .decide(&self.published, self.counters_reactor)
     }
 
     /// Whether the path may send `op`: the domain's allowed operations and the path's access
@@ -467,7 +511,13 @@ impl BlockEngine {
     /// The next finished request, oldest first.
     #[inline]
     pub fn pop_finished(&mut self) -> Option<Finished> {
-        self.finished.pop_front()
+        let index = self.finished.pop()?;
+        let slot = &self.slots[index];
+        Some(Finished {
+            slot: index,
+            status: slot.status,
+            latency_ns: slot.latency_ns,
+        })
     }
 
     /// Gives a finished request's slot back. Its buffer is kept for reuse, but not past the
@@ -500,6 +550,12 @@ impl BlockEngine {
         if !self.throttled.is_empty() {
             // Behind the ones already waiting, in order.
             self.throttle(index, None, ctx);
+            return;
+        }
+        // Without the domain layer, or at an unlimited rate, no tokens are taken: no call, no
+        // clock read.
+        if !self.config.domain || self.slots[index].admission.rate.is_unlimited() {
+            self.run(index, ctx);
             return;
         }
         match self.take_tokens(index) {
@@ -615,14 +671,17 @@ impl BlockEngine {
     /// for a round (then [`Self::on_ring_credit`] starts it).
     #[inline]
     fn run(&mut self, index: usize, ctx: &mut SessionContext) {
-        self.slots[index].state = SlotState::Running;
         if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
-            self.slots[index].state = SlotState::Deferred;
-            self.ring_deferred.push_back(index);
-            ctx.wait_for_ring_credit();
+            self.defer(index, ctx);
             return;
         }
-        self.run_round(index, ctx);
+        self.run_rounds(index, ctx);
+    }
+
+    fn defer(&mut self, index: usize, ctx: &mut SessionContext) {
+        self.slots[index].state = SlotState::Deferred;
+        self.ring_deferred.push_back(index);
+        ctx.wait_for_ring_credit();
     }
 
     /// Ring entries were freed: start the deferred rounds the credit covers, in order.
@@ -633,15 +692,48 @@ impl BlockEngine {
                 return;
             }
             self.ring_deferred.pop_front();
-            self.slots[index].state = SlotState::Running;
-            self.run_round(index, ctx);
+            self.run_rounds(index, ctx);
         }
     }
 
-    /// One round of a request: as many segments as fit in one round.
+    /// Runs rounds of a request (the ring has credit for the first): one round after the
+    /// other while each completes at once (null and mem LUNs), until one waits for the ring
+    /// or the provisioner, the request finishes, or the next round must wait for credit. A
+    /// loop, not a recursion through [`Self::finish_round`], so the one-round case is inlined.
     #[inline]
-    fn run_round(&mut self, index: usize, ctx: &mut SessionContext) {
-        let op = self.slots[index].request.op;
+    fn run_rounds(&mut self, index: usize, ctx: &mut SessionContext) {
+        loop {
+            self.slots[index].state = SlotState::Running;
+            let op = self.slots[index].request.op;
+            if !self.slow_writes && matches!(op, BlockOp::Read | BlockOp::Write) {
+                // The common case first: no read-modify-write volume, data to move.
+                self.run_segments(index, ctx);
+            } else {
+                self.run_other_round(index, op, ctx);
+            }
+            let slot = &self.slots[index];
+            if slot.state != SlotState::Running || slot.pending != 0 || slot.waiting != 0 {
+                return;
+            }
+            // The round completed at once.
+            if !self.has_next_round(index) {
+                self.finish(index);
+                return;
+            }
+            if self.closing {
+                self.fail(index, BlockStatus::ShutDown);
+                return;
+            }
+            if !self.ring_deferred.is_empty() || ctx.ring_credit() < MAX_RING_ENTRIES_PER_ROUND {
+                self.defer(index, ctx);
+                return;
+            }
+        }
+    }
+
+    /// A round of a flush, a TRIM or WRITE_ZEROES, or of any request on a volume whose
+    /// blocks are smaller than its LUNs'.
+    fn run_other_round(&mut self, index: usize, op: BlockOp, ctx: &mut SessionContext) {
         match op {
             BlockOp::Flush => self.run_flush(index, ctx),
             BlockOp::Write | BlockOp::Trim | BlockOp::WriteZeroes if self.slow_writes => {
@@ -650,10 +742,16 @@ impl BlockEngine {
             BlockOp::Read if self.needs_slow_read(index) => self.run_slow(index, ctx),
             _ => self.run_segments(index, ctx),
         }
+    }
+
+    /// Whether a request whose round has ended has more to do: no failure, not on the slow
+    /// path (one wake answers all of it), bytes left.
+    #[inline]
+    fn has_next_round(&self, index: usize) -> bool {
         let slot = &self.slots[index];
-        if slot.state == SlotState::Running && slot.pending == 0 && slot.waiting == 0 {
-            self.finish_round(index, ctx);
-        }
+        slot.status.is_ok()
+            && !slot.slow_path
+            && slot.cursor_bytes < u64::from(slot.request.length_bytes)
     }
 
     /// Whether a read is narrower than a LUN block it may touch: a LUN reads whole blocks of
@@ -903,24 +1001,19 @@ impl BlockEngine {
         }
     }
 
-    /// A round ended (all its completions in): start the next one or finish the request.
-    #[inline]
+    /// A round ended with its last ring completion: start the next one or finish the request.
     fn finish_round(&mut self, index: usize, ctx: &mut SessionContext) {
-        let slot = &self.slots[index];
-        let total = u64::from(slot.request.length_bytes);
-        if slot.status.is_ok() && !slot.slow_path && slot.cursor_bytes < total {
-            if self.closing {
-                self.fail(index, BlockStatus::ShutDown);
-            } else {
-                self.run(index, ctx);
-            }
-            return;
+        if !self.has_next_round(index) {
+            self.finish(index);
+        } else if self.closing {
+            self.fail(index, BlockStatus::ShutDown);
+        } else {
+            self.run(index, ctx);
         }
-        self.finish(index);
     }
 
     /// The request is over: the volume's and the VP's counters, then the finished queue.
-    #[inline]
+    #[inline(always)]
     fn finish(&mut self, index: usize) {
         let now = self.clock.now();
         let slot = &mut self.slots[index];
@@ -929,7 +1022,7 @@ impl BlockEngine {
         let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
         let failed = !slot.status.is_ok();
         let bytes = u64::from(slot.request.length_bytes);
-        let reactor_index = self.reactor_index.unwrap_or(0);
+        let reactor_index = self.counters_reactor;
         self.volume
             .stats
             .record(reactor_index, slot.request.op, bytes, latency_ns, failed);
@@ -941,11 +1034,8 @@ impl BlockEngine {
                 failed,
             );
         }
-        self.finished.push_back(Finished {
-            slot: index,
-            status: slot.status,
-            latency_ns,
-        });
+        slot.latency_ns = latency_ns;
+        self.finished.push(index);
     }
 
     // ---- events the front end forwards -----------------------------------------------------
@@ -953,16 +1043,21 @@ impl BlockEngine {
     /// A ring completion of the engine's (see [`tag::is_engine`]).
     pub fn on_completion(&mut self, local_tag: u64, result: i32, ctx: &mut SessionContext) {
         let decoded = tag::decode(local_tag);
-        self.ring_pending = self.ring_pending.saturating_sub(1);
         match decoded.kind {
-            KIND_QOS_TIMER => self.on_timer(ctx),
+            KIND_QOS_TIMER => {
+                self.ring_pending = self.ring_pending.saturating_sub(1);
+                self.on_timer(ctx);
+            }
             KIND_LUN_IO => {
+                // A slot outside this engine's range is not one of its entries: ignored, and
+                // not counted off what the engine has on the ring.
                 let Some(index) = decoded.slot.checked_sub(self.config.slot_base) else {
                     return;
                 };
                 let Some(slot) = self.slots.get_mut(index) else {
                     return;
                 };
+                self.ring_pending = self.ring_pending.saturating_sub(1);
                 slot.pending = slot.pending.saturating_sub(1);
                 self.note_result(
                     index,

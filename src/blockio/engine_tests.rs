@@ -100,6 +100,25 @@ impl Rig {
         lun_block_bytes: u32,
         volume_block_bytes: u32,
     ) -> Self {
+        Self::build(
+            lun_count,
+            thin,
+            rate,
+            lun_block_bytes,
+            volume_block_bytes,
+            0,
+        )
+    }
+
+    /// Everything: the engine's slots numbered from `slot_base` in tags and tokens.
+    fn build(
+        lun_count: usize,
+        thin: bool,
+        rate: RateLimit,
+        lun_block_bytes: u32,
+        volume_block_bytes: u32,
+        slot_base: usize,
+    ) -> Self {
         let luns: Vec<Arc<FakeLun>> = (0..lun_count)
             .map(|i| {
                 let inner = open_lun(&LunSpec {
@@ -151,7 +170,7 @@ impl Rig {
             published.clone(),
             provisioner,
             EngineConfig {
-                slot_base: 0,
+                slot_base,
                 slots: 8,
                 max_io_bytes: 1 << 20,
                 initial_buffer_bytes: 0,
@@ -599,5 +618,63 @@ fn small_blocks_on_large_lun_blocks_take_the_provisioners_slow_path() {
     assert_eq!(ios.len(), 1);
     rig.complete(ios[0].1, 4096);
     assert_eq!(rig.finished(), vec![(aligned, BlockStatus::Ok)]);
+    assert!(rig.engine.is_idle());
+}
+
+#[test]
+fn an_engine_with_a_slot_base_numbers_its_tags_and_tokens_from_it() {
+    // One of several engines in a session (one per SCSI LUN): its slots are 40..48 on the
+    // ring and at the provisioner, while the front end still sees slots 0..8.
+    const BASE: usize = 40;
+    let mut rig = Rig::build(1, true, RateLimit::UNLIMITED, 512, 512, BASE);
+    provision(&[(rig.volume.as_ref(), 0)])
+        .remove(0)
+        .expect("mapped");
+    let read = rig.submit(BlockOp::Read, 0, 4096);
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 1);
+    let local = ios[0].1;
+    assert_eq!(
+        tag::decode(local).slot,
+        BASE + read,
+        "the tag carries the based slot"
+    );
+    // A completion whose slot is below the base is not this engine's: ignored, nothing
+    // finishes and the engine still waits for its own entry.
+    let stray = tag::encode(KIND_LUN_IO, read, 0, 4096);
+    rig.complete(stray, 4096);
+    assert!(rig.finished().is_empty());
+    assert!(
+        !rig.engine.is_idle(),
+        "a stray tag does not count off the ring"
+    );
+    rig.complete(local, expected(local));
+    assert_eq!(rig.finished(), vec![(read, BlockStatus::Ok)]);
+    assert!(rig.engine.is_idle());
+
+    // A write to an unmapped extent: the provisioner's token carries the based slot too.
+    let write = rig.submit(BlockOp::Write, EXTENT_BYTES, 4096);
+    let Ok(Request::Provision {
+        volume,
+        extent,
+        reply,
+    }) = rig.provisions.try_recv()
+    else {
+        panic!("provisioning expected");
+    };
+    assert_eq!(reply.token, (BASE + write) as u64);
+    provision(&[(volume.as_ref(), extent)])
+        .remove(0)
+        .expect("mapped");
+    // A wake below the base is ignored: the write still waits.
+    rig.with(|engine, ctx| engine.on_wake(write as u64, 0, ctx));
+    assert!(rig.submitted().is_empty());
+    assert!(!rig.engine.is_idle());
+    rig.with(|engine, ctx| engine.on_wake(reply.token, 0, ctx));
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 1, "the data write goes out once mapped");
+    assert_eq!(tag::decode(ios[0].1).slot, BASE + write);
+    rig.complete(ios[0].1, expected(ios[0].1));
+    assert_eq!(rig.finished(), vec![(write, BlockStatus::Ok)]);
     assert!(rig.engine.is_idle());
 }

@@ -110,7 +110,7 @@ enum Command {
     Iscsi(iscsi::IscsiCommand),
     /// Drive a volume in-process (no network) and measure IOPS, latency and IOPS per core,
     /// like SPDK's bdevperf
-    Perf(sds::perf::PerfArgs),
+    Perf(crate::perf::PerfArgs),
     Top(top::TopArgs),
     /// Send any JSON-RPC method, e.g. `sds rpc bdev_get_bdevs '{"name":"vol1"}'`
     Rpc {
@@ -151,7 +151,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let json = cli.json;
     match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Perf(args) => sds::perf::main(args, json),
+        Command::Perf(args) => crate::perf::main(args, json),
         Command::Demo(args) => {
             sds::logger::init("warn");
             crate::demo::run(args).map_err(|e| chain(&e))

@@ -1,17 +1,17 @@
-//! `sds perf`: an in-process load generator, like SPDK's bdevperf.
+//! `sds perf`: an in-process load generator, like SPDK's bdevperf. Part of the binary, built
+//! on the library's public API like the rest of the command line.
 //!
 //! ```text
 //!  sds perf ──builds──▶ LUN (null | mem | file) ─▶ pool ─▶ volume (thick, or thin)
 //!                       host + domain (no limits) + VP in a published snapshot
 //!                       reactors (pinned, busy polling) + provisioning thread
-//!           ──attaches──▶ --jobs PerfSessions per reactor ──I/O──▶ domain ─▶ volume ─▶ LUN
+//!           ──attaches──▶ --jobs PerfSessions per reactor ──I/O──▶ BlockEngine ─▶ volume ─▶ LUN
 //!           ──phases───▶ prepare (fill) ─▶ ramp ─▶ measure ─▶ stop ──results──▶ report
 //! ```
 //!
-//! Nothing here is a model of the server: the jobs are reactor sessions ([`session`]) that go
-//! through the same domain-layer checks and accounting, the same volume map and the same LUN
-//! driver calls as an NBD connection's requests; only the socket is missing. `--no-domain`
-//! skips the domain layer's per-I/O work, so two runs give what it costs.
+//! Nothing here is a model of the server: the jobs are reactor sessions ([`session`]) that
+//! drive the block engine an NBD session drives (`sds::blockio`); only the socket is missing.
+//! `--no-domain` turns off the engine's domain layer, so two runs give what it costs.
 //!
 //! IOPS per core divides the IOPS by the CPU time the reactor threads used over the measured
 //! window, read with `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` on each reactor thread by one of
@@ -28,20 +28,20 @@ pub mod session;
 
 pub use options::{PerfArgs, PerfConfig, PerfError};
 
-use crate::backend::{open_lun, LunSpec};
-use crate::blockio::clock::TickClock;
-use crate::domain::qos::RateLimit;
-use crate::domain::snapshot::{Published, Snapshot};
-use crate::domain::vpath::{AccessMode, Vpath};
-use crate::identity::Uuid;
-use crate::pool::Pool;
-use crate::reactor::mailbox::Message;
-use crate::reactor::{self, ReactorHandle};
-use crate::volume::provisioner::{provision, Provisioner};
-use crate::volume::Volume;
 use clock::process_cpu_ns;
 use crossbeam::channel::{bounded, Receiver};
 use report::{ProcessCpu, Report};
+use sds::backend::{open_lun, LunSpec};
+use sds::blockio::clock::TickClock;
+use sds::domain::qos::RateLimit;
+use sds::domain::snapshot::{Published, Snapshot};
+use sds::domain::vpath::{AccessMode, Vpath};
+use sds::identity::Uuid;
+use sds::pool::Pool;
+use sds::reactor::mailbox::Message;
+use sds::reactor::{self, ReactorHandle};
+use sds::volume::provisioner::{provision, Provisioner};
+use sds::volume::Volume;
 use session::{JobResult, JobSpec, PerfSession, RunControl, PHASE_MEASURE, PHASE_RAMP, PHASE_STOP};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,8 +63,8 @@ const WAIT_STEP: Duration = Duration::from_millis(5);
 /// `sds perf`: runs, prints the report (JSON with `json`) and returns an error (a non-zero
 /// exit) if the run failed or found a problem.
 pub fn main(args: PerfArgs, json: bool) -> Result<(), String> {
-    crate::logger::init(&args.log_level);
-    let chain = |error: &PerfError| crate::logger::error_chain(error);
+    sds::logger::init(&args.log_level);
+    let chain = |error: &PerfError| sds::logger::error_chain(error);
     let config = args.validate().map_err(|e| chain(&e))?;
     let report = run(&config).map_err(|e| chain(&e))?;
     if json {

@@ -2,15 +2,15 @@
 //! value a run uses is checked here, before anything is built, with an error that names the
 //! option.
 
-use crate::backend::LunKind;
-use crate::constants::{
+use clap::{Args, ValueEnum};
+use sds::backend::LunKind;
+use sds::constants::{
     MAX_EXTENT_BYTES, MAX_IO_BYTES, MAX_REACTORS, MAX_VOLUME_EXTENTS, MIN_EXTENT_BYTES,
     RING_ENTRIES,
 };
-use crate::pool::on_disk::Layout;
-use crate::reactor::PollMode;
-use crate::units::{format_size, parse_size};
-use clap::{Args, ValueEnum};
+use sds::pool::on_disk::Layout;
+use sds::reactor::PollMode;
+use sds::units::{format_size, parse_size};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -88,10 +88,6 @@ impl Workload {
 
     pub fn is_random(self) -> bool {
         matches!(self, Self::RandRead | Self::RandWrite | Self::RandRw)
-    }
-
-    pub fn has_reads(self) -> bool {
-        matches!(self, Self::RandRead | Self::Read | Self::RandRw)
     }
 
     pub fn has_writes(self) -> bool {
@@ -178,9 +174,10 @@ pub struct PerfArgs {
     /// Seconds of load before measuring starts (fractions allowed)
     #[arg(long, default_value_t = 0.5)]
     pub ramp: f64,
-    /// Bypass the domain layer: no snapshot load, VP lookup, allowed-operation check, QoS
-    /// token bucket or per-VP statistics per I/O (what the domain layer costs is the
-    /// difference with a run without this)
+    /// Bypass the domain layer: no snapshot load, VP lookup, domain's allowed operations, QoS
+    /// token bucket or per-VP statistics per I/O; the engine's own checks stay (range,
+    /// alignment, the VP's read-only mode). What the domain layer costs is the difference with
+    /// a run without this
     #[arg(long)]
     pub no_domain: bool,
     /// Check the data: writes carry a pattern naming their place and their write; reads
@@ -206,14 +203,14 @@ pub enum PerfError {
     Lun {
         kind: &'static str,
         #[source]
-        source: crate::backend::LunError,
+        source: sds::backend::LunError,
     },
     #[error("cannot build the pool")]
-    Pool(#[source] crate::pool::PoolError),
+    Pool(#[source] sds::pool::PoolError),
     #[error("cannot provision the thick volume")]
-    Provision(#[source] crate::pool::PoolError),
+    Provision(#[source] sds::pool::PoolError),
     #[error(transparent)]
-    Reactor(#[from] crate::reactor::ReactorError),
+    Reactor(#[from] sds::reactor::ReactorError),
     #[error("cannot start the provisioning thread")]
     Provisioner(#[source] std::io::Error),
     #[error("cannot read random bytes for a UUID")]
@@ -270,7 +267,6 @@ pub struct PerfConfig {
     pub ramp: Duration,
     pub domain: bool,
     pub verify: bool,
-    pub log_level: String,
 }
 
 impl PerfConfig {
@@ -437,11 +433,11 @@ impl PerfArgs {
             ));
         }
         let cores = match &self.cores {
-            Some(text) => crate::serve::parse_cores(text).map_err(|reason| PerfError::Option {
+            Some(text) => sds::serve::parse_cores(text).map_err(|reason| PerfError::Option {
                 option: "--cores",
                 reason: reason.trim_start_matches("--cores: ").to_string(),
             })?,
-            None => vec![crate::serve::default_core()],
+            None => vec![sds::serve::default_core()],
         };
         if let Some(available) = core_affinity::get_core_ids() {
             let ids: Vec<usize> = available.iter().map(|c| c.id).collect();
@@ -521,7 +517,6 @@ impl PerfArgs {
             ramp,
             domain: !self.no_domain,
             verify: self.verify,
-            log_level: self.log_level.clone(),
         };
         let units = config.region_units();
         let min_units = if self.verify {
@@ -721,7 +716,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(config.region_units(), 256);
-        assert!(config.verify && config.workload.has_reads() && config.workload.has_writes());
+        assert!(config.verify && config.workload == Workload::RandRw);
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use super::options::{PerfConfig, PerfError};
 use super::pattern::Mismatch;
 use super::session::{Counts, JobResult};
-use crate::domain::stats::VpTotals;
-use crate::units::format_size;
-use crate::volume::stats::IoTotals;
 use hdrhistogram::Histogram;
+use sds::domain::stats::VpTotals;
+use sds::units::format_size;
+use sds::volume::stats::IoTotals;
 use serde_json::{json, Value};
 
 /// Where IOPS per core gets its CPU time.

@@ -1,5 +1,5 @@
 //! One `sds perf` job: a reactor [`Session`] that keeps its queue depth of requests going to
-//! a volume through the block engine (`crate::blockio`) an NBD session uses, with no socket:
+//! a volume through the block engine (`sds::blockio`) an NBD session uses, with no socket:
 //! its figures are the host path's minus the wire.
 //!
 //! ```text
@@ -24,16 +24,16 @@
 use super::clock::thread_cpu_ns;
 use super::options::Workload;
 use super::pattern::{self, Mismatch, UNKNOWN_STAMP};
-use crate::blockio::clock::TickClock;
-use crate::blockio::tag::{self, KIND_FRONT_END_FIRST};
-use crate::blockio::{BlockEngine, BlockOp, BlockRequest, BlockStatus, EngineConfig, Finished};
-use crate::domain::snapshot::Published;
-use crate::domain::vpath::Vpath;
-use crate::reactor::session::{Session, SessionContext};
-use crate::volume::provisioner::Provisioner;
 use crossbeam::channel::Sender;
 use hdrhistogram::Histogram;
 use io_uring::opcode;
+use sds::blockio::clock::TickClock;
+use sds::blockio::tag::{self, KIND_FRONT_END_FIRST};
+use sds::blockio::{BlockEngine, BlockOp, BlockRequest, BlockStatus, EngineConfig, Finished};
+use sds::domain::snapshot::Published;
+use sds::domain::vpath::Vpath;
+use sds::reactor::session::{Session, SessionContext};
+use sds::volume::provisioner::Provisioner;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -275,8 +275,22 @@ impl PerfSession {
 
     // ---- stages ----------------------------------------------------------------------------
 
-    /// Moves through the stages as far as the phase and the job's in-flight I/O allow.
+    /// Moves through the stages as far as the phase and the job's in-flight I/O allow. Called
+    /// before every I/O: the common case, a running job whose window is as the phase says,
+    /// is one load and a compare here, without a call.
+    #[inline(always)]
     fn advance(&mut self) {
+        if self.stage == Stage::Run {
+            let phase = self.control.phase.load(Ordering::Relaxed);
+            let window_due = phase == PHASE_MEASURE && !self.measuring && self.window_ns == 0;
+            if phase < PHASE_STOP && !window_due {
+                return;
+            }
+        }
+        self.advance_stages();
+    }
+
+    fn advance_stages(&mut self) {
         loop {
             match self.stage {
                 Stage::Fill => {
@@ -403,26 +417,35 @@ impl PerfSession {
 
     /// Starts I/Os on free slots until the stage has no more, the slots are all busy or the
     /// batch is used up (then a NOP brings the job back on the reactor's next turn).
+    ///
+    /// What finished is accounted when the job runs out of free slots or of work, not after
+    /// every start: requests on LUNs that complete at once (null, mem) finish inside `start`,
+    /// and taking them a queue depth at a time keeps the accounting out of the issue loop.
     fn pump(&mut self, ctx: &mut SessionContext) {
         let mut budget = PUMP_BATCH_IOS;
         loop {
             self.advance();
-            if !self.has_work() || !self.engine.has_free_slot() {
-                break;
+            if self.has_work() && self.engine.has_free_slot() {
+                if budget == 0 {
+                    self.arm_nop(ctx);
+                    break;
+                }
+                if self.engine.ring_blocked(ctx) {
+                    // Back-pressure: the reactor calls on_ring_credit when entries are free.
+                    break;
+                }
+                budget -= 1;
+                if self.start_io(ctx) {
+                    continue;
+                }
             }
-            if budget == 0 {
-                self.arm_nop(ctx);
-                break;
-            }
-            if self.engine.ring_blocked(ctx) {
-                // Back-pressure: the reactor calls on_ring_credit when entries are free.
-                break;
-            }
-            budget -= 1;
-            if !self.start_io(ctx) {
+            // Nothing to start now: take what finished, and go on if that freed slots or
+            // moved the stage on.
+            if !self.drain_finished() {
                 break;
             }
         }
+        self.drain_finished();
         self.advance();
     }
 
@@ -556,17 +579,19 @@ impl PerfSession {
             }
             self.engine.start(index, ctx);
         }
-        self.drain_finished();
         true
     }
 
     // ---- completing ------------------------------------------------------------------------
 
-    /// Takes every request the engine has finished.
-    fn drain_finished(&mut self) {
+    /// Takes every request the engine has finished; whether there was any.
+    fn drain_finished(&mut self) -> bool {
+        let mut any = false;
         while let Some(done) = self.engine.pop_finished() {
             self.complete(done);
+            any = true;
         }
+        any
     }
 
     /// Accounts a finished I/O (the job's own counters and latency histogram, the data
