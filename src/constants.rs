@@ -44,8 +44,11 @@ pub const MAX_RING_ENTRIES_PER_ROUND: usize = if MAX_SEGMENTS_PER_IO > MAX_LUNS_
 /// longer than this for it.
 pub const MAX_QOS_TIMER_NS: u64 = 50_000_000;
 /// Ring entries kept for what sessions post besides LUN I/O, which never waits for credit:
-/// each session has at most one receive, one send and one timer (or NOP) posted, and the
-/// reactor its mailbox read and, at shutdown, its cancel.
+/// each session has at most one receive, one send and one timer posted (an NBD session's QoS
+/// timer, an iSCSI session's keep-alive tick), and the reactor its mailbox read and, at
+/// shutdown, its cancel. The QoS timers of an iSCSI session's engines (one per LUN) are not
+/// counted: on a ring with no entry left, an engine fails its throttled requests with an I/O
+/// error rather than leave them waiting forever.
 pub const RING_RESERVED_ENTRIES: usize = 3 * MAX_CONNECTIONS_PER_REACTOR + 2;
 /// Reactors (poller threads) in one server.
 pub const MAX_REACTORS: usize = 64;
