@@ -162,8 +162,12 @@ def main():
                         p, f"nbd://127.0.0.1:{p}/", PEER_OFFSET, size)
         servers.append(nbdkit)
         p = free_port()
-        qemu = Server("qemu-nbd", ["qemu-nbd", "-f", "raw", "-t", "-e", "8", "--cache=none", "--aio=io_uring",
-                                   "-b", "127.0.0.1", "-p", str(p), backing], p, f"nbd://127.0.0.1:{p}/", PEER_OFFSET, size)
+        # sds holds qemu's own image locks on its file LUN (so that qemu and sds never share a
+        # file by accident); here they share it on purpose, each in its own part of it.
+        qemu = Server("qemu-nbd", ["qemu-nbd", "-t", "-e", "8", "--cache=none", "--aio=io_uring",
+                                   "-b", "127.0.0.1", "-p", str(p), "--image-opts",
+                                   f"driver=raw,file.driver=file,file.filename={backing},file.locking=off"],
+                      p, f"nbd://127.0.0.1:{p}/", PEER_OFFSET, size)
         servers.append(qemu)
         p = free_port()
         nbdkit_mem = Server("nbdkit-mem", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(p), "memory", str(size)],
