@@ -207,15 +207,7 @@ fn start_up_from_log(log: &str) -> (Option<u64>, Vec<String>) {
 
 fn crash_loop(cycles: usize) {
     require_python_nbd();
-    let seed = std::env::var("SDS_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = common::crash_seed();
     println!("crash: {cycles} cycles, seed {seed} (SDS_CRASH_SEED={seed} replays the kill moments and the writers' offsets)");
     let mut rng = Rng(seed);
     let started = Instant::now();

@@ -169,15 +169,7 @@ fn writes_acknowledged_over_iscsi_survive_kill_9() {
     require_tool("qemu-io");
     require_tool("stdbuf");
     let cycles = common::crash_cycles(8);
-    let seed = std::env::var("SDS_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = common::crash_seed();
     println!("iscsi crash: {cycles} cycles, seed {seed} (SDS_CRASH_SEED={seed} replays it)");
     let mut rng = Rng(seed);
 

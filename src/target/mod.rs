@@ -10,3 +10,4 @@ pub mod handshake_stream;
 pub mod iscsi;
 pub mod nbd;
 pub mod reactor_load;
+pub mod recv_buffer;

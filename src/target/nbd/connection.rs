@@ -20,7 +20,6 @@
 
 use super::protocol::{self, Command, RequestHeader};
 use super::session_slots::SessionTicket;
-use crate::backend::aligned_buf::AlignedBuf;
 use crate::blockio::tag::{self, KIND_FRONT_END_FIRST};
 use crate::blockio::{Admission, BlockEngine, BlockOp, BlockRequest, BlockStatus, EngineConfig};
 use crate::constants::{
@@ -32,6 +31,7 @@ use crate::domain::vpath::Vpath;
 use crate::reactor::session::{Session, SessionContext};
 use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::target::gather_send::{GatherSend, Sent};
+use crate::target::recv_buffer::RecvBuffer;
 use crate::volume::provisioner::Provisioner;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -79,9 +79,7 @@ pub struct NbdSession {
     socket: OwnedFd,
     /// The request engine: slots and buffers, VP decision, QoS, mapping, LUN I/O.
     engine: BlockEngine,
-    recv_buf: AlignedBuf,
-    recv_start: usize,
-    recv_end: usize,
+    recv: RecvBuffer,
     recv_posted: bool,
     inbound: Inbound,
     replies: Vec<ReplySlot>,
@@ -152,9 +150,7 @@ impl NbdSession {
         Self {
             socket,
             engine,
-            recv_buf: AlignedBuf::new(NBD_RECV_BUFFER_BYTES),
-            recv_start: 0,
-            recv_end: 0,
+            recv: RecvBuffer::new(NBD_RECV_BUFFER_BYTES),
             recv_posted: false,
             inbound: Inbound::Headers,
             replies: vec![
@@ -225,19 +221,11 @@ impl NbdSession {
                 )
             }
             Inbound::Headers | Inbound::Discard { .. } => {
-                if self.recv_end == self.recv_buf.len() {
-                    if self.recv_start == 0 {
-                        self.close("receive buffer full");
-                        return;
-                    }
-                    self.compact();
-                }
-                // SAFETY: recv_end < the buffer's length, checked above.
-                (
-                    unsafe { self.recv_buf.as_mut_ptr().add(self.recv_end) },
-                    self.recv_buf.len() - self.recv_end,
-                    TAG_RECV,
-                )
+                let Some((at, room)) = self.recv.spare() else {
+                    self.close("receive buffer full");
+                    return;
+                };
+                (at, room, TAG_RECV)
             }
         };
         let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
@@ -254,15 +242,6 @@ impl NbdSession {
         }
     }
 
-    fn compact(&mut self) {
-        let live = self.recv_end - self.recv_start;
-        self.recv_buf
-            .as_mut_slice()
-            .copy_within(self.recv_start..self.recv_end, 0);
-        self.recv_start = 0;
-        self.recv_end = live;
-    }
-
     /// Handles every complete request in the receive buffer.
     fn process_input(&mut self, ctx: &mut SessionContext) {
         loop {
@@ -272,8 +251,8 @@ impl NbdSession {
             match self.inbound {
                 Inbound::Payload { .. } => return,
                 Inbound::Discard { remaining } => {
-                    let take = remaining.min(self.recv_end - self.recv_start);
-                    self.recv_start += take;
+                    let take = remaining.min(self.recv.len());
+                    self.recv.consume(take);
                     if take < remaining {
                         self.inbound = Inbound::Discard {
                             remaining: remaining - take,
@@ -283,7 +262,7 @@ impl NbdSession {
                     self.inbound = Inbound::Headers;
                 }
                 Inbound::Headers => {
-                    if self.recv_end - self.recv_start < REQUEST_HEADER_BYTES {
+                    if self.recv.len() < REQUEST_HEADER_BYTES {
                         break;
                     }
                     if !self.take_request(ctx) {
@@ -292,12 +271,7 @@ impl NbdSession {
                 }
             }
         }
-        if self.recv_start == self.recv_end {
-            self.recv_start = 0;
-            self.recv_end = 0;
-        } else if self.recv_buf.len() - self.recv_end < REQUEST_HEADER_BYTES {
-            self.compact();
-        }
+        self.recv.tidy(REQUEST_HEADER_BYTES);
         if !self.stalled {
             self.post_recv(ctx);
         }
@@ -312,9 +286,7 @@ impl NbdSession {
             return false;
         }
         let mut raw = [0u8; REQUEST_HEADER_BYTES];
-        raw.copy_from_slice(
-            &self.recv_buf.as_slice()[self.recv_start..self.recv_start + REQUEST_HEADER_BYTES],
-        );
+        raw.copy_from_slice(&self.recv.pending()[..REQUEST_HEADER_BYTES]);
         let header = match protocol::parse_request(&raw) {
             Ok(header) => header,
             Err(error) => {
@@ -323,7 +295,7 @@ impl NbdSession {
             }
         };
         if header.command == Command::Disconnect {
-            self.recv_start += REQUEST_HEADER_BYTES;
+            self.recv.consume(REQUEST_HEADER_BYTES);
             self.close("client disconnected");
             return false;
         }
@@ -367,7 +339,7 @@ impl NbdSession {
             self.stalled = true;
             return false;
         }
-        self.recv_start += REQUEST_HEADER_BYTES;
+        self.recv.consume(REQUEST_HEADER_BYTES);
         let reserved = match admitted {
             Ok(admission) => self.engine.reserve(request, admission),
             Err(status) => self.engine.refuse(request, status),
@@ -393,11 +365,9 @@ impl NbdSession {
             return true;
         }
         if payload_bytes > 0 {
-            let have = (self.recv_end - self.recv_start).min(payload_bytes);
-            self.engine.buffer_mut(index)[..have].copy_from_slice(
-                &self.recv_buf.as_slice()[self.recv_start..self.recv_start + have],
-            );
-            self.recv_start += have;
+            let have = self.recv.len().min(payload_bytes);
+            self.engine.buffer_mut(index)[..have].copy_from_slice(&self.recv.pending()[..have]);
+            self.recv.consume(have);
             if have < payload_bytes {
                 self.inbound = Inbound::Payload {
                     slot: index,
@@ -585,7 +555,7 @@ impl Session for NbdSession {
                     }
                     self.close("connection closed by the client");
                 } else if kind == TAG_RECV {
-                    self.recv_end += result as usize;
+                    self.recv.filled(result as usize);
                     self.process_input(ctx);
                 } else if let Inbound::Payload { slot, got, need } = self.inbound {
                     let got = got + result as usize;

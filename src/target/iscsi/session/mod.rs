@@ -50,7 +50,6 @@ use super::pdu::{
     TaskManagementResponse, TextResponse, BHS_BYTES, RESERVED_TAG,
 };
 use super::registry::RegistryEntry;
-use crate::backend::aligned_buf::AlignedBuf;
 use crate::blockio::tag::{self, KIND_FRONT_END_FIRST};
 use crate::blockio::{BlockEngine, EngineConfig};
 use crate::constants::{
@@ -64,6 +63,7 @@ use crate::reactor::session::{Session, SessionContext};
 use crate::scsi::{self, DataDirection, ScsiLun, Submit, TaskDone};
 use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::target::gather_send::{GatherSend, Sent};
+use crate::target::recv_buffer::RecvBuffer;
 use crate::volume::open_state::OpenGuard;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -111,9 +111,7 @@ pub struct IscsiSession {
     stat_sn: u32,
     next_ttt: u32,
 
-    recv_buf: AlignedBuf,
-    recv_start: usize,
-    recv_end: usize,
+    recv: RecvBuffer,
     recv_posted: bool,
     inbound: Inbound,
     /// A command waiting for a task of its LUN or for buffer budget (its PDU is still in the
@@ -220,7 +218,6 @@ impl IscsiSession {
         let luns_len = luns.len();
         let mut lun_numbers: Vec<u64> = luns.iter().map(|(number, _, _)| *number).collect();
         lun_numbers.sort_unstable();
-        let recv_buf = AlignedBuf::new(ISCSI_RECV_BUFFER_BYTES);
         Self {
             socket: OwnedFd::from(stream),
             peer: peer.to_string(),
@@ -243,9 +240,7 @@ impl IscsiSession {
             max_cmd_sn: cmd_sn.wrapping_add(ISCSI_CMD_WINDOW - 1),
             stat_sn,
             next_ttt: 1,
-            recv_buf,
-            recv_start: 0,
-            recv_end: 0,
+            recv: RecvBuffer::new(ISCSI_RECV_BUFFER_BYTES),
             recv_posted: false,
             inbound: Inbound::Headers,
             stalled: false,
@@ -390,7 +385,7 @@ impl Session for IscsiSession {
                 if result <= 0 {
                     self.close("connection closed by the initiator");
                 } else {
-                    self.recv_end += result as usize;
+                    self.recv.filled(result as usize);
                     self.process_input(ctx);
                 }
             }

@@ -87,19 +87,11 @@ impl IscsiSession {
                 )
             }
             Inbound::Headers | Inbound::Trailer { .. } | Inbound::Discard { .. } => {
-                if self.recv_end == self.recv_buf.len() {
-                    if self.recv_start == 0 {
-                        self.close("receive buffer full");
-                        return;
-                    }
-                    self.compact();
-                }
-                // SAFETY: recv_end < the buffer's length, checked above.
-                (
-                    unsafe { self.recv_buf.as_mut_ptr().add(self.recv_end) },
-                    self.recv_buf.len() - self.recv_end,
-                    TAG_RECV,
-                )
+                let Some((at, room)) = self.recv.spare() else {
+                    self.close("receive buffer full");
+                    return;
+                };
+                (at, room, TAG_RECV)
             }
         };
         let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
@@ -117,17 +109,8 @@ impl IscsiSession {
         }
     }
 
-    pub(super) fn compact(&mut self) {
-        let live = self.recv_end - self.recv_start;
-        self.recv_buf
-            .as_mut_slice()
-            .copy_within(self.recv_start..self.recv_end, 0);
-        self.recv_start = 0;
-        self.recv_end = live;
-    }
-
     pub(super) fn buffered(&self) -> usize {
-        self.recv_end - self.recv_start
+        self.recv.len()
     }
 
     /// Handles everything complete in the receive buffer, then sends the answers that made
@@ -149,7 +132,7 @@ impl IscsiSession {
                 Inbound::Data { .. } => break,
                 Inbound::Discard { remaining } => {
                     let take = remaining.min(self.buffered());
-                    self.recv_start += take;
+                    self.recv.consume(take);
                     if take < remaining {
                         self.inbound = Inbound::Discard {
                             remaining: remaining - take,
@@ -176,12 +159,7 @@ impl IscsiSession {
                 }
             }
         }
-        if self.recv_start == self.recv_end {
-            self.recv_start = 0;
-            self.recv_end = 0;
-        } else if self.recv_buf.len() - self.recv_end < BHS_BYTES {
-            self.compact();
-        }
+        self.recv.tidy(BHS_BYTES);
         // A command waiting for a task or for buffers holds the rest back: TCP's flow control
         // stops the initiator, rather than the receive buffer filling up.
         if !self.stalled {
@@ -196,7 +174,7 @@ impl IscsiSession {
         if self.buffered() < BHS_BYTES {
             return false;
         }
-        let Ok(bhs) = pdu::bhs_from(&self.recv_buf.as_slice()[self.recv_start..]) else {
+        let Ok(bhs) = pdu::bhs_from(self.recv.pending()) else {
             return false;
         };
         let framing = match Framing::of(
@@ -217,10 +195,9 @@ impl IscsiSession {
             return false;
         }
         if framing.header_digest_bytes > 0 {
-            let at = self.recv_start;
-            let raw = self.recv_buf.as_slice();
-            let header = &raw[at..at + BHS_BYTES + framing.ahs_bytes];
-            let received = &raw[at + BHS_BYTES + framing.ahs_bytes..at + header_bytes];
+            let raw = self.recv.pending();
+            let header = &raw[..BHS_BYTES + framing.ahs_bytes];
+            let received = &raw[BHS_BYTES + framing.ahs_bytes..header_bytes];
             if !digest::matches(&[header], received) {
                 // The header cannot be trusted, not even its lengths: the connection ends.
                 self.close("header digest error");
@@ -245,27 +222,26 @@ impl IscsiSession {
                 let total = header_bytes + framing.rest_bytes()
                     - framing.ahs_bytes
                     - framing.header_digest_bytes;
-                if total > self.recv_buf.len() {
+                if total > self.recv.capacity() {
                     self.reject_and_close(&bhs, reject::PROTOCOL_ERROR, "PDU too large");
                     return false;
                 }
                 if self.buffered() < total {
                     return false;
                 }
-                let data_at = self.recv_start + header_bytes;
-                let data = data_at..data_at + framing.data_bytes;
+                let data = header_bytes..header_bytes + framing.data_bytes;
                 if framing.data_digest_bytes > 0 {
-                    let raw = self.recv_buf.as_slice();
+                    let raw = self.recv.pending();
                     let padded = data.start..data.end + framing.padding_bytes;
                     let received = &raw[padded.end..padded.end + DIGEST_BYTES];
                     if !digest::matches(&[&raw[padded]], received) {
-                        self.recv_start += total;
+                        self.recv.consume(total);
                         self.queue_reject(&bhs, reject::DATA_DIGEST_ERROR, false);
                         return true;
                     }
                 }
-                let payload = self.recv_buf.as_slice()[data].to_vec();
-                self.recv_start += total;
+                let payload = self.recv.pending()[data].to_vec();
+                self.recv.consume(total);
                 self.take_other(&bhs, other, payload, ctx);
                 true
             }
@@ -400,7 +376,7 @@ impl IscsiSession {
             }
         };
         self.accept_cmd_sn(command.immediate, command.cmd_sn);
-        self.recv_start += header_bytes;
+        self.recv.consume(header_bytes);
         if len == 0 {
             if data_bytes + trailer_bytes > 0 {
                 self.inbound = Inbound::Discard {
@@ -480,7 +456,7 @@ impl IscsiSession {
             self.close("Data-Out outside the burst");
             return false;
         }
-        self.recv_start += header_bytes;
+        self.recv.consume(header_bytes);
         self.waits[wait_index].data_sn = wait.data_sn.wrapping_add(1);
         self.copy_buffered(wait_index as u32, data.buffer_offset, len, data.final_);
         true
@@ -495,7 +471,6 @@ impl IscsiSession {
         let keep = len.min(w.expected.saturating_sub(offset));
         let skip = len - keep;
         let have = self.buffered().min(keep as usize);
-        let start = self.recv_start;
         let buf = self.luns[usize::from(w.lun)]
             .scsi
             .data_out_buffer(usize::from(w.task));
@@ -504,8 +479,8 @@ impl IscsiSession {
             self.close("data past the task's buffer");
             return;
         }
-        buf[offset as usize..end].copy_from_slice(&self.recv_buf.as_slice()[start..start + have]);
-        self.recv_start += have;
+        buf[offset as usize..end].copy_from_slice(&self.recv.pending()[..have]);
+        self.recv.consume(have);
         self.inbound = if have < keep as usize {
             Inbound::Data {
                 wait,
@@ -561,17 +536,16 @@ impl IscsiSession {
         if self.buffered() < padding + digest_bytes {
             return false;
         }
-        let at = self.recv_start;
-        self.recv_start += padding + digest_bytes;
+        let mut pad = [0u8; 3];
+        pad[..padding].copy_from_slice(&self.recv.pending()[..padding]);
+        let mut received = [0u8; DIGEST_BYTES];
+        if digest_bytes > 0 {
+            received.copy_from_slice(&self.recv.pending()[padding..padding + DIGEST_BYTES]);
+        }
+        self.recv.consume(padding + digest_bytes);
         self.inbound = Inbound::Headers;
         if digest_bytes > 0 {
             let w = self.waits[wait as usize];
-            let mut pad = [0u8; 3];
-            pad[..padding].copy_from_slice(&self.recv_buf.as_slice()[at..at + padding]);
-            let mut received = [0u8; DIGEST_BYTES];
-            received.copy_from_slice(
-                &self.recv_buf.as_slice()[at + padding..at + padding + DIGEST_BYTES],
-            );
             let buf = self.luns[usize::from(w.lun)]
                 .scsi
                 .data_out_buffer(usize::from(w.task));
@@ -662,7 +636,7 @@ impl IscsiSession {
 
     pub(super) fn skip(&mut self, bytes: usize) {
         let take = bytes.min(self.buffered());
-        self.recv_start += take;
+        self.recv.consume(take);
         if take < bytes {
             self.inbound = Inbound::Discard {
                 remaining: bytes - take,

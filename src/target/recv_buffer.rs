@@ -1,0 +1,115 @@
+//! A front end's receive buffer: bytes the reactor's ring received and the session has not
+//! parsed yet, between `start` and `end`. Receives go after `end`; parsing consumes from
+//! `start`; when the free room at the end runs short, what is left moves to the front. Made
+//! once per session, never grown.
+
+use crate::backend::aligned_buf::AlignedBuf;
+
+pub struct RecvBuffer {
+    buf: AlignedBuf,
+    start: usize,
+    end: usize,
+}
+
+impl RecvBuffer {
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            buf: AlignedBuf::new(bytes),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The bytes received and not consumed yet.
+    #[inline]
+    pub fn pending(&self) -> &[u8] {
+        &self.buf.as_slice()[self.start..self.end]
+    }
+
+    /// How many bytes [`Self::pending`] holds.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// The first `bytes` pending bytes are parsed.
+    #[inline]
+    pub fn consume(&mut self, bytes: usize) {
+        debug_assert!(bytes <= self.len(), "consumed more than was received");
+        self.start += bytes.min(self.len());
+    }
+
+    /// A receive into [`Self::spare`] brought `bytes`.
+    #[inline]
+    pub fn filled(&mut self, bytes: usize) {
+        debug_assert!(self.end + bytes <= self.buf.len(), "filled past the buffer");
+        self.end = (self.end + bytes).min(self.buf.len());
+    }
+
+    /// Where the next receive goes and how much it may bring: the room after the pending
+    /// bytes, moving them to the front first when there is none. `None` when the buffer is
+    /// full of bytes not consumed yet.
+    pub fn spare(&mut self) -> Option<(*mut u8, usize)> {
+        if self.end == self.buf.len() {
+            if self.start == 0 {
+                return None;
+            }
+            self.compact();
+        }
+        // SAFETY: end < the buffer's length, checked above.
+        let at = unsafe { self.buf.as_mut_ptr().add(self.end) };
+        Some((at, self.buf.len() - self.end))
+    }
+
+    /// After a round of parsing: back to the front when everything was consumed, or the
+    /// pending bytes moved there when fewer than `keep_free` bytes of room are left after them.
+    pub fn tidy(&mut self, keep_free: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < keep_free {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let live = self.end - self.start;
+        self.buf.as_mut_slice().copy_within(self.start..self.end, 0);
+        self.start = 0;
+        self.end = live;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_bytes_move_to_the_front_when_the_end_is_reached() {
+        let mut recv = RecvBuffer::new(4096);
+        let (at, room) = recv.spare().expect("room");
+        assert_eq!(room, 4096);
+        // SAFETY: `at` points at `room` writable bytes of the buffer.
+        unsafe { std::ptr::write_bytes(at, 7, room) };
+        recv.filled(room);
+        assert!(recv.spare().is_none(), "full of unconsumed bytes");
+        recv.consume(4000);
+        assert_eq!(recv.pending(), &[7u8; 96][..]);
+        let (_, room) = recv.spare().expect("compacted");
+        assert_eq!(room, 4000);
+        assert_eq!(recv.pending(), &[7u8; 96][..], "the pending bytes kept");
+        recv.consume(96);
+        recv.tidy(48);
+        assert!(recv.is_empty());
+        assert_eq!(recv.spare().map(|(_, room)| room), Some(4096));
+    }
+}
