@@ -314,3 +314,9 @@ pub const ISCSI_NOP_INTERVAL_SECS: u32 = 10;
 pub const ISCSI_NOP_TIMEOUT_SECS: u32 = 20;
 const _: () = assert!(ISCSI_CMD_WINDOW as usize <= SCSI_TASKS_PER_LUN);
 const _: () = assert!(SCSI_TASKS_PER_LUN <= ISCSI_SLOTS_PER_LUN);
+
+// ---- NVMe/TCP transport and I/O queues (src/nvmf/pdu.rs, src/target/nvmf/queue) ----------
+
+// ---- NVMe/TCP controllers, admin queue, discovery (src/target/nvmf) -----------------------
+
+// ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------

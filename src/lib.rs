@@ -19,6 +19,7 @@ pub mod control;
 pub mod domain;
 pub mod identity;
 pub mod logger;
+pub mod nvmf;
 pub mod pool;
 pub mod reactor;
 pub mod rpc;
