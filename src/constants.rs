@@ -319,4 +319,8 @@ const _: () = assert!(SCSI_TASKS_PER_LUN <= ISCSI_SLOTS_PER_LUN);
 
 // ---- NVMe/TCP controllers, admin queue, discovery (src/target/nvmf) -----------------------
 
+/// NVMe controllers (admin queues, discovery controllers included) the server has at once,
+/// each served by its own blocking thread; the Connect past it answers CONTROLLER_BUSY.
+pub const MAX_NVMF_CONTROLLERS: usize = 256;
+
 // ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------
