@@ -7,6 +7,8 @@
 //!   `nvmf_get_qpairs`, closing a host's controllers, delivering asynchronous events).
 
 pub mod controller;
+pub mod properties;
 pub mod registry;
+pub mod subsystem;
 
 pub use controller::{ControllerShared, NvmfContext};
