@@ -28,9 +28,9 @@
 //! session → ABORTED COMMAND.
 //!
 //! Here: the task table, submission and its checks, what the transport reads, task management.
-//! [`execute`]: each command's own work; [`engine_requests`]: a task's engine requests and the
-//! commands made of several; [`data_out`]: Data-Out and what runs once it came;
-//! [`completion`]: completions, each task's next step and its status.
+//! `execute`: each command's own work; `engine_requests`: a task's engine requests and the
+//! commands made of several; `data_out`: Data-Out and what runs once it came;
+//! `completion`: completions, each task's next step and its status.
 
 use super::capacity;
 use super::cdb::{self, Command};
