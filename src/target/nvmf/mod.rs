@@ -6,7 +6,11 @@
 //! - [`registry`]: every live controller (cntlid allocation, `nvmf_get_subsystems` /
 //!   `nvmf_get_qpairs`, closing a host's controllers, delivering asynchronous events).
 
+pub mod connect;
 pub mod controller;
+pub mod features;
+pub mod identify;
+pub mod log_pages;
 pub mod properties;
 pub mod registry;
 pub mod subsystem;
