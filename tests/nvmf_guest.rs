@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::guest::{run_guest, GuestOptions};
+use common::guest::{
+    nvmet_target_script, run_guest, Guest, GuestOptions, GUEST_DEADLINE, GUEST_NVMET_PORT,
+};
 
 /// The rig itself: the guest boots, loads nvme-tcp and nvmet-tcp, and has what the other tests
 /// rely on: the fabrics control device (the kernel initiator's connect), nvmet's configfs tree
@@ -30,4 +32,31 @@ exit 0
         );
     }
     assert_eq!(output.exit_status, Some(0), "{}", output.text());
+}
+
+/// Linux's target comes up in the guest and is reachable from this machine through the
+/// forwarded port: an ICReq sent here gets the kernel's ICResp.
+#[test]
+fn guest_target_answers_icreq_through_the_forwarded_port() {
+    use std::io::{Read, Write};
+    let port = common::free_port();
+    let guest = Guest::boot(
+        &nvmet_target_script("nqn.2026-11.org.sds:guest-target", 16, None),
+        GuestOptions::default().forward(port, GUEST_NVMET_PORT),
+    );
+    let ready = guest.wait_for_line("SDS-GUEST: target ready", GUEST_DEADLINE);
+    assert!(ready.is_some(), "{}", guest.lines().join("\n"));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("timeout");
+    // ICReq: type 0, hlen 128, plen 128, PFV 0, HPDA 0, no digests, MAXR2T 0.
+    let mut icreq = [0u8; 128];
+    icreq[2] = 128;
+    icreq[4..8].copy_from_slice(&128u32.to_le_bytes());
+    stream.write_all(&icreq).expect("send ICReq");
+    let mut icresp = [0u8; 128];
+    stream.read_exact(&mut icresp).expect("ICResp");
+    assert_eq!(icresp[0], 0x01, "ICResp type: {icresp:?}");
+    assert_eq!(icresp[2], 128, "ICResp hlen");
 }

@@ -314,3 +314,41 @@ pub fn cpio_newc(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
     entry(&mut out, 0, "TRAILER!!!", 0, &[]);
     out
 }
+
+/// The NVMe/TCP port Linux's target listens on in the guest.
+pub const GUEST_NVMET_PORT: u16 = 4420;
+
+/// A /test.sh that makes the guest a Linux NVMe/TCP target (nvmet + nvmet-tcp, configured
+/// through configfs): subsystem `subnqn` with one namespace (NSID 1) of `size_mib` MiB backed
+/// by a file on the guest's tmpfs (buffered: tmpfs has no O_DIRECT in this kernel), listening
+/// on 0.0.0.0:[`GUEST_NVMET_PORT`]. `allowed_host`: only that host NQN may connect; None lets
+/// any host. Prints `SDS-GUEST: target ready` and then serves until the guest is killed.
+pub fn nvmet_target_script(subnqn: &str, size_mib: u32, allowed_host: Option<&str>) -> String {
+    let hosts = match allowed_host {
+        Some(host) => format!(
+            "mkdir hosts/{host}\n\
+             ln -s /sys/kernel/config/nvmet/hosts/{host} subsystems/{subnqn}/allowed_hosts/{host}\n"
+        ),
+        None => format!("echo 1 > subsystems/{subnqn}/attr_allow_any_host\n"),
+    };
+    format!(
+        r#"set -e
+dd if=/dev/zero of=/tmp/namespace1 bs=1M count=0 seek={size_mib} 2>/dev/null
+cd /sys/kernel/config/nvmet
+mkdir subsystems/{subnqn}
+{hosts}mkdir subsystems/{subnqn}/namespaces/1
+echo -n /tmp/namespace1 > subsystems/{subnqn}/namespaces/1/device_path
+echo 1 > subsystems/{subnqn}/namespaces/1/buffered_io
+echo 1 > subsystems/{subnqn}/namespaces/1/enable
+mkdir ports/1
+echo tcp > ports/1/addr_trtype
+echo ipv4 > ports/1/addr_adrfam
+echo 0.0.0.0 > ports/1/addr_traddr
+echo {port} > ports/1/addr_trsvcid
+ln -s /sys/kernel/config/nvmet/subsystems/{subnqn} ports/1/subsystems/{subnqn}
+echo "SDS-GUEST: target ready"
+while true; do sleep 60; done
+"#,
+        port = GUEST_NVMET_PORT
+    )
+}
