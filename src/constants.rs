@@ -201,6 +201,8 @@ pub const MAX_HOST_ADDRESSES: usize = 64;
 pub const MAX_IDENTITY_BYTES: usize = 1024;
 /// The longest iSCSI name, a host's `iqn` (RFC 7143 §4.2.7: 223 bytes).
 pub const MAX_ISCSI_NAME_BYTES: usize = 223;
+/// The longest NVMe Qualified Name, a host's `nqn` (NVMe base 2.0 §4.5: 223 bytes).
+pub const MAX_NQN_BYTES: usize = 223;
 /// A host's CHAP secrets (`host_set_chap`): RFC 7143 §12.1.3 wants at least 12 bytes (96
 /// bits) of secret; 255 bytes is what initiators such as open-iscsi accept.
 pub const MIN_CHAP_SECRET_BYTES: usize = 12;
@@ -317,6 +319,71 @@ const _: () = assert!(SCSI_TASKS_PER_LUN <= ISCSI_SLOTS_PER_LUN);
 
 // ---- NVMe/TCP transport and I/O queues (src/nvmf/pdu.rs, src/target/nvmf/queue) ----------
 
+/// Entries of an I/O submission queue at most (CAP.MQES + 1; a Connect's SQSIZE past it is
+/// refused): also the commands one I/O queue has in flight at most.
+pub const NVMF_MAX_QUEUE_ENTRIES: usize = 128;
+/// Engine slots numbered per namespace of an I/O queue: namespace k's engine owns tags
+/// `k * NVMF_SLOTS_PER_NAMESPACE ..`. As many as the queue has entries, so one namespace can
+/// take every command the host may send.
+pub const NVMF_SLOTS_PER_NAMESPACE: usize = NVMF_MAX_QUEUE_ENTRIES;
+/// Namespaces (VPs) an I/O queue serves: as many engines as the tag layout's slot field
+/// holds. A host with more VPs is served the first ones by LUN.
+pub const MAX_NAMESPACES_PER_SUBSYSTEM: usize =
+    crate::blockio::tag::MAX_SLOTS / NVMF_SLOTS_PER_NAMESPACE;
+/// Data an I/O command capsule may carry in itself (ICDOFF 0): IOCCSZ is
+/// `(64 + this) / 16`. A write no larger goes without an R2T round trip.
+pub const NVMF_IN_CAPSULE_DATA_BYTES: usize = 8192;
+/// MAXH2CDATA announced in ICResp: the most data in one H2CData PDU.
+pub const NVMF_MAX_H2C_DATA_BYTES: u32 = 128 * 1024;
+/// The receive buffer of an I/O queue: PDU headers, in-capsule data and termination
+/// requests; the data of a write goes straight into its request's buffer instead.
+pub const NVMF_RECV_BUFFER_BYTES: usize = 256 * 1024;
+/// Dataset Management ranges of one command at most (the specification's 256).
+pub const NVMF_MAX_DSM_RANGES: usize = 256;
+/// Dataset Management (deallocate) commands an I/O queue runs at once; one more waits.
+pub const NVMF_DSM_COMMANDS: usize = 4;
+const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= crate::blockio::tag::MAX_SLOTS);
+const _: () = assert!(MAX_NAMESPACES_PER_SUBSYSTEM >= 1);
+const _: () = assert!(NVMF_MAX_H2C_DATA_BYTES >= 4096 && NVMF_MAX_H2C_DATA_BYTES % 4 == 0);
+const _: () = assert!((64 + NVMF_IN_CAPSULE_DATA_BYTES) % 16 == 0);
+const _: () = assert!(NVMF_MAX_DSM_RANGES * 16 <= NVMF_IN_CAPSULE_DATA_BYTES);
+// A capsule with its largest in-capsule data, digests and padding fits the receive buffer.
+const _: () = assert!(NVMF_RECV_BUFFER_BYTES >= 2 * (NVMF_IN_CAPSULE_DATA_BYTES + 256));
+
 // ---- NVMe/TCP controllers, admin queue, discovery (src/target/nvmf) -----------------------
+
+/// NVMe controllers (admin queues, discovery controllers included) the server has at once,
+/// each served by its own blocking thread; the Connect past it answers CONTROLLER_BUSY.
+pub const MAX_NVMF_CONTROLLERS: usize = 256;
+/// Entries of one NVMe queue at most (CAP.MQES + 1): a Connect's SQSIZE beyond it is refused.
+pub const NVMF_MAX_QUEUE_ENTRIES: usize = 128;
+/// I/O queues one controller may have (Set Features Number of Queues grants at most this).
+pub const NVMF_MAX_IO_QUEUES: usize = 8;
+/// Namespaces one subsystem shows (a host's first VPs by LUN): each namespace's engine on an
+/// I/O queue owns a queue's worth of slots in the tag layout.
+pub const MAX_NAMESPACES_PER_SUBSYSTEM: usize =
+    crate::blockio::tag::MAX_SLOTS / NVMF_MAX_QUEUE_ENTRIES;
+/// Largest NSID a subsystem can have (NN): a VP's LUN is below 16384, its NSID is LUN + 1.
+pub const NVMF_MAX_NSID: u32 = 16384;
+/// Bytes of data a command capsule may carry in itself (IOCCSZ is this plus the 64-byte
+/// command, in 16-byte units); on the admin queue TP 8000 asks for at least 8 KiB.
+pub const NVMF_IN_CAPSULE_DATA_BYTES: usize = 8192;
+/// Asynchronous Event Requests a controller holds at once (AERL + 1); one more is refused.
+pub const NVMF_MAX_PENDING_AERS: usize = 4;
+/// Keep Alive Timer granularity (KAS, in its 100 ms units).
+pub const NVMF_KEEP_ALIVE_GRANULARITY_MS: u32 = 100;
+/// Time beyond KATO a controller waits for a Keep Alive before it ends: the host sends one
+/// at half of KATO, and a guest under emulation or a loaded machine may be late.
+pub const NVMF_KEEP_ALIVE_GRACE_MS: u32 = 1000;
+/// How often an admin queue's thread looks at its controller when the host is silent
+/// (keep-alive expiry, asynchronous events, the closed flag, shutdown).
+pub const NVMF_ADMIN_TICK_MS: u64 = 100;
+/// Time the host should wait for CSTS.RDY after setting CC.EN (CAP.TO, in 500 ms units).
+pub const NVMF_READY_TIMEOUT_UNITS: u8 = 10;
+/// Time a PDU, once its first byte arrived on the admin queue, may take to arrive whole.
+pub const NVMF_ADMIN_PDU_TIMEOUT_MS: u64 = 10_000;
+const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= 1 << 16);
+const _: () = assert!(MAX_NAMESPACES_PER_SUBSYSTEM >= 1);
+const _: () = assert!(NVMF_MAX_PENDING_AERS >= 1 && NVMF_MAX_PENDING_AERS <= 256);
 
 // ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------

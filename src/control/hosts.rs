@@ -8,6 +8,7 @@ use crate::constants::{
 };
 use crate::domain::host::Host;
 use crate::domain::iscsi_name;
+use crate::domain::nvme_name;
 use crate::logger::error_chain;
 use crate::rpc::RpcError;
 use crate::store::records::{ChapRecord, HostRecord};
@@ -103,7 +104,11 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             .map(iscsi_name::normalize)
             .transpose()
             .map_err(|error| RpcError::invalid_params(format!("iqn: {error}")))?,
-        nqn: identity(&params, "nqn")?,
+        nqn: params
+            .optional_str("nqn")?
+            .map(|nqn| nvme_name::validate(nqn).map(|()| nqn.to_string()))
+            .transpose()
+            .map_err(|error| RpcError::invalid_params(format!("nqn: {error}")))?,
         chap: None,
         addresses: params
             .optional_str_list("addresses")?
@@ -154,6 +159,18 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         {
             return Err(RpcError::invalid_params(format!(
                 "iqn: host {} already has the iSCSI name {iqn}",
+                other.record.name
+            )));
+        }
+    }
+    if let Some(nqn) = &record.nqn {
+        if let Some(other) = control
+            .hosts
+            .values()
+            .find(|h| h.record.nqn.as_ref() == Some(nqn))
+        {
+            return Err(RpcError::invalid_params(format!(
+                "nqn: host {} already has the NVMe name {nqn}",
                 other.record.name
             )));
         }

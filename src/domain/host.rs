@@ -158,6 +158,8 @@ pub struct Host {
     pub tls_subject: Option<String>,
     /// The iSCSI initiator name that is this host.
     pub iqn: Option<String>,
+    /// The NVMe host NQN that is this host (what its NVMe/TCP Connect presents).
+    pub nqn: Option<String>,
     /// The CHAP credentials an iSCSI login must prove (and, mutual, be proved), if set.
     pub chap: Option<Arc<ChapRecord>>,
     pub addresses: Vec<HostAddress>,
@@ -179,6 +181,7 @@ impl Host {
             name: record.name.clone(),
             tls_subject: record.nbd_tls_subject.clone(),
             iqn: record.iqn.clone(),
+            nqn: record.nqn.clone(),
             chap: record.chap.clone().map(Arc::new),
             addresses,
             max_sessions: record.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS_PER_HOST),

@@ -64,6 +64,7 @@ impl Snapshot {
                 name: host.to_string(),
                 tls_subject: None,
                 iqn: None,
+                nqn: None,
                 chap: None,
                 addresses: Vec::new(),
                 max_sessions: crate::constants::DEFAULT_MAX_SESSIONS_PER_HOST,
@@ -79,7 +80,6 @@ impl Snapshot {
         }
     }
 
-    /// The host a connection belongs to: the one whose identity matches it most specifically.
     /// The host an iSCSI initiator name is (initiator names compare case-insensitively, as
     /// RFC 3722 normalises them).
     pub fn host_by_iqn(&self, initiator_name: &str) -> Option<&Host> {
@@ -90,6 +90,14 @@ impl Snapshot {
         })
     }
 
+    /// The host an NVMe host NQN is (NQNs compare exactly).
+    pub fn host_by_nqn(&self, host_nqn: &str) -> Option<&Host> {
+        self.hosts
+            .iter()
+            .find(|host| host.nqn.as_deref() == Some(host_nqn))
+    }
+
+    /// The host a connection belongs to: the one whose identity matches it most specifically.
     pub fn host_of(&self, peer: &PeerIdentity) -> Option<&Host> {
         // The most specific claim wins (longest prefix, as ACLs match); between equally
         // specific claims (reported as overlaps when the hosts were created), the first host

@@ -89,6 +89,8 @@ pub const DATA_SGL_LENGTH_INVALID: Status = Status::generic(0x0f);
 pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status::generic(0x11);
 pub const SGL_OFFSET_INVALID: Status = Status::generic(0x16);
 pub const NAMESPACE_WRITE_PROTECTED: Status = Status::generic(0x20);
+/// A transport error the host may retry (a data digest that did not match).
+pub const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22).retryable();
 pub const LBA_OUT_OF_RANGE: Status = Status::generic(0x80);
 pub const CAPACITY_EXCEEDED: Status = Status::generic(0x81);
 pub const NAMESPACE_NOT_READY: Status = Status::generic(0x82);

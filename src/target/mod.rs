@@ -9,5 +9,6 @@ pub mod handshake_slots;
 pub mod handshake_stream;
 pub mod iscsi;
 pub mod nbd;
+pub mod nvmf;
 pub mod reactor_load;
 pub mod recv_buffer;

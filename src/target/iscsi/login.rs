@@ -855,6 +855,7 @@ mod tests {
             name: name.into(),
             tls_subject: None,
             iqn: Some(iqn.into()),
+            nqn: None,
             chap: chap.map(Arc::new),
             addresses: Vec::new(),
             max_sessions: 4,

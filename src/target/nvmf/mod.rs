@@ -1,0 +1,14 @@
+//! The NVMe/TCP front end (NVMe-oF 1.1 with TP 8000): one NVM subsystem per host, its
+//! namespaces the host's VPs (NSID = VP lun + 1), and a discovery controller on the same port.
+//!
+//! - [`controller`]: what a controller's admin queue and its I/O queues share, and the
+//!   context every thread of the front end is given.
+//! - [`registry`]: every live controller (cntlid allocation, `nvmf_get_subsystems` /
+//!   `nvmf_get_qpairs`, closing a host's controllers, delivering asynchronous events).
+
+pub mod controller;
+pub mod properties;
+pub mod registry;
+pub mod subsystem;
+
+pub use controller::{ControllerShared, NvmfContext};
