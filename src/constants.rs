@@ -355,19 +355,10 @@ const _: () = assert!(NVMF_RECV_BUFFER_BYTES >= 2 * (NVMF_IN_CAPSULE_DATA_BYTES 
 /// NVMe controllers (admin queues, discovery controllers included) the server has at once,
 /// each served by its own blocking thread; the Connect past it answers CONTROLLER_BUSY.
 pub const MAX_NVMF_CONTROLLERS: usize = 256;
-/// Entries of one NVMe queue at most (CAP.MQES + 1): a Connect's SQSIZE beyond it is refused.
-pub const NVMF_MAX_QUEUE_ENTRIES: usize = 128;
 /// I/O queues one controller may have (Set Features Number of Queues grants at most this).
 pub const NVMF_MAX_IO_QUEUES: usize = 8;
-/// Namespaces one subsystem shows (a host's first VPs by LUN): each namespace's engine on an
-/// I/O queue owns a queue's worth of slots in the tag layout.
-pub const MAX_NAMESPACES_PER_SUBSYSTEM: usize =
-    crate::blockio::tag::MAX_SLOTS / NVMF_MAX_QUEUE_ENTRIES;
 /// Largest NSID a subsystem can have (NN): a VP's LUN is below 16384, its NSID is LUN + 1.
 pub const NVMF_MAX_NSID: u32 = 16384;
-/// Bytes of data a command capsule may carry in itself (IOCCSZ is this plus the 64-byte
-/// command, in 16-byte units); on the admin queue TP 8000 asks for at least 8 KiB.
-pub const NVMF_IN_CAPSULE_DATA_BYTES: usize = 8192;
 /// Asynchronous Event Requests a controller holds at once (AERL + 1); one more is refused.
 pub const NVMF_MAX_PENDING_AERS: usize = 4;
 /// Keep Alive Timer granularity (KAS, in its 100 ms units).
@@ -383,7 +374,6 @@ pub const NVMF_READY_TIMEOUT_UNITS: u8 = 10;
 /// Time a PDU, once its first byte arrived on the admin queue, may take to arrive whole.
 pub const NVMF_ADMIN_PDU_TIMEOUT_MS: u64 = 10_000;
 const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= 1 << 16);
-const _: () = assert!(MAX_NAMESPACES_PER_SUBSYSTEM >= 1);
 const _: () = assert!(NVMF_MAX_PENDING_AERS >= 1 && NVMF_MAX_PENDING_AERS <= 256);
 
 // ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------
