@@ -8,7 +8,11 @@
 //! - [`queue`]: an I/O queue on a reactor: capsules, R2T/H2CData, C2HData, responses, through
 //!   one block engine per namespace.
 
+pub mod connect;
 pub mod controller;
+pub mod features;
+pub mod identify;
+pub mod log_pages;
 pub mod properties;
 pub mod queue;
 pub mod registry;
