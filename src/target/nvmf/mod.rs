@@ -6,6 +6,7 @@
 //! - [`registry`]: every live controller (cntlid allocation, `nvmf_get_subsystems` /
 //!   `nvmf_get_qpairs`, closing a host's controllers, delivering asynchronous events).
 
+pub mod admin;
 pub mod connect;
 pub mod controller;
 pub mod features;
