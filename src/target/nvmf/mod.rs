@@ -7,10 +7,14 @@
 //!   `nvmf_get_qpairs`, closing a host's controllers, delivering asynchronous events).
 
 pub mod admin;
+pub mod admin_thread;
 pub mod connect;
 pub mod controller;
 pub mod features;
+pub mod handshake;
 pub mod identify;
+pub mod io_queue_hand_over;
+pub mod listener;
 pub mod log_pages;
 pub mod properties;
 pub mod registry;
