@@ -81,6 +81,11 @@ if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import sp
     quiet "$tools/venv/bin/pip" install -q spdk
 fi
 
+# The QEMU guest with the Linux kernel's own NVMe/TCP initiator and target (nvme-tcp, nvmet-tcp)
+# for tests/nvmf_guest.rs: qemu-system-x86, and a kernel and initramfs built once into
+# target/guest.
+"$here/scripts/build-nvme-guest.sh"
+
 # The Rust toolchain is expected from rustup; add cargo if it is missing.
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found; installing Debian's rust toolchain"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, unit tests, and the integration tests that start the real
 # server and drive it with real clients (qemu-io, nbdinfo, fio, SPDK's Python RPC client,
-# libiscsi's tools).
+# libiscsi's tools, a QEMU guest with Linux's NVMe/TCP initiator and target).
 # Installs what is missing through scripts/setup.sh first. Then the unit tests of the data path's
 # unsafe code under Miri and ThreadSanitizer (scripts/sanitize.sh), and a short, bounded run of
 # every fuzz target (scripts/fuzz.sh, SDS_FUZZ_SECONDS per target, 15 by default).
@@ -21,13 +21,18 @@ for arg in "$@"; do
 done
 
 missing=0
-for tool in qemu-io nbdinfo fio nbdkit iscsi-ls iscsi-inq iscsi-readcapacity16 iscsi-test-cu; do
+for tool in qemu-io nbdinfo fio nbdkit iscsi-ls iscsi-inq iscsi-readcapacity16 iscsi-test-cu \
+    qemu-system-x86_64; do
     command -v "$tool" >/dev/null 2>&1 || missing=1
 done
 # qemu-io opens iscsi:// only with qemu-block-extra at exactly qemu-utils' version.
 [ "$(dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null || true)" = \
     "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)" ] || missing=1
 [ -x target/tools/venv/bin/python ] || missing=1
+# The NVMe/TCP guest (scripts/build-nvme-guest.sh, run by setup.sh).
+[ -f target/guest/vmlinux ] && [ -f target/guest/initramfs.cpio ] || missing=1
+[ "$(cat target/guest/format 2>/dev/null || true)" = \
+    "$(sed -n 's/^guest_format=//p' scripts/build-nvme-guest.sh)" ] || missing=1
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || missing=1
 if [ "$missing" -ne 0 ]; then
     echo "test.sh: installing missing tools with scripts/setup.sh"

@@ -21,6 +21,7 @@
 //! `PerfSession::pick`; a new LUN kind is a [`options::LunChoice`] variant.
 
 pub mod clock;
+pub mod job;
 pub mod options;
 pub mod pattern;
 pub mod report;
@@ -30,6 +31,7 @@ pub use options::{PerfArgs, PerfConfig, PerfError};
 
 use clock::process_cpu_ns;
 use crossbeam::channel::{bounded, Receiver};
+use job::{JobResult, JobSpec, RunControl, PHASE_MEASURE, PHASE_RAMP, PHASE_STOP};
 use report::{ProcessCpu, Report};
 use sds::backend::{open_lun, LunSpec};
 use sds::blockio::clock::TickClock;
@@ -42,7 +44,7 @@ use sds::reactor::mailbox::Message;
 use sds::reactor::{self, ReactorHandle};
 use sds::volume::provisioner::{provision, Provisioner};
 use sds::volume::Volume;
-use session::{JobResult, JobSpec, PerfSession, RunControl, PHASE_MEASURE, PHASE_RAMP, PHASE_STOP};
+use session::PerfSession;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -173,6 +175,7 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
                 domain: config.domain,
                 verify: config.verify,
                 report_cpu: local == 0,
+                starts_zeroed: true,
             };
             let session = PerfSession::new(
                 spec,

@@ -2,9 +2,9 @@
 //! histograms merged), IOPS per core (IOPS over the reactors' thread CPU time), and a
 //! cross-check of the I/Os the jobs completed against the volume's and the VP's own counters.
 
+use super::job::{Counts, JobResult};
 use super::options::{PerfConfig, PerfError};
 use super::pattern::Mismatch;
-use super::session::{Counts, JobResult};
 use hdrhistogram::Histogram;
 use sds::domain::stats::VpTotals;
 use sds::units::format_size;

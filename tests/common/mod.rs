@@ -6,6 +6,7 @@
     reason = "each test file uses a different part of the harness"
 )]
 
+pub mod guest;
 pub mod initiator;
 pub mod nvmf_initiator;
 

@@ -5,6 +5,8 @@
 //!   context every thread of the front end is given.
 //! - [`registry`]: every live controller (cntlid allocation, `nvmf_get_subsystems` /
 //!   `nvmf_get_qpairs`, closing a host's controllers, delivering asynchronous events).
+//! - [`queue`]: an I/O queue on a reactor: capsules, R2T/H2CData, C2HData, responses, through
+//!   one block engine per namespace.
 
 pub mod admin;
 pub mod admin_thread;
@@ -17,6 +19,7 @@ pub mod io_queue_hand_over;
 pub mod listener;
 pub mod log_pages;
 pub mod properties;
+pub mod queue;
 pub mod registry;
 pub mod subsystem;
 
