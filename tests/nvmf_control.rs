@@ -21,6 +21,7 @@ const STRANGER: &str = "nqn.2014-08.org.example:stranger";
 const SCT_COMMAND_SPECIFIC: u8 = 1;
 const SC_CONNECT_INVALID_HOST: u8 = 0x84;
 const SC_COMMAND_SEQUENCE_ERROR: u8 = 0x0c;
+const SC_CONNECT_INVALID_PARAMETERS: u8 = 0x82;
 
 fn identity(hostnqn: &str) -> Identity {
     Identity {
@@ -466,5 +467,64 @@ fn hosts_nqn_is_checked_and_unique_and_the_rpcs_say_what_is_wrong() {
     assert_eq!(
         serde_json::from_slice::<Value>(&output.stdout).expect("json"),
         json!([])
+    );
+}
+
+#[test]
+fn an_io_queue_joins_its_controller_and_carries_io() {
+    let server = server();
+    let a_subnqn = subnqn(&server, "a");
+    let port = server.nvmf_port();
+    let (mut admin, cntlid) = connected(&server, HOST_A, &a_subnqn, 0);
+    let io = |hostnqn: &str, qid: u16, cntlid: u16| {
+        NvmfConnection::io_queue(port, &identity(hostnqn), &a_subnqn, qid, cntlid)
+            .expect("connect an I/O queue")
+    };
+    let (_, early) = io(HOST_A, 1, cntlid);
+    assert_eq!(
+        early.status().sc,
+        SC_COMMAND_SEQUENCE_ERROR,
+        "no I/O queue before CC.EN"
+    );
+    admin.enable().expect("enable");
+    let (_, wrong_controller) = io(HOST_A, 1, cntlid.wrapping_add(1));
+    assert_eq!(
+        (
+            wrong_controller.status().sc,
+            wrong_controller.completion.result
+        ),
+        (SC_CONNECT_INVALID_PARAMETERS, 16 | (1 << 16)),
+        "invalid CNTLID, at offset 16 of the Connect data"
+    );
+    let (_, stranger) = io(STRANGER, 1, cntlid);
+    assert_eq!(stranger.status().sc, SC_CONNECT_INVALID_HOST);
+    let (_, too_many) = io(HOST_A, 99, cntlid);
+    assert_eq!(
+        (too_many.status().sc, too_many.completion.result),
+        (SC_CONNECT_INVALID_PARAMETERS, 42),
+        "QID past the queues granted, at offset 42 of the command"
+    );
+
+    let (mut queue, answer) = io(HOST_A, 1, cntlid);
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(answer.completion.result as u16, cntlid);
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    let written = queue.write(1, 16, 8, &pattern).expect("write");
+    assert!(written.status().is_success(), "{}", written.status());
+    let read = queue.read(1, 16, 8, 4096).expect("read");
+    assert!(read.status().is_success(), "{}", read.status());
+    assert_eq!(read.data, pattern, "read back what was written");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.ok("nvmf_get_qpairs", json!({}))[0]["io_queues"] != 1 {
+        assert!(Instant::now() < deadline, "the I/O queue is not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The admin queue's end ends the I/O queues.
+    drop(admin);
+    assert!(
+        queue.closed_within(Duration::from_secs(20)),
+        "the I/O queue outlived its controller; log:\n{}",
+        server.log()
     );
 }

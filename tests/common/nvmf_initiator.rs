@@ -5,7 +5,8 @@
 
 use sds::nvmf::command::{
     Command, CommandBuilder, Completion, ADMIN_GET_LOG_PAGE, ADMIN_IDENTIFY, FCTYPE_CONNECT,
-    FCTYPE_PROPERTY_GET, FCTYPE_PROPERTY_SET, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
+    FCTYPE_PROPERTY_GET, FCTYPE_PROPERTY_SET, IO_READ, IO_WRITE, SGL_DATA_BLOCK_OFFSET,
+    SGL_TRANSPORT_DATA_BLOCK,
 };
 use sds::nvmf::pdu::{Direction, Header, IcReq, Negotiated};
 use sds::nvmf::pdu_io::{read_pdu, write_pdu, PduIoError};
@@ -143,6 +144,47 @@ impl NvmfConnection {
         let mut connection = Self::open(port, false)?;
         let answer = connection.connect(identity, subnqn, 0, 0xffff, kato_ms)?;
         Ok((connection, answer))
+    }
+
+    /// An I/O queue `qid` of controller `cntlid`, connected.
+    pub fn io_queue(
+        port: u16,
+        identity: &Identity,
+        subnqn: &str,
+        qid: u16,
+        cntlid: u16,
+    ) -> Result<(Self, Answer), String> {
+        let mut connection = Self::open(port, true)?;
+        let answer = connection.connect(identity, subnqn, qid, cntlid, 0)?;
+        Ok((connection, answer))
+    }
+
+    /// Write with its data in the capsule (at most 8 KiB).
+    pub fn write(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        data: &[u8],
+    ) -> Result<Answer, String> {
+        let cid = self.cid();
+        let command = CommandBuilder::new(IO_WRITE, cid)
+            .nsid(nsid)
+            .range(lba, blocks)
+            .sgl(0, data.len() as u32, SGL_DATA_BLOCK_OFFSET)
+            .build();
+        self.command(command, data)
+    }
+
+    /// Read of `bytes` (C2HData, then the response capsule).
+    pub fn read(&mut self, nsid: u32, lba: u64, blocks: u32, bytes: u32) -> Result<Answer, String> {
+        let cid = self.cid();
+        let command = CommandBuilder::new(IO_READ, cid)
+            .nsid(nsid)
+            .range(lba, blocks)
+            .sgl(0, bytes, SGL_TRANSPORT_DATA_BLOCK)
+            .build();
+        self.command(command, &[])
     }
 
     /// Property Get: `eight_bytes` for CAP.

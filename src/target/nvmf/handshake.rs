@@ -8,7 +8,7 @@
 //! in the [`Registry`](super::registry::Registry)) and the connection goes on as that
 //! controller's admin queue ([`super::admin_thread`]); an I/O queue's Connect joins its
 //! controller ([`super::connect::admit_io`]) and the connection is handed to a reactor
-//! ([`super::io_queue_hand_over`]). A refused Connect is answered with its status and the
+//! ([`super::queue::attach`]). A refused Connect is answered with its status and the
 //! connection closed; a malformed PDU gets a C2HTermReq.
 
 use super::admin::AdminSetup;
@@ -17,7 +17,7 @@ use super::connect::{self, ConnectCommand, Refusal};
 use super::controller::NvmfContext;
 use super::features::round_keep_alive;
 use super::identify::IoFeatures;
-use super::io_queue_hand_over::{self, ConnectedIoQueue};
+use super::queue::{self, IoQueueTicket};
 use super::registry::{NewController, RegistryError};
 use crate::constants::{NVMF_IN_CAPSULE_DATA_BYTES, NVMF_MAX_H2C_DATA_BYTES};
 use crate::nvmf::command::{Completion, FABRICS, FCTYPE_CONNECT};
@@ -264,8 +264,8 @@ pub fn handshake(
         controller.cntlid
     );
     stream.clear_deadline();
-    io_queue_hand_over::hand_over(
-        ConnectedIoQueue {
+    queue::attach(
+        IoQueueTicket {
             stream,
             leftover: Vec::new(),
             controller,

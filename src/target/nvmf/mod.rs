@@ -15,7 +15,6 @@ pub mod controller;
 pub mod features;
 pub mod handshake;
 pub mod identify;
-pub mod io_queue_hand_over;
 pub mod listener;
 pub mod log_pages;
 pub mod properties;
