@@ -154,3 +154,54 @@ fn perf_initiator_verifies_against_linux_nvmet() {
         "the error does not say the target refused the Connect:\n{text}"
     );
 }
+
+/// The kernel initiator in the rig, against Linux's own target in the same guest: the connect
+/// string written to /dev/nvme-fabrics makes /dev/nvme0n1, a pattern written with dd reads
+/// back the same, and the controller goes away on delete_controller. (The tests of sds's
+/// target use the same steps through `fabrics_connect_line` with `HOST_FROM_GUEST`.)
+#[test]
+fn kernel_initiator_reads_back_through_linux_nvmet_in_the_guest() {
+    let target = nvmet_target_script(GUEST_SUBNQN, 8, None);
+    // The target script ends waiting forever: take its set-up, then use it.
+    let setup = target
+        .split("while true")
+        .next()
+        .expect("the target script has a set-up part");
+    let connect = common::guest::fabrics_connect_line(
+        "127.0.0.1",
+        GUEST_NVMET_PORT,
+        GUEST_SUBNQN,
+        PERF_HOSTNQN,
+    );
+    let script = format!(
+        r#"{setup}
+{connect}
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/nvme0n1 ] && break; sleep 1; done
+[ -b /dev/nvme0n1 ] && echo "SDS-GUEST: namespace $(cat /sys/block/nvme0n1/size) sectors"
+cat /sys/class/nvme/nvme0/subsysnqn | sed 's/^/SDS-GUEST: subsysnqn /'
+i=0; while [ $i -lt 256 ]; do echo "block $i of the pattern"; i=$((i+1)); done > /tmp/pattern
+dd if=/tmp/pattern of=/dev/nvme0n1 bs=4096 seek=3 oflag=direct conv=fsync 2>/dev/null
+size=$(wc -c < /tmp/pattern)
+dd if=/dev/nvme0n1 bs=4096 skip=3 count=2 iflag=direct 2>/dev/null | head -c $size > /tmp/back
+cmp /tmp/pattern /tmp/back && echo "SDS-GUEST: read back equal"
+echo 1 > /sys/class/nvme/nvme0/delete_controller
+[ -e /dev/nvme0n1 ] || echo "SDS-GUEST: disconnected"
+exit 0
+"#
+    );
+    let output = run_guest(&script, GuestOptions::default());
+    let results = output.results();
+    // 8 MiB in 512-byte sectors, as the block layer counts them.
+    for want in [
+        "namespace 16384 sectors",
+        &format!("subsysnqn {GUEST_SUBNQN}") as &str,
+        "read back equal",
+        "disconnected",
+    ] {
+        assert!(
+            results.contains(&want),
+            "missing {want:?}:\n{}",
+            output.text()
+        );
+    }
+}
