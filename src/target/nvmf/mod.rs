@@ -8,10 +8,14 @@
 //! - [`queue`]: an I/O queue on a reactor: capsules, R2T/H2CData, C2HData, responses, through
 //!   one block engine per namespace.
 
+pub mod admin;
+pub mod admin_thread;
 pub mod connect;
 pub mod controller;
 pub mod features;
+pub mod handshake;
 pub mod identify;
+pub mod listener;
 pub mod log_pages;
 pub mod properties;
 pub mod queue;
