@@ -337,6 +337,15 @@ pub enum Ended {
 }
 
 impl NvmfConnection {
+    fn next_pdu(&mut self) -> Result<sds::nvmf::pdu::Pdu<'_>, PduIoError> {
+        read_pdu(
+            &mut self.stream,
+            &mut self.buffer,
+            Direction::ControllerToHost,
+            &self.negotiated,
+        )
+    }
+
     /// What ICReq/ICResp settled.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
@@ -372,13 +381,7 @@ impl NvmfConnection {
             .map_err(Ended::Closed)?;
         let mut data = vec![0u8; read_bytes];
         loop {
-            let pdu = read_pdu(
-                &mut self.stream,
-                &mut self.buffer,
-                Direction::ControllerToHost,
-                &self.negotiated,
-            )
-            .map_err(|e| Ended::Closed(e.to_string()))?;
+            let pdu = self.next_pdu().map_err(|e| Ended::Closed(e.to_string()))?;
             match pdu.header {
                 Header::CapsuleResp(completion) if completion.cid == cid => {
                     return Ok(Answer { completion, data });
@@ -428,13 +431,7 @@ impl NvmfConnection {
     /// Reads until the target sends a C2HTermReq (returned) or closes.
     pub fn expect_termination(&mut self) -> Ended {
         loop {
-            let pdu = read_pdu(
-                &mut self.stream,
-                &mut self.buffer,
-                Direction::ControllerToHost,
-                &self.negotiated,
-            );
-            match pdu {
+            match self.next_pdu() {
                 Ok(pdu) => {
                     if let Header::C2HTermReq(term) = pdu.header {
                         return Ended::Terminated(term, pdu.data.to_vec());
