@@ -11,7 +11,8 @@ use common::Server;
 use sds::nvmf::command::{
     CommandBuilder, IO_COMPARE, IO_DATASET_MANAGEMENT, IO_FLUSH, IO_READ, IO_WRITE, IO_WRITE_ZEROES,
 };
-use sds::nvmf::pdu::FES_INVALID_HEADER_FIELD;
+use sds::nvmf::command::{SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK};
+use sds::nvmf::pdu::{self, DataHeader, Header, FES_DATA_OUT_OF_RANGE, FES_INVALID_HEADER_FIELD};
 use sds::nvmf::status;
 use serde_json::json;
 
@@ -316,4 +317,77 @@ fn a_malformed_pdu_gets_a_termination_request_and_only_its_connection_ends() {
         1,
         "the controller is still ready"
     );
+}
+
+#[test]
+fn a_data_digest_error_fails_its_write_and_data_outside_the_r2t_ends_the_connection() {
+    let (server, port) = served();
+    let (_admin, cntlid) = admin(&server, port);
+    let mut queue = io_queue(&server, port, cntlid, 1, true);
+    let data = pattern(8, 4096);
+    assert!(write(&mut queue, 1, 0, &data).is_success());
+    // A write whose in-capsule data does not match its data digest: that command fails with
+    // a retryable transport error, nothing is written, and the queue goes on.
+    let command = CommandBuilder::new(IO_WRITE, 0x401)
+        .nsid(1)
+        .range(0, 8)
+        .sgl(0, 4096, SGL_DATA_BLOCK_OFFSET)
+        .build();
+    let mut wire = Vec::new();
+    pdu::encode_pdu(
+        &Header::CapsuleCmd(command),
+        &pattern(9, 4096),
+        &queue.negotiated(),
+        &mut wire,
+    )
+    .expect("encode");
+    let last = wire.len() - 1;
+    wire[last] ^= 0xff;
+    queue.send_raw(&wire).expect("send");
+    let answer = queue.answer(0x401).expect("answered");
+    assert_eq!(answer.status(), status::TRANSIENT_TRANSPORT_ERROR);
+    assert!(!answer.status().dnr, "the host may retry it");
+    let (status, back) = read(&mut queue, 1, 0, 4096);
+    assert!(status.is_success());
+    assert!(back == data, "the failed write changed nothing");
+
+    // A write solicited with an R2T, answered with data past what the R2T asked for.
+    let command = CommandBuilder::new(IO_WRITE, 0x402)
+        .nsid(1)
+        .range(0, 128)
+        .sgl(0, 65536, SGL_TRANSPORT_DATA_BLOCK)
+        .build();
+    let mut wire = Vec::new();
+    pdu::encode_pdu(
+        &Header::CapsuleCmd(command),
+        &[],
+        &queue.negotiated(),
+        &mut wire,
+    )
+    .expect("encode");
+    queue.send_raw(&wire).expect("send");
+    let r2t = match queue.next_pdu().expect("R2T").header {
+        Header::R2T(r2t) => r2t,
+        other => panic!("not an R2T: {other:?}"),
+    };
+    assert_eq!(
+        (r2t.command_id, r2t.offset_bytes, r2t.length_bytes),
+        (0x402, 0, 65536)
+    );
+    let h2c = Header::H2CData(DataHeader {
+        command_id: 0x402,
+        transfer_tag: r2t.transfer_tag,
+        offset_bytes: 65536 - 512,
+        length_bytes: 1024,
+        last: true,
+        success: false,
+    });
+    let mut wire = Vec::new();
+    pdu::encode_pdu(&h2c, &[7u8; 1024], &queue.negotiated(), &mut wire).expect("encode");
+    queue.send_raw(&wire).expect("send");
+    match queue.expect_termination() {
+        Ended::Terminated(term, _) => assert_eq!(term.fes, FES_DATA_OUT_OF_RANGE),
+        Ended::Closed(why) => panic!("no C2HTermReq before the close: {why}"),
+    }
+    assert!(matches!(queue.expect_termination(), Ended::Closed(_)));
 }

@@ -337,7 +337,7 @@ pub enum Ended {
 }
 
 impl NvmfConnection {
-    fn next_pdu(&mut self) -> Result<sds::nvmf::pdu::Pdu<'_>, PduIoError> {
+    pub fn next_pdu(&mut self) -> Result<sds::nvmf::pdu::Pdu<'_>, PduIoError> {
         read_pdu(
             &mut self.stream,
             &mut self.buffer,
