@@ -391,3 +391,32 @@ fn a_data_digest_error_fails_its_write_and_data_outside_the_r2t_ends_the_connect
     }
     assert!(matches!(queue.expect_termination(), Ended::Closed(_)));
 }
+
+#[test]
+fn a_vp_made_while_a_queue_lives_is_served_on_it_and_a_deleted_one_ends_it() {
+    let (server, port) = served();
+    let (_admin, cntlid) = admin(&server, port);
+    let mut queue = io_queue(&server, port, cntlid, 1, false);
+    write_and_read_back(&mut queue);
+    server.ok(
+        "volume_create",
+        json!({"name": "late", "pool": "p", "size": 16u64 << 20, "block_size": BLOCK}),
+    );
+    let vpath = server.ok(
+        "vpath_create",
+        json!({"host": "h", "volume": "late", "lun": 5}),
+    );
+    // NSID 6 on the queue that was there before it.
+    let data = pattern(11, 20 << 10);
+    assert!(write(&mut queue, 6, 4096, &data).is_success());
+    let (status, back) = read(&mut queue, 6, 4096, data.len());
+    assert!(status.is_success());
+    assert!(back == data, "the new namespace keeps what was written");
+    let (status, _) = read(&mut queue, 1, 0, 4096);
+    assert!(status.is_success(), "the first namespace is still served");
+    server.ok("vpath_delete", json!({"id": vpath["id"]}));
+    assert!(
+        queue.closed_within(std::time::Duration::from_secs(20)),
+        "vpath_delete ends the host's I/O queues"
+    );
+}
