@@ -69,6 +69,8 @@ const TAG_DATA: u64 = KIND_FRONT_END_FIRST + 1;
 const TAG_SEND: u64 = KIND_FRONT_END_FIRST + 2;
 const TAG_TICK: u64 = KIND_FRONT_END_FIRST + 3;
 const _: () = assert!(TAG_TICK <= tag::KIND_LAST);
+// A global slot (namespace position × slots + slot) is an R2T's 16-bit transfer tag.
+const _: () = assert!(tag::MAX_SLOTS <= 1 << 16);
 
 /// Iovecs of one `sendmsg` at most (the kernel's UIO_MAXIOV is 1024).
 const MAX_SEND_IOVECS: usize = 1020;
