@@ -377,3 +377,26 @@ const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= 1 << 16);
 const _: () = assert!(NVMF_MAX_PENDING_AERS >= 1 && NVMF_MAX_PENDING_AERS <= 256);
 
 // ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------
+/// Entries of the initiator's admin queue (its Connect's SQSIZE + 1): the set-up sends one
+/// command at a time, and Linux's target takes at most 32.
+pub const NVMF_INITIATOR_ADMIN_QUEUE_ENTRIES: usize = 32;
+/// Longest wait for one connect, send or receive of the set-up (a target in a TCG guest on a
+/// loaded machine is slow).
+pub const NVMF_INITIATOR_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest wait for CSTS.RDY after CC.EN, whatever CAP.TO says.
+pub const NVMF_INITIATOR_MAX_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The keep-alive timeout the admin Connect asks for, and how often the run's keep-alive
+/// thread sends Keep Alive (well inside it).
+pub const NVMF_INITIATOR_KATO_MS: u32 = 30_000;
+pub const NVMF_INITIATOR_KEEP_ALIVE_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(5);
+/// I/O queues one `sds perf --target` run may open (`--queues`).
+pub const NVMF_INITIATOR_MAX_IO_QUEUES: u32 = 64;
+/// Receive buffer of one initiator I/O queue: PDU headers (and the start of data, which is
+/// otherwise received straight into the command's buffer).
+pub const NVMF_INITIATOR_RECV_BUFFER_BYTES: usize = 64 * 1024;
+/// Pieces (headers and data) one sendmsg of an initiator I/O queue gathers.
+pub const NVMF_INITIATOR_SEND_PIECES: usize = 64;
+const _: () =
+    assert!(NVMF_INITIATOR_KEEP_ALIVE_INTERVAL.as_millis() * 2 < NVMF_INITIATOR_KATO_MS as u128);
+const _: () = assert!(NVMF_INITIATOR_SEND_PIECES <= 1024, "IOV_MAX");

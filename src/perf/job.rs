@@ -392,18 +392,21 @@ impl Job {
 
     /// Whether an in-flight I/O of this job covers `unit` (`--verify` keeps them apart, so
     /// what a read expects is never racing a write).
+    #[inline]
     fn unit_busy(&self, unit: u64) -> bool {
         self.slots.iter().any(|s| s.busy && s.unit == unit)
     }
 
     /// Picks the next I/O of the stage: its operation, unit and byte offset. `None` when the
     /// only units left are busy (`--verify`); an in-flight I/O's completion pumps again.
+    #[inline]
     pub fn pick(&mut self) -> Option<(BlockOp, u64, u64)> {
         let picked = self.pick_unit()?;
         let offset_bytes = self.spec.region_start_bytes + picked.1 * u64::from(self.spec.io_bytes);
         Some((picked.0, picked.1, offset_bytes))
     }
 
+    #[inline]
     fn pick_unit(&mut self) -> Option<(BlockOp, u64)> {
         let units = self.spec.units;
         match self.stage {
@@ -459,6 +462,7 @@ impl Job {
 
     /// The stamp an I/O of `op` on `unit` carries (a write: a new one, recorded as the
     /// unit's; a read: the one it expects). 0 without `--verify`.
+    #[inline]
     pub fn stamp_for(&mut self, op: BlockOp, unit: u64) -> u32 {
         if !self.spec.verify {
             return 0;
@@ -494,6 +498,7 @@ impl Job {
 
     /// Accounts the I/O in `slot` (the job's counters and latency histogram, the data check
     /// of a read against `data`) and frees the slot.
+    #[inline]
     pub fn complete(&mut self, slot: usize, ok: bool, latency_ns: u64, data: &[u8]) {
         let done = self.slots[slot];
         debug_assert!(done.busy);

@@ -189,6 +189,32 @@ pub struct PerfArgs {
     /// Log level of the components the run builds: error, warn, info, debug
     #[arg(long, default_value = "error")]
     pub log_level: String,
+    /// Drive a remote NVMe/TCP target instead of a volume built here:
+    /// nvme-tcp://HOST[:PORT]/SUBNQN (port 4420 by default). The jobs are I/O queues
+    /// (--queues), each on a reactor of --cores; --volume-size is then how much of the
+    /// namespace they use (at most all of it), and --lun, --thin and the other volume options
+    /// do not apply
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Host NQN the initiator connects as (--target) [default:
+    /// nqn.2014-08.org.nvmexpress:uuid:<a new random UUID>]
+    #[arg(long)]
+    pub hostnqn: Option<String>,
+    /// I/O queues to open on --target, one job each, spread round robin over --cores
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
+    /// Namespace of --target to drive
+    #[arg(long, default_value_t = 1)]
+    pub nsid: u32,
+}
+
+/// `--target` and what goes with it, validated.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    pub url: super::nvmf_target::TargetUrl,
+    pub hostnqn: String,
+    pub queues: u32,
+    pub nsid: u32,
 }
 
 /// Why `sds perf` could not run, or found a problem.
@@ -217,6 +243,12 @@ pub enum PerfError {
     Uuid(#[source] std::io::Error),
     #[error("job {job} stopped: {reason}")]
     Job { job: usize, reason: String },
+    #[error("cannot set up {url}")]
+    Nvmf {
+        url: String,
+        #[source]
+        source: super::nvmf_target::SetupError,
+    },
     #[error("{jobs} jobs did not report within {waited_s} s")]
     Timeout { jobs: usize, waited_s: u64 },
     #[error("verify: {errors} reads returned other data than was written; first: {first}")]
@@ -267,11 +299,16 @@ pub struct PerfConfig {
     pub ramp: Duration,
     pub domain: bool,
     pub verify: bool,
+    /// `--target`: the jobs drive a remote NVMe/TCP namespace, not a volume built here.
+    pub remote: Option<RemoteConfig>,
 }
 
 impl PerfConfig {
     pub fn jobs(&self) -> usize {
-        self.jobs_per_reactor * self.cores.len()
+        match &self.remote {
+            Some(remote) => remote.queues as usize,
+            None => self.jobs_per_reactor * self.cores.len(),
+        }
     }
 
     /// Bytes of the volume each job works in (a multiple of the I/O size).
@@ -335,6 +372,18 @@ pub fn lun_bytes_for(extents: u64, block_size_bytes: u32, extent_bytes: u64) -> 
 impl PerfArgs {
     /// Checks every option; the first bad one is the error.
     pub fn validate(&self) -> Result<PerfConfig, PerfError> {
+        if self.target.is_some() {
+            return self.validate_remote();
+        }
+        for (given, option) in [
+            (self.hostnqn.is_some(), "--hostnqn"),
+            (self.queues != 1, "--queues"),
+            (self.nsid != 1, "--nsid"),
+        ] {
+            if given {
+                return Err(bad(option, "applies only with --target"));
+            }
+        }
         let block_size_bytes = match self.block_size {
             512 => 512u32,
             4096 => 4096,
@@ -517,6 +566,7 @@ impl PerfArgs {
             ramp,
             domain: !self.no_domain,
             verify: self.verify,
+            remote: None,
         };
         let units = config.region_units();
         let min_units = if self.verify {
@@ -575,6 +625,153 @@ impl PerfArgs {
             lun_size_bytes,
             ..config
         })
+    }
+}
+
+impl PerfArgs {
+    /// `--target`: the options that apply to a remote namespace. What depends on the namespace
+    /// (its block size, its size) is checked by [`PerfConfig::for_namespace`] once the set-up
+    /// has read it.
+    fn validate_remote(&self) -> Result<PerfConfig, PerfError> {
+        use super::nvmf_target::{check_nqn, parse_target_url};
+        use sds::constants::NVMF_INITIATOR_MAX_IO_QUEUES;
+        let text = self.target.as_deref().unwrap_or_default();
+        let url = parse_target_url(text).map_err(|reason| bad("--target", reason))?;
+        for (given, option) in [
+            (self.lun.is_some(), "--lun"),
+            (self.lun_size.is_some(), "--lun-size"),
+            (self.lun_path.is_some(), "--lun-path"),
+            (self.volume_block_size.is_some(), "--volume-block-size"),
+            (self.thin, "--thin"),
+            (self.no_domain, "--no-domain"),
+            (self.jobs != 1, "--jobs"),
+        ] {
+            if given {
+                return Err(bad(
+                    option,
+                    "does not apply with --target (the namespace is the target's; use --queues for more jobs)",
+                ));
+            }
+        }
+        let hostnqn = match &self.hostnqn {
+            Some(nqn) => {
+                check_nqn("host NQN", nqn).map_err(|reason| bad("--hostnqn", reason))?;
+                nqn.clone()
+            }
+            None => {
+                let uuid = sds::identity::Uuid::new_random().map_err(PerfError::Uuid)?;
+                format!("nqn.2014-08.org.nvmexpress:uuid:{uuid}")
+            }
+        };
+        if !(1..=NVMF_INITIATOR_MAX_IO_QUEUES).contains(&self.queues) {
+            return Err(bad(
+                "--queues",
+                format!(
+                    "{} is not a number of I/O queues from 1 to {NVMF_INITIATOR_MAX_IO_QUEUES}",
+                    self.queues
+                ),
+            ));
+        }
+        if self.nsid == 0 || self.nsid == u32::MAX {
+            return Err(bad(
+                "--nsid",
+                format!("{} is not a namespace ID", self.nsid),
+            ));
+        }
+        // The options every run shares: checked by the local path's validation on a
+        // stand-in volume of the same size, then the stand-in's LUN is dropped.
+        let local = PerfArgs {
+            target: None,
+            hostnqn: None,
+            queues: 1,
+            nsid: 1,
+            lun: Some(LunChoice::Null),
+            // The namespace's block size is checked once known (for_namespace).
+            block_size: 512,
+            verify: false,
+            ..self.clone()
+        };
+        let shared = local.validate()?;
+        if u64::from(self.queues) * u64::from(self.qd)
+            > MAX_PERF_INFLIGHT_PER_REACTOR * shared.cores.len() as u64
+        {
+            return Err(bad(
+                "--queues",
+                format!(
+                    "{} queues × QD {} is more than the reactors' rings hold ({MAX_PERF_INFLIGHT_PER_REACTOR} each)",
+                    self.queues, self.qd
+                ),
+            ));
+        }
+        Ok(PerfConfig {
+            lun_size_bytes: 0,
+            lun_path: None,
+            lun_path_is_scratch: false,
+            thin: false,
+            verify: self.verify,
+            domain: false,
+            remote: Some(RemoteConfig {
+                url,
+                hostnqn,
+                queues: self.queues,
+                nsid: self.nsid,
+            }),
+            ..shared
+        })
+    }
+}
+
+impl PerfConfig {
+    /// A `--target` run once the namespace is known: its block size is the block size, and
+    /// the jobs share the first `--volume-size` bytes of it (at most all of it).
+    pub fn for_namespace(
+        &self,
+        block_bytes: u32,
+        namespace_bytes: u64,
+    ) -> Result<PerfConfig, PerfError> {
+        let block = u64::from(block_bytes);
+        if u64::from(self.io_bytes) % block != 0 {
+            return Err(bad(
+                "--bs",
+                format!(
+                    "{} is not a multiple of the namespace's block size {block}",
+                    self.io_bytes
+                ),
+            ));
+        }
+        let used = self.volume_size_bytes.min(namespace_bytes) / block * block;
+        let config = PerfConfig {
+            block_size_bytes: block_bytes,
+            volume_block_size_bytes: block_bytes,
+            volume_size_bytes: used,
+            ..self.clone()
+        };
+        let units = config.region_units();
+        let min_units = if self.verify {
+            2 * self.queue_depth as u64
+        } else {
+            1
+        };
+        if units < min_units {
+            return Err(bad(
+                "--volume-size",
+                format!(
+                    "{} of the namespace gives each of {} queues fewer than {min_units} I/Os of {} bytes",
+                    format_size(used),
+                    config.jobs(),
+                    self.io_bytes
+                ),
+            ));
+        }
+        if self.verify && units > MAX_VERIFY_UNITS_PER_JOB {
+            return Err(bad(
+                "--verify",
+                format!(
+                    "each queue would track {units} units; at most {MAX_VERIFY_UNITS_PER_JOB} (use a larger --bs or a smaller --volume-size)"
+                ),
+            ));
+        }
+        Ok(config)
     }
 }
 

@@ -121,7 +121,10 @@ pub struct Report {
     pub cores_used: f64,
     pub iops_per_core: f64,
     pub process: ProcessCpu,
-    pub cross_check: CrossCheck,
+    /// `None` for a remote target (`--target`): no counters of its own to compare with.
+    pub cross_check: Option<CrossCheck>,
+    /// Every I/O the jobs completed, in every stage.
+    pub completed_ios: u64,
     pub failed_ios: u64,
     pub throttled_ios: u64,
     pub verify_checked: u64,
@@ -144,8 +147,7 @@ impl Report {
         config: &PerfConfig,
         mut results: Vec<JobResult>,
         process: ProcessCpu,
-        volume: IoTotals,
-        vpath: VpTotals,
+        counters: Option<(IoTotals, VpTotals)>,
         tick_hz: f64,
     ) -> Self {
         results.sort_by_key(|r| r.job);
@@ -226,12 +228,12 @@ impl Report {
             .filter(|r| r.wall_s > 0.0)
             .map(|r| r.cpu_s / r.wall_s)
             .sum();
-        let cross_check = CrossCheck {
+        let cross_check = counters.map(|(volume, vpath)| CrossCheck {
             completed_ios,
             volume_ios: volume.read_ops + volume.write_ops + volume.errors,
             vpath_ios: config.domain.then(|| vpath.all_ops()),
             vpath_ios_bypassed: if config.domain { 0 } else { vpath.all_ops() },
-        };
+        });
         Self {
             config: config.clone(),
             jobs,
@@ -250,6 +252,7 @@ impl Report {
             },
             process,
             cross_check,
+            completed_ios,
             failed_ios,
             throttled_ios,
             verify_checked,
@@ -282,14 +285,11 @@ impl Report {
                 errors: self.failed_ios,
             });
         }
-        if !self.cross_check.matches() {
+        if let Some(check) = self.cross_check.filter(|check| !check.matches()) {
             return Err(PerfError::CountersDiffer {
-                completed: self.cross_check.completed_ios,
-                volume: self.cross_check.volume_ios,
-                vpath: self
-                    .cross_check
-                    .vpath_ios
-                    .unwrap_or(self.cross_check.vpath_ios_bypassed),
+                completed: check.completed_ios,
+                volume: check.volume_ios,
+                vpath: check.vpath_ios.unwrap_or(check.vpath_ios_bypassed),
             });
         }
         Ok(())
@@ -318,6 +318,10 @@ impl Report {
                 "ramp_s": c.ramp.as_secs_f64(),
                 "domain": c.domain,
                 "verify": c.verify,
+                "target": c.remote.as_ref().map(|r| r.url.to_string()),
+                "hostnqn": c.remote.as_ref().map(|r| r.hostnqn.clone()),
+                "queues": c.remote.as_ref().map(|r| r.queues),
+                "nsid": c.remote.as_ref().map(|r| r.nsid),
             },
             "ios": self.measured.ios,
             "iops": self.iops.round(),
@@ -349,12 +353,13 @@ impl Report {
                 "mib_per_sec": round3(j.mib_per_sec),
                 "latency_us": j.latency.to_json(),
             })).collect::<Vec<_>>(),
-            "counters": {
-                "completed_ios": self.cross_check.completed_ios,
-                "volume_ios": self.cross_check.volume_ios,
-                "vpath_ios": self.cross_check.vpath_ios,
-                "match": self.cross_check.matches(),
-            },
+            "counters": self.cross_check.map(|check| json!({
+                "completed_ios": check.completed_ios,
+                "volume_ios": check.volume_ios,
+                "vpath_ios": check.vpath_ios,
+                "match": check.matches(),
+            })),
+            "completed_ios": self.completed_ios,
             "failed_ios": self.failed_ios,
             "throttled_ios": self.throttled_ios,
             "verify": c.verify.then(|| json!({
@@ -392,22 +397,37 @@ impl Report {
                 String::new()
             },
         );
-        println!(
-            "  {} {} volume ({}-byte blocks{}) on a {} {lun} LUN ({}-byte blocks, {} extents); {:.2} s measured after {:.2} s ramp",
-            format_size(c.volume_size_bytes),
-            if c.thin { "thin" } else { "thick" },
-            c.volume_block_size_bytes,
-            if c.volume_block_size_bytes < c.block_size_bytes {
-                ": writes read-modify-write"
-            } else {
-                ""
-            },
-            format_size(c.lun_size_bytes),
-            c.block_size_bytes,
-            format_size(c.extent_bytes),
-            c.time.as_secs_f64(),
-            c.ramp.as_secs_f64(),
-        );
+        if let Some(remote) = &c.remote {
+            println!(
+                "  {} (namespace {}, {}-byte blocks): the first {} used, as {} over {} I/O queue{}; {:.2} s measured after {:.2} s ramp",
+                remote.url,
+                remote.nsid,
+                c.block_size_bytes,
+                format_size(c.volume_size_bytes),
+                remote.hostnqn,
+                remote.queues,
+                if remote.queues == 1 { "" } else { "s" },
+                c.time.as_secs_f64(),
+                c.ramp.as_secs_f64(),
+            );
+        } else {
+            println!(
+                "  {} {} volume ({}-byte blocks{}) on a {} {lun} LUN ({}-byte blocks, {} extents); {:.2} s measured after {:.2} s ramp",
+                format_size(c.volume_size_bytes),
+                if c.thin { "thin" } else { "thick" },
+                c.volume_block_size_bytes,
+                if c.volume_block_size_bytes < c.block_size_bytes {
+                    ": writes read-modify-write"
+                } else {
+                    ""
+                },
+                format_size(c.lun_size_bytes),
+                c.block_size_bytes,
+                format_size(c.extent_bytes),
+                c.time.as_secs_f64(),
+                c.ramp.as_secs_f64(),
+            );
+        }
         println!();
         let header = [
             "JOB", "CORE", "IOPS", "MiB/s", "MEAN us", "P50 us", "P99 us", "P99.9 us",
@@ -477,17 +497,22 @@ impl Report {
             "  Whole process: {:.2} s CPU over {:.2} s (all threads and io_uring workers; CLOCK_PROCESS_CPUTIME_ID)",
             self.process.cpu_s, self.process.wall_s
         );
-        let check = &self.cross_check;
-        println!(
-            "  Counters: {} I/Os completed, volume counted {}, VP counted {}: {}",
-            check.completed_ios,
-            check.volume_ios,
-            match check.vpath_ios {
-                Some(vp) => vp.to_string(),
-                None => format!("{} (bypassed)", check.vpath_ios_bypassed),
-            },
-            if check.matches() { "match" } else { "MISMATCH" }
-        );
+        match &self.cross_check {
+            Some(check) => println!(
+                "  Counters: {} I/Os completed, volume counted {}, VP counted {}: {}",
+                check.completed_ios,
+                check.volume_ios,
+                match check.vpath_ios {
+                    Some(vp) => vp.to_string(),
+                    None => format!("{} (bypassed)", check.vpath_ios_bypassed),
+                },
+                if check.matches() { "match" } else { "MISMATCH" }
+            ),
+            None => println!(
+                "  Counters: {} I/Os completed (a remote target: no counters here to compare)",
+                self.completed_ios
+            ),
+        }
         if self.failed_ios > 0 || self.throttled_ios > 0 {
             println!(
                 "  {} I/Os failed, {} asked to wait by the token bucket",

@@ -352,3 +352,13 @@ while true; do sleep 60; done
         port = GUEST_NVMET_PORT
     )
 }
+
+/// A shell line for a guest script: connects the kernel's NVMe/TCP initiator to `subnqn` at
+/// `address:port` as `hostnqn` (writing the options to /dev/nvme-fabrics, as nvme-cli does;
+/// the guest has no nvme-cli). From the guest, this machine's loopback is
+/// [`HOST_FROM_GUEST`]. The kernel prints the new controller's options back on success.
+pub fn fabrics_connect_line(address: &str, port: u16, subnqn: &str, hostnqn: &str) -> String {
+    format!(
+        "echo \"transport=tcp,traddr={address},trsvcid={port},nqn={subnqn},hostnqn={hostnqn}\" > /dev/nvme-fabrics"
+    )
+}

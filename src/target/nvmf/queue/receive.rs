@@ -159,7 +159,9 @@ impl IoQueue {
             match pdu::parse_header(pending, Direction::HostToController, &self.negotiated) {
                 Ok(framing) => framing,
                 Err(error) => {
-                    self.terminate(&error, COMMON_HEADER_BYTES);
+                    // The header in error, as long as it says it is (within reason).
+                    let claimed = usize::from(pending[2]).max(COMMON_HEADER_BYTES);
+                    self.terminate(&error, claimed);
                     return false;
                 }
             };
