@@ -528,3 +528,45 @@ fn an_io_queue_joins_its_controller_and_carries_io() {
         server.log()
     );
 }
+
+#[test]
+fn a_malformed_pdu_ends_only_its_own_connection() {
+    use sds::nvmf::pdu::Header;
+    let server = server();
+    let a_subnqn = subnqn(&server, "a");
+    let (mut healthy, _) = connected(&server, HOST_A, &a_subnqn, 0);
+    healthy.enable().expect("enable");
+
+    // An admin queue that sends a capsule whose header length is wrong.
+    let (mut broken, _) = connected(&server, HOST_A, &a_subnqn, 0);
+    let mut bad = [0u8; 72];
+    bad[0] = 0x04; // CapsuleCmd
+    bad[2] = 24; // HLEN: a capsule's is 72
+    bad[4..8].copy_from_slice(&72u32.to_le_bytes());
+    broken.send_raw(&bad).expect("send");
+    match broken.next_header() {
+        Ok(Header::C2HTermReq(term)) => assert_eq!(term.fes, 1, "invalid header field"),
+        other => panic!("expected a C2HTermReq, got {other:?}"),
+    }
+    assert!(broken.closed_within(Duration::from_secs(20)));
+
+    // A first capsule that is not a Connect.
+    let mut early = NvmfConnection::open(server.nvmf_port(), false).expect("open");
+    let answer = early.identify(1, 0).expect("an answer");
+    assert_eq!(answer.status().sc, SC_COMMAND_SEQUENCE_ERROR);
+    assert!(early.closed_within(Duration::from_secs(20)));
+
+    // A connection whose first PDU is not an ICReq.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", server.nvmf_port())).expect("tcp");
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(&mut raw, &bad).expect("send");
+    let mut reply = [0u8; 8];
+    std::io::Read::read_exact(&mut raw, &mut reply).expect("a termination request");
+    assert_eq!(reply[0], 0x03, "C2HTermReq");
+
+    // The healthy controller goes on.
+    let answer = healthy.identify(1, 0).expect("identify");
+    assert!(answer.status().is_success());
+    let qpairs = server.ok("nvmf_get_qpairs", json!({}));
+    assert_eq!(qpairs.as_array().map(Vec::len), Some(1), "{qpairs}");
+}
