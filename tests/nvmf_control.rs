@@ -543,7 +543,7 @@ fn a_malformed_pdu_ends_only_its_own_connection() {
     bad[0] = 0x04; // CapsuleCmd
     bad[2] = 24; // HLEN: a capsule's is 72
     bad[4..8].copy_from_slice(&72u32.to_le_bytes());
-    broken.send_raw(&bad).expect("send");
+    std::io::Write::write_all(&mut broken.stream, &bad).expect("send");
     match broken.next_header() {
         Ok(Header::C2HTermReq(term)) => assert_eq!(term.fes, 1, "invalid header field"),
         other => panic!("expected a C2HTermReq, got {other:?}"),

@@ -294,11 +294,6 @@ impl NvmfConnection {
         .map_err(|e| e.to_string())
     }
 
-    /// Writes raw bytes, as a broken host would.
-    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
-        std::io::Write::write_all(&mut self.stream, bytes).map_err(|e| e.to_string())
-    }
-
     /// Whether the target closed the connection within `within` (reads nothing else).
     pub fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
