@@ -570,3 +570,39 @@ fn a_malformed_pdu_ends_only_its_own_connection() {
     let qpairs = server.ok("nvmf_get_qpairs", json!({}));
     assert_eq!(qpairs.as_array().map(Vec::len), Some(1), "{qpairs}");
 }
+
+#[test]
+fn the_nqn_base_can_be_given_for_a_run_and_a_bad_one_stops_the_server() {
+    let server = Server::start_with(|_| {
+        vec![
+            "--nvmf-nqn-base".into(),
+            "nqn.2026-11.com.example:lab".into(),
+        ]
+    });
+    server.ok("host_create", json!({"name": "a", "nqn": HOST_A}));
+    let subsystems = server.ok("nvmf_get_subsystems", json!({}));
+    assert_eq!(subsystems[1]["nqn"], "nqn.2026-11.com.example:lab:a");
+    assert!(
+        !server.state_dir.join("nvmf.json").exists()
+            || !std::fs::read_to_string(server.state_dir.join("nvmf.json"))
+                .unwrap()
+                .contains("com.example"),
+        "an override is not stored"
+    );
+    let output = common::serve_must_fail(
+        &[
+            std::ffi::OsStr::new("--state-dir"),
+            server.dir.path().join("other").as_os_str(),
+            std::ffi::OsStr::new("--nvmf-nqn-base"),
+            std::ffi::OsStr::new("not an nqn"),
+        ],
+        "an NQN base that is not an NQN",
+    );
+    assert!(output.contains("NQN base"), "{output}");
+    let output = server.cli(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("--nvmf-listen") && help.contains("127.0.0.1:4420"),
+        "{help}"
+    );
+}
