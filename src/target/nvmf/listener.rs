@@ -1,8 +1,10 @@
 //! Accepting NVMe/TCP hosts: one acceptor thread on the port; each new connection runs its
 //! handshake (ICReq/ICResp and Connect, [`super::handshake`]) on its own short-lived thread,
-//! bounded in number by [`HandshakeSlots`](crate::target::handshake_slots::HandshakeSlots) and in time by one deadline. An admin queue's
-//! thread then goes on serving that controller ([`super::admin_thread`]) with its handshake
-//! slot given back; an I/O queue has been handed to a reactor.
+//! bounded in number by
+//! [`HandshakeSlots`](crate::target::handshake_slots::HandshakeSlots) and in time by one
+//! deadline. An admin queue's thread then goes on serving that controller
+//! ([`super::admin_thread`]) with its handshake slot given back; an I/O queue has been handed
+//! to a reactor.
 //!
 //! A peer is known here by its address only (its host NQN comes with Connect): an address a
 //! host record names gets the larger share of handshake slots, as on NBD and iSCSI.
