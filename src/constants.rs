@@ -371,10 +371,15 @@ pub const NVMF_KEEP_ALIVE_GRACE_MS: u32 = 1000;
 pub const NVMF_ADMIN_TICK_MS: u64 = 100;
 /// Time the host should wait for CSTS.RDY after setting CC.EN (CAP.TO, in 500 ms units).
 pub const NVMF_READY_TIMEOUT_UNITS: u8 = 10;
+/// Bytes an admin command sends back at most: every Identify structure and log page fits
+/// (the largest are 4 KiB); a Get Log Page asking for more gets the page and zeroes up to this,
+/// so a host's NUMD (up to 16 GiB) never sizes a buffer.
+pub const NVMF_MAX_ADMIN_DATA_BYTES: usize = 8192;
 /// Time a PDU, once its first byte arrived on the admin queue, may take to arrive whole.
 pub const NVMF_ADMIN_PDU_TIMEOUT_MS: u64 = 10_000;
 const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= 1 << 16);
 const _: () = assert!(NVMF_MAX_PENDING_AERS >= 1 && NVMF_MAX_PENDING_AERS <= 256);
+const _: () = assert!(NVMF_MAX_ADMIN_DATA_BYTES >= 4096);
 
 // ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------
 /// Entries of the initiator's admin queue (its Connect's SQSIZE + 1): the set-up sends one
