@@ -131,6 +131,11 @@ fn the_discovery_log_shows_each_host_only_its_own_subsystem() {
     ] {
         let (mut discovery, _) = connected(&server, hostnqn, DISCOVERY_NQN, 0);
         discovery.enable().expect("enable");
+        let qpairs = server.ok("nvmf_get_qpairs", json!({"nqn": DISCOVERY_NQN}));
+        assert_eq!(
+            qpairs[0]["kato_ms"], 120_000,
+            "a discovery controller without KATO still ends when forgotten"
+        );
         let controller = discovery.identify(1, 0).expect("identify");
         assert_eq!(controller.data[111], 2, "a discovery controller");
         let log = discovery.log_page(0x70, 4096).expect("discovery log");

@@ -14,12 +14,14 @@
 use super::admin::AdminSetup;
 use super::admin_thread::AdminConnection;
 use super::connect::{self, ConnectCommand, Refusal};
-use super::controller::NvmfContext;
+use super::controller::{ControllerKind, NvmfContext};
 use super::features::round_keep_alive;
 use super::identify::IoFeatures;
 use super::queue::{self, IoQueueTicket};
 use super::registry::{NewController, RegistryError};
-use crate::constants::{NVMF_IN_CAPSULE_DATA_BYTES, NVMF_MAX_H2C_DATA_BYTES};
+use crate::constants::{
+    NVMF_DISCOVERY_KATO_MS, NVMF_IN_CAPSULE_DATA_BYTES, NVMF_MAX_H2C_DATA_BYTES,
+};
 use crate::nvmf::command::{Completion, FABRICS, FCTYPE_CONNECT};
 use crate::nvmf::pdu::{
     self, DataLocation, Direction, Header, IcResp, Negotiated, Pdu, TermReq, FES_PDU_SEQUENCE_ERROR,
@@ -174,10 +176,13 @@ pub fn handshake(
             hostid: data.hostid,
             subnqn: data.subnqn.clone(),
             peer: peer.to_string(),
-            kato_ms: round_keep_alive(connect.kato_ms),
+            kato_ms: match (grant.kind, connect.kato_ms) {
+                (ControllerKind::Discovery, 0) => NVMF_DISCOVERY_KATO_MS,
+                (_, kato_ms) => round_keep_alive(kato_ms),
+            },
         }) {
             Ok(registered) => registered,
-            Err(RegistryError::Full) => {
+            Err(RegistryError::Full | RegistryError::DiscoveryFull) => {
                 return refuse(
                     &mut stream,
                     &mut scratch,
