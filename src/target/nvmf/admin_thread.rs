@@ -98,7 +98,9 @@ fn run(connection: AdminConnection, shutdown: &AtomicBool) -> Result<AdminEnd, A
         if queue.keep_alive_expired(Instant::now()) {
             return Ok(AdminEnd::KeepAliveExpired);
         }
-        if let Some(event) = queue.due_event() {
+        if let Some(mut event) = queue.due_event() {
+            // The event request was consumed long ago: the head is where it is now.
+            event.sq_head = sq_head as u16;
             send_response(&mut stream, event, &negotiated, &mut scratch)?;
         }
         // Wait up to one tick for the next PDU to begin.
