@@ -342,6 +342,9 @@ pub const NVMF_RECV_BUFFER_BYTES: usize = 256 * 1024;
 pub const NVMF_MAX_DSM_RANGES: usize = 256;
 /// Dataset Management (deallocate) commands an I/O queue runs at once; one more waits.
 pub const NVMF_DSM_COMMANDS: usize = 4;
+/// Compare commands an I/O queue runs at once (each holds the host's data beside what it
+/// reads); one more waits.
+pub const NVMF_COMPARE_COMMANDS: usize = 2;
 const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= crate::blockio::tag::MAX_SLOTS);
 const _: () = assert!(MAX_NAMESPACES_PER_SUBSYSTEM >= 1);
 const _: () = assert!(NVMF_MAX_H2C_DATA_BYTES >= 4096 && NVMF_MAX_H2C_DATA_BYTES % 4 == 0);
