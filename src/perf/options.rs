@@ -206,6 +206,27 @@ pub struct PerfArgs {
     /// Namespace of --target to drive
     #[arg(long, default_value_t = 1)]
     pub nsid: u32,
+    /// CRC32C digests to ask --target for on every queue: none, header, data or both
+    #[arg(long, value_enum, default_value = "none")]
+    pub digest: DigestChoice,
+}
+
+/// `--digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DigestChoice {
+    None,
+    Header,
+    Data,
+    Both,
+}
+
+impl DigestChoice {
+    pub fn digests(self) -> super::nvmf_target::Digests {
+        super::nvmf_target::Digests {
+            header: matches!(self, Self::Header | Self::Both),
+            data: matches!(self, Self::Data | Self::Both),
+        }
+    }
 }
 
 /// `--target` and what goes with it, validated.
@@ -215,6 +236,7 @@ pub struct RemoteConfig {
     pub hostnqn: String,
     pub queues: u32,
     pub nsid: u32,
+    pub digests: super::nvmf_target::Digests,
 }
 
 /// Why `sds perf` could not run, or found a problem.
@@ -379,6 +401,7 @@ impl PerfArgs {
             (self.hostnqn.is_some(), "--hostnqn"),
             (self.queues != 1, "--queues"),
             (self.nsid != 1, "--nsid"),
+            (self.digest != DigestChoice::None, "--digest"),
         ] {
             if given {
                 return Err(bad(option, "applies only with --target"));
@@ -685,6 +708,7 @@ impl PerfArgs {
             hostnqn: None,
             queues: 1,
             nsid: 1,
+            digest: DigestChoice::None,
             lun: Some(LunChoice::Null),
             // The namespace's block size is checked once known (for_namespace).
             block_size: 512,
@@ -715,6 +739,7 @@ impl PerfArgs {
                 hostnqn,
                 queues: self.queues,
                 nsid: self.nsid,
+                digests: self.digest.digests(),
             }),
             ..shared
         })
