@@ -7,7 +7,10 @@ IOPS, so CPU efficiency and QD1 latency tell servers apart; see the README's Ben
 
 Usage: bench/compare.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH] [--only TEXT]
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from processes import cpu_seconds, free_port, wait_port  # noqa: E402
 
 JOBS = [
     ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
@@ -17,7 +20,6 @@ JOBS = [
 ]
 # Peers work above this offset so they never touch the sds pool's superblock and records.
 PEER_OFFSET = 16 << 20
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Servers run on the last core and the client (fio) on the others, as a remote host would be:
 # on a 2-core machine a client sharing the server's core costs either of them up to 40% (measured
 # with fio pinned on and off the reactor's core). Every server gets the same single core, so
@@ -25,31 +27,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 SERVER_CPUS = str(NCPU - 1)
 CLIENT_CPUS = ",".join(str(c) for c in range(NCPU - 1)) if NCPU > 1 else "0"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early: {proc.args}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not come up")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def fio(uri, size, runtime, offset, job):

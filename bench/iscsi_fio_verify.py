@@ -11,14 +11,9 @@ Usage: bench/iscsi_fio_verify.py [--sds PATH] [--fio PATH] [--size MiB]
 import argparse, os, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iscsi_peers import Sds  # noqa: E402
+from iscsi_peers import escape, Sds  # noqa: E402
 
 INITIATOR = "iqn.2026-11.org.sds.bench:verify"
-
-
-def escape(url):
-    """fio splits its filename at ':'; libiscsi URLs need every ':' escaped."""
-    return url.replace(":", "\\:")
 
 
 def main():

@@ -5,9 +5,10 @@ paths at LUN 0). Shared by iscsi_conformance.py and iscsi_speed.py.
 tgtd ignores SIGTERM: it is stopped through its own control channel (tgtadm delete target
 --force, then delete system), on a private control port so that several runs never meet.
 """
-import json, os, signal, socket, subprocess, time
+import json, os, signal, subprocess, sys, time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from processes import cpu_seconds, free_port, wait_port  # noqa: E402,F401
 # libiscsi's iscsi-test-cu logs in with these two names (its defaults): the sds side gives each
 # a host and a virtual path, since a login from an initiator with no VP is refused.
 CU_INITIATOR = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test"
@@ -16,30 +17,9 @@ TGT_TARGET = "iqn.2026-11.org.sds.bench:tgtd"
 SDS_TARGET = "iqn.2026-11.org.sds.bench:sds"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited early (status {proc.returncode})")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def escape(url):
+    """fio splits its filename option at ':'; libiscsi URLs carry them escaped."""
+    return url.replace(":", "\\:")
 
 
 class Tgtd:

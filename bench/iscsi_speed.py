@@ -21,7 +21,7 @@ Usage: bench/iscsi_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iscsi_peers import SDS_TARGET, Sds, Tgtd, cpu_seconds  # noqa: E402
+from iscsi_peers import SDS_TARGET, Sds, Tgtd, cpu_seconds, escape  # noqa: E402
 
 JOBS = [
     ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
@@ -37,11 +37,6 @@ PEER_OFFSET = 16 << 20
 NCPU = os.cpu_count() or 1
 SERVER_CPUS = str(NCPU - 1)
 CLIENT_CPUS = ",".join(str(c) for c in range(NCPU - 1)) if NCPU > 1 else "0"
-
-
-def escape(url):
-    """fio splits its filename option at ':'; libiscsi URLs carry them escaped."""
-    return url.replace(":", "\\:")
 
 
 def fio(binary, url, size, offset, args):

@@ -42,8 +42,10 @@ declare -A max_len=(
     [iscsi_pdu]=16384
     [iscsi_params]=16384
     [iscsi_login]=16384
+    [nvmf_pdu]=16384
+    [nvmf_capsule]=8400
 )
-read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk nbd_starttls iscsi_pdu iscsi_params iscsi_login scsi_cdb}"
+read -ra targets <<<"${SDS_FUZZ_TARGETS:-nbd_request nbd_info_request nbd_handshake nbd_options rpc_request cli_size pool_on_disk nbd_starttls iscsi_pdu iscsi_params iscsi_login scsi_cdb nvmf_pdu nvmf_capsule}"
 # A parser run on at most 16 KiB has no business near these: a larger allocation or RSS is a
 # bug (an allocation sized by the input), reported as a crash.
 rss_limit_mb=1024
@@ -187,6 +189,26 @@ seed("iscsi_pdu", "text-digests", b"\x03" + text_request(text([("SendTargets", "
      + struct.pack("<I", crc32c(text_request(text([("SendTargets", "All")]), 1)[:48]))
      + pad(text([("SendTargets", "All")]))
      + struct.pack("<I", crc32c(pad(text([("SendTargets", "All")])))))
+# NVMe/TCP: byte 0 the terms (bit 2 host to controller, bit 0/1 digests), then PDUs.
+def nvme_sqe(opcode, cid, nsid, slba, blocks, sgl_len, sgl_id):
+    return (struct.pack("<BBHI", opcode, 0x40, cid, nsid) + bytes(16)
+            + struct.pack("<QIxxxB", 0, sgl_len, sgl_id)
+            + struct.pack("<QI", slba, blocks - 1) + bytes(12))
+def tcp_pdu(kind, header, data=b"", flags=0):
+    hlen = 8 + len(header)
+    pdo = hlen if data else 0
+    return struct.pack("<BBBBI", kind, flags, hlen, pdo, hlen + len(data)) + header + data
+write = nvme_sqe(0x01, 1, 1, 0, 1, 512, 0x01)
+seed("nvmf_pdu", "capsules", b"\x04" + tcp_pdu(4, write, bytes(512))
+     + tcp_pdu(4, nvme_sqe(0x02, 2, 1, 8, 8, 4096, 0x5a))
+     + tcp_pdu(6, struct.pack("<HHII4x", 2, 0, 0, 4), b"abcd", 0x04))
+seed("nvmf_pdu", "c2h", b"\x00" + tcp_pdu(7, struct.pack("<HHII4x", 2, 0, 0, 4), b"abcd", 0x0c)
+     + tcp_pdu(5, struct.pack("<QHHHH", 0, 1, 1, 2, 0))
+     + tcp_pdu(9, struct.pack("<HHII4x", 3, 7, 0, 65536)))
+seed("nvmf_capsule", "write", b"\x00" + write + bytes(512))
+seed("nvmf_capsule", "dsm", b"\x01" + nvme_sqe(0x09, 3, 1, 0, 1, 32, 0x01)[:40]
+     + struct.pack("<II", 1, 4) + bytes(16) + struct.pack("<IIQ", 0, 8, 16) + bytes(16))
+
 PY
 
 failed=()

@@ -158,9 +158,11 @@ fn demo(state_dir: &Path) -> Result<(), DemoError> {
         .args([
             "--nbd-listen",
             &format!("127.0.0.1:{port}"),
-            // The demo speaks NBD only; it must not take (or fail on) the iSCSI port of a
-            // real server on this machine.
+            // The demo speaks NBD only; it must not take (or fail on) the iSCSI or NVMe/TCP
+            // port of a real server on this machine.
             "--iscsi-listen",
+            "none",
+            "--nvmf-listen",
             "none",
             "--log-level",
             "warn",

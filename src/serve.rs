@@ -8,11 +8,16 @@ use crate::reactor::{self, mailbox::Message};
 use crate::rpc;
 use crate::scsi::LuRegistry;
 use crate::state_lock::StateLock;
+use crate::target::buffer_budget::BUFFER_BUDGET;
+use crate::target::handshake_slots::HandshakeSlots;
 use crate::target::iscsi::listener::{self as iscsi_listener, IscsiContext, IscsiSetup};
 use crate::target::iscsi::registry::Registry;
 use crate::target::iscsi::target_name;
 use crate::target::nbd::listener::{self, NbdContext};
 use crate::target::nbd::tls::{TlsFiles, TlsServer};
+use crate::target::nvmf::listener as nvmf_listener;
+use crate::target::nvmf::registry::Registry as NvmfRegistry;
+use crate::target::nvmf::{subsystem, NvmfContext};
 use crate::volume::provisioner::Provisioner;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +53,11 @@ pub struct ServeConfig {
     /// The iSCSI target name for this run (`--iscsi-target-name`); the stored one (made at
     /// the first start) when absent.
     pub iscsi_target_name: Option<String>,
+    /// The NVMe/TCP port; `None` disables the NVMe/TCP front end.
+    pub nvmf_listen: Option<SocketAddr>,
+    /// The subsystem NQN base for this run (`--nvmf-nqn-base`); the stored one (made at the
+    /// first start) when absent.
+    pub nvmf_nqn_base: Option<String>,
     /// NBD over TLS: when set, every NBD connection (TCP or Unix) must start TLS, and with a
     /// client CA the client certificate's subject names the host.
     pub tls: Option<TlsFiles>,
@@ -88,6 +98,10 @@ pub enum ServeError {
     IscsiTargetName(#[from] crate::target::iscsi::target_name::TargetNameError),
     #[error(transparent)]
     IscsiListener(#[from] crate::target::iscsi::listener::ListenerError),
+    #[error(transparent)]
+    NvmfNqnBase(#[from] crate::target::nvmf::subsystem::NqnBaseError),
+    #[error(transparent)]
+    NvmfListener(#[from] crate::target::nvmf::listener::ListenerError),
 }
 
 /// Runs the server until SIGINT/SIGTERM; returns after a clean shutdown: in-flight I/O
@@ -154,6 +168,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let iscsi_target_name = target_name::resolve(&state_dir, config.iscsi_target_name.as_deref())?;
     let iscsi_registry = Registry::new();
     let iscsi_scsi = LuRegistry::new(&state_dir);
+    // Likewise the NVMe subsystem NQN base and the controller registry.
+    let nvmf_nqn_base = subsystem::resolve_base(&state_dir, config.nvmf_nqn_base.as_deref())?;
+    let nvmf_registry = NvmfRegistry::new();
     let mut control = Control::restore(
         state_dir,
         published.clone(),
@@ -172,6 +189,11 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             .map(ToString::to_string)
             .collect(),
         registry: iscsi_registry.clone(),
+    });
+    control.nvmf = Some(control::nvmf::NvmfTarget {
+        nqn_base: nvmf_nqn_base.clone(),
+        listen: config.nvmf_listen.iter().map(ToString::to_string).collect(),
+        registry: nvmf_registry.clone(),
     });
     let (dispatch, control_thread) = control::spawn(control).map_err(Box::new)?;
 
@@ -207,6 +229,21 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             handshake_limit: config.nbd_handshake_timeout,
         });
         acceptors.push(iscsi_listener::listen(address, iscsi)?);
+    }
+    if let Some(address) = config.nvmf_listen {
+        let nvmf = Arc::new(NvmfContext {
+            published: published.clone(),
+            reactors: reactors.clone(),
+            provisioner: provisioner.clone(),
+            shutdown: shutdown.clone(),
+            registry: nvmf_registry.clone(),
+            reactor_load: nbd.reactor_load(),
+            buffer_budget: &BUFFER_BUDGET,
+            nqn_base: nvmf_nqn_base.clone(),
+            handshakes: HandshakeSlots::default(),
+            handshake_limit: config.nbd_handshake_timeout,
+        });
+        acceptors.push(nvmf_listener::listen(address, nvmf)?);
     }
     let rpc = rpc::server::spawn(&socket, Arc::new(dispatch), shutdown.clone())?;
     log::info!(

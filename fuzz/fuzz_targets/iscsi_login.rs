@@ -27,6 +27,7 @@ fn host(name: &str, iqn: &str, chap: Option<ChapRecord>) -> Host {
         name: name.into(),
         tls_subject: None,
         iqn: Some(iqn.into()),
+        nqn: None,
         chap: chap.map(Arc::new),
         addresses: Vec::new(),
         max_sessions: 4,

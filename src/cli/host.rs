@@ -39,8 +39,9 @@ pub enum HostCommand {
         /// and no two hosts may share one
         #[arg(long)]
         iqn: Option<String>,
-        /// The host's NVMe-oF host NQN, kept with the host for front ends that identify hosts
-        /// by it
+        /// The host's NVMe host NQN (nqn.YYYY-MM.reversed.domain[:id], or
+        /// nqn.2014-08.org.nvmexpress:uuid:<UUID> as /etc/nvme/hostnqn holds it), kept as
+        /// given; an NVMe/TCP Connect with it is this host's, and no two hosts may share one
         #[arg(long)]
         nqn: Option<String>,
         /// NBD sessions the host may have open at once [default: 64]

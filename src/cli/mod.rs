@@ -19,6 +19,7 @@ mod domain;
 mod host;
 mod iscsi;
 mod lun;
+mod nvmf;
 mod output;
 mod params;
 mod pool;
@@ -108,6 +109,10 @@ enum Command {
     /// The iSCSI target: its name, portals and LUNs per host, and its live sessions
     #[command(subcommand)]
     Iscsi(iscsi::IscsiCommand),
+    /// NVMe/TCP: the subsystems (one per host, its VPs as namespaces) and the live
+    /// controllers with their queues
+    #[command(subcommand)]
+    Nvmf(nvmf::NvmfCommand),
     /// Drive a volume in-process (no network) and measure IOPS, latency and IOPS per core,
     /// like SPDK's bdevperf
     Perf(crate::perf::PerfArgs),
@@ -173,6 +178,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),
         Command::Iscsi(command) => iscsi::run(command, json, &call),
+        Command::Nvmf(command) => nvmf::run(command, json, &call),
         Command::Top(args) => top::run(&args, json, &call),
     }
 }

@@ -25,6 +25,14 @@ pub struct ServeArgs {
     /// iqn.2026-11.org.sds:<hostname>, kept in STATE_DIR/iscsi-target.json]
     #[arg(long)]
     iscsi_target_name: Option<String>,
+    /// The NVMe/TCP port (subsystems and the discovery controller), HOST:PORT, or `none`
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    nvmf_listen: String,
+    /// The base of the NVMe subsystem NQNs (`<base>:<host name>`) for this run [default: the
+    /// one made at the first start, nqn.2026-11.org.sds:<hostname>, kept in
+    /// STATE_DIR/nvmf.json]
+    #[arg(long)]
+    nvmf_nqn_base: Option<String>,
     /// NBD over a Unix socket as well
     #[arg(long)]
     nbd_socket: Option<PathBuf>,
@@ -91,6 +99,13 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .map_err(|e| format!("--iscsi-listen {text:?}: {e}"))?,
         ),
     };
+    let nvmf_listen = match args.nvmf_listen.as_str() {
+        "none" | "" => None,
+        text => Some(
+            text.parse::<SocketAddr>()
+                .map_err(|e| format!("--nvmf-listen {text:?}: {e}"))?,
+        ),
+    };
     let config = ServeConfig {
         state_dir: args.state_dir,
         rpc_socket: args.rpc_socket,
@@ -98,6 +113,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         nbd_socket: args.nbd_socket,
         iscsi_listen,
         iscsi_target_name: args.iscsi_target_name,
+        nvmf_listen,
+        nvmf_nqn_base: args.nvmf_nqn_base,
         nbd_unix_mode: args.nbd_unix_mode,
         nbd_handshake_timeout: std::time::Duration::from_secs(args.nbd_handshake_timeout_secs),
         cores: match &args.cores {

@@ -35,7 +35,8 @@ const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 /// virtual paths, IOPS, MB/s, p50/p99 latency, I/Os the domain's limits delayed, and the
 /// limits), and the virtual paths (host, volume, domain, mode, IOPS split into reads and
 /// writes, MB/s, p50/p99/p99.9 latency, milliseconds of delay from throttling, the limit the
-/// control loop currently gives the VP, open connections, and their protocol: nbd, iscsi).
+/// control loop currently gives the VP, open connections, and their protocol: nbd, iscsi,
+/// nvme-tcp).
 ///
 /// Rates are measured between frames from the server's counters, so they cover the whole
 /// interval; the first frame shows the server's last control cycle (`sds serve --cycle-ms`).
@@ -120,6 +121,8 @@ struct Sample {
     capabilities: HashMap<String, Value>,
     /// The iSCSI target's normal sessions (empty from a server without iSCSI).
     iscsi_sessions: Vec<Value>,
+    /// The NVMe/TCP controllers (empty from a server without NVMe/TCP).
+    nvmf_qpairs: Vec<Value>,
 }
 
 impl Sample {
@@ -135,6 +138,10 @@ impl Sample {
             .into_iter()
             .filter(|session| session["kind"] == "normal")
             .collect();
+        let nvmf_qpairs = call("nvmf_get_qpairs", None)
+            .ok()
+            .and_then(|qpairs| qpairs.as_array().cloned())
+            .unwrap_or_default();
         let capabilities = described
             .as_array()
             .map(|list| {
@@ -152,14 +159,16 @@ impl Sample {
             domains: list(&domains, "domains"),
             capabilities,
             iscsi_sessions,
+            nvmf_qpairs,
         })
     }
 }
 
 /// How a VP is reached. The VP's connection count covers every front end (each iSCSI session
-/// with the VP's LUN holds one, as each NBD connection does); the iSCSI sessions of its host
-/// that serve its LUN are the iSCSI part, the rest are NBD.
-fn protocol(vpath: &Value, iscsi_sessions: &[Value]) -> &'static str {
+/// with the VP's LUN holds one, as each NBD connection and each NVMe/TCP I/O queue does); the
+/// iSCSI sessions of its host that serve its LUN are the iSCSI part, the I/O queues of its
+/// host's live NVMe controllers the NVMe/TCP part, the rest are NBD.
+fn protocol(vpath: &Value, iscsi_sessions: &[Value], nvmf_qpairs: &[Value]) -> String {
     let iscsi = iscsi_sessions
         .iter()
         .filter(|s| s["host"] == vpath["host"])
@@ -169,12 +178,21 @@ fn protocol(vpath: &Value, iscsi_sessions: &[Value]) -> &'static str {
                 .is_some_and(|luns| luns.contains(&vpath["lun"]))
         })
         .count() as u64;
-    let nbd = count(vpath, &["connections"]).saturating_sub(iscsi);
-    match (nbd > 0, iscsi > 0) {
-        (true, true) => "nbd+iscsi",
-        (true, false) => "nbd",
-        (false, true) => "iscsi",
-        (false, false) => "-",
+    let nvme: u64 = nvmf_qpairs
+        .iter()
+        .filter(|c| c["kind"] == "nvm" && c["host"] == vpath["host"] && c["state"] != "closing")
+        .map(|c| c["io_queues"].as_u64().unwrap_or(0))
+        .sum();
+    let nbd = count(vpath, &["connections"]).saturating_sub(iscsi + nvme);
+    let used: Vec<&str> = [(nbd, "nbd"), (iscsi, "iscsi"), (nvme, "nvme-tcp")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if used.is_empty() {
+        "-".to_string()
+    } else {
+        used.join("+")
     }
 }
 
@@ -300,8 +318,9 @@ struct VpathRow {
     domain: String,
     mode: String,
     connections: u64,
-    /// How its connections reach it: nbd, iscsi, both, or "-" with none.
-    protocol: &'static str,
+    /// How its connections reach it: nbd, iscsi, nvme-tcp, several joined by '+', or "-"
+    /// with none.
+    protocol: String,
     rates: Rates,
     /// What the control loop gives the VP now, all reactors together.
     limit: Value,
@@ -354,7 +373,7 @@ impl View {
                     domain: text("domain"),
                     mode: text("mode"),
                     connections: count(v, &["connections"]),
-                    protocol: protocol(v, &sample.iscsi_sessions),
+                    protocol: protocol(v, &sample.iscsi_sessions, &sample.nvmf_qpairs),
                     rates: Rates::new(v, before.as_ref(), window),
                     limit: v["limit"].clone(),
                 }
@@ -718,12 +737,20 @@ mod tests {
     fn a_paths_protocol_comes_from_its_hosts_iscsi_sessions() {
         let vp = |connections: u64| json!({"host": "h", "lun": 3, "connections": connections});
         let session = |host: &str, luns: &[u64]| json!({"host": host, "luns": luns});
-        assert_eq!(protocol(&vp(0), &[]), "-");
-        assert_eq!(protocol(&vp(2), &[]), "nbd");
+        assert_eq!(protocol(&vp(0), &[], &[]), "-");
+        assert_eq!(protocol(&vp(2), &[], &[]), "nbd");
         let sessions = [session("h", &[0, 3]), session("other", &[3])];
-        assert_eq!(protocol(&vp(1), &sessions), "iscsi");
-        assert_eq!(protocol(&vp(2), &sessions), "nbd+iscsi");
+        assert_eq!(protocol(&vp(1), &sessions, &[]), "iscsi");
+        assert_eq!(protocol(&vp(2), &sessions, &[]), "nbd+iscsi");
         // A session of the host without this VP's LUN is not this path's.
-        assert_eq!(protocol(&vp(1), &[session("h", &[0])]), "nbd");
+        assert_eq!(protocol(&vp(1), &[session("h", &[0])], &[]), "nbd");
+        let controller = |host: &str, state: &str, io_queues: u64| json!({"kind": "nvm", "host": host, "state": state, "io_queues": io_queues});
+        let qpairs = [
+            controller("h", "active", 2),
+            controller("other", "active", 4),
+            controller("h", "closing", 1),
+        ];
+        assert_eq!(protocol(&vp(2), &[], &qpairs), "nvme-tcp");
+        assert_eq!(protocol(&vp(4), &sessions, &qpairs), "nbd+iscsi+nvme-tcp");
     }
 }

@@ -1,6 +1,6 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{domains, failed, hosts, iscsi, luns, spdk, volumes, vpaths, Control};
+use super::{domains, failed, hosts, iscsi, luns, nvmf, spdk, volumes, vpaths, Control};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -39,6 +39,8 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("vpath_get_stats", vpaths::get_stats),
     ("iscsi_get_targets", iscsi::get_targets),
     ("iscsi_get_sessions", iscsi::get_sessions),
+    ("nvmf_get_subsystems", nvmf::get_subsystems),
+    ("nvmf_get_qpairs", nvmf::get_qpairs),
     ("bdev_set_qos_limit", volumes::set_qos_limit),
     ("spdk_get_version", spdk::get_version),
     ("rpc_get_methods", spdk::get_methods),

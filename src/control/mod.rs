@@ -6,7 +6,7 @@
 //! atomic swap. A failed call changes nothing.
 //!
 //! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `hosts`,
-//! `domains`, `vpaths`, `iscsi`; the SPDK-named ones in `spdk`) and add one line to
+//! `domains`, `vpaths`, `iscsi`, `nvmf`; the SPDK-named ones in `spdk`) and add one line to
 //! [`methods::METHODS`]. Pool and volume methods that must not touch what a failed LUN took
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
 //! rate-limited LUN error log, `stats` the statistics methods.
@@ -18,6 +18,7 @@ mod hosts;
 pub mod iscsi;
 mod lun_errors;
 mod luns;
+pub mod nvmf;
 pub use luns::error_chain as luns_error_chain;
 pub mod methods;
 pub mod params;
@@ -120,6 +121,9 @@ pub struct Control {
     pub last_cycle_s: f64,
     /// The iSCSI target, for `iscsi_*` (set by `serve` before the control thread starts).
     pub iscsi: Option<iscsi::IscsiTarget>,
+    /// The NVMe/TCP front end, for `nvmf_*` and the events its controllers are told of (set
+    /// by `serve` before the control thread starts).
+    pub nvmf: Option<nvmf::NvmfTarget>,
     generation: u64,
 }
 
@@ -156,6 +160,7 @@ impl Control {
             last_cycle_at: Instant::now(),
             last_cycle_s: cycle_period.as_secs_f64(),
             iscsi: None,
+            nvmf: None,
             generation: 0,
         };
         control.restore_luns()?;

@@ -223,6 +223,15 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     }
     control.publish();
     log::info!("volume {name} resized from {current} to {size} bytes");
+    // Every NVMe host with a VP to it is told: its namespace's size changed.
+    if let Some(nvmf) = &control.nvmf {
+        for vpath in control.vpaths.values().filter(|v| v.record.volume == name) {
+            nvmf.namespace_changed(
+                &vpath.record.host,
+                crate::target::nvmf::subsystem::nsid_of_lun(vpath.record.lun),
+            );
+        }
+    }
     Ok(control
         .volumes
         .get(name)

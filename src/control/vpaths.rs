@@ -165,6 +165,11 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     );
     // A session's LUNs are settled at login: the host's iSCSI sessions are ended, and its
     // initiators, which log back in on their own, find the new LUN.
+    // An NVMe host is told instead: its controllers send an asynchronous event, and its
+    // I/O queues serve the new namespace.
+    if let Some(nvmf) = &control.nvmf {
+        nvmf.namespace_changed(host, crate::target::nvmf::subsystem::nsid_of_lun(lun));
+    }
     if let Some(target) = &control.iscsi {
         let closed = target.registry.close_host(host);
         if closed > 0 {
@@ -218,6 +223,11 @@ impl Control {
             self.publish();
             for reactor in &self.reactors {
                 reactor.post(Message::Revoke { vpath_id: id });
+            }
+            // NVMe controllers of the host end with their queues: the host connects again
+            // and finds its namespaces as they now are.
+            if let Some(nvmf) = &self.nvmf {
+                nvmf.close_host(&entry.record.host);
             }
             log::info!(
                 "virtual path {id} deleted: host {} loses volume {}",

@@ -276,6 +276,10 @@ pub enum PduError {
         data_bytes: usize,
         max_bytes: usize,
     },
+    #[error("a {0:?} PDU the receiver did not expect now")]
+    Unexpected(PduType),
+    #[error("data outside the range the command or its R2T allows")]
+    DataOutOfRange,
     #[error("header digest {received:#010x} does not match the header")]
     HeaderDigest { received: u32 },
     #[error("data digest does not match the data")]
@@ -295,7 +299,8 @@ impl PduError {
             PduError::HeaderDigest { .. } => FES_HEADER_DIGEST_ERROR,
             PduError::DataTooLong { .. } => FES_DATA_LIMIT_EXCEEDED,
             PduError::UnsupportedParameter { .. } => FES_UNSUPPORTED_PARAMETER,
-            PduError::WrongDirection(_) => FES_PDU_SEQUENCE_ERROR,
+            PduError::WrongDirection(_) | PduError::Unexpected(_) => FES_PDU_SEQUENCE_ERROR,
+            PduError::DataOutOfRange => FES_DATA_OUT_OF_RANGE,
             _ => FES_INVALID_HEADER_FIELD,
         }
     }
@@ -304,7 +309,10 @@ impl PduError {
     pub const fn fei(&self) -> u32 {
         match self {
             PduError::HeaderDigest { received } => *received,
-            PduError::UnknownType(_) | PduError::WrongDirection(_) => 0,
+            PduError::UnknownType(_)
+            | PduError::WrongDirection(_)
+            | PduError::Unexpected(_)
+            | PduError::DataOutOfRange => 0,
             PduError::Flags { .. } => 1,
             PduError::HeaderLength { .. } => 2,
             PduError::DataOffset { .. } => 3,

@@ -3,7 +3,7 @@
 //! the command looks at).
 //!
 //! Adding a command: its opcode here, its entry in [`SUPPORTED`], its decoding in
-//! `cdb.rs`, its execution in `scsi_lun.rs` (and whether reservations let it through in
+//! `cdb.rs`, its execution in `scsi_lun/execute.rs` (and whether reservations let it through in
 //! `reservations.rs`).
 
 pub const TEST_UNIT_READY: u8 = 0x00;

@@ -8,6 +8,7 @@
 
 pub mod guest;
 pub mod initiator;
+pub mod nvmf_initiator;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -63,6 +64,8 @@ pub struct Server {
     pub port: u16,
     /// The iSCSI portal's port (see [`Server::iscsi_port`]).
     iscsi: u16,
+    /// The NVMe/TCP port (see [`Server::nvmf_port`]).
+    nvmf: u16,
     /// Options added to `sds serve` beyond the state dir, the port and the log level.
     extra_args: Vec<String>,
     /// The working directory `spawn` starts the server in; the test's own when `None`.
@@ -87,6 +90,7 @@ impl Server {
             dir,
             port: free_port(),
             iscsi: free_port(),
+            nvmf: free_port(),
             extra_args,
             cwd: None,
             child: None,
@@ -118,6 +122,8 @@ impl Server {
                 &format!("127.0.0.1:{}", self.port),
                 "--iscsi-listen",
                 &format!("127.0.0.1:{}", self.iscsi),
+                "--nvmf-listen",
+                &format!("127.0.0.1:{}", self.nvmf),
                 "--log-level",
                 "debug",
             ])
@@ -194,6 +200,11 @@ impl Server {
     /// The port of the server's iSCSI portal (127.0.0.1).
     pub fn iscsi_port(&self) -> u16 {
         self.iscsi
+    }
+
+    /// The NVMe/TCP port (subsystems and the discovery controller).
+    pub fn nvmf_port(&self) -> u16 {
+        self.nvmf
     }
 
     /// The server's iSCSI target name, as `iscsi_target_name` finds it stored.
@@ -366,6 +377,7 @@ pub fn serve_must_fail(args: &[&std::ffi::OsStr], why: &str) -> String {
         .args(args)
         .args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--iscsi-listen", "none"])
+        .args(["--nvmf-listen", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

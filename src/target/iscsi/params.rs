@@ -12,8 +12,8 @@
 //! the first of the initiator's values this target supports. This target's own offers are in
 //! [`Offer`]. A key this target does not know is answered `NotUnderstood`, a key that has no
 //! meaning for the session type `Irrelevant`, and a value out of range or of the wrong form
-//! `Reject` (the login goes on with the default). Adding a key: its name in [`Key`], its
-//! result function in [`Negotiation::answer`], its field in [`Negotiated`].
+//! `Reject` (the login goes on with the default). Adding a key: its arm in
+//! [`Negotiation::answer`], its field in [`Negotiated`].
 
 use crate::constants::{
     ISCSI_FIRST_BURST_BYTES, ISCSI_MAX_BURST_BYTES, ISCSI_MAX_OUTSTANDING_R2T,

@@ -228,7 +228,7 @@ struct WireOption {
 /// [`Negotiation::until_starttls`] in the clear, then (after the caller's TLS handshake, on the
 /// TLS stream) [`Negotiation::choose_export`]. The export catalogue is asked for only by the
 /// last step, so the caller resolves it from what the connection proved — after TLS, the
-/// client certificate. The option budget ([`MAX_OPTIONS`]) spans every step.
+/// client certificate. The option budget (`MAX_OPTIONS`) spans every step.
 pub struct Negotiation {
     no_zeroes: bool,
     options_left: usize,

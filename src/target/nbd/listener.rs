@@ -3,7 +3,7 @@
 //! time, off the data path); once the client picks an export, the connection is handed to a
 //! reactor, round robin, as an [`NbdSession`].
 //!
-//! Who the client is decides what it sees ([`HostCatalog`]), and is settled once per
+//! Who the client is decides what it sees (`HostCatalog`), and is settled once per
 //! connection, as late as the protocol allows: a plain connection is known by its address (TCP)
 //! or user id (Unix socket) from the start; with TLS configured (on every listener, TLS then
 //! being required) the catalogue is resolved only after NBD_OPT_STARTTLS and the TLS

@@ -9,6 +9,7 @@
 //! here is locked on the data path.
 
 use super::registry::Registry;
+use crate::constants::NVMF_MAX_IO_QUEUES;
 use crate::domain::snapshot::Published;
 use crate::reactor::ReactorHandle;
 use crate::target::buffer_budget::BufferBudget;
@@ -49,6 +50,12 @@ pub struct ControllerShared {
     pub closed: Arc<AtomicBool>,
     /// Keep Alive Timeout in milliseconds (0: none), as Connect or Set Features set it.
     pub kato_ms: AtomicU32,
+    /// Whether the controller is enabled and ready (CC.EN set, CSTS.RDY): I/O queues may
+    /// connect only then.
+    pub ready: AtomicBool,
+    /// I/O queues the host was granted (Set Features Number of Queues; the most until then):
+    /// an I/O queue Connect names a QID from 1 to this.
+    pub io_queue_limit: AtomicUsize,
     /// Live I/O queues of this controller: a queue adds one when attached to its reactor
     /// ([`Self::io_queue_started`]) and takes it away when it ends.
     pub io_queues: AtomicUsize,
@@ -79,6 +86,8 @@ impl ControllerShared {
             peer: String::new(),
             closed: Arc::new(AtomicBool::new(false)),
             kato_ms: AtomicU32::new(0),
+            ready: AtomicBool::new(false),
+            io_queue_limit: AtomicUsize::new(NVMF_MAX_IO_QUEUES),
             io_queues: AtomicUsize::new(0),
             events: Mutex::new(PendingEvents::default()),
         }

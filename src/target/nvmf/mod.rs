@@ -5,9 +5,20 @@
 //!   context every thread of the front end is given.
 //! - [`registry`]: every live controller (cntlid allocation, `nvmf_get_subsystems` /
 //!   `nvmf_get_qpairs`, closing a host's controllers, delivering asynchronous events).
+//! - [`queue`]: an I/O queue on a reactor: capsules, R2T/H2CData, C2HData, responses, through
+//!   one block engine per namespace.
 
+pub mod admin;
+pub mod admin_thread;
+pub mod connect;
 pub mod controller;
+pub mod features;
+pub mod handshake;
+pub mod identify;
+pub mod listener;
+pub mod log_pages;
 pub mod properties;
+pub mod queue;
 pub mod registry;
 pub mod subsystem;
 

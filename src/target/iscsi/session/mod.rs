@@ -25,9 +25,9 @@
 //! prescribes; a command the target cannot carry out gets SCSI's answer and the session goes
 //! on.
 //!
-//! Here: the session, its sequence numbers and the reactor's callbacks. [`receive`]: PDUs in,
-//! commands and their data; [`requests`]: NOP, task management, text, logout; [`answers`]:
-//! Data-In, status and every PDU out; [`keep_alive`]: NOP-In and close requests; [`attach`]:
+//! Here: the session, its sequence numbers and the reactor's callbacks. `receive`: PDUs in,
+//! commands and their data; `requests`: NOP, task management, text, logout; `answers`:
+//! Data-In, status and every PDU out; `keep_alive`: NOP-In and close requests; [`attach`]:
 //! building a session at login.
 
 mod answers;
