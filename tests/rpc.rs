@@ -331,3 +331,36 @@ fn the_harness_rpc_read_survives_signals() {
     let answer = reader.join().expect("the reader panicked");
     assert_eq!(answer["result"], json!(42));
 }
+
+/// A reader that goes away before the output ends (`sds rpc … | head -1`) ends the command
+/// quietly, as it ends other Unix tools: no panic, no error message.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::process::Stdio;
+    let server = Server::start();
+    // A pipe whose reading end is closed before the command starts: its first write fails.
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is two ints for pipe(2) to fill.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0] is the pipe's reading end, ours alone.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is the pipe's writing end, which the Stdio takes over.
+    let writer = unsafe { <Stdio as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let output = std::process::Command::new(common::sds_binary())
+        .arg("--socket")
+        .arg(&server.socket)
+        .args(["rpc", "bdev_get_bdevs"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run sds");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.is_empty(),
+        "sds rpc printed on its way out: {stderr}"
+    );
+    assert!(
+        !output.status.success(),
+        "the write to a closed pipe went unnoticed"
+    );
+}

@@ -128,6 +128,19 @@ enum Command {
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // An administrative command prints and exits: a reader that goes away (`sds rpc … | head`)
+    // ends it quietly, as it ends other Unix tools, instead of a panic on the failed print.
+    // The server, the demo and perf keep SIGPIPE ignored: they write to sockets.
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Perf(_) | Command::Demo(_)
+    ) {
+        // SAFETY: restoring a signal's default disposition, before this process starts any
+        // thread, touches no memory of ours.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(message) => {
