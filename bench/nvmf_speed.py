@@ -7,12 +7,14 @@ IOPS per server CPU-second and the NVMe/TCP / NBD ratios; the issue's bar is 1.5
 IOPS per server CPU-second on the RAM volume. Written to bench/last-nvmf-speed.txt.
 
 The server runs on the last core (`taskset` and one reactor there with `--cores`), the clients
-(fio, or sds perf's reactors with --cores) on the others.
+(fio, or sds perf's reactors with --cores) on the others. sds perf's reactors sleep when idle
+(`--client-poll adaptive`, the default) as fio does: a client spinning on its core would take
+the CPU the kernel's io_uring workers need for the file volume's I/O on a 2-core machine.
 
 Skips with a message when the sds binary has no NVMe/TCP target (`serve --nvmf-listen`).
 
 Usage: bench/nvmf_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH]
-                           [--only TEXT] [--poll busy|adaptive]
+                           [--only TEXT] [--poll busy|adaptive] [--client-poll busy|adaptive]
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -69,7 +71,9 @@ def main():
     ap.add_argument("--size", default="1G")
     ap.add_argument("--sds", help="sds binary (default: build target/release/sds)")
     ap.add_argument("--only", help="run only the jobs whose name contains this text (e.g. 'QD32')")
-    ap.add_argument("--poll", choices=("busy", "adaptive"), default="busy", help="reactor poll mode (server and perf)")
+    ap.add_argument("--poll", choices=("busy", "adaptive"), default="busy", help="the server's reactor poll mode")
+    ap.add_argument("--client-poll", choices=("busy", "adaptive"), default="adaptive",
+                    help="sds perf's reactor poll mode (fio, the NBD client, never spins)")
     ap.add_argument("--out", help="table file (default bench/last-nvmf-speed.txt)")
     args = ap.parse_args()
     jobs = [j for j in JOBS if not args.only or args.only in j[0]]
@@ -143,7 +147,7 @@ def main():
                             window = args.runtime + 1
                         else:
                             url = f"nvme-tcp://127.0.0.1:{nvmf_port}/{subnqn}"
-                            r = perf(binary, url, ns, job, args.runtime, args.poll)
+                            r = perf(binary, url, ns, job, args.runtime, args.client_poll)
                             window = args.runtime + 1
                         r["cpu_s"] = cpu_seconds(server.pid) - before
                         r["iops_per_cpu_s"] = r["iops"] * window / r["cpu_s"] if r["cpu_s"] > 0 else 0.0
@@ -165,7 +169,8 @@ def main():
     load = open("/proc/loadavg").read().split()[:3]
     lines = [f"sds perf --target nvme-tcp vs fio nbd engine, same sds server and volumes, {size >> 20} MiB, "
              f"medians of {args.repeat} rounds of {args.runtime} s; ratios are NVMe/TCP / NBD (1q rows of the job)",
-             f"server pinned to cpu {SERVER_CPUS} (one reactor, --poll {args.poll}), clients to cpu {CLIENT_CPUS}",
+             f"server pinned to cpu {SERVER_CPUS} (one reactor, --poll {args.poll}), clients to cpu {CLIENT_CPUS} "
+             f"(sds perf --poll {args.client_poll})",
              f"load average at the end: {' '.join(load)}", "", header, "-" * len(header)]
     for job in jobs:
         for backing_name in ("file", "ram"):

@@ -102,14 +102,16 @@ fn guest_target_answers_icreq_through_the_forwarded_port() {
 
 /// sds perf's NVMe/TCP initiator against Linux's target: two I/O queues of mixed 4 KiB reads
 /// and writes (the writes' data in the capsule), then 64 KiB writes (too large for the
-/// capsule: the target asks for the data with R2T and gets H2CData), both with every unit
-/// read back and compared with what was written. A wrong subsystem NQN is refused with the
+/// capsule: the target asks for the data with R2T and gets H2CData) with data digests, then
+/// mixed 16 KiB reads and writes with header and data digests (CRC32C both ways, checked by
+/// Linux on what we send and by us on what it sends), each with every unit read back and
+/// compared with what was written. A wrong subsystem NQN is refused with the
 /// target's Connect status, named.
 #[test]
 fn perf_initiator_verifies_against_linux_nvmet() {
     let (_guest, port) = guest_target(16);
     let url = format!("nvme-tcp://127.0.0.1:{port}/{GUEST_SUBNQN}");
-    let runs: [&[&str]; 2] = [
+    let runs: [&[&str]; 3] = [
         &["--rw", "randrw", "--bs", "4k", "--qd", "8", "--queues", "2"],
         &[
             "--rw",
@@ -118,8 +120,11 @@ fn perf_initiator_verifies_against_linux_nvmet() {
             "64k",
             "--qd",
             "4",
-            "--queues",
-            "1",
+            "--digest",
+            "data",
+        ],
+        &[
+            "--rw", "randrw", "--bs", "16k", "--qd", "4", "--digest", "both",
         ],
     ];
     for workload in runs {
@@ -141,6 +146,16 @@ fn perf_initiator_verifies_against_linux_nvmet() {
             "nothing was read back and compared: {report}"
         );
         assert_eq!(report["config"]["target"], url.as_str());
+        let digest = match workload.iter().position(|a| *a == "--digest") {
+            Some(at) => workload[at + 1],
+            None => "none",
+        };
+        let expected = match digest {
+            "data" => "data",
+            "both" => "header and data",
+            _ => "no",
+        };
+        assert_eq!(report["config"]["digest"], expected, "{report}");
     }
 
     let wrong = format!("nvme-tcp://127.0.0.1:{port}/nqn.2026-11.org.sds:no-such-subsystem");

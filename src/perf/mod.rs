@@ -225,6 +225,7 @@ fn run_remote(config: &PerfConfig, remote: &RemoteConfig) -> Result<Report, Perf
         io_queues: remote.queues,
         queue_depth: config.queue_depth,
         io_bytes: config.io_bytes,
+        digests: remote.digests,
     })
     .map_err(|source| PerfError::Nvmf {
         url: remote.url.to_string(),

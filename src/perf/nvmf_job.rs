@@ -11,6 +11,10 @@
 //!  CapsuleResp ─▶ Job::complete (latency, verify) ─▶ cid free once its sends are back
 //! ```
 //!
+//! Header digests are written and checked by the codec with the header; data digests
+//! (`--digest data|both`) are computed over each PDU's data when it is queued, sent as a
+//! piece of their own after it, and checked on C2HData once its data is in the buffer.
+//!
 //! The command identifier is the job's slot. Every buffer (slot data, PDU headers, the send
 //! queue, iovecs, the receive buffer) is made when the job is built; nothing is allocated or
 //! locked per I/O. A cid is reused only when its command has completed and every send that
@@ -56,12 +60,14 @@ const HEADER_ROOM: usize = MAX_DATA_OFFSET_BYTES + 1;
 enum SendItem {
     /// The command capsule of slot `cid` (with its write data when in-capsule).
     Capsule { cid: u16 },
-    /// An H2CData PDU of slot `cid`: header number `header`, `length` bytes from `offset`.
+    /// An H2CData PDU of slot `cid`: header number `header`, `length` bytes from `offset`,
+    /// and the data digest in the same number's digest room if `digest`.
     Data {
         cid: u16,
         header: u16,
         offset: u32,
         length: u32,
+        digest: bool,
     },
 }
 
@@ -70,14 +76,27 @@ enum SendItem {
 enum Inbound {
     /// PDU headers, in the receive buffer.
     Headers,
-    /// C2HData's data, straight into slot `cid`'s buffer at `at`; `success`: the PDU said
-    /// the command is done (no CapsuleResp follows).
+    /// C2HData's data, straight into slot `cid`'s buffer at `at`, `remaining` bytes to come.
     Data {
         cid: u16,
         at: usize,
         remaining: usize,
-        success: bool,
+        pdu: DataPdu,
     },
+    /// The data digest that follows a C2HData PDU's data, in the receive buffer.
+    Digest { cid: u16, pdu: DataPdu },
+}
+
+/// The C2HData PDU whose data is being received.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct DataPdu {
+    /// Where its data sits in the command's buffer.
+    offset: usize,
+    length: usize,
+    /// The PDU said the command is done (no CapsuleResp follows).
+    success: bool,
+    /// A data digest follows the data.
+    digest: bool,
 }
 
 /// Per command identifier.
@@ -90,8 +109,9 @@ struct CidState {
     idle: bool,
     /// Bytes of the encoded capsule header.
     capsule_header_bytes: u16,
-    /// Whether the write data went in the capsule.
+    /// Whether the write data went in the capsule, and with a data digest after it.
     in_capsule: bool,
+    capsule_data_digest: bool,
     /// The next H2CData header buffer to use (round robin).
     next_data_header: u16,
     start_ticks: u64,
@@ -108,6 +128,8 @@ pub struct NvmfJob {
     data: AlignedBuf,
     /// Slot `cid`'s capsule header, then its H2CData headers, [`HEADER_ROOM`] bytes each.
     headers: Vec<u8>,
+    /// The data digests of those PDUs, numbered as the headers.
+    data_digests: Vec<[u8; pdu::DIGEST_BYTES]>,
     data_headers_per_cid: usize,
     cids: Vec<CidState>,
     free_cids: Vec<u16>,
@@ -150,6 +172,7 @@ impl NvmfJob {
             in_capsule_bytes,
             data: AlignedBuf::new(queue_depth * io_bytes),
             headers: vec![0; queue_depth * headers_per_cid * HEADER_ROOM],
+            data_digests: vec![[0; pdu::DIGEST_BYTES]; queue_depth * headers_per_cid],
             data_headers_per_cid,
             cids: vec![
                 CidState {
@@ -279,19 +302,26 @@ impl NvmfJob {
             &negotiated,
             self.header_at(cid, 0),
         );
-        let header_bytes = match encoded {
-            Ok(layout) => layout.header_bytes,
+        let layout = match encoded {
+            Ok(layout) => layout,
             Err(error) => {
                 self.fail(format!("cannot encode a command capsule: {error}"));
                 return false;
             }
         };
+        if layout.data_digest {
+            let io = io_bytes as usize;
+            let per_cid = 1 + self.data_headers_per_cid;
+            self.data_digests[slot * per_cid] =
+                pdu::data_digest(&[&self.data.as_slice()[slot * io..(slot + 1) * io]]);
+        }
         self.job.issue(slot, op, unit, offset_bytes, stamp);
         let now = self.job.clock.now();
         let state = &mut self.cids[slot];
         state.idle = false;
-        state.capsule_header_bytes = header_bytes as u16;
+        state.capsule_header_bytes = layout.header_bytes as u16;
         state.in_capsule = in_capsule;
+        state.capsule_data_digest = layout.data_digest;
         state.start_ticks = now;
         state.sends_pending += 1;
         self.send_queue.push_back(SendItem::Capsule { cid });
@@ -307,7 +337,8 @@ impl NvmfJob {
         self.posted.clear();
         let io = self.io_bytes();
         let per_cid = 1 + self.data_headers_per_cid;
-        while self.send.room() >= 2 && self.posted.len() < self.posted.capacity() {
+        // An item is at most three pieces: header, data, data digest.
+        while self.send.room() >= 3 && self.posted.len() < self.posted.capacity() {
             let Some(item) = self.send_queue.pop_front() else {
                 break;
             };
@@ -320,6 +351,9 @@ impl NvmfJob {
                     if state.in_capsule {
                         let from = cid as usize * io;
                         self.send.push(&self.data.as_slice()[from..from + io]);
+                        if state.capsule_data_digest {
+                            self.send.push(&self.data_digests[cid as usize * per_cid]);
+                        }
                     }
                     self.posted.push(cid);
                 }
@@ -328,14 +362,19 @@ impl NvmfJob {
                     header,
                     offset,
                     length,
+                    digest,
                 } => {
-                    let at = (cid as usize * per_cid + 1 + header as usize) * HEADER_ROOM;
+                    let index = cid as usize * per_cid + 1 + header as usize;
+                    let at = index * HEADER_ROOM;
                     // A data PDU's header runs to its PDO (byte 3), where the data begins.
                     let header_bytes = self.headers[at + 3] as usize;
                     self.send.push(&self.headers[at..at + header_bytes]);
                     let from = cid as usize * io + offset as usize;
                     self.send
                         .push(&self.data.as_slice()[from..from + length as usize]);
+                    if digest {
+                        self.send.push(&self.data_digests[index]);
+                    }
                     self.posted.push(cid);
                 }
             }
@@ -403,7 +442,7 @@ impl NvmfJob {
                 let ptr = unsafe { self.data.as_mut_ptr().add(from) };
                 (ptr, remaining, TAG_DATA)
             }
-            Inbound::Headers => {
+            Inbound::Headers | Inbound::Digest { .. } => {
                 let Some((at, room)) = self.recv.spare() else {
                     self.fail("receive buffer full of an unparsed PDU".into());
                     return;
@@ -447,7 +486,7 @@ impl NvmfJob {
                 cid,
                 at,
                 remaining,
-                success,
+                pdu,
             } = self.inbound
             {
                 let left = remaining.saturating_sub(bytes);
@@ -456,14 +495,11 @@ impl NvmfJob {
                         cid,
                         at: at + bytes,
                         remaining: left,
-                        success,
+                        pdu,
                     };
                     return;
                 }
-                self.inbound = Inbound::Headers;
-                if success {
-                    self.command_done(cid, true);
-                }
+                self.data_received(cid, pdu);
             }
         } else {
             self.recv.filled(bytes);
@@ -471,9 +507,48 @@ impl NvmfJob {
         self.process_input();
     }
 
+    /// A C2HData PDU's data is all in the command's buffer: its digest next, if it has one,
+    /// else the command is done if the PDU said so.
+    fn data_received(&mut self, cid: u16, pdu: DataPdu) {
+        self.inbound = Inbound::Headers;
+        if pdu.digest {
+            self.inbound = Inbound::Digest { cid, pdu };
+        } else if pdu.success {
+            self.command_done(cid, true);
+        }
+    }
+
+    /// Checks the data digest in the receive buffer against the data of `pdu`.
+    fn check_digest(&mut self, cid: u16, pdu: DataPdu) {
+        let io = self.io_bytes();
+        let from = cid as usize * io + pdu.offset;
+        let data = &self.data.as_slice()[from..from + pdu.length];
+        let received = &self.recv.pending()[..pdu::DIGEST_BYTES];
+        if pdu::check_data_digest(&[data], received).is_err() {
+            return self.fail(format!(
+                "C2HData for command {cid}: the data digest does not match the data"
+            ));
+        }
+        self.recv.consume(pdu::DIGEST_BYTES);
+        self.inbound = Inbound::Headers;
+        if pdu.success {
+            self.command_done(cid, true);
+        }
+    }
+
     /// Handles every whole PDU in the receive buffer.
     fn process_input(&mut self) {
-        while !self.closing && self.inbound == Inbound::Headers {
+        while !self.closing {
+            if let Inbound::Digest { cid, pdu } = self.inbound {
+                if self.recv.len() < pdu::DIGEST_BYTES {
+                    break;
+                }
+                self.check_digest(cid, pdu);
+                continue;
+            }
+            if self.inbound != Inbound::Headers {
+                break;
+            }
             let pending = self.recv.pending();
             if pending.len() < pdu::COMMON_HEADER_BYTES {
                 break;
@@ -557,16 +632,21 @@ impl NvmfJob {
         let from = cid as usize * io + at;
         self.data.as_mut_slice()[from..from + take].copy_from_slice(&self.recv.pending()[..take]);
         self.recv.consume(take);
-        let success = data.last && data.success;
+        let pdu = DataPdu {
+            offset: at,
+            length,
+            success: data.last && data.success,
+            digest: framing.data_digest_bytes > 0,
+        };
         if take < length {
             self.inbound = Inbound::Data {
                 cid,
                 at: at + take,
                 remaining: length - take,
-                success,
+                pdu,
             };
-        } else if success {
-            self.command_done(cid, true);
+        } else {
+            self.data_received(cid, pdu);
         }
     }
 
@@ -599,13 +679,20 @@ impl NvmfJob {
                 last: sent + piece == length,
                 success: false,
             });
-            if let Err(error) = pdu::encode_header(
+            let layout = match pdu::encode_header(
                 &pdu_header,
                 piece,
                 &negotiated,
                 self.header_at(cid, 1 + header as usize),
             ) {
-                return self.fail(format!("cannot encode H2CData: {error}"));
+                Ok(layout) => layout,
+                Err(error) => return self.fail(format!("cannot encode H2CData: {error}")),
+            };
+            if layout.data_digest {
+                let from = cid as usize * io + offset + sent;
+                let index = cid as usize * (1 + self.data_headers_per_cid) + 1 + header as usize;
+                self.data_digests[index] =
+                    pdu::data_digest(&[&self.data.as_slice()[from..from + piece]]);
             }
             self.cids[cid as usize].sends_pending += 1;
             self.send_queue.push_back(SendItem::Data {
@@ -613,6 +700,7 @@ impl NvmfJob {
                 header,
                 offset: (offset + sent) as u32,
                 length: piece as u32,
+                digest: layout.data_digest,
             });
             sent += piece;
         }

@@ -12,8 +12,8 @@
 //!                ─▶ handed to a reactor as a job (`super::nvmf_job`)
 //! ```
 //!
-//! The initiator asks for no digests and no data alignment (HPDA 0); it honours the
-//! controller's CPDA and MAXH2CDATA.
+//! The initiator asks for the header and data digests `--digest` names (none by default) and
+//! no data alignment (HPDA 0); it honours the controller's CPDA and MAXH2CDATA.
 
 use sds::constants::{
     NVMF_INITIATOR_ADMIN_QUEUE_ENTRIES, NVMF_INITIATOR_IO_TIMEOUT, NVMF_INITIATOR_KATO_MS,
@@ -174,6 +174,14 @@ pub enum SetupError {
         reason: &'static str,
         status: Status,
     },
+    #[error(
+        "queue {qid}: the host asked for {asked} digests and the controller enabled {granted}"
+    )]
+    Digests {
+        qid: u16,
+        asked: Digests,
+        granted: Digests,
+    },
     #[error("{step} failed: {status}")]
     Command { step: &'static str, status: Status },
     #[error("the controller did not become ready within {waited_ms} ms (CSTS {csts:#x})")]
@@ -220,6 +228,24 @@ fn connect_reason(status: Status) -> &'static str {
             "incompatible format"
         }
         _ => "refused",
+    }
+}
+
+/// The CRC32C digests a connection asks for in ICReq (`--digest`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Digests {
+    pub header: bool,
+    pub data: bool,
+}
+
+impl std::fmt::Display for Digests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.header, self.data) {
+            (false, false) => "no",
+            (true, false) => "header",
+            (false, true) => "data",
+            (true, true) => "header and data",
+        })
     }
 }
 
@@ -277,6 +303,7 @@ pub struct SetupRequest<'a> {
     /// Commands each I/O queue keeps in flight: its SQ has one entry more.
     pub queue_depth: usize,
     pub io_bytes: u32,
+    pub digests: Digests,
 }
 
 /// A blocking queue during the set-up: the admin queue, or an I/O queue until its Connect.
@@ -289,7 +316,7 @@ struct BlockingQueue {
 
 impl BlockingQueue {
     /// TCP connect, then ICReq/ICResp.
-    fn open(url: &TargetUrl, qid: u16) -> Result<Self, SetupError> {
+    fn open(url: &TargetUrl, qid: u16, digests: Digests) -> Result<Self, SetupError> {
         let address = format!("{}:{}", url.host, url.port);
         let addresses: Vec<_> = address
             .to_socket_addrs()
@@ -337,8 +364,8 @@ impl BlockingQueue {
         };
         let icreq = Header::IcReq(IcReq {
             host_pda: 0,
-            header_digest: false,
-            data_digest: false,
+            header_digest: digests.header,
+            data_digest: digests.data,
             max_r2t: 0,
         });
         queue.send(&icreq, &[], "ICReq")?;
@@ -356,15 +383,24 @@ impl BlockingQueue {
         })?;
         match pdu.header {
             Header::IcResp(response) => {
-                if response.header_digest || response.data_digest {
-                    // Asked for none: a controller must not turn them on (TP 8000 §3.6.2.2).
-                    return Err(SetupError::Unexpected {
+                // The controller enables what the host asked for, if it can (TP 8000
+                // §3.6.2.2); anything else is refused, so a run never measures or checks
+                // other terms than it was given.
+                let granted = Digests {
+                    header: response.header_digest,
+                    data: response.data_digest,
+                };
+                if granted != digests {
+                    return Err(SetupError::Digests {
                         qid,
-                        step: "ICResp enabled digests the host did not ask for",
-                        got: PduType::IcResp,
+                        asked: digests,
+                        granted,
                     });
                 }
-                queue.connection.negotiated.controller_pda = response.controller_pda;
+                let negotiated = &mut queue.connection.negotiated;
+                negotiated.header_digest = granted.header;
+                negotiated.data_digest = granted.data;
+                negotiated.controller_pda = response.controller_pda;
                 queue.connection.max_h2c_data_bytes = response.max_h2c_data_bytes;
             }
             Header::C2HTermReq(term) => {
@@ -602,7 +638,7 @@ pub fn namespace_from_identify(nsid: u32, page: &[u8]) -> Result<Option<Namespac
 
 /// Connects the admin queue and the I/O queues, and learns the namespace.
 pub fn connect(request: &SetupRequest) -> Result<Connected, SetupError> {
-    let mut admin = BlockingQueue::open(request.url, 0)?;
+    let mut admin = BlockingQueue::open(request.url, 0, request.digests)?;
     let cntlid = admin.connect(
         request,
         (NVMF_INITIATOR_ADMIN_QUEUE_ENTRIES - 1) as u16,
@@ -682,7 +718,7 @@ pub fn connect(request: &SetupRequest) -> Result<Connected, SetupError> {
     }
     let mut io_queues = Vec::with_capacity(wanted as usize);
     for qid in 1..=wanted as u16 {
-        let mut queue = BlockingQueue::open(request.url, qid)?;
+        let mut queue = BlockingQueue::open(request.url, qid, request.digests)?;
         queue.connect(request, request.queue_depth as u16, cntlid, 0)?;
         io_queues.push(queue.connection);
     }

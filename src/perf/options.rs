@@ -206,6 +206,27 @@ pub struct PerfArgs {
     /// Namespace of --target to drive
     #[arg(long, default_value_t = 1)]
     pub nsid: u32,
+    /// CRC32C digests to ask --target for on every queue: none, header, data or both
+    #[arg(long, value_enum, default_value = "none")]
+    pub digest: DigestChoice,
+}
+
+/// `--digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DigestChoice {
+    None,
+    Header,
+    Data,
+    Both,
+}
+
+impl DigestChoice {
+    pub fn digests(self) -> super::nvmf_target::Digests {
+        super::nvmf_target::Digests {
+            header: matches!(self, Self::Header | Self::Both),
+            data: matches!(self, Self::Data | Self::Both),
+        }
+    }
 }
 
 /// `--target` and what goes with it, validated.
@@ -215,6 +236,7 @@ pub struct RemoteConfig {
     pub hostnqn: String,
     pub queues: u32,
     pub nsid: u32,
+    pub digests: super::nvmf_target::Digests,
 }
 
 /// Why `sds perf` could not run, or found a problem.
@@ -379,6 +401,7 @@ impl PerfArgs {
             (self.hostnqn.is_some(), "--hostnqn"),
             (self.queues != 1, "--queues"),
             (self.nsid != 1, "--nsid"),
+            (self.digest != DigestChoice::None, "--digest"),
         ] {
             if given {
                 return Err(bad(option, "applies only with --target"));
@@ -685,6 +708,7 @@ impl PerfArgs {
             hostnqn: None,
             queues: 1,
             nsid: 1,
+            digest: DigestChoice::None,
             lun: Some(LunChoice::Null),
             // The namespace's block size is checked once known (for_namespace).
             block_size: 512,
@@ -715,6 +739,7 @@ impl PerfArgs {
                 hostnqn,
                 queues: self.queues,
                 nsid: self.nsid,
+                digests: self.digest.digests(),
             }),
             ..shared
         })
@@ -872,6 +897,53 @@ mod tests {
             }
             all.extend_from_slice(args);
             let error = config(&all).expect_err(&format!("{args:?} must be refused"));
+            assert!(error.starts_with(option), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn target_options_are_checked_and_volume_options_refused_with_it() {
+        const URL: &str = "nvme-tcp://127.0.0.1:4420/nqn.2026-11.org.sds:x";
+        let config = config(&["--cores", "0", "--target", URL, "--queues", "3"]).expect("valid");
+        let remote = config.remote.as_ref().expect("remote");
+        assert_eq!((remote.queues, remote.nsid, config.jobs()), (3, 1, 3));
+        assert!(remote
+            .hostnqn
+            .starts_with("nqn.2014-08.org.nvmexpress:uuid:"));
+        assert!(!remote.digests.header && !remote.digests.data);
+        // The namespace decides the block size and caps the part used.
+        let sized = config.for_namespace(512, 6 << 20).expect("fits");
+        assert_eq!(
+            (sized.block_size_bytes, sized.volume_size_bytes),
+            (512, 6 << 20)
+        );
+        assert!(
+            config.for_namespace(8192, 1 << 30).is_err(),
+            "4k I/O on 8k blocks"
+        );
+        let verify = self::config(&["--cores", "0", "--target", URL, "--verify", "--qd", "32"])
+            .expect("valid");
+        assert!(verify.for_namespace(4096, 64 * 4096).is_ok(), "twice QD32");
+        assert!(
+            verify.for_namespace(4096, 63 * 4096).is_err(),
+            "too small for --verify at QD32"
+        );
+        for (args, option) in [
+            (&["--target", "nbd://x/y"][..], "--target"),
+            (&["--target", URL, "--lun", "mem"][..], "--lun"),
+            (&["--target", URL, "--thin"][..], "--thin"),
+            (&["--target", URL, "--jobs", "2"][..], "--jobs"),
+            (&["--target", URL, "--queues", "0"][..], "--queues"),
+            (&["--target", URL, "--queues", "65"][..], "--queues"),
+            (&["--target", URL, "--nsid", "0"][..], "--nsid"),
+            (&["--target", URL, "--hostnqn", ""][..], "--hostnqn"),
+            (&["--queues", "2"][..], "--queues"),
+            (&["--hostnqn", "nqn.x"][..], "--hostnqn"),
+            (&["--digest", "both"][..], "--digest"),
+        ] {
+            let mut argv = vec!["--cores", "0"];
+            argv.extend_from_slice(args);
+            let error = self::config(&argv).expect_err(&format!("{args:?} must be refused"));
             assert!(error.starts_with(option), "{args:?}: {error}");
         }
     }

@@ -322,6 +322,7 @@ impl Report {
                 "hostnqn": c.remote.as_ref().map(|r| r.hostnqn.clone()),
                 "queues": c.remote.as_ref().map(|r| r.queues),
                 "nsid": c.remote.as_ref().map(|r| r.nsid),
+                "digest": c.remote.as_ref().map(|r| r.digests.to_string()),
             },
             "ios": self.measured.ios,
             "iops": self.iops.round(),
@@ -399,10 +400,11 @@ impl Report {
         );
         if let Some(remote) = &c.remote {
             println!(
-                "  {} (namespace {}, {}-byte blocks): the first {} used, as {} over {} I/O queue{}; {:.2} s measured after {:.2} s ramp",
+                "  {} (namespace {}, {}-byte blocks, {} digests): the first {} used, as {} over {} I/O queue{}; {:.2} s measured after {:.2} s ramp",
                 remote.url,
                 remote.nsid,
                 c.block_size_bytes,
+                remote.digests,
                 format_size(c.volume_size_bytes),
                 remote.hostnqn,
                 remote.queues,

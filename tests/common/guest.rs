@@ -56,6 +56,8 @@ pub struct GuestOptions {
     pub forwards: Vec<(u16, u16)>,
     /// The whole run's bound: QEMU is killed past it (by `timeout`, even if the test dies).
     pub deadline: Duration,
+    /// Files put in the guest's root beside /test.sh: (name, contents), mode 0755.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for GuestOptions {
@@ -64,6 +66,7 @@ impl Default for GuestOptions {
             memory_mib: 512,
             forwards: Vec::new(),
             deadline: GUEST_DEADLINE,
+            files: Vec::new(),
         }
     }
 }
@@ -72,6 +75,12 @@ impl GuestOptions {
     /// Forwards 127.0.0.1:`host_port` on this machine to the guest's `guest_port`.
     pub fn forward(mut self, host_port: u16, guest_port: u16) -> Self {
         self.forwards.push((host_port, guest_port));
+        self
+    }
+
+    /// Puts `contents` in the guest as /`name` (data, or a static program to run).
+    pub fn file(mut self, name: &str, contents: Vec<u8>) -> Self {
+        self.files.push((name.to_string(), contents));
         self
     }
 }
@@ -135,7 +144,11 @@ impl Guest {
         // The built initramfs, then the test's own archive with /test.sh.
         let initrd = dir.path().join("initrd.cpio");
         let mut archive = std::fs::read(guest.join("initramfs.cpio")).expect("read initramfs");
-        archive.extend_from_slice(&cpio_newc(&[("test.sh", 0o100755, script.as_bytes())]));
+        let mut files: Vec<(&str, u32, &[u8])> = vec![("test.sh", 0o100755, script.as_bytes())];
+        for (name, contents) in &options.files {
+            files.push((name, 0o100755, contents));
+        }
+        archive.extend_from_slice(&cpio_newc(&files));
         std::fs::write(&initrd, &archive).expect("write initrd");
 
         let mut nic = "user,model=virtio-net-pci".to_string();

@@ -284,6 +284,18 @@ impl NvmfConnection {
         }
     }
 
+    /// The next PDU's header, whatever it is (a termination request, for bad-input tests).
+    pub fn next_header(&mut self) -> Result<Header, String> {
+        read_pdu(
+            &mut self.stream,
+            &mut self.buffer,
+            Direction::ControllerToHost,
+            &self.negotiated,
+        )
+        .map(|pdu| pdu.header)
+        .map_err(|e| e.to_string())
+    }
+
     /// Whether the target closed the connection within `within` (reads nothing else).
     pub fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
