@@ -1,6 +1,7 @@
 //! One NVMe/TCP I/O queue (a connection whose Connect named a queue id above 0), run by a
 //! reactor as a [`Session`]: PDU framing, R2T and H2CData, C2HData and response capsules
-//! around the block engines, one per namespace the queue has seen a command for.
+//! around the block engines, one per namespace: the host's VPs when the queue began, and one
+//! made later the first time a command names the NSID of a VP created since.
 //!
 //! ```text
 //!  recv (ring) ─▶ common header checked (pdu::parse_header) ─▶ CapsuleCmd ─▶ namespace NSID:
@@ -21,16 +22,17 @@
 //! host disabled SQ flow control, its C2HData carries SUCCESS and no response capsule follows
 //! (TP 8000).
 //!
-//! Errors: a command the target cannot carry out gets an NVMe status and the queue goes on; a
-//! PDU that breaks the transport's rules (a header field, a digest, data out of the R2T's
-//! range) gets a C2HTermReq naming the field, and this connection — only it — ends. The
+//! Errors: a command the target cannot carry out gets an NVMe status and the queue goes on (a
+//! write whose data digest does not match included: Transient Transport Error); a PDU that
+//! breaks the transport's rules (a header field, a header digest, data outside its R2T) gets a
+//! C2HTermReq naming the field, and this connection — only it — ends. The
 //! queue also ends when its controller does (`ControllerShared::closed`, polled on a 1 s
 //! tick), when a VP of its host is deleted, and when the server stops.
 //!
-//! Here: the queue and the reactor's callbacks. [`attach`]: the hand-over from the handshake
-//! thread, and making a namespace's engine; [`receive`]: PDUs in, commands to their engine,
-//! write data; [`answers`]: everything out; [`io_commands`]: NVMe commands as engine
-//! requests, engine outcomes as NVMe statuses.
+//! Here: the queue and the reactor's callbacks. `attach`: the hand-over from the handshake
+//! thread, and making a namespace's engine; `receive`: PDUs in, commands to their engine,
+//! a write's (or a Compare's) data; `answers`: everything out; [`io_commands`]: NVMe commands
+//! as engine requests, engine outcomes as NVMe statuses.
 
 mod answers;
 mod attach;
