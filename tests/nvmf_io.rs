@@ -420,3 +420,75 @@ fn a_vp_made_while_a_queue_lives_is_served_on_it_and_a_deleted_one_ends_it() {
         "vpath_delete ends the host's I/O queues"
     );
 }
+
+#[test]
+fn without_sq_flow_control_a_read_ends_with_c2hdata_success_and_no_response_capsule() {
+    let (server, port) = served();
+    let (_admin, cntlid) = admin(&server, port);
+    let mut queue = NvmfConnection::open(port, false).expect("ICReq");
+    let answer = queue
+        .connect_with_attributes(&identity(), &subnqn(&server), 1, cntlid, 0, 1 << 2)
+        .expect("I/O Connect");
+    assert!(
+        answer.status().is_success(),
+        "I/O Connect: {}",
+        answer.status()
+    );
+    let data = pattern(12, 64 << 10);
+    assert!(write(&mut queue, 1, 0, &data).is_success());
+    // On the wire: the read's C2HData carries LAST_PDU and SUCCESS, and no response capsule
+    // of the read follows: after it and the flush's answer (in either order) comes the answer
+    // to a second flush sent once both were seen.
+    let read_command = CommandBuilder::new(IO_READ, 0x501)
+        .nsid(1)
+        .range(0, 8)
+        .sgl(0, 4096, SGL_TRANSPORT_DATA_BLOCK)
+        .build();
+    let flush = |cid| CommandBuilder::new(IO_FLUSH, cid).nsid(1).build();
+    let send = |queue: &mut NvmfConnection, command| {
+        let mut wire = Vec::new();
+        pdu::encode_pdu(
+            &Header::CapsuleCmd(command),
+            &[],
+            &queue.negotiated(),
+            &mut wire,
+        )
+        .expect("encode");
+        queue.send_raw(&wire).expect("send");
+    };
+    send(&mut queue, read_command);
+    send(&mut queue, flush(0x502));
+    let (mut read_data, mut flushed) = (false, false);
+    for _ in 0..2 {
+        match queue.next_pdu().expect("a PDU").header {
+            Header::C2HData(header) => {
+                assert_eq!(header.command_id, 0x501);
+                assert!(
+                    header.last && header.success,
+                    "LAST_PDU and SUCCESS: {header:?}"
+                );
+                read_data = true;
+            }
+            Header::CapsuleResp(completion) => {
+                assert_eq!(completion.cid, 0x502, "no response capsule for the read");
+                flushed = true;
+            }
+            other => panic!("unexpected PDU {other:?}"),
+        }
+    }
+    assert!(read_data && flushed);
+    send(&mut queue, flush(0x503));
+    match queue.next_pdu().expect("CapsuleResp").header {
+        Header::CapsuleResp(completion) => assert_eq!(completion.cid, 0x503),
+        other => panic!("not the second flush's answer: {other:?}"),
+    }
+    for _ in 0..3 {
+        let (status, back) = read(&mut queue, 1, 0, data.len());
+        assert!(status.is_success());
+        assert!(back == data);
+    }
+    // A refused read still gets its response capsule.
+    let (status, _) = read(&mut queue, 1, 64 << 20, 4096);
+    assert_eq!(status, status::LBA_OUT_OF_RANGE);
+    write_and_read_back(&mut queue);
+}

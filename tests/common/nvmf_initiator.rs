@@ -120,6 +120,19 @@ impl NvmfConnection {
         cntlid: u16,
         kato_ms: u32,
     ) -> Result<Answer, String> {
+        self.connect_with_attributes(identity, subnqn, qid, cntlid, kato_ms, 0)
+    }
+
+    /// Connect with Connect Attributes `cattr` (bit 2: SQ flow control disabled).
+    pub fn connect_with_attributes(
+        &mut self,
+        identity: &Identity,
+        subnqn: &str,
+        qid: u16,
+        cntlid: u16,
+        kato_ms: u32,
+        cattr: u8,
+    ) -> Result<Answer, String> {
         let mut data = [0u8; 1024];
         data[..16].copy_from_slice(&identity.hostid);
         data[16..18].copy_from_slice(&cntlid.to_le_bytes());
@@ -130,6 +143,7 @@ impl NvmfConnection {
         let command = CommandBuilder::fabrics(FCTYPE_CONNECT, cid)
             .bytes_at(42, &qid.to_le_bytes())
             .bytes_at(44, &sqsize.to_le_bytes())
+            .bytes_at(46, &[cattr])
             .bytes_at(48, &kato_ms.to_le_bytes())
             .sgl(0, 1024, SGL_DATA_BLOCK_OFFSET)
             .build();
