@@ -95,11 +95,9 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] crate::target::nbd::tls::TlsError),
     #[error(transparent)]
-    IscsiTargetName(#[from] crate::target::iscsi::target_name::TargetNameError),
+    StableName(#[from] crate::target::stable_name::StableNameError),
     #[error(transparent)]
     IscsiListener(#[from] crate::target::iscsi::listener::ListenerError),
-    #[error(transparent)]
-    NvmfNqnBase(#[from] crate::target::nvmf::subsystem::NqnBaseError),
     #[error(transparent)]
     NvmfListener(#[from] crate::target::nvmf::listener::ListenerError),
 }

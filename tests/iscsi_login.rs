@@ -323,5 +323,8 @@ fn an_invalid_target_name_stops_the_server_at_start() {
         ],
         "a target name RFC 7143 does not allow was accepted",
     );
-    assert!(output.contains("is not an iSCSI name"), "{output}");
+    assert!(
+        output.contains("is not a valid iSCSI target name"),
+        "{output}"
+    );
 }

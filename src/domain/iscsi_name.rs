@@ -13,6 +13,7 @@
 //! normalised name may hold, the profile allows other Unicode; this server accepts only ASCII
 //! names, which is what every initiator it knows sends.
 
+use super::naming_authority::{self, AuthorityError};
 use crate::constants::MAX_ISCSI_NAME_BYTES;
 
 /// Why a text is not an iSCSI name. The message says what the administrator should fix.
@@ -74,36 +75,10 @@ fn is_hex(text: &str) -> bool {
 
 /// `rest` is what follows `iqn.`: `YYYY-MM.authority[:anything]`.
 fn check_iqn(text: &str, rest: &str) -> Result<(), IscsiNameError> {
-    let date_error = || IscsiNameError::Date(text.to_string());
-    let (date, after) = rest.split_at_checked(7).ok_or_else(date_error)?;
-    let date = date.as_bytes();
-    let month = date
-        .get(5..7)
-        .and_then(|m| std::str::from_utf8(m).ok())
-        .and_then(|m| m.parse::<u8>().ok());
-    if !(date[..4].iter().all(u8::is_ascii_digit)
-        && date[4] == b'-'
-        && date[5..7].iter().all(u8::is_ascii_digit)
-        && month.is_some_and(|m| (1..=12).contains(&m)))
-    {
-        return Err(date_error());
-    }
-    let authority = after.strip_prefix('.').ok_or_else(date_error)?;
-    // The authority ends at the first ':'; what follows is the authority's own and may hold
-    // anything a name may (already checked), including further ':'.
-    let authority = authority.split(':').next().unwrap_or_default();
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if !authority.split('.').all(label_ok) {
-        return Err(IscsiNameError::Authority(text.to_string()));
-    }
-    Ok(())
+    naming_authority::check(rest).map_err(|error| match error {
+        AuthorityError::Date => IscsiNameError::Date(text.to_string()),
+        AuthorityError::Authority => IscsiNameError::Authority(text.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod capabilities;
 pub mod decision;
 pub mod host;
 pub mod iscsi_name;
+pub mod naming_authority;
 pub mod nvme_name;
 pub mod qos;
 pub mod snapshot;

@@ -11,6 +11,7 @@
 //! a name is stored exactly as given. The specification allows UTF-8; this server accepts
 //! printable ASCII without spaces, which is what every initiator it knows sends.
 
+use super::naming_authority::{self, AuthorityError};
 use crate::constants::MAX_NQN_BYTES;
 
 /// The NQN of the discovery controller (NVMe-oF 1.1 §5: the well-known discovery NQN).
@@ -59,33 +60,10 @@ pub fn validate(text: &str) -> Result<(), NqnError> {
     let rest = text
         .strip_prefix("nqn.")
         .ok_or_else(|| NqnError::Format(text.to_string()))?;
-    let date_error = || NqnError::Date(text.to_string());
-    let (date, after) = rest.split_at_checked(7).ok_or_else(date_error)?;
-    let date = date.as_bytes();
-    let month = std::str::from_utf8(&date[5..7])
-        .ok()
-        .and_then(|m| m.parse::<u8>().ok());
-    if !(date[..4].iter().all(u8::is_ascii_digit)
-        && date[4] == b'-'
-        && month.is_some_and(|m| (1..=12).contains(&m)))
-    {
-        return Err(date_error());
-    }
-    let authority = after.strip_prefix('.').ok_or_else(date_error)?;
-    // The authority ends at the first ':'; what follows is the authority's own.
-    let authority = authority.split(':').next().unwrap_or_default();
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if !authority.split('.').all(label_ok) {
-        return Err(NqnError::Authority(text.to_string()));
-    }
-    Ok(())
+    naming_authority::check(rest).map_err(|error| match error {
+        AuthorityError::Date => NqnError::Date(text.to_string()),
+        AuthorityError::Authority => NqnError::Authority(text.to_string()),
+    })
 }
 
 /// 8-4-4-4-12 hex digits.

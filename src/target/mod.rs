@@ -12,4 +12,5 @@ pub mod nbd;
 pub mod nvmf;
 pub mod reactor_load;
 pub mod recv_buffer;
+pub mod stable_name;
 pub mod tcp_acceptor;

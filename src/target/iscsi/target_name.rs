@@ -4,8 +4,8 @@
 //! it) find the same target. `--iscsi-target-name` overrides it for one run without changing
 //! the file (remove the flag and the stored name is back).
 
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use crate::target::stable_name::{StableName, StableNameError};
+use std::path::Path;
 
 /// The file in the state directory.
 pub const TARGET_NAME_FILE: &str = "iscsi-target.json";
@@ -14,120 +14,43 @@ pub const GENERATED_PREFIX: &str = "iqn.2026-11.org.sds:";
 /// The longest iSCSI name (RFC 7143 §4.2.7.1: 223 bytes).
 pub use crate::constants::MAX_ISCSI_NAME_BYTES;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TargetNameError {
-    #[error("cannot read the iSCSI target name from {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not a target name record")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write the iSCSI target name to {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{name:?} is not an iSCSI name: {reason}")]
-    Invalid { name: String, reason: &'static str },
-}
-
-#[derive(Serialize, Deserialize)]
-struct Record {
-    name: String,
-}
+const TARGET_NAME: StableName = StableName {
+    what: "iSCSI target name",
+    file: TARGET_NAME_FILE,
+    field: "name",
+    prefix: GENERATED_PREFIX,
+    max_bytes: MAX_ISCSI_NAME_BYTES,
+};
 
 /// The name to serve: `configured` when given, else the stored one, else a new one (stored).
-pub fn resolve(state_dir: &Path, configured: Option<&str>) -> Result<String, TargetNameError> {
-    if let Some(name) = configured {
-        validate(name)?;
-        return Ok(name.to_string());
-    }
-    let path = state_dir.join(TARGET_NAME_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let record: Record =
-                serde_json::from_slice(&bytes).map_err(|source| TargetNameError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
-            validate(&record.name)?;
-            Ok(record.name)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let name = generated(&hostname());
-            let text = serde_json::to_vec_pretty(&Record { name: name.clone() })
-                .expect("a string serializes");
-            // Written whole or not at all: a temporary file renamed into place.
-            let temporary = state_dir.join(format!("{TARGET_NAME_FILE}.tmp"));
-            std::fs::write(&temporary, text)
-                .and_then(|()| std::fs::rename(&temporary, &path))
-                .map_err(|source| TargetNameError::Write { path, source })?;
-            log::info!("iSCSI target name {name} created");
-            Ok(name)
-        }
-        Err(source) => Err(TargetNameError::Read { path, source }),
-    }
+pub fn resolve(state_dir: &Path, configured: Option<&str>) -> Result<String, StableNameError> {
+    TARGET_NAME.resolve(state_dir, configured, validate)
 }
 
 /// `iqn.2026-11.org.sds:<host>` with the host name lower-cased and anything an iSCSI name may
 /// not hold (RFC 3722: letters, digits, '-', '.', ':') made a '-'.
 pub fn generated(host: &str) -> String {
-    let mut suffix: String = host
-        .trim()
-        .chars()
-        .map(|c| c.to_ascii_lowercase())
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if suffix.is_empty() {
-        suffix = "sds".into();
-    }
-    suffix.truncate(MAX_ISCSI_NAME_BYTES - GENERATED_PREFIX.len());
-    format!("{GENERATED_PREFIX}{suffix}")
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
+    TARGET_NAME.generated(host)
 }
 
 /// An iSCSI name as RFC 7143 §4.2.7 has them: `iqn.`, `eui.` or `naa.`, at most 223 bytes of
 /// lower-case letters, digits, '-', '.' and ':'.
-pub fn validate(name: &str) -> Result<(), TargetNameError> {
-    let invalid = |reason| TargetNameError::Invalid {
-        name: name.to_string(),
-        reason,
-    };
+pub fn validate(name: &str) -> Result<(), String> {
     if name.len() > MAX_ISCSI_NAME_BYTES {
-        return Err(invalid("longer than 223 bytes"));
+        return Err("longer than 223 bytes".into());
     }
     if !["iqn.", "eui.", "naa."]
         .iter()
         .any(|prefix| name.starts_with(prefix))
         || name.len() <= 4
     {
-        return Err(invalid("it must start with iqn., eui. or naa."));
+        return Err("it must start with iqn., eui. or naa.".into());
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b))
     {
-        return Err(invalid(
-            "only lower-case letters, digits, '-', '.' and ':' are allowed",
-        ));
+        return Err("only lower-case letters, digits, '-', '.' and ':' are allowed".into());
     }
     Ok(())
 }
@@ -180,7 +103,7 @@ mod tests {
         std::fs::write(dir.path().join(TARGET_NAME_FILE), "not json").unwrap();
         assert!(matches!(
             resolve(dir.path(), None),
-            Err(TargetNameError::Parse { .. })
+            Err(StableNameError::Parse { .. })
         ));
     }
 }

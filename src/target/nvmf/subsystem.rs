@@ -12,10 +12,10 @@
 
 use crate::constants::{MAX_NAMESPACES_PER_SUBSYSTEM, MAX_NAME_BYTES, MAX_NQN_BYTES};
 use crate::domain::host::Host;
-use crate::domain::nvme_name::{self, NqnError};
+use crate::domain::nvme_name;
 use crate::domain::snapshot::{PathView, Snapshot};
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use crate::target::stable_name::{StableName, StableNameError};
+use std::path::Path;
 
 /// The file in the state directory.
 pub const NQN_BASE_FILE: &str = "nvmf.json";
@@ -24,112 +24,31 @@ pub const GENERATED_PREFIX: &str = "nqn.2026-11.org.sds:";
 /// The longest base: a subsystem NQN adds ':' and a host name.
 pub const MAX_NQN_BASE_BYTES: usize = MAX_NQN_BYTES - 1 - MAX_NAME_BYTES;
 
-#[derive(Debug, thiserror::Error)]
-pub enum NqnBaseError {
-    #[error("cannot read the NVMe subsystem NQN base from {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not an NQN base record")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write the NVMe subsystem NQN base to {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the NQN base {base:?} is longer than {MAX_NQN_BASE_BYTES} bytes")]
-    TooLong { base: String },
-    #[error("the NQN base is not an NQN")]
-    Invalid(#[source] NqnError),
-}
-
-#[derive(Serialize, Deserialize)]
-struct Record {
-    nqn_base: String,
-}
+const NQN_BASE: StableName = StableName {
+    what: "NVMe subsystem NQN base",
+    file: NQN_BASE_FILE,
+    field: "nqn_base",
+    prefix: GENERATED_PREFIX,
+    max_bytes: MAX_NQN_BASE_BYTES,
+};
 
 /// The base to serve: `configured` when given, else the stored one, else a new one (stored).
-pub fn resolve_base(state_dir: &Path, configured: Option<&str>) -> Result<String, NqnBaseError> {
-    if let Some(base) = configured {
-        validate_base(base)?;
-        return Ok(base.to_string());
-    }
-    let path = state_dir.join(NQN_BASE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let record: Record =
-                serde_json::from_slice(&bytes).map_err(|source| NqnBaseError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
-            validate_base(&record.nqn_base)?;
-            Ok(record.nqn_base)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let base = generated_base(&hostname());
-            let record = Record {
-                nqn_base: base.clone(),
-            };
-            let text =
-                serde_json::to_vec_pretty(&record).map_err(|source| NqnBaseError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
-            // Written whole or not at all: a temporary file renamed into place.
-            let temporary = state_dir.join(format!("{NQN_BASE_FILE}.tmp"));
-            std::fs::write(&temporary, text)
-                .and_then(|()| std::fs::rename(&temporary, &path))
-                .map_err(|source| NqnBaseError::Write { path, source })?;
-            log::info!("NVMe subsystem NQN base {base} created");
-            Ok(base)
-        }
-        Err(source) => Err(NqnBaseError::Read { path, source }),
-    }
+pub fn resolve_base(state_dir: &Path, configured: Option<&str>) -> Result<String, StableNameError> {
+    NQN_BASE.resolve(state_dir, configured, validate_base)
 }
 
 /// `nqn.2026-11.org.sds:<host>`, the machine's host name lower-cased and anything but
 /// letters, digits, '-' and '.' made a '-'.
 pub fn generated_base(machine: &str) -> String {
-    let mut suffix: String = machine
-        .trim()
-        .chars()
-        .map(|c| c.to_ascii_lowercase())
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if suffix.is_empty() {
-        suffix = "sds".into();
-    }
-    suffix.truncate(MAX_NQN_BASE_BYTES - GENERATED_PREFIX.len());
-    format!("{GENERATED_PREFIX}{suffix}")
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
+    NQN_BASE.generated(machine)
 }
 
 /// A base is an NQN short enough that `<base>:<any host name>` still is one.
-pub fn validate_base(base: &str) -> Result<(), NqnBaseError> {
+pub fn validate_base(base: &str) -> Result<(), String> {
     if base.len() > MAX_NQN_BASE_BYTES {
-        return Err(NqnBaseError::TooLong {
-            base: base.to_string(),
-        });
+        return Err(format!("longer than {MAX_NQN_BASE_BYTES} bytes"));
     }
-    nvme_name::validate(base).map_err(NqnBaseError::Invalid)
+    nvme_name::validate(base).map_err(|error| error.to_string())
 }
 
 /// The NQN of `host`'s subsystem under `base`.
@@ -322,7 +241,7 @@ pub(crate) mod tests {
         std::fs::write(dir.path().join(NQN_BASE_FILE), "not json").unwrap();
         assert!(matches!(
             resolve_base(dir.path(), None),
-            Err(NqnBaseError::Parse { .. })
+            Err(StableNameError::Parse { .. })
         ));
     }
 }
