@@ -121,3 +121,62 @@ fn perf_drives_sds_target_and_the_vp_counts_every_io() {
         "the refusal does not say who was refused and why:\n{text}"
     );
 }
+
+/// The target ends the queues mid-run (`vpath_delete` cuts the host's controller): every job
+/// stops with the reason and sds perf fails saying so, without hanging.
+#[test]
+fn perf_fails_clearly_when_the_target_cuts_the_queues() {
+    let (server, id, subnqn) = served();
+    let url = format!("nvme-tcp://127.0.0.1:{}/{subnqn}", server.nvmf_port());
+    let child = Command::new("timeout")
+        .args([
+            "120",
+            sds_binary(),
+            "perf",
+            "--poll",
+            "adaptive",
+            "--target",
+            &url,
+        ])
+        .args(["--hostnqn", HOSTNQN, "--queues", "2", "--qd", "4"])
+        .args(["--volume-size", "16M", "--time", "30", "--ramp", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sds perf");
+    // Wait until both I/O queues are connected, then delete the path.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let qpairs = server.ok("nvmf_get_qpairs", json!({"nqn": subnqn}));
+        let io_queues = qpairs
+            .as_array()
+            .and_then(|controllers| controllers.first())
+            .and_then(|controller| controller["io_queues"].as_u64())
+            .unwrap_or(0);
+        if io_queues >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the I/O queues never showed: {qpairs}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    server.ok("vpath_delete", json!({"id": id}));
+    let started = Instant::now();
+    let output = child.wait_with_output().expect("sds perf ends");
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "sds perf did not fail:\n{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "sds perf took {:?} to notice:\n{text}",
+        started.elapsed()
+    );
+    assert!(
+        text.contains("stopped: the target closed the connection")
+            || text.contains("stopped: receive failed"),
+        "the error does not say the target ended the queue:\n{text}"
+    );
+}
