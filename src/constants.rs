@@ -342,6 +342,9 @@ pub const NVMF_RECV_BUFFER_BYTES: usize = 256 * 1024;
 pub const NVMF_MAX_DSM_RANGES: usize = 256;
 /// Dataset Management (deallocate) commands an I/O queue runs at once; one more waits.
 pub const NVMF_DSM_COMMANDS: usize = 4;
+/// Compare commands an I/O queue runs at once (each holds the host's data beside what it
+/// reads); one more waits.
+pub const NVMF_COMPARE_COMMANDS: usize = 2;
 const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= crate::blockio::tag::MAX_SLOTS);
 const _: () = assert!(MAX_NAMESPACES_PER_SUBSYSTEM >= 1);
 const _: () = assert!(NVMF_MAX_H2C_DATA_BYTES >= 4096 && NVMF_MAX_H2C_DATA_BYTES % 4 == 0);
@@ -355,6 +358,12 @@ const _: () = assert!(NVMF_RECV_BUFFER_BYTES >= 2 * (NVMF_IN_CAPSULE_DATA_BYTES 
 /// NVMe controllers (admin queues, discovery controllers included) the server has at once,
 /// each served by its own blocking thread; the Connect past it answers CONTROLLER_BUSY.
 pub const MAX_NVMF_CONTROLLERS: usize = 256;
+/// Of those, discovery controllers at most (anyone may open one): the rest are kept for
+/// hosts' own subsystems, so strangers holding discovery controllers cannot lock hosts out.
+pub const MAX_NVMF_DISCOVERY_CONTROLLERS: usize = 64;
+/// The keep-alive timeout of a discovery controller whose host asked for none (KATO 0, as
+/// Linux's `nvme discover` does), so that forgotten discovery connections end.
+pub const NVMF_DISCOVERY_KATO_MS: u32 = 120_000;
 /// I/O queues one controller may have (Set Features Number of Queues grants at most this).
 pub const NVMF_MAX_IO_QUEUES: usize = 8;
 /// Largest NSID a subsystem can have (NN): a VP's LUN is below 16384, its NSID is LUN + 1.
@@ -371,10 +380,16 @@ pub const NVMF_KEEP_ALIVE_GRACE_MS: u32 = 1000;
 pub const NVMF_ADMIN_TICK_MS: u64 = 100;
 /// Time the host should wait for CSTS.RDY after setting CC.EN (CAP.TO, in 500 ms units).
 pub const NVMF_READY_TIMEOUT_UNITS: u8 = 10;
+/// Bytes an admin command sends back at most: every Identify structure and log page fits
+/// (the largest are 4 KiB); a Get Log Page asking for more gets the page and zeroes up to this,
+/// so a host's NUMD (up to 16 GiB) never sizes a buffer.
+pub const NVMF_MAX_ADMIN_DATA_BYTES: usize = 8192;
 /// Time a PDU, once its first byte arrived on the admin queue, may take to arrive whole.
 pub const NVMF_ADMIN_PDU_TIMEOUT_MS: u64 = 10_000;
 const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= 1 << 16);
 const _: () = assert!(NVMF_MAX_PENDING_AERS >= 1 && NVMF_MAX_PENDING_AERS <= 256);
+const _: () = assert!(NVMF_MAX_ADMIN_DATA_BYTES >= 4096);
+const _: () = assert!(MAX_NVMF_DISCOVERY_CONTROLLERS < MAX_NVMF_CONTROLLERS);
 
 // ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------
 /// Entries of the initiator's admin queue (its Connect's SQSIZE + 1): the set-up sends one

@@ -131,6 +131,11 @@ fn the_discovery_log_shows_each_host_only_its_own_subsystem() {
     ] {
         let (mut discovery, _) = connected(&server, hostnqn, DISCOVERY_NQN, 0);
         discovery.enable().expect("enable");
+        let qpairs = server.ok("nvmf_get_qpairs", json!({"nqn": DISCOVERY_NQN}));
+        assert_eq!(
+            qpairs[0]["kato_ms"], 120_000,
+            "a discovery controller without KATO still ends when forgotten"
+        );
         let controller = discovery.identify(1, 0).expect("identify");
         assert_eq!(controller.data[111], 2, "a discovery controller");
         let log = discovery.log_page(0x70, 4096).expect("discovery log");
@@ -526,5 +531,83 @@ fn an_io_queue_joins_its_controller_and_carries_io() {
         queue.closed_within(Duration::from_secs(20)),
         "the I/O queue outlived its controller; log:\n{}",
         server.log()
+    );
+}
+
+#[test]
+fn a_malformed_pdu_ends_only_its_own_connection() {
+    use sds::nvmf::pdu::Header;
+    let server = server();
+    let a_subnqn = subnqn(&server, "a");
+    let (mut healthy, _) = connected(&server, HOST_A, &a_subnqn, 0);
+    healthy.enable().expect("enable");
+
+    // An admin queue that sends a capsule whose header length is wrong.
+    let (mut broken, _) = connected(&server, HOST_A, &a_subnqn, 0);
+    let mut bad = [0u8; 72];
+    bad[0] = 0x04; // CapsuleCmd
+    bad[2] = 24; // HLEN: a capsule's is 72
+    bad[4..8].copy_from_slice(&72u32.to_le_bytes());
+    std::io::Write::write_all(&mut broken.stream, &bad).expect("send");
+    match broken.next_header() {
+        Ok(Header::C2HTermReq(term)) => assert_eq!(term.fes, 1, "invalid header field"),
+        other => panic!("expected a C2HTermReq, got {other:?}"),
+    }
+    assert!(broken.closed_within(Duration::from_secs(20)));
+
+    // A first capsule that is not a Connect.
+    let mut early = NvmfConnection::open(server.nvmf_port(), false).expect("open");
+    let answer = early.identify(1, 0).expect("an answer");
+    assert_eq!(answer.status().sc, SC_COMMAND_SEQUENCE_ERROR);
+    assert!(early.closed_within(Duration::from_secs(20)));
+
+    // A connection whose first PDU is not an ICReq.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", server.nvmf_port())).expect("tcp");
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(&mut raw, &bad).expect("send");
+    let mut reply = [0u8; 8];
+    std::io::Read::read_exact(&mut raw, &mut reply).expect("a termination request");
+    assert_eq!(reply[0], 0x03, "C2HTermReq");
+
+    // The healthy controller goes on.
+    let answer = healthy.identify(1, 0).expect("identify");
+    assert!(answer.status().is_success());
+    let qpairs = server.ok("nvmf_get_qpairs", json!({}));
+    assert_eq!(qpairs.as_array().map(Vec::len), Some(1), "{qpairs}");
+}
+
+#[test]
+fn the_nqn_base_can_be_given_for_a_run_and_a_bad_one_stops_the_server() {
+    let server = Server::start_with(|_| {
+        vec![
+            "--nvmf-nqn-base".into(),
+            "nqn.2026-11.com.example:lab".into(),
+        ]
+    });
+    server.ok("host_create", json!({"name": "a", "nqn": HOST_A}));
+    let subsystems = server.ok("nvmf_get_subsystems", json!({}));
+    assert_eq!(subsystems[1]["nqn"], "nqn.2026-11.com.example:lab:a");
+    assert!(
+        !server.state_dir.join("nvmf.json").exists()
+            || !std::fs::read_to_string(server.state_dir.join("nvmf.json"))
+                .unwrap()
+                .contains("com.example"),
+        "an override is not stored"
+    );
+    let output = common::serve_must_fail(
+        &[
+            std::ffi::OsStr::new("--state-dir"),
+            server.dir.path().join("other").as_os_str(),
+            std::ffi::OsStr::new("--nvmf-nqn-base"),
+            std::ffi::OsStr::new("not an nqn"),
+        ],
+        "an NQN base that is not an NQN",
+    );
+    assert!(output.contains("NQN base"), "{output}");
+    let output = server.cli(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("--nvmf-listen") && help.contains("127.0.0.1:4420"),
+        "{help}"
     );
 }

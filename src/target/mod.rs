@@ -12,3 +12,4 @@ pub mod nbd;
 pub mod nvmf;
 pub mod reactor_load;
 pub mod recv_buffer;
+pub mod tcp_acceptor;

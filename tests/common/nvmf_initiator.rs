@@ -1,7 +1,9 @@
 //! A small blocking NVMe/TCP initiator for the controller tests, built on `sds::nvmf` only
 //! (the codec and the command vocabulary, no target code): ICReq/ICResp, Connect of an admin
 //! or I/O queue with a host NQN and host identifier, Property Get/Set, and admin commands one
-//! at a time, gathering the C2HData that comes before their response capsule.
+//! at a time, gathering the C2HData that comes before their response capsule; for the I/O
+//! tests, [`NvmfConnection::exchange`] also answers R2Ts with H2CData and takes a C2HData
+//! with SUCCESS as the answer, and raw bytes can be sent to see the target terminate.
 
 use sds::nvmf::command::{
     Command, CommandBuilder, Completion, ADMIN_GET_LOG_PAGE, ADMIN_IDENTIFY, FCTYPE_CONNECT,
@@ -282,6 +284,18 @@ impl NvmfConnection {
         }
     }
 
+    /// The next PDU's header, whatever it is (a termination request, for bad-input tests).
+    pub fn next_header(&mut self) -> Result<Header, String> {
+        read_pdu(
+            &mut self.stream,
+            &mut self.buffer,
+            Direction::ControllerToHost,
+            &self.negotiated,
+        )
+        .map(|pdu| pdu.header)
+        .map_err(|e| e.to_string())
+    }
+
     /// Whether the target closed the connection within `within` (reads nothing else).
     pub fn closed_within(&mut self, within: Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
@@ -323,4 +337,120 @@ pub fn u32_at(bytes: &[u8], at: usize) -> u32 {
 
 pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// How an I/O exchange ended when it did not end with an answer.
+#[derive(Debug)]
+pub enum Ended {
+    /// The target sent a C2HTermReq (with the header in error it carried).
+    Terminated(sds::nvmf::pdu::TermReq, Vec<u8>),
+    /// The connection closed (or failed).
+    Closed(String),
+}
+
+impl NvmfConnection {
+    pub fn next_pdu(&mut self) -> Result<sds::nvmf::pdu::Pdu<'_>, PduIoError> {
+        read_pdu(
+            &mut self.stream,
+            &mut self.buffer,
+            Direction::ControllerToHost,
+            &self.negotiated,
+        )
+    }
+
+    /// What ICReq/ICResp settled.
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    /// Sends `command` with its data — a write's (or a Compare's) `write` bytes in the capsule
+    /// when they fit in 8 KiB, else in H2CData PDUs of at most `max_h2c_data` after the
+    /// target's R2T — and reads until its answer, gathering `read_bytes` of C2HData.
+    pub fn exchange(
+        &mut self,
+        command: Command,
+        write: &[u8],
+        read_bytes: usize,
+        max_h2c_data: usize,
+    ) -> Result<Answer, Ended> {
+        use sds::nvmf::pdu::DataHeader;
+        let cid = command.cid();
+        let mut command = command;
+        let in_capsule = !write.is_empty() && write.len() <= 8192;
+        if !write.is_empty() || read_bytes > 0 {
+            let bytes = write.len().max(read_bytes) as u32;
+            let identifier = if in_capsule {
+                SGL_DATA_BLOCK_OFFSET
+            } else {
+                SGL_TRANSPORT_DATA_BLOCK
+            };
+            command.0[24..32].fill(0);
+            command.0[32..36].copy_from_slice(&bytes.to_le_bytes());
+            command.0[39] = identifier;
+        }
+        let capsule = if in_capsule { write } else { &[][..] };
+        self.send(&Header::CapsuleCmd(command), capsule)
+            .map_err(Ended::Closed)?;
+        let mut data = vec![0u8; read_bytes];
+        loop {
+            let pdu = self.next_pdu().map_err(|e| Ended::Closed(e.to_string()))?;
+            match pdu.header {
+                Header::CapsuleResp(completion) if completion.cid == cid => {
+                    return Ok(Answer { completion, data });
+                }
+                Header::C2HData(header) if header.command_id == cid => {
+                    let at = header.offset_bytes as usize;
+                    let Some(place) = data.get_mut(at..at + pdu.data.len()) else {
+                        return Err(Ended::Closed("C2HData past the read".into()));
+                    };
+                    place.copy_from_slice(pdu.data);
+                    if header.success {
+                        let completion = Completion::new(cid, sds::nvmf::status::SUCCESS);
+                        return Ok(Answer { completion, data });
+                    }
+                }
+                Header::R2T(r2t) if r2t.command_id == cid => {
+                    let end = (r2t.offset_bytes + r2t.length_bytes) as usize;
+                    let mut at = r2t.offset_bytes as usize;
+                    while at < end {
+                        let len = (end - at).min(max_h2c_data);
+                        let header = Header::H2CData(DataHeader {
+                            command_id: cid,
+                            transfer_tag: r2t.transfer_tag,
+                            offset_bytes: at as u32,
+                            length_bytes: len as u32,
+                            last: at + len == end,
+                            success: false,
+                        });
+                        let piece = write.get(at..at + len).unwrap_or(&[]).to_vec();
+                        self.send(&header, &piece).map_err(Ended::Closed)?;
+                        at += len;
+                    }
+                }
+                Header::C2HTermReq(term) => {
+                    return Err(Ended::Terminated(term, pdu.data.to_vec()));
+                }
+                other => return Err(Ended::Closed(format!("unexpected PDU {other:?}"))),
+            }
+        }
+    }
+
+    /// Sends raw bytes (a PDU a real host would never send).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        std::io::Write::write_all(&mut self.stream, bytes).map_err(|e| e.to_string())
+    }
+
+    /// Reads until the target sends a C2HTermReq (returned) or closes.
+    pub fn expect_termination(&mut self) -> Ended {
+        loop {
+            match self.next_pdu() {
+                Ok(pdu) => {
+                    if let Header::C2HTermReq(term) = pdu.header {
+                        return Ended::Terminated(term, pdu.data.to_vec());
+                    }
+                }
+                Err(error) => return Ended::Closed(error.to_string()),
+            }
+        }
+    }
 }

@@ -13,16 +13,16 @@ use super::login::{self, LoggedIn, LoginSetup};
 use super::params::{Offer, SessionType};
 use super::registry::Registry;
 use super::session;
-use crate::domain::host::PeerIdentity;
 use crate::domain::snapshot::Published;
 use crate::reactor::ReactorHandle;
 use crate::scsi::LuRegistry;
-use crate::target::handshake_slots::{HandshakeSlots, Source};
+use crate::target::handshake_slots::HandshakeSlots;
 use crate::target::handshake_stream::{HandshakeSocket, HandshakeStream};
 use crate::target::reactor_load::ReactorLoad;
+use crate::target::tcp_acceptor;
 use crate::volume::provisioner::Provisioner;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -104,44 +104,26 @@ pub fn listen(
         "iSCSI target {} listening on {address}",
         context.target_name
     );
-    std::thread::Builder::new()
-        .name("iscsi-accept".into())
-        .spawn(move || accept_loop(listener, context))
-        .map_err(ListenerError::Thread)
-}
-
-fn accept_loop(listener: TcpListener, context: Arc<IscsiContext>) {
-    if let Err(error) = listener.set_nonblocking(true) {
-        log::error!("iSCSI acceptor: {error}");
-        return;
-    }
-    while !context.shutdown.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, peer)) => start_login(stream, peer, &context),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(error) => {
-                log::warn!("iSCSI accept failed: {error}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
+    let shutdown = context.shutdown.clone();
+    tcp_acceptor::spawn(
+        listener,
+        "iscsi-accept",
+        "iSCSI",
+        shutdown,
+        move |stream, peer| start_login(stream, peer, &context),
+    )
+    .map_err(ListenerError::Thread)
 }
 
 fn start_login(stream: TcpStream, peer: SocketAddr, context: &Arc<IscsiContext>) {
-    let _ = stream.set_nodelay(true);
-    let identity = PeerIdentity {
-        address: Some(peer.ip()),
-        ..PeerIdentity::default()
-    };
-    let known = context.published.load().host_of(&identity).is_some();
-    let slot = match context.handshakes.admit(Source::Address(peer.ip()), known) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            log::warn!("iSCSI {peer}: refused: {refusal}");
-            return;
-        }
+    let Some(slot) = tcp_acceptor::admit(
+        &stream,
+        peer,
+        &context.published,
+        &context.handshakes,
+        "iSCSI",
+    ) else {
+        return;
     };
     let context = context.clone();
     let spawned = std::thread::Builder::new()

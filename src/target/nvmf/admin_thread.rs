@@ -9,13 +9,11 @@
 //! registry refuses the Connect past it.
 
 use super::admin::{AdminQueue, AdminSetup, Outcome};
-use super::handshake::terminate;
+use super::handshake::{read_or_terminate, terminate};
 use super::registry::RegisteredController;
 use crate::constants::{NVMF_ADMIN_PDU_TIMEOUT_MS, NVMF_ADMIN_TICK_MS};
 use crate::nvmf::command::Completion;
-use crate::nvmf::pdu::{
-    DataHeader, Direction, Header, Negotiated, TermReq, FES_PDU_SEQUENCE_ERROR,
-};
+use crate::nvmf::pdu::{DataHeader, Header, Negotiated, FES_PDU_SEQUENCE_ERROR};
 use crate::nvmf::pdu_io::{self, PduIoError};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
@@ -100,7 +98,9 @@ fn run(connection: AdminConnection, shutdown: &AtomicBool) -> Result<AdminEnd, A
         if queue.keep_alive_expired(Instant::now()) {
             return Ok(AdminEnd::KeepAliveExpired);
         }
-        if let Some(event) = queue.due_event() {
+        if let Some(mut event) = queue.due_event() {
+            // The event request was consumed long ago: the head is where it is now.
+            event.sq_head = sq_head as u16;
             send_response(&mut stream, event, &negotiated, &mut scratch)?;
         }
         // Wait up to one tick for the next PDU to begin.
@@ -121,18 +121,9 @@ fn run(connection: AdminConnection, shutdown: &AtomicBool) -> Result<AdminEnd, A
         stream
             .set_read_timeout(Some(pdu_timeout))
             .map_err(AdminEnd::Io)?;
-        let received = match pdu_io::read_pdu(
-            &mut stream,
-            &mut buffer,
-            Direction::HostToController,
-            &negotiated,
-        ) {
+        let received = match read_or_terminate(&mut stream, &mut buffer, &negotiated, &mut scratch)
+        {
             Ok(received) => received,
-            Err(PduIoError::Pdu(error)) => {
-                let term = TermReq::for_error(&error);
-                terminate(&mut stream, term.fes, term.fei, &negotiated, &mut scratch);
-                return Err(AdminEnd::Pdu(PduIoError::Pdu(error)));
-            }
             Err(PduIoError::Closed) => return Ok(AdminEnd::Closed),
             Err(error) => return Err(AdminEnd::Pdu(error)),
         };

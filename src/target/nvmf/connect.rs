@@ -83,7 +83,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn of(status: Status) -> Self {
+    /// A refusal with `status` and nothing in the result.
+    pub fn of(status: Status) -> Self {
         Self { status, result: 0 }
     }
 

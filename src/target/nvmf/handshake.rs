@@ -14,15 +14,17 @@
 use super::admin::AdminSetup;
 use super::admin_thread::AdminConnection;
 use super::connect::{self, ConnectCommand, Refusal};
-use super::controller::NvmfContext;
+use super::controller::{ControllerKind, NvmfContext};
 use super::features::round_keep_alive;
 use super::identify::IoFeatures;
 use super::queue::{self, IoQueueTicket};
 use super::registry::{NewController, RegistryError};
-use crate::constants::{NVMF_IN_CAPSULE_DATA_BYTES, NVMF_MAX_H2C_DATA_BYTES};
+use crate::constants::{
+    NVMF_DISCOVERY_KATO_MS, NVMF_IN_CAPSULE_DATA_BYTES, NVMF_MAX_H2C_DATA_BYTES,
+};
 use crate::nvmf::command::{Completion, FABRICS, FCTYPE_CONNECT};
 use crate::nvmf::pdu::{
-    self, DataLocation, Direction, Header, IcResp, Negotiated, TermReq, FES_PDU_SEQUENCE_ERROR,
+    self, DataLocation, Direction, Header, IcResp, Negotiated, Pdu, TermReq, FES_PDU_SEQUENCE_ERROR,
 };
 use crate::nvmf::pdu_io::{self, PduIoError};
 use crate::nvmf::status;
@@ -59,32 +61,21 @@ pub fn handshake(
     let mut scratch = Vec::new();
     // The ICReq: nothing has been negotiated yet.
     let initial = Negotiated::initial(0);
-    let icreq = match pdu_io::read_pdu(
-        &mut stream,
-        &mut buffer,
-        Direction::HostToController,
-        &initial,
-    ) {
-        Ok(received) => match received.header {
-            Header::IcReq(icreq) => icreq,
-            other => {
-                let other = other.pdu_type();
-                terminate(
-                    &mut stream,
-                    FES_PDU_SEQUENCE_ERROR,
-                    0,
-                    &initial,
-                    &mut scratch,
-                );
-                return Err(HandshakeError::NotIcReq(other));
-            }
-        },
-        Err(PduIoError::Pdu(error)) => {
-            let term = TermReq::for_error(&error);
-            terminate(&mut stream, term.fes, term.fei, &initial, &mut scratch);
-            return Err(HandshakeError::Pdu(PduIoError::Pdu(error)));
+    let received = read_or_terminate(&mut stream, &mut buffer, &initial, &mut scratch)
+        .map_err(HandshakeError::Pdu)?;
+    let icreq = match received.header {
+        Header::IcReq(icreq) => icreq,
+        other => {
+            let other = other.pdu_type();
+            terminate(
+                &mut stream,
+                FES_PDU_SEQUENCE_ERROR,
+                0,
+                &initial,
+                &mut scratch,
+            );
+            return Err(HandshakeError::NotIcReq(other));
         }
-        Err(error) => return Err(HandshakeError::Pdu(error)),
     };
     let negotiated = Negotiated {
         header_digest: icreq.header_digest,
@@ -102,20 +93,8 @@ pub fn handshake(
     // ICResp goes without digests whatever was agreed: they start after it.
     pdu_io::write_pdu(&mut stream, &icresp, &[], &initial, &mut scratch)
         .map_err(HandshakeError::Pdu)?;
-    let received = match pdu_io::read_pdu(
-        &mut stream,
-        &mut buffer,
-        Direction::HostToController,
-        &negotiated,
-    ) {
-        Ok(received) => received,
-        Err(PduIoError::Pdu(error)) => {
-            let term = TermReq::for_error(&error);
-            terminate(&mut stream, term.fes, term.fei, &negotiated, &mut scratch);
-            return Err(HandshakeError::Pdu(PduIoError::Pdu(error)));
-        }
-        Err(error) => return Err(HandshakeError::Pdu(error)),
-    };
+    let received = read_or_terminate(&mut stream, &mut buffer, &negotiated, &mut scratch)
+        .map_err(HandshakeError::Pdu)?;
     let Header::CapsuleCmd(command) = received.header else {
         terminate(
             &mut stream,
@@ -161,13 +140,10 @@ pub fn handshake(
             return refuse(
                 &mut stream,
                 &mut scratch,
-                Refusal {
-                    status: status::DATA_SGL_LENGTH_INVALID,
-                    result: 0,
-                },
+                Refusal::of(status::DATA_SGL_LENGTH_INVALID),
             )
         }
-        Err(status) => return refuse(&mut stream, &mut scratch, Refusal { status, result: 0 }),
+        Err(status) => return refuse(&mut stream, &mut scratch, Refusal::of(status)),
     }
     let connect = ConnectCommand::of(&command);
     let data = match connect::parse_data(received.data) {
@@ -183,6 +159,15 @@ pub fn handshake(
             Ok(grant) => grant,
             Err(refusal) => return refuse(&mut stream, &mut scratch, refusal),
         };
+        let left_out = super::subsystem::namespaces_left_out(&snapshot, &grant.host);
+        if left_out > 0 {
+            log::warn!(
+                "NVMe/TCP {peer}: host {} has {left_out} VPs beyond the {} namespaces a \
+                 subsystem shows (the first by LUN are served)",
+                grant.host,
+                crate::constants::MAX_NAMESPACES_PER_SUBSYSTEM
+            );
+        }
         drop(snapshot);
         let registered = match context.registry.add(NewController {
             kind: grant.kind,
@@ -191,17 +176,17 @@ pub fn handshake(
             hostid: data.hostid,
             subnqn: data.subnqn.clone(),
             peer: peer.to_string(),
-            kato_ms: round_keep_alive(connect.kato_ms),
+            kato_ms: match (grant.kind, connect.kato_ms) {
+                (ControllerKind::Discovery, 0) => NVMF_DISCOVERY_KATO_MS,
+                (_, kato_ms) => round_keep_alive(kato_ms),
+            },
         }) {
             Ok(registered) => registered,
-            Err(RegistryError::Full) => {
+            Err(RegistryError::Full | RegistryError::DiscoveryFull) => {
                 return refuse(
                     &mut stream,
                     &mut scratch,
-                    Refusal {
-                        status: status::CONNECT_CONTROLLER_BUSY,
-                        result: 0,
-                    },
+                    Refusal::of(status::CONNECT_CONTROLLER_BUSY),
                 )
             }
         };
@@ -246,10 +231,7 @@ pub fn handshake(
         return refuse(
             &mut stream,
             &mut scratch,
-            Refusal {
-                status: status::CONNECT_CONTROLLER_BUSY,
-                result: 0,
-            },
+            Refusal::of(status::CONNECT_CONTROLLER_BUSY),
         );
     };
     let mut completion =
@@ -280,6 +262,25 @@ pub fn handshake(
         context,
     );
     Ok(None)
+}
+
+/// Reads one PDU from the host; a malformed one is answered with a C2HTermReq that names the
+/// error (FES, FEI) before the error is returned.
+pub fn read_or_terminate<'b, S: std::io::Read + std::io::Write>(
+    stream: &mut S,
+    buffer: &'b mut Vec<u8>,
+    negotiated: &Negotiated,
+    scratch: &mut Vec<u8>,
+) -> Result<Pdu<'b>, PduIoError> {
+    match pdu_io::read_pdu(stream, buffer, Direction::HostToController, negotiated) {
+        Ok(received) => Ok(received),
+        Err(PduIoError::Pdu(error)) => {
+            let term = TermReq::for_error(&error);
+            terminate(stream, term.fes, term.fei, negotiated, scratch);
+            Err(PduIoError::Pdu(error))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Sends a C2HTermReq (best effort: the connection ends either way).

@@ -50,10 +50,10 @@ pub struct IoFeatures {
 }
 
 impl IoFeatures {
-    /// What sds's I/O queues implement (`super::queue`): Write Zeroes, Dataset Management
-    /// (deallocate) and Flush; no Compare, no fused Compare and Write.
+    /// What sds's I/O queues implement (`super::queue`): Compare, Write Zeroes, Dataset
+    /// Management (deallocate) and Flush; no fused Compare and Write.
     pub const SDS: IoFeatures = IoFeatures {
-        compare: false,
+        compare: true,
         write_zeroes: true,
         dataset_management: true,
         fused_compare_and_write: false,
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(u16_at(&out, 320), 1, "KAS 100 ms");
         assert_eq!(out[259] as usize, NVMF_MAX_PENDING_AERS - 1);
         assert_eq!(u32_at(&out, 516), 16384);
-        assert_eq!(u16_at(&out, 520), 0b1100, "DSM, Write Zeroes; no Compare");
+        assert_eq!(u16_at(&out, 520), 0b1101, "Compare, DSM, Write Zeroes");
         assert_eq!(u16_at(&out, 522), 0, "no fused Compare and Write");
         assert_eq!(out[525], 1);
         assert_eq!(&out[768..768 + subnqn.len()], subnqn.as_bytes());

@@ -1,8 +1,10 @@
 //! Accepting NVMe/TCP hosts: one acceptor thread on the port; each new connection runs its
 //! handshake (ICReq/ICResp and Connect, [`super::handshake`]) on its own short-lived thread,
-//! bounded in number by [`HandshakeSlots`] and in time by one deadline. An admin queue's
-//! thread then goes on serving that controller ([`super::admin_thread`]) with its handshake
-//! slot given back; an I/O queue has been handed to a reactor.
+//! bounded in number by
+//! [`HandshakeSlots`](crate::target::handshake_slots::HandshakeSlots) and in time by one
+//! deadline. An admin queue's thread then goes on serving that controller
+//! ([`super::admin_thread`]) with its handshake slot given back; an I/O queue has been handed
+//! to a reactor.
 //!
 //! A peer is known here by its address only (its host NQN comes with Connect): an address a
 //! host record names gets the larger share of handshake slots, as on NBD and iSCSI.
@@ -10,13 +12,10 @@
 use super::admin_thread;
 use super::controller::NvmfContext;
 use super::handshake;
-use crate::domain::host::PeerIdentity;
-use crate::target::handshake_slots::Source;
+use crate::target::tcp_acceptor;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -43,46 +42,28 @@ pub fn listen(
         "NVMe/TCP listening on {address}; subsystems {}:<host>",
         context.nqn_base
     );
-    std::thread::Builder::new()
-        .name("nvmf-accept".into())
-        .spawn(move || accept_loop(listener, context))
-        .map_err(ListenerError::Thread)
-}
-
-fn accept_loop(listener: TcpListener, context: Arc<NvmfContext>) {
-    if let Err(error) = listener.set_nonblocking(true) {
-        log::error!("NVMe/TCP acceptor: {error}");
-        return;
-    }
-    while !context.shutdown.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, peer)) => start_handshake(stream, peer, &context),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(error) => {
-                log::warn!("NVMe/TCP accept failed: {error}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
+    let shutdown = context.shutdown.clone();
+    tcp_acceptor::spawn(
+        listener,
+        "nvmf-accept",
+        "NVMe/TCP",
+        shutdown,
+        move |stream, peer| start_handshake(stream, peer, &context),
+    )
+    .map_err(ListenerError::Thread)
 }
 
 fn start_handshake(stream: TcpStream, peer: SocketAddr, context: &Arc<NvmfContext>) {
-    let _ = stream.set_nodelay(true);
     // Accepted sockets may inherit non-blocking mode on some systems: the handshake blocks.
     let _ = stream.set_nonblocking(false);
-    let identity = PeerIdentity {
-        address: Some(peer.ip()),
-        ..PeerIdentity::default()
-    };
-    let known = context.published.load().host_of(&identity).is_some();
-    let slot = match context.handshakes.admit(Source::Address(peer.ip()), known) {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            log::warn!("NVMe/TCP {peer}: refused: {refusal}");
-            return;
-        }
+    let Some(slot) = tcp_acceptor::admit(
+        &stream,
+        peer,
+        &context.published,
+        &context.handshakes,
+        "NVMe/TCP",
+    ) else {
+        return;
     };
     let context = context.clone();
     let spawned = std::thread::Builder::new()

@@ -5,7 +5,7 @@
 
 use super::subsystem::Namespace;
 use crate::blockio::request::BlockOp;
-use crate::constants::NVMF_MAX_QUEUE_ENTRIES;
+use crate::constants::{NVMF_MAX_ADMIN_DATA_BYTES, NVMF_MAX_QUEUE_ENTRIES};
 use crate::nvmf::command::Command;
 use crate::nvmf::status::{self, Status};
 use std::net::SocketAddr;
@@ -48,18 +48,20 @@ impl LogRequest {
     }
 
     /// The bytes of `page` the request names: from the offset, as many as asked, zeroes past
-    /// the page's end. An offset that is not a whole dword or lies past the page is an
-    /// invalid field.
+    /// the page's end, and never more than `NVMF_MAX_ADMIN_DATA_BYTES` (no page is that
+    /// long; the length is the host's to choose). An offset that is not a whole dword or lies
+    /// past the page is an invalid field.
     pub fn cut(&self, page: &[u8], out: &mut Vec<u8>) -> Result<(), Status> {
         if self.offset_bytes % 4 != 0 || self.offset_bytes > page.len() as u64 {
             return Err(status::INVALID_FIELD);
         }
         let from = self.offset_bytes as usize;
         let available = &page[from..];
-        let take = available.len().min(self.length_bytes);
+        let length = self.length_bytes.min(NVMF_MAX_ADMIN_DATA_BYTES);
+        let take = available.len().min(length);
         out.clear();
         out.extend_from_slice(&available[..take]);
-        out.resize(self.length_bytes, 0);
+        out.resize(length, 0);
         Ok(())
     }
 }
@@ -204,7 +206,15 @@ mod tests {
             .cdw(10, 0xffff << 16)
             .cdw(11, 1)
             .build();
-        assert_eq!(LogRequest::of(&numdu).length_bytes, 0x2_0000 * 4);
+        let huge = LogRequest::of(&numdu);
+        assert_eq!(huge.length_bytes, 0x2_0000 * 4);
+        huge.cut(&page, &mut out).unwrap();
+        assert_eq!(
+            out.len(),
+            NVMF_MAX_ADMIN_DATA_BYTES,
+            "the host's length sizes nothing"
+        );
+        assert_eq!(&out[..20], &page[..]);
     }
 
     #[test]

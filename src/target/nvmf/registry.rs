@@ -8,7 +8,7 @@
 //! configuration changes and by RPCs only, never per I/O, so one mutex is enough.
 
 use super::controller::{ControllerKind, ControllerShared};
-use crate::constants::MAX_NVMF_CONTROLLERS;
+use crate::constants::{MAX_NVMF_CONTROLLERS, MAX_NVMF_DISCOVERY_CONTROLLERS};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -22,6 +22,8 @@ pub const LAST_CNTLID: u16 = 0xffef;
 pub enum RegistryError {
     #[error("the target already has {MAX_NVMF_CONTROLLERS} controllers")]
     Full,
+    #[error("the target already has {MAX_NVMF_DISCOVERY_CONTROLLERS} discovery controllers")]
+    DiscoveryFull,
 }
 
 /// Who a new controller is for (the admin Connect's data, checked).
@@ -67,6 +69,16 @@ impl Registry {
         let mut inner = self.lock();
         if inner.controllers.len() >= MAX_NVMF_CONTROLLERS {
             return Err(RegistryError::Full);
+        }
+        if new.kind == ControllerKind::Discovery
+            && inner
+                .controllers
+                .iter()
+                .filter(|c| c.kind == ControllerKind::Discovery)
+                .count()
+                >= MAX_NVMF_DISCOVERY_CONTROLLERS
+        {
+            return Err(RegistryError::DiscoveryFull);
         }
         let mut cntlid = inner.last_cntlid;
         // MAX_NVMF_CONTROLLERS is far below the id space, so a free id is always found.
@@ -211,6 +223,28 @@ mod tests {
         assert!(!b.shared().take_namespace_notice());
         assert_eq!(registry.close_host("b"), 1);
         assert!(b.shared().is_closed() && !a.shared().is_closed());
+    }
+
+    #[test]
+    fn discovery_controllers_leave_room_for_hosts() {
+        let registry = Registry::new();
+        let discovery = || NewController {
+            kind: ControllerKind::Discovery,
+            ..new("stranger")
+        };
+        let held: Vec<_> = (0..MAX_NVMF_DISCOVERY_CONTROLLERS)
+            .map(|_| registry.add(discovery()).unwrap())
+            .collect();
+        assert_eq!(
+            registry.add(discovery()).err(),
+            Some(RegistryError::DiscoveryFull)
+        );
+        assert!(
+            registry.add(new("a")).is_ok(),
+            "a host's controller still fits"
+        );
+        drop(held);
+        assert!(registry.add(discovery()).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::*;
 use crate::blockio::BlockStatus;
 use crate::nvmf::command::Completion;
 use crate::nvmf::pdu::{self, DataHeader, Header, R2t};
+use crate::nvmf::status;
 use crate::target::gather_send::Sent;
 
 impl IoQueue {
@@ -80,11 +81,27 @@ impl IoQueue {
     fn build_answer(&mut self, position: usize, slot: usize, outcome: BlockStatus) {
         let negotiated = self.negotiated;
         let sq_flow_control_disabled = self.sq_flow_control_disabled;
-        let (cid, op, status_override) = {
+        let (cid, op, status_override, compare) = {
             let command = &self.namespaces[position].commands[slot];
-            (command.cid, command.op, command.status_override)
+            (
+                command.cid,
+                command.op,
+                command.status_override,
+                command.compare,
+            )
         };
-        let status = status_override.unwrap_or_else(|| io_commands::nvme_status(outcome, op));
+        let mut status = status_override.unwrap_or_else(|| io_commands::nvme_status(outcome, op));
+        if let Some(index) = compare {
+            // A Compare: the range read, then the host's data beside it; no data goes back.
+            self.namespaces[position].commands[slot].compare = None;
+            self.compare.free.push(index);
+            let namespace = &self.namespaces[position];
+            let read = namespace.engine.buffer(slot);
+            let host = self.compare.data[usize::from(index)].get(..read.len());
+            if status.is_success() && host != Some(read) {
+                status = status::COMPARE_FAILURE;
+            }
+        }
         let completion = self.completion(cid, status);
         let namespace = &mut self.namespaces[position];
         let command = &mut namespace.commands[slot];
@@ -92,7 +109,7 @@ impl IoQueue {
         command.data_len = 0;
         command.ddgst_len = 0;
         command.resp_len = 0;
-        let read_data = op == BlockOp::Read && status.is_success();
+        let read_data = op == BlockOp::Read && compare.is_none() && status.is_success();
         if read_data {
             let data = namespace.engine.buffer(slot);
             let header = Header::C2HData(DataHeader {

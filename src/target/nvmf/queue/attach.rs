@@ -102,6 +102,7 @@ pub(crate) fn attach_with(ticket: IoQueueTicket, context: &QueueContext) {
         buffer_bytes: 0,
         budget: context.budget,
         dsm: DsmBuffers::new(),
+        compare: CompareBuffers::new(),
         control: (0..CONTROL_ANSWERS)
             .map(|_| ControlAnswer {
                 resp: [0; RESP_BYTES],

@@ -10,6 +10,7 @@
 //! | Flush (00h) | `flush` | none |
 //! | Write Zeroes (08h) | `write_zeroes` | none |
 //! | Dataset Management (09h), AD set | one `trim` per range | the ranges, in the capsule |
+//! | Compare (05h) | `read`, then compared with the host's data | like a write's |
 //!
 //! Anything else on an I/O queue answers Invalid Command Opcode; a fused command Invalid
 //! Field (sds does not run fused Compare and Write).
@@ -17,7 +18,7 @@
 use crate::blockio::{BlockOp, BlockRequest, BlockStatus};
 use crate::constants::NVMF_MAX_DSM_RANGES;
 use crate::nvmf::command::{
-    Command, IO_DATASET_MANAGEMENT, IO_FLUSH, IO_READ, IO_WRITE, IO_WRITE_ZEROES,
+    Command, IO_COMPARE, IO_DATASET_MANAGEMENT, IO_FLUSH, IO_READ, IO_WRITE, IO_WRITE_ZEROES,
 };
 use crate::nvmf::pdu::DataLocation;
 use crate::nvmf::status::{self, Status};
@@ -52,6 +53,12 @@ pub enum Plan {
     Deallocate { ranges: usize },
     /// Nothing to do, successfully (Dataset Management without deallocate: hints only).
     Nothing,
+    /// Compare: `request` reads the range, whose bytes must equal the host's data, which
+    /// arrives as a write's does (`data`).
+    Compare {
+        request: BlockRequest,
+        data: DataFlow,
+    },
 }
 
 /// The byte range of `blocks` blocks from `slba`, or LBA Out of Range when it cannot be a
@@ -111,6 +118,27 @@ pub fn plan(command: &Command, location: DataLocation, block_bytes: u32) -> Resu
                     offset_bytes,
                     length_bytes,
                     fua: command.fua() && op == BlockOp::Write,
+                },
+                data,
+            })
+        }
+        IO_COMPARE => {
+            let (offset_bytes, length_bytes) =
+                byte_range(command.slba(), u64::from(command.blocks()), block_bytes)?;
+            if sgl_bytes(location) != length_bytes {
+                return Err(status::DATA_SGL_LENGTH_INVALID);
+            }
+            let data = match location {
+                DataLocation::InCapsule { .. } => DataFlow::InCapsule,
+                DataLocation::Transport { .. } => DataFlow::Solicit,
+                DataLocation::None => return Err(status::INVALID_FIELD),
+            };
+            Ok(Plan::Compare {
+                request: BlockRequest {
+                    op: BlockOp::Read,
+                    offset_bytes,
+                    length_bytes,
+                    fua: false,
                 },
                 data,
             })
@@ -314,10 +342,27 @@ mod tests {
         };
         assert_eq!(request.op, BlockOp::WriteZeroes);
         assert_eq!(request.length_bytes, 0x1_0000 * 4096);
-        let compare = CommandBuilder::new(IO_COMPARE, 1).build();
+        let unknown = CommandBuilder::new(0x7e, 1).build();
         assert_eq!(
-            plan(&compare, DataLocation::None, 512),
+            plan(&unknown, DataLocation::None, 512),
             Err(status::INVALID_OPCODE)
+        );
+        let compare = CommandBuilder::new(IO_COMPARE, 1).range(4, 2).build();
+        assert_eq!(
+            plan(&compare, transport(1024), 512),
+            Ok(Plan::Compare {
+                request: BlockRequest {
+                    op: BlockOp::Read,
+                    offset_bytes: 2048,
+                    length_bytes: 1024,
+                    fua: false,
+                },
+                data: DataFlow::Solicit,
+            })
+        );
+        assert_eq!(
+            plan(&compare, transport(512), 512),
+            Err(status::DATA_SGL_LENGTH_INVALID)
         );
         let fused = CommandBuilder::new(IO_WRITE, 1).fuse(2).build();
         assert_eq!(

@@ -42,7 +42,9 @@ pub use attach::{attach, IoQueueTicket};
 use super::controller::{ControllerShared, IoQueueCount};
 use crate::blockio::tag::{self, KIND_FRONT_END_FIRST};
 use crate::blockio::{BlockEngine, BlockOp};
-use crate::constants::{NVMF_DSM_COMMANDS, NVMF_MAX_DSM_RANGES, NVMF_SLOTS_PER_NAMESPACE};
+use crate::constants::{
+    NVMF_COMPARE_COMMANDS, NVMF_DSM_COMMANDS, NVMF_MAX_DSM_RANGES, NVMF_SLOTS_PER_NAMESPACE,
+};
 use crate::domain::snapshot::Published;
 use crate::nvmf::pdu::{
     Negotiated, CAPSULE_RESP_HEADER_BYTES, DIGEST_BYTES, SHORT_HEADER_BYTES,
@@ -98,6 +100,22 @@ impl DsmBuffers {
     }
 }
 
+/// The host's data of Compare commands, a few per queue: each grows to the largest compare
+/// it has held (a new size, not the steady state) and is kept.
+struct CompareBuffers {
+    data: Box<[Vec<u8>]>,
+    free: Vec<u8>,
+}
+
+impl CompareBuffers {
+    fn new() -> Self {
+        Self {
+            data: (0..NVMF_COMPARE_COMMANDS).map(|_| Vec::new()).collect(),
+            free: (0..NVMF_COMPARE_COMMANDS as u8).rev().collect(),
+        }
+    }
+}
+
 /// A Dataset Management command in progress: its ranges run one after the other through one
 /// engine slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +138,8 @@ struct CommandSlot {
     /// A status that overrides the engine's (a data digest error on the write's data).
     status_override: Option<Status>,
     dsm: Option<DsmState>,
+    /// A Compare: the buffer holding the host's data (the slot's own reads the range).
+    compare: Option<u8>,
     /// R2T, or C2HData's header, digest and padding.
     head: [u8; DATA_HEAD_BYTES],
     head_len: usize,
@@ -141,6 +161,7 @@ impl CommandSlot {
             received_bytes: 0,
             status_override: None,
             dsm: None,
+            compare: None,
             head: [0; DATA_HEAD_BYTES],
             head_len: 0,
             data_len: 0,
@@ -235,6 +256,7 @@ pub struct IoQueue {
     buffer_bytes: usize,
     budget: &'static BufferBudget,
     dsm: DsmBuffers,
+    compare: CompareBuffers,
 
     control: Box<[ControlAnswer]>,
     free_control: Vec<u16>,
@@ -270,6 +292,25 @@ impl IoQueue {
 
     fn global(position: usize, slot: usize) -> u16 {
         (position * NVMF_SLOTS_PER_NAMESPACE + slot) as u16
+    }
+
+    /// Where the host's data for global slot `g` goes: its engine buffer (a write), or its
+    /// compare buffer (a Compare, whose engine buffer the read fills). Takes the two fields,
+    /// not the queue, so the receive buffer can be read at the same time.
+    fn data_buffer<'a>(
+        namespaces: &'a mut [Namespace],
+        compare: &'a mut CompareBuffers,
+        g: u16,
+    ) -> Option<&'a mut [u8]> {
+        let (position, slot) = Self::split(g);
+        let namespace = namespaces.get_mut(position)?;
+        match namespace.commands[slot].compare {
+            Some(index) => {
+                let len = namespace.engine.request(slot).length_bytes as usize;
+                compare.data.get_mut(usize::from(index))?.get_mut(..len)
+            }
+            None => Some(namespace.engine.buffer_mut(slot)),
+        }
     }
 
     fn close(&mut self, why: &str) {

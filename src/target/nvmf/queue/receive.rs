@@ -27,12 +27,11 @@ impl IoQueue {
                 len,
                 got,
             } => {
-                let (position, slot) = Self::split(g);
-                let Some(namespace) = self.namespaces.get_mut(position) else {
-                    self.close("data for a namespace that is gone");
+                let Some(buf) = Self::data_buffer(&mut self.namespaces, &mut self.compare, g)
+                else {
+                    self.close("data for a command that is gone");
                     return;
                 };
-                let buf = namespace.engine.buffer_mut(slot);
                 let start = (offset + got) as usize;
                 let end = (offset + len) as usize;
                 if end > buf.len() || start >= end {
@@ -289,13 +288,18 @@ impl IoQueue {
             Ok(plan) => plan,
             Err(status) => return self.answer_at_once(command, status, framing, false),
         };
-        let (request, flow) = match plan {
+        let (request, flow, compare) = match plan {
             Plan::Nothing => return self.answer_at_once(command, status::SUCCESS, framing, false),
             Plan::Deallocate { ranges } => {
                 return self.take_deallocate(command, framing, position, ranges, ctx)
             }
-            Plan::Block { request, data } => (request, data),
+            Plan::Block { request, data } => (request, data, false),
+            Plan::Compare { request, data } => (request, data, true),
         };
+        if compare && self.compare.free.is_empty() {
+            self.stalled = true;
+            return false;
+        }
         if self.namespaces[position].engine.ring_blocked(ctx) {
             // Back-pressure: requests already taken wait for ring credit.
             self.stalled = true;
@@ -307,10 +311,11 @@ impl IoQueue {
             return false;
         };
         let admitted = namespace.engine.admit(&request, &decision);
-        let charge_bytes = if admitted.is_ok() {
-            request.buffer_bytes()
-        } else {
-            0
+        // A Compare holds the host's data too: twice the read's bytes.
+        let charge_bytes = match (admitted.is_ok(), compare) {
+            (false, _) => 0,
+            (true, false) => request.buffer_bytes(),
+            (true, true) => 2 * request.buffer_bytes(),
         };
         // Past this queue's share of buffers it waits for its own answers to drain; past the
         // server's too, unless it holds nothing (then it always gets this one request).
@@ -344,6 +349,17 @@ impl IoQueue {
         state.received_bytes = 0;
         state.status_override = None;
         state.dsm = None;
+        state.compare = None;
+        if compare && admitted.is_ok() {
+            // Its buffer grows to this compare's length if it is the largest yet.
+            if let Some(index) = self.compare.free.pop() {
+                let buffer = &mut self.compare.data[usize::from(index)];
+                if buffer.len() < request.length_bytes as usize {
+                    buffer.resize(request.length_bytes as usize, 0);
+                }
+                self.namespaces[position].commands[slot].compare = Some(index);
+            }
+        }
         self.take_sq_entry();
         self.recv.consume(header_bytes);
         let g = Self::global(position, slot);
@@ -586,15 +602,19 @@ impl IoQueue {
     /// Takes `len` bytes of a write's data at `offset` of its buffer: what the receive buffer
     /// already has is copied, the rest is received straight into it ([`Inbound::Data`]).
     fn copy_buffered(&mut self, g: u16, offset: u32, len: u32) {
-        let (position, slot) = Self::split(g);
         let have = self.recv.len().min(len as usize);
-        let buf = self.namespaces[position].engine.buffer_mut(slot);
         let end = offset as usize + have;
-        if offset as usize + len as usize > buf.len() {
+        let copied = match Self::data_buffer(&mut self.namespaces, &mut self.compare, g) {
+            Some(buf) if offset as usize + len as usize <= buf.len() => {
+                buf[offset as usize..end].copy_from_slice(&self.recv.pending()[..have]);
+                true
+            }
+            _ => false,
+        };
+        if !copied {
             self.close("data past the request's buffer");
             return;
         }
-        buf[offset as usize..end].copy_from_slice(&self.recv.pending()[..have]);
         self.recv.consume(have);
         self.inbound = if have < len as usize {
             Inbound::Data {
@@ -619,9 +639,14 @@ impl IoQueue {
             let mut received = [0u8; DIGEST_BYTES];
             received.copy_from_slice(&self.recv.pending()[..DIGEST_BYTES]);
             self.recv.consume(DIGEST_BYTES);
-            let buf = self.namespaces[position].engine.buffer(slot);
-            let data = &buf[offset as usize..(offset + len) as usize];
-            if pdu::check_data_digest(&[data], &received).is_err() {
+            let matches = match Self::data_buffer(&mut self.namespaces, &mut self.compare, g) {
+                Some(buf) => {
+                    let data = &buf[offset as usize..(offset + len) as usize];
+                    pdu::check_data_digest(&[data], &received).is_ok()
+                }
+                None => false,
+            };
+            if !matches {
                 // TP 8000: the command fails with a transient transport error; the
                 // connection goes on.
                 self.namespaces[position].commands[slot].status_override =
