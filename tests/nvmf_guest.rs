@@ -64,7 +64,14 @@ exit 0
         GuestOptions::default(),
     );
     let results = output.results();
-    for want in ["fabrics", "nvmet", "nvme_tcp", "nvmet_tcp", "nbd", "network"] {
+    for want in [
+        "fabrics",
+        "nvmet",
+        "nvme_tcp",
+        "nvmet_tcp",
+        "nbd",
+        "network",
+    ] {
         assert!(
             results.contains(&want),
             "the guest lacks {want}:\n{}",
