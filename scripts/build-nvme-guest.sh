@@ -22,7 +22,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${SDS_GUEST:-$here/target/guest}"
 # Bump when the contents of the initramfs change, so a cached guest is rebuilt.
-guest_format=1
+guest_format=2
 
 quiet() {
     local log
@@ -151,10 +151,10 @@ visit() {
     order+=("$path")
 }
 # The kernel's NVMe/TCP initiator and target, configfs for the target's configuration,
-# virtio_net for QEMU's user-mode network, crc32c for header and data digests, and loop and
-# null_blk as namespaces' backing.
+# virtio_net for QEMU's user-mode network, crc32c for header and data digests, loop and
+# null_blk as namespaces' backing, and nbd for busybox's nbd-client.
 for m in configfs virtio_net virtio_pci nvme_core nvme_fabrics nvme_tcp nvmet nvmet_tcp \
-    crc32c_generic loop null_blk; do
+    crc32c_generic loop null_blk nbd; do
     visit "$m"
 done
 

@@ -405,6 +405,12 @@ pub const NVMF_INITIATOR_MAX_READY_WAIT: std::time::Duration = std::time::Durati
 pub const NVMF_INITIATOR_KATO_MS: u32 = 30_000;
 pub const NVMF_INITIATOR_KEEP_ALIVE_INTERVAL: std::time::Duration =
     std::time::Duration::from_secs(5);
+/// The most PDU data the set-up accepts in one PDU (a 4 KiB Identify page is the largest it
+/// asks for).
+pub const NVMF_INITIATOR_SETUP_MAX_DATA_BYTES: u32 = 64 * 1024;
+/// How often the set-up reads CSTS while it waits for RDY, and how often the keep-alive thread
+/// looks at the clock and its stop flag.
+pub const NVMF_INITIATOR_READY_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// I/O queues one `sds perf --target` run may open (`--queues`).
 pub const NVMF_INITIATOR_MAX_IO_QUEUES: u32 = 64;
 /// Receive buffer of one initiator I/O queue: PDU headers (and the start of data, which is

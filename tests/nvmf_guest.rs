@@ -57,13 +57,21 @@ fn guest_has_the_kernel_initiator_and_target() {
 [ -d /sys/kernel/config/nvmet/subsystems ] && echo "SDS-GUEST: nvmet"
 [ -d /sys/module/nvme_tcp ] && echo "SDS-GUEST: nvme_tcp"
 [ -d /sys/module/nvmet_tcp ] && echo "SDS-GUEST: nvmet_tcp"
+[ -d /sys/module/nbd ] && [ -b /dev/nbd0 ] && echo "SDS-GUEST: nbd"
 ip -4 addr show eth0 | grep -q 10.0.2.15 && echo "SDS-GUEST: network"
 exit 0
 "#,
         GuestOptions::default(),
     );
     let results = output.results();
-    for want in ["fabrics", "nvmet", "nvme_tcp", "nvmet_tcp", "network"] {
+    for want in [
+        "fabrics",
+        "nvmet",
+        "nvme_tcp",
+        "nvmet_tcp",
+        "nbd",
+        "network",
+    ] {
         assert!(
             results.contains(&want),
             "the guest lacks {want}:\n{}",

@@ -375,10 +375,12 @@ fn coordinate(
         std::thread::sleep(WAIT_STEP);
     }
     control.phase.store(PHASE_RAMP, Ordering::Release);
-    std::thread::sleep(config.ramp);
+    let ended_early = hold_phase(config.ramp, results, &mut gathered);
     let (cpu_start, wall_start) = (process_cpu_ns(), Instant::now());
     control.phase.store(PHASE_MEASURE, Ordering::Release);
-    std::thread::sleep(config.time);
+    if !ended_early {
+        hold_phase(config.time, results, &mut gathered);
+    }
     control.phase.store(PHASE_STOP, Ordering::Release);
     let process = ProcessCpu {
         cpu_s: cpu_start
@@ -399,6 +401,24 @@ fn coordinate(
         }
     }
     Ok((gathered, process))
+}
+
+/// Waits out a phase of `duration`, unless a job reports first (it stopped: a fault of its
+/// own, or its target ended the connection), which ends the run now instead of after the
+/// whole `--time`. Whether it ended early; the early result joins `gathered`.
+fn hold_phase(
+    duration: Duration,
+    results: &Receiver<JobResult>,
+    gathered: &mut Vec<JobResult>,
+) -> bool {
+    match results.recv_timeout(duration) {
+        Ok(result) => {
+            gathered.push(result);
+            true
+        }
+        Err(crossbeam::channel::RecvTimeoutError::Timeout) => false,
+        Err(crossbeam::channel::RecvTimeoutError::Disconnected) => true,
+    }
 }
 
 #[cfg(test)]

@@ -759,3 +759,167 @@ impl Session for NvmfJob {
         self.job.finished
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The job on a real reactor against a scripted target on a loopback TCP connection: how
+    //! it reassembles what the target sends in pieces, and how it ends on what breaks the
+    //! protocol.
+    use super::*;
+    use crate::perf::job::{PHASE_MEASURE, PHASE_STOP};
+    use crate::perf::options::Workload;
+    use crossbeam::channel::bounded;
+    use sds::nvmf::command::Completion;
+    use sds::nvmf::pdu::{encode_pdu, Negotiated};
+    use sds::nvmf::pdu_io::read_pdu;
+    use sds::nvmf::status;
+    use sds::reactor::mailbox::Message;
+    use sds::reactor::PollMode;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    const IO_BYTES: u32 = 4096;
+
+    /// How the scripted target answers a read.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Answer {
+        /// C2HData in three TCP writes (header, then the data in two halves), then CapsuleResp.
+        InPieces,
+        /// C2HData naming a command that is not in flight.
+        WrongCid,
+        /// C2HData whose data digest does not match.
+        BadDigest,
+    }
+
+    fn terms(data_digest: bool) -> Negotiated {
+        Negotiated {
+            data_digest,
+            ..Negotiated::initial(IO_BYTES)
+        }
+    }
+
+    /// Runs a read job of QD 4 on a reactor against the scripted target until `stop_after`
+    /// (or until it stops by itself); its result.
+    fn run(answer: Answer, stop_after: Duration) -> JobResult {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let digest = answer == Answer::BadDigest;
+        let target = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let negotiated = terms(digest);
+            let (mut receive, mut out) = (Vec::new(), Vec::new());
+            while let Ok(pdu) = read_pdu(
+                &mut stream,
+                &mut receive,
+                Direction::HostToController,
+                &negotiated,
+            ) {
+                let Header::CapsuleCmd(command) = pdu.header else {
+                    break;
+                };
+                let cid = match answer {
+                    Answer::WrongCid => 99,
+                    _ => command.cid(),
+                };
+                let data = vec![0x5a; command.sgl_length() as usize];
+                let header = Header::C2HData(DataHeader {
+                    command_id: cid,
+                    transfer_tag: 0,
+                    offset_bytes: 0,
+                    length_bytes: data.len() as u32,
+                    last: true,
+                    success: false,
+                });
+                encode_pdu(&header, &data, &negotiated, &mut out).expect("encode");
+                if answer == Answer::BadDigest {
+                    let last = out.len() - 1;
+                    out[last] ^= 1;
+                }
+                // Header, then the data in two halves (and the digest), each its own write.
+                let header_end = out.len() - data.len() - if digest { 4 } else { 0 };
+                let half = header_end + data.len() / 2;
+                for piece in [&out[..header_end], &out[header_end..half], &out[half..]] {
+                    if stream.write_all(piece).is_err() {
+                        return;
+                    }
+                    stream.flush().ok();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let response = Header::CapsuleResp(Completion::new(command.cid(), status::SUCCESS));
+                encode_pdu(&response, &[], &negotiated, &mut out).expect("encode");
+                if stream.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = TcpStream::connect(address).expect("connect");
+        let (sender, results) = bounded(1);
+        let control = Arc::new(RunControl::default());
+        let spec = JobSpec {
+            job: 0,
+            workload: Workload::RandRead,
+            read_percent: 100,
+            io_bytes: IO_BYTES,
+            queue_depth: 4,
+            region_start_bytes: 0,
+            units: 256,
+            domain: false,
+            verify: false,
+            report_cpu: false,
+            starts_zeroed: false,
+        };
+        let queue = QueueConnection {
+            stream,
+            qid: 1,
+            negotiated: terms(digest),
+            max_h2c_data_bytes: 65536,
+        };
+        let namespace = NamespaceInfo {
+            nsid: 1,
+            block_bytes: 512,
+            blocks: 2048,
+        };
+        let job = NvmfJob::new(spec, control.clone(), sender, queue, namespace, 0);
+        let (reactor, thread) =
+            sds::reactor::spawn(0, sds::serve::default_core(), PollMode::Adaptive)
+                .expect("reactor");
+        control.phase.store(PHASE_MEASURE, Ordering::Release);
+        reactor.post(Message::Attach(Box::new(job)));
+        let early = results.recv_timeout(stop_after).ok();
+        control.phase.store(PHASE_STOP, Ordering::Release);
+        let result = early.unwrap_or_else(|| {
+            results
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the job reports")
+        });
+        reactor.post(Message::Shutdown);
+        let _ = thread.join();
+        let _ = target.join();
+        result
+    }
+
+    #[test]
+    fn data_received_in_pieces_completes_reads() {
+        let result = run(Answer::InPieces, Duration::from_millis(300));
+        assert!(result.fatal.is_none(), "{:?}", result.fatal);
+        assert!(result.completed_ios > 4, "{} I/Os", result.completed_ios);
+        assert_eq!(result.failed_ios, 0);
+    }
+
+    #[test]
+    fn data_for_a_command_not_in_flight_ends_the_job() {
+        let result = run(Answer::WrongCid, Duration::from_secs(30));
+        let fatal = result.fatal.expect("the job stopped");
+        assert!(fatal.contains("C2HData for command 99"), "{fatal}");
+        assert_eq!(result.failed_ios, result.completed_ios, "in flight: failed");
+    }
+
+    #[test]
+    fn a_wrong_data_digest_ends_the_job() {
+        let result = run(Answer::BadDigest, Duration::from_secs(30));
+        let fatal = result.fatal.expect("the job stopped");
+        assert!(fatal.contains("data digest does not match"), "{fatal}");
+    }
+}

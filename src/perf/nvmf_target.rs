@@ -17,7 +17,8 @@
 
 use sds::constants::{
     NVMF_INITIATOR_ADMIN_QUEUE_ENTRIES, NVMF_INITIATOR_IO_TIMEOUT, NVMF_INITIATOR_KATO_MS,
-    NVMF_INITIATOR_KEEP_ALIVE_INTERVAL, NVMF_INITIATOR_MAX_READY_WAIT,
+    NVMF_INITIATOR_KEEP_ALIVE_INTERVAL, NVMF_INITIATOR_MAX_READY_WAIT, NVMF_INITIATOR_READY_POLL,
+    NVMF_INITIATOR_SETUP_MAX_DATA_BYTES,
 };
 use sds::nvmf::command::{
     Command, CommandBuilder, Completion, ADMIN_IDENTIFY, ADMIN_KEEP_ALIVE, ADMIN_SET_FEATURES,
@@ -60,8 +61,6 @@ const IDENTIFY_BYTES: usize = 4096;
 const CONNECT_DATA_BYTES: usize = 1024;
 /// CNTLID in an admin queue's Connect: the controller picks one (dynamic model).
 const CNTLID_DYNAMIC: u16 = 0xffff;
-/// The most PDU data the set-up accepts in one PDU (an Identify page is the largest).
-const SETUP_MAX_DATA_BYTES: u32 = 64 * 1024;
 
 /// `--target` parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,7 +354,7 @@ impl BlockingQueue {
             connection: QueueConnection {
                 stream,
                 qid,
-                negotiated: Negotiated::initial(SETUP_MAX_DATA_BYTES),
+                negotiated: Negotiated::initial(NVMF_INITIATOR_SETUP_MAX_DATA_BYTES),
                 max_h2c_data_bytes: 0,
             },
             next_cid: 0,
@@ -665,7 +664,7 @@ pub fn connect(request: &SetupRequest) -> Result<Connected, SetupError> {
         if csts & CSTS_READY != 0 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(NVMF_INITIATOR_READY_POLL);
     }
     let mut page = [0u8; IDENTIFY_BYTES];
     admin.identify(CNS_CONTROLLER, 0, &mut page, "Identify controller")?;
@@ -747,7 +746,7 @@ impl KeepAlive {
             .spawn(move || {
                 let mut last = Instant::now();
                 while !flag.load(Ordering::Acquire) {
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(NVMF_INITIATOR_READY_POLL);
                     if last.elapsed() < NVMF_INITIATOR_KEEP_ALIVE_INTERVAL {
                         continue;
                     }
