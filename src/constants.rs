@@ -361,6 +361,9 @@ pub const MAX_NVMF_CONTROLLERS: usize = 256;
 /// Of those, discovery controllers at most (anyone may open one): the rest are kept for
 /// hosts' own subsystems, so strangers holding discovery controllers cannot lock hosts out.
 pub const MAX_NVMF_DISCOVERY_CONTROLLERS: usize = 64;
+/// Controllers of one host's subsystem at once (several paths, each with its admin queue, and
+/// a reconnect overlapping the controller it replaces): one host cannot take them all.
+pub const MAX_NVMF_CONTROLLERS_PER_HOST: usize = 16;
 /// The keep-alive timeout of a discovery controller whose host asked for none (KATO 0, as
 /// Linux's `nvme discover` does), so that forgotten discovery connections end.
 pub const NVMF_DISCOVERY_KATO_MS: u32 = 120_000;
@@ -390,6 +393,7 @@ const _: () = assert!(NVMF_MAX_QUEUE_ENTRIES <= 1 << 16);
 const _: () = assert!(NVMF_MAX_PENDING_AERS >= 1 && NVMF_MAX_PENDING_AERS <= 256);
 const _: () = assert!(NVMF_MAX_ADMIN_DATA_BYTES >= 4096);
 const _: () = assert!(MAX_NVMF_DISCOVERY_CONTROLLERS < MAX_NVMF_CONTROLLERS);
+const _: () = assert!(MAX_NVMF_CONTROLLERS_PER_HOST < MAX_NVMF_CONTROLLERS);
 
 // ---- NVMe/TCP initiator (sds perf --target nvme-tcp://) -----------------------------------
 /// Entries of the initiator's admin queue (its Connect's SQSIZE + 1): the set-up sends one

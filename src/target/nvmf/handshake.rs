@@ -182,7 +182,7 @@ pub fn handshake(
             },
         }) {
             Ok(registered) => registered,
-            Err(RegistryError::Full | RegistryError::DiscoveryFull) => {
+            Err(RegistryError::Full | RegistryError::DiscoveryFull | RegistryError::HostFull) => {
                 return refuse(
                     &mut stream,
                     &mut scratch,

@@ -8,7 +8,9 @@
 //! configuration changes and by RPCs only, never per I/O, so one mutex is enough.
 
 use super::controller::{ControllerKind, ControllerShared};
-use crate::constants::{MAX_NVMF_CONTROLLERS, MAX_NVMF_DISCOVERY_CONTROLLERS};
+use crate::constants::{
+    MAX_NVMF_CONTROLLERS, MAX_NVMF_CONTROLLERS_PER_HOST, MAX_NVMF_DISCOVERY_CONTROLLERS,
+};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -24,6 +26,8 @@ pub enum RegistryError {
     Full,
     #[error("the target already has {MAX_NVMF_DISCOVERY_CONTROLLERS} discovery controllers")]
     DiscoveryFull,
+    #[error("the host already has {MAX_NVMF_CONTROLLERS_PER_HOST} controllers")]
+    HostFull,
 }
 
 /// Who a new controller is for (the admin Connect's data, checked).
@@ -79,6 +83,16 @@ impl Registry {
                 >= MAX_NVMF_DISCOVERY_CONTROLLERS
         {
             return Err(RegistryError::DiscoveryFull);
+        }
+        if new.kind != ControllerKind::Discovery
+            && inner
+                .controllers
+                .iter()
+                .filter(|c| c.kind != ControllerKind::Discovery && c.host == new.host)
+                .count()
+                >= MAX_NVMF_CONTROLLERS_PER_HOST
+        {
+            return Err(RegistryError::HostFull);
         }
         let mut cntlid = inner.last_cntlid;
         // MAX_NVMF_CONTROLLERS is far below the id space, so a free id is always found.
@@ -248,12 +262,31 @@ mod tests {
     }
 
     #[test]
+    fn one_host_cannot_take_every_controller() {
+        let registry = Registry::new();
+        let held: Vec<_> = (0..MAX_NVMF_CONTROLLERS_PER_HOST)
+            .map(|_| registry.add(new("a")).unwrap())
+            .collect();
+        assert_eq!(registry.add(new("a")).err(), Some(RegistryError::HostFull));
+        assert!(
+            registry.add(new("b")).is_ok(),
+            "another host still gets one"
+        );
+        drop(held);
+        assert!(registry.add(new("a")).is_ok());
+    }
+
+    #[test]
     fn the_registry_is_bounded() {
         let registry = Registry::new();
         let held: Vec<_> = (0..MAX_NVMF_CONTROLLERS)
-            .map(|_| registry.add(new("a")).unwrap())
+            .map(|i| {
+                registry
+                    .add(new(&format!("h{}", i / MAX_NVMF_CONTROLLERS_PER_HOST)))
+                    .unwrap()
+            })
             .collect();
-        assert_eq!(registry.add(new("a")).err(), Some(RegistryError::Full));
+        assert_eq!(registry.add(new("z")).err(), Some(RegistryError::Full));
         drop(held);
         assert!(registry.add(new("a")).is_ok());
     }
