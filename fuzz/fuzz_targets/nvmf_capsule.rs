@@ -47,6 +47,16 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(named, request.length_bytes);
             }
         }
+        Ok(Plan::Compare { request, .. }) => {
+            // A compare reads exactly the blocks the host's data covers.
+            assert_eq!(request.length_bytes % block_bytes, 0);
+            let named = match location {
+                DataLocation::InCapsule { length_bytes }
+                | DataLocation::Transport { length_bytes } => length_bytes,
+                DataLocation::None => 0,
+            };
+            assert_eq!(named, request.length_bytes);
+        }
         Ok(Plan::Deallocate { ranges }) => {
             for index in 0..ranges {
                 if let Ok(Some(range)) = io_commands::dsm_range(capsule_data, index, block_bytes) {
