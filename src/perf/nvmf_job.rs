@@ -28,7 +28,7 @@ use super::job::{Job, JobResult, JobSpec, RunControl};
 use super::nvmf_target::{NamespaceInfo, QueueConnection};
 use super::pattern;
 use crossbeam::channel::Sender;
-use io_uring::{opcode, types};
+use io_uring::types;
 use sds::backend::aligned_buf::AlignedBuf;
 use sds::blockio::clock::TickClock;
 use sds::blockio::tag::{self, KIND_FRONT_END_FIRST};
@@ -43,6 +43,7 @@ use sds::nvmf::pdu::{
 use sds::reactor::session::{Session, SessionContext};
 use sds::target::gather_send::{GatherSend, Sent};
 use sds::target::recv_buffer::RecvBuffer;
+use sds::target::ring_recv;
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -384,9 +385,12 @@ impl NvmfJob {
         // SAFETY: the pieces are this job's header and data buffers, which stay put and
         // unchanged until the send completes: a cid carried by this send is not reused before
         // (sends_pending), and the job is dropped only when nothing is on the ring.
-        match unsafe { self.send.submit(fd, user_data, ctx.ring) } {
-            Ok(()) => self.ring_pending += 1,
-            Err(error) => self.fail(format!("cannot post a send: {error}")),
+        let submitted = unsafe {
+            self.send
+                .submit(fd, user_data, ctx.ring, &mut self.ring_pending)
+        };
+        if let Err(error) = submitted {
+            self.fail(format!("cannot post a send: {error}"));
         }
     }
 
@@ -406,9 +410,12 @@ impl NvmfJob {
                 let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
                 let fd = self.fd();
                 // SAFETY: as in flush_send: the rest of the same pieces, still in place.
-                match unsafe { self.send.submit(fd, user_data, ctx.ring) } {
-                    Ok(()) => self.ring_pending += 1,
-                    Err(error) => self.fail(format!("cannot post a send: {error}")),
+                let submitted = unsafe {
+                    self.send
+                        .submit(fd, user_data, ctx.ring, &mut self.ring_pending)
+                };
+                if let Err(error) = submitted {
+                    self.fail(format!("cannot post a send: {error}"));
                 }
             }
             Sent::All => {
@@ -431,7 +438,7 @@ impl NvmfJob {
         if self.recv_posted || self.closing {
             return;
         }
-        let (ptr, len, kind) = match self.inbound {
+        let (window, kind) = match self.inbound {
             Inbound::Data {
                 cid, at, remaining, ..
             } => {
@@ -440,27 +447,32 @@ impl NvmfJob {
                 debug_assert!(at + remaining <= io);
                 // SAFETY: from + remaining <= the slot's end, inside the data buffer.
                 let ptr = unsafe { self.data.as_mut_ptr().add(from) };
-                (ptr, remaining, TAG_DATA)
+                ((ptr, remaining), TAG_DATA)
             }
             Inbound::Headers | Inbound::Digest { .. } => {
-                let Some((at, room)) = self.recv.spare() else {
+                let Some(spare) = self.recv.spare() else {
                     self.fail("receive buffer full of an unparsed PDU".into());
                     return;
                 };
-                (at, room, TAG_RECV)
+                (spare, TAG_RECV)
             }
         };
-        let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        let fd = self.fd();
+        let user_data = ctx.tag(tag::encode(kind, 0, 0, 0));
         // SAFETY: the buffer is this job's, and it outlives the completion: the reactor drops
         // a session only when is_finished(), i.e. with nothing on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.recv_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.fail(format!("cannot post a receive: {error}")),
+        let posted = unsafe {
+            ring_recv::post(
+                ctx.ring,
+                fd,
+                window,
+                user_data,
+                &mut self.recv_posted,
+                &mut self.ring_pending,
+            )
+        };
+        if let Err(error) = posted {
+            self.fail(format!("cannot post a receive: {error}"));
         }
     }
 

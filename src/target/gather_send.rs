@@ -78,7 +78,8 @@ impl GatherSend {
         }
     }
 
-    /// Puts the gathered pieces on the ring as one `sendmsg` to `fd`.
+    /// Puts the gathered pieces on the ring as one `sendmsg` to `fd`; once it is on the ring,
+    /// `ring_pending` (the session's count of its entries on the ring) counts it.
     ///
     /// # Safety
     /// Every piece pushed must stay where it is, unchanged, until the send's completion has
@@ -88,6 +89,7 @@ impl GatherSend {
         fd: types::Fd,
         user_data: u64,
         ring: &mut IoRing,
+        ring_pending: &mut u32,
     ) -> std::io::Result<()> {
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len();
@@ -99,6 +101,7 @@ impl GatherSend {
         // kept in place as this function's contract says.
         unsafe { ring.push(&entry) }?;
         self.posted = true;
+        *ring_pending += 1;
         Ok(())
     }
 

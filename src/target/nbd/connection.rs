@@ -32,8 +32,9 @@ use crate::reactor::session::{Session, SessionContext};
 use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::target::gather_send::{GatherSend, Sent};
 use crate::target::recv_buffer::RecvBuffer;
+use crate::target::ring_recv;
 use crate::volume::provisioner::Provisioner;
-use io_uring::{opcode, types};
+use io_uring::types;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -209,36 +210,40 @@ impl NbdSession {
         if self.recv_posted || self.closing {
             return;
         }
-        let (ptr, len, kind) = match self.inbound {
+        let (window, kind) = match self.inbound {
             Inbound::Payload { slot, got, need } => {
                 let buf = self.engine.buffer_mut(slot);
                 debug_assert!(got < need && need <= buf.len());
                 // SAFETY: got < need <= the slot buffer's length.
                 (
-                    unsafe { buf.as_mut_ptr().add(got) },
-                    need - got,
+                    (unsafe { buf.as_mut_ptr().add(got) }, need - got),
                     TAG_PAYLOAD,
                 )
             }
             Inbound::Headers | Inbound::Discard { .. } => {
-                let Some((at, room)) = self.recv.spare() else {
+                let Some(spare) = self.recv.spare() else {
                     self.close("receive buffer full");
                     return;
                 };
-                (at, room, TAG_RECV)
+                (spare, TAG_RECV)
             }
         };
-        let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        let fd = self.fd();
+        let user_data = ctx.tag(tag::encode(kind, 0, 0, 0));
         // SAFETY: the buffer is owned by this session, which outlives the completion: the
         // reactor drops a session only when is_finished(), i.e. with nothing on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.recv_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post a receive: {error}")),
+        let posted = unsafe {
+            ring_recv::post(
+                ctx.ring,
+                fd,
+                window,
+                user_data,
+                &mut self.recv_posted,
+                &mut self.ring_pending,
+            )
+        };
+        if let Err(error) = posted {
+            self.close(&format!("cannot post a receive: {error}"));
         }
     }
 
@@ -447,11 +452,15 @@ impl NbdSession {
 
     fn submit_send(&mut self, ctx: &mut SessionContext) {
         let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
+        let fd = self.fd();
         // SAFETY: the reply headers and the slot buffers gathered belong to this session and
         // stay untouched until the send completes (slots in `sending` are not reused before).
-        match unsafe { self.send.submit(self.fd(), user_data, ctx.ring) } {
-            Ok(()) => self.ring_pending += 1,
-            Err(error) => self.close(&format!("cannot post a send: {error}")),
+        let submitted = unsafe {
+            self.send
+                .submit(fd, user_data, ctx.ring, &mut self.ring_pending)
+        };
+        if let Err(error) = submitted {
+            self.close(&format!("cannot post a send: {error}"));
         }
     }
 

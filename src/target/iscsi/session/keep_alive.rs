@@ -3,22 +3,26 @@
 //! or a host change asks it to close.
 
 use super::*;
+use crate::target::session_tick;
 
 impl IscsiSession {
     pub(super) fn post_tick(&mut self, ctx: &mut SessionContext) {
         if self.tick_posted || self.closing {
             return;
         }
-        let entry = opcode::Timeout::new(&*self.tick_spec)
-            .build()
-            .user_data(ctx.tag(tag::encode(TAG_TICK, 0, 0, 0)));
+        let user_data = ctx.tag(tag::encode(TAG_TICK, 0, 0, 0));
         // SAFETY: the timespec is a box this session owns; the session outlives the entry.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.tick_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post the keep-alive timer: {error}")),
+        let posted = unsafe {
+            session_tick::post(
+                ctx.ring,
+                &self.tick_spec,
+                user_data,
+                &mut self.tick_posted,
+                &mut self.ring_pending,
+            )
+        };
+        if let Err(error) = posted {
+            self.close(&format!("cannot post the keep-alive timer: {error}"));
         }
     }
 

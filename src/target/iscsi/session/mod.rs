@@ -65,7 +65,7 @@ use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::target::gather_send::{GatherSend, Sent};
 use crate::target::recv_buffer::RecvBuffer;
 use crate::volume::open_state::OpenGuard;
-use io_uring::{opcode, types};
+use io_uring::types;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 

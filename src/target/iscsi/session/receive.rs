@@ -3,6 +3,7 @@
 //! buffer, with the buffer budgets charged per task.
 
 use super::*;
+use crate::target::ring_recv;
 
 /// A write waiting for its data: immediate, unsolicited Data-Out, then bursts asked for
 /// with R2T.
@@ -58,7 +59,7 @@ impl IscsiSession {
         if self.recv_posted || self.closing {
             return;
         }
-        let (ptr, len, kind) = match self.inbound {
+        let (window, kind) = match self.inbound {
             Inbound::Data {
                 wait,
                 offset,
@@ -73,39 +74,39 @@ impl IscsiSession {
                 let buf = self.luns[usize::from(w.lun)]
                     .scsi
                     .data_out_buffer(usize::from(w.task));
-                let start = (offset + got) as usize;
-                let end = (offset + len) as usize;
-                if end > buf.len() || start >= end {
+                let Some(window) =
+                    ring_recv::data_window(buf, (offset + got) as usize, (offset + len) as usize)
+                else {
                     self.close("data past the task's buffer");
                     return;
-                }
-                // SAFETY: start < end <= the task buffer's length, checked above.
-                (
-                    unsafe { buf.as_mut_ptr().add(start) },
-                    end - start,
-                    TAG_DATA,
-                )
+                };
+                (window, TAG_DATA)
             }
             Inbound::Headers | Inbound::Trailer { .. } | Inbound::Discard { .. } => {
-                let Some((at, room)) = self.recv.spare() else {
+                let Some(spare) = self.recv.spare() else {
                     self.close("receive buffer full");
                     return;
                 };
-                (at, room, TAG_RECV)
+                (spare, TAG_RECV)
             }
         };
-        let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        let fd = self.fd();
+        let user_data = ctx.tag(tag::encode(kind, 0, 0, 0));
         // SAFETY: the buffer is owned by this session (or by its LUN's task, which is not
         // released while its data is arriving), and the session outlives the completion: the
         // reactor drops a session only when is_finished(), with nothing on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.recv_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post a receive: {error}")),
+        let posted = unsafe {
+            ring_recv::post(
+                ctx.ring,
+                fd,
+                window,
+                user_data,
+                &mut self.recv_posted,
+                &mut self.ring_pending,
+            )
+        };
+        if let Err(error) = posted {
+            self.close(&format!("cannot post a receive: {error}"));
         }
     }
 

@@ -58,9 +58,10 @@ use crate::target::buffer_budget::BufferBudget;
 use crate::target::gather_send::GatherSend;
 use crate::target::reactor_load::ReactorPlace;
 use crate::target::recv_buffer::RecvBuffer;
+use crate::target::session_tick;
 use crate::volume::open_state::OpenGuard;
 use crate::volume::provisioner::Provisioner;
-use io_uring::{opcode, types};
+use io_uring::types;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -349,16 +350,19 @@ impl IoQueue {
         if self.tick_posted || self.closing {
             return;
         }
-        let entry = opcode::Timeout::new(&*self.tick_spec)
-            .build()
-            .user_data(ctx.tag(tag::encode(TAG_TICK, 0, 0, 0)));
+        let user_data = ctx.tag(tag::encode(TAG_TICK, 0, 0, 0));
         // SAFETY: the timespec is a box this queue owns; the queue outlives the entry.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.tick_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post the tick: {error}")),
+        let posted = unsafe {
+            session_tick::post(
+                ctx.ring,
+                &self.tick_spec,
+                user_data,
+                &mut self.tick_posted,
+                &mut self.ring_pending,
+            )
+        };
+        if let Err(error) = posted {
+            self.close(&format!("cannot post the tick: {error}"));
         }
     }
 
