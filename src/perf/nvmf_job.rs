@@ -43,7 +43,6 @@ use sds::nvmf::pdu::{
 use sds::reactor::session::{Session, SessionContext};
 use sds::target::gather_send::{GatherSend, Sent};
 use sds::target::recv_buffer::RecvBuffer;
-use sds::target::ring_recv;
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -140,7 +139,6 @@ pub struct NvmfJob {
     send: GatherSend,
     recv: RecvBuffer,
     inbound: Inbound,
-    recv_posted: bool,
     /// Socket operations on the ring.
     ring_pending: u32,
     closing: bool,
@@ -188,7 +186,6 @@ impl NvmfJob {
             send: GatherSend::with_capacity(NVMF_INITIATOR_SEND_PIECES),
             recv: RecvBuffer::new(NVMF_INITIATOR_RECV_BUFFER_BYTES),
             inbound: Inbound::Headers,
-            recv_posted: false,
             ring_pending: 0,
             closing: false,
         }
@@ -380,15 +377,11 @@ impl NvmfJob {
                 }
             }
         }
-        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
         let fd = self.fd();
         // SAFETY: the pieces are this job's header and data buffers, which stay put and
         // unchanged until the send completes: a cid carried by this send is not reused before
         // (sends_pending), and the job is dropped only when nothing is on the ring.
-        let submitted = unsafe {
-            self.send
-                .submit(fd, user_data, ctx.ring, &mut self.ring_pending)
-        };
+        let submitted = unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
         if let Err(error) = submitted {
             self.fail(format!("cannot post a send: {error}"));
         }
@@ -407,13 +400,10 @@ impl NvmfJob {
                 if self.closing {
                     return;
                 }
-                let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
                 let fd = self.fd();
                 // SAFETY: as in flush_send: the rest of the same pieces, still in place.
-                let submitted = unsafe {
-                    self.send
-                        .submit(fd, user_data, ctx.ring, &mut self.ring_pending)
-                };
+                let submitted =
+                    unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
                 if let Err(error) = submitted {
                     self.fail(format!("cannot post a send: {error}"));
                 }
@@ -435,7 +425,7 @@ impl NvmfJob {
     // ---- receiving -------------------------------------------------------------------------
 
     fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing {
+        if self.recv.is_posted() || self.closing {
             return;
         }
         let (window, kind) = match self.inbound {
@@ -458,18 +448,11 @@ impl NvmfJob {
             }
         };
         let fd = self.fd();
-        let user_data = ctx.tag(tag::encode(kind, 0, 0, 0));
         // SAFETY: the buffer is this job's, and it outlives the completion: the reactor drops
         // a session only when is_finished(), i.e. with nothing on the ring.
         let posted = unsafe {
-            ring_recv::post(
-                ctx.ring,
-                fd,
-                window,
-                user_data,
-                &mut self.recv_posted,
-                &mut self.ring_pending,
-            )
+            self.recv
+                .post(ctx, fd, window, kind, &mut self.ring_pending)
         };
         if let Err(error) = posted {
             self.fail(format!("cannot post a receive: {error}"));
@@ -477,7 +460,7 @@ impl NvmfJob {
     }
 
     fn on_received(&mut self, kind: u64, result: i32) {
-        self.recv_posted = false;
+        self.recv.received();
         if result <= 0 {
             if !self.closing {
                 let why = if result == 0 {

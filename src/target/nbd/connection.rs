@@ -32,7 +32,6 @@ use crate::reactor::session::{Session, SessionContext};
 use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::target::gather_send::{GatherSend, Sent};
 use crate::target::recv_buffer::RecvBuffer;
-use crate::target::ring_recv;
 use crate::volume::provisioner::Provisioner;
 use io_uring::types;
 use std::collections::VecDeque;
@@ -81,7 +80,6 @@ pub struct NbdSession {
     /// The request engine: slots and buffers, VP decision, QoS, mapping, LUN I/O.
     engine: BlockEngine,
     recv: RecvBuffer,
-    recv_posted: bool,
     inbound: Inbound,
     replies: Vec<ReplySlot>,
     /// Bytes charged by this connection's requests in flight or replying (the sum of their
@@ -152,7 +150,6 @@ impl NbdSession {
             socket,
             engine,
             recv: RecvBuffer::new(NBD_RECV_BUFFER_BYTES),
-            recv_posted: false,
             inbound: Inbound::Headers,
             replies: vec![
                 ReplySlot {
@@ -207,7 +204,7 @@ impl NbdSession {
     // ---- receiving -------------------------------------------------------------------------
 
     fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing {
+        if self.recv.is_posted() || self.closing {
             return;
         }
         let (window, kind) = match self.inbound {
@@ -229,18 +226,11 @@ impl NbdSession {
             }
         };
         let fd = self.fd();
-        let user_data = ctx.tag(tag::encode(kind, 0, 0, 0));
         // SAFETY: the buffer is owned by this session, which outlives the completion: the
         // reactor drops a session only when is_finished(), i.e. with nothing on the ring.
         let posted = unsafe {
-            ring_recv::post(
-                ctx.ring,
-                fd,
-                window,
-                user_data,
-                &mut self.recv_posted,
-                &mut self.ring_pending,
-            )
+            self.recv
+                .post(ctx, fd, window, kind, &mut self.ring_pending)
         };
         if let Err(error) = posted {
             self.close(&format!("cannot post a receive: {error}"));
@@ -451,14 +441,10 @@ impl NbdSession {
     }
 
     fn submit_send(&mut self, ctx: &mut SessionContext) {
-        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
         let fd = self.fd();
         // SAFETY: the reply headers and the slot buffers gathered belong to this session and
         // stay untouched until the send completes (slots in `sending` are not reused before).
-        let submitted = unsafe {
-            self.send
-                .submit(fd, user_data, ctx.ring, &mut self.ring_pending)
-        };
+        let submitted = unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
         if let Err(error) = submitted {
             self.close(&format!("cannot post a send: {error}"));
         }
@@ -557,7 +543,7 @@ impl Session for NbdSession {
         let kind = tag::kind_of(local_tag);
         match kind {
             TAG_RECV | TAG_PAYLOAD => {
-                self.recv_posted = false;
+                self.recv.received();
                 if result <= 0 {
                     if result < 0 && result != -libc::ECONNRESET {
                         log::debug!("nbd {}: receive failed: errno {}", self.peer, -result);

@@ -343,15 +343,11 @@ impl IscsiSession {
     }
 
     pub(super) fn submit_send(&mut self, ctx: &mut SessionContext) {
-        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
         let fd = self.fd();
         // SAFETY: the pieces gathered (PDUs of the pool, task buffers not released before
         // their last PDU is sent) belong to this session and stay untouched until the send
         // completes.
-        let submitted = unsafe {
-            self.send
-                .submit(fd, user_data, ctx.ring, &mut self.ring_pending)
-        };
+        let submitted = unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
         if let Err(error) = submitted {
             self.close(&format!("cannot post a send: {error}"));
         }

@@ -3,31 +3,22 @@
 //! or a host change asks it to close.
 
 use super::*;
-use crate::target::session_tick;
 
 impl IscsiSession {
     pub(super) fn post_tick(&mut self, ctx: &mut SessionContext) {
-        if self.tick_posted || self.closing {
+        if self.tick.is_posted() || self.closing {
             return;
         }
-        let user_data = ctx.tag(tag::encode(TAG_TICK, 0, 0, 0));
-        // SAFETY: the timespec is a box this session owns; the session outlives the entry.
-        let posted = unsafe {
-            session_tick::post(
-                ctx.ring,
-                &self.tick_spec,
-                user_data,
-                &mut self.tick_posted,
-                &mut self.ring_pending,
-            )
-        };
+        // SAFETY: the tick is this session's, and the session outlives the entry: the reactor
+        // drops a session only when is_finished(), with nothing on the ring.
+        let posted = unsafe { self.tick.post(ctx, TAG_TICK, &mut self.ring_pending) };
         if let Err(error) = posted {
             self.close(&format!("cannot post the keep-alive timer: {error}"));
         }
     }
 
     pub(super) fn on_tick(&mut self, ctx: &mut SessionContext) {
-        self.tick_posted = false;
+        self.tick.fired();
         if self.closing {
             return;
         }

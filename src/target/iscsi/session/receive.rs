@@ -3,7 +3,7 @@
 //! buffer, with the buffer budgets charged per task.
 
 use super::*;
-use crate::target::ring_recv;
+use crate::target::recv_buffer;
 
 /// A write waiting for its data: immediate, unsolicited Data-Out, then bursts asked for
 /// with R2T.
@@ -56,7 +56,7 @@ pub(super) enum Inbound {
 
 impl IscsiSession {
     pub(super) fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing {
+        if self.recv.is_posted() || self.closing {
             return;
         }
         let (window, kind) = match self.inbound {
@@ -75,7 +75,7 @@ impl IscsiSession {
                     .scsi
                     .data_out_buffer(usize::from(w.task));
                 let Some(window) =
-                    ring_recv::data_window(buf, (offset + got) as usize, (offset + len) as usize)
+                    recv_buffer::data_window(buf, (offset + got) as usize, (offset + len) as usize)
                 else {
                     self.close("data past the task's buffer");
                     return;
@@ -91,19 +91,12 @@ impl IscsiSession {
             }
         };
         let fd = self.fd();
-        let user_data = ctx.tag(tag::encode(kind, 0, 0, 0));
         // SAFETY: the buffer is owned by this session (or by its LUN's task, which is not
         // released while its data is arriving), and the session outlives the completion: the
         // reactor drops a session only when is_finished(), with nothing on the ring.
         let posted = unsafe {
-            ring_recv::post(
-                ctx.ring,
-                fd,
-                window,
-                user_data,
-                &mut self.recv_posted,
-                &mut self.ring_pending,
-            )
+            self.recv
+                .post(ctx, fd, window, kind, &mut self.ring_pending)
         };
         if let Err(error) = posted {
             self.close(&format!("cannot post a receive: {error}"));

@@ -14,11 +14,11 @@ use crate::nvmf::pdu::{
     self, DataHeader, Direction, Framing, Header, PduError, PduType, COMMON_HEADER_BYTES,
 };
 use crate::nvmf::status;
-use crate::target::ring_recv;
+use crate::target::recv_buffer;
 
 impl IoQueue {
     pub(super) fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing || self.terminating {
+        if self.recv.is_posted() || self.closing || self.terminating {
             return;
         }
         let (window, kind) = match self.inbound {
@@ -34,7 +34,7 @@ impl IoQueue {
                     return;
                 };
                 let Some(window) =
-                    ring_recv::data_window(buf, (offset + got) as usize, (offset + len) as usize)
+                    recv_buffer::data_window(buf, (offset + got) as usize, (offset + len) as usize)
                 else {
                     self.close("data past the request's buffer");
                     return;
@@ -50,19 +50,12 @@ impl IoQueue {
             }
         };
         let fd = self.fd();
-        let user_data = ctx.tag(tag::encode(kind, 0, 0, 0));
         // SAFETY: the buffer is this queue's (or its engine slot's, which is not released
         // while its data is arriving), and the queue outlives the completion: the reactor
         // drops a session only when is_finished(), with nothing on the ring.
         let posted = unsafe {
-            ring_recv::post(
-                ctx.ring,
-                fd,
-                window,
-                user_data,
-                &mut self.recv_posted,
-                &mut self.ring_pending,
-            )
+            self.recv
+                .post(ctx, fd, window, kind, &mut self.ring_pending)
         };
         if let Err(error) = posted {
             self.close(&format!("cannot post a receive: {error}"));
