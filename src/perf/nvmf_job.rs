@@ -42,7 +42,7 @@ use sds::nvmf::pdu::{
 };
 use sds::reactor::session::{Session, SessionContext};
 use sds::target::gather_send::{GatherSend, Sent};
-use sds::target::recv_buffer::RecvBuffer;
+use sds::target::recv_buffer::{RecvBuffer, RecvPostError};
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -428,7 +428,7 @@ impl NvmfJob {
         if self.recv.is_posted() || self.closing {
             return;
         }
-        let (window, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Data {
                 cid, at, remaining, ..
             } => {
@@ -437,25 +437,21 @@ impl NvmfJob {
                 debug_assert!(at + remaining <= io);
                 // SAFETY: from + remaining <= the slot's end, inside the data buffer.
                 let ptr = unsafe { self.data.as_mut_ptr().add(from) };
-                ((ptr, remaining), TAG_DATA)
+                (Some((ptr, remaining)), TAG_DATA)
             }
-            Inbound::Headers | Inbound::Digest { .. } => {
-                let Some(spare) = self.recv.spare() else {
-                    self.fail("receive buffer full of an unparsed PDU".into());
-                    return;
-                };
-                (spare, TAG_RECV)
-            }
+            Inbound::Headers | Inbound::Digest { .. } => (None, TAG_RECV),
         };
         let fd = self.fd();
         // SAFETY: the buffer is this job's, and it outlives the completion: the reactor drops
         // a session only when is_finished(), i.e. with nothing on the ring.
         let posted = unsafe {
             self.recv
-                .post(ctx, fd, window, kind, &mut self.ring_pending)
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
         };
-        if let Err(error) = posted {
-            self.fail(format!("cannot post a receive: {error}"));
+        match posted {
+            Ok(()) => {}
+            Err(RecvPostError::Full) => self.fail("receive buffer full of an unparsed PDU".into()),
+            Err(error) => self.fail(error.to_string()),
         }
     }
 

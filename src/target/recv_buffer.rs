@@ -20,6 +20,16 @@ pub struct RecvBuffer {
     posted: bool,
 }
 
+/// Why the session's receive could not be posted.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvPostError {
+    /// The buffer is full of bytes not consumed yet (a frame larger than it).
+    #[error("receive buffer full")]
+    Full,
+    #[error("cannot post a receive: {0}")]
+    Ring(std::io::Error),
+}
+
 /// Where a receive straight into a request's buffer goes: bytes `start..end` of `buf`.
 /// `None` when the window is empty or runs past the buffer (a peer's data the request does
 /// not take).
@@ -55,31 +65,34 @@ impl RecvBuffer {
         self.posted = false;
     }
 
-    /// Puts the session's receive on the ring: at most `len` bytes into `at` (this buffer's
-    /// [`Self::spare`] room, or a request's [`data_window`]) from `fd`, tagged with the
-    /// session-local tag kind `kind`. Once it is on the ring, `ring_pending` (the session's
-    /// count of its entries on the ring) counts it.
+    /// Puts the session's receive on the ring from `fd`: straight into a request's buffer
+    /// when `direct` is a [`data_window`], else into this buffer's free room
+    /// ([`Self::spare`]); tagged with the session-local tag kind `kind`. Once it is on the
+    /// ring, `ring_pending` (the session's count of its entries on the ring) counts it.
     ///
     /// # Safety
-    /// The `len` bytes at `at` must be writable and stay where they are, not reused for
-    /// anything else, until the receive's completion has come back; the session must outlive
-    /// the ring entry (the reactor drops a session only when it is finished, with nothing on
-    /// the ring).
+    /// A `direct` window must be writable and stay where it is, not reused for anything
+    /// else, until the receive's completion has come back; the session must outlive the ring
+    /// entry (the reactor drops a session only when it is finished, with nothing on the ring).
     #[inline]
     pub unsafe fn post(
         &mut self,
         ctx: &mut SessionContext,
         fd: types::Fd,
-        (at, len): (*mut u8, usize),
+        direct: Option<(*mut u8, usize)>,
         kind: u64,
         ring_pending: &mut u32,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), RecvPostError> {
+        let (at, len) = match direct {
+            Some(window) => window,
+            None => self.spare().ok_or(RecvPostError::Full)?,
+        };
         let entry = opcode::Recv::new(fd, at, len as u32)
             .build()
             .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
-        // SAFETY: the bytes received into stay valid and in place until the completion, as
-        // this function's contract says.
-        unsafe { ctx.ring.push(&entry) }?;
+        // SAFETY: the bytes received into (this buffer's own, or the caller's window) stay
+        // valid and in place until the completion, as this function's contract says.
+        unsafe { ctx.ring.push(&entry) }.map_err(RecvPostError::Ring)?;
         self.posted = true;
         *ring_pending += 1;
         Ok(())

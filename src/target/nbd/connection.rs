@@ -207,33 +207,27 @@ impl NbdSession {
         if self.recv.is_posted() || self.closing {
             return;
         }
-        let (window, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Payload { slot, got, need } => {
                 let buf = self.engine.buffer_mut(slot);
                 debug_assert!(got < need && need <= buf.len());
                 // SAFETY: got < need <= the slot buffer's length.
                 (
-                    (unsafe { buf.as_mut_ptr().add(got) }, need - got),
+                    Some((unsafe { buf.as_mut_ptr().add(got) }, need - got)),
                     TAG_PAYLOAD,
                 )
             }
-            Inbound::Headers | Inbound::Discard { .. } => {
-                let Some(spare) = self.recv.spare() else {
-                    self.close("receive buffer full");
-                    return;
-                };
-                (spare, TAG_RECV)
-            }
+            Inbound::Headers | Inbound::Discard { .. } => (None, TAG_RECV),
         };
         let fd = self.fd();
         // SAFETY: the buffer is owned by this session, which outlives the completion: the
         // reactor drops a session only when is_finished(), i.e. with nothing on the ring.
         let posted = unsafe {
             self.recv
-                .post(ctx, fd, window, kind, &mut self.ring_pending)
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
         };
         if let Err(error) = posted {
-            self.close(&format!("cannot post a receive: {error}"));
+            self.close(&error.to_string());
         }
     }
 

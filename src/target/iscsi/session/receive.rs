@@ -59,7 +59,7 @@ impl IscsiSession {
         if self.recv.is_posted() || self.closing {
             return;
         }
-        let (window, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Data {
                 wait,
                 offset,
@@ -80,14 +80,10 @@ impl IscsiSession {
                     self.close("data past the task's buffer");
                     return;
                 };
-                (window, TAG_DATA)
+                (Some(window), TAG_DATA)
             }
             Inbound::Headers | Inbound::Trailer { .. } | Inbound::Discard { .. } => {
-                let Some(spare) = self.recv.spare() else {
-                    self.close("receive buffer full");
-                    return;
-                };
-                (spare, TAG_RECV)
+                (None, TAG_RECV)
             }
         };
         let fd = self.fd();
@@ -96,10 +92,10 @@ impl IscsiSession {
         // reactor drops a session only when is_finished(), with nothing on the ring.
         let posted = unsafe {
             self.recv
-                .post(ctx, fd, window, kind, &mut self.ring_pending)
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
         };
         if let Err(error) = posted {
-            self.close(&format!("cannot post a receive: {error}"));
+            self.close(&error.to_string());
         }
     }
 

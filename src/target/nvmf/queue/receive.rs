@@ -21,7 +21,7 @@ impl IoQueue {
         if self.recv.is_posted() || self.closing || self.terminating {
             return;
         }
-        let (window, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Data {
                 g,
                 offset,
@@ -39,14 +39,10 @@ impl IoQueue {
                     self.close("data past the request's buffer");
                     return;
                 };
-                (window, TAG_DATA)
+                (Some(window), TAG_DATA)
             }
             Inbound::Headers | Inbound::Trailer { .. } | Inbound::Discard { .. } => {
-                let Some(spare) = self.recv.spare() else {
-                    self.close("receive buffer full");
-                    return;
-                };
-                (spare, TAG_RECV)
+                (None, TAG_RECV)
             }
         };
         let fd = self.fd();
@@ -55,10 +51,10 @@ impl IoQueue {
         // drops a session only when is_finished(), with nothing on the ring.
         let posted = unsafe {
             self.recv
-                .post(ctx, fd, window, kind, &mut self.ring_pending)
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
         };
         if let Err(error) = posted {
-            self.close(&format!("cannot post a receive: {error}"));
+            self.close(&error.to_string());
         }
     }
 
