@@ -126,6 +126,15 @@ impl RecvBuffer {
         self.start += bytes.min(self.len());
     }
 
+    /// Drops up to `bytes` pending bytes (what a refused request brought, say); returns how
+    /// many are still to drop once more arrive.
+    #[inline]
+    pub fn discard(&mut self, bytes: usize) -> usize {
+        let take = bytes.min(self.len());
+        self.start += take;
+        bytes - take
+    }
+
     /// A receive into [`Self::spare`] brought `bytes`.
     #[inline]
     pub fn filled(&mut self, bytes: usize) {
@@ -196,7 +205,7 @@ mod tests {
         let (_, room) = recv.spare().expect("compacted");
         assert_eq!(room, 4000);
         assert_eq!(recv.pending(), &[7u8; 96][..], "the pending bytes kept");
-        recv.consume(96);
+        assert_eq!(recv.discard(100), 4, "four more to drop once they arrive");
         recv.tidy(48);
         assert!(recv.is_empty());
         assert_eq!(recv.spare().map(|(_, room)| room), Some(4096));

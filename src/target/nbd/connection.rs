@@ -240,12 +240,9 @@ impl NbdSession {
             match self.inbound {
                 Inbound::Payload { .. } => return,
                 Inbound::Discard { remaining } => {
-                    let take = remaining.min(self.recv.len());
-                    self.recv.consume(take);
-                    if take < remaining {
-                        self.inbound = Inbound::Discard {
-                            remaining: remaining - take,
-                        };
+                    let left = self.recv.discard(remaining);
+                    if left > 0 {
+                        self.inbound = Inbound::Discard { remaining: left };
                         break;
                     }
                     self.inbound = Inbound::Headers;

@@ -121,12 +121,9 @@ impl IscsiSession {
                 // Arriving straight into a task's buffer: the receive below is for it.
                 Inbound::Data { .. } => break,
                 Inbound::Discard { remaining } => {
-                    let take = remaining.min(self.buffered());
-                    self.recv.consume(take);
-                    if take < remaining {
-                        self.inbound = Inbound::Discard {
-                            remaining: remaining - take,
-                        };
+                    let left = self.recv.discard(remaining);
+                    if left > 0 {
+                        self.inbound = Inbound::Discard { remaining: left };
                         break;
                     }
                     self.inbound = Inbound::Headers;
@@ -625,12 +622,9 @@ impl IscsiSession {
     }
 
     pub(super) fn skip(&mut self, bytes: usize) {
-        let take = bytes.min(self.buffered());
-        self.recv.consume(take);
-        if take < bytes {
-            self.inbound = Inbound::Discard {
-                remaining: bytes - take,
-            };
+        let left = self.recv.discard(bytes);
+        if left > 0 {
+            self.inbound = Inbound::Discard { remaining: left };
         }
     }
 }

@@ -99,12 +99,9 @@ impl IoQueue {
             match self.inbound {
                 Inbound::Data { .. } => break,
                 Inbound::Discard { remaining } => {
-                    let take = remaining.min(self.recv.len());
-                    self.recv.consume(take);
-                    if take < remaining {
-                        self.inbound = Inbound::Discard {
-                            remaining: remaining - take,
-                        };
+                    let left = self.recv.discard(remaining);
+                    if left > 0 {
+                        self.inbound = Inbound::Discard { remaining: left };
                         break;
                     }
                     self.inbound = Inbound::Headers;
