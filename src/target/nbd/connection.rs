@@ -137,14 +137,12 @@ impl NbdSession {
             path_hint,
             published,
             provisioner,
-            EngineConfig {
-                slot_base: 0,
-                slots: MAX_INFLIGHT_PER_CONNECTION,
+            EngineConfig::front_end(
+                0,
+                MAX_INFLIGHT_PER_CONNECTION,
                 max_io_bytes,
-                initial_buffer_bytes: 0,
-                retained_buffer_bytes: MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION,
-                domain: true,
-            },
+                MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION,
+            ),
         );
         Self {
             socket,

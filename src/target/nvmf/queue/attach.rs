@@ -187,14 +187,12 @@ impl IoQueue {
             path_hint,
             self.published.clone(),
             self.provisioner.clone(),
-            EngineConfig {
-                slot_base: position * NVMF_SLOTS_PER_NAMESPACE,
-                slots: NVMF_SLOTS_PER_NAMESPACE,
-                max_io_bytes: MAX_IO_BYTES,
-                initial_buffer_bytes: 0,
-                retained_buffer_bytes: retained,
-                domain: true,
-            },
+            EngineConfig::front_end(
+                position * NVMF_SLOTS_PER_NAMESPACE,
+                NVMF_SLOTS_PER_NAMESPACE,
+                MAX_IO_BYTES,
+                retained,
+            ),
         );
         if let Some(reactor_index) = self.reactor_index {
             engine.attach(reactor_index);
