@@ -72,6 +72,27 @@ pub struct EngineConfig {
     pub domain: bool,
 }
 
+impl EngineConfig {
+    /// A front end's engine (NBD connection, iSCSI LUN, NVMe/TCP namespace): `slots` from
+    /// `slot_base`, requests up to `max_io_bytes`, slot buffers grown when first needed and
+    /// `retained_buffer_bytes` of them kept, every request through the domain layer.
+    pub fn front_end(
+        slot_base: usize,
+        slots: usize,
+        max_io_bytes: usize,
+        retained_buffer_bytes: usize,
+    ) -> Self {
+        Self {
+            slots,
+            slot_base,
+            max_io_bytes,
+            initial_buffer_bytes: 0,
+            retained_buffer_bytes,
+            domain: true,
+        }
+    }
+}
+
 /// What the domain layer decided for a request when it was reserved.
 #[derive(Clone, Copy, Debug)]
 pub struct Admission {

@@ -28,7 +28,7 @@ use super::job::{Job, JobResult, JobSpec, RunControl};
 use super::nvmf_target::{NamespaceInfo, QueueConnection};
 use super::pattern;
 use crossbeam::channel::Sender;
-use io_uring::{opcode, types};
+use io_uring::types;
 use sds::backend::aligned_buf::AlignedBuf;
 use sds::blockio::clock::TickClock;
 use sds::blockio::tag::{self, KIND_FRONT_END_FIRST};
@@ -42,7 +42,7 @@ use sds::nvmf::pdu::{
 };
 use sds::reactor::session::{Session, SessionContext};
 use sds::target::gather_send::{GatherSend, Sent};
-use sds::target::recv_buffer::RecvBuffer;
+use sds::target::recv_buffer::{RecvBuffer, RecvPostError};
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -139,7 +139,6 @@ pub struct NvmfJob {
     send: GatherSend,
     recv: RecvBuffer,
     inbound: Inbound,
-    recv_posted: bool,
     /// Socket operations on the ring.
     ring_pending: u32,
     closing: bool,
@@ -187,7 +186,6 @@ impl NvmfJob {
             send: GatherSend::with_capacity(NVMF_INITIATOR_SEND_PIECES),
             recv: RecvBuffer::new(NVMF_INITIATOR_RECV_BUFFER_BYTES),
             inbound: Inbound::Headers,
-            recv_posted: false,
             ring_pending: 0,
             closing: false,
         }
@@ -379,14 +377,13 @@ impl NvmfJob {
                 }
             }
         }
-        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
         let fd = self.fd();
         // SAFETY: the pieces are this job's header and data buffers, which stay put and
         // unchanged until the send completes: a cid carried by this send is not reused before
         // (sends_pending), and the job is dropped only when nothing is on the ring.
-        match unsafe { self.send.submit(fd, user_data, ctx.ring) } {
-            Ok(()) => self.ring_pending += 1,
-            Err(error) => self.fail(format!("cannot post a send: {error}")),
+        let submitted = unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
+        if let Err(error) = submitted {
+            self.fail(format!("cannot post a send: {error}"));
         }
     }
 
@@ -403,12 +400,12 @@ impl NvmfJob {
                 if self.closing {
                     return;
                 }
-                let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
                 let fd = self.fd();
                 // SAFETY: as in flush_send: the rest of the same pieces, still in place.
-                match unsafe { self.send.submit(fd, user_data, ctx.ring) } {
-                    Ok(()) => self.ring_pending += 1,
-                    Err(error) => self.fail(format!("cannot post a send: {error}")),
+                let submitted =
+                    unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
+                if let Err(error) = submitted {
+                    self.fail(format!("cannot post a send: {error}"));
                 }
             }
             Sent::All => {
@@ -428,10 +425,10 @@ impl NvmfJob {
     // ---- receiving -------------------------------------------------------------------------
 
     fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing {
+        if self.recv.is_posted() || self.closing {
             return;
         }
-        let (ptr, len, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Data {
                 cid, at, remaining, ..
             } => {
@@ -440,32 +437,26 @@ impl NvmfJob {
                 debug_assert!(at + remaining <= io);
                 // SAFETY: from + remaining <= the slot's end, inside the data buffer.
                 let ptr = unsafe { self.data.as_mut_ptr().add(from) };
-                (ptr, remaining, TAG_DATA)
+                (Some((ptr, remaining)), TAG_DATA)
             }
-            Inbound::Headers | Inbound::Digest { .. } => {
-                let Some((at, room)) = self.recv.spare() else {
-                    self.fail("receive buffer full of an unparsed PDU".into());
-                    return;
-                };
-                (at, room, TAG_RECV)
-            }
+            Inbound::Headers | Inbound::Digest { .. } => (None, TAG_RECV),
         };
-        let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        let fd = self.fd();
         // SAFETY: the buffer is this job's, and it outlives the completion: the reactor drops
         // a session only when is_finished(), i.e. with nothing on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.recv_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.fail(format!("cannot post a receive: {error}")),
+        let posted = unsafe {
+            self.recv
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
+        };
+        match posted {
+            Ok(()) => {}
+            Err(RecvPostError::Full) => self.fail("receive buffer full of an unparsed PDU".into()),
+            Err(error) => self.fail(error.to_string()),
         }
     }
 
     fn on_received(&mut self, kind: u64, result: i32) {
-        self.recv_posted = false;
+        self.recv.received();
         if result <= 0 {
             if !self.closing {
                 let why = if result == 0 {

@@ -3,7 +3,8 @@
 //! a partial send is resumed from where it stopped. The iovecs and the message header are
 //! allocated once, when the session is made.
 
-use crate::reactor::ring::IoRing;
+use crate::blockio::tag;
+use crate::reactor::session::SessionContext;
 use io_uring::{opcode, types};
 
 pub struct GatherSend {
@@ -78,27 +79,32 @@ impl GatherSend {
         }
     }
 
-    /// Puts the gathered pieces on the ring as one `sendmsg` to `fd`.
+    /// Puts the gathered pieces on the ring as one `sendmsg` to `fd`, tagged with the
+    /// session-local tag kind `kind`; once it is on the ring, `ring_pending` (the session's
+    /// count of its entries on the ring) counts it.
     ///
     /// # Safety
     /// Every piece pushed must stay where it is, unchanged, until the send's completion has
     /// been handed to [`Self::complete`]; the caller must outlive the ring entry.
+    #[inline]
     pub unsafe fn submit(
         &mut self,
+        ctx: &mut SessionContext,
         fd: types::Fd,
-        user_data: u64,
-        ring: &mut IoRing,
+        kind: u64,
+        ring_pending: &mut u32,
     ) -> std::io::Result<()> {
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len();
         let entry = opcode::SendMsg::new(fd, &*self.msg as *const libc::msghdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
-            .user_data(user_data);
+            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
         // SAFETY: the header and the iovecs are this object's; the pieces are the caller's,
         // kept in place as this function's contract says.
-        unsafe { ring.push(&entry) }?;
+        unsafe { ctx.ring.push(&entry) }?;
         self.posted = true;
+        *ring_pending += 1;
         Ok(())
     }
 

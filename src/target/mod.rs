@@ -12,5 +12,6 @@ pub mod nbd;
 pub mod nvmf;
 pub mod reactor_load;
 pub mod recv_buffer;
+pub mod session_tick;
 pub mod stable_name;
 pub mod tcp_acceptor;

@@ -2,13 +2,45 @@
 //! parsed yet, between `start` and `end`. Receives go after `end`; parsing consumes from
 //! `start`; when the free room at the end runs short, what is left moves to the front. Made
 //! once per session, never grown.
+//!
+//! It also posts the session's one receive on the ring, as every front end does: into its
+//! free room, or straight into the buffer of the request whose data is arriving
+//! ([`data_window`] checks that window lies inside that buffer).
 
 use crate::backend::aligned_buf::AlignedBuf;
+use crate::blockio::tag;
+use crate::reactor::session::SessionContext;
+use io_uring::{opcode, types};
 
 pub struct RecvBuffer {
     buf: AlignedBuf,
     start: usize,
     end: usize,
+    /// Whether the session's receive is on the ring.
+    posted: bool,
+}
+
+/// Why the session's receive could not be posted.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvPostError {
+    /// The buffer is full of bytes not consumed yet (a frame larger than it).
+    #[error("receive buffer full")]
+    Full,
+    #[error("cannot post a receive: {0}")]
+    Ring(std::io::Error),
+}
+
+/// Where a receive straight into a request's buffer goes: bytes `start..end` of `buf`.
+/// `None` when the window is empty or runs past the buffer (a peer's data the request does
+/// not take).
+#[inline]
+pub fn data_window(buf: &mut [u8], start: usize, end: usize) -> Option<(*mut u8, usize)> {
+    if end > buf.len() || start >= end {
+        return None;
+    }
+    // SAFETY: start < end <= the buffer's length, checked above, so the pointer stays inside
+    // the buffer.
+    Some((unsafe { buf.as_mut_ptr().add(start) }, end - start))
 }
 
 impl RecvBuffer {
@@ -17,7 +49,53 @@ impl RecvBuffer {
             buf: AlignedBuf::new(bytes),
             start: 0,
             end: 0,
+            posted: false,
         }
+    }
+
+    /// Whether the session's receive is on the ring.
+    #[inline]
+    pub fn is_posted(&self) -> bool {
+        self.posted
+    }
+
+    /// The receive's completion came back: nothing is on the ring any more.
+    #[inline]
+    pub fn received(&mut self) {
+        self.posted = false;
+    }
+
+    /// Puts the session's receive on the ring from `fd`: straight into a request's buffer
+    /// when `direct` is a [`data_window`], else into this buffer's free room
+    /// ([`Self::spare`]); tagged with the session-local tag kind `kind`. Once it is on the
+    /// ring, `ring_pending` (the session's count of its entries on the ring) counts it.
+    ///
+    /// # Safety
+    /// A `direct` window must be writable and stay where it is, not reused for anything
+    /// else, until the receive's completion has come back; the session must outlive the ring
+    /// entry (the reactor drops a session only when it is finished, with nothing on the ring).
+    #[inline]
+    pub unsafe fn post(
+        &mut self,
+        ctx: &mut SessionContext,
+        fd: types::Fd,
+        direct: Option<(*mut u8, usize)>,
+        kind: u64,
+        ring_pending: &mut u32,
+    ) -> Result<(), RecvPostError> {
+        let (at, len) = match direct {
+            Some(window) => window,
+            None => self.spare().ok_or(RecvPostError::Full)?,
+        };
+        let entry = opcode::Recv::new(fd, at, len as u32)
+            .build()
+            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        // SAFETY: the bytes received into (this buffer's own, or the caller's window) stay
+        // valid and in place until the completion, as this function's contract says.
+        unsafe { ctx.ring.push(&entry) }.map_err(RecvPostError::Ring)?;
+        self.posted = true;
+        *ring_pending += 1;
+        Ok(())
     }
 
     pub fn capacity(&self) -> usize {
@@ -46,6 +124,15 @@ impl RecvBuffer {
     pub fn consume(&mut self, bytes: usize) {
         debug_assert!(bytes <= self.len(), "consumed more than was received");
         self.start += bytes.min(self.len());
+    }
+
+    /// Drops up to `bytes` pending bytes (what a refused request brought, say); returns how
+    /// many are still to drop once more arrive.
+    #[inline]
+    pub fn discard(&mut self, bytes: usize) -> usize {
+        let take = bytes.min(self.len());
+        self.start += take;
+        bytes - take
     }
 
     /// A receive into [`Self::spare`] brought `bytes`.
@@ -94,6 +181,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_data_window_must_be_inside_the_buffer_and_not_empty() {
+        let mut buf = [0u8; 16];
+        let base = buf.as_ptr() as usize;
+        let (at, len) = data_window(&mut buf, 4, 16).expect("inside");
+        assert_eq!((at as usize - base, len), (4, 12));
+        assert!(data_window(&mut buf, 4, 17).is_none(), "past the end");
+        assert!(data_window(&mut buf, 8, 8).is_none(), "empty");
+        assert!(data_window(&mut buf, 9, 8).is_none(), "reversed");
+    }
+
+    #[test]
     fn pending_bytes_move_to_the_front_when_the_end_is_reached() {
         let mut recv = RecvBuffer::new(4096);
         let (at, room) = recv.spare().expect("room");
@@ -107,7 +205,7 @@ mod tests {
         let (_, room) = recv.spare().expect("compacted");
         assert_eq!(room, 4000);
         assert_eq!(recv.pending(), &[7u8; 96][..], "the pending bytes kept");
-        recv.consume(96);
+        assert_eq!(recv.discard(100), 4, "four more to drop once they arrive");
         recv.tidy(48);
         assert!(recv.is_empty());
         assert_eq!(recv.spare().map(|(_, room)| room), Some(4096));

@@ -33,7 +33,7 @@ use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::target::gather_send::{GatherSend, Sent};
 use crate::target::recv_buffer::RecvBuffer;
 use crate::volume::provisioner::Provisioner;
-use io_uring::{opcode, types};
+use io_uring::types;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -80,7 +80,6 @@ pub struct NbdSession {
     /// The request engine: slots and buffers, VP decision, QoS, mapping, LUN I/O.
     engine: BlockEngine,
     recv: RecvBuffer,
-    recv_posted: bool,
     inbound: Inbound,
     replies: Vec<ReplySlot>,
     /// Bytes charged by this connection's requests in flight or replying (the sum of their
@@ -138,20 +137,17 @@ impl NbdSession {
             path_hint,
             published,
             provisioner,
-            EngineConfig {
-                slot_base: 0,
-                slots: MAX_INFLIGHT_PER_CONNECTION,
+            EngineConfig::front_end(
+                0,
+                MAX_INFLIGHT_PER_CONNECTION,
                 max_io_bytes,
-                initial_buffer_bytes: 0,
-                retained_buffer_bytes: MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION,
-                domain: true,
-            },
+                MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION,
+            ),
         );
         Self {
             socket,
             engine,
             recv: RecvBuffer::new(NBD_RECV_BUFFER_BYTES),
-            recv_posted: false,
             inbound: Inbound::Headers,
             replies: vec![
                 ReplySlot {
@@ -206,39 +202,30 @@ impl NbdSession {
     // ---- receiving -------------------------------------------------------------------------
 
     fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing {
+        if self.recv.is_posted() || self.closing {
             return;
         }
-        let (ptr, len, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Payload { slot, got, need } => {
                 let buf = self.engine.buffer_mut(slot);
                 debug_assert!(got < need && need <= buf.len());
                 // SAFETY: got < need <= the slot buffer's length.
                 (
-                    unsafe { buf.as_mut_ptr().add(got) },
-                    need - got,
+                    Some((unsafe { buf.as_mut_ptr().add(got) }, need - got)),
                     TAG_PAYLOAD,
                 )
             }
-            Inbound::Headers | Inbound::Discard { .. } => {
-                let Some((at, room)) = self.recv.spare() else {
-                    self.close("receive buffer full");
-                    return;
-                };
-                (at, room, TAG_RECV)
-            }
+            Inbound::Headers | Inbound::Discard { .. } => (None, TAG_RECV),
         };
-        let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        let fd = self.fd();
         // SAFETY: the buffer is owned by this session, which outlives the completion: the
         // reactor drops a session only when is_finished(), i.e. with nothing on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.recv_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post a receive: {error}")),
+        let posted = unsafe {
+            self.recv
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
+        };
+        if let Err(error) = posted {
+            self.close(&error.to_string());
         }
     }
 
@@ -251,12 +238,9 @@ impl NbdSession {
             match self.inbound {
                 Inbound::Payload { .. } => return,
                 Inbound::Discard { remaining } => {
-                    let take = remaining.min(self.recv.len());
-                    self.recv.consume(take);
-                    if take < remaining {
-                        self.inbound = Inbound::Discard {
-                            remaining: remaining - take,
-                        };
+                    let left = self.recv.discard(remaining);
+                    if left > 0 {
+                        self.inbound = Inbound::Discard { remaining: left };
                         break;
                     }
                     self.inbound = Inbound::Headers;
@@ -446,12 +430,12 @@ impl NbdSession {
     }
 
     fn submit_send(&mut self, ctx: &mut SessionContext) {
-        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
+        let fd = self.fd();
         // SAFETY: the reply headers and the slot buffers gathered belong to this session and
         // stay untouched until the send completes (slots in `sending` are not reused before).
-        match unsafe { self.send.submit(self.fd(), user_data, ctx.ring) } {
-            Ok(()) => self.ring_pending += 1,
-            Err(error) => self.close(&format!("cannot post a send: {error}")),
+        let submitted = unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
+        if let Err(error) = submitted {
+            self.close(&format!("cannot post a send: {error}"));
         }
     }
 
@@ -548,7 +532,7 @@ impl Session for NbdSession {
         let kind = tag::kind_of(local_tag);
         match kind {
             TAG_RECV | TAG_PAYLOAD => {
-                self.recv_posted = false;
+                self.recv.received();
                 if result <= 0 {
                     if result < 0 && result != -libc::ECONNRESET {
                         log::debug!("nbd {}: receive failed: errno {}", self.peer, -result);

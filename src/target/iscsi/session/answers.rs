@@ -343,13 +343,13 @@ impl IscsiSession {
     }
 
     pub(super) fn submit_send(&mut self, ctx: &mut SessionContext) {
-        let user_data = ctx.tag(tag::encode(TAG_SEND, 0, 0, 0));
+        let fd = self.fd();
         // SAFETY: the pieces gathered (PDUs of the pool, task buffers not released before
         // their last PDU is sent) belong to this session and stay untouched until the send
         // completes.
-        match unsafe { self.send.submit(self.fd(), user_data, ctx.ring) } {
-            Ok(()) => self.ring_pending += 1,
-            Err(error) => self.close(&format!("cannot post a send: {error}")),
+        let submitted = unsafe { self.send.submit(ctx, fd, TAG_SEND, &mut self.ring_pending) };
+        if let Err(error) = submitted {
+            self.close(&format!("cannot post a send: {error}"));
         }
     }
 

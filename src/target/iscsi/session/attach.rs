@@ -53,14 +53,12 @@ pub fn attach(logged_in: LoggedIn, context: &IscsiContext) {
             path_index,
             context.published.clone(),
             context.provisioner.clone(),
-            EngineConfig {
-                slot_base: position * ISCSI_SLOTS_PER_LUN,
-                slots: SCSI_TASKS_PER_LUN,
-                max_io_bytes: MAX_IO_BYTES,
-                initial_buffer_bytes: 0,
-                retained_buffer_bytes: retained_per_lun,
-                domain: true,
-            },
+            EngineConfig::front_end(
+                position * ISCSI_SLOTS_PER_LUN,
+                SCSI_TASKS_PER_LUN,
+                MAX_IO_BYTES,
+                retained_per_lun,
+            ),
         );
         let identity = scsi::LunIdentity::new(volume.uuid, &context.target_name, PROTOCOL_ISCSI);
         let unit = context.scsi.get(volume);

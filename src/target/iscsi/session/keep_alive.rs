@@ -6,24 +6,19 @@ use super::*;
 
 impl IscsiSession {
     pub(super) fn post_tick(&mut self, ctx: &mut SessionContext) {
-        if self.tick_posted || self.closing {
+        if self.tick.is_posted() || self.closing {
             return;
         }
-        let entry = opcode::Timeout::new(&*self.tick_spec)
-            .build()
-            .user_data(ctx.tag(tag::encode(TAG_TICK, 0, 0, 0)));
-        // SAFETY: the timespec is a box this session owns; the session outlives the entry.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.tick_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post the keep-alive timer: {error}")),
+        // SAFETY: the tick is this session's, and the session outlives the entry: the reactor
+        // drops a session only when is_finished(), with nothing on the ring.
+        let posted = unsafe { self.tick.post(ctx, TAG_TICK, &mut self.ring_pending) };
+        if let Err(error) = posted {
+            self.close(&format!("cannot post the keep-alive timer: {error}"));
         }
     }
 
     pub(super) fn on_tick(&mut self, ctx: &mut SessionContext) {
-        self.tick_posted = false;
+        self.tick.fired();
         if self.closing {
             return;
         }

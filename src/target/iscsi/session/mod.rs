@@ -64,8 +64,9 @@ use crate::scsi::{self, DataDirection, ScsiLun, Submit, TaskDone};
 use crate::target::buffer_budget::{BufferBudget, BUFFER_BUDGET};
 use crate::target::gather_send::{GatherSend, Sent};
 use crate::target::recv_buffer::RecvBuffer;
+use crate::target::session_tick::SessionTick;
 use crate::volume::open_state::OpenGuard;
-use io_uring::{opcode, types};
+use io_uring::types;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -112,7 +113,6 @@ pub struct IscsiSession {
     next_ttt: u32,
 
     recv: RecvBuffer,
-    recv_posted: bool,
     inbound: Inbound,
     /// A command waiting for a task of its LUN or for buffer budget (its PDU is still in the
     /// receive buffer).
@@ -136,8 +136,7 @@ pub struct IscsiSession {
     /// alone.
     defer_send: bool,
 
-    tick_spec: Box<types::Timespec>,
-    tick_posted: bool,
+    tick: SessionTick,
     /// Ticks since the initiator last sent anything.
     idle_ticks: u32,
     /// Ticks since the NOP-In still unanswered was sent.
@@ -241,7 +240,6 @@ impl IscsiSession {
             stat_sn,
             next_ttt: 1,
             recv: RecvBuffer::new(ISCSI_RECV_BUFFER_BYTES),
-            recv_posted: false,
             inbound: Inbound::Headers,
             stalled: false,
             charged: vec![0; luns_len * SCSI_TASKS_PER_LUN],
@@ -255,8 +253,7 @@ impl IscsiSession {
             sending: Vec::with_capacity(ISCSI_OUT_PDUS),
             send: GatherSend::with_capacity(MAX_SEND_IOVECS),
             defer_send: false,
-            tick_spec: Box::new(types::Timespec::new().sec(1)),
-            tick_posted: false,
+            tick: SessionTick::every_second(),
             idle_ticks: 0,
             nop_pending: None,
             logout: None,
@@ -381,7 +378,7 @@ impl Session for IscsiSession {
         self.ring_pending -= 1;
         match tag::kind_of(local_tag) {
             TAG_RECV => {
-                self.recv_posted = false;
+                self.recv.received();
                 if result <= 0 {
                     self.close("connection closed by the initiator");
                 } else {
@@ -390,7 +387,7 @@ impl Session for IscsiSession {
                 }
             }
             TAG_DATA => {
-                self.recv_posted = false;
+                self.recv.received();
                 if result <= 0 {
                     self.close("connection closed by the initiator");
                 } else if let Inbound::Data {

@@ -3,6 +3,7 @@
 //! buffer, with the buffer budgets charged per task.
 
 use super::*;
+use crate::target::recv_buffer;
 
 /// A write waiting for its data: immediate, unsolicited Data-Out, then bursts asked for
 /// with R2T.
@@ -55,10 +56,10 @@ pub(super) enum Inbound {
 
 impl IscsiSession {
     pub(super) fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing {
+        if self.recv.is_posted() || self.closing {
             return;
         }
-        let (ptr, len, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Data {
                 wait,
                 offset,
@@ -73,39 +74,28 @@ impl IscsiSession {
                 let buf = self.luns[usize::from(w.lun)]
                     .scsi
                     .data_out_buffer(usize::from(w.task));
-                let start = (offset + got) as usize;
-                let end = (offset + len) as usize;
-                if end > buf.len() || start >= end {
+                let Some(window) =
+                    recv_buffer::data_window(buf, (offset + got) as usize, (offset + len) as usize)
+                else {
                     self.close("data past the task's buffer");
                     return;
-                }
-                // SAFETY: start < end <= the task buffer's length, checked above.
-                (
-                    unsafe { buf.as_mut_ptr().add(start) },
-                    end - start,
-                    TAG_DATA,
-                )
+                };
+                (Some(window), TAG_DATA)
             }
             Inbound::Headers | Inbound::Trailer { .. } | Inbound::Discard { .. } => {
-                let Some((at, room)) = self.recv.spare() else {
-                    self.close("receive buffer full");
-                    return;
-                };
-                (at, room, TAG_RECV)
+                (None, TAG_RECV)
             }
         };
-        let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        let fd = self.fd();
         // SAFETY: the buffer is owned by this session (or by its LUN's task, which is not
         // released while its data is arriving), and the session outlives the completion: the
         // reactor drops a session only when is_finished(), with nothing on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.recv_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post a receive: {error}")),
+        let posted = unsafe {
+            self.recv
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
+        };
+        if let Err(error) = posted {
+            self.close(&error.to_string());
         }
     }
 
@@ -131,12 +121,9 @@ impl IscsiSession {
                 // Arriving straight into a task's buffer: the receive below is for it.
                 Inbound::Data { .. } => break,
                 Inbound::Discard { remaining } => {
-                    let take = remaining.min(self.buffered());
-                    self.recv.consume(take);
-                    if take < remaining {
-                        self.inbound = Inbound::Discard {
-                            remaining: remaining - take,
-                        };
+                    let left = self.recv.discard(remaining);
+                    if left > 0 {
+                        self.inbound = Inbound::Discard { remaining: left };
                         break;
                     }
                     self.inbound = Inbound::Headers;
@@ -635,12 +622,9 @@ impl IscsiSession {
     }
 
     pub(super) fn skip(&mut self, bytes: usize) {
-        let take = bytes.min(self.buffered());
-        self.recv.consume(take);
-        if take < bytes {
-            self.inbound = Inbound::Discard {
-                remaining: bytes - take,
-            };
+        let left = self.recv.discard(bytes);
+        if left > 0 {
+            self.inbound = Inbound::Discard { remaining: left };
         }
     }
 }

@@ -94,7 +94,6 @@ pub(crate) fn attach_with(ticket: IoQueueTicket, context: &QueueContext) {
         namespaces: Vec::with_capacity(MAX_NAMESPACES_PER_SUBSYSTEM),
         reactor_index: None,
         recv: RecvBuffer::new(NVMF_RECV_BUFFER_BYTES),
-        recv_posted: false,
         inbound: Inbound::Headers,
         stalled: false,
         terminating: false,
@@ -117,8 +116,7 @@ pub(crate) fn attach_with(ticket: IoQueueTicket, context: &QueueContext) {
         sending: Vec::with_capacity(MAX_SEND_IOVECS),
         send: GatherSend::with_capacity(MAX_SEND_IOVECS),
         defer_send: false,
-        tick_spec: Box::new(types::Timespec::new().sec(1)),
-        tick_posted: false,
+        tick: SessionTick::every_second(),
         ring_pending: 0,
         closing: false,
         finished: false,
@@ -189,14 +187,12 @@ impl IoQueue {
             path_hint,
             self.published.clone(),
             self.provisioner.clone(),
-            EngineConfig {
-                slot_base: position * NVMF_SLOTS_PER_NAMESPACE,
-                slots: NVMF_SLOTS_PER_NAMESPACE,
-                max_io_bytes: MAX_IO_BYTES,
-                initial_buffer_bytes: 0,
-                retained_buffer_bytes: retained,
-                domain: true,
-            },
+            EngineConfig::front_end(
+                position * NVMF_SLOTS_PER_NAMESPACE,
+                NVMF_SLOTS_PER_NAMESPACE,
+                MAX_IO_BYTES,
+                retained,
+            ),
         );
         if let Some(reactor_index) = self.reactor_index {
             engine.attach(reactor_index);

@@ -58,9 +58,10 @@ use crate::target::buffer_budget::BufferBudget;
 use crate::target::gather_send::GatherSend;
 use crate::target::reactor_load::ReactorPlace;
 use crate::target::recv_buffer::RecvBuffer;
+use crate::target::session_tick::SessionTick;
 use crate::volume::open_state::OpenGuard;
 use crate::volume::provisioner::Provisioner;
-use io_uring::{opcode, types};
+use io_uring::types;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -248,7 +249,6 @@ pub struct IoQueue {
     reactor_index: Option<usize>,
 
     recv: RecvBuffer,
-    recv_posted: bool,
     inbound: Inbound,
     /// A command waiting for an engine slot, buffer budget, ring credit or a control answer
     /// (its capsule is still in the receive buffer), or a termination in progress.
@@ -272,8 +272,7 @@ pub struct IoQueue {
     /// Set while the queue handles what one receive brought: its answers go out together.
     defer_send: bool,
 
-    tick_spec: Box<types::Timespec>,
-    tick_posted: bool,
+    tick: SessionTick,
 
     ring_pending: u32,
     closing: bool,
@@ -346,26 +345,21 @@ impl IoQueue {
     }
 
     fn post_tick(&mut self, ctx: &mut SessionContext) {
-        if self.tick_posted || self.closing {
+        if self.tick.is_posted() || self.closing {
             return;
         }
-        let entry = opcode::Timeout::new(&*self.tick_spec)
-            .build()
-            .user_data(ctx.tag(tag::encode(TAG_TICK, 0, 0, 0)));
-        // SAFETY: the timespec is a box this queue owns; the queue outlives the entry.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.tick_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post the tick: {error}")),
+        // SAFETY: the tick is this queue's, and the queue outlives the entry: the reactor
+        // drops a session only when is_finished(), with nothing on the ring.
+        let posted = unsafe { self.tick.post(ctx, TAG_TICK, &mut self.ring_pending) };
+        if let Err(error) = posted {
+            self.close(&format!("cannot post the tick: {error}"));
         }
     }
 
     /// Once a second: the controller may have ended (admin queue gone, reset, keep-alive
     /// expiry, the host's VPs changed).
     fn on_tick(&mut self, ctx: &mut SessionContext) {
-        self.tick_posted = false;
+        self.tick.fired();
         if self.controller.is_closed() {
             self.close("its controller ended");
             return;
@@ -432,7 +426,7 @@ impl Session for IoQueue {
         self.ring_pending -= 1;
         match tag::kind_of(local_tag) {
             TAG_RECV => {
-                self.recv_posted = false;
+                self.recv.received();
                 if result <= 0 {
                     self.close("connection closed by the host");
                 } else {
@@ -441,7 +435,7 @@ impl Session for IoQueue {
                 }
             }
             TAG_DATA => {
-                self.recv_posted = false;
+                self.recv.received();
                 if result <= 0 {
                     self.close("connection closed by the host");
                 } else {

@@ -14,13 +14,14 @@ use crate::nvmf::pdu::{
     self, DataHeader, Direction, Framing, Header, PduError, PduType, COMMON_HEADER_BYTES,
 };
 use crate::nvmf::status;
+use crate::target::recv_buffer;
 
 impl IoQueue {
     pub(super) fn post_recv(&mut self, ctx: &mut SessionContext) {
-        if self.recv_posted || self.closing || self.terminating {
+        if self.recv.is_posted() || self.closing || self.terminating {
             return;
         }
-        let (ptr, len, kind) = match self.inbound {
+        let (direct, kind) = match self.inbound {
             Inbound::Data {
                 g,
                 offset,
@@ -32,39 +33,28 @@ impl IoQueue {
                     self.close("data for a command that is gone");
                     return;
                 };
-                let start = (offset + got) as usize;
-                let end = (offset + len) as usize;
-                if end > buf.len() || start >= end {
+                let Some(window) =
+                    recv_buffer::data_window(buf, (offset + got) as usize, (offset + len) as usize)
+                else {
                     self.close("data past the request's buffer");
                     return;
-                }
-                // SAFETY: start < end <= the buffer's length, checked above.
-                (
-                    unsafe { buf.as_mut_ptr().add(start) },
-                    end - start,
-                    TAG_DATA,
-                )
+                };
+                (Some(window), TAG_DATA)
             }
             Inbound::Headers | Inbound::Trailer { .. } | Inbound::Discard { .. } => {
-                let Some((at, room)) = self.recv.spare() else {
-                    self.close("receive buffer full");
-                    return;
-                };
-                (at, room, TAG_RECV)
+                (None, TAG_RECV)
             }
         };
-        let entry = opcode::Recv::new(self.fd(), ptr, len as u32)
-            .build()
-            .user_data(ctx.tag(tag::encode(kind, 0, 0, 0)));
+        let fd = self.fd();
         // SAFETY: the buffer is this queue's (or its engine slot's, which is not released
         // while its data is arriving), and the queue outlives the completion: the reactor
         // drops a session only when is_finished(), with nothing on the ring.
-        match unsafe { ctx.ring.push(&entry) } {
-            Ok(()) => {
-                self.recv_posted = true;
-                self.ring_pending += 1;
-            }
-            Err(error) => self.close(&format!("cannot post a receive: {error}")),
+        let posted = unsafe {
+            self.recv
+                .post(ctx, fd, direct, kind, &mut self.ring_pending)
+        };
+        if let Err(error) = posted {
+            self.close(&error.to_string());
         }
     }
 
@@ -109,12 +99,9 @@ impl IoQueue {
             match self.inbound {
                 Inbound::Data { .. } => break,
                 Inbound::Discard { remaining } => {
-                    let take = remaining.min(self.recv.len());
-                    self.recv.consume(take);
-                    if take < remaining {
-                        self.inbound = Inbound::Discard {
-                            remaining: remaining - take,
-                        };
+                    let left = self.recv.discard(remaining);
+                    if left > 0 {
+                        self.inbound = Inbound::Discard { remaining: left };
                         break;
                     }
                     self.inbound = Inbound::Headers;
