@@ -47,7 +47,7 @@ use sds::domain::vpath::{AccessMode, Vpath};
 use sds::identity::Uuid;
 use sds::pool::Pool;
 use sds::reactor::mailbox::Message;
-use sds::reactor::{self, ReactorHandle};
+use sds::reactor::{self, PollMode, ReactorHandle};
 use sds::volume::provisioner::{provision, Provisioner};
 use sds::volume::Volume;
 use session::PerfSession;
@@ -105,6 +105,24 @@ struct Threads {
     provisioner: Option<(Provisioner, JoinHandle<()>)>,
 }
 
+impl Threads {
+    /// One reactor on each of `cores` (reactor `index` on `cores[index]`), no provisioner yet.
+    /// Dropped on an error, it stops the reactors already running.
+    fn with_reactors(cores: &[usize], poll: PollMode) -> Result<Self, PerfError> {
+        let mut threads = Threads {
+            reactors: Vec::with_capacity(cores.len()),
+            reactor_threads: Vec::with_capacity(cores.len()),
+            provisioner: None,
+        };
+        for (index, &core) in cores.iter().enumerate() {
+            let (handle, thread) = reactor::spawn(index, core, poll)?;
+            threads.reactors.push(handle);
+            threads.reactor_threads.push(thread);
+        }
+        Ok(threads)
+    }
+}
+
 impl Drop for Threads {
     fn drop(&mut self) {
         for handle in &self.reactors {
@@ -133,16 +151,7 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
             .filter(|_| config.lun_path_is_scratch),
     );
     let volume = build_volume(config)?;
-    let mut threads = Threads {
-        reactors: Vec::with_capacity(config.cores.len()),
-        reactor_threads: Vec::with_capacity(config.cores.len()),
-        provisioner: None,
-    };
-    for (index, &core) in config.cores.iter().enumerate() {
-        let (handle, thread) = reactor::spawn(index, core, config.poll)?;
-        threads.reactors.push(handle);
-        threads.reactor_threads.push(thread);
-    }
+    let mut threads = Threads::with_reactors(&config.cores, config.poll)?;
     let (provisioner, provisioner_thread) = Provisioner::spawn().map_err(PerfError::Provisioner)?;
     threads.provisioner = Some((provisioner.clone(), provisioner_thread));
 
@@ -245,16 +254,7 @@ fn run_remote(config: &PerfConfig, remote: &RemoteConfig) -> Result<Report, Perf
         namespace.block_bytes
     );
     let config = config.for_namespace(namespace.block_bytes, namespace.size_bytes())?;
-    let mut threads = Threads {
-        reactors: Vec::with_capacity(config.cores.len()),
-        reactor_threads: Vec::with_capacity(config.cores.len()),
-        provisioner: None,
-    };
-    for (index, &core) in config.cores.iter().enumerate() {
-        let (handle, thread) = reactor::spawn(index, core, config.poll)?;
-        threads.reactors.push(handle);
-        threads.reactor_threads.push(thread);
-    }
+    let threads = Threads::with_reactors(&config.cores, config.poll)?;
     let control = Arc::new(RunControl::default());
     let (sender, results) = bounded::<JobResult>(config.jobs());
     let region_bytes = config.region_bytes();
