@@ -61,19 +61,6 @@ exit 0
     )
 }
 
-/// The NQN of `host`'s subsystem, as `nvmf_get_subsystems` lists it.
-fn subsystem_of(server: &Server, host: &str) -> String {
-    let subsystems = server.ok("nvmf_get_subsystems", json!({}));
-    subsystems
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == host)
-        .and_then(|s| s["nqn"].as_str())
-        .unwrap_or_else(|| panic!("no subsystem for {host}: {subsystems}"))
-        .to_string()
-}
-
 fn volume_uuid(created: &Value) -> String {
     created["uuid"]
         .as_str()
@@ -117,8 +104,8 @@ fn the_linux_initiator_connects_writes_reads_sees_a_resize_and_disconnects() {
         "vpath_create",
         json!({"host": "other", "volume": "theirs", "lun": 0}),
     );
-    let subnqn = subsystem_of(&server, "guest");
-    let foreign = subsystem_of(&server, "other");
+    let subnqn = server.nvmf_subnqn("guest");
+    let foreign = server.nvmf_subnqn("other");
 
     let guest = Guest::boot(
         &initiator_script(server.nvmf_port(), &subnqn, &foreign),

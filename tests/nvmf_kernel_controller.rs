@@ -41,15 +41,7 @@ fn the_kernel_initiator_sees_its_namespaces_a_new_one_and_keeps_its_controller()
         "vpath_create",
         json!({"host": "o", "volume": "other", "lun": 0}),
     );
-    let subnqn = server
-        .ok("nvmf_get_subsystems", json!({}))
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == "g")
-        .and_then(|s| s["nqn"].as_str())
-        .expect("g's subsystem")
-        .to_string();
+    let subnqn = server.nvmf_subnqn("g");
     let uuid = server.ok("volume_get_volumes", json!({"name": "v0"}))[0]["uuid"]
         .as_str()
         .expect("uuid")

@@ -50,15 +50,7 @@ fn kernel_initiator_follows_vp_changes() {
     )["id"]
         .as_u64()
         .expect("a path id");
-    let subnqn = server
-        .ok("nvmf_get_subsystems", json!({}))
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == "g")
-        .and_then(|s| s["nqn"].as_str())
-        .expect("the host's subsystem")
-        .to_string();
+    let subnqn = server.nvmf_subnqn("g");
     // reconnect_delay=1: after the cut, the kernel reconnects within a second, not ten.
     let connect = fabrics_connect_line(HOST_FROM_GUEST, server.nvmf_port(), &subnqn, GUEST_NQN)
         .replace(
@@ -157,15 +149,7 @@ fn kernel_initiator_with_digests_moves_large_io() {
         "vpath_create",
         json!({"host": "g", "volume": "v", "lun": 0}),
     );
-    let subnqn = server
-        .ok("nvmf_get_subsystems", json!({}))
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == "g")
-        .and_then(|s| s["nqn"].as_str())
-        .expect("the host's subsystem")
-        .to_string();
+    let subnqn = server.nvmf_subnqn("g");
     let connect = fabrics_connect_line(HOST_FROM_GUEST, server.nvmf_port(), &subnqn, GUEST_NQN)
         .replace(
             "\" > /dev/nvme-fabrics",
