@@ -46,9 +46,32 @@ pub fn spawn(
         })
 }
 
+/// Admits an accepted connection to a handshake slot and runs `handshake` with it on thread
+/// `thread_name`; the handshake gives the slot back (drops it) when its bounded part is over.
+/// A refused connection, or one no thread could be started for, is dropped and said in the log.
+pub fn start_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    published: &Published,
+    slots: &HandshakeSlots,
+    protocol: &'static str,
+    thread_name: &str,
+    handshake: impl FnOnce(TcpStream, Slot) + Send + 'static,
+) {
+    let Some(slot) = admit(&stream, peer, published, slots, protocol) else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(move || handshake(stream, slot));
+    if let Err(error) = spawned {
+        log::error!("{protocol}: cannot start a handshake thread: {error}");
+    }
+}
+
 /// Admits an accepted connection to a handshake slot, or says why not (in the log) and
 /// drops it. Sets TCP_NODELAY: every front end answers small PDUs at once.
-pub fn admit(
+fn admit(
     stream: &TcpStream,
     peer: SocketAddr,
     published: &Published,

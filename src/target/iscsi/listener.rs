@@ -116,25 +116,19 @@ pub fn listen(
 }
 
 fn start_login(stream: TcpStream, peer: SocketAddr, context: &Arc<IscsiContext>) {
-    let Some(slot) = tcp_acceptor::admit(
-        &stream,
+    let thread_context = context.clone();
+    tcp_acceptor::start_handshake(
+        stream,
         peer,
         &context.published,
         &context.handshakes,
         "iSCSI",
-    ) else {
-        return;
-    };
-    let context = context.clone();
-    let spawned = std::thread::Builder::new()
-        .name("iscsi-login".into())
-        .spawn(move || {
-            handshake(stream, peer, &context);
+        "iscsi-login",
+        move |stream, slot| {
+            handshake(stream, peer, &thread_context);
             drop(slot);
-        });
-    if let Err(error) = spawned {
-        log::error!("iSCSI: cannot start a login thread: {error}");
-    }
+        },
+    );
 }
 
 fn handshake(tcp: TcpStream, peer: SocketAddr, context: &IscsiContext) {

@@ -56,19 +56,16 @@ pub fn listen(
 fn start_handshake(stream: TcpStream, peer: SocketAddr, context: &Arc<NvmfContext>) {
     // Accepted sockets may inherit non-blocking mode on some systems: the handshake blocks.
     let _ = stream.set_nonblocking(false);
-    let Some(slot) = tcp_acceptor::admit(
-        &stream,
+    let thread_context = context.clone();
+    tcp_acceptor::start_handshake(
+        stream,
         peer,
         &context.published,
         &context.handshakes,
         "NVMe/TCP",
-    ) else {
-        return;
-    };
-    let context = context.clone();
-    let spawned = std::thread::Builder::new()
-        .name("nvmf-connect".into())
-        .spawn(move || {
+        "nvmf-connect",
+        move |stream, slot| {
+            let context = thread_context;
             let outcome = handshake::handshake(stream, peer, &context);
             drop(slot);
             match outcome {
@@ -76,8 +73,6 @@ fn start_handshake(stream: TcpStream, peer: SocketAddr, context: &Arc<NvmfContex
                 Ok(None) => {}
                 Err(error) => log::info!("NVMe/TCP {peer}: {}", crate::logger::error_chain(&error)),
             }
-        });
-    if let Err(error) = spawned {
-        log::error!("NVMe/TCP: cannot start a handshake thread: {error}");
-    }
+        },
+    );
 }
