@@ -358,15 +358,7 @@ fn a_data_digest_error_fails_its_write_and_data_outside_the_r2t_ends_the_connect
         .range(0, 128)
         .sgl(0, 65536, SGL_TRANSPORT_DATA_BLOCK)
         .build();
-    let mut wire = Vec::new();
-    pdu::encode_pdu(
-        &Header::CapsuleCmd(command),
-        &[],
-        &queue.negotiated(),
-        &mut wire,
-    )
-    .expect("encode");
-    queue.send_raw(&wire).expect("send");
+    queue.submit(command).expect("send");
     let r2t = match queue.next_pdu().expect("R2T").header {
         Header::R2T(r2t) => r2t,
         other => panic!("not an R2T: {other:?}"),
@@ -444,17 +436,7 @@ fn without_sq_flow_control_a_read_ends_with_c2hdata_success_and_no_response_caps
         .sgl(0, 4096, SGL_TRANSPORT_DATA_BLOCK)
         .build();
     let flush = |cid| CommandBuilder::new(IO_FLUSH, cid).nsid(1).build();
-    let send = |queue: &mut NvmfConnection, command| {
-        let mut wire = Vec::new();
-        pdu::encode_pdu(
-            &Header::CapsuleCmd(command),
-            &[],
-            &queue.negotiated(),
-            &mut wire,
-        )
-        .expect("encode");
-        queue.send_raw(&wire).expect("send");
-    };
+    let send = |queue: &mut NvmfConnection, command| queue.submit(command).expect("send");
     send(&mut queue, read_command);
     send(&mut queue, flush(0x502));
     let (mut read_data, mut flushed) = (false, false);
