@@ -13,44 +13,32 @@ use super::admin_thread;
 use super::controller::NvmfContext;
 use super::handshake;
 use crate::target::tcp_acceptor;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    #[error("cannot listen for NVMe/TCP on {address}")]
-    Bind {
-        address: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the NVMe/TCP acceptor thread")]
-    Thread(#[source] std::io::Error),
-}
+/// Why the listener could not start.
+pub type ListenerError = tcp_acceptor::AcceptorError;
 
 /// Listens on `address` and starts the acceptor thread.
 pub fn listen(
     address: SocketAddr,
     context: Arc<NvmfContext>,
 ) -> Result<JoinHandle<()>, ListenerError> {
-    let listener = TcpListener::bind(address).map_err(|source| ListenerError::Bind {
-        address: address.to_string(),
-        source,
-    })?;
-    log::info!(
-        "NVMe/TCP listening on {address}; subsystems {}:<host>",
-        context.nqn_base
-    );
     let shutdown = context.shutdown.clone();
-    tcp_acceptor::spawn(
-        listener,
+    let log_context = context.clone();
+    let acceptor = tcp_acceptor::listen(
+        address,
         "nvmf-accept",
         "NVMe/TCP",
         shutdown,
         move |stream, peer| start_handshake(stream, peer, &context),
-    )
-    .map_err(ListenerError::Thread)
+    )?;
+    log::info!(
+        "NVMe/TCP listening on {address}; subsystems {}:<host>",
+        log_context.nqn_base
+    );
+    Ok(acceptor)
 }
 
 fn start_handshake(stream: TcpStream, peer: SocketAddr, context: &Arc<NvmfContext>) {
