@@ -8,7 +8,8 @@
 
 mod common;
 
-use common::guest::{Guest, GuestOptions, GUEST_DEADLINE, HOST_FROM_GUEST};
+use common::guest::{Guest, GuestOptions, GUEST_DEADLINE};
+use common::kernel_nvme::{connect_to_sds, say_function, wait_for_block, DISCONNECT};
 use common::Server;
 use serde_json::json;
 
@@ -46,23 +47,27 @@ fn the_kernel_initiator_sees_its_namespaces_a_new_one_and_keeps_its_controller()
         .as_str()
         .expect("uuid")
         .to_string();
-    let port = server.nvmf_port();
+    let say = say_function();
+    let connect = connect_to_sds(server.nvmf_port(), &subnqn, HOSTNQN, "");
+    let wait_ns1 = wait_for_block("nvme0n1", 30);
+    let wait_ns2 = wait_for_block("nvme0n2", 60);
     let script = format!(
         r#"
-echo "transport=tcp,traddr={HOST_FROM_GUEST},trsvcid={port},nqn={subnqn},hostnqn={HOSTNQN}" > /dev/nvme-fabrics
-for i in $(seq 1 30); do [ -b /dev/nvme0n1 ] && break; sleep 1; done
-echo "SDS-GUEST: namespaces $(ls /dev | grep -c '^nvme0n[0-9]*$')"
-echo "SDS-GUEST: size $(cat /sys/block/nvme0n1/size)"
-for f in model firmware_rev subsysnqn; do echo "SDS-GUEST: $f $(cat /sys/class/nvme/nvme0/$f)"; done
-echo "SDS-GUEST: nguid $(cat /sys/block/nvme0n1/nguid)"
-echo "SDS-GUEST: connected"
-for i in $(seq 1 60); do [ -b /dev/nvme0n2 ] && break; sleep 1; done
-[ -b /dev/nvme0n2 ] && echo "SDS-GUEST: second namespace $(cat /sys/block/nvme0n2/size)"
+{say}
+{connect}
+{wait_ns1}
+say "namespaces $(ls /dev | grep -c '^nvme0n[0-9]*$')"
+say "size $(cat /sys/block/nvme0n1/size)"
+for f in model firmware_rev subsysnqn; do say "$f $(cat /sys/class/nvme/nvme0/$f)"; done
+say "nguid $(cat /sys/block/nvme0n1/nguid)"
+say "connected"
+{wait_ns2}
+[ -b /dev/nvme0n2 ] && say "second namespace $(cat /sys/block/nvme0n2/size)"
 sleep 12
-echo "SDS-GUEST: after 12 s $(cat /sys/class/nvme/nvme0/state)"
-echo 1 > /sys/class/nvme/nvme0/delete_controller
+say "after 12 s $(cat /sys/class/nvme/nvme0/state)"
+{DISCONNECT}
 sleep 1
-[ -e /dev/nvme0n1 ] || echo "SDS-GUEST: disconnected"
+[ -e /dev/nvme0n1 ] || say "disconnected"
 exit 0
 "#
     );

@@ -8,6 +8,7 @@
 
 pub mod guest;
 pub mod initiator;
+pub mod kernel_nvme;
 pub mod nvmf_initiator;
 
 use serde_json::{json, Value};
