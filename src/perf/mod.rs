@@ -183,17 +183,8 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
         for local in 0..config.jobs_per_reactor {
             let job = reactor_index * config.jobs_per_reactor + local;
             let spec = JobSpec {
-                job,
-                workload: config.workload,
-                read_percent: config.read_percent,
-                io_bytes: config.io_bytes,
-                queue_depth: config.queue_depth,
-                region_start_bytes: job as u64 * region_bytes,
-                units: config.region_units(),
-                domain: config.domain,
-                verify: config.verify,
                 report_cpu: local == 0,
-                starts_zeroed: true,
+                ..job_spec(config, job, region_bytes)
             };
             let session = PerfSession::new(
                 spec,
@@ -223,6 +214,24 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
 
 /// `--target`: connects to the remote controller, runs one job per I/O queue on the reactors
 /// and gathers the report. The admin queue's keep-alive runs until the jobs are done.
+/// Job `job` of `config`: its workload and its region of `region_bytes`, on a volume this run
+/// made (zeroed), not reading its reactor's CPU time; the callers say otherwise where needed.
+fn job_spec(config: &PerfConfig, job: usize, region_bytes: u64) -> JobSpec {
+    JobSpec {
+        job,
+        workload: config.workload,
+        read_percent: config.read_percent,
+        io_bytes: config.io_bytes,
+        queue_depth: config.queue_depth,
+        region_start_bytes: job as u64 * region_bytes,
+        units: config.region_units(),
+        domain: config.domain,
+        verify: config.verify,
+        report_cpu: false,
+        starts_zeroed: true,
+    }
+}
+
 fn run_remote(config: &PerfConfig, remote: &RemoteConfig) -> Result<Report, PerfError> {
     let clock = TickClock::shared();
     let hostid = Uuid::new_random().map_err(PerfError::Uuid)?;
@@ -264,18 +273,12 @@ fn run_remote(config: &PerfConfig, remote: &RemoteConfig) -> Result<Report, Perf
         .enumerate()
     {
         let spec = JobSpec {
-            job,
-            workload: config.workload,
-            read_percent: config.read_percent,
-            io_bytes: config.io_bytes,
-            queue_depth: config.queue_depth,
-            region_start_bytes: job as u64 * region_bytes,
-            units: config.region_units(),
             domain: false,
-            verify: config.verify,
             // Queues go round robin: the first queue of each reactor reads its CPU time.
             report_cpu: job < reactor_count,
+            // A remote namespace holds whatever it held.
             starts_zeroed: false,
+            ..job_spec(&config, job, region_bytes)
         };
         let session = NvmfJob::new(
             spec,
