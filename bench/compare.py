@@ -7,11 +7,11 @@ IOPS, so CPU efficiency and QD1 latency tell servers apart; see the README's Ben
 
 Usage: bench/compare.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH] [--only TEXT]
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, free_port, prefill, stop, wait_port  # noqa: E402
-from run_options import ROOT, add_run_options, resolve_runs, sds_binary  # noqa: E402
+from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
 
 JOBS = [
     ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
@@ -138,7 +138,7 @@ def main():
                         print(f"round {round_index + 1} {job_name:18} {server.name:10} {r['iops']:>9.0f} IOPS "
                               f"p50 {r['p50_us']:7.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
 
-        med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+        med = medians(results)
         header = f"{'job':18} {'server':10} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} {'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}"
         print("\n" + header + "\n" + "-" * len(header))
         for job_name, _ in jobs:

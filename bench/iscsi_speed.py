@@ -18,12 +18,12 @@ Usage: bench/iscsi_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--
                             [--tgtd-only] [--only TEXT] [--fio PATH] [--poll busy|adaptive]
                             [--no-cache-peer]
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
+import argparse, json, os, shutil, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from iscsi_peers import SDS_TARGET, Sds, Tgtd, escape  # noqa: E402
 from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, prefill  # noqa: E402
-from run_options import ROOT, add_run_options, resolve_runs, sds_binary  # noqa: E402
+from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
 
 JOBS = [
     ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
@@ -161,15 +161,14 @@ def main():
         if ram_dir != tmp:
             shutil.rmtree(ram_dir, ignore_errors=True)
 
-    med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+    med = medians(results)
     header = (f"{'job':18} {'server':10} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} "
               f"{'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}")
-    load = open("/proc/loadavg").read().split()[:3]
     lines = [f"fio libiscsi engine, {size >> 20} MiB, medians of {args.repeat} rounds of {args.runtime} s; "
              "ratios are sds / tgtd on the same backing (file, or RAM)",
              f"servers pinned to cpu {SERVER_CPUS} (sds: one reactor, --poll {args.poll}), fio to cpu {CLIENT_CPUS}; "
              "file: sds O_DIRECT vs tgtd --bsoflags direct (tgtd-cache: tgtd through the page cache, for information)",
-             f"load average at the end: {' '.join(load)}", "", header, "-" * len(header)]
+             f"load average at the end: {load_average()}", "", header, "-" * len(header)]
     for job_name, _ in jobs:
         for group, members in groups.items():
             peer = next((t for t in members if t.name.startswith("tgtd")), None)

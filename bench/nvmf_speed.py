@@ -16,12 +16,12 @@ Skips with a message when the sds binary has no NVMe/TCP target (`serve --nvmf-l
 Usage: bench/nvmf_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH]
                            [--only TEXT] [--poll busy|adaptive] [--client-poll busy|adaptive]
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import fill, fio  # noqa: E402
 from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, free_port, prefill, stop, wait_port  # noqa: E402
-from run_options import ROOT, add_run_options, resolve_runs, sds_binary  # noqa: E402
+from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
 
 # (name, rw, bs, QD, NVMe/TCP I/O queues). NBD rows run the same rw/bs/QD on one connection.
 JOBS = [
@@ -146,15 +146,14 @@ def main():
             stop(server, 20)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+    med = medians(results)
     header = (f"{'job':22} {'volume':6} {'proto':8} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} "
               f"{'srv CPU s':>9} {'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}")
-    load = open("/proc/loadavg").read().split()[:3]
     lines = [f"sds perf --target nvme-tcp vs fio nbd engine, same sds server and volumes, {size >> 20} MiB, "
              f"medians of {args.repeat} rounds of {args.runtime} s; ratios are NVMe/TCP / NBD (1q rows of the job)",
              f"server pinned to cpu {SERVER_CPUS} (one reactor, --poll {args.poll}), clients to cpu {CLIENT_CPUS} "
              f"(sds perf --poll {args.client_poll})",
-             f"load average at the end: {' '.join(load)}", "", header, "-" * len(header)]
+             f"load average at the end: {load_average()}", "", header, "-" * len(header)]
     for job in jobs:
         for backing_name in ("file", "ram"):
             nbd_key = next(((k[0], backing_name, "nbd") for k in med if k[1] == backing_name and k[2] == "nbd"

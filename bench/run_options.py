@@ -2,7 +2,7 @@
 --sds, --only) and what they resolve to: the jobs to run, the volume size in bytes and the sds
 binary (built in release mode unless given). Shared by compare.py, iscsi_speed.py and
 nvmf_speed.py."""
-import os, subprocess, sys
+import os, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE_UNITS = {"K": 10, "M": 20, "G": 30}
@@ -40,3 +40,14 @@ def sds_binary(args):
         return args.sds
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target/release/sds")
+
+
+def medians(results):
+    """{key: [run figures]} to {key: {figure: median over the runs}}."""
+    return {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, as text (for the table's header)."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
