@@ -7,10 +7,11 @@ IOPS, so CPU efficiency and QD1 latency tell servers apart; see the README's Ben
 
 Usage: bench/compare.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH] [--only TEXT]
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from processes import cpu_seconds, free_port, wait_port  # noqa: E402
+from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, free_port, prefill, stop, wait_port  # noqa: E402
+from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
 
 JOBS = [
     ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
@@ -20,13 +21,6 @@ JOBS = [
 ]
 # Peers work above this offset so they never touch the sds pool's superblock and records.
 PEER_OFFSET = 16 << 20
-# Servers run on the last core and the client (fio) on the others, as a remote host would be:
-# on a 2-core machine a client sharing the server's core costs either of them up to 40% (measured
-# with fio pinned on and off the reactor's core). Every server gets the same single core, so
-# IOPS and IOPS per CPU-second compare like with like.
-NCPU = os.cpu_count() or 1
-SERVER_CPUS = str(NCPU - 1)
-CLIENT_CPUS = ",".join(str(c) for c in range(NCPU - 1)) if NCPU > 1 else "0"
 
 
 def fio(uri, size, runtime, offset, job):
@@ -58,12 +52,7 @@ class Server:
         return result
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop(self.proc)
 
 
 def sds_rpc(sds, sock, *args):
@@ -77,24 +66,10 @@ def fill(uri, size, offset=0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one round, 2 s per job, 256 MiB")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--runtime", type=int, default=5)
-    ap.add_argument("--size", default="1G")
-    ap.add_argument("--sds", help="sds binary (default: build target/release/sds)")
-    ap.add_argument("--only", help="run only the jobs whose name contains this text (e.g. 'QD32')")
+    add_run_options(ap)
     args = ap.parse_args()
-    jobs = [j for j in JOBS if not args.only or args.only in j[0]]
-    if not jobs:
-        sys.exit(f"no job matches {args.only!r}")
-    if args.quick:
-        args.repeat, args.runtime, args.size = 1, 2, "256M"
-    units = {"K": 10, "M": 20, "G": 30}
-    size = int(args.size[:-1]) << units[args.size[-1].upper()] if args.size[-1].upper() in units else int(args.size)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sds = args.sds or os.path.join(root, "target/release/sds")
-    if not args.sds:
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=root, check=True)
+    jobs, size = resolve_runs(args, JOBS)
+    sds = sds_binary(args)
     for tool in ("fio", "nbdkit", "qemu-nbd"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run scripts/setup.sh")
@@ -105,8 +80,7 @@ def main():
         backing = os.path.join(tmp, "backing.img")
         file_bytes = size + 2 * PEER_OFFSET
         print(f"filling a {file_bytes >> 20} MiB backing file ...", flush=True)
-        subprocess.run(["fio", "--name=prefill", f"--filename={backing}", f"--size={file_bytes}", "--rw=write",
-                        "--bs=1m", "--ioengine=psync", "--direct=1", "--refill_buffers=1"], check=True, capture_output=True)
+        prefill(backing, file_bytes)
         state = os.path.join(tmp, "state")
         sock = os.path.join(state, "sds.sock")
         port = free_port()
@@ -164,7 +138,7 @@ def main():
                         print(f"round {round_index + 1} {job_name:18} {server.name:10} {r['iops']:>9.0f} IOPS "
                               f"p50 {r['p50_us']:7.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
 
-        med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+        med = medians(results)
         header = f"{'job':18} {'server':10} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} {'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}"
         print("\n" + header + "\n" + "-" * len(header))
         for job_name, _ in jobs:
@@ -182,7 +156,7 @@ def main():
                           f"{m['p99_us']:>8.1f} {m['cpu_s']:>6.2f} {m['iops_per_cpu_s']:>11.0f} {ratio:>7} {eff:>6}")
         print(f"\nmedians of {args.repeat} rounds, {args.runtime} s each; ratios are sds / the better peer "
               "(nbdkit or qemu-nbd for the file, nbdkit memory for RAM)")
-        out_dir = os.path.join(root, "bench/results")
+        out_dir = os.path.join(ROOT, "bench/results")
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "latest.json"), "w") as f:
             json.dump({f"{j} | {s}": v for (j, s), v in med.items()}, f, indent=2)

@@ -5,10 +5,10 @@ paths at LUN 0). Shared by iscsi_conformance.py and iscsi_speed.py.
 tgtd ignores SIGTERM: it is stopped through its own control channel (tgtadm delete target
 --force, then delete system), on a private control port so that several runs never meet.
 """
-import json, os, signal, subprocess, sys, time
+import json, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from processes import cpu_seconds, free_port, wait_port  # noqa: E402,F401
+from processes import cpu_seconds, free_port, stop, wait_port  # noqa: E402,F401
 # libiscsi's iscsi-test-cu logs in with these two names (its defaults): the sds side gives each
 # a host and a virtual path, since a login from an initiator with no VP is refused.
 CU_INITIATOR = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test"
@@ -134,11 +134,5 @@ class Sds:
         return f"iscsi://127.0.0.1:{self.port}/{SDS_TARGET}/{lun}"
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, 20)
         self.log.close()

@@ -18,10 +18,12 @@ Usage: bench/iscsi_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--
                             [--tgtd-only] [--only TEXT] [--fio PATH] [--poll busy|adaptive]
                             [--no-cache-peer]
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
+import argparse, json, os, shutil, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iscsi_peers import SDS_TARGET, Sds, Tgtd, cpu_seconds, escape  # noqa: E402
+from iscsi_peers import SDS_TARGET, Sds, Tgtd, escape  # noqa: E402
+from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, prefill  # noqa: E402
+from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
 
 JOBS = [
     ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
@@ -34,9 +36,6 @@ FIO_INITIATOR = "iqn.2019-04.org.fio:fio"
 # tgtd's LUN is the whole shared file: its jobs stay above this offset, clear of the sds pool's
 # superblock and records at the start of the file.
 PEER_OFFSET = 16 << 20
-NCPU = os.cpu_count() or 1
-SERVER_CPUS = str(NCPU - 1)
-CLIENT_CPUS = ",".join(str(c) for c in range(NCPU - 1)) if NCPU > 1 else "0"
 
 
 def fio(binary, url, size, offset, args):
@@ -74,20 +73,14 @@ class Target:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one round, 2 s per job, 256 MiB")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--runtime", type=int, default=5)
-    ap.add_argument("--size", default="1G")
-    ap.add_argument("--sds", help="sds binary (default: build target/release/sds)")
+    add_run_options(ap)
     ap.add_argument("--tgtd-only", action="store_true", help="run only tgtd (sds's iSCSI target not needed)")
-    ap.add_argument("--only", help="run only the jobs whose name contains this text (e.g. 'QD32')")
     ap.add_argument("--fio", help="fio with the libiscsi engine (default target/tools/fio)")
     ap.add_argument("--out", help="table file (default bench/last-iscsi-speed.txt)")
     ap.add_argument("--poll", choices=("busy", "adaptive"), default="adaptive", help="sds's reactor poll mode")
     ap.add_argument("--no-cache-peer", action="store_true", help="leave out tgtd through the page cache")
     args = ap.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    fio_binary = args.fio or os.path.join(os.environ.get("SDS_TOOLS", os.path.join(root, "target/tools")), "fio")
+    fio_binary = args.fio or os.path.join(os.environ.get("SDS_TOOLS", os.path.join(ROOT, "target/tools")), "fio")
     engines = subprocess.run([fio_binary, "--enghelp"], capture_output=True, text=True).stdout if os.access(fio_binary, os.X_OK) else ""
     if "libiscsi" not in engines.split():
         print(f"skipped: {fio_binary} is not a fio with the libiscsi engine; build it with "
@@ -96,19 +89,9 @@ def main():
     for tool in ("tgtd", "tgtadm"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: run scripts/setup.sh")
-    jobs = [j for j in JOBS if not args.only or args.only in j[0]]
-    if not jobs:
-        sys.exit(f"no job matches {args.only!r}")
-    if args.quick:
-        args.repeat, args.runtime, args.size = 1, 2, "256M"
-    units = {"K": 10, "M": 20, "G": 30}
-    size = int(args.size[:-1]) << units[args.size[-1].upper()] if args.size[-1].upper() in units else int(args.size)
-    sds_binary = None
-    if not args.tgtd_only:
-        sds_binary = args.sds or os.path.join(root, "target/release/sds")
-        if not args.sds:
-            subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=root, check=True)
-    out_path = args.out or os.path.join(root, "bench/last-iscsi-speed.txt")
+    jobs, size = resolve_runs(args, JOBS)
+    sds_path = None if args.tgtd_only else sds_binary(args)
+    out_path = args.out or os.path.join(ROOT, "bench/last-iscsi-speed.txt")
     server_prefix = ["taskset", "-c", SERVER_CPUS]
 
     tmp = tempfile.mkdtemp(prefix="sds-iscsi-speed-")
@@ -119,18 +102,16 @@ def main():
         backing = os.path.join(tmp, "backing.img")
         file_bytes = size + (64 << 20)
         print(f"filling a {file_bytes >> 20} MiB backing file ...", flush=True)
-        subprocess.run(["fio", "--name=prefill", f"--filename={backing}", f"--size={file_bytes}", "--rw=write",
-                        "--bs=1m", "--ioengine=psync", "--direct=1", "--refill_buffers=1"], check=True, capture_output=True)
+        prefill(backing, file_bytes)
         ram_backing = os.path.join(ram_dir, "tgtd-ram.img")
-        subprocess.run(["fio", "--name=prefill", f"--filename={ram_backing}", f"--size={size}", "--rw=write",
-                        "--bs=1m", "--ioengine=psync", "--refill_buffers=1"], check=True, capture_output=True)
+        prefill(ram_backing, size, direct=False)
         groups = {"file": [], "ram": []}
 
-        if sds_binary:
+        if sds_path:
             state = os.path.join(tmp, "sds-state")
             os.makedirs(state)
             try:
-                sds = Sds(sds_binary, state, prefix=server_prefix, log=os.path.join(tmp, "sds.log"),
+                sds = Sds(sds_path, state, prefix=server_prefix, log=os.path.join(tmp, "sds.log"),
                           extra=["--cores", SERVER_CPUS, "--poll", args.poll])
             except RuntimeError as e:
                 notes.append(f"sds not measured: {e}")
@@ -180,15 +161,14 @@ def main():
         if ram_dir != tmp:
             shutil.rmtree(ram_dir, ignore_errors=True)
 
-    med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+    med = medians(results)
     header = (f"{'job':18} {'server':10} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} {'CPU s':>6} "
               f"{'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}")
-    load = open("/proc/loadavg").read().split()[:3]
     lines = [f"fio libiscsi engine, {size >> 20} MiB, medians of {args.repeat} rounds of {args.runtime} s; "
              "ratios are sds / tgtd on the same backing (file, or RAM)",
              f"servers pinned to cpu {SERVER_CPUS} (sds: one reactor, --poll {args.poll}), fio to cpu {CLIENT_CPUS}; "
              "file: sds O_DIRECT vs tgtd --bsoflags direct (tgtd-cache: tgtd through the page cache, for information)",
-             f"load average at the end: {' '.join(load)}", "", header, "-" * len(header)]
+             f"load average at the end: {load_average()}", "", header, "-" * len(header)]
     for job_name, _ in jobs:
         for group, members in groups.items():
             peer = next((t for t in members if t.name.startswith("tgtd")), None)

@@ -16,10 +16,12 @@ Skips with a message when the sds binary has no NVMe/TCP target (`serve --nvmf-l
 Usage: bench/nvmf_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--sds PATH]
                            [--only TEXT] [--poll busy|adaptive] [--client-poll busy|adaptive]
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, fill, fio, free_port, wait_port  # noqa: E402
+from compare import fill, fio  # noqa: E402
+from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, free_port, prefill, stop, wait_port  # noqa: E402
+from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
 
 # (name, rw, bs, QD, NVMe/TCP I/O queues). NBD rows run the same rw/bs/QD on one connection.
 JOBS = [
@@ -65,41 +67,26 @@ def perf(binary, url, nsid, job, runtime, poll):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one round, 2 s per job, 256 MiB")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--runtime", type=int, default=5)
-    ap.add_argument("--size", default="1G")
-    ap.add_argument("--sds", help="sds binary (default: build target/release/sds)")
-    ap.add_argument("--only", help="run only the jobs whose name contains this text (e.g. 'QD32')")
+    add_run_options(ap)
     ap.add_argument("--poll", choices=("busy", "adaptive"), default="busy", help="the server's reactor poll mode")
     ap.add_argument("--client-poll", choices=("busy", "adaptive"), default="adaptive",
                     help="sds perf's reactor poll mode (fio, the NBD client, never spins)")
     ap.add_argument("--out", help="table file (default bench/last-nvmf-speed.txt)")
     args = ap.parse_args()
-    jobs = [j for j in JOBS if not args.only or args.only in j[0]]
-    if not jobs:
-        sys.exit(f"no job matches {args.only!r}")
-    if args.quick:
-        args.repeat, args.runtime, args.size = 1, 2, "256M"
-    units = {"K": 10, "M": 20, "G": 30}
-    size = int(args.size[:-1]) << units[args.size[-1].upper()] if args.size[-1].upper() in units else int(args.size)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    binary = args.sds or os.path.join(root, "target/release/sds")
-    if not args.sds:
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=root, check=True)
+    jobs, size = resolve_runs(args, JOBS)
+    binary = sds_binary(args)
     help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
     if "--nvmf-listen" not in help_text:
         print(f"skipped: {binary} has no NVMe/TCP target (serve --nvmf-listen)")
         return
-    out_path = args.out or os.path.join(root, "bench/last-nvmf-speed.txt")
+    out_path = args.out or os.path.join(ROOT, "bench/last-nvmf-speed.txt")
 
     tmp = tempfile.mkdtemp(prefix="sds-nvmf-speed-")
     server = None
     try:
         backing = os.path.join(tmp, "backing.img")
         print(f"filling a {(size + (64 << 20)) >> 20} MiB backing file ...", flush=True)
-        subprocess.run(["fio", "--name=prefill", f"--filename={backing}", f"--size={size + (64 << 20)}", "--rw=write",
-                        "--bs=1m", "--ioengine=psync", "--direct=1", "--refill_buffers=1"], check=True, capture_output=True)
+        prefill(backing, size + (64 << 20))
         state = os.path.join(tmp, "state")
         os.makedirs(state)
         sock = os.path.join(state, "sds.sock")
@@ -155,23 +142,18 @@ def main():
                         print(f"round {round_index + 1} {job[0]:22} {backing_name:4} {proto:8} {r['iops']:>9.0f} IOPS "
                               f"p50 {r['p50_us']:7.1f} us  server cpu {r['cpu_s']:5.2f} s", flush=True)
     finally:
-        if server and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        if server:
+            stop(server, 20)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {key: {m: statistics.median(r[m] for r in runs) for m in runs[0]} for key, runs in results.items()}
+    med = medians(results)
     header = (f"{'job':22} {'volume':6} {'proto':8} {'IOPS':>9} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} "
               f"{'srv CPU s':>9} {'IOPS/CPU-s':>11} {'IOPS x':>7} {'eff x':>6}")
-    load = open("/proc/loadavg").read().split()[:3]
     lines = [f"sds perf --target nvme-tcp vs fio nbd engine, same sds server and volumes, {size >> 20} MiB, "
              f"medians of {args.repeat} rounds of {args.runtime} s; ratios are NVMe/TCP / NBD (1q rows of the job)",
              f"server pinned to cpu {SERVER_CPUS} (one reactor, --poll {args.poll}), clients to cpu {CLIENT_CPUS} "
              f"(sds perf --poll {args.client_poll})",
-             f"load average at the end: {' '.join(load)}", "", header, "-" * len(header)]
+             f"load average at the end: {load_average()}", "", header, "-" * len(header)]
     for job in jobs:
         for backing_name in ("file", "ram"):
             nbd_key = next(((k[0], backing_name, "nbd") for k in med if k[1] == backing_name and k[2] == "nbd"

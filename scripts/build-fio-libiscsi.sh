@@ -5,8 +5,6 @@
 # nothing. Needs root (or sudo) on Debian for the -dev packages and the temporary deb-src list.
 set -euo pipefail
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 tools="${SDS_TOOLS:-$here/target/tools}"
 out="$tools/fio"
@@ -16,49 +14,24 @@ if [ -x "$out" ] && "$out" --enghelp 2>/dev/null | grep -qw libiscsi; then
     exit 0
 fi
 
-quiet() {
-    local log
-    log="$(mktemp)"
-    if ! "$@" >"$log" 2>&1; then
-        cat "$log" >&2
-        rm -f "$log"
-        return 1
-    fi
-    rm -f "$log"
-}
-
-export DEBIAN_FRONTEND=noninteractive
-need=()
-for p in build-essential pkg-config dpkg-dev libiscsi-dev libnbd-dev liburing-dev libaio-dev zlib1g-dev; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    echo "build-fio-libiscsi: installing ${need[*]}"
-    quiet $SUDO apt-get update -qq
-    quiet $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
+apt_install_missing build-fio-libiscsi build-essential pkg-config dpkg-dev libiscsi-dev libnbd-dev \
+    liburing-dev libaio-dev zlib1g-dev
 
 work="$(mktemp -d)"
-src_list="/etc/apt/sources.list.d/sds-fio-src.list"
-cleanup() {
-    $SUDO rm -f "$src_list"
-    rm -rf "$work"
-}
-trap cleanup EXIT
+at_exit 'rm -rf "$work"'
 
 # apt-get source needs a deb-src line; add one for the running suite only while fetching.
-codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
 # apt refuses two entries for one source with different Signed-By values: reuse the keyring
 # the system's own debian.sources names, if it names one.
 keyring="$(sed -n 's/^Signed-By:[[:space:]]*//Ip' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)"
 options=""
 if [ -n "$keyring" ]; then options="[signed-by=$keyring] "; fi
-echo "deb-src ${options}http://deb.debian.org/debian ${codename} main" | $SUDO tee "$src_list" >/dev/null
-quiet $SUDO apt-get update -qq
+add_temp_apt_source sds-fio-src "deb-src ${options}http://deb.debian.org/debian $(debian_codename) main"
 echo "build-fio-libiscsi: fetching Debian's fio source"
 (cd "$work" && quiet apt-get source -qq --download-only fio && quiet dpkg-source -x ./fio_*.dsc fio-src)
-$SUDO rm -f "$src_list"
-quiet $SUDO apt-get update -qq
+remove_temp_apt_source sds-fio-src
 
 echo "build-fio-libiscsi: building"
 cd "$work/fio-src"

@@ -17,72 +17,18 @@
 #   scripts/build-nvme-guest.sh            builds into $SDS_GUEST or target/guest
 set -euo pipefail
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${SDS_GUEST:-$here/target/guest}"
 # Bump when the contents of the initramfs change, so a cached guest is rebuilt.
 guest_format=2
 
-quiet() {
-    local log
-    log="$(mktemp)"
-    if ! "$@" >"$log" 2>&1; then
-        cat "$log" >&2
-        rm -f "$log"
-        return 1
-    fi
-    rm -f "$log"
-}
-
-export DEBIAN_FRONTEND=noninteractive
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
 
 # --- Tools -----------------------------------------------------------------------------------
-need=()
-for p in seabios busybox-static cpio xz-utils kmod; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    echo "build-nvme-guest: installing ${need[*]}"
-    quiet $SUDO apt-get update -qq
-    quiet $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-
-# qemu-system-x86 must be exactly qemu-utils' version (they share qemu's data files and
-# modules); when qemu-utils came from bookworm-backports, that suite is added through a
-# temporary source list for this one install, as scripts/setup.sh does for qemu-block-extra.
-qemu_version="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)"
-if [ -z "$qemu_version" ]; then
-    echo "build-nvme-guest: qemu-utils is not installed; run scripts/setup.sh first" >&2
-    exit 1
-fi
-if [ "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)" != "$qemu_version" ]; then
-    if ! apt-cache madison qemu-system-x86 2>/dev/null | awk '{print $3}' | grep -qxF "$qemu_version"; then
-        quiet $SUDO apt-get update -qq
-    fi
-    temp_list=""
-    if ! apt-cache madison qemu-system-x86 2>/dev/null | awk '{print $3}' | grep -qxF "$qemu_version"; then
-        codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
-        temp_list="/etc/apt/sources.list.d/sds-guest-backports.list"
-        echo "deb http://deb.debian.org/debian ${codename}-backports main" | $SUDO tee "$temp_list" >/dev/null
-        trap '$SUDO rm -f "$temp_list"' EXIT
-        quiet $SUDO apt-get update -qq
-    fi
-    # A backports qemu needs backports' seabios and qemu-system-data too (newer than the
-    # suite's); -t lets apt take them from there.
-    target_release=()
-    case "$qemu_version" in
-        *bpo*) target_release=(-t "$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")-backports") ;;
-    esac
-    echo "build-nvme-guest: installing qemu-system-x86=$qemu_version"
-    quiet $SUDO apt-get install -y -qq --no-install-recommends "${target_release[@]}" \
-        "qemu-system-x86=$qemu_version"
-    if [ -n "$temp_list" ]; then
-        $SUDO rm -f "$temp_list"
-        trap - EXIT
-        quiet $SUDO apt-get update -qq
-    fi
-fi
+apt_install_missing build-nvme-guest seabios busybox-static cpio xz-utils kmod
+# qemu-system-x86 must be exactly qemu-utils' version, as qemu-block-extra is in setup.sh.
+install_at_qemu_version build-nvme-guest qemu-system-x86
 
 if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.cpio" ] && \
     [ "$(cat "$out/format" 2>/dev/null || true)" = "$guest_format" ]; then
@@ -92,7 +38,7 @@ fi
 
 # --- Kernel ----------------------------------------------------------------------------------
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+at_exit 'rm -rf "$work"'
 # The kernel the suite's linux-image-amd64 points at (bookworm: 6.1), as a .deb unpacked here,
 # never installed on the host.
 kernel_pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"

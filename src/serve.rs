@@ -96,10 +96,9 @@ pub enum ServeError {
     Tls(#[from] crate::target::nbd::tls::TlsError),
     #[error(transparent)]
     StableName(#[from] crate::target::stable_name::StableNameError),
+    /// The iSCSI or the NVMe/TCP listener.
     #[error(transparent)]
-    IscsiListener(#[from] crate::target::iscsi::listener::ListenerError),
-    #[error(transparent)]
-    NvmfListener(#[from] crate::target::nvmf::listener::ListenerError),
+    TcpListener(#[from] crate::target::tcp_acceptor::AcceptorError),
 }
 
 /// Runs the server until SIGINT/SIGTERM; returns after a clean shutdown: in-flight I/O

@@ -69,19 +69,6 @@ fn server() -> Server {
     server
 }
 
-/// The subsystem NQN of `host`, as `nvmf_get_subsystems` names it.
-fn subnqn(server: &Server, host: &str) -> String {
-    let subsystems = server.ok("nvmf_get_subsystems", json!({}));
-    subsystems
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == host)
-        .and_then(|s| s["nqn"].as_str())
-        .unwrap_or_else(|| panic!("no subsystem of {host} in {subsystems}"))
-        .to_string()
-}
-
 fn connected(server: &Server, hostnqn: &str, subnqn: &str, kato_ms: u32) -> (NvmfConnection, u16) {
     let (connection, answer) =
         NvmfConnection::admin(server.nvmf_port(), &identity(hostnqn), subnqn, kato_ms)
@@ -123,7 +110,7 @@ fn discovery_records(log: &[u8]) -> (u64, Vec<(String, String, String)>) {
 #[test]
 fn the_discovery_log_shows_each_host_only_its_own_subsystem() {
     let server = server();
-    let a_subnqn = subnqn(&server, "a");
+    let a_subnqn = server.nvmf_subnqn("a");
     for (hostnqn, expected) in [
         (HOST_A, vec![a_subnqn.clone()]),
         (HOST_B, Vec::new()),
@@ -154,8 +141,8 @@ fn the_discovery_log_shows_each_host_only_its_own_subsystem() {
 #[test]
 fn only_the_owner_with_a_vp_may_connect_to_a_subsystem() {
     let server = server();
-    let a_subnqn = subnqn(&server, "a");
-    let b_subnqn = subnqn(&server, "b");
+    let a_subnqn = server.nvmf_subnqn("a");
+    let b_subnqn = server.nvmf_subnqn("b");
     for (hostnqn, subnqn, why) in [
         (STRANGER, a_subnqn.as_str(), "a stranger"),
         (HOST_B, a_subnqn.as_str(), "another host"),
@@ -177,7 +164,7 @@ fn only_the_owner_with_a_vp_may_connect_to_a_subsystem() {
 #[test]
 fn identify_tells_the_host_its_namespaces_and_their_volumes() {
     let server = server();
-    let a_subnqn = subnqn(&server, "a");
+    let a_subnqn = server.nvmf_subnqn("a");
     let (mut admin, cntlid) = connected(&server, HOST_A, &a_subnqn, 0);
 
     // Nothing but fabrics commands before CC.EN.
@@ -280,7 +267,7 @@ fn identify_tells_the_host_its_namespaces_and_their_volumes() {
 #[test]
 fn a_silent_host_loses_its_controller_when_keep_alive_expires() {
     let server = server();
-    let a_subnqn = subnqn(&server, "a");
+    let a_subnqn = server.nvmf_subnqn("a");
     let (mut admin, cntlid) = connected(&server, HOST_A, &a_subnqn, 1000);
     admin.enable().expect("enable");
     assert_eq!(server.ok("nvmf_get_qpairs", json!({}))[0]["kato_ms"], 1000);
@@ -315,7 +302,7 @@ fn a_silent_host_loses_its_controller_when_keep_alive_expires() {
 #[test]
 fn a_new_vp_is_an_event_and_a_deleted_one_ends_the_controller() {
     let server = server();
-    let a_subnqn = subnqn(&server, "a");
+    let a_subnqn = server.nvmf_subnqn("a");
     let (mut admin, _) = connected(&server, HOST_A, &a_subnqn, 0);
     admin.enable().expect("enable");
     // Namespace attribute notices on, and one Asynchronous Event Request held.
@@ -478,7 +465,7 @@ fn hosts_nqn_is_checked_and_unique_and_the_rpcs_say_what_is_wrong() {
 #[test]
 fn an_io_queue_joins_its_controller_and_carries_io() {
     let server = server();
-    let a_subnqn = subnqn(&server, "a");
+    let a_subnqn = server.nvmf_subnqn("a");
     let port = server.nvmf_port();
     let (mut admin, cntlid) = connected(&server, HOST_A, &a_subnqn, 0);
     let io = |hostnqn: &str, qid: u16, cntlid: u16| {
@@ -538,7 +525,7 @@ fn an_io_queue_joins_its_controller_and_carries_io() {
 fn a_malformed_pdu_ends_only_its_own_connection() {
     use sds::nvmf::pdu::Header;
     let server = server();
-    let a_subnqn = subnqn(&server, "a");
+    let a_subnqn = server.nvmf_subnqn("a");
     let (mut healthy, _) = connected(&server, HOST_A, &a_subnqn, 0);
     healthy.enable().expect("enable");
 

@@ -6,9 +6,7 @@ mod common;
 use common::guest::{
     nvmet_target_script, run_guest, Guest, GuestOptions, GUEST_DEADLINE, GUEST_NVMET_PORT,
 };
-use common::{free_port, sds_binary};
-use serde_json::Value;
-use std::process::Command;
+use common::{free_port, sds_perf_json};
 
 /// The subsystem Linux's target serves in the guest, and the host NQN sds perf connects as.
 const GUEST_SUBNQN: &str = "nqn.2026-11.org.sds:guest-target";
@@ -25,25 +23,6 @@ fn guest_target(size_mib: u32) -> (Guest, u16) {
     let ready = guest.wait_for_line("SDS-GUEST: target ready", GUEST_DEADLINE);
     assert!(ready.is_some(), "{}", guest.lines().join("\n"));
     (guest, port)
-}
-
-/// `sds perf --json ARGS` bounded by `timeout`: (exit success, the report if one was printed,
-/// stdout and stderr for messages). Reactors sleep when idle (`--poll adaptive`), so the
-/// guest's TCG threads keep the machine's two cores.
-fn perf(args: &[&str]) -> (bool, Option<Value>, String) {
-    let output = Command::new("timeout")
-        .args(["120", sds_binary(), "perf", "--json", "--poll", "adaptive"])
-        .args(args)
-        .output()
-        .expect("run sds perf");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let report = serde_json::from_str(&stdout).ok();
-    (
-        output.status.success(),
-        report,
-        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
-    )
 }
 
 /// The rig itself: the guest boots, loads nvme-tcp and nvmet-tcp, and has what the other tests
@@ -139,7 +118,7 @@ fn perf_initiator_verifies_against_linux_nvmet() {
         let mut args = vec!["--target", &url, "--hostnqn", PERF_HOSTNQN, "--verify"];
         args.extend_from_slice(workload);
         args.extend_from_slice(&["--volume-size", "8M", "--time", "2", "--ramp", "0.2"]);
-        let (ok, report, text) = perf(&args);
+        let (ok, report, text) = sds_perf_json(&args);
         assert!(ok, "sds perf {args:?} failed:\n{text}");
         let report = report.unwrap_or_else(|| panic!("no JSON report:\n{text}"));
         assert!(
@@ -167,7 +146,8 @@ fn perf_initiator_verifies_against_linux_nvmet() {
     }
 
     let wrong = format!("nvme-tcp://127.0.0.1:{port}/nqn.2026-11.org.sds:no-such-subsystem");
-    let (ok, _, text) = perf(&["--target", &wrong, "--hostnqn", PERF_HOSTNQN, "--time", "1"]);
+    let (ok, _, text) =
+        sds_perf_json(&["--target", &wrong, "--hostnqn", PERF_HOSTNQN, "--time", "1"]);
     assert!(
         !ok,
         "a subsystem the target does not have was accepted:\n{text}"

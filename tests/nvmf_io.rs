@@ -93,6 +93,15 @@ fn io_queue(server: &Server, port: u16, cntlid: u16, qid: u16, digests: bool) ->
     queue
 }
 
+/// A served server, an enabled controller (its admin queue, which must stay open) and its
+/// I/O queue 1, with both digests or none.
+fn one_queue(digests: bool) -> (Server, NvmfConnection, NvmfConnection) {
+    let (server, port) = served();
+    let (admin, cntlid) = admin(&server, port);
+    let queue = io_queue(&server, port, cntlid, 1, digests);
+    (server, admin, queue)
+}
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_mul(31).wrapping_add((i % 251) as u8))
@@ -165,9 +174,7 @@ fn patterns_written_in_the_capsule_and_after_r2ts_read_back_with_and_without_dig
 
 #[test]
 fn refused_commands_get_their_nvme_status_and_the_queue_goes_on() {
-    let (server, port) = served();
-    let (_admin, cntlid) = admin(&server, port);
-    let mut queue = io_queue(&server, port, cntlid, 1, false);
+    let (_server, _admin, mut queue) = one_queue(false);
     // Past the end of the 64 MiB namespace.
     let (status, _) = read(&mut queue, 1, 64 << 20, 4096);
     assert_eq!(status, status::LBA_OUT_OF_RANGE);
@@ -201,9 +208,7 @@ fn refused_commands_get_their_nvme_status_and_the_queue_goes_on() {
 
 #[test]
 fn flush_write_zeroes_and_deallocate_leave_zeroes_where_they_say() {
-    let (server, port) = served();
-    let (_admin, cntlid) = admin(&server, port);
-    let mut queue = io_queue(&server, port, cntlid, 1, false);
+    let (_server, _admin, mut queue) = one_queue(false);
     let data = pattern(7, 64 << 10);
     assert!(write(&mut queue, 1, 0, &data).is_success());
     assert!(write(&mut queue, 1, 1 << 20, &data).is_success());
@@ -260,9 +265,7 @@ fn flush_write_zeroes_and_deallocate_leave_zeroes_where_they_say() {
 
 #[test]
 fn compare_says_whether_the_blocks_hold_the_hosts_data() {
-    let (server, port) = served();
-    let (_admin, cntlid) = admin(&server, port);
-    let mut queue = io_queue(&server, port, cntlid, 1, true);
+    let (_server, _admin, mut queue) = one_queue(true);
     let data = pattern(5, 64 << 10);
     assert!(write(&mut queue, 1, 8192, &data).is_success());
     let compare = |queue: &mut NvmfConnection, bytes: &[u8]| {
@@ -321,9 +324,7 @@ fn a_malformed_pdu_gets_a_termination_request_and_only_its_connection_ends() {
 
 #[test]
 fn a_data_digest_error_fails_its_write_and_data_outside_the_r2t_ends_the_connection() {
-    let (server, port) = served();
-    let (_admin, cntlid) = admin(&server, port);
-    let mut queue = io_queue(&server, port, cntlid, 1, true);
+    let (_server, _admin, mut queue) = one_queue(true);
     let data = pattern(8, 4096);
     assert!(write(&mut queue, 1, 0, &data).is_success());
     // A write whose in-capsule data does not match its data digest: that command fails with
@@ -357,15 +358,7 @@ fn a_data_digest_error_fails_its_write_and_data_outside_the_r2t_ends_the_connect
         .range(0, 128)
         .sgl(0, 65536, SGL_TRANSPORT_DATA_BLOCK)
         .build();
-    let mut wire = Vec::new();
-    pdu::encode_pdu(
-        &Header::CapsuleCmd(command),
-        &[],
-        &queue.negotiated(),
-        &mut wire,
-    )
-    .expect("encode");
-    queue.send_raw(&wire).expect("send");
+    queue.submit(command).expect("send");
     let r2t = match queue.next_pdu().expect("R2T").header {
         Header::R2T(r2t) => r2t,
         other => panic!("not an R2T: {other:?}"),
@@ -394,9 +387,7 @@ fn a_data_digest_error_fails_its_write_and_data_outside_the_r2t_ends_the_connect
 
 #[test]
 fn a_vp_made_while_a_queue_lives_is_served_on_it_and_a_deleted_one_ends_it() {
-    let (server, port) = served();
-    let (_admin, cntlid) = admin(&server, port);
-    let mut queue = io_queue(&server, port, cntlid, 1, false);
+    let (server, _admin, mut queue) = one_queue(false);
     write_and_read_back(&mut queue);
     server.ok(
         "volume_create",
@@ -445,17 +436,7 @@ fn without_sq_flow_control_a_read_ends_with_c2hdata_success_and_no_response_caps
         .sgl(0, 4096, SGL_TRANSPORT_DATA_BLOCK)
         .build();
     let flush = |cid| CommandBuilder::new(IO_FLUSH, cid).nsid(1).build();
-    let send = |queue: &mut NvmfConnection, command| {
-        let mut wire = Vec::new();
-        pdu::encode_pdu(
-            &Header::CapsuleCmd(command),
-            &[],
-            &queue.negotiated(),
-            &mut wire,
-        )
-        .expect("encode");
-        queue.send_raw(&wire).expect("send");
-    };
+    let send = |queue: &mut NvmfConnection, command| queue.submit(command).expect("send");
     send(&mut queue, read_command);
     send(&mut queue, flush(0x502));
     let (mut read_data, mut flushed) = (false, false);

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::guest::{Guest, GuestOptions, GUEST_DEADLINE, GUEST_LINE_PREFIX, HOST_FROM_GUEST};
+use common::guest::{Guest, GuestOptions, GUEST_DEADLINE};
+use common::kernel_nvme::{connect_to_sds, say_function, DISCONNECT};
 use common::{require_tool, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -31,8 +32,8 @@ fn pattern(len: usize) -> Vec<u8> {
 fn initiator_script(port: u16, subnqn: &str, foreign_subnqn: &str) -> String {
     format!(
         r#"
-say() {{ echo "{prefix}$*"; }}
-connect() {{ echo "transport=tcp,traddr={host},trsvcid={port},nqn=$1,hostnqn={hostnqn}" > /dev/nvme-fabrics; }}
+{say}
+connect() {{ {connect}; }}
 if connect {foreign} 2>/dev/null; then say "foreign connected"; else say "foreign refused"; fi
 connect {subnqn} || {{ say "connect failed"; exit 1; }}
 for i in $(seq 100); do [ -b /dev/nvme0n2 ] && break; sleep 0.1; done
@@ -51,27 +52,13 @@ for i in $(seq 600); do
   sleep 0.1
 done
 say "resized $(cat /sys/block/nvme0n1/size)"
-echo 1 > /sys/class/nvme/nvme0/delete_controller && say "disconnected"
+{DISCONNECT} && say "disconnected"
 exit 0
 "#,
-        prefix = GUEST_LINE_PREFIX,
-        host = HOST_FROM_GUEST,
-        hostnqn = HOST_NQN,
+        say = say_function(),
+        connect = connect_to_sds(port, "$1", HOST_NQN, ""),
         foreign = foreign_subnqn,
     )
-}
-
-/// The NQN of `host`'s subsystem, as `nvmf_get_subsystems` lists it.
-fn subsystem_of(server: &Server, host: &str) -> String {
-    let subsystems = server.ok("nvmf_get_subsystems", json!({}));
-    subsystems
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == host)
-        .and_then(|s| s["nqn"].as_str())
-        .unwrap_or_else(|| panic!("no subsystem for {host}: {subsystems}"))
-        .to_string()
 }
 
 fn volume_uuid(created: &Value) -> String {
@@ -117,8 +104,8 @@ fn the_linux_initiator_connects_writes_reads_sees_a_resize_and_disconnects() {
         "vpath_create",
         json!({"host": "other", "volume": "theirs", "lun": 0}),
     );
-    let subnqn = subsystem_of(&server, "guest");
-    let foreign = subsystem_of(&server, "other");
+    let subnqn = server.nvmf_subnqn("guest");
+    let foreign = server.nvmf_subnqn("other");
 
     let guest = Guest::boot(
         &initiator_script(server.nvmf_port(), &subnqn, &foreign),

@@ -8,9 +8,8 @@
 
 mod common;
 
-use common::guest::{
-    fabrics_connect_line, run_guest, Guest, GuestOptions, GUEST_DEADLINE, HOST_FROM_GUEST,
-};
+use common::guest::{run_guest, Guest, GuestOptions, GUEST_DEADLINE};
+use common::kernel_nvme::{connect_to_sds, say_function, wait_for_block, DISCONNECT};
 use common::{verify, Server};
 use serde_json::json;
 use std::time::Duration;
@@ -50,26 +49,15 @@ fn kernel_initiator_follows_vp_changes() {
     )["id"]
         .as_u64()
         .expect("a path id");
-    let subnqn = server
-        .ok("nvmf_get_subsystems", json!({}))
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == "g")
-        .and_then(|s| s["nqn"].as_str())
-        .expect("the host's subsystem")
-        .to_string();
+    let subnqn = server.nvmf_subnqn("g");
     // reconnect_delay=1: after the cut, the kernel reconnects within a second, not ten.
-    let connect = fabrics_connect_line(HOST_FROM_GUEST, server.nvmf_port(), &subnqn, GUEST_NQN)
-        .replace(
-            "\" > /dev/nvme-fabrics",
-            ",reconnect_delay=1\" > /dev/nvme-fabrics",
-        );
+    let connect = connect_to_sds(server.nvmf_port(), &subnqn, GUEST_NQN, ",reconnect_delay=1");
     // A host with no VP: its Connect to the subsystem is refused, so the write fails.
-    let stranger = fabrics_connect_line(HOST_FROM_GUEST, server.nvmf_port(), &subnqn, STRANGER);
+    let stranger = connect_to_sds(server.nvmf_port(), &subnqn, STRANGER, "");
+    let say = say_function();
     let script = format!(
         r#"
-say() {{ echo "SDS-GUEST: $*"; }}
+{say}
 # The block device of namespace $1, if the controller has it.
 dev_of() {{ for d in /sys/block/nvme0n[0-9]*; do [ "$(cat $d/nsid 2>/dev/null)" = "$1" ] && echo ${{d##*/}}; done; }}
 wait_for() {{ i=0; while [ $i -lt 120 ]; do eval "$1" && return 0; sleep 1; i=$((i+1)); done; return 1; }}
@@ -91,7 +79,7 @@ wait_for '[ -n "$(dev_of 2)" ]' && say "ns 2 appeared $(cat /sys/block/$(dev_of 
 say "waiting for the cut"
 wait_for '[ -z "$(dev_of 3)" ] && [ "$(cat /sys/class/nvme/nvme0/state)" = live ]' && say "ns 3 gone, controller $(cat /sys/class/nvme/nvme0/state)"
 say "namespaces now $(for d in /sys/block/nvme0n[0-9]*; do cat $d/nsid; done | sort | tr '\n' ' ')"
-echo 1 > /sys/class/nvme/nvme0/delete_controller
+{DISCONNECT}
 [ -e /sys/class/nvme/nvme0 ] || say "disconnected"
 exit 0
 "#
@@ -157,20 +145,15 @@ fn kernel_initiator_with_digests_moves_large_io() {
         "vpath_create",
         json!({"host": "g", "volume": "v", "lun": 0}),
     );
-    let subnqn = server
-        .ok("nvmf_get_subsystems", json!({}))
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == "g")
-        .and_then(|s| s["nqn"].as_str())
-        .expect("the host's subsystem")
-        .to_string();
-    let connect = fabrics_connect_line(HOST_FROM_GUEST, server.nvmf_port(), &subnqn, GUEST_NQN)
-        .replace(
-            "\" > /dev/nvme-fabrics",
-            ",hdr_digest,data_digest\" > /dev/nvme-fabrics",
-        );
+    let subnqn = server.nvmf_subnqn("g");
+    let connect = connect_to_sds(
+        server.nvmf_port(),
+        &subnqn,
+        GUEST_NQN,
+        ",hdr_digest,data_digest",
+    );
+    let say = say_function();
+    let wait_ns1 = wait_for_block("nvme0n1", 60);
     // xorshift64: data no digest or pattern check could pass by accident.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let data: Vec<u8> = (0..4 * MIB / 8)
@@ -183,13 +166,13 @@ fn kernel_initiator_with_digests_moves_large_io() {
         .collect();
     let script = format!(
         r#"
-say() {{ echo "SDS-GUEST: $*"; }}
+{say}
 {connect} || say "connect failed"
-i=0; while [ ! -b /dev/nvme0n1 ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+{wait_ns1}
 dd if=/data of=/dev/nvme0n1 bs=1M seek=2 oflag=direct 2>/dev/null && say "written"
 dd if=/dev/nvme0n1 of=/tmp/back bs=1M skip=2 count=4 iflag=direct 2>/dev/null
 cmp /data /tmp/back && say "read back equal"
-echo 1 > /sys/class/nvme/nvme0/delete_controller
+{DISCONNECT}
 exit 0
 "#
     );

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{sds_binary, Server};
-use serde_json::{json, Value};
+use common::{sds_binary, sds_perf_json, Server};
+use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -40,32 +40,8 @@ fn served() -> (Server, u64, String) {
     )["id"]
         .as_u64()
         .expect("a path id");
-    let subsystems = server.ok("nvmf_get_subsystems", json!({}));
-    let subnqn = subsystems
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|s| s["host"] == "perf")
-        .and_then(|s| s["nqn"].as_str())
-        .unwrap_or_else(|| panic!("no subsystem of host perf in {subsystems}"))
-        .to_string();
+    let subnqn = server.nvmf_subnqn("perf");
     (server, id, subnqn)
-}
-
-/// `sds perf --json ARGS` under `timeout`: (success, report, the output for messages).
-fn perf(args: &[&str]) -> (bool, Option<Value>, String) {
-    let output = Command::new("timeout")
-        .args(["120", sds_binary(), "perf", "--json", "--poll", "adaptive"])
-        .args(args)
-        .output()
-        .expect("run sds perf");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (
-        output.status.success(),
-        serde_json::from_str(&stdout).ok(),
-        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
-    )
 }
 
 fn vp_ops(server: &Server, id: u64) -> u64 {
@@ -98,7 +74,7 @@ fn perf_drives_sds_target_and_the_vp_counts_every_io() {
         let mut args = vec!["--target", &url, "--hostnqn", HOSTNQN, "--verify"];
         args.extend_from_slice(workload);
         args.extend_from_slice(&["--volume-size", "16M", "--time", "1", "--ramp", "0.1"]);
-        let (ok, report, text) = perf(&args);
+        let (ok, report, text) = sds_perf_json(&args);
         assert!(
             ok,
             "sds perf {args:?} failed:\n{text}\nserver log:\n{}",
@@ -138,7 +114,7 @@ fn perf_drives_sds_target_and_the_vp_counts_every_io() {
         "the VP counted other I/Os than the jobs completed"
     );
 
-    let (ok, _, text) = perf(&["--target", &url, "--hostnqn", STRANGER, "--time", "1"]);
+    let (ok, _, text) = sds_perf_json(&["--target", &url, "--hostnqn", STRANGER, "--time", "1"]);
     assert!(!ok, "a stranger was let in:\n{text}");
     assert!(
         text.contains(&format!("refused Connect to {subnqn} as {STRANGER}"))

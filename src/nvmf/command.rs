@@ -27,6 +27,10 @@ pub const ADMIN_KEEP_ALIVE: u8 = 0x18;
 /// Fabrics commands share one opcode; the type is byte 4 ([`Command::fctype`]).
 pub const FABRICS: u8 = 0x7f;
 
+/// CNTLID FFFFh (in an admin Connect, and in a discovery log entry): any controller, the
+/// dynamic controller model.
+pub const CNTLID_DYNAMIC: u16 = 0xffff;
+
 // Fabrics command types (NVMe-oF 1.1 figure 13).
 pub const FCTYPE_PROPERTY_SET: u8 = 0x00;
 pub const FCTYPE_CONNECT: u8 = 0x01;

@@ -47,7 +47,7 @@ use sds::domain::vpath::{AccessMode, Vpath};
 use sds::identity::Uuid;
 use sds::pool::Pool;
 use sds::reactor::mailbox::Message;
-use sds::reactor::{self, ReactorHandle};
+use sds::reactor::{self, PollMode, ReactorHandle};
 use sds::volume::provisioner::{provision, Provisioner};
 use sds::volume::Volume;
 use session::PerfSession;
@@ -105,6 +105,24 @@ struct Threads {
     provisioner: Option<(Provisioner, JoinHandle<()>)>,
 }
 
+impl Threads {
+    /// One reactor on each of `cores` (reactor `index` on `cores[index]`), no provisioner yet.
+    /// Dropped on an error, it stops the reactors already running.
+    fn with_reactors(cores: &[usize], poll: PollMode) -> Result<Self, PerfError> {
+        let mut threads = Threads {
+            reactors: Vec::with_capacity(cores.len()),
+            reactor_threads: Vec::with_capacity(cores.len()),
+            provisioner: None,
+        };
+        for (index, &core) in cores.iter().enumerate() {
+            let (handle, thread) = reactor::spawn(index, core, poll)?;
+            threads.reactors.push(handle);
+            threads.reactor_threads.push(thread);
+        }
+        Ok(threads)
+    }
+}
+
 impl Drop for Threads {
     fn drop(&mut self) {
         for handle in &self.reactors {
@@ -133,16 +151,7 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
             .filter(|_| config.lun_path_is_scratch),
     );
     let volume = build_volume(config)?;
-    let mut threads = Threads {
-        reactors: Vec::with_capacity(config.cores.len()),
-        reactor_threads: Vec::with_capacity(config.cores.len()),
-        provisioner: None,
-    };
-    for (index, &core) in config.cores.iter().enumerate() {
-        let (handle, thread) = reactor::spawn(index, core, config.poll)?;
-        threads.reactors.push(handle);
-        threads.reactor_threads.push(thread);
-    }
+    let mut threads = Threads::with_reactors(&config.cores, config.poll)?;
     let (provisioner, provisioner_thread) = Provisioner::spawn().map_err(PerfError::Provisioner)?;
     threads.provisioner = Some((provisioner.clone(), provisioner_thread));
 
@@ -174,17 +183,8 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
         for local in 0..config.jobs_per_reactor {
             let job = reactor_index * config.jobs_per_reactor + local;
             let spec = JobSpec {
-                job,
-                workload: config.workload,
-                read_percent: config.read_percent,
-                io_bytes: config.io_bytes,
-                queue_depth: config.queue_depth,
-                region_start_bytes: job as u64 * region_bytes,
-                units: config.region_units(),
-                domain: config.domain,
-                verify: config.verify,
                 report_cpu: local == 0,
-                starts_zeroed: true,
+                ..job_spec(config, job, region_bytes)
             };
             let session = PerfSession::new(
                 spec,
@@ -214,6 +214,24 @@ pub fn run(config: &PerfConfig) -> Result<Report, PerfError> {
 
 /// `--target`: connects to the remote controller, runs one job per I/O queue on the reactors
 /// and gathers the report. The admin queue's keep-alive runs until the jobs are done.
+/// Job `job` of `config`: its workload and its region of `region_bytes`, on a volume this run
+/// made (zeroed), not reading its reactor's CPU time; the callers say otherwise where needed.
+fn job_spec(config: &PerfConfig, job: usize, region_bytes: u64) -> JobSpec {
+    JobSpec {
+        job,
+        workload: config.workload,
+        read_percent: config.read_percent,
+        io_bytes: config.io_bytes,
+        queue_depth: config.queue_depth,
+        region_start_bytes: job as u64 * region_bytes,
+        units: config.region_units(),
+        domain: config.domain,
+        verify: config.verify,
+        report_cpu: false,
+        starts_zeroed: true,
+    }
+}
+
 fn run_remote(config: &PerfConfig, remote: &RemoteConfig) -> Result<Report, PerfError> {
     let clock = TickClock::shared();
     let hostid = Uuid::new_random().map_err(PerfError::Uuid)?;
@@ -245,16 +263,7 @@ fn run_remote(config: &PerfConfig, remote: &RemoteConfig) -> Result<Report, Perf
         namespace.block_bytes
     );
     let config = config.for_namespace(namespace.block_bytes, namespace.size_bytes())?;
-    let mut threads = Threads {
-        reactors: Vec::with_capacity(config.cores.len()),
-        reactor_threads: Vec::with_capacity(config.cores.len()),
-        provisioner: None,
-    };
-    for (index, &core) in config.cores.iter().enumerate() {
-        let (handle, thread) = reactor::spawn(index, core, config.poll)?;
-        threads.reactors.push(handle);
-        threads.reactor_threads.push(thread);
-    }
+    let threads = Threads::with_reactors(&config.cores, config.poll)?;
     let control = Arc::new(RunControl::default());
     let (sender, results) = bounded::<JobResult>(config.jobs());
     let region_bytes = config.region_bytes();
@@ -264,18 +273,12 @@ fn run_remote(config: &PerfConfig, remote: &RemoteConfig) -> Result<Report, Perf
         .enumerate()
     {
         let spec = JobSpec {
-            job,
-            workload: config.workload,
-            read_percent: config.read_percent,
-            io_bytes: config.io_bytes,
-            queue_depth: config.queue_depth,
-            region_start_bytes: job as u64 * region_bytes,
-            units: config.region_units(),
             domain: false,
-            verify: config.verify,
             // Queues go round robin: the first queue of each reactor reads its CPU time.
             report_cpu: job < reactor_count,
+            // A remote namespace holds whatever it held.
             starts_zeroed: false,
+            ..job_spec(&config, job, region_bytes)
         };
         let session = NvmfJob::new(
             spec,

@@ -22,11 +22,12 @@ use sds::constants::{
 };
 use sds::nvmf::command::{
     Command, CommandBuilder, Completion, ADMIN_IDENTIFY, ADMIN_KEEP_ALIVE, ADMIN_SET_FEATURES,
-    FCTYPE_CONNECT, FCTYPE_PROPERTY_GET, FCTYPE_PROPERTY_SET, SGL_DATA_BLOCK_OFFSET,
-    SGL_TRANSPORT_DATA_BLOCK,
+    CNTLID_DYNAMIC, FCTYPE_CONNECT, FCTYPE_PROPERTY_GET, FCTYPE_PROPERTY_SET,
+    SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
 };
 use sds::nvmf::pdu::{Direction, Header, IcReq, Negotiated, PduType};
 use sds::nvmf::pdu_io::{read_pdu, write_pdu, PduIoError};
+use sds::nvmf::registers::{enabling_cc, CAP, CC, CSTS, CSTS_CFS, CSTS_RDY};
 use sds::nvmf::status::{self, Status};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,16 +42,6 @@ pub const NVME_TCP_DEFAULT_PORT: u16 = 4420;
 /// The longest NQN (NVMe base 2.0 §4.5: 223 bytes of UTF-8).
 pub const MAX_NQN_BYTES: usize = 223;
 
-// Controller registers (NVMe base 2.0 §3.1.3) and their fields.
-const PROPERTY_CAP: u32 = 0x00;
-const PROPERTY_CC: u32 = 0x14;
-const PROPERTY_CSTS: u32 = 0x1c;
-const CC_ENABLE: u32 = 1;
-/// I/O submission and completion queue entry sizes (log2: 64 and 16 bytes).
-const CC_IOSQES_64: u32 = 6 << 16;
-const CC_IOCQES_16: u32 = 4 << 20;
-const CSTS_READY: u32 = 1;
-const CSTS_FATAL: u32 = 1 << 1;
 /// Feature: Number of Queues.
 const FEATURE_NUMBER_OF_QUEUES: u32 = 0x07;
 /// Identify CNS values.
@@ -59,8 +50,6 @@ const CNS_CONTROLLER: u32 = 0x01;
 const IDENTIFY_BYTES: usize = 4096;
 /// Connect's data: HOSTID, CNTLID, SUBNQN and HOSTNQN (NVMe-oF 1.1 figure 20).
 const CONNECT_DATA_BYTES: usize = 1024;
-/// CNTLID in an admin queue's Connect: the controller picks one (dynamic model).
-const CNTLID_DYNAMIC: u16 = 0xffff;
 
 /// `--target` parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -644,24 +633,24 @@ pub fn connect(request: &SetupRequest) -> Result<Connected, SetupError> {
         CNTLID_DYNAMIC,
         NVMF_INITIATOR_KATO_MS,
     )?;
-    let cap = admin.property_get(PROPERTY_CAP, true)?;
+    let cap = admin.property_get(CAP, true)?;
     let max_queue_entries = (cap & 0xffff) as u32 + 1;
     // CAP.TO: the worst case for CSTS.RDY, in 500 ms units; never wait past the bound.
     let ready_wait =
         Duration::from_millis(((cap >> 24) & 0xff).max(1) * 500).min(NVMF_INITIATOR_MAX_READY_WAIT);
     // CAP.MPSMIN: the smallest memory page, which MDTS counts in.
     let page_bytes = 1u64 << (12 + ((cap >> 48) & 0xf));
-    admin.property_set(PROPERTY_CC, CC_ENABLE | CC_IOSQES_64 | CC_IOCQES_16)?;
+    admin.property_set(CC, enabling_cc())?;
     let started = Instant::now();
     loop {
-        let csts = admin.property_get(PROPERTY_CSTS, false)? as u32;
-        if csts & CSTS_FATAL != 0 || (csts & CSTS_READY == 0 && started.elapsed() > ready_wait) {
+        let csts = admin.property_get(CSTS, false)? as u32;
+        if csts & CSTS_CFS != 0 || (csts & CSTS_RDY == 0 && started.elapsed() > ready_wait) {
             return Err(SetupError::NotReady {
                 waited_ms: started.elapsed().as_millis(),
                 csts,
             });
         }
-        if csts & CSTS_READY != 0 {
+        if csts & CSTS_RDY != 0 {
             break;
         }
         std::thread::sleep(NVMF_INITIATOR_READY_POLL);

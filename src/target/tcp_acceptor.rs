@@ -15,15 +15,38 @@ use std::time::Duration;
 /// How long the acceptor sleeps when no connection is waiting.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
-/// Starts thread `thread_name` accepting on `listener` until `shutdown`; each connection goes
-/// to `on_accept`. `protocol` names the front end in the log.
-pub fn spawn(
-    listener: TcpListener,
+/// Why a TCP front end could not start listening.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptorError {
+    #[error("cannot listen for {protocol} on {address}")]
+    Bind {
+        protocol: &'static str,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the {protocol} acceptor thread")]
+    Thread {
+        protocol: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds `address` and starts thread `thread_name` accepting on it until `shutdown`; each
+/// connection goes to `on_accept`. `protocol` names the front end in errors and the log.
+pub fn listen(
+    address: SocketAddr,
     thread_name: &str,
     protocol: &'static str,
     shutdown: Arc<AtomicBool>,
     mut on_accept: impl FnMut(TcpStream, SocketAddr) + Send + 'static,
-) -> std::io::Result<JoinHandle<()>> {
+) -> Result<JoinHandle<()>, AcceptorError> {
+    let listener = TcpListener::bind(address).map_err(|source| AcceptorError::Bind {
+        protocol,
+        address,
+        source,
+    })?;
     std::thread::Builder::new()
         .name(thread_name.into())
         .spawn(move || {
@@ -44,11 +67,35 @@ pub fn spawn(
                 }
             }
         })
+        .map_err(|source| AcceptorError::Thread { protocol, source })
+}
+
+/// Admits an accepted connection to a handshake slot and runs `handshake` with it on thread
+/// `thread_name`; the handshake gives the slot back (drops it) when its bounded part is over.
+/// A refused connection, or one no thread could be started for, is dropped and said in the log.
+pub fn start_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    published: &Published,
+    slots: &HandshakeSlots,
+    protocol: &'static str,
+    thread_name: &str,
+    handshake: impl FnOnce(TcpStream, Slot) + Send + 'static,
+) {
+    let Some(slot) = admit(&stream, peer, published, slots, protocol) else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(move || handshake(stream, slot));
+    if let Err(error) = spawned {
+        log::error!("{protocol}: cannot start a handshake thread: {error}");
+    }
 }
 
 /// Admits an accepted connection to a handshake slot, or says why not (in the log) and
 /// drops it. Sets TCP_NODELAY: every front end answers small PDUs at once.
-pub fn admit(
+fn admit(
     stream: &TcpStream,
     peer: SocketAddr,
     published: &Published,

@@ -8,6 +8,7 @@
 
 pub mod guest;
 pub mod initiator;
+pub mod kernel_nvme;
 pub mod nvmf_initiator;
 
 use serde_json::{json, Value};
@@ -21,6 +22,24 @@ use std::time::{Duration, Instant};
 /// The host every test server knows: this machine, over TCP loopback and as root over Unix
 /// sockets. Volumes are reachable only through a virtual path (see `Server::grant`).
 pub const TEST_HOST: &str = "tester";
+
+/// `sds perf --json ARGS` bounded by `timeout`: (exit success, the report if one was printed,
+/// stdout and stderr for messages). Reactors sleep when idle (`--poll adaptive`), so a guest's
+/// TCG threads and the server under test keep the machine's cores.
+pub fn sds_perf_json(args: &[&str]) -> (bool, Option<Value>, String) {
+    let output = Command::new("timeout")
+        .args(["120", sds_binary(), "perf", "--json", "--poll", "adaptive"])
+        .args(args)
+        .output()
+        .expect("run sds perf");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (
+        output.status.success(),
+        serde_json::from_str(&stdout).ok(),
+        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    )
+}
 
 pub fn sds_binary() -> &'static str {
     env!("CARGO_BIN_EXE_sds")
@@ -274,6 +293,19 @@ impl Server {
             Ok(result) => result,
             Err((code, message)) => panic!("{method} {params} failed: {message} ({code})"),
         }
+    }
+
+    /// The NQN of `host`'s NVMe/TCP subsystem, as `nvmf_get_subsystems` lists it.
+    pub fn nvmf_subnqn(&self, host: &str) -> String {
+        let subsystems = self.ok("nvmf_get_subsystems", json!({}));
+        subsystems
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|s| s["host"] == host)
+            .and_then(|s| s["nqn"].as_str())
+            .unwrap_or_else(|| panic!("no subsystem of {host} in {subsystems}"))
+            .to_string()
     }
 
     /// A pool of mixed block sizes: a 512-byte file LUN, a 4096-byte file LUN and a second

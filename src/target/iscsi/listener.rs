@@ -21,23 +21,14 @@ use crate::target::handshake_stream::{HandshakeSocket, HandshakeStream};
 use crate::target::reactor_load::ReactorLoad;
 use crate::target::tcp_acceptor;
 use crate::volume::provisioner::Provisioner;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    #[error("cannot listen for iSCSI on {address}")]
-    Bind {
-        address: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the iSCSI acceptor thread")]
-    Thread(#[source] std::io::Error),
-}
+/// Why the listener could not start.
+pub type ListenerError = tcp_acceptor::AcceptorError;
 
 /// What the acceptor, every login thread and every session share.
 pub struct IscsiContext {
@@ -96,45 +87,36 @@ pub fn listen(
     address: SocketAddr,
     context: Arc<IscsiContext>,
 ) -> Result<JoinHandle<()>, ListenerError> {
-    let listener = TcpListener::bind(address).map_err(|source| ListenerError::Bind {
-        address: address.to_string(),
-        source,
-    })?;
-    log::info!(
-        "iSCSI target {} listening on {address}",
-        context.target_name
-    );
     let shutdown = context.shutdown.clone();
-    tcp_acceptor::spawn(
-        listener,
+    let log_context = context.clone();
+    let acceptor = tcp_acceptor::listen(
+        address,
         "iscsi-accept",
         "iSCSI",
         shutdown,
         move |stream, peer| start_login(stream, peer, &context),
-    )
-    .map_err(ListenerError::Thread)
+    )?;
+    log::info!(
+        "iSCSI target {} listening on {address}",
+        log_context.target_name
+    );
+    Ok(acceptor)
 }
 
 fn start_login(stream: TcpStream, peer: SocketAddr, context: &Arc<IscsiContext>) {
-    let Some(slot) = tcp_acceptor::admit(
-        &stream,
+    let thread_context = context.clone();
+    tcp_acceptor::start_handshake(
+        stream,
         peer,
         &context.published,
         &context.handshakes,
         "iSCSI",
-    ) else {
-        return;
-    };
-    let context = context.clone();
-    let spawned = std::thread::Builder::new()
-        .name("iscsi-login".into())
-        .spawn(move || {
-            handshake(stream, peer, &context);
+        "iscsi-login",
+        move |stream, slot| {
+            handshake(stream, peer, &thread_context);
             drop(slot);
-        });
-    if let Err(error) = spawned {
-        log::error!("iSCSI: cannot start a login thread: {error}");
-    }
+        },
+    );
 }
 
 fn handshake(tcp: TcpStream, peer: SocketAddr, context: &IscsiContext) {

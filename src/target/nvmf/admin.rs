@@ -313,8 +313,8 @@ mod tests {
     use super::*;
     use crate::domain::nvme_name::DISCOVERY_NQN;
     use crate::nvmf::command::{CommandBuilder, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK};
+    use crate::nvmf::registers::{self as properties, CC, CSTS, CSTS_RDY};
     use crate::target::nvmf::features::{AEC_NAMESPACE_ATTRIBUTE, FID_ASYNC_EVENT_CONFIG};
-    use crate::target::nvmf::properties::{self, CC, CSTS, CSTS_RDY};
     use crate::target::nvmf::subsystem::tests::snapshot;
 
     const BASE: &str = "nqn.2026-11.org.sds:m";

@@ -148,46 +148,42 @@ fn run(connection: AdminConnection, shutdown: &AtomicBool) -> Result<AdminEnd, A
             completion.sq_head = sq_head as u16;
             completion
         };
-        match queue.handle(&command, received.data.len(), Instant::now()) {
-            Outcome::Answer {
-                completion,
-                data_bytes,
-            } => {
-                if data_bytes > 0 {
-                    let header = Header::C2HData(DataHeader {
-                        command_id: completion.cid,
-                        transfer_tag: 0,
-                        offset_bytes: 0,
-                        length_bytes: data_bytes as u32,
-                        last: true,
-                        success: false,
-                    });
-                    pdu_io::write_pdu(
-                        &mut stream,
-                        &header,
-                        &queue.data()[..data_bytes],
-                        &negotiated,
-                        &mut scratch,
-                    )
-                    .map_err(AdminEnd::Pdu)?;
-                }
-                send_response(
-                    &mut stream,
-                    with_head(completion),
-                    &negotiated,
-                    &mut scratch,
-                )?;
-            }
-            Outcome::Held => {}
-            Outcome::AnswerThenEnd { completion } => {
-                send_response(
-                    &mut stream,
-                    with_head(completion),
-                    &negotiated,
-                    &mut scratch,
-                )?;
-                return Ok(AdminEnd::Disconnected);
-            }
+        // An answer (with its data, if any); after some, the queue ends.
+        let (completion, data_bytes, then_end) =
+            match queue.handle(&command, received.data.len(), Instant::now()) {
+                Outcome::Answer {
+                    completion,
+                    data_bytes,
+                } => (completion, data_bytes, false),
+                Outcome::AnswerThenEnd { completion } => (completion, 0, true),
+                Outcome::Held => continue,
+            };
+        if data_bytes > 0 {
+            let header = Header::C2HData(DataHeader {
+                command_id: completion.cid,
+                transfer_tag: 0,
+                offset_bytes: 0,
+                length_bytes: data_bytes as u32,
+                last: true,
+                success: false,
+            });
+            pdu_io::write_pdu(
+                &mut stream,
+                &header,
+                &queue.data()[..data_bytes],
+                &negotiated,
+                &mut scratch,
+            )
+            .map_err(AdminEnd::Pdu)?;
+        }
+        send_response(
+            &mut stream,
+            with_head(completion),
+            &negotiated,
+            &mut scratch,
+        )?;
+        if then_end {
+            return Ok(AdminEnd::Disconnected);
         }
     }
 }

@@ -16,15 +16,13 @@ use super::subsystem;
 use crate::constants::{NVMF_MAX_IO_QUEUES, NVMF_MAX_QUEUE_ENTRIES};
 use crate::domain::nvme_name::DISCOVERY_NQN;
 use crate::domain::snapshot::Snapshot;
-use crate::nvmf::command::Command;
+use crate::nvmf::command::{Command, CNTLID_DYNAMIC};
 use crate::nvmf::status::{self, Status};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Bytes of the Connect data (host identifier, CNTLID, NQNs).
 pub const CONNECT_DATA_BYTES: usize = 1024;
-/// CNTLID FFFFh in an admin Connect: any controller (the dynamic model).
-pub const CNTLID_DYNAMIC: u16 = 0xffff;
 /// The smallest admin queue a host may ask for (SQSIZE is 0's based: 32 entries).
 pub const MIN_ADMIN_SQSIZE: u16 = 31;
 

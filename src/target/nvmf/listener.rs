@@ -13,62 +13,47 @@ use super::admin_thread;
 use super::controller::NvmfContext;
 use super::handshake;
 use crate::target::tcp_acceptor;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    #[error("cannot listen for NVMe/TCP on {address}")]
-    Bind {
-        address: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the NVMe/TCP acceptor thread")]
-    Thread(#[source] std::io::Error),
-}
+/// Why the listener could not start.
+pub type ListenerError = tcp_acceptor::AcceptorError;
 
 /// Listens on `address` and starts the acceptor thread.
 pub fn listen(
     address: SocketAddr,
     context: Arc<NvmfContext>,
 ) -> Result<JoinHandle<()>, ListenerError> {
-    let listener = TcpListener::bind(address).map_err(|source| ListenerError::Bind {
-        address: address.to_string(),
-        source,
-    })?;
-    log::info!(
-        "NVMe/TCP listening on {address}; subsystems {}:<host>",
-        context.nqn_base
-    );
     let shutdown = context.shutdown.clone();
-    tcp_acceptor::spawn(
-        listener,
+    let log_context = context.clone();
+    let acceptor = tcp_acceptor::listen(
+        address,
         "nvmf-accept",
         "NVMe/TCP",
         shutdown,
         move |stream, peer| start_handshake(stream, peer, &context),
-    )
-    .map_err(ListenerError::Thread)
+    )?;
+    log::info!(
+        "NVMe/TCP listening on {address}; subsystems {}:<host>",
+        log_context.nqn_base
+    );
+    Ok(acceptor)
 }
 
 fn start_handshake(stream: TcpStream, peer: SocketAddr, context: &Arc<NvmfContext>) {
     // Accepted sockets may inherit non-blocking mode on some systems: the handshake blocks.
     let _ = stream.set_nonblocking(false);
-    let Some(slot) = tcp_acceptor::admit(
-        &stream,
+    let thread_context = context.clone();
+    tcp_acceptor::start_handshake(
+        stream,
         peer,
         &context.published,
         &context.handshakes,
         "NVMe/TCP",
-    ) else {
-        return;
-    };
-    let context = context.clone();
-    let spawned = std::thread::Builder::new()
-        .name("nvmf-connect".into())
-        .spawn(move || {
+        "nvmf-connect",
+        move |stream, slot| {
+            let context = thread_context;
             let outcome = handshake::handshake(stream, peer, &context);
             drop(slot);
             match outcome {
@@ -76,8 +61,6 @@ fn start_handshake(stream: TcpStream, peer: SocketAddr, context: &Arc<NvmfContex
                 Ok(None) => {}
                 Err(error) => log::info!("NVMe/TCP {peer}: {}", crate::logger::error_chain(&error)),
             }
-        });
-    if let Err(error) = spawned {
-        log::error!("NVMe/TCP: cannot start a handshake thread: {error}");
-    }
+        },
+    );
 }

@@ -6,7 +6,7 @@
 use super::subsystem::Namespace;
 use crate::blockio::request::BlockOp;
 use crate::constants::{NVMF_MAX_ADMIN_DATA_BYTES, NVMF_MAX_QUEUE_ENTRIES};
-use crate::nvmf::command::Command;
+use crate::nvmf::command::{Command, CNTLID_DYNAMIC};
 use crate::nvmf::status::{self, Status};
 use std::net::SocketAddr;
 
@@ -116,8 +116,6 @@ const ADRFAM_IPV6: u8 = 2;
 const SUBTYPE_NVM: u8 = 2;
 /// TREQ bits 1:0 = 10b: a secure channel is not required.
 const TREQ_SECURE_CHANNEL_NOT_REQUIRED: u8 = 0b10;
-/// CNTLID FFFFh: the dynamic controller model (any controller id).
-const CNTLID_DYNAMIC: u16 = 0xffff;
 /// The one port this server has.
 const PORT_ID: u16 = 1;
 

@@ -8,36 +8,17 @@
 //! thread owns the one copy.
 
 use crate::constants::{NVMF_MAX_QUEUE_ENTRIES, NVMF_READY_TIMEOUT_UNITS};
+use crate::nvmf::registers::{
+    CAP, CC, CC_AMS_SHIFT, CC_CSS_SHIFT, CC_EN, CC_IOCQES_SHIFT, CC_IOSQES_SHIFT, CC_MPS_SHIFT,
+    CC_SHN_SHIFT, CSTS, CSTS_CFS, CSTS_RDY, CSTS_SHST_COMPLETE, CSTS_SHST_SHIFT, IOCQES, IOSQES,
+    VS,
+};
 use crate::nvmf::status::{self, Status};
-
-/// Property offsets.
-pub const CAP: u32 = 0x00;
-pub const VS: u32 = 0x08;
-pub const CC: u32 = 0x14;
-pub const CSTS: u32 = 0x1c;
 
 /// The version this server reports: NVMe 1.3, the version whose fabrics feature set it
 /// implements (NVMe-oF 1.1 keep alive, discovery log page, namespace identification
 /// descriptors).
 pub const VERSION_1_3: u32 = 0x0001_0300;
-
-// CC fields.
-const CC_EN: u32 = 1 << 0;
-const CC_CSS_SHIFT: u32 = 4;
-const CC_MPS_SHIFT: u32 = 7;
-const CC_AMS_SHIFT: u32 = 11;
-const CC_SHN_SHIFT: u32 = 14;
-const CC_IOSQES_SHIFT: u32 = 16;
-const CC_IOCQES_SHIFT: u32 = 20;
-/// log2 of the submission and completion queue entry sizes: the only ones fabrics allow.
-const IOSQES: u32 = 6;
-const IOCQES: u32 = 4;
-
-// CSTS fields.
-pub const CSTS_RDY: u32 = 1 << 0;
-pub const CSTS_CFS: u32 = 1 << 1;
-const CSTS_SHST_SHIFT: u32 = 2;
-pub const CSTS_SHST_COMPLETE: u32 = 0b10 << CSTS_SHST_SHIFT;
 
 /// What a Property Set did to the controller, for the caller to act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,20 +130,10 @@ impl Properties {
     }
 }
 
-/// The CC value a host writes to enable a controller (Linux's: NVM command set, 4 KiB pages,
-/// round robin, 64/16-byte entries, EN).
-pub const fn enabling_cc() -> u32 {
-    (IOSQES << CC_IOSQES_SHIFT) | (IOCQES << CC_IOCQES_SHIFT) | CC_EN
-}
-
-/// The CC value that asks for a normal shutdown of an enabled controller.
-pub const fn shutdown_cc() -> u32 {
-    enabling_cc() | (0b01 << CC_SHN_SHIFT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nvmf::registers::{enabling_cc, shutdown_cc};
 
     #[test]
     fn capabilities_announce_the_queue_size_and_the_nvm_command_set() {
