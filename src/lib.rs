@@ -16,6 +16,7 @@ pub mod backend;
 pub mod blockio;
 pub mod constants;
 pub mod control;
+pub mod digest;
 pub mod domain;
 pub mod identity;
 pub mod logger;

@@ -9,7 +9,7 @@ mod common;
 
 use common::initiator::{lun_field, rw16, Initiator, InitiatorError, GOOD};
 use common::Server;
-use sds::target::iscsi::digest;
+use sds::digest;
 use sds::target::iscsi::pdu::{
     self, reject, DataOut, NopOut, ScsiCommand, TargetPdu, BHS_BYTES, RESERVED_TAG,
 };

@@ -24,7 +24,7 @@
 //!
 //! Writing: [`encode_header`] writes the common header, the type's fields, the header digest
 //! and the padding up to PDO for `data_bytes` of data, and returns the [`Layout`]; the
-//! caller sends the data after it, then [`data_digest`] of the data if the layout says so.
+//! caller sends the data after it, then the data's digest ([`digest::digest_of`]) if the layout says so.
 //!
 //! Digests are CRC32C (Castagnoli) sent least significant byte first, as Linux's nvme-tcp host
 //! and nvmet-tcp target put them (`put_unaligned_le32(~crc32c(~0, ...))`): the header digest
@@ -36,11 +36,12 @@
 //! in [`decode_header`] and `write_fields`.
 
 use super::command::{Command, Completion, COMMAND_BYTES, COMPLETION_BYTES};
+use crate::digest;
 
 /// Bytes of the common header every PDU begins with.
 pub const COMMON_HEADER_BYTES: usize = 8;
-/// Bytes of a header or data digest.
-pub const DIGEST_BYTES: usize = 4;
+/// Bytes of a header or data digest (CRC32C, `crate::digest`).
+pub use crate::digest::DIGEST_BYTES;
 /// HLEN (and PLEN) of ICReq and ICResp.
 pub const IC_PDU_BYTES: usize = 128;
 /// HLEN of a command capsule: the common header and a submission queue entry.
@@ -599,19 +600,6 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// The header digest of a header (bytes 0..HLEN), as sent.
-pub fn header_digest(header: &[u8]) -> [u8; DIGEST_BYTES] {
-    crc32c::crc32c(header).to_le_bytes()
-}
-
-/// The data digest of PDU data sent in several pieces, as sent.
-pub fn data_digest(pieces: &[&[u8]]) -> [u8; DIGEST_BYTES] {
-    pieces
-        .iter()
-        .fold(0u32, |crc, piece| crc32c::crc32c_append(crc, piece))
-        .to_le_bytes()
-}
-
 /// Decodes the header of a PDU whose framing [`parse_header`] gave: `bytes` holds at least
 /// [`Framing::header_end`] bytes. Checks the header digest and each field's own rules.
 pub fn decode_header(bytes: &[u8], framing: &Framing) -> Result<Header, PduError> {
@@ -625,7 +613,7 @@ pub fn decode_header(bytes: &[u8], framing: &Framing) -> Result<Header, PduError
     let header = &bytes[..framing.header_bytes];
     if framing.header_digest_bytes > 0 {
         let received = &bytes[framing.header_bytes..header_end];
-        if received != header_digest(header) {
+        if received != digest::digest(header) {
             return Err(PduError::HeaderDigest {
                 received: u32_at(received, 0),
             });
@@ -724,7 +712,7 @@ pub fn decode_header(bytes: &[u8], framing: &Framing) -> Result<Header, PduError
 
 /// Checks the data digest of a received PDU's data, given the digest bytes that followed it.
 pub fn check_data_digest(data: &[&[u8]], received: &[u8]) -> Result<(), PduError> {
-    if received == data_digest(data) {
+    if digest::matches(data, received) {
         Ok(())
     } else {
         Err(PduError::DataDigest)
@@ -770,7 +758,7 @@ pub struct Layout {
     /// Bytes [`encode_header`] wrote: header, header digest, padding (PDO, when data follows).
     pub header_bytes: usize,
     pub data_bytes: usize,
-    /// Whether the sender appends [`data_digest`] of the data.
+    /// Whether the sender appends the data's digest ([`digest::digest_of`]).
     pub data_digest: bool,
     /// PLEN.
     pub total_bytes: usize,
@@ -860,7 +848,7 @@ pub fn encode_header(
     out[4..8].copy_from_slice(&plen.to_le_bytes());
     write_fields(header, data_bytes, &mut out[..hlen]);
     if with_header_digest {
-        let digest = header_digest(&out[..hlen]);
+        let digest = digest::digest(&out[..hlen]);
         out[hlen..header_end].copy_from_slice(&digest);
     }
     Ok(Layout {
@@ -931,7 +919,7 @@ pub fn encode_pdu(
     out.extend_from_slice(&head[..layout.header_bytes]);
     out.extend_from_slice(data);
     if layout.data_digest {
-        out.extend_from_slice(&data_digest(&[data]));
+        out.extend_from_slice(&digest::digest_of(&[data]));
     }
     debug_assert_eq!(out.len(), layout.total_bytes);
     Ok(layout)
@@ -1157,9 +1145,12 @@ mod tests {
         assert_eq!(&wire[4..8], &28u32.to_le_bytes());
         assert_eq!(&wire[24..28], &crc32c::crc32c(&wire[..24]).to_le_bytes());
         // CRC32C's check value: "123456789" gives 0xe3069283, sent 83 92 06 e3.
-        assert_eq!(data_digest(&[b"1234", b"56789"]), [0x83, 0x92, 0x06, 0xe3]);
+        assert_eq!(
+            digest::digest_of(&[b"1234", b"56789"]),
+            [0x83, 0x92, 0x06, 0xe3]
+        );
         // iSCSI's test vector (the same CRC, the same byte order): 32 zero bytes.
-        assert_eq!(header_digest(&[0u8; 32]), [0xaa, 0x36, 0x91, 0x8a]);
+        assert_eq!(digest::digest(&[0u8; 32]), [0xaa, 0x36, 0x91, 0x8a]);
     }
 
     #[test]

@@ -311,7 +311,7 @@ impl NvmfJob {
             let io = io_bytes as usize;
             let per_cid = 1 + self.data_headers_per_cid;
             self.data_digests[slot * per_cid] =
-                pdu::data_digest(&[&self.data.as_slice()[slot * io..(slot + 1) * io]]);
+                sds::digest::digest_of(&[&self.data.as_slice()[slot * io..(slot + 1) * io]]);
         }
         self.job.issue(slot, op, unit, offset_bytes, stamp);
         let now = self.job.clock.now();
@@ -683,7 +683,7 @@ impl NvmfJob {
                 let from = cid as usize * io + offset + sent;
                 let index = cid as usize * (1 + self.data_headers_per_cid) + 1 + header as usize;
                 self.data_digests[index] =
-                    pdu::data_digest(&[&self.data.as_slice()[from..from + piece]]);
+                    sds::digest::digest_of(&[&self.data.as_slice()[from..from + piece]]);
             }
             self.cids[cid as usize].sends_pending += 1;
             self.send_queue.push_back(SendItem::Data {

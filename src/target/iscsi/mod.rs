@@ -1,11 +1,10 @@
-//! The iSCSI front end (RFC 7143). The wire format is in [`pdu`] (with [`digest`] for the
+//! The iSCSI front end (RFC 7143). The wire format is in [`pdu`] (with [`crate::digest`] for the
 //! optional CRC32C digests).
 //!
 //! One target per server, its LUNs masked per host: a host, named by its initiator name (the
 //! host record's `iqn`), sees each of its virtual paths as a LUN at the VP's `lun` number.
 
 pub mod chap;
-pub mod digest;
 pub mod discovery;
 pub mod listener;
 pub mod login;

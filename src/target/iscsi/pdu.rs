@@ -16,7 +16,7 @@
 //! `write` (target PDUs) reading and writing the offsets of its RFC figure, a variant in
 //! [`InitiatorPdu`] or [`TargetPdu`], and a test with bytes laid out by hand.
 
-use super::digest::DIGEST_BYTES;
+use crate::digest::DIGEST_BYTES;
 
 /// Bytes of the Basic Header Segment.
 pub const BHS_BYTES: usize = 48;

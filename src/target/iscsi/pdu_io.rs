@@ -4,8 +4,8 @@
 //! allowed ([`Framing`]), then reads the rest and checks the digests; a write sends BHS,
 //! digests, data and padding in one buffer.
 
-use super::digest::{self, DIGEST_BYTES};
 use super::pdu::{self, Bhs, Framing, PduError, BHS_BYTES};
+use crate::digest::{self, DIGEST_BYTES};
 use std::io::{ErrorKind, Read, Write};
 
 /// Whether header and data digests are in use on this connection (never during login).

@@ -40,7 +40,6 @@ use answers::{Answer, OutData, OutPdu};
 pub use attach::attach;
 use receive::{DataWait, Inbound};
 
-use super::digest::{self, DIGEST_BYTES};
 use super::listener::IscsiContext;
 use super::login::{LoggedIn, SessionTicket};
 use super::params::Negotiated;
@@ -58,6 +57,7 @@ use crate::constants::{
     MAX_BUFFER_BYTES_PER_CONNECTION, MAX_BUFFER_BYTES_TOTAL, MAX_IO_BYTES,
     MAX_LUNS_PER_ISCSI_SESSION, MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION, SCSI_TASKS_PER_LUN,
 };
+use crate::digest::{self, DIGEST_BYTES};
 use crate::reactor::mailbox::Message;
 use crate::reactor::session::{Session, SessionContext};
 use crate::scsi::{self, DataDirection, ScsiLun, Submit, TaskDone};

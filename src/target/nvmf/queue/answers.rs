@@ -125,7 +125,7 @@ impl IoQueue {
                     command.head_len = layout.header_bytes;
                     command.data_len = data.len();
                     if layout.data_digest {
-                        command.ddgst = pdu::data_digest(&[data]);
+                        command.ddgst = crate::digest::digest_of(&[data]);
                         command.ddgst_len = DIGEST_BYTES;
                     }
                 }

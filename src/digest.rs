@@ -1,8 +1,10 @@
-//! iSCSI header and data digests (RFC 7143 §11.1 and appendix B.4 of RFC 3720): CRC32C
-//! (Castagnoli) over the BHS and AHS, or over the data segment and its padding, sent as the
-//! four bytes of the CRC least significant byte first. That is the order RFC 3720's test
-//! vectors (32 zero bytes give `aa 36 91 8a`) and libiscsi and Linux use; a digest in the
-//! other order fails every check, which the tests below pin.
+//! The CRC32C (Castagnoli) digests iSCSI and NVMe/TCP put on the wire: iSCSI's header and data
+//! digests (RFC 7143 §11.1, appendix B.4 of RFC 3720: over the BHS and AHS, or over the data
+//! segment and its padding) and NVMe/TCP's HDGST and DDGST (TP 8000: over the PDU header, or
+//! over its data), each sent as the four bytes of the CRC least significant byte first. That
+//! is the order RFC 3720's test vectors (32 zero bytes give `aa 36 91 8a`), libiscsi and Linux
+//! (its iSCSI initiator and its nvme-tcp host and target) use; a digest in the other order
+//! fails every check, which the tests below pin.
 
 /// Bytes of a header or data digest on the wire.
 pub const DIGEST_BYTES: usize = 4;
