@@ -1,6 +1,6 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{domains, failed, hosts, iscsi, luns, nvmf, spdk, volumes, vpaths, Control};
+use super::{domains, failed, hosts, iscsi, luns, mirrors, nvmf, spdk, volumes, vpaths, Control};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -21,6 +21,12 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("volume_get_volumes", failed::volume_get),
     ("volume_resize", failed::volume_resize),
     ("volume_delete", failed::volume_delete),
+    ("mirror_create", mirrors::create),
+    ("mirror_add_leg", mirrors::add_leg),
+    ("mirror_replace_leg", mirrors::replace_leg),
+    ("mirror_split_leg", mirrors::split_leg),
+    ("mirror_get_mirrors", mirrors::get),
+    ("mirror_delete", mirrors::delete),
     ("host_create", hosts::create),
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),

@@ -188,6 +188,7 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let params = Params::new(params, &["name", "size"])?;
     let name = params.name("name")?;
     let size = params.u64("size")?;
+    super::mirrors::refuse_reserved(control, name, "resize")?;
     let entry = control
         .volumes
         .get(name)
@@ -242,6 +243,7 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(params, &["name"])?;
     let name = params.name("name")?;
+    super::mirrors::refuse_reserved(control, name, "delete")?;
     let entry = control
         .volumes
         .get(name)
@@ -291,6 +293,11 @@ pub fn set_qos_limit(control: &mut Control, params: Option<Value>) -> Result<Val
     let raw = params.clone();
     let params = Params::new(params, &known)?;
     let name = params.name("name")?;
+    if control.mirrors.contains_key(name) {
+        return Err(RpcError::invalid_params(format!(
+            "name: {name} is a mirror: QoS limits on mirrors are not supported yet"
+        )));
+    }
     let entry = control
         .volumes
         .get(name)

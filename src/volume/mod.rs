@@ -9,9 +9,12 @@
 //! [`Volume::segment`] is the whole of translation on the data path: per extent the request
 //! touches, one load of the chunk pointer and one of the slot (see [`map`]).
 
+pub mod dirty_log;
 pub mod map;
+pub mod mirror;
 pub mod open_state;
 pub mod provisioner;
+pub mod resync;
 pub mod stats;
 
 use crate::pool::{decode_slot, encode_slot, Pool, PoolLun};
@@ -38,6 +41,8 @@ pub struct Volume {
     lost_member: Option<usize>,
     /// Restored at start-up in a volatile pool: it started empty.
     pub started_empty: bool,
+    /// A mirror's volume: its body is the mirror's legs (its own map stays empty).
+    pub mirror: Option<Arc<mirror::Mirror>>,
 }
 
 /// One piece of a request, inside one virtual extent.
@@ -76,7 +81,23 @@ impl Volume {
             stats: VolumeStats::default(),
             lost_member: None,
             started_empty: false,
+            mirror: None,
         }
+    }
+
+    /// The volume hosts see of `mirror`: the size and blocks of its legs, `pool` the first
+    /// leg's (what listings name), its body the legs.
+    pub fn of_mirror(mirror: Arc<mirror::Mirror>, pool: Arc<Pool>) -> Self {
+        let mut volume = Self::new(
+            &mirror.name,
+            mirror.uuid,
+            pool,
+            mirror.size_bytes,
+            mirror.block_size_bytes,
+            true,
+        );
+        volume.mirror = Some(mirror);
+        volume
     }
 
     /// Marks a volume restored from its record at start-up. In a volatile pool it started

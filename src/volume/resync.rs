@@ -1,0 +1,423 @@
+//! Resynchronising a mirror's legs while hosts keep writing to it.
+//!
+//! One thread per resync (at most [`MAX_RESYNC_THREADS`] at once): it walks the dirty-region
+//! log once from the start and, for each region whose bit is set, copies the region from a
+//! healthy leg (the source) to every other leg that is healthy or resyncing (the targets),
+//! with the blocking helpers the slow path uses ([`slow_read`], [`slow_write`]), then clears
+//! the bit. Degraded legs become `Resyncing` when it starts (from then on hosts' writes reach
+//! them too) and `Healthy` when it ends. A full copy is the same walk with every bit set.
+//!
+//! The race rule with host writes (per-region counters of [`Mirror::region_writes`]): a
+//! region is copied only when no write to it is in flight (otherwise it is retried after the
+//! rest); its bit is cleared after the copy, and if a write started meanwhile the bit is set
+//! again (durably) and the region copied again — so the copy never overwrites a newer write
+//! on a target, and a write that saw the bit set before the clear is covered by it.
+//!
+//! Cleared bits are written to the log every [`RESYNC_PERSIST_EVERY_REGIONS`] regions: after
+//! a `kill -9` the restart resumes from what the log says (at most those regions again).
+
+use super::mirror::{LegState, Mirror};
+use super::provisioner::{new_bounce, slow_read, slow_write};
+use super::{Segment, Volume};
+use crate::backend::aligned_buf::AlignedBuf;
+use crate::constants::{MAX_RESYNC_THREADS, RESYNC_PERSIST_EVERY_REGIONS};
+use crate::logger::error_chain;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Resync threads running, over all mirrors.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A mirror's resync as listings show it.
+#[derive(Default)]
+pub struct ResyncProgress {
+    running: AtomicBool,
+    stop: AtomicBool,
+    total_bytes: AtomicU64,
+    done_bytes: AtomicU64,
+    times: Mutex<ResyncTimes>,
+}
+
+#[derive(Default)]
+struct ResyncTimes {
+    started: Option<Instant>,
+    finished: Option<Instant>,
+    last_attempt: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// What [`ResyncProgress::snapshot`] reports.
+#[derive(Clone, Debug, Default)]
+pub struct ResyncSnapshot {
+    pub running: bool,
+    pub total_bytes: u64,
+    pub done_bytes: u64,
+    pub rate_bytes_per_s: f64,
+    pub last_error: Option<String>,
+}
+
+impl ResyncProgress {
+    fn times(&self) -> std::sync::MutexGuard<'_, ResyncTimes> {
+        self.times.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    pub fn snapshot(&self) -> ResyncSnapshot {
+        let times = self.times();
+        let done_bytes = self.done_bytes.load(Ordering::Relaxed);
+        let elapsed = match (times.started, times.finished) {
+            (Some(s), Some(f)) if !self.is_running() => f.duration_since(s),
+            (Some(s), _) => s.elapsed(),
+            _ => Duration::ZERO,
+        };
+        ResyncSnapshot {
+            running: self.is_running(),
+            total_bytes: self.total_bytes.load(Ordering::Relaxed),
+            done_bytes,
+            rate_bytes_per_s: if elapsed.is_zero() {
+                0.0
+            } else {
+                done_bytes as f64 / elapsed.as_secs_f64()
+            },
+            last_error: times.last_error.clone(),
+        }
+    }
+
+    /// When a resync last started (for the retry back-off).
+    pub fn last_attempt(&self) -> Option<Instant> {
+        self.times().last_attempt
+    }
+
+    /// Asks a running resync to stop and waits (at most `wait`) until it has.
+    pub fn stop_and_wait(&self, wait: Duration) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + wait;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error("no healthy leg to copy from")]
+    NoSource,
+    #[error("reading leg {leg}")]
+    Source {
+        leg: String,
+        #[source]
+        source: Box<crate::pool::PoolError>,
+    },
+    #[error("writing leg {leg}")]
+    Target {
+        leg: String,
+        #[source]
+        source: Box<crate::pool::PoolError>,
+    },
+    #[error("the dirty-region log")]
+    Log(#[from] super::dirty_log::DirtyLogError),
+    #[error("stopped")]
+    Stopped,
+    #[error("leg {leg} failed again during the resync")]
+    TargetLost { leg: String },
+}
+
+/// Starts a resync of `mirror` on its own thread unless one runs or the limit of threads is
+/// reached; whether it started.
+pub fn start(mirror: &Arc<Mirror>) -> bool {
+    let progress = &mirror.resync;
+    if progress
+        .running
+        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        return false;
+    }
+    if RUNNING.fetch_add(1, Ordering::SeqCst) >= MAX_RESYNC_THREADS {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        progress.running.store(false, Ordering::SeqCst);
+        return false;
+    }
+    progress.stop.store(false, Ordering::SeqCst);
+    {
+        let mut times = progress.times();
+        times.last_attempt = Some(Instant::now());
+        times.started = Some(Instant::now());
+        times.finished = None;
+        times.last_error = None;
+    }
+    let mirror = mirror.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("resync-{}", mirror.name))
+        .spawn(move || {
+            let outcome = run(&mirror);
+            let progress = &mirror.resync;
+            let mut times = progress.times();
+            times.finished = Some(Instant::now());
+            match outcome {
+                Ok(()) => log::info!(
+                    "mirror {}: resync done, {} bytes copied",
+                    mirror.name,
+                    progress.done_bytes.load(Ordering::Relaxed)
+                ),
+                Err(error) => {
+                    let text = error_chain(&error);
+                    log::warn!("mirror {}: resync stopped: {text}", mirror.name);
+                    times.last_error = Some(text);
+                }
+            }
+            drop(times);
+            progress.running.store(false, Ordering::SeqCst);
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot start a resync thread: {error}");
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        progress.running.store(false, Ordering::SeqCst);
+        return false;
+    }
+    true
+}
+
+/// Whether a resync would have something to do: a degraded or resyncing leg, or dirty bits
+/// with more than one leg (a crash left writes in flight).
+pub fn needed(mirror: &Mirror) -> bool {
+    let stale = mirror.positions().any(|p| {
+        matches!(
+            mirror.leg_state(p),
+            Some(LegState::Degraded | LegState::Resyncing)
+        )
+    });
+    stale
+}
+
+fn run(mirror: &Arc<Mirror>) -> Result<(), ResyncError> {
+    let source = mirror.healthy_leg().ok_or(ResyncError::NoSource)?;
+    let source_volume = mirror.leg_volume(source).ok_or(ResyncError::NoSource)?;
+    let mut targets: Vec<(usize, Arc<Volume>)> = Vec::new();
+    for position in mirror.positions().filter(|&p| p != source) {
+        let Some(volume) = mirror.leg_volume(position) else {
+            continue;
+        };
+        mirror.set_leg_state(
+            position,
+            LegState::Resyncing,
+            &[LegState::Degraded, LegState::Resyncing],
+        )?;
+        if matches!(
+            mirror.leg_state(position),
+            Some(LegState::Resyncing | LegState::Healthy)
+        ) {
+            targets.push((position, volume));
+        }
+    }
+    let region_bytes = mirror.log.region_bytes();
+    let progress = &mirror.resync;
+    progress
+        .total_bytes
+        .store(mirror.log.count_set() * region_bytes, Ordering::Relaxed);
+    progress.done_bytes.store(0, Ordering::Relaxed);
+    log::info!(
+        "mirror {}: resync from leg {} to {} legs, {} regions",
+        mirror.name,
+        source_volume.name,
+        targets.len(),
+        mirror.log.count_set()
+    );
+    let mut copier = Copier {
+        mirror,
+        source: (source, source_volume),
+        targets,
+        buf: AlignedBuf::new(region_bytes as usize),
+        bounce: new_bounce(),
+    };
+    let mut busy = Vec::new();
+    let mut next = 0;
+    let mut since_flush = 0;
+    while let Some(region) = mirror.log.next_set(next) {
+        next = region + 1;
+        copier.check()?;
+        match copier.copy_region(region)? {
+            Some(bytes) => {
+                progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            None => busy.push(region),
+        }
+        since_flush += 1;
+        if since_flush >= RESYNC_PERSIST_EVERY_REGIONS {
+            mirror.log.flush()?;
+            since_flush = 0;
+        }
+    }
+    // Regions that had writes in flight when their turn came: again until each was quiet.
+    while !busy.is_empty() {
+        copier.check()?;
+        std::thread::sleep(Duration::from_millis(1));
+        let mut still = Vec::new();
+        for region in busy {
+            if !mirror.log.is_set(region) {
+                continue;
+            }
+            match copier.copy_region(region)? {
+                Some(bytes) => {
+                    progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+                None => still.push(region),
+            }
+        }
+        busy = still;
+    }
+    mirror.log.flush()?;
+    for (position, _) in &copier.targets {
+        mirror.set_leg_state(*position, LegState::Healthy, &[LegState::Resyncing])?;
+    }
+    Ok(())
+}
+
+struct Copier<'a> {
+    mirror: &'a Mirror,
+    source: (usize, Arc<Volume>),
+    targets: Vec<(usize, Arc<Volume>)>,
+    buf: AlignedBuf,
+    bounce: AlignedBuf,
+}
+
+impl Copier<'_> {
+    /// Stops when asked to, or when the source or a target is no longer in the resync.
+    fn check(&self) -> Result<(), ResyncError> {
+        if self.mirror.resync.stop.load(Ordering::SeqCst) {
+            return Err(ResyncError::Stopped);
+        }
+        if self.mirror.leg_state(self.source.0) != Some(LegState::Healthy) {
+            return Err(ResyncError::NoSource);
+        }
+        for (position, volume) in &self.targets {
+            if !matches!(
+                self.mirror.leg_state(*position),
+                Some(LegState::Resyncing | LegState::Healthy)
+            ) {
+                return Err(ResyncError::TargetLost {
+                    leg: volume.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `region` if no write to it is in flight: its bytes, or `None` (busy: later).
+    fn copy_region(&mut self, region: u64) -> Result<Option<u64>, ResyncError> {
+        let region_bytes = self.mirror.log.region_bytes();
+        let offset = region * region_bytes;
+        let len = region_bytes.min(self.mirror.size_bytes.saturating_sub(offset));
+        loop {
+            let (before, quiet) = self.mirror.region_writes(region);
+            if !quiet {
+                return Ok(None);
+            }
+            self.copy_range(offset, len)?;
+            self.mirror.log.clear(region);
+            let (after, _) = self.mirror.region_writes(region);
+            if after == before {
+                return Ok(Some(len));
+            }
+            // A write started while the region was copied: it may have reached a target
+            // before the copy did. The bit goes back (durably: that writer may rely on it),
+            // and the region is copied again once quiet.
+            self.mirror.log.set_durable([region])?;
+            self.check()?;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Copies `[offset, offset + len)` from the source to every target, extent piece by
+    /// piece: a piece the source never wrote is zeroed on a target that has it mapped, and
+    /// skipped where the target has not either.
+    fn copy_range(&mut self, offset: u64, len: u64) -> Result<(), ResyncError> {
+        let (source_position, source) = &self.source;
+        let mut done = 0;
+        while done < len {
+            let at = offset + done;
+            let (mapped, piece) = match source.segment(source.map(), at, len - done) {
+                Segment::Mapped { len_bytes, .. } => (true, len_bytes),
+                Segment::Unmapped { len_bytes, .. } => (false, len_bytes),
+            };
+            let data = if mapped {
+                let buf = &mut self.buf.as_mut_slice()[..piece as usize];
+                if let Err(error) = slow_read(source, at, buf, &mut self.bounce) {
+                    self.mirror.note_leg_error(*source_position);
+                    let _ = self.mirror.persist_failing();
+                    return Err(ResyncError::Source {
+                        leg: source.name.clone(),
+                        source: Box::new(error),
+                    });
+                }
+                Some(&self.buf.as_slice()[..piece as usize])
+            } else {
+                None
+            };
+            for (position, target) in &self.targets {
+                if let Err(error) = slow_write(target, at, piece, data, false, &mut self.bounce) {
+                    self.mirror.note_leg_error(*position);
+                    let _ = self.mirror.persist_failing();
+                    return Err(ResyncError::Target {
+                        leg: target.name.clone(),
+                        source: Box::new(error),
+                    });
+                }
+            }
+            done += piece;
+        }
+        Ok(())
+    }
+}
+
+/// Clears the bits of quiet regions of a mirror whose legs are all healthy (the control
+/// cycle): a region whose bit is set, with no write in flight and none started since the
+/// last look (`seen`, per region), holds the same bytes on every leg. The bit is cleared
+/// first and the counter checked after, so a writer either sees the clear (and sets the bit
+/// again, durably, before it writes) or is seen here (and the bit is put back).
+pub fn clean(mirror: &Mirror, seen: &mut Vec<u32>) {
+    if mirror.resync.is_running() || !mirror.all_healthy() {
+        return;
+    }
+    seen.resize(mirror.log.regions() as usize, u32::MAX);
+    let mut next = 0;
+    let mut cleared = 0;
+    while let Some(region) = mirror.log.next_set(next) {
+        next = region + 1;
+        let (started, quiet) = mirror.region_writes(region);
+        let last = std::mem::replace(&mut seen[region as usize], started);
+        if !quiet || last != started {
+            continue;
+        }
+        mirror.log.clear(region);
+        if mirror.region_writes(region).0 != started {
+            if let Err(error) = mirror.log.set_durable([region]) {
+                log::error!(
+                    "mirror {}: the dirty-region log cannot be written: {}",
+                    mirror.name,
+                    error_chain(&error)
+                );
+            }
+            continue;
+        }
+        cleared += 1;
+    }
+    if cleared > 0 {
+        if let Err(error) = mirror.log.flush() {
+            log::error!(
+                "mirror {}: the dirty-region log cannot be written: {}",
+                mirror.name,
+                error_chain(&error)
+            );
+        }
+    }
+}
