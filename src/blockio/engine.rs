@@ -45,6 +45,7 @@ use crate::domain::qos::{Admit, RateLimit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::SessionContext;
+use crate::volume::mirror::Mirror;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
 use crate::volume::{Segment, Volume};
 use io_uring::{opcode, types};
@@ -153,6 +154,8 @@ struct Slot {
     /// From reserve to finish, once finished.
     latency_ns: u64,
     admission: Admission,
+    /// A mirror volume's request: see `engine_mirror`.
+    mirror: engine_mirror::MirrorSlot,
 }
 
 /// The finished requests' slots, oldest first: a ring as large as the slots (a slot is in
@@ -196,6 +199,8 @@ impl FinishedQueue {
 pub struct BlockEngine {
     vpath: Arc<Vpath>,
     volume: Arc<Volume>,
+    /// The volume's mirror body, when it is a mirror (its rounds: `engine_mirror`).
+    mirror: Option<Arc<Mirror>>,
     published: Arc<Published>,
     provisioner: Provisioner,
     decisions: DecisionCache,
@@ -272,6 +277,7 @@ impl BlockEngine {
                 slow_path: false,
                 latency_ns: 0,
                 admission: Admission::UNLIMITED,
+                mirror: Default::default(),
             })
             .collect();
         let retained_bytes = slots.iter().map(|s| s.buf.len()).sum();
@@ -286,6 +292,7 @@ impl BlockEngine {
                 .map(|l| l.layout.block_size_bytes)
                 .max()
                 .unwrap_or(512),
+            mirror: volume.mirror.clone(),
             vpath,
             volume,
             published,
@@ -480,6 +487,7 @@ impl BlockEngine {
         slot.started_ticks = now;
         slot.slow_path = false;
         slot.admission = admission;
+        slot.mirror = Default::default();
         Some(index)
     }
 
@@ -726,7 +734,9 @@ impl BlockEngine {
         loop {
             self.slots[index].state = SlotState::Running;
             let op = self.slots[index].request.op;
-            if !self.slow_writes && matches!(op, BlockOp::Read | BlockOp::Write) {
+            if self.mirror.is_some() {
+                self.run_mirror_round(index, ctx);
+            } else if !self.slow_writes && matches!(op, BlockOp::Read | BlockOp::Write) {
                 // The common case first: no read-modify-write volume, data to move.
                 self.run_segments(index, ctx);
             } else {
@@ -737,6 +747,9 @@ impl BlockEngine {
                 return;
             }
             // The round completed at once.
+            if self.mirror.is_some() && self.mirror_round_end(index, ctx) {
+                return;
+            }
             if !self.has_next_round(index) {
                 self.finish(index);
                 return;
@@ -1036,6 +1049,9 @@ impl BlockEngine {
     /// The request is over: the volume's and the VP's counters, then the finished queue.
     #[inline(always)]
     fn finish(&mut self, index: usize) {
+        if self.mirror.is_some() {
+            self.mirror_finish(index);
+        }
         let now = self.clock.now();
         let slot = &mut self.slots[index];
         debug_assert!(slot.pending == 0 && slot.waiting == 0);
@@ -1080,13 +1096,18 @@ impl BlockEngine {
                 };
                 self.ring_pending = self.ring_pending.saturating_sub(1);
                 slot.pending = slot.pending.saturating_sub(1);
-                self.note_result(
-                    index,
-                    decoded.lun_index,
-                    completion_result(result, decoded.expected_bytes, decoded.driver_timer),
-                );
+                let result =
+                    completion_result(result, decoded.expected_bytes, decoded.driver_timer);
+                if self.mirror.is_some() {
+                    self.note_mirror_result(index, decoded.lun_index, result);
+                } else {
+                    self.note_result(index, decoded.lun_index, result);
+                }
                 let slot = &self.slots[index];
                 if slot.pending == 0 && slot.waiting == 0 {
+                    if self.mirror.is_some() && self.mirror_round_end(index, ctx) {
+                        return;
+                    }
                     self.finish_round(index, ctx);
                 }
             }
@@ -1096,6 +1117,11 @@ impl BlockEngine {
 
     /// The provisioner answered request `token` (0 or a positive errno).
     pub fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext) {
+        let (token, result) = if self.mirror.is_some() {
+            self.mirror_wake(token, result)
+        } else {
+            (token, result)
+        };
         let Some(index) = (token as usize).checked_sub(self.config.slot_base) else {
             return;
         };
@@ -1142,6 +1168,9 @@ fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: R
         slot.status = BlockStatus::from_errno(errno);
     }
 }
+
+#[path = "engine_mirror.rs"]
+mod engine_mirror;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -19,6 +19,7 @@ mod domain;
 mod host;
 mod iscsi;
 mod lun;
+mod mirror;
 mod nvmf;
 mod output;
 mod params;
@@ -80,6 +81,9 @@ enum Command {
     /// Virtual disks carved out of a pool, served as NBD exports of the same name
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Synchronous mirrors: a volume kept on two or three legs (volumes on disjoint LUNs)
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
     /// Hosts: the initiators that may connect, known by what their connection proves
     ///
     /// A host is known by its TLS client-certificate subject when it connects over TLS,
@@ -187,6 +191,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Lun(command) => lun::run(command, json, &call),
         Command::Pool(command) => pool::run(command, json, &call),
         Command::Volume(command) => volume::run(command, json, &call),
+        Command::Mirror(command) => mirror::run(command, json, &call),
         Command::Host(command) => host::run(command, json, &call),
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),

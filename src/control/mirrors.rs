@@ -13,6 +13,7 @@
 
 use super::params::{one_or_all, Params};
 use super::{Control, VolumeEntry};
+use crate::backend::fault::FaultMode;
 use crate::constants::{
     MAX_MIRRORS, MAX_MIRROR_LEGS, MIN_MIRROR_LEGS, MIRROR_CLEAN_AFTER_MS, MIRROR_REGION_BYTES,
     RESYNC_RETRY_MS,
@@ -807,7 +808,8 @@ impl Control {
         }
     }
 
-    /// Whether none of a pool's LUNs is failed or has a fault injected.
+    /// Whether none of a pool's LUNs is failed or has a failing fault injected (a delay is
+    /// slow, not broken).
     fn pool_luns_well(&self, pool: &crate::pool::Pool) -> bool {
         pool.luns.iter().all(|member| {
             let name = &member.lun.info().name;
@@ -815,7 +817,8 @@ impl Control {
                 .luns
                 .get(name)
                 .and_then(|e| e.fault.as_ref())
-                .is_some_and(|f| f.active().is_some());
+                .and_then(|f| f.active())
+                .is_some_and(|status| status.spec.mode != FaultMode::Delay);
             !member.lun.is_failed() && !faulted
         })
     }

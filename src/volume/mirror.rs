@@ -84,6 +84,12 @@ pub struct Leg {
 }
 
 impl Leg {
+    /// The leg's volume, loaded lock-free for the length of a round.
+    #[inline]
+    pub fn volume_guard(&self) -> arc_swap::Guard<Option<Arc<Volume>>> {
+        self.volume.load()
+    }
+
     fn absent() -> Self {
         Self {
             volume: ArcSwapOption::empty(),
@@ -197,20 +203,69 @@ impl Mirror {
             .min_by_key(|&p| self.legs[p].inflight.load(Ordering::Relaxed))
     }
 
+    /// Takes a reference on the leg at `position` for a round of I/O if its state lets it
+    /// take writes (`for_write`: healthy or resyncing) or reads (healthy): counted in flight
+    /// first and the state checked after, so a detach that saw no I/O in flight is never
+    /// followed by one. Give it back with [`Self::leave`].
+    #[inline]
+    pub fn enter(&self, position: usize, for_write: bool) -> bool {
+        let leg = &self.legs[position];
+        leg.inflight.fetch_add(1, Ordering::SeqCst);
+        let code = leg.state.load(Ordering::SeqCst);
+        let usable =
+            code == LegState::Healthy as u8 || (for_write && code == LegState::Resyncing as u8);
+        if !usable {
+            leg.inflight.fetch_sub(1, Ordering::SeqCst);
+        }
+        usable
+    }
+
+    /// One more I/O in flight on the leg at `position` (under a reference from
+    /// [`Self::enter`]).
+    #[inline]
+    pub fn enter_io(&self, position: usize) {
+        self.enter_ios(position, 1);
+    }
+
+    #[inline]
+    pub fn enter_ios(&self, position: usize, count: u32) {
+        if count > 0 {
+            self.legs[position]
+                .inflight
+                .fetch_add(count, Ordering::SeqCst);
+        }
+    }
+
+    /// Gives back `count` in-flight references on the leg at `position`.
+    #[inline]
+    pub fn leave(&self, position: usize, count: u32) {
+        self.legs[position]
+            .inflight
+            .fetch_sub(count, Ordering::SeqCst);
+    }
+
     /// Takes a leg that returned an I/O error out of reads and writes; the next write (or the
     /// request that saw the error) has the metadata thread persist it as degraded.
+    ///
+    /// The last healthy leg is never taken out: its error is the host's (the data is nowhere
+    /// else). Whether the leg is out of the I/O now (or was already).
     #[inline]
-    pub fn note_leg_error(&self, position: usize) {
+    pub fn note_leg_error(&self, position: usize) -> bool {
         let leg = &self.legs[position];
-        for from in [LegState::Healthy as u8, LegState::Resyncing as u8] {
-            if leg
-                .state
-                .compare_exchange(from, FAILING, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                return;
+        let code = leg.state.load(Ordering::SeqCst);
+        if code == LegState::Healthy as u8 {
+            let other_healthy = (0..MAX_MIRROR_LEGS)
+                .any(|p| p != position && self.code(p) == LegState::Healthy as u8);
+            if !other_healthy {
+                return false;
             }
+        } else if code != LegState::Resyncing as u8 {
+            return true;
         }
+        leg.state
+            .compare_exchange(code, FAILING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            || leg.state.load(Ordering::SeqCst) != LegState::Healthy as u8
     }
 
     /// A write over `[offset, offset + len)` starts: its regions' `started` counters.
@@ -322,6 +377,17 @@ impl Mirror {
     pub fn position_of(&self, name: &str) -> Option<usize> {
         self.positions()
             .find(|&p| self.leg_volume(p).is_some_and(|v| v.name == name))
+    }
+
+    /// The position of the leg that is `volume` (the same object).
+    pub fn position_of_volume(&self, volume: &Arc<Volume>) -> Option<usize> {
+        (0..MAX_MIRROR_LEGS).find(|&p| {
+            self.legs[p]
+                .volume
+                .load()
+                .as_ref()
+                .is_some_and(|v| Arc::ptr_eq(v, volume))
+        })
     }
 
     /// Puts `volume` at a free position in `state` and persists the legs.
