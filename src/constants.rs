@@ -113,6 +113,11 @@ pub const DEFAULT_EXTENT_BYTES: u64 = 1024 * 1024;
 pub const MAX_SEGMENTS_PER_IO: usize = MAX_IO_BYTES / MIN_EXTENT_BYTES as usize + 1;
 /// LUNs in one pool (the pool-local LUN index fits the mapping slot's 16-bit field).
 pub const MAX_LUNS_PER_POOL: usize = 64;
+/// Entries of a composite volume's LUN table (every pool LUN of every part): the engine's
+/// 8-bit LUN field in ring tags indexes it.
+pub const MAX_COMPOSITE_LUNS: usize = 256;
+/// Parts of one composite volume (members of a volume set, legs of a mirror).
+pub const MAX_COMPOSITE_PARTS: usize = 32;
 /// Virtual extents of one volume.
 pub const MAX_VOLUME_EXTENTS: u64 = 1 << 26;
 /// Slots in one chunk of a volume's mapping table (a chunk is allocated on its first write).

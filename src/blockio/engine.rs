@@ -204,7 +204,7 @@ pub struct BlockEngine {
     /// Writes, TRIM and WRITE_ZEROES go to the provisioner's read-modify-write path: the
     /// volume's blocks are smaller than some LUN's.
     slow_writes: bool,
-    /// The largest block size of the pool's LUNs.
+    /// The largest block size of the volume's LUNs (all parts' for a composite).
     max_lun_block_bytes: u32,
     clock: TickClock,
     bucket: TokenBucket,
@@ -279,13 +279,7 @@ impl BlockEngine {
             decisions: DecisionCache::new(vpath.clone(), path_hint),
             read_only: vpath.mode == AccessMode::ReadOnly,
             slow_writes: volume.needs_read_modify_write(),
-            max_lun_block_bytes: volume
-                .pool
-                .luns
-                .iter()
-                .map(|l| l.layout.block_size_bytes)
-                .max()
-                .unwrap_or(512),
+            max_lun_block_bytes: volume.max_lun_block_bytes(),
             vpath,
             volume,
             published,
@@ -798,7 +792,8 @@ impl BlockEngine {
 
     fn run_flush(&mut self, index: usize, ctx: &mut SessionContext) {
         let volume = self.volume.clone();
-        for (lun_index, member) in volume.pool.luns.iter().enumerate() {
+        // Every distinct LUN under the volume (all parts' for a composite).
+        for (lun_index, member) in volume.flush_luns() {
             let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
             // SAFETY: a flush refers to no buffer.
             let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
@@ -850,9 +845,16 @@ impl BlockEngine {
         }
     }
 
-    fn request_provision(&mut self, index: usize, extent: u64, ctx: &mut SessionContext) {
+    /// Asks the provisioner to map `extent` of `volume` (the engine's, or a composite's part).
+    fn request_provision(
+        &mut self,
+        index: usize,
+        volume: Arc<Volume>,
+        extent: u64,
+        ctx: &mut SessionContext,
+    ) {
         let request = Request::Provision {
-            volume: self.volume.clone(),
+            volume,
             extent,
             reply: Reply {
                 reactor: ctx.reactor.clone(),
@@ -986,8 +988,14 @@ impl BlockEngine {
         let mut at = self.slots[index].cursor_bytes;
         while at < total {
             at += match volume.segment(map, start + at, total - at) {
-                Segment::Unmapped { extent, len_bytes } => {
-                    self.request_provision(index, extent, ctx);
+                Segment::Unmapped {
+                    part,
+                    extent,
+                    len_bytes,
+                } => {
+                    // A composite's part, or the volume itself.
+                    let target = part.unwrap_or(&volume).clone();
+                    self.request_provision(index, target, extent, ctx);
                     len_bytes
                 }
                 Segment::Mapped { len_bytes, .. } => len_bytes,
@@ -1005,7 +1013,7 @@ impl BlockEngine {
         }
     }
 
-    /// Takes the result of one LUN I/O of request `index` on the pool's LUN `lun_index`. An
+    /// Takes the result of one LUN I/O of request `index` on the volume's LUN `lun_index`. An
     /// error is counted on that LUN (which fails itself if its device is gone) and fails the
     /// request. Counted, not logged: a log line is a blocking write, and the control thread
     /// logs the LUN's errors, rate-limited (`control::lun_errors`).
@@ -1125,7 +1133,8 @@ impl BlockEngine {
     }
 }
 
-/// Takes the result of one LUN I/O of `slot`'s request on the pool's LUN `lun_index`. An
+/// Takes the result of one LUN I/O of `slot`'s request on LUN `lun_index` of the volume's LUN
+/// table (its pool's LUNs, or a composite's table). An
 /// error is counted on that LUN (which fails itself if its device is gone) and fails the
 /// request (its first failure is what it finishes with). Counted, not logged: a log line is a
 /// blocking write, and the control thread logs the LUN's errors, rate-limited
@@ -1135,7 +1144,7 @@ fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: R
     let Err(errno) = result else {
         return;
     };
-    if let Some(member) = volume.pool.luns.get(lun_index) {
+    if let Some(member) = volume.lun(lun_index) {
         member.lun.note_error(slot.request.op.lun_class(), errno);
     }
     if slot.status.is_ok() {

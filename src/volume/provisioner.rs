@@ -319,6 +319,7 @@ fn slow_write(
         let map = volume.map();
         let piece = match volume.segment(map, offset_bytes + done, len_bytes - done) {
             Segment::Unmapped {
+                part,
                 extent,
                 len_bytes: piece,
             } => {
@@ -327,7 +328,9 @@ fn slow_write(
                     done += piece;
                     continue;
                 }
-                provision(&[(volume, extent)]).remove(0)?;
+                // A composite's part, or the volume itself.
+                let target: &Volume = part.map_or(volume, |p| p);
+                provision(&[(target, extent)]).remove(0)?;
                 continue;
             }
             Segment::Mapped {
