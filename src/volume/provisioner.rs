@@ -6,6 +6,9 @@
 //! are committed together (group commit): every claimed extent is zeroed and its record
 //! written, then each touched LUN is flushed once, then the mappings are published.
 //!
+//! TRIM's releases of whole extents come here too ([`super::reclaim`]), after the claims of
+//! the same batch, so a claim and a release never interleave.
+//!
 //! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
 //! all its writes here, and its reads that are not aligned to that LUN's blocks (a LUN reads
 //! only whole blocks of its own). This thread is single, so those writes are serialized and a
@@ -52,6 +55,14 @@ unsafe impl Send for SessionBuffer {}
 pub enum Request {
     /// Map virtual `extent` of `volume` (nothing to do if it is mapped by then).
     Provision {
+        volume: Arc<Volume>,
+        extent: u64,
+        reply: Reply,
+    },
+    /// Unmap whole virtual `extent` of `volume` and give its pool extent back (a TRIM that
+    /// covers it), durably before the reply; nothing to do if it is unmapped (see
+    /// [`super::reclaim`]).
+    Release {
         volume: Arc<Volume>,
         extent: u64,
         reply: Reply,
@@ -123,6 +134,7 @@ fn run(receiver: Receiver<Request>) {
             }
         }
         let mut provisions = Vec::new();
+        let mut releases = Vec::new();
         let mut stop = false;
         for request in batch {
             match request {
@@ -131,6 +143,11 @@ fn run(receiver: Receiver<Request>) {
                     extent,
                     reply,
                 } => provisions.push((volume, extent, reply)),
+                Request::Release {
+                    volume,
+                    extent,
+                    reply,
+                } => releases.push((volume, extent, reply)),
                 Request::SlowWrite {
                     volume,
                     offset_bytes,
@@ -169,6 +186,14 @@ fn run(receiver: Receiver<Request>) {
                 .collect();
             let results = provision(&wanted);
             for ((_, _, reply), result) in provisions.into_iter().zip(results) {
+                reply.send(errno_of(result));
+            }
+        }
+        if !releases.is_empty() {
+            let wanted: Vec<(&Volume, u64)> =
+                releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
+            let results = super::reclaim::release(&wanted);
+            for ((_, _, reply), result) in releases.into_iter().zip(results) {
                 reply.send(errno_of(result));
             }
         }
