@@ -163,6 +163,38 @@ fn a_partial_trim_zeroes_what_it_covers_and_keeps_its_extents() {
 }
 
 #[test]
+fn a_512_byte_volume_on_4096_byte_luns_gives_extents_back_through_the_slow_path() {
+    let server = Server::start();
+    server.ok(
+        "lun_create",
+        json!({"name": "big", "kind": "file", "size": 32 * MIB, "block_size": 4096}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["big"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 4 * MIB, "block_size": 512}),
+    );
+    let url = server.url("v");
+    let start = free_extents(&server, "p");
+    nbd_clean(&url, &["write -P 0x55 0 4M"]);
+    assert_eq!(free_extents(&server, "p"), start - 4);
+    // Unaligned to the LUN's blocks at both ends: extents 1 and 2 whole, 0 and 3 in part.
+    nbd_clean(
+        &url,
+        &[
+            "discard 1048064 2098176",
+            "read -P 0x55 0 1048064",
+            "read -P 0 1048064 2098176",
+            "read -P 0x55 3146240 1048064",
+        ],
+    );
+    assert_eq!(free_extents(&server, "p"), start - 2);
+    assert_eq!(allocated_extents(&server, "v"), 2);
+    nbd_clean(&url, &["discard 0 4M", "read -P 0 0 4M"]);
+    assert_eq!(free_extents(&server, "p"), start);
+}
+
+#[test]
 fn a_thick_volume_is_zeroed_by_trim_and_keeps_its_extents() {
     let server = Server::start();
     server.file_pool("p", MIB);

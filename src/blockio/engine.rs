@@ -46,6 +46,7 @@ use crate::domain::snapshot::Published;
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::SessionContext;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
+use crate::volume::reclaim::covers_whole_extent;
 use crate::volume::write_gate::GateTicket;
 use crate::volume::{Segment, Volume};
 use io_uring::{opcode, types};
@@ -842,6 +843,7 @@ impl BlockEngine {
                 len_bytes,
                 data,
                 fua: request.fua,
+                trim: request.op == BlockOp::Trim,
                 reply,
             },
         };
@@ -1016,10 +1018,7 @@ impl BlockEngine {
                     offset_bytes,
                     len_bytes,
                 } => {
-                    // The volume's last extent may be cut by its size: up to the end is whole.
-                    let whole = offset % extent_bytes == 0
-                        && (len_bytes == extent_bytes || offset + len_bytes >= size_bytes);
-                    if whole {
+                    if covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes) {
                         self.request_release(index, offset / extent_bytes, ctx);
                     } else {
                         let io = LunIo::WriteZeroes {

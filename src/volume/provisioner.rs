@@ -14,6 +14,7 @@
 //! only whole blocks of its own). This thread is single, so those writes are serialized and a
 //! read-modify-write can never interleave with another write to the same LUN block.
 
+use super::reclaim::covers_whole_extent;
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::constants::{MAX_IO_BYTES, METADATA_BATCH_MAX};
@@ -75,6 +76,9 @@ pub enum Request {
         len_bytes: u64,
         data: Option<SessionBuffer>,
         fua: bool,
+        /// A TRIM: on a thin volume, the mapped extents it covers whole are given back to the
+        /// pool (see [`super::reclaim`]) instead of zeroed.
+        trim: bool,
         reply: Reply,
     },
     /// Read `len_bytes` at `offset_bytes` into `data`, through whole LUN blocks.
@@ -154,6 +158,7 @@ fn run(receiver: Receiver<Request>) {
                     len_bytes,
                     data,
                     fua,
+                    trim,
                     reply,
                 } => {
                     let result = slow_write(
@@ -162,6 +167,7 @@ fn run(receiver: Receiver<Request>) {
                         len_bytes,
                         data.as_ref(),
                         fua,
+                        trim && volume.thin,
                         &mut bounce,
                     );
                     reply.send(errno_of(result));
@@ -325,15 +331,19 @@ impl BlockSpan {
 }
 
 /// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
-/// blocks it covers only in part.
+/// blocks it covers only in part. With `release` (a TRIM of a thin volume), the mapped
+/// extents it covers whole are given back to the pool instead of zeroed.
 fn slow_write(
     volume: &Volume,
     offset_bytes: u64,
     len_bytes: u64,
     data: Option<&SessionBuffer>,
     fua: bool,
+    release: bool,
     bounce: &mut AlignedBuf,
 ) -> Result<(), PoolError> {
+    let extent_bytes = volume.extent_bytes();
+    let size_bytes = volume.size_bytes();
     let lun_error = |lun: &str, source| PoolError::Lun {
         pool: volume.pool.name.clone(),
         lun: lun.to_string(),
@@ -354,6 +364,15 @@ fn slow_write(
                 }
                 provision(&[(volume, extent)]).remove(0)?;
                 continue;
+            }
+            Segment::Mapped {
+                len_bytes: piece, ..
+            } if release
+                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes) =>
+            {
+                super::reclaim::release(&[(volume, (offset_bytes + done) / extent_bytes)])
+                    .remove(0)?;
+                piece
             }
             Segment::Mapped {
                 lun,

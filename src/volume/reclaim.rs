@@ -25,6 +25,20 @@ use crate::pool::on_disk::ExtentRecord;
 use crate::pool::PoolError;
 use std::sync::Arc;
 
+/// Whether a piece of a request at volume offset `offset_bytes`, `len_bytes` long and inside
+/// one extent, covers that extent whole. The volume's last extent may be cut short by its
+/// size: a piece from its start to the volume's end covers all of it anyone can see.
+#[inline]
+pub fn covers_whole_extent(
+    offset_bytes: u64,
+    len_bytes: u64,
+    extent_bytes: u64,
+    volume_bytes: u64,
+) -> bool {
+    offset_bytes % extent_bytes == 0
+        && (len_bytes == extent_bytes || offset_bytes + len_bytes >= volume_bytes)
+}
+
 /// Unmaps and frees every (volume, virtual extent) that is mapped, durably, as one group
 /// commit per pool. One result per request; an extent not mapped (any more) is done at once.
 pub fn release(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
@@ -94,4 +108,58 @@ pub fn release(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
         }
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{open_lun, LunKind, LunSpec};
+    use crate::pool::Pool;
+
+    const EXTENT: u64 = 1 << 20;
+
+    #[test]
+    fn whole_extents_are_the_aligned_full_ones_and_the_volumes_cut_tail() {
+        assert!(covers_whole_extent(0, EXTENT, EXTENT, 4 * EXTENT));
+        assert!(covers_whole_extent(2 * EXTENT, EXTENT, EXTENT, 4 * EXTENT));
+        assert!(!covers_whole_extent(512, EXTENT - 512, EXTENT, 4 * EXTENT));
+        assert!(!covers_whole_extent(0, EXTENT - 512, EXTENT, 4 * EXTENT));
+        // A 3.5-extent volume: its last extent is whole from its start to the end.
+        let volume = 3 * EXTENT + EXTENT / 2;
+        assert!(covers_whole_extent(3 * EXTENT, EXTENT / 2, EXTENT, volume));
+        assert!(!covers_whole_extent(3 * EXTENT, EXTENT / 4, EXTENT, volume));
+    }
+
+    fn ram_volume(extents: u64) -> Volume {
+        let spec = LunSpec {
+            name: "r".into(),
+            kind: LunKind::Mem,
+            path: None,
+            size_bytes: Some(16 * EXTENT),
+            block_size_bytes: 512,
+        };
+        let lun = open_lun(&spec).expect("RAM LUN");
+        let pool = Pool::create("p", [1; 16], EXTENT, None, vec![lun]).expect("pool");
+        Volume::new("v", [2; 16], Arc::new(pool), extents * EXTENT, 512, true)
+    }
+
+    #[test]
+    fn releasing_unmaps_frees_and_is_idempotent() {
+        let volume = ram_volume(4);
+        let start = volume.pool.free_extents();
+        let wanted: Vec<(&Volume, u64)> = (0..3).map(|e| (&volume, e)).collect();
+        for result in crate::volume::provisioner::provision(&wanted) {
+            result.expect("mapped");
+        }
+        assert_eq!(volume.pool.free_extents(), start - 3);
+        // Extent 3 was never mapped, extent 1 is asked twice: all succeed, two are freed.
+        let results = release(&[(&volume, 1), (&volume, 3), (&volume, 1), (&volume, 0)]);
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(volume.pool.free_extents(), start - 1);
+        assert_eq!(volume.map().get(0), 0);
+        assert_eq!(volume.map().get(1), 0);
+        assert_ne!(volume.map().get(2), 0);
+        assert_eq!(volume.allocated_extents(), 1);
+        assert_eq!(volume.write_gate.in_flight(), 0);
+    }
 }
