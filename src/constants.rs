@@ -109,6 +109,10 @@ pub const MAX_ISCSI_SESSIONS: usize = MAX_CONNECTIONS_PER_REACTOR * MAX_REACTORS
 pub const MIN_EXTENT_BYTES: u64 = 64 * 1024;
 pub const MAX_EXTENT_BYTES: u64 = 1024 * 1024 * 1024;
 pub const DEFAULT_EXTENT_BYTES: u64 = 1024 * 1024;
+/// A pool's space threshold (`pool_set_threshold`), in percent of its capacity: the default,
+/// and the largest (a threshold of 100 warns only when the pool is full).
+pub const DEFAULT_POOL_THRESHOLD_PERCENT: u8 = 80;
+pub const MAX_POOL_THRESHOLD_PERCENT: u8 = 100;
 /// Pieces one host I/O can be split into when it crosses extent boundaries.
 pub const MAX_SEGMENTS_PER_IO: usize = MAX_IO_BYTES / MIN_EXTENT_BYTES as usize + 1;
 /// LUNs in one pool (the pool-local LUN index fits the mapping slot's 16-bit field).
@@ -153,6 +157,10 @@ const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_
 const _: () =
     assert!(DEFAULT_EXTENT_BYTES >= MIN_EXTENT_BYTES && DEFAULT_EXTENT_BYTES <= MAX_EXTENT_BYTES);
 const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
+const _: () = assert!(
+    DEFAULT_POOL_THRESHOLD_PERCENT >= 1
+        && DEFAULT_POOL_THRESHOLD_PERCENT <= MAX_POOL_THRESHOLD_PERCENT
+);
 const _: () = assert!(MAX_VOLUME_EXTENTS % MAP_CHUNK_SLOTS as u64 == 0 && MAP_TOP_CHUNKS > 0);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);

@@ -774,3 +774,93 @@ fn a_composite_provisions_its_parts_and_tags_io_with_its_lun_table() {
     }
     assert_eq!(rig.finished(), vec![(flush, BlockStatus::Ok)]);
 }
+
+#[test]
+fn a_trim_releases_the_extents_it_covers_whole_and_zeroes_the_parts_it_does_not() {
+    let mut rig = Rig::new(1, true, RateLimit::UNLIMITED);
+    for extent in 0..3 {
+        provision(&[(rig.volume.as_ref(), extent)])
+            .remove(0)
+            .expect("mapped");
+    }
+    // From the middle of extent 0 to the middle of extent 2: only extent 1 is whole.
+    let trim = rig.submit(BlockOp::Trim, EXTENT_BYTES / 2, 2 * EXTENT_BYTES as u32);
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 2, "zeroes for the two parts");
+    assert_eq!(
+        rig.volume.write_gate.in_flight(),
+        1,
+        "the round holds the write gate while its zeroing runs"
+    );
+    let Ok(Request::Release {
+        volume,
+        extent,
+        reply,
+    }) = rig.provisions.try_recv()
+    else {
+        panic!("a release of the whole extent expected");
+    };
+    assert_eq!(extent, 1);
+    assert!(rig.provisions.try_recv().is_err(), "one release only");
+    for (_, local) in ios {
+        rig.complete(local, expected(local));
+    }
+    assert_eq!(rig.volume.write_gate.in_flight(), 0);
+    assert!(rig.finished().is_empty(), "the TRIM waits for its release");
+    let free = rig.volume.pool.free_extents();
+    crate::volume::reclaim::release(&[(volume.as_ref(), extent)])
+        .remove(0)
+        .expect("released");
+    assert_eq!(rig.volume.pool.free_extents(), free + 1);
+    assert_eq!(rig.volume.map().get(1), 0, "unmapped");
+    assert_ne!(rig.volume.map().get(0), 0, "a part stays mapped");
+    rig.with(|engine, ctx| engine.on_wake(reply.token, 0, ctx));
+    assert_eq!(rig.finished(), vec![(trim, BlockStatus::Ok)]);
+}
+
+#[test]
+fn a_trim_of_a_thick_volume_zeroes_and_releases_nothing() {
+    let mut rig = Rig::new(1, false, RateLimit::UNLIMITED);
+    let trim = rig.submit(BlockOp::Trim, 0, 2 * EXTENT_BYTES as u32);
+    assert!(rig.provisions.try_recv().is_err(), "no release");
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 2, "each extent zeroed");
+    for (_, local) in ios {
+        rig.complete(local, expected(local));
+    }
+    assert_eq!(rig.finished(), vec![(trim, BlockStatus::Ok)]);
+    assert_eq!(rig.volume.allocated_extents(), VOLUME_BYTES / EXTENT_BYTES);
+}
+
+#[test]
+fn a_write_holds_the_gate_only_while_its_lun_io_runs_never_while_it_waits_for_an_extent() {
+    let mut rig = Rig::new(1, true, RateLimit::UNLIMITED);
+    let write = rig.submit(BlockOp::Write, 0, 4096);
+    let Ok(Request::Provision {
+        volume,
+        extent,
+        reply,
+    }) = rig.provisions.try_recv()
+    else {
+        panic!("provisioning expected");
+    };
+    assert_eq!(
+        rig.volume.write_gate.in_flight(),
+        0,
+        "waiting for the provisioning thread outside the gate"
+    );
+    provision(&[(volume.as_ref(), extent)])
+        .remove(0)
+        .expect("mapped");
+    rig.with(|engine, ctx| engine.on_wake(reply.token, 0, ctx));
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 1);
+    assert_eq!(
+        rig.volume.write_gate.in_flight(),
+        1,
+        "the data write holds it"
+    );
+    rig.complete(ios[0].1, expected(ios[0].1));
+    assert_eq!(rig.volume.write_gate.in_flight(), 0);
+    assert_eq!(rig.finished(), vec![(write, BlockStatus::Ok)]);
+}

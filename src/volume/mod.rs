@@ -18,7 +18,9 @@ pub mod composite;
 pub mod map;
 pub mod open_state;
 pub mod provisioner;
+pub mod reclaim;
 pub mod stats;
+pub mod write_gate;
 
 use crate::pool::{decode_slot, encode_slot, Pool, PoolLun};
 use composite::{Composite, CompositeError, Layout};
@@ -27,6 +29,7 @@ use open_state::OpenState;
 use stats::VolumeStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use write_gate::WriteGate;
 
 pub struct Volume {
     pub name: String,
@@ -42,6 +45,9 @@ pub struct Volume {
     /// no session can open it: see [`open_state`]).
     pub open_state: OpenState,
     pub stats: VolumeStats,
+    /// I/O that loaded mapping slots and has not completed: what a thread that takes an
+    /// extent away from the volume (TRIM's release) waits for (see [`write_gate`]).
+    pub write_gate: WriteGate,
     /// Set when the volume was restored from a pool whose volatile LUN lost its content (see
     /// [`Volume::restored`]): the pool member its unmapped ranges are routed to.
     lost_member: Option<usize>,
@@ -90,6 +96,7 @@ impl Volume {
             map: MapTable::new(extents),
             open_state: OpenState::default(),
             stats: VolumeStats::default(),
+            write_gate: WriteGate::new(),
             lost_member: None,
             started_empty: false,
             composite: None,
@@ -117,6 +124,7 @@ impl Volume {
             map: MapTable::new(0),
             open_state: OpenState::default(),
             stats: VolumeStats::default(),
+            write_gate: WriteGate::new(),
             lost_member: None,
             started_empty: parts.iter().any(|p| p.started_empty),
             composite: Some(Box::new(composite)),
@@ -268,6 +276,14 @@ impl Volume {
             offset_bytes,
             len_bytes,
         }
+    }
+
+    /// Whether a TRIM that covers the whole of virtual `extent` may unmap it and give its pool
+    /// extent back (else the extent is zeroed and stays mapped). Always today; snapshots will
+    /// refuse extents that another table shares (refcount > 1) or whose lineage holds an older
+    /// record for the same virtual extent (freeing would resurrect it at restart).
+    pub fn trim_may_free(&self, _extent: u64) -> bool {
+        true
     }
 
     /// Extents mapped (a composite's: its parts', in units of [`Self::extent_bytes`]).

@@ -6,11 +6,15 @@
 //! are committed together (group commit): every claimed extent is zeroed and its record
 //! written, then each touched LUN is flushed once, then the mappings are published.
 //!
+//! TRIM's releases of whole extents come here too ([`super::reclaim`]), after the claims of
+//! the same batch, so a claim and a release never interleave.
+//!
 //! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
 //! all its writes here, and its reads that are not aligned to that LUN's blocks (a LUN reads
 //! only whole blocks of its own). This thread is single, so those writes are serialized and a
 //! read-modify-write can never interleave with another write to the same LUN block.
 
+use super::reclaim::covers_whole_extent;
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::constants::{MAX_IO_BYTES, METADATA_BATCH_MAX};
@@ -56,6 +60,14 @@ pub enum Request {
         extent: u64,
         reply: Reply,
     },
+    /// Unmap whole virtual `extent` of `volume` and give its pool extent back (a TRIM that
+    /// covers it), durably before the reply; nothing to do if it is unmapped (see
+    /// [`super::reclaim`]).
+    Release {
+        volume: Arc<Volume>,
+        extent: u64,
+        reply: Reply,
+    },
     /// Write `data` (or zeroes when `None`) at `offset_bytes`, read-modify-writing partial LUN
     /// blocks and provisioning unmapped extents.
     SlowWrite {
@@ -64,6 +76,9 @@ pub enum Request {
         len_bytes: u64,
         data: Option<SessionBuffer>,
         fua: bool,
+        /// A TRIM: on a thin volume, the mapped extents it covers whole are given back to the
+        /// pool (see [`super::reclaim`]) instead of zeroed.
+        trim: bool,
         reply: Reply,
     },
     /// Read `len_bytes` at `offset_bytes` into `data`, through whole LUN blocks.
@@ -123,6 +138,7 @@ fn run(receiver: Receiver<Request>) {
             }
         }
         let mut provisions = Vec::new();
+        let mut releases = Vec::new();
         let mut stop = false;
         for request in batch {
             match request {
@@ -131,12 +147,18 @@ fn run(receiver: Receiver<Request>) {
                     extent,
                     reply,
                 } => provisions.push((volume, extent, reply)),
+                Request::Release {
+                    volume,
+                    extent,
+                    reply,
+                } => releases.push((volume, extent, reply)),
                 Request::SlowWrite {
                     volume,
                     offset_bytes,
                     len_bytes,
                     data,
                     fua,
+                    trim,
                     reply,
                 } => {
                     let result = slow_write(
@@ -145,6 +167,7 @@ fn run(receiver: Receiver<Request>) {
                         len_bytes,
                         data.as_ref(),
                         fua,
+                        trim && volume.thin,
                         &mut bounce,
                     );
                     reply.send(errno_of(result));
@@ -169,6 +192,14 @@ fn run(receiver: Receiver<Request>) {
                 .collect();
             let results = provision(&wanted);
             for ((_, _, reply), result) in provisions.into_iter().zip(results) {
+                reply.send(errno_of(result));
+            }
+        }
+        if !releases.is_empty() {
+            let wanted: Vec<(&Volume, u64)> =
+                releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
+            let results = super::reclaim::release(&wanted);
+            for ((_, _, reply), result) in releases.into_iter().zip(results) {
                 reply.send(errno_of(result));
             }
         }
@@ -300,15 +331,19 @@ impl BlockSpan {
 }
 
 /// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
-/// blocks it covers only in part.
+/// blocks it covers only in part. With `release` (a TRIM of a thin volume), the mapped
+/// extents it covers whole are given back to the pool instead of zeroed.
 fn slow_write(
     volume: &Volume,
     offset_bytes: u64,
     len_bytes: u64,
     data: Option<&SessionBuffer>,
     fua: bool,
+    release: bool,
     bounce: &mut AlignedBuf,
 ) -> Result<(), PoolError> {
+    let extent_bytes = volume.extent_bytes();
+    let size_bytes = volume.size_bytes();
     let lun_error = |lun: &str, source| PoolError::Lun {
         pool: volume.pool.name.clone(),
         lun: lun.to_string(),
@@ -332,6 +367,15 @@ fn slow_write(
                 let target: &Volume = part.map_or(volume, |p| p);
                 provision(&[(target, extent)]).remove(0)?;
                 continue;
+            }
+            Segment::Mapped {
+                len_bytes: piece, ..
+            } if release
+                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes) =>
+            {
+                super::reclaim::release(&[(volume, (offset_bytes + done) / extent_bytes)])
+                    .remove(0)?;
+                piece
             }
             Segment::Mapped {
                 lun,
