@@ -47,6 +47,8 @@ use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::SessionContext;
 use crate::volume::mirror::Mirror;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
+use crate::volume::reclaim::covers_whole_extent;
+use crate::volume::write_gate::GateTicket;
 use crate::volume::{Segment, Volume};
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -144,6 +146,9 @@ struct Slot {
     pending: u32,
     /// Provisioner answers still to come.
     waiting: u32,
+    /// The volume's write gate, entered when the round loaded its mapping slots and held
+    /// until its LUN I/O completed (see [`crate::volume::write_gate`]).
+    gate: Option<GateTicket>,
     /// The first failure, `Ok` if none.
     status: BlockStatus,
     started_ticks: u64,
@@ -209,7 +214,7 @@ pub struct BlockEngine {
     /// Writes, TRIM and WRITE_ZEROES go to the provisioner's read-modify-write path: the
     /// volume's blocks are smaller than some LUN's.
     slow_writes: bool,
-    /// The largest block size of the pool's LUNs.
+    /// The largest block size of the volume's LUNs (all parts' for a composite).
     max_lun_block_bytes: u32,
     clock: TickClock,
     bucket: TokenBucket,
@@ -271,6 +276,7 @@ impl BlockEngine {
                 cursor_bytes: 0,
                 pending: 0,
                 waiting: 0,
+                gate: None,
                 status: BlockStatus::Ok,
                 started_ticks: 0,
                 throttled_ticks: 0,
@@ -285,13 +291,7 @@ impl BlockEngine {
             decisions: DecisionCache::new(vpath.clone(), path_hint),
             read_only: vpath.mode == AccessMode::ReadOnly,
             slow_writes: volume.needs_read_modify_write(),
-            max_lun_block_bytes: volume
-                .pool
-                .luns
-                .iter()
-                .map(|l| l.layout.block_size_bytes)
-                .max()
-                .unwrap_or(512),
+            max_lun_block_bytes: volume.max_lun_block_bytes(),
             mirror: volume.mirror.clone(),
             vpath,
             volume,
@@ -774,6 +774,10 @@ impl BlockEngine {
                 self.run_slow(index, ctx)
             }
             BlockOp::Read if self.needs_slow_read(index) => self.run_slow(index, ctx),
+            // A composite zeroes: its parts' extents are given back only through the parts.
+            BlockOp::Trim if self.volume.thin && self.volume.composite().is_none() => {
+                self.run_trim(index, ctx)
+            }
             _ => self.run_segments(index, ctx),
         }
     }
@@ -811,7 +815,8 @@ impl BlockEngine {
 
     fn run_flush(&mut self, index: usize, ctx: &mut SessionContext) {
         let volume = self.volume.clone();
-        for (lun_index, member) in volume.pool.luns.iter().enumerate() {
+        // Every distinct LUN under the volume (all parts' for a composite).
+        for (lun_index, member) in volume.flush_luns() {
             let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
             // SAFETY: a flush refers to no buffer.
             let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
@@ -849,6 +854,7 @@ impl BlockEngine {
                 len_bytes,
                 data,
                 fua: request.fua,
+                trim: request.op == BlockOp::Trim,
                 reply,
             },
         };
@@ -863,9 +869,16 @@ impl BlockEngine {
         }
     }
 
-    fn request_provision(&mut self, index: usize, extent: u64, ctx: &mut SessionContext) {
+    /// Asks the provisioner to map `extent` of `volume` (the engine's, or a composite's part).
+    fn request_provision(
+        &mut self,
+        index: usize,
+        volume: Arc<Volume>,
+        extent: u64,
+        ctx: &mut SessionContext,
+    ) {
         let request = Request::Provision {
-            volume: self.volume.clone(),
+            volume,
             extent,
             reply: Reply {
                 reactor: ctx.reactor.clone(),
@@ -900,6 +913,8 @@ impl BlockEngine {
         let request = slot.request;
         let start = request.offset_bytes;
         let total = u64::from(request.length_bytes);
+        // Before any slot is loaded: a release waits for this round's LUN I/O.
+        let ticket = volume.write_gate.enter();
         // Writes first make sure every extent they touch is mapped.
         if request.op == BlockOp::Write {
             let mut at = slot.cursor_bytes;
@@ -914,6 +929,8 @@ impl BlockEngine {
                 };
             }
             if unmapped {
+                // Never wait for the provisioning thread inside the gate: it may be draining it.
+                volume.write_gate.leave(ticket);
                 self.provision_unmapped(index, ctx);
                 return;
             }
@@ -987,6 +1004,85 @@ impl BlockEngine {
             at += len;
         }
         slot.cursor_bytes = at;
+        if slot.pending == 0 {
+            volume.write_gate.leave(ticket);
+        } else {
+            slot.gate = Some(ticket);
+        }
+    }
+
+    /// A round of a TRIM on a thin volume: each mapped extent it covers whole is unmapped and
+    /// given back to the pool by the provisioning thread (durable before its wake, see
+    /// [`crate::volume::reclaim`]); the parts of extents it covers in part are zeroed, as
+    /// WRITE_ZEROES does; unmapped extents already read as zeroes and are skipped.
+    fn run_trim(&mut self, index: usize, ctx: &mut SessionContext) {
+        // Not the per-I/O fast path: one Arc clone keeps the borrows simple.
+        let volume = self.volume.clone();
+        let map = volume.map();
+        let extent_bytes = volume.extent_bytes();
+        let size_bytes = volume.size_bytes();
+        let request = self.slots[index].request;
+        let (start, total) = (request.offset_bytes, u64::from(request.length_bytes));
+        let ticket = volume.write_gate.enter();
+        let mut at = self.slots[index].cursor_bytes;
+        let mut segments = 0;
+        while at < total && segments < MAX_SEGMENTS_PER_IO {
+            let offset = start + at;
+            at += match volume.segment(map, offset, total - at) {
+                Segment::Unmapped { len_bytes, .. } => len_bytes,
+                Segment::Mapped {
+                    lun,
+                    lun_index,
+                    offset_bytes,
+                    len_bytes,
+                } => {
+                    if covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes) {
+                        self.request_release(index, offset / extent_bytes, ctx);
+                    } else {
+                        let io = LunIo::WriteZeroes {
+                            offset_bytes,
+                            len_bytes,
+                            fua: request.fua,
+                        };
+                        let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
+                        // SAFETY: zeroing refers to no buffer.
+                        let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
+                        self.account_start(index, lun_index, started);
+                    }
+                    segments += 1;
+                    len_bytes
+                }
+            };
+        }
+        let slot = &mut self.slots[index];
+        slot.cursor_bytes = at;
+        if slot.pending == 0 {
+            volume.write_gate.leave(ticket);
+        } else {
+            slot.gate = Some(ticket);
+        }
+    }
+
+    /// Asks the provisioning thread to unmap and free whole virtual `extent`; the request
+    /// waits for its answer.
+    fn request_release(&mut self, index: usize, extent: u64, ctx: &mut SessionContext) {
+        let request = Request::Release {
+            volume: self.volume.clone(),
+            extent,
+            reply: Reply {
+                reactor: ctx.reactor.clone(),
+                session: ctx.id,
+                token: (self.config.slot_base + index) as u64,
+            },
+        };
+        if self.provisioner.post(request).is_ok() {
+            let slot = &mut self.slots[index];
+            slot.waiting += 1;
+            slot.state = SlotState::Waiting;
+            self.wakes_pending += 1;
+        } else {
+            self.note_status(index, BlockStatus::IoError);
+        }
     }
 
     /// A write found unmapped extents: ask the provisioner for each; the request waits.
@@ -999,8 +1095,14 @@ impl BlockEngine {
         let mut at = self.slots[index].cursor_bytes;
         while at < total {
             at += match volume.segment(map, start + at, total - at) {
-                Segment::Unmapped { extent, len_bytes } => {
-                    self.request_provision(index, extent, ctx);
+                Segment::Unmapped {
+                    part,
+                    extent,
+                    len_bytes,
+                } => {
+                    // A composite's part, or the volume itself.
+                    let target = part.unwrap_or(&volume).clone();
+                    self.request_provision(index, target, extent, ctx);
                     len_bytes
                 }
                 Segment::Mapped { len_bytes, .. } => len_bytes,
@@ -1018,7 +1120,7 @@ impl BlockEngine {
         }
     }
 
-    /// Takes the result of one LUN I/O of request `index` on the pool's LUN `lun_index`. An
+    /// Takes the result of one LUN I/O of request `index` on the volume's LUN `lun_index`. An
     /// error is counted on that LUN (which fails itself if its device is gone) and fails the
     /// request. Counted, not logged: a log line is a blocking write, and the control thread
     /// logs the LUN's errors, rate-limited (`control::lun_errors`).
@@ -1096,6 +1198,12 @@ impl BlockEngine {
                 };
                 self.ring_pending = self.ring_pending.saturating_sub(1);
                 slot.pending = slot.pending.saturating_sub(1);
+                if slot.pending == 0 {
+                    // The round's LUN I/O is over: it no longer uses the slots it loaded.
+                    if let Some(ticket) = slot.gate.take() {
+                        self.volume.write_gate.leave(ticket);
+                    }
+                }
                 let result =
                     completion_result(result, decoded.expected_bytes, decoded.driver_timer);
                 if self.mirror.is_some() {
@@ -1151,7 +1259,8 @@ impl BlockEngine {
     }
 }
 
-/// Takes the result of one LUN I/O of `slot`'s request on the pool's LUN `lun_index`. An
+/// Takes the result of one LUN I/O of `slot`'s request on LUN `lun_index` of the volume's LUN
+/// table (its pool's LUNs, or a composite's table). An
 /// error is counted on that LUN (which fails itself if its device is gone) and fails the
 /// request (its first failure is what it finishes with). Counted, not logged: a log line is a
 /// blocking write, and the control thread logs the LUN's errors, rate-limited
@@ -1161,7 +1270,7 @@ fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: R
     let Err(errno) = result else {
         return;
     };
-    if let Some(member) = volume.pool.luns.get(lun_index) {
+    if let Some(member) = volume.lun(lun_index) {
         member.lun.note_error(slot.request.op.lun_class(), errno);
     }
     if slot.status.is_ok() {

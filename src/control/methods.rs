@@ -1,6 +1,8 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{domains, failed, hosts, iscsi, luns, mirrors, nvmf, spdk, volumes, vpaths, Control};
+use super::{
+    domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, spdk, volumes, vpaths, Control,
+};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -17,6 +19,7 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("pool_create", failed::pool_create),
     ("pool_get_pools", failed::pool_get),
     ("pool_delete", failed::pool_delete),
+    ("pool_set_threshold", pools::set_threshold),
     ("volume_create", failed::volume_create),
     ("volume_get_volumes", failed::volume_get),
     ("volume_resize", failed::volume_resize),

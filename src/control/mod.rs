@@ -78,6 +78,8 @@ pub struct LunEntry {
 pub struct PoolEntry {
     pub record: PoolRecord,
     pub pool: Arc<Pool>,
+    /// Whether allocation was past the record's threshold at the last control cycle.
+    pub threshold_watch: crate::pool::threshold::ThresholdWatch,
 }
 
 pub struct VolumeEntry {
@@ -212,6 +214,7 @@ impl Control {
                         PoolEntry {
                             record,
                             pool: Arc::new(pool),
+                            threshold_watch: Default::default(),
                         },
                     );
                 }

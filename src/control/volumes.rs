@@ -25,6 +25,10 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "thin": volume.thin,
         "allocated": extents * volume.extent_bytes(),
         "allocated_extents": extents,
+        // What the volume promises (its size) and, of what it maps, what other tables map
+        // too (refcount > 1: 0 until snapshots and clones exist).
+        "provisioned": volume.size_bytes(),
+        "shared": 0,
         "connections": volume.open_state.open_count(),
         "qos": entry.record.qos.to_json(),
         "volatile": volume.pool.volatile,

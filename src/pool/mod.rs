@@ -11,6 +11,7 @@ pub mod bitmap;
 pub mod journal;
 pub mod lost_lun;
 pub mod on_disk;
+pub mod threshold;
 
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{Lun, LunError};

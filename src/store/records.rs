@@ -27,6 +27,10 @@ pub struct PoolRecord {
     pub uuid: Uuid,
     pub extent_size: u64,
     pub luns: Vec<String>,
+    /// `pool_set_threshold`: the allocation, in percent of capacity, past which the server
+    /// warns (see `pool::threshold`). Records written before it existed get the default.
+    #[serde(default = "crate::pool::threshold::default_percent")]
+    pub threshold: u8,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

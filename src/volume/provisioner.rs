@@ -6,12 +6,16 @@
 //! are committed together (group commit): every claimed extent is zeroed and its record
 //! written, then each touched LUN is flushed once, then the mappings are published.
 //!
+//! TRIM's releases of whole extents come here too ([`super::reclaim`]), after the claims of
+//! the same batch, so a claim and a release never interleave.
+//!
 //! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
 //! all its writes here, and its reads that are not aligned to that LUN's blocks (a LUN reads
 //! only whole blocks of its own). This thread is single, so those writes are serialized and a
 //! read-modify-write can never interleave with another write to the same LUN block.
 
 use super::mirror::Mirror;
+use super::reclaim::covers_whole_extent;
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::constants::{MAX_IO_BYTES, METADATA_BATCH_MAX};
@@ -57,6 +61,14 @@ pub enum Request {
         extent: u64,
         reply: Reply,
     },
+    /// Unmap whole virtual `extent` of `volume` and give its pool extent back (a TRIM that
+    /// covers it), durably before the reply; nothing to do if it is unmapped (see
+    /// [`super::reclaim`]).
+    Release {
+        volume: Arc<Volume>,
+        extent: u64,
+        reply: Reply,
+    },
     /// Write `data` (or zeroes when `None`) at `offset_bytes`, read-modify-writing partial LUN
     /// blocks and provisioning unmapped extents.
     SlowWrite {
@@ -65,6 +77,9 @@ pub enum Request {
         len_bytes: u64,
         data: Option<SessionBuffer>,
         fua: bool,
+        /// A TRIM: on a thin volume, the mapped extents it covers whole are given back to the
+        /// pool (see [`super::reclaim`]) instead of zeroed.
+        trim: bool,
         reply: Reply,
     },
     /// Read `len_bytes` at `offset_bytes` into `data`, through whole LUN blocks.
@@ -138,6 +153,7 @@ fn run(receiver: Receiver<Request>) {
         }
         let mut provisions = Vec::new();
         let mut notes: Vec<(Arc<Mirror>, u64, u64, Reply)> = Vec::new();
+        let mut releases = Vec::new();
         let mut stop = false;
         for request in batch {
             match request {
@@ -146,12 +162,18 @@ fn run(receiver: Receiver<Request>) {
                     extent,
                     reply,
                 } => provisions.push((volume, extent, reply)),
+                Request::Release {
+                    volume,
+                    extent,
+                    reply,
+                } => releases.push((volume, extent, reply)),
                 Request::SlowWrite {
                     volume,
                     offset_bytes,
                     len_bytes,
                     data,
                     fua,
+                    trim,
                     reply,
                 } => {
                     // SAFETY: the session keeps the buffer of len_bytes (at most its length)
@@ -162,8 +184,15 @@ fn run(receiver: Receiver<Request>) {
                             (len_bytes as usize).min(buffer.len_bytes),
                         )
                     });
-                    let result =
-                        slow_write(&volume, offset_bytes, len_bytes, data, fua, &mut bounce);
+                    let result = slow_write(
+                        &volume,
+                        offset_bytes,
+                        len_bytes,
+                        data,
+                        fua,
+                        trim && volume.thin,
+                        &mut bounce,
+                    );
                     reply.send(errno_of(result));
                 }
                 Request::SlowRead {
@@ -202,6 +231,14 @@ fn run(receiver: Receiver<Request>) {
                 .collect();
             let results = provision(&wanted);
             for ((_, _, reply), result) in provisions.into_iter().zip(results) {
+                reply.send(errno_of(result));
+            }
+        }
+        if !releases.is_empty() {
+            let wanted: Vec<(&Volume, u64)> =
+                releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
+            let results = super::reclaim::release(&wanted);
+            for ((_, _, reply), result) in releases.into_iter().zip(results) {
                 reply.send(errno_of(result));
             }
         }
@@ -369,16 +406,21 @@ impl BlockSpan {
 }
 
 /// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
-/// blocks it covers only in part and provisioning unmapped extents. `data`, when given, holds
-/// at least `len_bytes`. Also the mirror resync's way to write a leg.
+/// blocks it covers only in part and provisioning unmapped extents. With `release` (a TRIM of
+/// a thin volume), the mapped extents it covers whole are given back to the pool instead of
+/// zeroed. `data`, when given, holds at least `len_bytes`. Also the mirror resync's way to
+/// write a leg.
 pub fn slow_write(
     volume: &Volume,
     offset_bytes: u64,
     len_bytes: u64,
     data: Option<&[u8]>,
     fua: bool,
+    release: bool,
     bounce: &mut AlignedBuf,
 ) -> Result<(), PoolError> {
+    let extent_bytes = volume.extent_bytes();
+    let size_bytes = volume.size_bytes();
     let lun_error = |lun: &str, source| PoolError::Lun {
         pool: volume.pool.name.clone(),
         lun: lun.to_string(),
@@ -389,6 +431,7 @@ pub fn slow_write(
         let map = volume.map();
         let piece = match volume.segment(map, offset_bytes + done, len_bytes - done) {
             Segment::Unmapped {
+                part,
                 extent,
                 len_bytes: piece,
             } => {
@@ -397,8 +440,19 @@ pub fn slow_write(
                     done += piece;
                     continue;
                 }
-                provision(&[(volume, extent)]).remove(0)?;
+                // A composite's part, or the volume itself.
+                let target: &Volume = part.map_or(volume, |p| p);
+                provision(&[(target, extent)]).remove(0)?;
                 continue;
+            }
+            Segment::Mapped {
+                len_bytes: piece, ..
+            } if release
+                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes) =>
+            {
+                super::reclaim::release(&[(volume, (offset_bytes + done) / extent_bytes)])
+                    .remove(0)?;
+                piece
             }
             Segment::Mapped {
                 lun,

@@ -13,14 +13,17 @@
 //! again (durably) and the region copied again — so the copy never overwrites a newer write
 //! on a target, and a write that saw the bit set before the clear is covered by it.
 //!
-//! Cleared bits are written to the log every [`RESYNC_PERSIST_EVERY_REGIONS`] regions: after
-//! a `kill -9` the restart resumes from what the log says (at most those regions again).
+//! Cleared bits are written to the log every [`RESYNC_PERSIST_EVERY_REGIONS`] regions or
+//! [`RESYNC_PERSIST_INTERVAL_MS`]: after a `kill -9` the restart resumes from what the log
+//! says (at most that much is copied again).
 
 use super::mirror::{LegState, Mirror};
 use super::provisioner::{new_bounce, slow_read, slow_write};
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::constants::{MAX_RESYNC_THREADS, RESYNC_PERSIST_EVERY_REGIONS};
+use crate::constants::{
+    MAX_RESYNC_THREADS, RESYNC_PERSIST_EVERY_REGIONS, RESYNC_PERSIST_INTERVAL_MS,
+};
 use crate::logger::error_chain;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -242,6 +245,8 @@ fn run(mirror: &Arc<Mirror>) -> Result<(), ResyncError> {
     let mut busy = Vec::new();
     let mut next = 0;
     let mut since_flush = 0;
+    let mut flushed_at = Instant::now();
+    let flush_interval = Duration::from_millis(RESYNC_PERSIST_INTERVAL_MS);
     while let Some(region) = mirror.log.next_set(next) {
         next = region + 1;
         copier.check()?;
@@ -252,9 +257,10 @@ fn run(mirror: &Arc<Mirror>) -> Result<(), ResyncError> {
             None => busy.push(region),
         }
         since_flush += 1;
-        if since_flush >= RESYNC_PERSIST_EVERY_REGIONS {
+        if since_flush >= RESYNC_PERSIST_EVERY_REGIONS || flushed_at.elapsed() >= flush_interval {
             mirror.log.flush()?;
             since_flush = 0;
+            flushed_at = Instant::now();
         }
     }
     // Regions that had writes in flight when their turn came: again until each was quiet.
@@ -364,7 +370,9 @@ impl Copier<'_> {
                 None
             };
             for (position, target) in &self.targets {
-                if let Err(error) = slow_write(target, at, piece, data, false, &mut self.bounce) {
+                if let Err(error) =
+                    slow_write(target, at, piece, data, false, false, &mut self.bounce)
+                {
                     self.mirror.note_leg_error(*position);
                     let _ = self.mirror.persist_failing();
                     return Err(ResyncError::Target {
