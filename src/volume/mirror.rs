@@ -455,3 +455,111 @@ impl Mirror {
             .all(|p| self.code(p) == LegState::Healthy as u8)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::backend::{open_lun, LunKind, LunSpec};
+    use crate::constants::MIRROR_REGION_BYTES;
+    use crate::pool::Pool;
+
+    pub const EXTENT: u64 = 1 << 20;
+
+    /// A plain volume `name` of `size` bytes in its own pool on one RAM LUN.
+    pub fn leg(name: &str, size: u64) -> Arc<Volume> {
+        let lun = open_lun(&LunSpec {
+            name: format!("{name}-lun"),
+            kind: LunKind::Mem,
+            path: None,
+            size_bytes: Some(size + (16 << 20)),
+            block_size_bytes: 512,
+        })
+        .expect("RAM LUN");
+        let uuid = [name.as_bytes()[0]; 16];
+        let pool = Arc::new(Pool::create(name, uuid, EXTENT, None, vec![lun]).expect("pool"));
+        Arc::new(Volume::new(name, uuid, pool, size, 512, true))
+    }
+
+    /// A mirror over `legs` in `states`, its log in `dir`.
+    pub fn mirror(dir: &std::path::Path, legs: &[(Arc<Volume>, LegState)]) -> Arc<Mirror> {
+        let size = legs[0].0.size_bytes();
+        let logged: Vec<LoggedLeg> = legs
+            .iter()
+            .map(|(v, s)| LoggedLeg {
+                uuid: v.uuid,
+                state: *s as u8,
+            })
+            .collect();
+        let regions = size.div_ceil(MIRROR_REGION_BYTES);
+        let log = DirtyLog::create(&dir.join("m.dirty"), MIRROR_REGION_BYTES, regions, &logged)
+            .expect("log");
+        Arc::new(Mirror::new("m", [9; 16], size, 512, legs, log))
+    }
+
+    #[test]
+    fn a_failing_leg_leaves_reads_and_writes_and_persists_as_degraded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (leg("a", 4 * EXTENT), leg("b", 4 * EXTENT));
+        let m = mirror(
+            dir.path(),
+            &[
+                (a.clone(), LegState::Healthy),
+                (b.clone(), LegState::Healthy),
+            ],
+        );
+        assert_eq!(m.write_mask(), 0b11);
+        assert!(m.note_leg_error(1));
+        assert!(m.has_failing_leg());
+        assert_eq!(m.write_mask(), 0b01);
+        assert_eq!(m.read_leg(0), Some(0));
+        // The last healthy leg is never taken out.
+        assert!(!m.note_leg_error(0));
+        assert_eq!(m.leg_state(0), Some(LegState::Healthy));
+        m.persist_failing().expect("persist");
+        assert!(!m.has_failing_leg());
+        assert_eq!(m.leg_state(1), Some(LegState::Degraded));
+        let logged = m.log.legs();
+        assert_eq!(logged[1].uuid, b.uuid);
+        assert_eq!(logged[1].state, LegState::Degraded as u8);
+        // A degraded leg takes no new reference for I/O; a healthy one does.
+        assert!(!m.enter(1, true));
+        assert!(m.enter(0, false));
+        m.leave(0, 1);
+        assert_eq!(m.leg(0).inflight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn detach_waits_for_io_and_attach_reuses_the_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, c) = (
+            leg("a", 4 * EXTENT),
+            leg("b", 4 * EXTENT),
+            leg("c", 4 * EXTENT),
+        );
+        let m = mirror(
+            dir.path(),
+            &[
+                (a.clone(), LegState::Healthy),
+                (b.clone(), LegState::Healthy),
+            ],
+        );
+        assert!(m.enter(1, true));
+        let m2 = m.clone();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            m2.leave(1, 1);
+        });
+        let detached = m.detach(1).expect("detach");
+        releaser.join().expect("thread");
+        assert!(Arc::ptr_eq(&detached, &b));
+        assert_eq!(m.positions().count(), 1);
+        assert_eq!(m.log.legs().len(), 1);
+        assert_eq!(
+            m.attach(c.clone(), LegState::Resyncing).expect("attach"),
+            Some(1)
+        );
+        assert_eq!(m.position_of("c"), Some(1));
+        assert_eq!(m.write_mask(), 0b11);
+        assert_eq!(m.read_leg(0), Some(0), "a resyncing leg is not read");
+    }
+}

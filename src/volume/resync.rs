@@ -429,3 +429,153 @@ pub fn clean(mirror: &Mirror, seen: &mut Vec<u32>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::mirror::tests::{leg, mirror, EXTENT};
+
+    fn read(volume: &Volume, offset: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        slow_read(volume, offset, &mut out, &mut new_bounce()).expect("read");
+        out
+    }
+
+    fn wait_done(m: &Mirror) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while m.resync.is_running() {
+            assert!(Instant::now() < deadline, "the resync did not end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn resync_copies_the_dirty_regions_and_makes_the_leg_healthy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (leg("a", 8 * EXTENT), leg("b", 8 * EXTENT));
+        let bounce = &mut new_bounce();
+        // Leg a has data in regions 1 and 5 (the second only in part); b has stale data in
+        // region 5 and data in region 6 that a does not have (a never wrote there: zeroes).
+        slow_write(&a, EXTENT, 8192, Some(&[0xaa; 8192]), false, false, bounce).expect("a");
+        slow_write(
+            &a,
+            5 * EXTENT + 4096,
+            4096,
+            Some(&[0xab; 4096]),
+            false,
+            false,
+            bounce,
+        )
+        .expect("a");
+        slow_write(
+            &b,
+            5 * EXTENT,
+            8192,
+            Some(&[0x11; 8192]),
+            false,
+            false,
+            bounce,
+        )
+        .expect("b");
+        slow_write(
+            &b,
+            6 * EXTENT,
+            4096,
+            Some(&[0x22; 4096]),
+            false,
+            false,
+            bounce,
+        )
+        .expect("b");
+        let m = mirror(
+            dir.path(),
+            &[
+                (a.clone(), LegState::Healthy),
+                (b.clone(), LegState::Degraded),
+            ],
+        );
+        m.log.set_durable([1, 5, 6]).expect("bits");
+        assert!(needed(&m));
+        assert!(start(&m));
+        wait_done(&m);
+        assert_eq!(m.resync.snapshot().last_error, None);
+        assert_eq!(m.leg_state(1), Some(LegState::Healthy));
+        assert_eq!(m.log.count_set(), 0);
+        for region in [1, 5, 6] {
+            let offset = region * EXTENT;
+            assert_eq!(
+                read(&a, offset, EXTENT as usize),
+                read(&b, offset, EXTENT as usize),
+                "region {region}"
+            );
+        }
+        // Regions whose bits were clear were not touched.
+        assert_eq!(m.resync.snapshot().done_bytes, 3 * EXTENT);
+        assert!(b.map().get(2) == 0, "a clean region was not copied");
+        // The cleared bits are on disk.
+        let reopened = crate::volume::dirty_log::DirtyLog::open(
+            m.log.path(),
+            m.log.region_bytes(),
+            m.log.regions(),
+        )
+        .expect("reopen");
+        assert_eq!(reopened.count_set(), 0);
+    }
+
+    #[test]
+    fn a_region_with_a_write_in_flight_waits_and_a_started_write_makes_it_redo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (leg("a", 4 * EXTENT), leg("b", 4 * EXTENT));
+        let m = mirror(
+            dir.path(),
+            &[
+                (a.clone(), LegState::Healthy),
+                (b.clone(), LegState::Resyncing),
+            ],
+        );
+        m.log.set_durable([0, 2]).expect("bits");
+        // A write to region 2 is in flight: the copy takes region 0, then waits for it.
+        m.begin_write(2 * EXTENT, 4096);
+        assert!(start(&m));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m.log.is_set(0) {
+            assert!(Instant::now() < deadline, "region 0 was not copied");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            m.log.is_set(2),
+            "a region with a write in flight was copied"
+        );
+        assert!(m.resync.is_running());
+        m.end_write(2 * EXTENT, 4096);
+        wait_done(&m);
+        assert_eq!(m.log.count_set(), 0);
+        assert_eq!(m.leg_state(1), Some(LegState::Healthy));
+    }
+
+    #[test]
+    fn the_cleaner_clears_only_regions_quiet_since_its_last_look() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (leg("a", 4 * EXTENT), leg("b", 4 * EXTENT));
+        let m = mirror(
+            dir.path(),
+            &[(a, LegState::Healthy), (b, LegState::Healthy)],
+        );
+        m.log.set_durable([0, 1, 2]).expect("bits");
+        m.begin_write(EXTENT, 4096);
+        let mut seen = Vec::new();
+        clean(&m, &mut seen);
+        // First look: nothing is known to be quiet yet.
+        assert_eq!(m.log.count_set(), 3);
+        m.begin_write(2 * EXTENT, 4096);
+        m.end_write(2 * EXTENT, 4096);
+        clean(&m, &mut seen);
+        // Region 0 was quiet; 1 has a write in flight; 2 had a write since the last look.
+        assert!(!m.log.is_set(0) && m.log.is_set(1) && m.log.is_set(2));
+        m.end_write(EXTENT, 4096);
+        clean(&m, &mut seen);
+        clean(&m, &mut seen);
+        assert_eq!(m.log.count_set(), 0);
+    }
+}
