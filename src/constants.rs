@@ -454,8 +454,12 @@ pub const MIRROR_REGION_BYTES: u64 = 1024 * 1024;
 pub const DIRTY_LOG_BLOCK_BYTES: usize = 4096;
 /// Regions of one mirror (its largest size over [`MIRROR_REGION_BYTES`]).
 pub const MAX_MIRROR_REGIONS: u64 = 1 << 24;
-/// Resyncs copying at once (one thread each); more wait for a free one.
+/// Resyncs copying at once; more wait for a free one (the control cycle retries).
 pub const MAX_RESYNC_THREADS: usize = 4;
+/// Copy threads of one resync: each reads a region from the source and writes it to the
+/// targets, so several regions' I/O overlaps (one thread leaves the LUNs idle between its
+/// read and its write).
+pub const RESYNC_COPY_WORKERS: usize = 4;
 /// A resync writes the bits it cleared to the log after this many regions or this long,
 /// whichever comes first (a crash redoes at most that much).
 pub const RESYNC_PERSIST_EVERY_REGIONS: u64 = 64;

@@ -1,7 +1,9 @@
 //! Resynchronising a mirror's legs while hosts keep writing to it.
 //!
-//! One thread per resync (at most [`MAX_RESYNC_THREADS`] at once): it walks the dirty-region
-//! log once from the start and, for each region whose bit is set, copies the region from a
+//! One resync per mirror (at most [`MAX_RESYNC_THREADS`] at once), each with
+//! [`RESYNC_COPY_WORKERS`] copy threads so that reads and writes of several regions overlap: they
+//! walk the dirty-region log once from the start (a shared cursor) and, for each region whose bit
+//! is set, copy the region from a
 //! healthy leg (the source) to every other leg that is healthy or resyncing (the targets),
 //! with the blocking helpers the slow path uses ([`slow_read`], [`slow_write`]), then clears
 //! the bit. Degraded legs become `Resyncing` when it starts (from then on hosts' writes reach
@@ -22,7 +24,8 @@ use super::provisioner::{new_bounce, slow_read, slow_write};
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::constants::{
-    MAX_RESYNC_THREADS, RESYNC_PERSIST_EVERY_REGIONS, RESYNC_PERSIST_INTERVAL_MS,
+    MAX_RESYNC_THREADS, RESYNC_COPY_WORKERS, RESYNC_PERSIST_EVERY_REGIONS,
+    RESYNC_PERSIST_INTERVAL_MS,
 };
 use crate::logger::error_chain;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -235,71 +238,132 @@ fn run(mirror: &Arc<Mirror>) -> Result<(), ResyncError> {
         targets.len(),
         mirror.log.count_set()
     );
-    let mut copier = Copier {
-        mirror,
-        source: (source, source_volume),
-        targets,
-        buf: AlignedBuf::new(region_bytes as usize),
-        bounce: new_bounce(),
-    };
-    let mut busy = Vec::new();
-    let mut next = 0;
-    let mut since_flush = 0;
-    let mut flushed_at = Instant::now();
-    let flush_interval = Duration::from_millis(RESYNC_PERSIST_INTERVAL_MS);
-    while let Some(region) = mirror.log.next_set(next) {
-        next = region + 1;
-        copier.check()?;
-        match copier.copy_region(region)? {
-            Some(bytes) => {
-                progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
-            None => busy.push(region),
-        }
-        since_flush += 1;
-        if since_flush >= RESYNC_PERSIST_EVERY_REGIONS || flushed_at.elapsed() >= flush_interval {
-            mirror.log.flush()?;
-            since_flush = 0;
-            flushed_at = Instant::now();
-        }
-    }
-    // Regions that had writes in flight when their turn came: again until each was quiet.
-    while !busy.is_empty() {
-        copier.check()?;
-        std::thread::sleep(Duration::from_millis(1));
-        let mut still = Vec::new();
-        for region in busy {
-            if !mirror.log.is_set(region) {
-                continue;
-            }
-            match copier.copy_region(region)? {
-                Some(bytes) => {
-                    progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
-                }
-                None => still.push(region),
+    let source = (source, source_volume);
+    let cursor = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        let mut workers = Vec::with_capacity(RESYNC_COPY_WORKERS);
+        for worker in 0..RESYNC_COPY_WORKERS {
+            let copier = Copier {
+                mirror,
+                source: source.clone(),
+                targets: targets.clone(),
+                buf: AlignedBuf::new(region_bytes as usize),
+                bounce: new_bounce(),
+                abort: &abort,
+            };
+            let cursor = &cursor;
+            let spawned = std::thread::Builder::new()
+                .name(format!("resync-{}-{worker}", mirror.name))
+                .spawn_scoped(scope, move || copier.run(cursor));
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(error) => log::warn!(
+                    "mirror {}: a resync worker did not start: {error}",
+                    mirror.name
+                ),
             }
         }
-        busy = still;
-    }
+        let mut outcome = if workers.is_empty() {
+            Err(ResyncError::Stopped)
+        } else {
+            Ok(())
+        };
+        for handle in workers {
+            let result = handle.join().unwrap_or(Err(ResyncError::Stopped));
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
+    });
+    outcome?;
     mirror.log.flush()?;
-    for (position, _) in &copier.targets {
+    for (position, _) in &targets {
         mirror.set_leg_state(*position, LegState::Healthy, &[LegState::Resyncing])?;
     }
     Ok(())
 }
 
+/// One copy worker of a resync: its buffers, and the resync's source and targets.
 struct Copier<'a> {
     mirror: &'a Mirror,
     source: (usize, Arc<Volume>),
     targets: Vec<(usize, Arc<Volume>)>,
     buf: AlignedBuf,
     bounce: AlignedBuf,
+    /// Set by the worker that failed: the others stop too.
+    abort: &'a AtomicBool,
 }
 
 impl Copier<'_> {
-    /// Stops when asked to, or when the source or a target is no longer in the resync.
+    /// Takes the next set region after the shared `cursor` and copies it, until none is
+    /// left; then the regions that were busy, until each was copied.
+    fn run(mut self, cursor: &AtomicU64) -> Result<(), ResyncError> {
+        let result = self.copy_all(cursor);
+        if result.is_err() {
+            self.abort.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn copy_all(&mut self, cursor: &AtomicU64) -> Result<(), ResyncError> {
+        let (mirror, progress) = (self.mirror, &self.mirror.resync);
+        let mut busy = Vec::new();
+        let mut since_flush = 0;
+        let mut flushed_at = Instant::now();
+        let flush_interval = Duration::from_millis(RESYNC_PERSIST_INTERVAL_MS);
+        loop {
+            self.check()?;
+            let from = cursor.load(Ordering::SeqCst);
+            let Some(region) = mirror.log.next_set(from) else {
+                break;
+            };
+            if cursor
+                .compare_exchange(from, region + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue; // Another worker took it.
+            }
+            match self.copy_region(region)? {
+                Some(bytes) => {
+                    progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+                None => busy.push(region),
+            }
+            since_flush += 1;
+            if since_flush >= RESYNC_PERSIST_EVERY_REGIONS || flushed_at.elapsed() >= flush_interval
+            {
+                mirror.log.flush()?;
+                since_flush = 0;
+                flushed_at = Instant::now();
+            }
+        }
+        // Regions that had writes in flight when their turn came: again until each was quiet.
+        while !busy.is_empty() {
+            self.check()?;
+            std::thread::sleep(Duration::from_millis(1));
+            let mut still = Vec::new();
+            for region in busy {
+                if !mirror.log.is_set(region) {
+                    continue;
+                }
+                match self.copy_region(region)? {
+                    Some(bytes) => {
+                        progress.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    None => still.push(region),
+                }
+            }
+            busy = still;
+        }
+        Ok(())
+    }
+
+    /// Stops when asked to, when another worker failed, or when the source or a target is no
+    /// longer in the resync.
     fn check(&self) -> Result<(), ResyncError> {
-        if self.mirror.resync.stop.load(Ordering::SeqCst) {
+        if self.mirror.resync.stop.load(Ordering::SeqCst) || self.abort.load(Ordering::SeqCst) {
             return Err(ResyncError::Stopped);
         }
         if self.mirror.leg_state(self.source.0) != Some(LegState::Healthy) {
