@@ -18,6 +18,7 @@ pub mod composite;
 pub mod map;
 pub mod open_state;
 pub mod provisioner;
+pub mod set;
 pub mod stats;
 
 use crate::pool::{decode_slot, encode_slot, Pool, PoolLun};
