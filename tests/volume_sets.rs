@@ -308,7 +308,11 @@ fn bad_input_is_refused_and_changes_nothing() {
         "volume_set_create",
         json!({"name": "str", "members": ["m2"], "layout": "stripe"}),
     );
-    let files_before: Vec<String> = records(&server);
+    let files_before = records(&server);
+    assert!(
+        files_before.iter().any(|(n, _)| n == "volume_set-set.json"),
+        "{files_before:?}"
+    );
     let sets_before = sets(&server);
     let volumes_before = server.ok("volume_get_volumes", json!({}));
 
@@ -468,16 +472,21 @@ fn bad_input_is_refused_and_changes_nothing() {
     write_and_verify(&server.url("set"), &[(0x72, 4 * MIB - 4 * KIB, 8 * KIB)]);
 }
 
-/// The names of the server's record files.
-fn records(server: &Server) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(&server.state_dir)
-        .expect("state dir")
+/// The server's record files: names and contents.
+fn records(server: &Server) -> Vec<(String, String)> {
+    let dir = server.state_dir.join("config");
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("config dir")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".json"))
+        .map(|n| {
+            let text = std::fs::read_to_string(dir.join(&n)).unwrap_or_default();
+            (n, text)
+        })
         .collect();
-    names.sort();
-    names
+    files.sort();
+    files
 }
 
 #[test]
