@@ -122,6 +122,10 @@ pub const MAX_LUNS_PER_POOL: usize = 64;
 pub const MAX_COMPOSITE_LUNS: usize = 256;
 /// Parts of one composite volume (members of a volume set, legs of a mirror).
 pub const MAX_COMPOSITE_PARTS: usize = 32;
+/// Stripe size of a stripe volume set when `volume_set_create` is given none.
+pub const DEFAULT_STRIPE_BYTES: u64 = 64 * 1024;
+/// Largest stripe size of a stripe volume set.
+pub const MAX_STRIPE_BYTES: u64 = 16 * 1024 * 1024;
 /// Virtual extents of one volume.
 pub const MAX_VOLUME_EXTENTS: u64 = 1 << 26;
 /// Slots in one chunk of a volume's mapping table (a chunk is allocated on its first write).
@@ -160,6 +164,11 @@ const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
 const _: () = assert!(
     DEFAULT_POOL_THRESHOLD_PERCENT >= 1
         && DEFAULT_POOL_THRESHOLD_PERCENT <= MAX_POOL_THRESHOLD_PERCENT
+);
+const _: () = assert!(
+    DEFAULT_STRIPE_BYTES.is_power_of_two()
+        && MAX_STRIPE_BYTES.is_power_of_two()
+        && DEFAULT_STRIPE_BYTES <= MAX_STRIPE_BYTES
 );
 const _: () = assert!(MAX_VOLUME_EXTENTS % MAP_CHUNK_SLOTS as u64 == 0 && MAP_TOP_CHUNKS > 0);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);

@@ -6,7 +6,7 @@
 //! This file holds the top-level [`Cli`] and [`Command`] and the dispatch to one file per
 //! resource, each of which holds its clap subcommands, the JSON-RPC calls they make and the
 //! table it prints: `lun`, `pool`, `volume` (with `qos`, the QoS limit options it shares with
-//! `domain`), `host`, `domain`, `vpath`; `serve` translates the server's options, `top` is the
+//! `domain`), `volume_set`, `host`, `domain`, `vpath`; `serve` translates the server's options, `top` is the
 //! live view. Shared by all of them: `output` (table or `--json`), `params` (options to
 //! JSON-RPC parameters) and `table` (layout and cells); sizes are the library's
 //! (`sds::units`), since `sds perf` and the fuzz targets parse them too.
@@ -29,6 +29,7 @@ mod serve;
 mod table;
 mod top;
 mod volume;
+mod volume_set;
 mod vpath;
 
 use clap::{Parser, Subcommand};
@@ -80,6 +81,9 @@ enum Command {
     /// Virtual disks carved out of a pool, served as NBD exports of the same name
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Volume sets: one volume made of member volumes, concatenated or striped
+    #[command(subcommand)]
+    VolumeSet(volume_set::VolumeSetCommand),
     /// Hosts: the initiators that may connect, known by what their connection proves
     ///
     /// A host is known by its TLS client-certificate subject when it connects over TLS,
@@ -187,6 +191,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Lun(command) => lun::run(command, json, &call),
         Command::Pool(command) => pool::run(command, json, &call),
         Command::Volume(command) => volume::run(command, json, &call),
+        Command::VolumeSet(command) => volume_set::run(command, json, &call),
         Command::Host(command) => host::run(command, json, &call),
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),

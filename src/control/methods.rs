@@ -1,6 +1,8 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{domains, failed, hosts, iscsi, luns, nvmf, pools, spdk, volumes, vpaths, Control};
+use super::{
+    domains, failed, hosts, iscsi, luns, nvmf, pools, spdk, volume_sets, volumes, vpaths, Control,
+};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -22,6 +24,10 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("volume_get_volumes", failed::volume_get),
     ("volume_resize", failed::volume_resize),
     ("volume_delete", failed::volume_delete),
+    ("volume_set_create", volume_sets::create),
+    ("volume_set_add_member", volume_sets::add_member),
+    ("volume_set_get_sets", volume_sets::get),
+    ("volume_set_delete", volume_sets::delete),
     ("host_create", hosts::create),
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),

@@ -5,7 +5,8 @@
 //! changes the live objects, then publishes a new [`Snapshot`] to the data path with one
 //! atomic swap. A failed call changes nothing.
 //!
-//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `hosts`,
+//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`,
+//! `volume_sets`, `hosts`,
 //! `domains`, `vpaths`, `iscsi`, `nvmf`; the SPDK-named ones in `spdk`) and add one line to
 //! [`methods::METHODS`]. Pool and volume methods that must not touch what a failed LUN took
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
@@ -25,6 +26,7 @@ pub mod params;
 mod pools;
 mod spdk;
 mod stats;
+mod volume_sets;
 mod volumes;
 mod vpaths;
 
@@ -39,7 +41,7 @@ use crate::pool::Pool;
 use crate::reactor::ReactorHandle;
 use crate::rpc::{Dispatch, RpcError};
 use crate::store::records::{
-    DomainRecord, HostRecord, LunRecord, PoolRecord, VolumeRecord, VpathRecord,
+    DomainRecord, HostRecord, LunRecord, PoolRecord, VolumeRecord, VolumeSetRecord, VpathRecord,
 };
 use crate::store::{FileStore, StoreError};
 use crate::volume::provisioner::Provisioner;
@@ -109,6 +111,8 @@ pub struct Control {
     /// Pools and volumes a failed LUN took down at start-up, kept apart from the live ones.
     pub failed_pools: BTreeMap<String, FailedPool>,
     pub failed_volumes: BTreeMap<String, FailedVolume>,
+    /// Volume sets by name (each also in `volumes`, or `failed_volumes`, as a volume).
+    pub volume_sets: BTreeMap<String, VolumeSetRecord>,
     pub hosts: BTreeMap<String, hosts::HostEntry>,
     pub domains: BTreeMap<String, domains::DomainEntry>,
     pub vpaths: BTreeMap<u64, vpaths::VpathEntry>,
@@ -131,7 +135,7 @@ pub struct Control {
 
 impl Control {
     /// Restores the configuration from the store: LUNs, then pools (reading their extent
-    /// records), then volumes (rebuilding their maps from those records). A LUN that cannot be
+    /// records), then volumes (rebuilding their maps from those records), then volume sets. A LUN that cannot be
     /// opened does not stop the server: it is kept as failed, its pool comes up failed, and
     /// that pool's volumes are listed as failed and not served; everything else serves.
     pub fn restore(
@@ -150,6 +154,7 @@ impl Control {
             volumes: BTreeMap::new(),
             failed_pools: BTreeMap::new(),
             failed_volumes: BTreeMap::new(),
+            volume_sets: BTreeMap::new(),
             hosts: BTreeMap::new(),
             domains: BTreeMap::new(),
             vpaths: BTreeMap::new(),
@@ -279,6 +284,7 @@ impl Control {
             );
         }
         control.rebuild_maps(found_by_pool);
+        control.restore_volume_sets()?;
         control.restore_paths()?;
         control.recompute_rates();
         control.publish();

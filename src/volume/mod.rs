@@ -19,6 +19,7 @@ pub mod map;
 pub mod open_state;
 pub mod provisioner;
 pub mod reclaim;
+pub mod set;
 pub mod stats;
 pub mod write_gate;
 
