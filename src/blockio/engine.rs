@@ -46,6 +46,7 @@ use crate::domain::snapshot::Published;
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::SessionContext;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
+use crate::volume::write_gate::Entered;
 use crate::volume::{Segment, Volume};
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -153,6 +154,17 @@ struct Slot {
     /// From reserve to finish, once finished.
     latency_ns: u64,
     admission: Admission,
+    /// The volume's write gate, entered by a modifying round until its LUN I/O completes (a
+    /// snapshot waits on it, see `volume::write_gate`).
+    gate: Option<Entered>,
+}
+
+/// Leaves the write gate if the slot's round entered it.
+#[inline]
+fn leave_gate(volume: &Volume, slot: &mut Slot) {
+    if let Some(entered) = slot.gate.take() {
+        volume.write_gate.leave(entered);
+    }
 }
 
 /// The finished requests' slots, oldest first: a ring as large as the slots (a slot is in
@@ -272,12 +284,14 @@ impl BlockEngine {
                 slow_path: false,
                 latency_ns: 0,
                 admission: Admission::UNLIMITED,
+                gate: None,
             })
             .collect();
         let retained_bytes = slots.iter().map(|s| s.buf.len()).sum();
         Self {
             decisions: DecisionCache::new(vpath.clone(), path_hint),
-            read_only: vpath.mode == AccessMode::ReadOnly,
+            // A snapshot takes no write, whatever the path says.
+            read_only: vpath.mode == AccessMode::ReadOnly || volume.read_only,
             slow_writes: volume.needs_read_modify_write(),
             max_lun_block_bytes: volume
                 .pool
@@ -887,20 +901,30 @@ impl BlockEngine {
         let request = slot.request;
         let start = request.offset_bytes;
         let total = u64::from(request.length_bytes);
-        // Writes first make sure every extent they touch is mapped.
-        if request.op == BlockOp::Write {
+        // A round that changes data enters the volume's write gate before it loads a slot,
+        // and first makes sure every extent it touches is mapped (writes) and its own (not
+        // shared with a snapshot or a clone: those are copied first).
+        if request.op.modifies() {
+            debug_assert!(slot.gate.is_none());
+            slot.gate = Some(volume.write_gate.enter());
             let mut at = slot.cursor_bytes;
-            let mut unmapped = false;
+            let mut provide = false;
             while at < total {
                 at += match volume.segment(map, start + at, total - at) {
                     Segment::Unmapped { len_bytes, .. } => {
-                        unmapped = true;
+                        provide |= request.op == BlockOp::Write;
                         len_bytes
                     }
-                    Segment::Mapped { len_bytes, .. } => len_bytes,
+                    Segment::Mapped {
+                        len_bytes, shared, ..
+                    } => {
+                        provide |= shared;
+                        len_bytes
+                    }
                 };
             }
-            if unmapped {
+            if provide {
+                leave_gate(volume, slot);
                 self.provision_unmapped(index, ctx);
                 return;
             }
@@ -926,6 +950,7 @@ impl BlockEngine {
                     lun_index,
                     offset_bytes,
                     len_bytes,
+                    ..
                 } => {
                     // at + len_bytes <= total <= the buffer's length (reads and writes).
                     let io = match request.op {
@@ -974,6 +999,10 @@ impl BlockEngine {
             at += len;
         }
         slot.cursor_bytes = at;
+        if slot.pending == 0 {
+            // Everything completed at once (or nothing was submitted).
+            leave_gate(volume, slot);
+        }
     }
 
     /// A write found unmapped extents: ask the provisioner for each; the request waits.
@@ -987,6 +1016,19 @@ impl BlockEngine {
         while at < total {
             at += match volume.segment(map, start + at, total - at) {
                 Segment::Unmapped { extent, len_bytes } => {
+                    // TRIM and WRITE_ZEROES need nothing mapped where nothing is.
+                    if request.op == BlockOp::Write {
+                        self.request_provision(index, extent, ctx);
+                    }
+                    len_bytes
+                }
+                Segment::Mapped {
+                    len_bytes,
+                    shared: true,
+                    ..
+                } => {
+                    // Shared with a snapshot or a clone: copied first.
+                    let extent = (start + at) / volume.extent_bytes();
                     self.request_provision(index, extent, ctx);
                     len_bytes
                 }
@@ -1039,6 +1081,7 @@ impl BlockEngine {
         let now = self.clock.now();
         let slot = &mut self.slots[index];
         debug_assert!(slot.pending == 0 && slot.waiting == 0);
+        leave_gate(&self.volume, slot);
         slot.state = SlotState::Finished;
         let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
         let failed = !slot.status.is_ok();
@@ -1080,6 +1123,9 @@ impl BlockEngine {
                 };
                 self.ring_pending = self.ring_pending.saturating_sub(1);
                 slot.pending = slot.pending.saturating_sub(1);
+                if slot.pending == 0 {
+                    leave_gate(&self.volume, slot);
+                }
                 self.note_result(
                     index,
                     decoded.lun_index,

@@ -1,6 +1,6 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{domains, failed, hosts, iscsi, luns, nvmf, spdk, volumes, vpaths, Control};
+use super::{domains, failed, hosts, iscsi, luns, nvmf, snapshots, spdk, volumes, vpaths, Control};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -21,6 +21,11 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("volume_get_volumes", failed::volume_get),
     ("volume_resize", failed::volume_resize),
     ("volume_delete", failed::volume_delete),
+    ("volume_revert", snapshots::revert),
+    ("snapshot_create", snapshots::create),
+    ("snapshot_get_snapshots", snapshots::get),
+    ("snapshot_delete", snapshots::delete),
+    ("clone_create", snapshots::clone_create),
     ("host_create", hosts::create),
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),

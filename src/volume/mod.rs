@@ -6,20 +6,29 @@
 //! record durable, publishes the mapping and wakes the waiting session. Thick volumes are
 //! fully provisioned when created or grown.
 //!
+//! Snapshots and clones share extents: a table is a view of a [`lineage`], an extent more
+//! than one table maps carries the SHARED bit in the writable tables' slots, and a write to
+//! it goes to the provisioner first, which copies the extent (copy-on-write). The
+//! [`write_gate`] lets a snapshot wait for writes that loaded a slot before it was marked.
+//!
 //! [`Volume::segment`] is the whole of translation on the data path: per extent the request
 //! touches, one load of the chunk pointer and one of the slot (see [`map`]).
 
+pub mod lineage;
 pub mod map;
 pub mod open_state;
 pub mod provisioner;
 pub mod stats;
+pub mod write_gate;
 
-use crate::pool::{decode_slot, encode_slot, Pool, PoolLun};
+use crate::pool::{decode_slot, encode_slot, Pool, PoolLun, SLOT_SHARED};
+use lineage::Lineage;
 use map::MapTable;
 use open_state::OpenState;
 use stats::VolumeStats;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use write_gate::WriteGate;
 
 pub struct Volume {
     pub name: String,
@@ -38,6 +47,16 @@ pub struct Volume {
     lost_member: Option<usize>,
     /// Restored at start-up in a volatile pool: it started empty.
     pub started_empty: bool,
+    /// A snapshot: its table never changes, and no write reaches it.
+    pub read_only: bool,
+    /// What its table is a view of; read and changed only off the I/O path (provisioning and
+    /// control threads).
+    lineage: Mutex<Lineage>,
+    /// Write rounds in flight, for a snapshot to wait on (see [`write_gate`]).
+    pub write_gate: WriteGate,
+    /// Its lineage has snapshots or sources: a record it frees could uncover an older one at
+    /// the next start (see [`Volume::trim_may_free`]).
+    keeps_history: AtomicBool,
 }
 
 /// One piece of a request, inside one virtual extent.
@@ -48,6 +67,8 @@ pub enum Segment<'a> {
         lun_index: usize,
         offset_bytes: u64,
         len_bytes: u64,
+        /// Another table maps the extent too: a write must have it copied first.
+        shared: bool,
     },
     /// Never written: reads as zeroes; a write must first provision `extent`.
     Unmapped { extent: u64, len_bytes: u64 },
@@ -76,7 +97,63 @@ impl Volume {
             stats: VolumeStats::default(),
             lost_member: None,
             started_empty: false,
+            read_only: false,
+            lineage: Mutex::new(Lineage::own(uuid)),
+            write_gate: WriteGate::default(),
+            keeps_history: AtomicBool::new(false),
         }
+    }
+
+    /// The volume as a view of `lineage`; a snapshot (`read_only`) never takes writes.
+    pub fn with_lineage(mut self, lineage: Lineage, read_only: bool) -> Self {
+        self.lineage = Mutex::new(lineage);
+        self.read_only = read_only;
+        self
+    }
+
+    /// What its table is a view of.
+    pub fn lineage(&self) -> Lineage {
+        match self.lineage.lock() {
+            Ok(lineage) => lineage.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The lineage new records of this volume name.
+    pub fn lineage_id(&self) -> [u8; 16] {
+        self.lineage().id
+    }
+
+    /// Moves the volume onto another lineage (a revert, while nobody has it open).
+    pub fn set_lineage(&self, lineage: Lineage) {
+        match self.lineage.lock() {
+            Ok(mut current) => *current = lineage,
+            Err(poisoned) => *poisoned.into_inner() = lineage,
+        }
+    }
+
+    /// Whether its lineage has snapshots or sources (kept up to date by the control thread).
+    pub fn set_keeps_history(&self, keeps: bool) {
+        self.keeps_history.store(keeps, Ordering::Release);
+    }
+
+    /// Whether a whole-extent TRIM may unmap and free `extent` rather than zero it: not when
+    /// another table maps it (the slot is SHARED), and not when its lineage keeps history,
+    /// since freeing this volume's newest record of the extent would let an older record (a
+    /// snapshot's, or the source's) be taken for the volume's content at the next start.
+    pub fn trim_may_free(&self, extent: u64) -> bool {
+        if extent >= self.map.extent_count() || self.read_only {
+            return false;
+        }
+        self.map.get(extent) & SLOT_SHARED == 0 && !self.keeps_history.load(Ordering::Acquire)
+    }
+
+    /// Mapped extents another table maps too.
+    pub fn shared_extents(&self) -> u64 {
+        self.map
+            .mapped()
+            .filter(|&(_, slot)| self.pool.refcounts.is_shared(slot))
+            .count() as u64
     }
 
     /// Marks a volume restored from its record at start-up. In a volatile pool it started
@@ -131,7 +208,8 @@ impl Volume {
         let extent = offset_bytes / extent_bytes;
         let within = offset_bytes % extent_bytes;
         let len_bytes = remaining_bytes.min(extent_bytes - within);
-        let slot = match (map.get(extent), self.lost_member) {
+        let raw = map.get(extent);
+        let slot = match (raw & !SLOT_SHARED, self.lost_member) {
             (0, None) => return Segment::Unmapped { extent, len_bytes },
             // Possibly lost: the LUN standing in for the lost one fails the I/O.
             (0, Some(member)) => encode_slot(member, 0),
@@ -143,6 +221,7 @@ impl Volume {
             lun_index,
             offset_bytes,
             len_bytes,
+            shared: raw & SLOT_SHARED != 0,
         }
     }
 
@@ -158,7 +237,8 @@ impl Volume {
 
     /// The block size of the LUN holding `slot`: a write narrower than it needs the slow path.
     pub fn lun_block_bytes(&self, slot: u64) -> u32 {
-        decode_slot(slot).map_or(512, |(lun, _)| self.pool.luns[lun].layout.block_size_bytes)
+        decode_slot(slot & !SLOT_SHARED)
+            .map_or(512, |(lun, _)| self.pool.luns[lun].layout.block_size_bytes)
     }
 
     /// Whether some LUN of the pool has a larger block size than the volume: writes to it that
