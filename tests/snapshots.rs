@@ -405,3 +405,63 @@ fn revert_is_refused_while_open_and_gives_the_snapshot_content_offline() {
     assert!(pattern(&v, 0, 64 * KIB, 0x63));
     assert!(v[64 * KIB as usize..] == s[64 * KIB as usize..]);
 }
+
+#[test]
+fn the_cli_takes_lists_clones_reverts_and_deletes_snapshots() {
+    let server = setup();
+    create_volume(&server, "v");
+    fill(&server, "v", 0x71, 0, MIB);
+    let run = |args: &[&str]| {
+        let output = server.cli(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "sds {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let table = run(&["snapshot", "create", "v", "s"]);
+    assert!(
+        table.contains("SEQUENCE") && table.contains(" v "),
+        "{table}"
+    );
+    let listed: Value =
+        serde_json::from_str(&run(&["--json", "snapshot", "list", "--volume", "v"])).expect("json");
+    assert_eq!(listed[0]["name"], "s", "{listed}");
+    assert_eq!(listed[0]["shared"], MIB, "{listed}");
+    let table = run(&["clone", "create", "s", "c"]);
+    assert!(
+        table.contains("CLONE OF") && table.contains(" s "),
+        "{table}"
+    );
+    let volumes = run(&["volume", "list"]);
+    assert!(volumes.contains("snapshot of v"), "{volumes}");
+    assert!(volumes.contains("clone of s"), "{volumes}");
+    fill(&server, "v", 0x72, 0, MIB);
+    let reverted = (0..200)
+        .map(|_| {
+            let output = server.cli(&["snapshot", "revert", "v", "s"]);
+            if !output.status.success() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            output
+        })
+        .find(|output| output.status.success())
+        .expect("sds snapshot revert succeeds once the writer is gone");
+    assert!(String::from_utf8_lossy(&reverted.stdout).contains("reverted"));
+    assert!(pattern(&content(&server, "v"), 0, MIB, 0x71));
+    // A VP to the snapshot (content() makes one) holds it.
+    assert!(pattern(&content(&server, "s"), 0, MIB, 0x71));
+    let refused = server.cli(&["snapshot", "delete", "s"]);
+    assert!(!refused.status.success(), "deleted while a VP points at it");
+    let id = server.ok("vpath_get_vpaths", json!({"volume": "s"}))[0]["id"].clone();
+    server.ok("vpath_delete", json!({"id": id}));
+    let text = run(&["snapshot", "delete", "s"]);
+    assert!(text.contains("deleted"), "{text}");
+    assert_eq!(
+        server.ok("snapshot_get_snapshots", json!({})),
+        json!([]),
+        "the snapshot is gone"
+    );
+}
