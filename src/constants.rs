@@ -134,6 +134,15 @@ pub const MAP_CHUNK_SLOTS: usize = 4096;
 /// volume, so growing never copies the table.
 pub const MAP_TOP_CHUNKS: usize = MAX_VOLUME_EXTENTS as usize / MAP_CHUNK_SLOTS;
 
+/// Longest chain of lineages a view looks through (a clone of a snapshot of a clone ...): a
+/// clone or a revert that would go deeper is refused.
+pub const MAX_LINEAGE_DEPTH: usize = 16;
+/// How long taking a snapshot waits for the origin's writes in flight to complete (a LUN that
+/// never answers fails the snapshot instead of hanging the provisioning thread).
+pub const WRITE_GATE_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Bytes one step of a copy-on-write copies (the provisioning thread's buffer for it).
+pub const COW_COPY_BYTES: usize = MAX_IO_BYTES;
+
 /// LUNs, pools and volumes one server manages.
 pub const MAX_LUNS: usize = 1024;
 pub const MAX_POOLS: usize = 256;

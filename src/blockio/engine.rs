@@ -160,6 +160,14 @@ struct Slot {
     admission: Admission,
 }
 
+/// Leaves the write gate if the slot's round entered it.
+#[inline]
+fn leave_gate(volume: &Volume, slot: &mut Slot) {
+    if let Some(ticket) = slot.gate.take() {
+        volume.write_gate.leave(ticket);
+    }
+}
+
 /// The finished requests' slots, oldest first: a ring as large as the slots (a slot is in
 /// it at most once, from its finish to its release), so pushing never grows it.
 struct FinishedQueue {
@@ -283,7 +291,8 @@ impl BlockEngine {
         let retained_bytes = slots.iter().map(|s| s.buf.len()).sum();
         Self {
             decisions: DecisionCache::new(vpath.clone(), path_hint),
-            read_only: vpath.mode == AccessMode::ReadOnly,
+            // A snapshot takes no write, whatever the path says.
+            read_only: vpath.mode == AccessMode::ReadOnly || volume.read_only,
             slow_writes: volume.needs_read_modify_write(),
             max_lun_block_bytes: volume.max_lun_block_bytes(),
             vpath,
@@ -900,22 +909,30 @@ impl BlockEngine {
         let request = slot.request;
         let start = request.offset_bytes;
         let total = u64::from(request.length_bytes);
-        // Before any slot is loaded: a release waits for this round's LUN I/O.
+        // Before any slot is loaded, the round enters the volume's write gate (a release or
+        // a snapshot waits for its LUN I/O). A round that changes data first makes sure every
+        // extent it touches is mapped (writes) and its own (not shared with a snapshot or a
+        // clone: those are copied first).
+        debug_assert!(slot.gate.is_none());
         let ticket = volume.write_gate.enter();
-        // Writes first make sure every extent they touch is mapped.
-        if request.op == BlockOp::Write {
+        if request.op.modifies() {
             let mut at = slot.cursor_bytes;
-            let mut unmapped = false;
+            let mut provide = false;
             while at < total {
                 at += match volume.segment(map, start + at, total - at) {
                     Segment::Unmapped { len_bytes, .. } => {
-                        unmapped = true;
+                        provide |= request.op == BlockOp::Write;
                         len_bytes
                     }
-                    Segment::Mapped { len_bytes, .. } => len_bytes,
+                    Segment::Mapped {
+                        len_bytes, shared, ..
+                    } => {
+                        provide |= shared;
+                        len_bytes
+                    }
                 };
             }
-            if unmapped {
+            if provide {
                 // Never wait for the provisioning thread inside the gate: it may be draining it.
                 volume.write_gate.leave(ticket);
                 self.provision_unmapped(index, ctx);
@@ -943,6 +960,7 @@ impl BlockEngine {
                     lun_index,
                     offset_bytes,
                     len_bytes,
+                    ..
                 } => {
                     // at + len_bytes <= total <= the buffer's length (reads and writes).
                     let io = match request.op {
@@ -1011,6 +1029,29 @@ impl BlockEngine {
         let request = self.slots[index].request;
         let (start, total) = (request.offset_bytes, u64::from(request.length_bytes));
         let ticket = volume.write_gate.enter();
+        // Extents shared with a snapshot or a clone are copied first (the copy is then this
+        // volume's own, to zero or give back): zeroing them in place would change the others.
+        let mut at = self.slots[index].cursor_bytes;
+        let mut shared = false;
+        while at < total {
+            at += match volume.segment(map, start + at, total - at) {
+                Segment::Unmapped { len_bytes, .. } => len_bytes,
+                Segment::Mapped {
+                    len_bytes,
+                    shared: is_shared,
+                    ..
+                } => {
+                    shared |= is_shared;
+                    len_bytes
+                }
+            };
+        }
+        if shared {
+            // Never wait for the provisioning thread inside the gate: it may be draining it.
+            volume.write_gate.leave(ticket);
+            self.provision_unmapped(index, ctx);
+            return;
+        }
         let mut at = self.slots[index].cursor_bytes;
         let mut segments = 0;
         while at < total && segments < MAX_SEGMENTS_PER_IO {
@@ -1022,6 +1063,7 @@ impl BlockEngine {
                     lun_index,
                     offset_bytes,
                     len_bytes,
+                    ..
                 } => {
                     if covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes) {
                         self.request_release(index, offset / extent_bytes, ctx);
@@ -1087,9 +1129,23 @@ impl BlockEngine {
                     extent,
                     len_bytes,
                 } => {
-                    // A composite's part, or the volume itself.
-                    let target = part.unwrap_or(&volume).clone();
-                    self.request_provision(index, target, extent, ctx);
+                    // TRIM and WRITE_ZEROES need nothing mapped where nothing is.
+                    if request.op == BlockOp::Write {
+                        // A composite's part, or the volume itself.
+                        let target = part.unwrap_or(&volume).clone();
+                        self.request_provision(index, target, extent, ctx);
+                    }
+                    len_bytes
+                }
+                Segment::Mapped {
+                    len_bytes,
+                    shared: true,
+                    ..
+                } => {
+                    // Shared with a snapshot or a clone: copied first. Only a plain volume
+                    // shares extents (a composite's parts never do: see volume_sets).
+                    let extent = (start + at) / volume.extent_bytes();
+                    self.request_provision(index, volume.clone(), extent, ctx);
                     len_bytes
                 }
                 Segment::Mapped { len_bytes, .. } => len_bytes,
@@ -1141,6 +1197,7 @@ impl BlockEngine {
         let now = self.clock.now();
         let slot = &mut self.slots[index];
         debug_assert!(slot.pending == 0 && slot.waiting == 0);
+        leave_gate(&self.volume, slot);
         slot.state = SlotState::Finished;
         let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
         let failed = !slot.status.is_ok();
@@ -1184,9 +1241,7 @@ impl BlockEngine {
                 slot.pending = slot.pending.saturating_sub(1);
                 if slot.pending == 0 {
                     // The round's LUN I/O is over: it no longer uses the slots it loaded.
-                    if let Some(ticket) = slot.gate.take() {
-                        self.volume.write_gate.leave(ticket);
-                    }
+                    leave_gate(&self.volume, slot);
                 }
                 self.note_result(
                     index,

@@ -61,6 +61,7 @@ fn volume_record(record: &VolumeSetRecord, volume: &Volume) -> VolumeRecord {
         block_size: volume.block_size_bytes,
         thin: volume.thin,
         qos: record.qos,
+        lineage: Default::default(),
     }
 }
 
@@ -96,6 +97,13 @@ fn check_member(
     let volume = entry.volume.clone();
     if volume.composite().is_some() {
         return invalid(format!("{name} is itself a volume set or composite"));
+    }
+    // A set's I/O reaches its parts' extents directly, never through copy-on-write.
+    if volume.read_only || volume.keeps_history() {
+        return invalid(format!(
+            "volume {name} is a snapshot, a clone or has snapshots: it shares extents, which a \
+             set member may not"
+        ));
     }
     if let Some(set) = set_of_member(control, name) {
         return invalid(format!(
@@ -435,6 +443,7 @@ impl Control {
                     block_size: 0,
                     thin: true,
                     qos: record.qos,
+                    lineage: Default::default(),
                 };
                 self.failed_volumes.insert(
                     record.name.clone(),

@@ -6,6 +6,8 @@ use crate::constants::{MAX_VOLUMES, MAX_VOLUME_EXTENTS};
 use crate::domain::capabilities::QosLimits;
 use crate::logger::error_chain;
 use crate::pool::on_disk::ExtentRecord;
+use crate::pool::refcount::Dropped;
+use crate::pool::SLOT_SHARED;
 use crate::rpc::RpcError;
 use crate::store::records::VolumeRecord;
 use crate::volume::provisioner::provision;
@@ -32,7 +34,18 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "connections": volume.open_state.open_count(),
         "qos": entry.record.qos.to_json(),
         "volatile": volume.pool.volatile,
+        "shared": volume.shared_extents() * volume.extent_bytes(),
+        "read_only": volume.read_only,
     });
+    if let Some(object) = described.as_object_mut() {
+        let lineage = &entry.record.lineage;
+        if let Some(origin) = &lineage.snapshot_of {
+            object.insert("snapshot_of".into(), origin.clone().into());
+        }
+        if let Some(snapshot) = &lineage.clone_of {
+            object.insert("clone_of".into(), snapshot.clone().into());
+        }
+    }
     if let (Some(object), Some((state, note))) = (described.as_object_mut(), condition(volume)) {
         object.insert("state".into(), state.into());
         object.insert("note".into(), note.into());
@@ -90,12 +103,15 @@ fn provision_range(volume: &Volume, from: u64, to: u64) -> Result<(), RpcError> 
     Ok(())
 }
 
-/// Unmaps and frees every extent of `volume` from `from` on, as one group commit.
+/// Unmaps every extent of `volume` from `from` on; each loses a holder, and those nothing
+/// else maps (a snapshot, a clone) are freed, as one group commit.
 fn release_from(volume: &Volume, from: u64) {
     let map = volume.map();
     let freed: Vec<(u64, Option<ExtentRecord>)> = (from..map.extent_count())
-        .map(|extent| (map.clear(extent), None))
-        .filter(|&(slot, _)| slot != 0)
+        .map(|extent| map.clear(extent) & !SLOT_SHARED)
+        .filter(|&slot| slot != 0)
+        .filter(|&slot| volume.pool.refcounts.drop_holder(slot) == Dropped::Last)
+        .map(|slot| (slot, None))
         .collect();
     for (&(slot, _), outcome) in freed.iter().zip(volume.pool.commit(&freed)) {
         match outcome {
@@ -160,6 +176,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         block_size,
         thin,
         qos: Default::default(),
+        lineage: Default::default(),
     };
     // The record first: extent records of a volume without one would be freed at start-up.
     control
@@ -199,6 +216,11 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     super::volume_sets::refuse_member(control, "name", name, "resize")?;
     super::volume_sets::refuse_set(control, "name", name, "resize")?;
     let volume = entry.volume.clone();
+    if volume.read_only {
+        return Err(RpcError::invalid_params(format!(
+            "name: {name} is a snapshot: its size is its origin's when it was taken"
+        )));
+    }
     let current = volume.size_bytes();
     if size < current {
         return Err(RpcError::invalid_params(format!(

@@ -45,6 +45,9 @@ pub struct VolumeRecord {
     /// `bdev_set_qos_limit`: limits on the volume as a whole, over every VP to it.
     #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
     pub qos: QosLimits,
+    /// Snapshots and clones: what the volume's table is a view of (empty: a plain volume).
+    #[serde(default, flatten)]
+    pub lineage: crate::volume::lineage::LineageRecord,
 }
 
 /// A volume set (`volume_set_create`): a volume made of member volumes (see

@@ -19,10 +19,12 @@
 //!
 //! An extent [`Volume::trim_may_free`] refuses is zeroed in place instead and stays mapped.
 
+use super::provisioner::provision_zeroed;
 use super::Volume;
 use crate::logger::error_chain;
 use crate::pool::on_disk::ExtentRecord;
 use crate::pool::PoolError;
+use crate::pool::SLOT_SHARED;
 use std::sync::Arc;
 
 /// Whether a piece of a request at volume offset `offset_bytes`, `len_bytes` long and inside
@@ -49,6 +51,20 @@ pub fn release(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
         let map = volume.map();
         if extent >= map.extent_count() || map.get(extent) == 0 {
             results.push(Ok(()));
+            continue;
+        }
+        let current = map.get(extent);
+        if current & SLOT_SHARED != 0 {
+            // A snapshot was taken after the TRIM looked (the engine copies shared extents
+            // first): the others keep the data, this volume gets a zeroed extent of its own;
+            // or, if nothing shares it any more, the extent is its own again and is zeroed.
+            let result = provision_zeroed(&[(volume, extent)])
+                .remove(0)
+                .and_then(|()| match map.get(extent) {
+                    own if own == current & !SLOT_SHARED => volume.pool.zero_extent(own),
+                    _ => Ok(()),
+                });
+            results.push(result);
             continue;
         }
         if !volume.trim_may_free(extent) {
