@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{qemu_io, qemu_io_iscsi, require_tool, sds_perf_json, Server};
+use common::{qemu_io, qemu_io_iscsi, qemu_io_read_only, require_tool, sds_perf_json, Server};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -41,6 +41,13 @@ fn nbd_clean(url: &str, commands: &[&str]) -> String {
     let (clean, text) = qemu_io(url, &commands);
     assert!(clean, "qemu-io {commands:?} failed:\n{text}");
     text
+}
+
+/// qemu-io over a read-only NBD path that must succeed with every command.
+fn nbd_read_only(url: &str, commands: &[&str]) {
+    let commands: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    let (clean, text) = qemu_io_read_only(url, &commands);
+    assert!(clean, "qemu-io -r {commands:?} failed:\n{text}");
 }
 
 /// qemu-io over NBD whose commands may fail: its output.
@@ -484,4 +491,58 @@ fn over_nvme_tcp_a_full_pool_answers_capacity_exceeded() {
         "another status than Capacity Exceeded:\n{text}"
     );
     assert_eq!(free_extents(&server, "p"), 0);
+}
+
+/// A TRIM of a volume that has a snapshot: the volume reads zeroes, the snapshot keeps every
+/// byte (its extents are shared, so they are neither zeroed in place nor freed), and the
+/// volume's extents go back to the pool only when nothing shares them any more. After a
+/// restart both read the same, and deleting the snapshot returns every extent.
+#[test]
+fn a_trim_leaves_a_snapshot_of_the_volume_untouched() {
+    let mut server = Server::start();
+    server.file_pool("p", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 8 * MIB}),
+    );
+    let start = free_extents(&server, "p");
+    let url = server.url("v");
+    nbd_clean(&url, &["write -P 0x3c 0 8M"]);
+    server.ok("snapshot_create", json!({"volume": "v", "name": "s"}));
+    server.ok(
+        "vpath_create",
+        json!({"host": common::TEST_HOST, "volume": "s", "mode": "ro"}),
+    );
+    let snapshot_url = server.url_without_grant("s");
+    assert_eq!(
+        free_extents(&server, "p"),
+        start - 8,
+        "a snapshot copies nothing"
+    );
+
+    // A whole-volume TRIM and a partial one over shared extents.
+    nbd_clean(
+        &url,
+        &["discard 0 6M", "write -z 6M 512k", "read -P 0 0 6656k"],
+    );
+    nbd_clean(&url, &["read -P 0x3c 6656k 1536k"]);
+    nbd_read_only(&snapshot_url, &["read -P 0x3c 0 8M"]);
+
+    assert!(server.stop(), "clean stop:\n{}", server.log());
+    server.spawn();
+    nbd_clean(&url, &["read -P 0 0 6656k", "read -P 0x3c 6656k 1536k"]);
+    nbd_read_only(&snapshot_url, &["read -P 0x3c 0 8M"]);
+
+    // Without the snapshot, a TRIM of the whole volume gives back everything.
+    let id = server.ok("vpath_get_vpaths", json!({"volume": "s"}))[0]["id"].clone();
+    server.ok("vpath_delete", json!({"id": id}));
+    server.ok("snapshot_delete", json!({"name": "s"}));
+    nbd_clean(&url, &["discard 0 8M", "read -P 0 0 8M"]);
+    let listed = pool(&server, "p");
+    assert_eq!(listed["shared"], 0, "{listed}");
+    assert_eq!(
+        free_extents(&server, "p"),
+        start,
+        "every extent came back: {listed}"
+    );
 }

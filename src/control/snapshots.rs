@@ -107,20 +107,29 @@ pub fn drop_table(volume: &Volume) {
     }
 }
 
-/// Tells each writable volume whether its lineage keeps history (snapshots on it, or
-/// sources), which decides whether a whole-extent TRIM may free (`Volume::trim_may_free`).
+/// Tells each writable volume whether its lineage keeps history, which decides whether a
+/// whole-extent TRIM may free (`Volume::trim_may_free`): it has sources, or another view
+/// looks at its lineage (a snapshot of it, or a clone or reverted volume whose sources name
+/// it). Then an older record of the same extent may still be on disk, and freeing the newest
+/// would let a restart take the older one for the volume's content. Called after every change
+/// of the set of views (snapshot, clone, revert, any delete).
 pub fn update_histories(control: &Control) {
-    let snapshot_lineages: Vec<[u8; 16]> = control
+    let looked_at: Vec<[u8; 16]> = control
         .volumes
         .values()
-        .filter(|v| v.volume.read_only)
-        .map(|v| v.volume.lineage_id())
+        .flat_map(|v| {
+            let lineage = v.volume.lineage();
+            let own = v.volume.read_only.then_some(lineage.id);
+            own.into_iter()
+                .chain(lineage.sources.iter().map(|source| source.lineage.0))
+                .collect::<Vec<_>>()
+        })
         .collect();
     for entry in control.volumes.values().filter(|v| !v.volume.read_only) {
         let lineage = entry.volume.lineage();
-        entry.volume.set_keeps_history(
-            !lineage.sources.is_empty() || snapshot_lineages.contains(&lineage.id),
-        );
+        entry
+            .volume
+            .set_keeps_history(!lineage.sources.is_empty() || looked_at.contains(&lineage.id));
     }
 }
 
