@@ -109,10 +109,23 @@ pub const MAX_ISCSI_SESSIONS: usize = MAX_CONNECTIONS_PER_REACTOR * MAX_REACTORS
 pub const MIN_EXTENT_BYTES: u64 = 64 * 1024;
 pub const MAX_EXTENT_BYTES: u64 = 1024 * 1024 * 1024;
 pub const DEFAULT_EXTENT_BYTES: u64 = 1024 * 1024;
+/// A pool's space threshold (`pool_set_threshold`), in percent of its capacity: the default,
+/// and the largest (a threshold of 100 warns only when the pool is full).
+pub const DEFAULT_POOL_THRESHOLD_PERCENT: u8 = 80;
+pub const MAX_POOL_THRESHOLD_PERCENT: u8 = 100;
 /// Pieces one host I/O can be split into when it crosses extent boundaries.
 pub const MAX_SEGMENTS_PER_IO: usize = MAX_IO_BYTES / MIN_EXTENT_BYTES as usize + 1;
 /// LUNs in one pool (the pool-local LUN index fits the mapping slot's 16-bit field).
 pub const MAX_LUNS_PER_POOL: usize = 64;
+/// Entries of a composite volume's LUN table (every pool LUN of every part): the engine's
+/// 8-bit LUN field in ring tags indexes it.
+pub const MAX_COMPOSITE_LUNS: usize = 256;
+/// Parts of one composite volume (members of a volume set, legs of a mirror).
+pub const MAX_COMPOSITE_PARTS: usize = 32;
+/// Stripe size of a stripe volume set when `volume_set_create` is given none.
+pub const DEFAULT_STRIPE_BYTES: u64 = 64 * 1024;
+/// Largest stripe size of a stripe volume set.
+pub const MAX_STRIPE_BYTES: u64 = 16 * 1024 * 1024;
 /// Virtual extents of one volume.
 pub const MAX_VOLUME_EXTENTS: u64 = 1 << 26;
 /// Slots in one chunk of a volume's mapping table (a chunk is allocated on its first write).
@@ -157,6 +170,15 @@ const _: () = assert!(MIN_EXTENT_BYTES.is_power_of_two() && MAX_EXTENT_BYTES.is_
 const _: () =
     assert!(DEFAULT_EXTENT_BYTES >= MIN_EXTENT_BYTES && DEFAULT_EXTENT_BYTES <= MAX_EXTENT_BYTES);
 const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
+const _: () = assert!(
+    DEFAULT_POOL_THRESHOLD_PERCENT >= 1
+        && DEFAULT_POOL_THRESHOLD_PERCENT <= MAX_POOL_THRESHOLD_PERCENT
+);
+const _: () = assert!(
+    DEFAULT_STRIPE_BYTES.is_power_of_two()
+        && MAX_STRIPE_BYTES.is_power_of_two()
+        && DEFAULT_STRIPE_BYTES <= MAX_STRIPE_BYTES
+);
 const _: () = assert!(MAX_VOLUME_EXTENTS % MAP_CHUNK_SLOTS as u64 == 0 && MAP_TOP_CHUNKS > 0);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);
 const _: () = assert!(MAX_CONNECTIONS_PER_REACTOR <= 1 << 16);

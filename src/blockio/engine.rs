@@ -46,7 +46,8 @@ use crate::domain::snapshot::Published;
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::SessionContext;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
-use crate::volume::write_gate::Entered;
+use crate::volume::reclaim::covers_whole_extent;
+use crate::volume::write_gate::GateTicket;
 use crate::volume::{Segment, Volume};
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -144,6 +145,9 @@ struct Slot {
     pending: u32,
     /// Provisioner answers still to come.
     waiting: u32,
+    /// The volume's write gate, entered when the round loaded its mapping slots and held
+    /// until its LUN I/O completed (see [`crate::volume::write_gate`]).
+    gate: Option<GateTicket>,
     /// The first failure, `Ok` if none.
     status: BlockStatus,
     started_ticks: u64,
@@ -154,17 +158,6 @@ struct Slot {
     /// From reserve to finish, once finished.
     latency_ns: u64,
     admission: Admission,
-    /// The volume's write gate, entered by a modifying round until its LUN I/O completes (a
-    /// snapshot waits on it, see `volume::write_gate`).
-    gate: Option<Entered>,
-}
-
-/// Leaves the write gate if the slot's round entered it.
-#[inline]
-fn leave_gate(volume: &Volume, slot: &mut Slot) {
-    if let Some(entered) = slot.gate.take() {
-        volume.write_gate.leave(entered);
-    }
 }
 
 /// The finished requests' slots, oldest first: a ring as large as the slots (a slot is in
@@ -216,7 +209,7 @@ pub struct BlockEngine {
     /// Writes, TRIM and WRITE_ZEROES go to the provisioner's read-modify-write path: the
     /// volume's blocks are smaller than some LUN's.
     slow_writes: bool,
-    /// The largest block size of the pool's LUNs.
+    /// The largest block size of the volume's LUNs (all parts' for a composite).
     max_lun_block_bytes: u32,
     clock: TickClock,
     bucket: TokenBucket,
@@ -278,13 +271,13 @@ impl BlockEngine {
                 cursor_bytes: 0,
                 pending: 0,
                 waiting: 0,
+                gate: None,
                 status: BlockStatus::Ok,
                 started_ticks: 0,
                 throttled_ticks: 0,
                 slow_path: false,
                 latency_ns: 0,
                 admission: Admission::UNLIMITED,
-                gate: None,
             })
             .collect();
         let retained_bytes = slots.iter().map(|s| s.buf.len()).sum();
@@ -293,13 +286,7 @@ impl BlockEngine {
             // A snapshot takes no write, whatever the path says.
             read_only: vpath.mode == AccessMode::ReadOnly || volume.read_only,
             slow_writes: volume.needs_read_modify_write(),
-            max_lun_block_bytes: volume
-                .pool
-                .luns
-                .iter()
-                .map(|l| l.layout.block_size_bytes)
-                .max()
-                .unwrap_or(512),
+            max_lun_block_bytes: volume.max_lun_block_bytes(),
             vpath,
             volume,
             published,
@@ -775,6 +762,10 @@ impl BlockEngine {
                 self.run_slow(index, ctx)
             }
             BlockOp::Read if self.needs_slow_read(index) => self.run_slow(index, ctx),
+            // A composite zeroes: its parts' extents are given back only through the parts.
+            BlockOp::Trim if self.volume.thin && self.volume.composite().is_none() => {
+                self.run_trim(index, ctx)
+            }
             _ => self.run_segments(index, ctx),
         }
     }
@@ -812,7 +803,8 @@ impl BlockEngine {
 
     fn run_flush(&mut self, index: usize, ctx: &mut SessionContext) {
         let volume = self.volume.clone();
-        for (lun_index, member) in volume.pool.luns.iter().enumerate() {
+        // Every distinct LUN under the volume (all parts' for a composite).
+        for (lun_index, member) in volume.flush_luns() {
             let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
             // SAFETY: a flush refers to no buffer.
             let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
@@ -850,6 +842,7 @@ impl BlockEngine {
                 len_bytes,
                 data,
                 fua: request.fua,
+                trim: request.op == BlockOp::Trim,
                 reply,
             },
         };
@@ -864,9 +857,16 @@ impl BlockEngine {
         }
     }
 
-    fn request_provision(&mut self, index: usize, extent: u64, ctx: &mut SessionContext) {
+    /// Asks the provisioner to map `extent` of `volume` (the engine's, or a composite's part).
+    fn request_provision(
+        &mut self,
+        index: usize,
+        volume: Arc<Volume>,
+        extent: u64,
+        ctx: &mut SessionContext,
+    ) {
         let request = Request::Provision {
-            volume: self.volume.clone(),
+            volume,
             extent,
             reply: Reply {
                 reactor: ctx.reactor.clone(),
@@ -901,12 +901,12 @@ impl BlockEngine {
         let request = slot.request;
         let start = request.offset_bytes;
         let total = u64::from(request.length_bytes);
-        // A round that changes data enters the volume's write gate before it loads a slot,
-        // and first makes sure every extent it touches is mapped (writes) and its own (not
-        // shared with a snapshot or a clone: those are copied first).
+        // Before any slot is loaded: a release (TRIM), or a snapshot marking slots shared,
+        // waits for this round's LUN I/O.
+        let ticket = volume.write_gate.enter();
+        // A round that changes data first makes sure every extent it touches is mapped
+        // (writes) and its own (not shared with a snapshot or a clone: those are copied first).
         if request.op.modifies() {
-            debug_assert!(slot.gate.is_none());
-            slot.gate = Some(volume.write_gate.enter());
             let mut at = slot.cursor_bytes;
             let mut provide = false;
             while at < total {
@@ -918,13 +918,17 @@ impl BlockEngine {
                     Segment::Mapped {
                         len_bytes, shared, ..
                     } => {
-                        provide |= shared;
+                        // Only a plain volume's own slots are copied on write: a composite's
+                        // members never share extents (refused when they join), and a mark
+                        // left on one by a deleted snapshot means nothing any more.
+                        provide |= shared && volume.composite().is_none();
                         len_bytes
                     }
                 };
             }
             if provide {
-                leave_gate(volume, slot);
+                // Never wait for the provisioning thread inside the gate: it may be draining it.
+                volume.write_gate.leave(ticket);
                 self.provision_unmapped(index, ctx);
                 return;
             }
@@ -1000,8 +1004,107 @@ impl BlockEngine {
         }
         slot.cursor_bytes = at;
         if slot.pending == 0 {
-            // Everything completed at once (or nothing was submitted).
-            leave_gate(volume, slot);
+            volume.write_gate.leave(ticket);
+        } else {
+            slot.gate = Some(ticket);
+        }
+    }
+
+    /// A round of a TRIM on a thin volume: each mapped extent it covers whole is unmapped and
+    /// given back to the pool by the provisioning thread (durable before its wake, see
+    /// [`crate::volume::reclaim`]); the parts of extents it covers in part are zeroed, as
+    /// WRITE_ZEROES does; unmapped extents already read as zeroes and are skipped.
+    fn run_trim(&mut self, index: usize, ctx: &mut SessionContext) {
+        // Not the per-I/O fast path: one Arc clone keeps the borrows simple.
+        let volume = self.volume.clone();
+        let map = volume.map();
+        let extent_bytes = volume.extent_bytes();
+        let size_bytes = volume.size_bytes();
+        let request = self.slots[index].request;
+        let (start, total) = (request.offset_bytes, u64::from(request.length_bytes));
+        let ticket = volume.write_gate.enter();
+        // Part of an extent a snapshot or a clone shares cannot be zeroed in place: it is
+        // copied first (a whole one is handled by the release: see `reclaim`).
+        let mut at = self.slots[index].cursor_bytes;
+        let mut copy_first = false;
+        while at < total {
+            let offset = start + at;
+            at += match volume.segment(map, offset, total - at) {
+                Segment::Unmapped { len_bytes, .. } => len_bytes,
+                Segment::Mapped {
+                    len_bytes, shared, ..
+                } => {
+                    copy_first |= shared
+                        && volume.composite().is_none()
+                        && !covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes);
+                    len_bytes
+                }
+            };
+        }
+        if copy_first {
+            volume.write_gate.leave(ticket);
+            self.provision_unmapped(index, ctx);
+            return;
+        }
+        let mut at = self.slots[index].cursor_bytes;
+        let mut segments = 0;
+        while at < total && segments < MAX_SEGMENTS_PER_IO {
+            let offset = start + at;
+            at += match volume.segment(map, offset, total - at) {
+                Segment::Unmapped { len_bytes, .. } => len_bytes,
+                Segment::Mapped {
+                    lun,
+                    lun_index,
+                    offset_bytes,
+                    len_bytes,
+                    ..
+                } => {
+                    if covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes) {
+                        self.request_release(index, offset / extent_bytes, ctx);
+                    } else {
+                        let io = LunIo::WriteZeroes {
+                            offset_bytes,
+                            len_bytes,
+                            fua: request.fua,
+                        };
+                        let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
+                        // SAFETY: zeroing refers to no buffer.
+                        let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
+                        self.account_start(index, lun_index, started);
+                    }
+                    segments += 1;
+                    len_bytes
+                }
+            };
+        }
+        let slot = &mut self.slots[index];
+        slot.cursor_bytes = at;
+        if slot.pending == 0 {
+            volume.write_gate.leave(ticket);
+        } else {
+            slot.gate = Some(ticket);
+        }
+    }
+
+    /// Asks the provisioning thread to unmap and free whole virtual `extent`; the request
+    /// waits for its answer.
+    fn request_release(&mut self, index: usize, extent: u64, ctx: &mut SessionContext) {
+        let request = Request::Release {
+            volume: self.volume.clone(),
+            extent,
+            reply: Reply {
+                reactor: ctx.reactor.clone(),
+                session: ctx.id,
+                token: (self.config.slot_base + index) as u64,
+            },
+        };
+        if self.provisioner.post(request).is_ok() {
+            let slot = &mut self.slots[index];
+            slot.waiting += 1;
+            slot.state = SlotState::Waiting;
+            self.wakes_pending += 1;
+        } else {
+            self.note_status(index, BlockStatus::IoError);
         }
     }
 
@@ -1015,10 +1118,16 @@ impl BlockEngine {
         let mut at = self.slots[index].cursor_bytes;
         while at < total {
             at += match volume.segment(map, start + at, total - at) {
-                Segment::Unmapped { extent, len_bytes } => {
+                Segment::Unmapped {
+                    part,
+                    extent,
+                    len_bytes,
+                } => {
                     // TRIM and WRITE_ZEROES need nothing mapped where nothing is.
                     if request.op == BlockOp::Write {
-                        self.request_provision(index, extent, ctx);
+                        // A composite's part, or the volume itself.
+                        let target = part.unwrap_or(&volume).clone();
+                        self.request_provision(index, target, extent, ctx);
                     }
                     len_bytes
                 }
@@ -1026,10 +1135,10 @@ impl BlockEngine {
                     len_bytes,
                     shared: true,
                     ..
-                } => {
+                } if volume.composite().is_none() => {
                     // Shared with a snapshot or a clone: copied first.
                     let extent = (start + at) / volume.extent_bytes();
-                    self.request_provision(index, extent, ctx);
+                    self.request_provision(index, volume.clone(), extent, ctx);
                     len_bytes
                 }
                 Segment::Mapped { len_bytes, .. } => len_bytes,
@@ -1047,7 +1156,7 @@ impl BlockEngine {
         }
     }
 
-    /// Takes the result of one LUN I/O of request `index` on the pool's LUN `lun_index`. An
+    /// Takes the result of one LUN I/O of request `index` on the volume's LUN `lun_index`. An
     /// error is counted on that LUN (which fails itself if its device is gone) and fails the
     /// request. Counted, not logged: a log line is a blocking write, and the control thread
     /// logs the LUN's errors, rate-limited (`control::lun_errors`).
@@ -1081,7 +1190,6 @@ impl BlockEngine {
         let now = self.clock.now();
         let slot = &mut self.slots[index];
         debug_assert!(slot.pending == 0 && slot.waiting == 0);
-        leave_gate(&self.volume, slot);
         slot.state = SlotState::Finished;
         let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
         let failed = !slot.status.is_ok();
@@ -1124,7 +1232,10 @@ impl BlockEngine {
                 self.ring_pending = self.ring_pending.saturating_sub(1);
                 slot.pending = slot.pending.saturating_sub(1);
                 if slot.pending == 0 {
-                    leave_gate(&self.volume, slot);
+                    // The round's LUN I/O is over: it no longer uses the slots it loaded.
+                    if let Some(ticket) = slot.gate.take() {
+                        self.volume.write_gate.leave(ticket);
+                    }
                 }
                 self.note_result(
                     index,
@@ -1171,7 +1282,8 @@ impl BlockEngine {
     }
 }
 
-/// Takes the result of one LUN I/O of `slot`'s request on the pool's LUN `lun_index`. An
+/// Takes the result of one LUN I/O of `slot`'s request on LUN `lun_index` of the volume's LUN
+/// table (its pool's LUNs, or a composite's table). An
 /// error is counted on that LUN (which fails itself if its device is gone) and fails the
 /// request (its first failure is what it finishes with). Counted, not logged: a log line is a
 /// blocking write, and the control thread logs the LUN's errors, rate-limited
@@ -1181,7 +1293,7 @@ fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: R
     let Err(errno) = result else {
         return;
     };
-    if let Some(member) = volume.pool.luns.get(lun_index) {
+    if let Some(member) = volume.lun(lun_index) {
         member.lun.note_error(slot.request.op.lun_class(), errno);
     }
     if slot.status.is_ok() {

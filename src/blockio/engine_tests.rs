@@ -119,22 +119,7 @@ impl Rig {
         volume_block_bytes: u32,
         slot_base: usize,
     ) -> Self {
-        let luns: Vec<Arc<FakeLun>> = (0..lun_count)
-            .map(|i| {
-                let inner = open_lun(&LunSpec {
-                    name: format!("fake{i}"),
-                    kind: LunKind::Mem,
-                    path: None,
-                    size_bytes: Some(16 << 20),
-                    block_size_bytes: lun_block_bytes,
-                })
-                .expect("RAM LUN");
-                Arc::new(FakeLun {
-                    inner,
-                    submitted: Mutex::new(Vec::new()),
-                })
-            })
-            .collect();
+        let luns = fake_luns(0..lun_count, lun_block_bytes);
         let dyn_luns = luns.iter().map(|l| l.clone() as Arc<dyn Lun>).collect();
         let pool = Pool::create("p", [1; 16], EXTENT_BYTES, None, dyn_luns).expect("pool");
         let volume = Arc::new(Volume::new(
@@ -153,6 +138,16 @@ impl Rig {
                 result.expect("thick");
             }
         }
+        Self::around(volume, luns, rate, slot_base)
+    }
+
+    /// An engine over `volume`, whose LUNs (in its LUN table's order) are `luns`.
+    fn around(
+        volume: Arc<Volume>,
+        luns: Vec<Arc<FakeLun>>,
+        rate: RateLimit,
+        slot_base: usize,
+    ) -> Self {
         let vpath = Arc::new(Vpath::new(
             1,
             "h",
@@ -262,6 +257,26 @@ impl Rig {
         }
         all
     }
+}
+
+/// Fake LUNs named `fake{i}` for each `i` of `range`.
+fn fake_luns(range: std::ops::Range<usize>, block_bytes: u32) -> Vec<Arc<FakeLun>> {
+    range
+        .map(|i| {
+            let inner = open_lun(&LunSpec {
+                name: format!("fake{i}"),
+                kind: LunKind::Mem,
+                path: None,
+                size_bytes: Some(16 << 20),
+                block_size_bytes: block_bytes,
+            })
+            .expect("RAM LUN");
+            Arc::new(FakeLun {
+                inner,
+                submitted: Mutex::new(Vec::new()),
+            })
+        })
+        .collect()
 }
 
 fn publish(published: &Published, vpath: &Arc<Vpath>, rate: RateLimit) {
@@ -677,4 +692,175 @@ fn an_engine_with_a_slot_base_numbers_its_tags_and_tokens_from_it() {
     rig.complete(ios[0].1, expected(ios[0].1));
     assert_eq!(rig.finished(), vec![(write, BlockStatus::Ok)]);
     assert!(rig.engine.is_idle());
+}
+
+#[test]
+fn a_composite_provisions_its_parts_and_tags_io_with_its_lun_table() {
+    // Two pools of one LUN each, a thin volume in each, concatenated: the composite's LUN
+    // table is [a's LUN, b's LUN].
+    let luns = fake_luns(0..2, 512);
+    let part = |i: usize| {
+        let lun = luns[i].clone() as Arc<dyn Lun>;
+        let pool = Pool::create(
+            &format!("p{i}"),
+            [i as u8 + 1; 16],
+            EXTENT_BYTES,
+            None,
+            vec![lun],
+        )
+        .expect("pool");
+        Arc::new(Volume::new(
+            &format!("part{i}"),
+            [i as u8 + 10; 16],
+            Arc::new(pool),
+            2 * EXTENT_BYTES,
+            512,
+            true,
+        ))
+    };
+    let parts = [part(0), part(1)];
+    let set = Volume::new_composite(
+        "set",
+        [30; 16],
+        crate::volume::composite::Layout::Concat,
+        512,
+        &parts,
+    )
+    .expect("composite");
+    let mut rig = Rig::around(Arc::new(set), luns, RateLimit::UNLIMITED, 0);
+    // A write across the parts' boundary: both parts' extents are unmapped, and each request
+    // names its part.
+    let slot = rig.submit(BlockOp::Write, 2 * EXTENT_BYTES - 4096, 8192);
+    let mut tokens = Vec::new();
+    while let Ok(request) = rig.provisions.try_recv() {
+        let Request::Provision {
+            volume,
+            extent,
+            reply,
+        } = request
+        else {
+            panic!("only provisioning expected");
+        };
+        let which = parts.iter().position(|p| Arc::ptr_eq(p, &volume));
+        assert_eq!((which, extent), [(Some(0), 1), (Some(1), 0)][tokens.len()]);
+        provision(&[(volume.as_ref(), extent)])
+            .remove(0)
+            .expect("mapped");
+        tokens.push(reply.token);
+    }
+    assert_eq!(tokens.len(), 2);
+    for token in tokens {
+        rig.with(|engine, ctx| engine.on_wake(token, 0, ctx));
+    }
+    // One LUN I/O on each part's LUN, tagged with its LUN table index.
+    let ios = rig.submitted();
+    let indexes: Vec<(usize, usize)> = ios
+        .iter()
+        .map(|&(lun, local)| (lun, tag::decode(local).lun_index))
+        .collect();
+    assert_eq!(indexes, vec![(0, 0), (1, 1)]);
+    // An error on the second part's LUN is counted there.
+    rig.complete(ios[0].1, expected(ios[0].1));
+    rig.complete(ios[1].1, -libc::EIO);
+    assert_eq!(rig.finished(), vec![(slot, BlockStatus::IoError)]);
+    let errors = |i: usize| rig.luns[i].health().map_or(0, |h| h.errors().total());
+    assert_eq!((errors(0), errors(1)), (0, 1));
+    // A flush goes to every LUN of the table.
+    let flush = rig.submit(BlockOp::Flush, 0, 0);
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 2);
+    for (_, local) in ios {
+        rig.complete(local, 0);
+    }
+    assert_eq!(rig.finished(), vec![(flush, BlockStatus::Ok)]);
+}
+
+#[test]
+fn a_trim_releases_the_extents_it_covers_whole_and_zeroes_the_parts_it_does_not() {
+    let mut rig = Rig::new(1, true, RateLimit::UNLIMITED);
+    for extent in 0..3 {
+        provision(&[(rig.volume.as_ref(), extent)])
+            .remove(0)
+            .expect("mapped");
+    }
+    // From the middle of extent 0 to the middle of extent 2: only extent 1 is whole.
+    let trim = rig.submit(BlockOp::Trim, EXTENT_BYTES / 2, 2 * EXTENT_BYTES as u32);
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 2, "zeroes for the two parts");
+    assert_eq!(
+        rig.volume.write_gate.in_flight(),
+        1,
+        "the round holds the write gate while its zeroing runs"
+    );
+    let Ok(Request::Release {
+        volume,
+        extent,
+        reply,
+    }) = rig.provisions.try_recv()
+    else {
+        panic!("a release of the whole extent expected");
+    };
+    assert_eq!(extent, 1);
+    assert!(rig.provisions.try_recv().is_err(), "one release only");
+    for (_, local) in ios {
+        rig.complete(local, expected(local));
+    }
+    assert_eq!(rig.volume.write_gate.in_flight(), 0);
+    assert!(rig.finished().is_empty(), "the TRIM waits for its release");
+    let free = rig.volume.pool.free_extents();
+    crate::volume::reclaim::release(&[(volume.as_ref(), extent)])
+        .remove(0)
+        .expect("released");
+    assert_eq!(rig.volume.pool.free_extents(), free + 1);
+    assert_eq!(rig.volume.map().get(1), 0, "unmapped");
+    assert_ne!(rig.volume.map().get(0), 0, "a part stays mapped");
+    rig.with(|engine, ctx| engine.on_wake(reply.token, 0, ctx));
+    assert_eq!(rig.finished(), vec![(trim, BlockStatus::Ok)]);
+}
+
+#[test]
+fn a_trim_of_a_thick_volume_zeroes_and_releases_nothing() {
+    let mut rig = Rig::new(1, false, RateLimit::UNLIMITED);
+    let trim = rig.submit(BlockOp::Trim, 0, 2 * EXTENT_BYTES as u32);
+    assert!(rig.provisions.try_recv().is_err(), "no release");
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 2, "each extent zeroed");
+    for (_, local) in ios {
+        rig.complete(local, expected(local));
+    }
+    assert_eq!(rig.finished(), vec![(trim, BlockStatus::Ok)]);
+    assert_eq!(rig.volume.allocated_extents(), VOLUME_BYTES / EXTENT_BYTES);
+}
+
+#[test]
+fn a_write_holds_the_gate_only_while_its_lun_io_runs_never_while_it_waits_for_an_extent() {
+    let mut rig = Rig::new(1, true, RateLimit::UNLIMITED);
+    let write = rig.submit(BlockOp::Write, 0, 4096);
+    let Ok(Request::Provision {
+        volume,
+        extent,
+        reply,
+    }) = rig.provisions.try_recv()
+    else {
+        panic!("provisioning expected");
+    };
+    assert_eq!(
+        rig.volume.write_gate.in_flight(),
+        0,
+        "waiting for the provisioning thread outside the gate"
+    );
+    provision(&[(volume.as_ref(), extent)])
+        .remove(0)
+        .expect("mapped");
+    rig.with(|engine, ctx| engine.on_wake(reply.token, 0, ctx));
+    let ios = rig.submitted();
+    assert_eq!(ios.len(), 1);
+    assert_eq!(
+        rig.volume.write_gate.in_flight(),
+        1,
+        "the data write holds it"
+    );
+    rig.complete(ios[0].1, expected(ios[0].1));
+    assert_eq!(rig.volume.write_gate.in_flight(), 0);
+    assert_eq!(rig.finished(), vec![(write, BlockStatus::Ok)]);
 }

@@ -4,18 +4,21 @@
 //!
 //! ```text
 //!  47        44..47   32..44      24..32          0..24
-//!  driver    kind     slot        pool-LUN index  expected bytes
+//!  driver    kind     slot        LUN table index expected bytes
 //!  timer bit (3 bits) (12 bits)   (8 bits)        (24 bits)
 //! ```
 //!
 //! Kinds [`KIND_LUN_IO`] and [`KIND_QOS_TIMER`] belong to the engine; a front end uses
 //! [`KIND_FRONT_END_FIRST`] and up for its own entries (socket receive and send, NOPs) and
-//! hands the engine every completion for which [`is_engine`] holds. The pool-LUN index lets
-//! an error be counted on its LUN without a lookup; the expected bytes turn a short transfer
+//! hands the engine every completion for which [`is_engine`] holds. The LUN index (into the
+//! volume's LUN table: its pool's LUNs, or a composite's flat table, see
+//! `volume::composite`) lets an error be counted on its LUN without a lookup; the expected bytes turn a short transfer
 //! into an error (`backend::completion_result`).
 
 use crate::backend::{split_tag, DRIVER_TIMER_TAG};
-use crate::constants::{MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL};
+use crate::constants::{
+    MAX_COMPOSITE_LUNS, MAX_INFLIGHT_PER_CONNECTION, MAX_IO_BYTES, MAX_LUNS_PER_POOL,
+};
 
 const KIND_SHIFT: u32 = 44;
 const SLOT_SHIFT: u32 = 32;
@@ -38,6 +41,7 @@ pub const MAX_SLOTS: usize = (SLOT_MASK + 1) as usize;
 
 const _: () = assert!((MAX_IO_BYTES as u64) <= EXPECTED_MASK);
 const _: () = assert!(MAX_LUNS_PER_POOL as u64 <= LUN_MASK + 1);
+const _: () = assert!(MAX_COMPOSITE_LUNS as u64 <= LUN_MASK + 1);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= MAX_SLOTS);
 // Kinds stay below the bit a LUN driver marks its own timer entries with.
 const _: () = assert!(((KIND_LAST + 1) << KIND_SHIFT) <= DRIVER_TIMER_TAG);

@@ -21,8 +21,14 @@ pub enum PoolCommand {
         #[arg(long, value_parser = parse_size)]
         extent_size: Option<u64>,
     },
-    /// List pools with capacity and free space
+    /// List pools with capacity, free space, what volumes promise (provisioned) and use
     List,
+    /// Set the allocation, in percent of capacity, past which the server warns [default: 80]
+    SetThreshold {
+        name: String,
+        /// 1 to 100
+        percent: u64,
+    },
     /// Remove a pool that has no volumes
     Delete { name: String },
 }
@@ -40,11 +46,28 @@ pub fn run(command: PoolCommand, json: bool, call: Call) -> Result<(), String> {
             show(json, call("pool_create", Some(params))?, print_pools)
         }
         PoolCommand::List => show(json, call("pool_get_pools", None)?, print_pools),
+        PoolCommand::SetThreshold { name, percent } => show(
+            json,
+            call(
+                "pool_set_threshold",
+                Some(json!({ "pool": name, "percent": percent })),
+            )?,
+            print_pools,
+        ),
         PoolCommand::Delete { name } => done(
             json,
             call("pool_delete", Some(json!({ "name": name })))?,
             &format!("pool {name} deleted"),
         ),
+    }
+}
+
+/// The threshold cell: `80%`, with `(over)` once allocation has reached it.
+fn threshold(pool: &Value) -> String {
+    match (pool["threshold"].as_u64(), pool["over_threshold"].as_bool()) {
+        (Some(percent), Some(true)) => format!("{percent}% (over)"),
+        (Some(percent), _) => format!("{percent}%"),
+        (None, _) => "-".into(),
     }
 }
 
@@ -57,6 +80,10 @@ fn print_pools(items: &[Value]) {
                 text(p, "name"),
                 bytes(p, "capacity"),
                 bytes(p, "free"),
+                bytes(p, "provisioned"),
+                bytes(p, "allocated"),
+                bytes(p, "shared"),
+                threshold(p),
                 bytes(p, "extent_size"),
                 text(p, "volumes"),
                 joined(&p["luns"]),
@@ -67,7 +94,18 @@ fn print_pools(items: &[Value]) {
         .collect();
     print_table(
         &[
-            "NAME", "CAPACITY", "FREE", "EXTENT", "VOLUMES", "LUNS", "STATE", "VOLATILE",
+            "NAME",
+            "CAPACITY",
+            "FREE",
+            "PROVISIONED",
+            "ALLOCATED",
+            "SHARED",
+            "THRESHOLD",
+            "EXTENT",
+            "VOLUMES",
+            "LUNS",
+            "STATE",
+            "VOLATILE",
         ],
         &rows,
     );

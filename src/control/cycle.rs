@@ -112,6 +112,7 @@ impl Control {
         if self.recompute_rates() {
             self.publish();
         }
+        super::pools::watch_thresholds(self);
         // The reactors only count LUN errors; their log lines are written here.
         super::lun_errors::report(
             self.luns

@@ -1,6 +1,9 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
-use super::{domains, failed, hosts, iscsi, luns, nvmf, snapshots, spdk, volumes, vpaths, Control};
+use super::{
+    domains, failed, hosts, iscsi, luns, nvmf, pools, snapshots, spdk, volume_sets, volumes,
+    vpaths, Control,
+};
 use crate::rpc::RpcError;
 use serde_json::Value;
 
@@ -17,6 +20,7 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("pool_create", failed::pool_create),
     ("pool_get_pools", failed::pool_get),
     ("pool_delete", failed::pool_delete),
+    ("pool_set_threshold", pools::set_threshold),
     ("volume_create", failed::volume_create),
     ("volume_get_volumes", failed::volume_get),
     ("volume_resize", failed::volume_resize),
@@ -26,6 +30,10 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("snapshot_get_snapshots", snapshots::get),
     ("snapshot_delete", snapshots::delete),
     ("clone_create", snapshots::clone_create),
+    ("volume_set_create", volume_sets::create),
+    ("volume_set_add_member", volume_sets::add_member),
+    ("volume_set_get_sets", volume_sets::get),
+    ("volume_set_delete", volume_sets::delete),
     ("host_create", hosts::create),
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),

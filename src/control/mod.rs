@@ -5,7 +5,8 @@
 //! changes the live objects, then publishes a new [`Snapshot`] to the data path with one
 //! atomic swap. A failed call changes nothing.
 //!
-//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `hosts`,
+//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`,
+//! `volume_sets`, `hosts`,
 //! `domains`, `vpaths`, `iscsi`, `nvmf`; the SPDK-named ones in `spdk`) and add one line to
 //! [`methods::METHODS`]. Pool and volume methods that must not touch what a failed LUN took
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
@@ -26,6 +27,7 @@ mod pools;
 pub mod snapshots;
 mod spdk;
 mod stats;
+mod volume_sets;
 mod volumes;
 mod vpaths;
 
@@ -40,7 +42,7 @@ use crate::pool::Pool;
 use crate::reactor::ReactorHandle;
 use crate::rpc::{Dispatch, RpcError};
 use crate::store::records::{
-    DomainRecord, HostRecord, LunRecord, PoolRecord, VolumeRecord, VpathRecord,
+    DomainRecord, HostRecord, LunRecord, PoolRecord, VolumeRecord, VolumeSetRecord, VpathRecord,
 };
 use crate::store::{FileStore, StoreError};
 use crate::volume::provisioner::Provisioner;
@@ -78,6 +80,8 @@ pub struct LunEntry {
 pub struct PoolEntry {
     pub record: PoolRecord,
     pub pool: Arc<Pool>,
+    /// Whether allocation was past the record's threshold at the last control cycle.
+    pub threshold_watch: crate::pool::threshold::ThresholdWatch,
 }
 
 pub struct VolumeEntry {
@@ -108,6 +112,8 @@ pub struct Control {
     /// Pools and volumes a failed LUN took down at start-up, kept apart from the live ones.
     pub failed_pools: BTreeMap<String, FailedPool>,
     pub failed_volumes: BTreeMap<String, FailedVolume>,
+    /// Volume sets by name (each also in `volumes`, or `failed_volumes`, as a volume).
+    pub volume_sets: BTreeMap<String, VolumeSetRecord>,
     pub hosts: BTreeMap<String, hosts::HostEntry>,
     pub domains: BTreeMap<String, domains::DomainEntry>,
     pub vpaths: BTreeMap<u64, vpaths::VpathEntry>,
@@ -130,7 +136,7 @@ pub struct Control {
 
 impl Control {
     /// Restores the configuration from the store: LUNs, then pools (reading their extent
-    /// records), then volumes (rebuilding their maps from those records). A LUN that cannot be
+    /// records), then volumes (rebuilding their maps from those records), then volume sets. A LUN that cannot be
     /// opened does not stop the server: it is kept as failed, its pool comes up failed, and
     /// that pool's volumes are listed as failed and not served; everything else serves.
     pub fn restore(
@@ -149,6 +155,7 @@ impl Control {
             volumes: BTreeMap::new(),
             failed_pools: BTreeMap::new(),
             failed_volumes: BTreeMap::new(),
+            volume_sets: BTreeMap::new(),
             hosts: BTreeMap::new(),
             domains: BTreeMap::new(),
             vpaths: BTreeMap::new(),
@@ -209,6 +216,7 @@ impl Control {
                         PoolEntry {
                             record,
                             pool: Arc::new(pool),
+                            threshold_watch: Default::default(),
                         },
                     );
                 }
@@ -281,6 +289,7 @@ impl Control {
             );
         }
         control.rebuild_maps(found_by_pool);
+        control.restore_volume_sets()?;
         control.restore_paths()?;
         control.recompute_rates();
         control.publish();
@@ -390,7 +399,7 @@ impl Control {
             let tables: Vec<(Arc<Volume>, crate::volume::lineage::Lineage)> = self
                 .volumes
                 .values()
-                .filter(|v| Arc::ptr_eq(&v.volume.pool, &pool))
+                .filter(|v| Arc::ptr_eq(&v.volume.pool, &pool) && v.volume.composite().is_none())
                 .map(|v| (v.volume.clone(), v.volume.lineage()))
                 .collect();
             // Nothing written after a snapshot may carry a sequence at or below its own.

@@ -4,10 +4,12 @@ use super::luns::error_chain;
 use super::params::{one_or_all, Params};
 use super::{Control, PoolEntry};
 use crate::backend::Lun;
+use crate::constants::MAX_POOL_THRESHOLD_PERCENT;
 use crate::constants::{
     DEFAULT_EXTENT_BYTES, MAX_EXTENT_BYTES, MAX_LUNS_PER_POOL, MAX_POOLS, MIN_EXTENT_BYTES,
 };
 use crate::pool::on_disk::{MAX_JOURNAL_BLOCKS, MIN_JOURNAL_BLOCKS};
+use crate::pool::threshold;
 use crate::pool::Pool;
 use crate::rpc::RpcError;
 use crate::store::records::PoolRecord;
@@ -16,11 +18,14 @@ use std::sync::Arc;
 
 pub fn describe(control: &Control, entry: &PoolEntry) -> Value {
     let pool = &entry.pool;
-    let volumes = control
-        .volumes
-        .values()
-        .filter(|v| v.record.pool == entry.record.name)
-        .count();
+    let members = || {
+        control
+            .volumes
+            .values()
+            .filter(|v| v.record.pool == entry.record.name)
+    };
+    let volumes = members().count();
+    let space = space_of(entry, members().map(|v| v.volume.size_bytes()).sum());
     let mut described = json!({
         "name": entry.record.name,
         "uuid": entry.record.uuid.to_string(),
@@ -32,6 +37,11 @@ pub fn describe(control: &Control, entry: &PoolEntry) -> Value {
         "capacity": pool.total_extents() * pool.extent_bytes,
         "free": pool.free_extents() * pool.extent_bytes,
         "volumes": volumes,
+        "provisioned": space.provisioned_bytes,
+        "allocated": space.allocated_bytes,
+        "shared": space.shared_bytes,
+        "threshold": entry.record.threshold,
+        "over_threshold": space.over_threshold,
         "journal": pool.luns.iter().map(|member| {
             let stats = member.journal.stats();
             json!({
@@ -77,6 +87,97 @@ pub fn describe(control: &Control, entry: &PoolEntry) -> Value {
         object.insert("note".into(), note.into());
     }
     described
+}
+
+/// How much of a pool is promised and how much is used.
+pub struct Space {
+    /// What the pool's volumes promise: the sum of their sizes (thin and thick).
+    pub provisioned_bytes: u64,
+    /// Extents in use, in bytes (by volumes, and orphans not yet freed).
+    pub allocated_bytes: u64,
+    /// Extents more than one volume, snapshot or clone maps (refcount > 1).
+    pub shared_bytes: u64,
+    /// Whether allocation has reached the pool's threshold.
+    pub over_threshold: bool,
+}
+
+/// The space figures of `entry`, whose volumes' sizes add up to `provisioned_bytes`.
+pub fn space_of(entry: &PoolEntry, provisioned_bytes: u64) -> Space {
+    let pool = &entry.pool;
+    let total = pool.total_extents();
+    let allocated = total.saturating_sub(pool.free_extents());
+    Space {
+        provisioned_bytes,
+        allocated_bytes: allocated * pool.extent_bytes,
+        shared_bytes: pool.refcounts.shared_extents() * pool.extent_bytes,
+        over_threshold: threshold::is_over(allocated, total, entry.record.threshold),
+    }
+}
+
+/// `pool_set_threshold {pool, percent}`: the allocation, in percent of capacity (1 to 100),
+/// past which the control cycle warns; kept in the pool's record.
+pub fn set_threshold(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
+    let params = Params::new(params, &["pool", "percent"])?;
+    let name = params.name("pool")?;
+    let percent = params.u64("percent")?;
+    if !threshold::is_valid(percent) {
+        return Err(RpcError::invalid_params(format!(
+            "percent: {percent} is not between 1 and {MAX_POOL_THRESHOLD_PERCENT}"
+        )));
+    }
+    if let Some(failed) = control.failed_pools.get(name) {
+        return Err(RpcError::invalid_params(format!(
+            "pool: pool {name} is failed: {}",
+            failed.reason
+        )));
+    }
+    let entry = control
+        .pools
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(format!("pool: no pool {name}")))?;
+    let mut record = entry.record.clone();
+    record.threshold = percent as u8;
+    control
+        .store
+        .put("pool", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    if let Some(entry) = control.pools.get_mut(name) {
+        entry.record = record;
+    }
+    log::info!("pool {name}: space threshold set to {percent}%");
+    let entry = control
+        .pools
+        .get(name)
+        .ok_or_else(|| RpcError::internal(format!("pool {name} vanished")))?;
+    Ok(describe(control, entry))
+}
+
+/// Once per control cycle: logs a warning for each pool whose allocation crossed its
+/// threshold since the last look, and a note for each that fell back below it.
+pub fn watch_thresholds(control: &mut Control) {
+    let mut provisioned: std::collections::BTreeMap<&str, u64> = Default::default();
+    for volume in control.volumes.values() {
+        *provisioned.entry(volume.record.pool.as_str()).or_default() += volume.volume.size_bytes();
+    }
+    for (name, entry) in control.pools.iter_mut() {
+        let space = space_of(entry, provisioned.get(name.as_str()).copied().unwrap_or(0));
+        let capacity = entry.pool.total_extents() * entry.pool.extent_bytes;
+        match entry.threshold_watch.observe(space.over_threshold) {
+            Some(threshold::Crossing::Above) => log::warn!(
+                "pool {name}: {} of {capacity} bytes allocated, past its {}% threshold \
+                 ({} bytes provisioned); writes that need a new extent fail once it is full",
+                space.allocated_bytes,
+                entry.record.threshold,
+                space.provisioned_bytes
+            ),
+            Some(threshold::Crossing::Below) => log::info!(
+                "pool {name}: {} of {capacity} bytes allocated, back below its {}% threshold",
+                space.allocated_bytes,
+                entry.record.threshold
+            ),
+            None => {}
+        }
+    }
 }
 
 /// The rule that keeps a restart from silently zeroing data: a pool is either volatile (only
@@ -166,6 +267,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         uuid,
         extent_size,
         luns: lun_names.clone(),
+        threshold: crate::pool::threshold::default_percent(),
     };
     if let Err(error) = control.store.put("pool", name, &record) {
         let _ = pool.wipe();
@@ -185,6 +287,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let entry = PoolEntry {
         record,
         pool: Arc::new(pool),
+        threshold_watch: Default::default(),
     };
     let described = describe(control, &entry);
     control.pools.insert(name.to_string(), entry);

@@ -27,6 +27,9 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "thin": volume.thin,
         "allocated": extents * volume.extent_bytes(),
         "allocated_extents": extents,
+        // What the volume promises (its size) and, of what it maps, what other tables map
+        // too (snapshots, clones: refcount > 1).
+        "provisioned": volume.size_bytes(),
         "connections": volume.open_state.open_count(),
         "qos": entry.record.qos.to_json(),
         "volatile": volume.pool.volatile,
@@ -209,6 +212,8 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         .volumes
         .get(name)
         .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
+    super::volume_sets::refuse_member(control, "name", name, "resize")?;
+    super::volume_sets::refuse_set(control, "name", name, "resize")?;
     let volume = entry.volume.clone();
     if volume.read_only {
         return Err(RpcError::invalid_params(format!(
@@ -245,7 +250,18 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     }
     control.publish();
     log::info!("volume {name} resized from {current} to {size} bytes");
-    // Every NVMe host with a VP to it is told: its namespace's size changed.
+    announce_new_size(control, name);
+    Ok(control
+        .volumes
+        .get(name)
+        .map(describe)
+        .unwrap_or(Value::Null))
+}
+
+/// Tells hosts volume `name` has a new size (published already): every NVMe host with a VP
+/// to it hears that its namespace changed. (iSCSI LUNs see the size change on their next
+/// command and raise CAPACITY DATA HAS CHANGED; NBD clients see it when they connect.)
+pub(super) fn announce_new_size(control: &Control, name: &str) {
     if let Some(nvmf) = &control.nvmf {
         for vpath in control.vpaths.values().filter(|v| v.record.volume == name) {
             nvmf.namespace_changed(
@@ -254,16 +270,13 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             );
         }
     }
-    Ok(control
-        .volumes
-        .get(name)
-        .map(describe)
-        .unwrap_or(Value::Null))
 }
 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(params, &["name"])?;
     let name = params.name("name")?;
+    super::volume_sets::refuse_member(control, "name", name, "delete")?;
+    super::volume_sets::refuse_set(control, "name", name, "delete")?;
     let entry = control
         .volumes
         .get(name)
@@ -333,10 +346,13 @@ pub fn set_qos_limit(control: &mut Control, params: Option<Value>) -> Result<Val
         .qos
         .merge(&object, "")
         .map_err(RpcError::invalid_params)?;
-    control
-        .store
-        .put("volume", name, &record)
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    // A volume set keeps its limits in its own record.
+    if !super::volume_sets::put_qos(control, name, &record.qos)? {
+        control
+            .store
+            .put("volume", name, &record)
+            .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    }
     if let Some(entry) = control.volumes.get_mut(name) {
         entry.record = record;
     }

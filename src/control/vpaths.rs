@@ -94,6 +94,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "mode: {volume_name} is a snapshot: only read-only (ro) paths may reach it"
         )));
     }
+    super::volume_sets::refuse_member(control, "volume", volume_name, "give a virtual path to")?;
     if !control.domains.contains_key(domain) {
         return Err(RpcError::invalid_params(format!(
             "domain: no domain {domain}"

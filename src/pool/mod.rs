@@ -12,6 +12,7 @@ pub mod journal;
 pub mod lost_lun;
 pub mod on_disk;
 pub mod refcount;
+pub mod threshold;
 
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::backend::{Lun, LunError};

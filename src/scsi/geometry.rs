@@ -24,14 +24,7 @@ pub struct Geometry {
 impl Geometry {
     pub fn of(volume: &Volume) -> Self {
         let block_bytes = volume.block_size_bytes.max(1);
-        let lun_block = volume
-            .pool
-            .luns
-            .iter()
-            .map(|l| l.layout.block_size_bytes)
-            .max()
-            .unwrap_or(block_bytes)
-            .max(block_bytes);
+        let lun_block = volume.max_lun_block_bytes().max(block_bytes);
         Self {
             block_bytes,
             capacity_blocks: volume.size_bytes() / u64::from(block_bytes),

@@ -4,6 +4,7 @@ use crate::backend::LunKind;
 use crate::domain::capabilities::{Capabilities, QosLimits};
 use crate::domain::vpath::AccessMode;
 use crate::identity::Uuid;
+use crate::volume::set::SetLayout;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -27,6 +28,10 @@ pub struct PoolRecord {
     pub uuid: Uuid,
     pub extent_size: u64,
     pub luns: Vec<String>,
+    /// `pool_set_threshold`: the allocation, in percent of capacity, past which the server
+    /// warns (see `pool::threshold`). Records written before it existed get the default.
+    #[serde(default = "crate::pool::threshold::default_percent")]
+    pub threshold: u8,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,6 +48,23 @@ pub struct VolumeRecord {
     /// Snapshots and clones: what the volume's table is a view of (empty: a plain volume).
     #[serde(default, flatten)]
     pub lineage: crate::volume::lineage::LineageRecord,
+}
+
+/// A volume set (`volume_set_create`): a volume made of member volumes (see
+/// `volume::set`). Restored after the volumes; its block size is its members'.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeSetRecord {
+    pub name: String,
+    pub uuid: Uuid,
+    pub layout: SetLayout,
+    /// Stripe sets: bytes per stripe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_size: Option<u64>,
+    /// In order: a concatenation's members in address order, a stripe's in stripe order.
+    pub members: Vec<String>,
+    /// `bdev_set_qos_limit` on the set.
+    #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
+    pub qos: QosLimits,
 }
 
 /// A host (`host_create`): an initiator, by what its protocol proves.

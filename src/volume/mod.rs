@@ -13,15 +13,24 @@
 //!
 //! [`Volume::segment`] is the whole of translation on the data path: per extent the request
 //! touches, one load of the chunk pointer and one of the slot (see [`map`]).
+//!
+//! A volume's body is plain (its own map in its pool) or composite: made of other volumes
+//! (see [`composite`]), which `segment` resolves through. The LUN index a segment carries is
+//! an index into the volume's LUN table ([`Volume::lun`]): its pool's LUNs for a plain
+//! volume, the composite's flat table otherwise.
 
+pub mod composite;
 pub mod lineage;
 pub mod map;
 pub mod open_state;
 pub mod provisioner;
+pub mod reclaim;
+pub mod set;
 pub mod stats;
 pub mod write_gate;
 
 use crate::pool::{decode_slot, encode_slot, Pool, PoolLun, SLOT_SHARED};
+use composite::{Composite, CompositeError, Layout};
 use lineage::Lineage;
 use map::MapTable;
 use open_state::OpenState;
@@ -33,6 +42,8 @@ use write_gate::WriteGate;
 pub struct Volume {
     pub name: String,
     pub uuid: [u8; 16],
+    /// A plain volume's pool. A composite's is its first part's (reported as where it lives;
+    /// its data is in its parts' pools).
     pub pool: Arc<Pool>,
     pub block_size_bytes: u32,
     pub thin: bool,
@@ -42,6 +53,9 @@ pub struct Volume {
     /// no session can open it: see [`open_state`]).
     pub open_state: OpenState,
     pub stats: VolumeStats,
+    /// I/O that loaded mapping slots and has not completed: what a thread that takes an
+    /// extent away from the volume (TRIM's release) waits for (see [`write_gate`]).
+    pub write_gate: WriteGate,
     /// Set when the volume was restored from a pool whose volatile LUN lost its content (see
     /// [`Volume::restored`]): the pool member its unmapped ranges are routed to.
     lost_member: Option<usize>,
@@ -52,11 +66,11 @@ pub struct Volume {
     /// What its table is a view of; read and changed only off the I/O path (provisioning and
     /// control threads).
     lineage: Mutex<Lineage>,
-    /// Write rounds in flight, for a snapshot to wait on (see [`write_gate`]).
-    pub write_gate: WriteGate,
     /// Its lineage has snapshots or sources: a record it frees could uncover an older one at
     /// the next start (see [`Volume::trim_may_free`]).
     keeps_history: AtomicBool,
+    /// `Some` for a composite volume: its parts (its own map is then empty and unused).
+    composite: Option<Box<Composite>>,
 }
 
 /// One piece of a request, inside one virtual extent.
@@ -70,8 +84,13 @@ pub enum Segment<'a> {
         /// Another table maps the extent too: a write must have it copied first.
         shared: bool,
     },
-    /// Never written: reads as zeroes; a write must first provision `extent`.
-    Unmapped { extent: u64, len_bytes: u64 },
+    /// Never written: reads as zeroes; a write must first provision `extent` of `part` (of
+    /// the volume `segment` was called on when `None`: a plain volume).
+    Unmapped {
+        part: Option<&'a Arc<Volume>>,
+        extent: u64,
+        len_bytes: u64,
+    },
 }
 
 impl Volume {
@@ -95,12 +114,99 @@ impl Volume {
             map: MapTable::new(extents),
             open_state: OpenState::default(),
             stats: VolumeStats::default(),
+            write_gate: WriteGate::new(),
             lost_member: None,
             started_empty: false,
             read_only: false,
             lineage: Mutex::new(Lineage::own(uuid)),
-            write_gate: WriteGate::default(),
             keeps_history: AtomicBool::new(false),
+            composite: None,
+        }
+    }
+
+    /// A composite volume of `parts` (plain volumes with `block_size_bytes` blocks) laid out
+    /// as `layout`. Its pool is the first part's; it is thin if every part is.
+    pub fn new_composite(
+        name: &str,
+        uuid: [u8; 16],
+        layout: Layout,
+        block_size_bytes: u32,
+        parts: &[Arc<Volume>],
+    ) -> Result<Self, CompositeError> {
+        let first = parts.first().ok_or(CompositeError::NoParts)?;
+        let (composite, size_bytes) = Composite::new(layout, block_size_bytes, parts)?;
+        Ok(Self {
+            name: name.to_string(),
+            uuid,
+            pool: first.pool.clone(),
+            block_size_bytes,
+            thin: parts.iter().all(|p| p.thin),
+            size_bytes: AtomicU64::new(size_bytes),
+            map: MapTable::new(0),
+            open_state: OpenState::default(),
+            stats: VolumeStats::default(),
+            write_gate: WriteGate::new(),
+            lost_member: None,
+            started_empty: parts.iter().any(|p| p.started_empty),
+            composite: Some(Box::new(composite)),
+            read_only: false,
+            lineage: Mutex::new(Lineage::own(uuid)),
+            keeps_history: AtomicBool::new(false),
+        })
+    }
+
+    /// The composite body, `None` for a plain volume.
+    #[inline]
+    pub fn composite(&self) -> Option<&Composite> {
+        self.composite.as_deref()
+    }
+
+    /// Appends `part` to a composite concatenation and publishes the grown size (the part
+    /// first, then the size: see [`composite`]). Only the control thread calls this.
+    pub fn append_part(&self, part: &Arc<Volume>) -> Result<u64, CompositeError> {
+        let composite = self.composite().ok_or(CompositeError::CannotGrow)?;
+        let size = composite.append(part, self.block_size_bytes, self.size_bytes())?;
+        self.size_bytes.store(size, Ordering::Release);
+        Ok(size)
+    }
+
+    /// LUN table entry `index` (see the module documentation).
+    #[inline]
+    pub fn lun(&self, index: usize) -> Option<&PoolLun> {
+        match &self.composite {
+            None => self.pool.luns.get(index),
+            Some(composite) => composite.lun(index),
+        }
+    }
+
+    /// Every distinct LUN under the volume once, with its LUN table index: where a flush goes.
+    pub fn flush_luns(&self) -> impl Iterator<Item = (usize, &PoolLun)> + '_ {
+        let plain = self
+            .composite
+            .is_none()
+            .then(|| self.pool.luns.iter().enumerate())
+            .into_iter()
+            .flatten();
+        let composite = self
+            .composite()
+            .into_iter()
+            .flat_map(|c| c.lun_entries().enumerate())
+            .filter(|(_, e)| e.flush)
+            .map(|(i, e)| (i, e.lun()));
+        plain.chain(composite)
+    }
+
+    /// The largest LUN block size under the volume (at least 512).
+    pub fn max_lun_block_bytes(&self) -> u32 {
+        match &self.composite {
+            None => self
+                .pool
+                .luns
+                .iter()
+                .map(|l| l.layout.block_size_bytes)
+                .max()
+                .unwrap_or(512),
+            Some(composite) => composite.max_lun_block_bytes(),
         }
     }
 
@@ -177,6 +283,7 @@ impl Volume {
         self.size_bytes.load(Ordering::Acquire)
     }
 
+    /// The pool's extent size (a composite's: its first part's pool's).
     pub fn extent_bytes(&self) -> u64 {
         self.pool.extent_bytes
     }
@@ -196,7 +303,8 @@ impl Volume {
     }
 
     /// The segment of a request at `offset_bytes` with `remaining_bytes` left, cut at the end
-    /// of its extent.
+    /// of its extent (and, for a composite, of its part or stripe). `map` is the volume's own
+    /// ([`Self::map`], loaded once per request by the caller); a composite ignores it.
     #[inline]
     pub fn segment<'a>(
         &'a self,
@@ -204,13 +312,36 @@ impl Volume {
         offset_bytes: u64,
         remaining_bytes: u64,
     ) -> Segment<'a> {
+        match &self.composite {
+            None => self.plain_segment(map, offset_bytes, remaining_bytes, 0, None),
+            Some(composite) => composite.segment(offset_bytes, remaining_bytes),
+        }
+    }
+
+    /// The segment in this plain volume's own map; its LUN index is offset by `lun_base` (the
+    /// volume's first LUN in a composite's table) and an unmapped one names `part`.
+    #[inline(always)]
+    fn plain_segment<'a>(
+        &'a self,
+        map: &MapTable,
+        offset_bytes: u64,
+        remaining_bytes: u64,
+        lun_base: usize,
+        part: Option<&'a Arc<Volume>>,
+    ) -> Segment<'a> {
         let extent_bytes = self.pool.extent_bytes;
         let extent = offset_bytes / extent_bytes;
         let within = offset_bytes % extent_bytes;
         let len_bytes = remaining_bytes.min(extent_bytes - within);
         let raw = map.get(extent);
         let slot = match (raw & !SLOT_SHARED, self.lost_member) {
-            (0, None) => return Segment::Unmapped { extent, len_bytes },
+            (0, None) => {
+                return Segment::Unmapped {
+                    part,
+                    extent,
+                    len_bytes,
+                }
+            }
             // Possibly lost: the LUN standing in for the lost one fails the I/O.
             (0, Some(member)) => encode_slot(member, 0),
             (slot, _) => slot,
@@ -218,15 +349,27 @@ impl Volume {
         let (lun, lun_index, offset_bytes) = self.pool.locate(slot, within);
         Segment::Mapped {
             lun,
-            lun_index,
+            lun_index: lun_base + lun_index,
             offset_bytes,
             len_bytes,
             shared: raw & SLOT_SHARED != 0,
         }
     }
 
+    /// Extents mapped (a composite's: its parts', in units of [`Self::extent_bytes`]).
     pub fn allocated_extents(&self) -> u64 {
-        self.map().mapped().count() as u64
+        match &self.composite {
+            None => self.map().mapped().count() as u64,
+            Some(_) => self.allocated_bytes() / self.extent_bytes(),
+        }
+    }
+
+    /// Bytes of extents mapped (a composite's: the sum over its parts).
+    pub fn allocated_bytes(&self) -> u64 {
+        match &self.composite {
+            None => self.map().mapped().count() as u64 * self.extent_bytes(),
+            Some(composite) => composite.parts().map(|p| p.volume.allocated_bytes()).sum(),
+        }
     }
 
     /// Whether the volume is deleted (or being deleted): no session has it open, and none can.
@@ -244,9 +387,6 @@ impl Volume {
     /// Whether some LUN of the pool has a larger block size than the volume: writes to it that
     /// are not aligned to its block size take the read-modify-write slow path.
     pub fn needs_read_modify_write(&self) -> bool {
-        self.pool
-            .luns
-            .iter()
-            .any(|l| l.layout.block_size_bytes > self.block_size_bytes)
+        self.max_lun_block_bytes() > self.block_size_bytes
     }
 }

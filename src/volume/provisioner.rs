@@ -17,11 +17,15 @@
 //! claim or commit is in flight, so a snapshot's sequence orders every record before or after
 //! it.
 //!
+//! TRIM's releases of whole extents come here too ([`super::reclaim`]), after the claims of
+//! the same batch, so a claim and a release never interleave.
+//!
 //! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
 //! all its writes here, and its reads that are not aligned to that LUN's blocks (a LUN reads
 //! only whole blocks of its own). This thread is single, so those writes are serialized and a
 //! read-modify-write can never interleave with another write to the same LUN block.
 
+use super::reclaim::covers_whole_extent;
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::constants::{COW_COPY_BYTES, MAX_IO_BYTES, METADATA_BATCH_MAX};
@@ -68,6 +72,14 @@ pub enum Request {
         extent: u64,
         reply: Reply,
     },
+    /// Unmap whole virtual `extent` of `volume` and give its pool extent back (a TRIM that
+    /// covers it), durably before the reply; nothing to do if it is unmapped (see
+    /// [`super::reclaim`]).
+    Release {
+        volume: Arc<Volume>,
+        extent: u64,
+        reply: Reply,
+    },
     /// Write `data` (or zeroes when `None`) at `offset_bytes`, read-modify-writing partial LUN
     /// blocks and provisioning unmapped extents.
     SlowWrite {
@@ -76,6 +88,9 @@ pub enum Request {
         len_bytes: u64,
         data: Option<SessionBuffer>,
         fua: bool,
+        /// A TRIM: on a thin volume, the mapped extents it covers whole are given back to the
+        /// pool (see [`super::reclaim`]) instead of zeroed.
+        trim: bool,
         reply: Reply,
     },
     /// Runs a step of the control thread that must not overlap a claim or a copy-on-write
@@ -139,6 +154,7 @@ fn run(receiver: Receiver<Request>) {
             }
         }
         let mut provisions = Vec::new();
+        let mut releases = Vec::new();
         let mut stop = false;
         for request in batch {
             match request {
@@ -147,12 +163,18 @@ fn run(receiver: Receiver<Request>) {
                     extent,
                     reply,
                 } => provisions.push((volume, extent, reply)),
+                Request::Release {
+                    volume,
+                    extent,
+                    reply,
+                } => releases.push((volume, extent, reply)),
                 Request::SlowWrite {
                     volume,
                     offset_bytes,
                     len_bytes,
                     data,
                     fua,
+                    trim,
                     reply,
                 } => {
                     let result = slow_write(
@@ -161,6 +183,7 @@ fn run(receiver: Receiver<Request>) {
                         len_bytes,
                         data.as_ref(),
                         fua,
+                        trim && volume.thin,
                         &mut bounce,
                     );
                     reply.send(errno_of(result));
@@ -178,12 +201,14 @@ fn run(receiver: Receiver<Request>) {
                 Request::Run(step) => {
                     // What arrived before it is done first: the step sees a quiet pool.
                     provide(&mut provisions);
+                    give_back(&mut releases);
                     step();
                 }
                 Request::Stop => stop = true,
             }
         }
         provide(&mut provisions);
+        give_back(&mut releases);
         if stop {
             break;
         }
@@ -205,6 +230,18 @@ fn provide(provisions: &mut Vec<(Arc<Volume>, u64, Reply)>) {
     }
 }
 
+/// Answers every collected `Release` request (TRIM's whole extents).
+fn give_back(releases: &mut Vec<(Arc<Volume>, u64, Reply)>) {
+    if releases.is_empty() {
+        return;
+    }
+    let wanted: Vec<(&Volume, u64)> = releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
+    let results = super::reclaim::release(&wanted);
+    for ((_, _, reply), result) in releases.drain(..).zip(results) {
+        reply.send(errno_of(result));
+    }
+}
+
 fn errno_of(result: Result<(), PoolError>) -> i32 {
     match result {
         Ok(()) => 0,
@@ -222,6 +259,18 @@ fn errno_of(result: Result<(), PoolError>) -> i32 {
 /// Each new extent is claimed and zeroed, then all the new records of a pool are committed
 /// through its journal together (one flush per LUN), and only then are the mappings published.
 pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
+    provision_filled(wanted, true)
+}
+
+/// Gives `extent` of `volume`, if a snapshot or a clone shares it, a zeroed extent of its own
+/// in its place (a whole-extent TRIM of a shared extent: copy-on-write without the copy),
+/// durably, like [`provision`].
+pub fn provision_zeroed(volume: &Volume, extent: u64) -> Result<(), PoolError> {
+    provision_filled(&[(volume, extent)], false).remove(0)
+}
+
+/// [`provision`], with a shared extent's replacement filled with its data (`copy`) or zeroes.
+fn provision_filled(wanted: &[(&Volume, u64)], copy: bool) -> Vec<Result<(), PoolError>> {
     let mut results: Vec<Result<(), PoolError>> = Vec::with_capacity(wanted.len());
     // Claimed slot and its record, per request (slot 0: nothing to publish).
     let mut claimed: Vec<(u64, Option<ExtentRecord>)> = vec![(0, None); wanted.len()];
@@ -253,13 +302,13 @@ pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
         }
         let outcome = pool.claim_extent().and_then(|slot| {
             let filled = match replaces[index] {
-                Some(shared) => {
+                Some(shared) if copy => {
                     let buffer = copy_buffer.get_or_insert_with(|| {
                         AlignedBuf::new(COW_COPY_BYTES.min(pool.extent_bytes as usize))
                     });
                     copy_extent(pool, shared & !SLOT_SHARED, slot, buffer)
                 }
-                None => pool.zero_extent(slot),
+                _ => pool.zero_extent(slot),
             };
             match filled {
                 Ok(()) => Ok(slot),
@@ -409,15 +458,19 @@ impl BlockSpan {
 }
 
 /// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
-/// blocks it covers only in part.
+/// blocks it covers only in part. With `release` (a TRIM of a thin volume), the mapped
+/// extents it covers whole are given back to the pool instead of zeroed.
 fn slow_write(
     volume: &Volume,
     offset_bytes: u64,
     len_bytes: u64,
     data: Option<&SessionBuffer>,
     fua: bool,
+    release: bool,
     bounce: &mut AlignedBuf,
 ) -> Result<(), PoolError> {
+    let extent_bytes = volume.extent_bytes();
+    let size_bytes = volume.size_bytes();
     let lun_error = |lun: &str, source| PoolError::Lun {
         pool: volume.pool.name.clone(),
         lun: lun.to_string(),
@@ -428,6 +481,7 @@ fn slow_write(
         let map = volume.map();
         let piece = match volume.segment(map, offset_bytes + done, len_bytes - done) {
             Segment::Unmapped {
+                part,
                 extent,
                 len_bytes: piece,
             } => {
@@ -436,7 +490,9 @@ fn slow_write(
                     done += piece;
                     continue;
                 }
-                provision(&[(volume, extent)]).remove(0)?;
+                // A composite's part, or the volume itself.
+                let target: &Volume = part.map_or(volume, |p| p);
+                provision(&[(target, extent)]).remove(0)?;
                 continue;
             }
             Segment::Mapped { shared: true, .. } => {
@@ -444,6 +500,15 @@ fn slow_write(
                 let extent = (offset_bytes + done) / volume.extent_bytes();
                 provision(&[(volume, extent)]).remove(0)?;
                 continue;
+            }
+            Segment::Mapped {
+                len_bytes: piece, ..
+            } if release
+                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes) =>
+            {
+                super::reclaim::release(&[(volume, (offset_bytes + done) / extent_bytes)])
+                    .remove(0)?;
+                piece
             }
             Segment::Mapped {
                 lun,

@@ -1,79 +1,138 @@
-//! A volume's write gate: lets the provisioning thread wait until every write that may have
-//! looked at the volume's mapping table before some moment has completed.
+//! A volume's write gate: how a thread that changes mapping slots under running I/O (the
+//! provisioning thread releasing a trimmed extent; snapshots marking extents shared) waits
+//! until every I/O that may still use the slots' old values has completed.
 //!
-//! A snapshot marks every mapped slot of its origin SHARED, so that later writes copy the
-//! extent first. A write that loaded its slot just before the mark would still write in
-//! place, into an extent the snapshot now holds: the snapshot must wait for it. The gate is
-//! two in-flight counters and an epoch (RCU-like, two epochs): a write round enters (loads the
-//! epoch, adds one to that epoch's counter) before it loads any slot, and leaves (subtracts
-//! one) when its LUN I/O has completed. [`WriteGate::drain`] flips the epoch and waits until
-//! the old epoch's counter is zero. Every access is SeqCst, which gives one total order: a
-//! write that loaded a slot before the marks entered before them, so the drain, which reads
-//! its counter after the marks, sees it (or its leaving).
+//! The gate is two counters of I/O in flight, one per epoch, and the epoch. The data path
+//! pays one load, one `fetch_add`, one load again and, when the I/O's LUN work is done, one
+//! `fetch_sub`: no lock, no allocation.
 //!
-//! Writes that enter after the flip go to the other counter, so a steady stream of writes
-//! never holds a drain up. The cost to a write round: one load and two read-modify-writes.
+//! ```text
+//!  I/O (reactor)                              changer (provisioning thread)
+//!  ─────────────                              ─────────────────────────────
+//!  e = epoch; count[e] += 1; epoch == e? ─┐   swap the slots (SeqCst)
+//!  load slots (SeqCst)                    │   epoch += 1 (old epoch e')
+//!  LUN I/O ...                            │   wait until count[e'] == 0
+//!  count[e] -= 1  ◀───────────────────────┘   now the old slot values are unused
+//! ```
+//!
+//! Why it is enough: every operation named above is sequentially consistent, so they fall in
+//! one total order. An I/O that entered with epoch `e` saw, after its increment, that the
+//! epoch was still `e`. If that check came before the changer's flip, its increment did too,
+//! and the changer's reads of `count[e]` (after the flip) see it and wait for it. If the check
+//! came after the flip, the I/O's slot loads (after the check) come after the changer's swap
+//! (before the flip) and see the new values. An I/O whose check fails (a flip came between its
+//! load of the epoch and its increment) takes its increment back and enters again, so no I/O
+//! holds a counter of an epoch it did not see as current. Changers are serialized by a mutex
+//! (they are on control paths, never on the data path), so only one flip is waited on at a time.
+//!
+//! The drain waits for I/O that is running on a LUN, which completes on its own; an I/O must
+//! therefore never hold the gate while it waits for the thread that drains it (the engine
+//! leaves the gate before it asks the provisioning thread for an extent).
 
-use crate::constants::WRITE_GATE_DRAIN_TIMEOUT_MS;
+use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
+/// Spins before the drain starts to sleep between looks: most I/O in flight completes within
+/// tens of microseconds.
+const DRAIN_SPINS: u32 = 64;
+/// The sleep between looks once spinning did not see the old epoch drain.
+const DRAIN_SLEEP: Duration = Duration::from_micros(50);
+
+/// Two per-epoch counters of I/O in flight, and the epoch. See the module documentation.
 pub struct WriteGate {
-    epoch: AtomicU64,
-    in_flight: [AtomicU64; 2],
+    epoch: CachePadded<AtomicU64>,
+    in_flight: [CachePadded<AtomicU64>; 2],
+    /// Serializes changers: one flip, one drain at a time.
+    changers: Mutex<()>,
 }
 
-/// The epoch a write round entered with; give it back to [`WriteGate::leave`].
+/// Proof that an I/O entered the gate in an epoch; give it back with [`WriteGate::leave`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entered(u8);
+#[must_use = "an entered gate must be left, or every later drain waits forever"]
+pub struct GateTicket(u64);
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{in_flight} writes still in flight after {WRITE_GATE_DRAIN_TIMEOUT_MS} ms")]
-pub struct DrainTimedOut {
-    pub in_flight: u64,
+impl Default for WriteGate {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl WriteGate {
-    /// A write round starts (before it loads any mapping slot).
-    #[inline]
-    pub fn enter(&self) -> Entered {
-        let parity = (self.epoch.load(Ordering::SeqCst) & 1) as u8;
-        self.in_flight[parity as usize].fetch_add(1, Ordering::SeqCst);
-        Entered(parity)
+    pub fn new() -> Self {
+        Self {
+            epoch: CachePadded::new(AtomicU64::new(0)),
+            in_flight: [
+                CachePadded::new(AtomicU64::new(0)),
+                CachePadded::new(AtomicU64::new(0)),
+            ],
+            changers: Mutex::new(()),
+        }
     }
 
-    /// A write round's I/O has completed.
+    /// Enters the gate: call before loading the mapping slots an I/O will use, and keep the
+    /// ticket until the I/O that used them has completed.
     #[inline]
-    pub fn leave(&self, entered: Entered) {
-        self.in_flight[entered.0 as usize].fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Waits until every write round that entered before this call has left. Called after
-    /// the slots were changed; yields the thread between looks (writes take microseconds to
-    /// a few milliseconds). A LUN that never answers bounds the wait.
-    pub fn drain(&self) -> Result<(), DrainTimedOut> {
-        let old = (self.epoch.fetch_add(1, Ordering::SeqCst) & 1) as usize;
-        let deadline = Instant::now() + Duration::from_millis(WRITE_GATE_DRAIN_TIMEOUT_MS);
-        let mut spins = 0u32;
+    pub fn enter(&self) -> GateTicket {
         loop {
-            let in_flight = self.in_flight[old].load(Ordering::SeqCst);
-            if in_flight == 0 {
-                return Ok(());
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let counter = &self.in_flight[(epoch & 1) as usize];
+            counter.fetch_add(1, Ordering::SeqCst);
+            if self.epoch.load(Ordering::SeqCst) == epoch {
+                return GateTicket(epoch);
             }
-            if Instant::now() >= deadline {
-                return Err(DrainTimedOut { in_flight });
-            }
-            spins += 1;
-            if spins < 64 {
-                std::thread::yield_now();
+            // A changer flipped between the two loads: it may not wait for this counter.
+            counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Leaves the gate: the I/O that entered with `ticket` no longer uses the slots it loaded.
+    #[inline]
+    pub fn leave(&self, ticket: GateTicket) {
+        let previous = self.in_flight[(ticket.0 & 1) as usize].fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(previous > 0, "left a gate more often than entered");
+    }
+
+    /// Waits until every I/O that entered before this call has left. A changer first stores
+    /// the new slot values (SeqCst), then drains; afterwards no I/O uses the old values.
+    pub fn drain(&self) {
+        // A poisoned lock only means another changer panicked; the gate itself is consistent.
+        let _serial = self
+            .changers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst);
+        let counter = &self.in_flight[(old & 1) as usize];
+        let mut spins = 0u32;
+        while counter.load(Ordering::SeqCst) != 0 {
+            if spins < DRAIN_SPINS {
+                spins += 1;
+                std::hint::spin_loop();
             } else {
-                std::thread::sleep(Duration::from_micros(100));
+                std::thread::sleep(DRAIN_SLEEP);
             }
         }
     }
 
-    /// Write rounds in flight now (both epochs).
+    /// Like [`Self::drain`], but gives up at `deadline`; returns whether it drained.
+    pub fn drain_until(&self, deadline: Instant) -> bool {
+        let _serial = self
+            .changers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst);
+        let counter = &self.in_flight[(old & 1) as usize];
+        while counter.load(Ordering::SeqCst) != 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(DRAIN_SLEEP);
+        }
+        true
+    }
+
+    /// I/O in the gate now (both epochs), for tests and statistics.
     pub fn in_flight(&self) -> u64 {
         self.in_flight
             .iter()
@@ -89,34 +148,111 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn drain_waits_for_rounds_entered_before_it_only() {
-        let gate = WriteGate::default();
-        assert_eq!(gate.drain(), Ok(()));
-        let early = gate.enter();
-        let gate = Arc::new(gate);
-        let done = Arc::new(AtomicBool::new(false));
+    fn drain_with_nothing_in_flight_returns_at_once() {
+        let gate = WriteGate::new();
+        gate.drain();
+        gate.drain();
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[test]
+    fn drain_waits_for_an_io_of_the_old_epoch_and_not_for_a_new_one() {
+        let gate = Arc::new(WriteGate::new());
+        let old = gate.enter();
+        let drained = Arc::new(AtomicBool::new(false));
         let drainer = {
-            let (gate, done) = (gate.clone(), done.clone());
+            let (gate, drained) = (gate.clone(), drained.clone());
             std::thread::spawn(move || {
-                let result = gate.drain();
-                done.store(true, Ordering::SeqCst);
-                result
+                gate.drain();
+                drained.store(true, Ordering::SeqCst);
             })
         };
-        // Rounds entering after the flip do not hold the drain; wait until it flipped.
-        while gate.epoch.load(Ordering::SeqCst) < 2 {
+        // Wait until the drainer has flipped the epoch: an I/O entering now is new.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.epoch.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the drainer never flipped");
             std::thread::yield_now();
         }
-        let late = gate.enter();
+        let new = gate.enter();
+        assert_ne!(old, new);
         std::thread::sleep(Duration::from_millis(20));
         assert!(
-            !done.load(Ordering::SeqCst),
-            "drained while an early round ran"
+            !drained.load(Ordering::SeqCst),
+            "drained while an old I/O was in flight"
         );
-        gate.leave(early);
-        assert_eq!(drainer.join().ok(), Some(Ok(())));
-        assert_eq!(gate.in_flight(), 1);
-        gate.leave(late);
+        gate.leave(old);
+        drainer.join().expect("drainer");
+        assert!(drained.load(Ordering::SeqCst));
+        // The new I/O is still in: a later drain waits for it.
+        assert!(!gate.drain_until(Instant::now() + Duration::from_millis(20)));
+        gate.leave(new);
+        assert!(gate.drain_until(Instant::now() + Duration::from_secs(10)));
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    /// The property the gate exists for, under threads: a changer swaps a slot to a new value,
+    /// drains, then "frees" the old value; no I/O that loaded a value after entering may ever
+    /// see it freed before it leaves.
+    #[test]
+    fn no_io_ever_holds_a_value_freed_under_it() {
+        // Fewer under Miri (scripts/sanitize.sh), where every atomic access is emulated.
+        const VALUES: usize = if cfg!(miri) { 100 } else { 20_000 };
+        const IO_THREADS: usize = 3;
+        let gate = Arc::new(WriteGate::new());
+        let slot = Arc::new(AtomicU64::new(1));
+        let freed: Arc<Vec<AtomicBool>> =
+            Arc::new((0..=VALUES + 1).map(|_| AtomicBool::new(false)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(AtomicU64::new(0));
+        // Threads that have made their first check: the changer starts only when all have, so
+        // on a loaded machine it cannot run through every value before any I/O thread runs.
+        let running = Arc::new(AtomicU64::new(0));
+        let ios: Vec<_> = (0..IO_THREADS)
+            .map(|_| {
+                let (gate, slot, freed, stop, violations, running) = (
+                    gate.clone(),
+                    slot.clone(),
+                    freed.clone(),
+                    stop.clone(),
+                    violations.clone(),
+                    running.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut checks = 0u64;
+                    while checks == 0 || !stop.load(Ordering::Relaxed) {
+                        let ticket = gate.enter();
+                        let value = slot.load(Ordering::SeqCst) as usize;
+                        // The "I/O": look at the value a few times while holding it.
+                        for _ in 0..4 {
+                            if freed[value].load(Ordering::SeqCst) {
+                                violations.fetch_add(1, Ordering::SeqCst);
+                            }
+                            std::hint::spin_loop();
+                        }
+                        gate.leave(ticket);
+                        checks += 1;
+                        if checks == 1 {
+                            running.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    checks
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while running.load(Ordering::SeqCst) < IO_THREADS as u64 {
+            assert!(Instant::now() < deadline, "the I/O threads never started");
+            std::thread::yield_now();
+        }
+        for next in 2..=VALUES + 1 {
+            let old = slot.swap(next as u64, Ordering::SeqCst) as usize;
+            gate.drain();
+            freed[old].store(true, Ordering::SeqCst);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let checks: u64 = ios.into_iter().map(|t| t.join().expect("io thread")).sum();
+        assert!(checks > 0, "the I/O threads never ran");
+        assert_eq!(violations.load(Ordering::SeqCst), 0);
         assert_eq!(gate.in_flight(), 0);
     }
 }
