@@ -160,14 +160,6 @@ struct Slot {
     admission: Admission,
 }
 
-/// Leaves the write gate if the slot's round entered it.
-#[inline]
-fn leave_gate(volume: &Volume, slot: &mut Slot) {
-    if let Some(ticket) = slot.gate.take() {
-        volume.write_gate.leave(ticket);
-    }
-}
-
 /// The finished requests' slots, oldest first: a ring as large as the slots (a slot is in
 /// it at most once, from its finish to its release), so pushing never grows it.
 struct FinishedQueue {
@@ -909,12 +901,11 @@ impl BlockEngine {
         let request = slot.request;
         let start = request.offset_bytes;
         let total = u64::from(request.length_bytes);
-        // Before any slot is loaded, the round enters the volume's write gate (a release or
-        // a snapshot waits for its LUN I/O). A round that changes data first makes sure every
-        // extent it touches is mapped (writes) and its own (not shared with a snapshot or a
-        // clone: those are copied first).
-        debug_assert!(slot.gate.is_none());
+        // Before any slot is loaded: a release (TRIM), or a snapshot marking slots shared,
+        // waits for this round's LUN I/O.
         let ticket = volume.write_gate.enter();
+        // A round that changes data first makes sure every extent it touches is mapped
+        // (writes) and its own (not shared with a snapshot or a clone: those are copied first).
         if request.op.modifies() {
             let mut at = slot.cursor_bytes;
             let mut provide = false;
@@ -927,7 +918,10 @@ impl BlockEngine {
                     Segment::Mapped {
                         len_bytes, shared, ..
                     } => {
-                        provide |= shared;
+                        // Only a plain volume's own slots are copied on write: a composite's
+                        // members never share extents (refused when they join), and a mark
+                        // left on one by a deleted snapshot means nothing any more.
+                        provide |= shared && volume.composite().is_none();
                         len_bytes
                     }
                 };
@@ -1029,25 +1023,25 @@ impl BlockEngine {
         let request = self.slots[index].request;
         let (start, total) = (request.offset_bytes, u64::from(request.length_bytes));
         let ticket = volume.write_gate.enter();
-        // Extents shared with a snapshot or a clone are copied first (the copy is then this
-        // volume's own, to zero or give back): zeroing them in place would change the others.
+        // Part of an extent a snapshot or a clone shares cannot be zeroed in place: it is
+        // copied first (a whole one is handled by the release: see `reclaim`).
         let mut at = self.slots[index].cursor_bytes;
-        let mut shared = false;
+        let mut copy_first = false;
         while at < total {
-            at += match volume.segment(map, start + at, total - at) {
+            let offset = start + at;
+            at += match volume.segment(map, offset, total - at) {
                 Segment::Unmapped { len_bytes, .. } => len_bytes,
                 Segment::Mapped {
-                    len_bytes,
-                    shared: is_shared,
-                    ..
+                    len_bytes, shared, ..
                 } => {
-                    shared |= is_shared;
+                    copy_first |= shared
+                        && volume.composite().is_none()
+                        && !covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes);
                     len_bytes
                 }
             };
         }
-        if shared {
-            // Never wait for the provisioning thread inside the gate: it may be draining it.
+        if copy_first {
             volume.write_gate.leave(ticket);
             self.provision_unmapped(index, ctx);
             return;
@@ -1141,9 +1135,8 @@ impl BlockEngine {
                     len_bytes,
                     shared: true,
                     ..
-                } => {
-                    // Shared with a snapshot or a clone: copied first. Only a plain volume
-                    // shares extents (a composite's parts never do: see volume_sets).
+                } if volume.composite().is_none() => {
+                    // Shared with a snapshot or a clone: copied first.
                     let extent = (start + at) / volume.extent_bytes();
                     self.request_provision(index, volume.clone(), extent, ctx);
                     len_bytes
@@ -1197,7 +1190,6 @@ impl BlockEngine {
         let now = self.clock.now();
         let slot = &mut self.slots[index];
         debug_assert!(slot.pending == 0 && slot.waiting == 0);
-        leave_gate(&self.volume, slot);
         slot.state = SlotState::Finished;
         let latency_ns = self.clock.to_ns(now.wrapping_sub(slot.started_ticks));
         let failed = !slot.status.is_ok();
@@ -1241,7 +1233,9 @@ impl BlockEngine {
                 slot.pending = slot.pending.saturating_sub(1);
                 if slot.pending == 0 {
                     // The round's LUN I/O is over: it no longer uses the slots it loaded.
-                    leave_gate(&self.volume, slot);
+                    if let Some(ticket) = slot.gate.take() {
+                        self.volume.write_gate.leave(ticket);
+                    }
                 }
                 self.note_result(
                     index,

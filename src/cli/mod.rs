@@ -82,9 +82,6 @@ enum Command {
     /// Virtual disks carved out of a pool, served as NBD exports of the same name
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
-    /// Volume sets: one volume made of member volumes, concatenated or striped
-    #[command(subcommand)]
-    VolumeSet(volume_set::VolumeSetCommand),
     /// Snapshots: read-only point-in-time views of a volume, taken at once (copy-on-write);
     /// and reverting a volume to one, offline
     #[command(subcommand)]
@@ -92,6 +89,9 @@ enum Command {
     /// Clones: writable volumes made from a snapshot, sharing its extents until written
     #[command(subcommand)]
     Clone(snapshot::CloneCommand),
+    /// Volume sets: one volume made of member volumes, concatenated or striped
+    #[command(subcommand)]
+    VolumeSet(volume_set::VolumeSetCommand),
     /// Hosts: the initiators that may connect, known by what their connection proves
     ///
     /// A host is known by its TLS client-certificate subject when it connects over TLS,
@@ -199,9 +199,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Lun(command) => lun::run(command, json, &call),
         Command::Pool(command) => pool::run(command, json, &call),
         Command::Volume(command) => volume::run(command, json, &call),
-        Command::VolumeSet(command) => volume_set::run(command, json, &call),
         Command::Snapshot(command) => snapshot::run(command, json, &call),
         Command::Clone(command) => snapshot::run_clone(command, json, &call),
+        Command::VolumeSet(command) => volume_set::run(command, json, &call),
         Command::Host(command) => host::run(command, json, &call),
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),

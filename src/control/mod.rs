@@ -399,7 +399,7 @@ impl Control {
             let tables: Vec<(Arc<Volume>, crate::volume::lineage::Lineage)> = self
                 .volumes
                 .values()
-                .filter(|v| Arc::ptr_eq(&v.volume.pool, &pool))
+                .filter(|v| Arc::ptr_eq(&v.volume.pool, &pool) && v.volume.composite().is_none())
                 .map(|v| (v.volume.clone(), v.volume.lineage()))
                 .collect();
             // Nothing written after a snapshot may carry a sequence at or below its own.

@@ -19,7 +19,7 @@
 
 use super::params::Params;
 use super::{Control, VolumeEntry};
-use crate::constants::MAX_VOLUMES;
+use crate::constants::{MAX_VOLUMES, WRITE_GATE_DRAIN_TIMEOUT_MS};
 use crate::logger::error_chain;
 use crate::pool::on_disk::ExtentRecord;
 use crate::pool::refcount::Dropped;
@@ -32,6 +32,7 @@ use crate::volume::Volume;
 use crossbeam::channel::bounded;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Runs `step` on the provisioning thread (between two of its batches) and returns its
 /// result.
@@ -107,30 +108,49 @@ pub fn drop_table(volume: &Volume) {
     }
 }
 
-/// Tells each writable volume whether its lineage keeps history, which decides whether a
-/// whole-extent TRIM may free (`Volume::trim_may_free`): it has sources, or another view
-/// looks at its lineage (a snapshot of it, or a clone or reverted volume whose sources name
-/// it). Then an older record of the same extent may still be on disk, and freeing the newest
-/// would let a restart take the older one for the volume's content. Called after every change
-/// of the set of views (snapshot, clone, revert, any delete).
+/// Tells each writable volume whether its lineage keeps history: it has sources, or another
+/// table's view looks through its lineage (a snapshot of it, a clone of such a snapshot even
+/// once the snapshot is gone). That decides whether a whole-extent TRIM may free
+/// (`Volume::trim_may_free`): freeing its newest record of an extent would let an older one
+/// that view keeps be taken for the volume's content at the next start.
 pub fn update_histories(control: &Control) {
-    let looked_at: Vec<[u8; 16]> = control
+    let views: Vec<(*const Volume, Lineage)> = control
         .volumes
         .values()
-        .flat_map(|v| {
-            let lineage = v.volume.lineage();
-            let own = v.volume.read_only.then_some(lineage.id);
-            own.into_iter()
-                .chain(lineage.sources.iter().map(|source| source.lineage.0))
-                .collect::<Vec<_>>()
-        })
+        .filter(|v| v.volume.composite().is_none())
+        .map(|v| (Arc::as_ptr(&v.volume), v.volume.lineage()))
         .collect();
     for entry in control.volumes.values().filter(|v| !v.volume.read_only) {
+        let own = Arc::as_ptr(&entry.volume);
         let lineage = entry.volume.lineage();
+        let looked_through = views
+            .iter()
+            .any(|(other, view)| *other != own && view.chain().any(|(id, _)| id == lineage.id));
         entry
             .volume
-            .set_keeps_history(!lineage.sources.is_empty() || looked_at.contains(&lineage.id));
+            .set_keeps_history(!lineage.sources.is_empty() || looked_through);
     }
+}
+
+/// Why `volume` may not become part of a composite (a set's member): its extents may be
+/// shared (a snapshot, a clone, a volume with snapshots), and copy-on-write works on a plain
+/// volume's own table only.
+pub fn shares_extents(control: &Control, volume: &Volume) -> Option<&'static str> {
+    if volume.read_only {
+        return Some("is a snapshot");
+    }
+    let lineage = volume.lineage();
+    if !lineage.sources.is_empty() {
+        return Some("is a clone or was reverted to a snapshot: it shares extents");
+    }
+    if control
+        .volumes
+        .values()
+        .any(|entry| entry.volume.read_only && entry.volume.lineage_id() == lineage.id)
+    {
+        return Some("has snapshots: it shares extents with them");
+    }
+    (volume.shared_extents() > 0).then_some("shares extents with a clone")
 }
 
 fn store_error(error: crate::store::StoreError) -> RpcError {
@@ -143,6 +163,12 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let origin_name = params.name("volume")?;
     let name = params.name("name")?;
     let origin = volume_of(control, origin_name, "volume")?;
+    if origin.composite().is_some() {
+        return Err(RpcError::invalid_params(format!(
+            "volume: {origin_name} is made of other volumes: snapshot its members"
+        )));
+    }
+    super::volume_sets::refuse_member(control, "volume", origin_name, "snapshot")?;
     if origin.read_only {
         return Err(RpcError::invalid_params(format!(
             "volume: {origin_name} is a snapshot (read-only already; clone it to change it)"
@@ -153,8 +179,6 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "volume: {origin_name} is being deleted"
         )));
     }
-    super::volume_sets::refuse_set(control, "volume", origin_name, "snapshot")?;
-    super::volume_sets::refuse_member(control, "volume", origin_name, "snapshot")?;
     check_new_name(control, name)?;
     let entry = control
         .volumes
@@ -199,17 +223,18 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             origin.map().set_bits(extent, SLOT_SHARED);
         }
         // Writes that loaded a slot before it was marked write in place: wait for them.
-        match origin.write_gate.drain_bounded() {
-            Ok(()) => Ok((snapshot, lineage, as_of)),
-            Err(timed_out) => {
-                drop_table(&snapshot);
-                Err(timed_out)
-            }
+        let deadline = Instant::now() + Duration::from_millis(WRITE_GATE_DRAIN_TIMEOUT_MS);
+        if origin.write_gate.drain_until(deadline) {
+            Ok((snapshot, lineage, as_of))
+        } else {
+            drop_table(&snapshot);
+            Err(())
         }
     })?;
-    let (snapshot, lineage, as_of) = taken.map_err(|timed_out| {
+    let (snapshot, lineage, as_of) = taken.map_err(|()| {
         RpcError::internal(format!(
-            "volume: {origin_name}: the snapshot was not taken: {timed_out}"
+            "volume: {origin_name}: the snapshot was not taken: writes in flight did not \
+             complete within {WRITE_GATE_DRAIN_TIMEOUT_MS} ms"
         ))
     })?;
     record.lineage = LineageRecord {
@@ -388,6 +413,7 @@ pub fn revert(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "volume: {name} is a snapshot"
         )));
     }
+    super::volume_sets::refuse_member(control, "volume", name, "revert")?;
     let snapshot = snapshot_of(control, snapshot_name, "snapshot")?;
     if !Arc::ptr_eq(&snapshot.pool, &volume.pool)
         || snapshot.block_size_bytes != volume.block_size_bytes

@@ -98,12 +98,8 @@ fn check_member(
     if volume.composite().is_some() {
         return invalid(format!("{name} is itself a volume set or composite"));
     }
-    // A set's I/O reaches its parts' extents directly, never through copy-on-write.
-    if volume.read_only || volume.keeps_history() {
-        return invalid(format!(
-            "volume {name} is a snapshot, a clone or has snapshots: it shares extents, which a \
-             set member may not"
-        ));
+    if let Some(why) = super::snapshots::shares_extents(control, &volume) {
+        return invalid(format!("volume {name} {why}"));
     }
     if let Some(set) = set_of_member(control, name) {
         return invalid(format!(

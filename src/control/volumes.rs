@@ -28,9 +28,8 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "allocated": extents * volume.extent_bytes(),
         "allocated_extents": extents,
         // What the volume promises (its size) and, of what it maps, what other tables map
-        // too (refcount > 1: 0 until snapshots and clones exist).
+        // too (snapshots, clones: refcount > 1).
         "provisioned": volume.size_bytes(),
-        "shared": 0,
         "connections": volume.open_state.open_count(),
         "qos": entry.record.qos.to_json(),
         "volatile": volume.pool.volatile,

@@ -155,6 +155,7 @@ impl MapTable {
     /// Sets `bits` in the slot of `extent` if it is mapped.
     pub fn set_bits(&self, extent: u64, bits: u64) {
         if let (Some(chunk), within) = self.chunk(extent) {
+            // SeqCst: before the write gate's flip (see `write_gate`).
             let _ = chunk[within].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |slot| {
                 (slot != 0).then_some(slot | bits)
             });

@@ -61,8 +61,6 @@ pub struct Volume {
     lost_member: Option<usize>,
     /// Restored at start-up in a volatile pool: it started empty.
     pub started_empty: bool,
-    /// `Some` for a composite volume: its parts (its own map is then empty and unused).
-    composite: Option<Box<Composite>>,
     /// A snapshot: its table never changes, and no write reaches it.
     pub read_only: bool,
     /// What its table is a view of; read and changed only off the I/O path (provisioning and
@@ -71,6 +69,8 @@ pub struct Volume {
     /// Its lineage has snapshots or sources: a record it frees could uncover an older one at
     /// the next start (see [`Volume::trim_may_free`]).
     keeps_history: AtomicBool,
+    /// `Some` for a composite volume: its parts (its own map is then empty and unused).
+    composite: Option<Box<Composite>>,
 }
 
 /// One piece of a request, inside one virtual extent.
@@ -117,10 +117,10 @@ impl Volume {
             write_gate: WriteGate::new(),
             lost_member: None,
             started_empty: false,
-            composite: None,
             read_only: false,
             lineage: Mutex::new(Lineage::own(uuid)),
             keeps_history: AtomicBool::new(false),
+            composite: None,
         }
     }
 
@@ -236,11 +236,6 @@ impl Volume {
             Ok(mut current) => *current = lineage,
             Err(poisoned) => *poisoned.into_inner() = lineage,
         }
-    }
-
-    /// Whether its lineage has snapshots or sources: it shares extents, or may again.
-    pub fn keeps_history(&self) -> bool {
-        self.keeps_history.load(Ordering::Acquire)
     }
 
     /// Whether its lineage has snapshots or sources (kept up to date by the control thread).

@@ -6,9 +6,6 @@
 //! are committed together (group commit): every claimed extent is zeroed and its record
 //! written, then each touched LUN is flushed once, then the mappings are published.
 //!
-//! TRIM's releases of whole extents come here too ([`super::reclaim`]), after the claims of
-//! the same batch, so a claim and a release never interleave.
-//!
 //! Copy-on-write: a write to an extent whose slot carries the SHARED bit (a snapshot or a
 //! clone maps it too) is a `Provision` request as well. If no other table maps it any more,
 //! the bit is cleared; otherwise a new extent is claimed, the old one's data copied into it,
@@ -19,6 +16,9 @@
 //! Snapshot, clone and revert steps run here too ([`Request::Run`]): between two batches no
 //! claim or commit is in flight, so a snapshot's sequence orders every record before or after
 //! it.
+//!
+//! TRIM's releases of whole extents come here too ([`super::reclaim`]), after the claims of
+//! the same batch, so a claim and a release never interleave.
 //!
 //! Read-modify-write: a volume whose block size is smaller than one of its pool's LUNs sends
 //! all its writes here, and its reads that are not aligned to that LUN's blocks (a LUN reads
@@ -230,7 +230,7 @@ fn provide(provisions: &mut Vec<(Arc<Volume>, u64, Reply)>) {
     }
 }
 
-/// Answers every collected `Release` request (TRIM), as one group commit per pool.
+/// Answers every collected `Release` request (TRIM's whole extents).
 fn give_back(releases: &mut Vec<(Arc<Volume>, u64, Reply)>) {
     if releases.is_empty() {
         return;
@@ -259,26 +259,18 @@ fn errno_of(result: Result<(), PoolError>) -> i32 {
 /// Each new extent is claimed and zeroed, then all the new records of a pool are committed
 /// through its journal together (one flush per LUN), and only then are the mappings published.
 pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
-    provide_extents(wanted, Fill::CopyShared)
+    provision_filled(wanted, true)
 }
 
-/// Replaces each extent of `wanted` that is shared with a snapshot or a clone by a zeroed
-/// extent of the volume's own (a TRIM of it: the others keep the data), and maps unmapped
-/// ones: as [`provision`], but nothing is copied.
-pub fn provision_zeroed(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
-    provide_extents(wanted, Fill::Zeroes)
+/// Gives `extent` of `volume`, if a snapshot or a clone shares it, a zeroed extent of its own
+/// in its place (a whole-extent TRIM of a shared extent: copy-on-write without the copy),
+/// durably, like [`provision`].
+pub fn provision_zeroed(volume: &Volume, extent: u64) -> Result<(), PoolError> {
+    provision_filled(&[(volume, extent)], false).remove(0)
 }
 
-/// What a new extent that replaces a shared one starts with.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fill {
-    /// The shared extent's data (copy-on-write before a write).
-    CopyShared,
-    /// Zeroes (a TRIM).
-    Zeroes,
-}
-
-fn provide_extents(wanted: &[(&Volume, u64)], fill: Fill) -> Vec<Result<(), PoolError>> {
+/// [`provision`], with a shared extent's replacement filled with its data (`copy`) or zeroes.
+fn provision_filled(wanted: &[(&Volume, u64)], copy: bool) -> Vec<Result<(), PoolError>> {
     let mut results: Vec<Result<(), PoolError>> = Vec::with_capacity(wanted.len());
     // Claimed slot and its record, per request (slot 0: nothing to publish).
     let mut claimed: Vec<(u64, Option<ExtentRecord>)> = vec![(0, None); wanted.len()];
@@ -309,14 +301,14 @@ fn provide_extents(wanted: &[(&Volume, u64)], fill: Fill) -> Vec<Result<(), Pool
             replaces[index] = Some(current);
         }
         let outcome = pool.claim_extent().and_then(|slot| {
-            let filled = match replaces[index].filter(|_| fill == Fill::CopyShared) {
-                Some(shared) => {
+            let filled = match replaces[index] {
+                Some(shared) if copy => {
                     let buffer = copy_buffer.get_or_insert_with(|| {
                         AlignedBuf::new(COW_COPY_BYTES.min(pool.extent_bytes as usize))
                     });
                     copy_extent(pool, shared & !SLOT_SHARED, slot, buffer)
                 }
-                None => pool.zero_extent(slot),
+                _ => pool.zero_extent(slot),
             };
             match filled {
                 Ok(()) => Ok(slot),

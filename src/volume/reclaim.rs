@@ -17,14 +17,14 @@
 //! still names the volume, so freeing the extent would make the restart disagree with what
 //! the host sees) and fails the TRIM.
 //!
-//! An extent [`Volume::trim_may_free`] refuses is zeroed in place instead and stays mapped.
+//! An extent [`Volume::trim_may_free`] refuses is zeroed in place instead and stays mapped;
+//! one a snapshot or a clone shares (SHARED slot) is replaced by a zeroed extent of the
+//! volume's own (`provisioner::provision_zeroed`), never zeroed in place.
 
-use super::provisioner::provision_zeroed;
 use super::Volume;
 use crate::logger::error_chain;
 use crate::pool::on_disk::ExtentRecord;
-use crate::pool::PoolError;
-use crate::pool::SLOT_SHARED;
+use crate::pool::{PoolError, SLOT_SHARED};
 use std::sync::Arc;
 
 /// Whether a piece of a request at volume offset `offset_bytes`, `len_bytes` long and inside
@@ -55,17 +55,18 @@ pub fn release(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
         }
         let current = map.get(extent);
         if current & SLOT_SHARED != 0 {
-            // A snapshot was taken after the TRIM looked (the engine copies shared extents
-            // first): the others keep the data, this volume gets a zeroed extent of its own;
-            // or, if nothing shares it any more, the extent is its own again and is zeroed.
-            let result = provision_zeroed(&[(volume, extent)])
-                .remove(0)
-                .and_then(|()| match map.get(extent) {
-                    own if own == current & !SLOT_SHARED => volume.pool.zero_extent(own),
-                    _ => Ok(()),
-                });
-            results.push(result);
-            continue;
+            // A snapshot or a clone holds this extent: never zeroed in place. The volume gets
+            // a zeroed extent of its own instead (copy-on-write without the copy)...
+            if let Err(error) = super::provisioner::provision_zeroed(volume, extent) {
+                results.push(Err(error));
+                continue;
+            }
+            if map.get(extent) != current & !SLOT_SHARED {
+                results.push(Ok(()));
+                continue;
+            }
+            // ...unless nothing shares it any more (the mark outlived a deleted snapshot):
+            // then only the mark was cleared, and the extent is released as the volume's own.
         }
         if !volume.trim_may_free(extent) {
             let slot = map.get(extent);
