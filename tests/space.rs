@@ -1,5 +1,6 @@
 //! Space given back, and a pool that runs out of it, with real clients: qemu-io over NBD and
-//! over iSCSI (qemu's iscsi driver), fio's NBD engine, and `sds perf`'s NVMe/TCP initiator.
+//! over iSCSI (qemu's iscsi driver), fio's NBD engine, `sds perf`'s NVMe/TCP initiator and the
+//! tests' own NVMe/TCP initiator (tests/common/nvmf_initiator.rs) for Dataset Management.
 //!
 //! A TRIM that covers whole extents of a thin volume returns them to the pool, durably: the
 //! pool's free count comes back to where it started, after a clean restart and after a
@@ -484,4 +485,71 @@ fn over_nvme_tcp_a_full_pool_answers_capacity_exceeded() {
         "another status than Capacity Exceeded:\n{text}"
     );
     assert_eq!(free_extents(&server, "p"), 0);
+}
+
+/// Over NVMe/TCP with the tests' own initiator: a write needing a new extent of a full pool
+/// gets exactly Capacity Exceeded, an overwrite succeeds, and Dataset Management deallocate of
+/// the whole namespace gives every extent back (after which the write succeeds).
+#[test]
+fn over_nvme_tcp_deallocate_gives_extents_back_and_a_full_pool_refuses_only_new_extents() {
+    use common::nvmf_initiator::{Identity, NvmfConnection};
+    use sds::nvmf::command::{CommandBuilder, IO_DATASET_MANAGEMENT};
+    use sds::nvmf::status;
+    const BLOCK: u64 = 4096;
+    let server = Server::start();
+    let extents = served_small(&server);
+    let subnqn = server.nvmf_subnqn("h");
+    let identity = Identity {
+        hostnqn: HOSTNQN.into(),
+        hostid: [0x5b; 16],
+    };
+    let port = server.nvmf_port();
+    let (mut admin, answer) =
+        NvmfConnection::admin(port, &identity, &subnqn, 30_000).expect("admin Connect");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(admin.enable().expect("CC.EN") & 1, 1, "CSTS.RDY");
+    let cntlid = answer.completion.result as u16;
+    let (mut queue, answer) =
+        NvmfConnection::io_queue(port, &identity, &subnqn, 1, cntlid).expect("I/O Connect");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let block = vec![0x61u8; BLOCK as usize];
+    let lba_of = |extent: u64| extent * MIB / BLOCK;
+    for extent in 0..extents {
+        let answer = queue.write(1, lba_of(extent), 1, &block).expect("write");
+        assert!(
+            answer.status().is_success(),
+            "extent {extent}: {}",
+            answer.status()
+        );
+    }
+    assert_eq!(free_extents(&server, "p"), 0);
+    let answer = queue.write(1, lba_of(extents), 1, &block).expect("write");
+    assert_eq!(
+        answer.status(),
+        status::CAPACITY_EXCEEDED,
+        "{}",
+        answer.status()
+    );
+    let answer = queue.write(1, 1, 1, &block).expect("overwrite");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let answer = queue.read(1, 1, 1, BLOCK as u32).expect("read");
+    assert!(answer.status().is_success() && answer.data == block);
+    // One range: the whole 64 MiB namespace.
+    let mut range = vec![0u8; 16];
+    range[4..8].copy_from_slice(&((64 * MIB / BLOCK) as u32).to_le_bytes());
+    let dsm = CommandBuilder::new(IO_DATASET_MANAGEMENT, 0x300)
+        .nsid(1)
+        .cdw(10, 0)
+        .cdw(11, 1 << 2)
+        .build();
+    let answer = queue
+        .exchange(dsm, &range, 0, 128 << 10)
+        .expect("deallocate answered");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(free_extents(&server, "p"), extents);
+    assert_eq!(allocated_extents(&server, "v"), 0);
+    let answer = queue.read(1, 1, 1, BLOCK as u32).expect("read");
+    assert!(answer.status().is_success() && answer.data.iter().all(|&b| b == 0));
+    let answer = queue.write(1, lba_of(extents), 1, &block).expect("write");
+    assert!(answer.status().is_success(), "{}", answer.status());
 }
