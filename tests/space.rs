@@ -196,6 +196,38 @@ fn a_512_byte_volume_on_4096_byte_luns_gives_extents_back_through_the_slow_path(
 }
 
 #[test]
+fn a_trim_gives_a_file_luns_space_back_to_its_file_system() {
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::start();
+    let path = server.dir.path().join("sparse.img");
+    server.ok(
+        "lun_create",
+        json!({"name": "f", "kind": "file", "path": path, "size": 64 * MIB}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["f"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 32 * MIB}),
+    );
+    let url = server.url("v");
+    // Bytes the file occupies on its file system (st_blocks counts 512-byte units).
+    let used = || std::fs::metadata(&path).expect("the LUN's file").blocks() * 512;
+    let before = used();
+    nbd_clean(&url, &["write -P 0x66 0 32M"]);
+    let written = used();
+    assert!(
+        written >= before + 32 * MIB,
+        "the file did not grow by what was written: {before} -> {written}"
+    );
+    nbd_clean(&url, &["discard 0 32M"]);
+    let trimmed = used();
+    assert!(
+        trimmed <= before + MIB,
+        "the file kept the trimmed extents: {before} -> {written} -> {trimmed}"
+    );
+}
+
+#[test]
 fn a_thick_volume_is_zeroed_by_trim_and_keeps_its_extents() {
     let server = Server::start();
     server.file_pool("p", MIB);
