@@ -15,8 +15,10 @@
 //!                                     ring credit? ─ short ─▶ deferred until on_ring_credit
 //!                                      │
 //!                                      ▼
+//!                                     write gate entered (left when the round's I/O is done)
 //!                                     Volume::segment ─▶ unmapped write ─▶ provisioner ─wake─┐
 //!                                      │                 slow write (RMW) ▶ provisioner ─wake─┤
+//!                                      │                 TRIM, whole extent ▶ Release ─wake─┤
 //!                                      ▼                                                     │
 //!                                     Lun::submit on the ring (tag: slot, LUN, bytes) ◀───────┘
 //!  on_completion(tag) ──────────────▶ completion_result, LUN error counters

@@ -504,7 +504,10 @@ fn slow_write(
             Segment::Mapped {
                 len_bytes: piece, ..
             } if release
-                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes) =>
+                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes)
+                // Only an extent of the volume's own map: a volume made of others (whose own
+                // map is empty) zeroes, its parts' extents are given back through the parts.
+                && (offset_bytes + done) / extent_bytes < volume.map().extent_count() =>
             {
                 super::reclaim::release(&[(volume, (offset_bytes + done) / extent_bytes)])
                     .remove(0)?;
