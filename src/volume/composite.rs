@@ -498,6 +498,13 @@ mod tests {
         ));
         assert_eq!(set.size_bytes(), EXTENT);
         assert_eq!(set.composite().map(|c| c.parts().count()), Some(1));
+        // A composite has no map of its own to provision into: refused, nothing claimed.
+        let free = p.free_extents();
+        assert!(matches!(
+            provision(&[(set.as_ref(), 0)]).remove(0),
+            Err(crate::pool::PoolError::OutsideMap { .. })
+        ));
+        assert_eq!(p.free_extents(), free);
         for i in 1..MAX_COMPOSITE_PARTS {
             assert!(set
                 .append_part(&volume(&format!("x{i}"), &p, EXTENT))

@@ -200,6 +200,13 @@ pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
     let mut claimed: Vec<(u64, Option<ExtentRecord>)> = vec![(0, None); wanted.len()];
     for (index, &(volume, extent)) in wanted.iter().enumerate() {
         let map = volume.map();
+        if volume.composite().is_some() || extent >= map.extent_count() {
+            results.push(Err(PoolError::OutsideMap {
+                volume: volume.name.clone(),
+                extent,
+            }));
+            continue;
+        }
         let duplicate = wanted[..index]
             .iter()
             .zip(&claimed)
