@@ -627,3 +627,48 @@ fn live_iscsi_and_nvme_sessions_hear_that_a_set_grew() {
         .expect("GOOD");
     assert_eq!(last + 1, 6 * MIB / 4096);
 }
+
+#[test]
+fn a_set_whose_member_failed_at_start_up_is_listed_failed_and_can_be_deleted() {
+    let mut server = Server::start();
+    pool(&server, "p1");
+    pool(&server, "p2");
+    volume(&server, "a", "p1", 4 * MIB);
+    volume(&server, "b", "p2", 4 * MIB);
+    server.ok(
+        "volume_set_create",
+        json!({"name": "fs", "members": ["a", "b"]}),
+    );
+    server.grant("fs");
+    let lun = &server.ok("lun_get_luns", json!({"name": "p2-lun"}))[0];
+    let path = lun["path"].as_str().expect("a file LUN's path").to_string();
+    assert!(server.stop(), "clean stop");
+    std::fs::remove_file(&path).expect("remove the LUN's file");
+    server.spawn();
+    // b's pool is failed, so b is, so the set is: listed with the reason, not served.
+    let set = &sets(&server)[0];
+    assert_eq!(set["state"], "failed", "{set}");
+    assert!(
+        set["reason"].as_str().unwrap_or("").contains("member b"),
+        "{set}"
+    );
+    let volume = &server.ok("volume_get_volumes", json!({}));
+    let listed = volume
+        .as_array()
+        .and_then(|all| all.iter().find(|v| v["name"] == "fs"))
+        .expect("the set among the volumes");
+    assert_eq!(listed["state"], "failed", "{listed}");
+    let (clean, text) = qemu_io(&server.url_without_grant("fs"), &["read 0 4k".into()]);
+    assert!(!clean, "a failed set was served:\n{text}");
+    // Members stay reserved while the set exists; deleting it frees them.
+    refused(&server, "volume_delete", json!({"name": "a"}), "name");
+    refused(&server, "volume_delete", json!({"name": "b"}), "name");
+    server.ok("volume_set_delete", json!({"name": "fs"}));
+    assert_eq!(sets(&server), json!([]));
+    server.ok("volume_delete", json!({"name": "b"}));
+    // Nothing of the set is left to trip the next start.
+    assert!(server.stop(), "clean stop");
+    server.spawn();
+    assert_eq!(sets(&server), json!([]));
+    write_and_verify(&server.url("a"), &[(0x81, 0, 4 * KIB)]);
+}
