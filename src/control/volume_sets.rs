@@ -411,6 +411,14 @@ impl Control {
                 what: format!("volume set {} ({})", record.name, path.display()),
                 detail,
             };
+            if self.volumes.contains_key(&record.name)
+                || self.failed_volumes.contains_key(&record.name)
+            {
+                return Err(inconsistent(format!(
+                    "a volume is named {} too",
+                    record.name
+                )));
+            }
             let mut members = Vec::with_capacity(record.members.len());
             let mut failed = None;
             for name in &record.members {

@@ -273,9 +273,13 @@ impl Volume {
         self
     }
 
-    /// Whether part of what the volume held is gone (see [`Volume::restored`]).
+    /// Whether part of what the volume held is gone (see [`Volume::restored`]); for a
+    /// composite, whether it is for one of its parts.
     pub fn data_lost(&self) -> bool {
         self.lost_member.is_some()
+            || self
+                .composite()
+                .is_some_and(|c| c.parts().any(|p| p.volume.data_lost()))
     }
 
     #[inline]

@@ -280,6 +280,13 @@ fn provision_filled(wanted: &[(&Volume, u64)], copy: bool) -> Vec<Result<(), Poo
     let mut copy_buffer: Option<AlignedBuf> = None;
     for (index, &(volume, extent)) in wanted.iter().enumerate() {
         let map = volume.map();
+        if volume.composite().is_some() || extent >= map.extent_count() {
+            results.push(Err(PoolError::OutsideMap {
+                volume: volume.name.clone(),
+                extent,
+            }));
+            continue;
+        }
         let duplicate = wanted[..index]
             .iter()
             .zip(&claimed)
