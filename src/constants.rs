@@ -122,6 +122,10 @@ pub const MAX_LUNS_PER_POOL: usize = 64;
 pub const MAX_COMPOSITE_LUNS: usize = 256;
 /// Parts of one composite volume (members of a volume set, legs of a mirror).
 pub const MAX_COMPOSITE_PARTS: usize = 32;
+/// Stripe size of a stripe volume set when `volume_set_create` is given none.
+pub const DEFAULT_STRIPE_BYTES: u64 = 64 * 1024;
+/// Largest stripe size of a stripe volume set.
+pub const MAX_STRIPE_BYTES: u64 = 16 * 1024 * 1024;
 /// Virtual extents of one volume.
 pub const MAX_VOLUME_EXTENTS: u64 = 1 << 26;
 /// Slots in one chunk of a volume's mapping table (a chunk is allocated on its first write).
@@ -129,6 +133,15 @@ pub const MAP_CHUNK_SLOTS: usize = 4096;
 /// Chunk pointers in the fixed top level of a volume's mapping table: enough for the largest
 /// volume, so growing never copies the table.
 pub const MAP_TOP_CHUNKS: usize = MAX_VOLUME_EXTENTS as usize / MAP_CHUNK_SLOTS;
+
+/// Longest chain of lineages a view looks through (a clone of a snapshot of a clone ...): a
+/// clone or a revert that would go deeper is refused.
+pub const MAX_LINEAGE_DEPTH: usize = 16;
+/// How long taking a snapshot waits for the origin's writes in flight to complete (a LUN that
+/// never answers fails the snapshot instead of hanging the provisioning thread).
+pub const WRITE_GATE_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Bytes one step of a copy-on-write copies (the provisioning thread's buffer for it).
+pub const COW_COPY_BYTES: usize = MAX_IO_BYTES;
 
 /// LUNs, pools and volumes one server manages.
 pub const MAX_LUNS: usize = 1024;
@@ -160,6 +173,11 @@ const _: () = assert!(MAX_LUNS_PER_POOL < (1 << 16));
 const _: () = assert!(
     DEFAULT_POOL_THRESHOLD_PERCENT >= 1
         && DEFAULT_POOL_THRESHOLD_PERCENT <= MAX_POOL_THRESHOLD_PERCENT
+);
+const _: () = assert!(
+    DEFAULT_STRIPE_BYTES.is_power_of_two()
+        && MAX_STRIPE_BYTES.is_power_of_two()
+        && DEFAULT_STRIPE_BYTES <= MAX_STRIPE_BYTES
 );
 const _: () = assert!(MAX_VOLUME_EXTENTS % MAP_CHUNK_SLOTS as u64 == 0 && MAP_TOP_CHUNKS > 0);
 const _: () = assert!(MAX_INFLIGHT_PER_CONNECTION <= 256);

@@ -5,6 +5,12 @@
 //! flight). Cycles: `SDS_CRASH_CYCLES` (default 25); the long mode is the ignored test
 //! (`cargo test --test crash -- --ignored --nocapture`, 100 cycles). `SDS_CRASH_SEED` replays a
 //! run's kill moments and the writers' offsets.
+//!
+//! The snapshot variant takes a snapshot of the volume while the writer writes, a moment
+//! before each kill, so kills land while first writes copy shared extents; after each restart
+//! the volume and every kept snapshot are verified (a snapshot against the writer's log up to
+//! the moment it was taken: `verify-snapshot` in the checker). Its cycles are few by default
+//! (`SDS_CRASH_CYCLES` applies to it too).
 
 mod common;
 use common::*;
@@ -31,16 +37,30 @@ const JOURNAL_BLOCKS: u64 = 64;
 /// How long a writer may write; the server is always killed well before.
 const WRITER_SECONDS: &str = "10";
 const KILL_AFTER_MS: std::ops::Range<u64> = 150..700;
+/// The snapshot variant: a smaller hot range (each snapshot pins up to all of it), the
+/// snapshot taken this long after the writer started, the kill this long after the snapshot,
+/// and how many snapshots are kept (older ones are deleted between cycles).
+const SNAPSHOT_HOT_BYTES: u64 = 16 * MIB;
+const SNAPSHOT_AFTER_MS: std::ops::Range<u64> = 30..250;
+const KILL_AFTER_SNAPSHOT_MS: std::ops::Range<u64> = 20..300;
+const SNAPSHOTS_KEPT: usize = 2;
+/// Cycles of the snapshot variant by default: about 30 s on a loaded 2-core machine.
+const SNAPSHOT_CYCLES: usize = 6;
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
-    crash_loop(common::crash_cycles(25));
+    crash_loop(common::crash_cycles(25), false);
 }
 
 #[test]
 #[ignore = "long mode: cargo test --test crash -- --ignored --nocapture"]
 fn acknowledged_writes_survive_kill_9_long() {
-    crash_loop(common::crash_cycles(100));
+    crash_loop(common::crash_cycles(100), false);
+}
+
+#[test]
+fn acknowledged_writes_and_snapshots_survive_kill_9_during_copy_on_write() {
+    crash_loop(common::crash_cycles(SNAPSHOT_CYCLES), true);
 }
 
 fn checker() -> PathBuf {
@@ -67,13 +87,13 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(url: &str, log: &Path, seed: u64) -> Self {
+    fn spawn(url: &str, log: &Path, seed: u64, hot_bytes: u64) -> Self {
         let mut child = Command::new("/usr/bin/python3")
             .arg(checker())
             .args(["write", "--uri", url, "--log"])
             .arg(log)
             .args(["--seconds", WRITER_SECONDS, "--seed", &seed.to_string()])
-            .args(["--hot-bytes", &HOT_BYTES.to_string()])
+            .args(["--hot-bytes", &hot_bytes.to_string()])
             .args(["--cold-percent", COLD_PERCENT])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -125,9 +145,31 @@ impl Writer {
 
 /// Runs the checker's `verify`; returns whether it passed, its JSON summary and its output.
 fn verify_log(url: &str, log: &Path) -> (bool, Value, String) {
+    verify_with(&["verify", "--uri", url], log)
+}
+
+/// Runs the checker's `verify-snapshot` of snapshot `name` (at `url`).
+fn verify_snapshot(url: &str, log: &Path, name: &str) -> (bool, Value, String) {
+    verify_with(&["verify-snapshot", "--name", name, "--uri", url], log)
+}
+
+/// Appends a marker line to the writer's log (one write with O_APPEND: whole, between the
+/// writer's lines).
+fn mark(log: &Path, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .expect("open the writer's log");
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("append to the writer's log");
+}
+
+fn verify_with(args: &[&str], log: &Path) -> (bool, Value, String) {
     let output = Command::new("/usr/bin/python3")
         .arg(checker())
-        .args(["verify", "--uri", url, "--log"])
+        .args(args)
+        .arg("--log")
         .arg(log)
         .output()
         .expect("run the crash checker's verify");
@@ -205,7 +247,7 @@ fn start_up_from_log(log: &str) -> (Option<u64>, Vec<String>) {
     (took, lines)
 }
 
-fn crash_loop(cycles: usize) {
+fn crash_loop(cycles: usize, snapshots: bool) {
     require_python_nbd();
     let seed = common::crash_seed();
     println!("crash: {cycles} cycles, seed {seed} (SDS_CRASH_SEED={seed} replays the kill moments and the writers' offsets)");
@@ -216,6 +258,20 @@ fn crash_loop(cycles: usize) {
     // Sparse files, big enough for the hot range and every cold allocation of the run.
     // (Each cycle allocates a few hundred 64 KiB extents for cold writes.)
     let lun_bytes = (64 * MIB + cycles as u64 * 24 * MIB).min(VOLUME_BYTES / 2 + 64 * MIB);
+    // With snapshots, every kept one may pin a whole copy of the hot range.
+    let hot_bytes = if snapshots {
+        SNAPSHOT_HOT_BYTES
+    } else {
+        HOT_BYTES
+    };
+    let lun_bytes = if snapshots {
+        lun_bytes + (SNAPSHOTS_KEPT as u64 + 1) * SNAPSHOT_HOT_BYTES
+    } else {
+        lun_bytes
+    };
+    // Snapshots taken and kept, oldest first; how many snapshot verifies passed.
+    let mut kept: Vec<String> = Vec::new();
+    let mut snapshot_verifies = 0usize;
     for (name, block_size) in [("crash-a", 512u64), ("crash-b", 4096)] {
         server.ok(
             "lun_create",
@@ -249,10 +305,24 @@ fn crash_loop(cycles: usize) {
     for cycle in 1..=cycles {
         let extents_before = allocated_extents(&server);
         let writer_seed = rng.next() >> 1;
-        let mut writer = Writer::spawn(&url, &log, writer_seed);
+        let mut writer = Writer::spawn(&url, &log, writer_seed, hot_bytes);
         writer.wait_ready();
-        let kill_after = rng.range(KILL_AFTER_MS);
-        std::thread::sleep(Duration::from_millis(kill_after));
+        let kill_after = if snapshots {
+            let before = rng.range(SNAPSHOT_AFTER_MS);
+            std::thread::sleep(Duration::from_millis(before));
+            let name = format!("snap{cycle}");
+            mark(&log, &format!("P {name}"));
+            server.ok("snapshot_create", json!({"volume": "vol", "name": name}));
+            mark(&log, &format!("Q {name}"));
+            kept.push(name);
+            let after = rng.range(KILL_AFTER_SNAPSHOT_MS);
+            std::thread::sleep(Duration::from_millis(after));
+            before + after
+        } else {
+            let kill_after = rng.range(KILL_AFTER_MS);
+            std::thread::sleep(Duration::from_millis(kill_after));
+            kill_after
+        };
         let extents_at_kill = allocated_extents(&server);
         server.kill();
         let (code, written) = writer.finish();
@@ -292,6 +362,13 @@ fn crash_loop(cycles: usize) {
             tail(&server.log(), 80)
         );
         verify_s.push(verified["seconds"].as_f64().unwrap_or(0.0));
+        snapshot_verifies += verify_snapshots(&server, &log, &kept, cycle);
+        if kept.len() > SNAPSHOTS_KEPT {
+            let oldest = kept.remove(0);
+            let id = server.ok("vpath_get_vpaths", json!({"volume": oldest}))[0]["id"].clone();
+            server.ok("vpath_delete", json!({ "id": id }));
+            server.ok("snapshot_delete", json!({ "name": oldest }));
+        }
         max_blocks = max_blocks.max(u64_of(&verified, "blocks_checked"));
         blocks_verified_total += u64_of(&verified, "blocks_checked");
         println!(
@@ -319,6 +396,7 @@ fn crash_loop(cycles: usize) {
     server.spawn();
     let (ok, clean, text) = verify_log(&url, &log);
     assert!(ok, "after a clean restart, verify failed:\n{text}");
+    snapshot_verifies += verify_snapshots(&server, &log, &kept, cycles + 1);
     let extents = allocated_extents(&server);
 
     println!("crash summary (seed {seed}):");
@@ -355,6 +433,39 @@ fn crash_loop(cycles: usize) {
         "only {cycles_with_acks} of {cycles} cycles acknowledged any write: the test proves little"
     );
     assert!(max_blocks > 0, "no block was ever verified");
+    if snapshots {
+        println!("  snapshot verifies passed: {snapshot_verifies}");
+        assert!(
+            snapshot_verifies >= cycles,
+            "too few snapshots were verified"
+        );
+    }
+}
+
+/// Verifies every kept snapshot against the writer's log (a read-only path made for it the
+/// first time); returns how many were verified.
+fn verify_snapshots(server: &Server, log: &Path, kept: &[String], cycle: usize) -> usize {
+    for name in kept {
+        if server.ok("vpath_get_vpaths", json!({ "volume": name }))[0]["id"].is_null() {
+            server.ok(
+                "vpath_create",
+                json!({"host": TEST_HOST, "volume": name, "mode": "ro"}),
+            );
+        }
+        let (ok, verified, text) = verify_snapshot(&server.url_without_grant(name), log, name);
+        assert!(
+            ok,
+            "cycle {cycle}: snapshot {name} is not its point in time:\n{text}\nserver log:\n{}",
+            tail(&server.log(), 60)
+        );
+        println!(
+            "           snapshot {name}: verified {} blocks ({} with writes in flight at the \
+             snapshot)",
+            u64_of(&verified, "blocks_checked"),
+            u64_of(&verified, "blocks_with_unacknowledged"),
+        );
+    }
+    kept.len()
 }
 
 fn allocated_extents(server: &Server) -> u64 {

@@ -167,6 +167,17 @@ fn refusals_change_nothing() {
         json!({"name": "leg0", "legs": ["leg0", "leg1"]}),
         "already exists",
     );
+    // A volume with a snapshot shares its extents: not a leg (nor is the snapshot).
+    server.ok(
+        "volume_create",
+        json!({"name": "snapped", "pool": "p1", "size": SIZE}),
+    );
+    server.ok(
+        "snapshot_create",
+        json!({"volume": "snapped", "name": "snap"}),
+    );
+    refused(json!({"name": "m", "legs": ["leg0", "snapped"]}), "shares");
+    refused(json!({"name": "m", "legs": ["leg0", "snap"]}), "snapshot");
     server.grant("leg1");
     refused(
         json!({"name": "m", "legs": ["leg0", "leg1"]}),

@@ -15,8 +15,10 @@
 //!                                     ring credit? ─ short ─▶ deferred until on_ring_credit
 //!                                      │
 //!                                      ▼
+//!                                     write gate entered (left when the round's I/O is done)
 //!                                     Volume::segment ─▶ unmapped write ─▶ provisioner ─wake─┐
 //!                                      │                 slow write (RMW) ▶ provisioner ─wake─┤
+//!                                      │                 TRIM, whole extent ▶ Release ─wake─┤
 //!                                      ▼                                                     │
 //!                                     Lun::submit on the ring (tag: slot, LUN, bytes) ◀───────┘
 //!  on_completion(tag) ──────────────▶ completion_result, LUN error counters
@@ -289,7 +291,8 @@ impl BlockEngine {
         let retained_bytes = slots.iter().map(|s| s.buf.len()).sum();
         Self {
             decisions: DecisionCache::new(vpath.clone(), path_hint),
-            read_only: vpath.mode == AccessMode::ReadOnly,
+            // A snapshot takes no write, whatever the path says.
+            read_only: vpath.mode == AccessMode::ReadOnly || volume.read_only,
             slow_writes: volume.needs_read_modify_write(),
             max_lun_block_bytes: volume.max_lun_block_bytes(),
             mirror: volume.mirror.clone(),
@@ -913,22 +916,32 @@ impl BlockEngine {
         let request = slot.request;
         let start = request.offset_bytes;
         let total = u64::from(request.length_bytes);
-        // Before any slot is loaded: a release waits for this round's LUN I/O.
+        // Before any slot is loaded: a release (TRIM), or a snapshot marking slots shared,
+        // waits for this round's LUN I/O.
         let ticket = volume.write_gate.enter();
-        // Writes first make sure every extent they touch is mapped.
-        if request.op == BlockOp::Write {
+        // A round that changes data first makes sure every extent it touches is mapped
+        // (writes) and its own (not shared with a snapshot or a clone: those are copied first).
+        if request.op.modifies() {
             let mut at = slot.cursor_bytes;
-            let mut unmapped = false;
+            let mut provide = false;
             while at < total {
                 at += match volume.segment(map, start + at, total - at) {
                     Segment::Unmapped { len_bytes, .. } => {
-                        unmapped = true;
+                        provide |= request.op == BlockOp::Write;
                         len_bytes
                     }
-                    Segment::Mapped { len_bytes, .. } => len_bytes,
+                    Segment::Mapped {
+                        len_bytes, shared, ..
+                    } => {
+                        // Only a plain volume's own slots are copied on write: a composite's
+                        // members never share extents (refused when they join), and a mark
+                        // left on one by a deleted snapshot means nothing any more.
+                        provide |= shared && volume.composite().is_none();
+                        len_bytes
+                    }
                 };
             }
-            if unmapped {
+            if provide {
                 // Never wait for the provisioning thread inside the gate: it may be draining it.
                 volume.write_gate.leave(ticket);
                 self.provision_unmapped(index, ctx);
@@ -956,6 +969,7 @@ impl BlockEngine {
                     lun_index,
                     offset_bytes,
                     len_bytes,
+                    ..
                 } => {
                     // at + len_bytes <= total <= the buffer's length (reads and writes).
                     let io = match request.op {
@@ -1024,6 +1038,29 @@ impl BlockEngine {
         let request = self.slots[index].request;
         let (start, total) = (request.offset_bytes, u64::from(request.length_bytes));
         let ticket = volume.write_gate.enter();
+        // Part of an extent a snapshot or a clone shares cannot be zeroed in place: it is
+        // copied first (a whole one is handled by the release: see `reclaim`).
+        let mut at = self.slots[index].cursor_bytes;
+        let mut copy_first = false;
+        while at < total {
+            let offset = start + at;
+            at += match volume.segment(map, offset, total - at) {
+                Segment::Unmapped { len_bytes, .. } => len_bytes,
+                Segment::Mapped {
+                    len_bytes, shared, ..
+                } => {
+                    copy_first |= shared
+                        && volume.composite().is_none()
+                        && !covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes);
+                    len_bytes
+                }
+            };
+        }
+        if copy_first {
+            volume.write_gate.leave(ticket);
+            self.provision_unmapped(index, ctx);
+            return;
+        }
         let mut at = self.slots[index].cursor_bytes;
         let mut segments = 0;
         while at < total && segments < MAX_SEGMENTS_PER_IO {
@@ -1035,6 +1072,7 @@ impl BlockEngine {
                     lun_index,
                     offset_bytes,
                     len_bytes,
+                    ..
                 } => {
                     if covers_whole_extent(offset, len_bytes, extent_bytes, size_bytes) {
                         self.request_release(index, offset / extent_bytes, ctx);
@@ -1100,9 +1138,22 @@ impl BlockEngine {
                     extent,
                     len_bytes,
                 } => {
-                    // A composite's part, or the volume itself.
-                    let target = part.unwrap_or(&volume).clone();
-                    self.request_provision(index, target, extent, ctx);
+                    // TRIM and WRITE_ZEROES need nothing mapped where nothing is.
+                    if request.op == BlockOp::Write {
+                        // A composite's part, or the volume itself.
+                        let target = part.unwrap_or(&volume).clone();
+                        self.request_provision(index, target, extent, ctx);
+                    }
+                    len_bytes
+                }
+                Segment::Mapped {
+                    len_bytes,
+                    shared: true,
+                    ..
+                } if volume.composite().is_none() => {
+                    // Shared with a snapshot or a clone: copied first.
+                    let extent = (start + at) / volume.extent_bytes();
+                    self.request_provision(index, volume.clone(), extent, ctx);
                     len_bytes
                 }
                 Segment::Mapped { len_bytes, .. } => len_bytes,

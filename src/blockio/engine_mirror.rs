@@ -161,6 +161,7 @@ impl BlockEngine {
                     lun_index,
                     offset_bytes,
                     len_bytes,
+                    ..
                 } => {
                     let io = LunIo::Read {
                         offset_bytes,
@@ -259,6 +260,7 @@ impl BlockEngine {
                         lun_index,
                         offset_bytes,
                         len_bytes,
+                        ..
                     } => {
                         let io = match request.op {
                             BlockOp::Write => LunIo::Write {
@@ -327,6 +329,16 @@ impl BlockEngine {
                         extent, len_bytes, ..
                     } => {
                         wanted.push((volume.clone(), extent));
+                        len_bytes
+                    }
+                    // Shared with a snapshot or a clone (refused for legs; kept safe):
+                    // the provisioner copies it first.
+                    Segment::Mapped {
+                        len_bytes,
+                        shared: true,
+                        ..
+                    } => {
+                        wanted.push((volume.clone(), (start + at) / volume.extent_bytes()));
                         len_bytes
                     }
                     Segment::Mapped { len_bytes, .. } => len_bytes,

@@ -6,7 +6,7 @@
 //! This file holds the top-level [`Cli`] and [`Command`] and the dispatch to one file per
 //! resource, each of which holds its clap subcommands, the JSON-RPC calls they make and the
 //! table it prints: `lun`, `pool`, `volume` (with `qos`, the QoS limit options it shares with
-//! `domain`), `host`, `domain`, `vpath`; `serve` translates the server's options, `top` is the
+//! `domain`), `volume_set`, `host`, `domain`, `vpath`; `serve` translates the server's options, `top` is the
 //! live view. Shared by all of them: `output` (table or `--json`), `params` (options to
 //! JSON-RPC parameters) and `table` (layout and cells); sizes are the library's
 //! (`sds::units`), since `sds perf` and the fuzz targets parse them too.
@@ -27,9 +27,11 @@ mod pool;
 mod qos;
 mod secret;
 mod serve;
+mod snapshot;
 mod table;
 mod top;
 mod volume;
+mod volume_set;
 mod vpath;
 
 use clap::{Parser, Subcommand};
@@ -84,6 +86,16 @@ enum Command {
     /// Synchronous mirrors: a volume kept on two or three legs (volumes on disjoint LUNs)
     #[command(subcommand)]
     Mirror(mirror::MirrorCommand),
+    /// Snapshots: read-only point-in-time views of a volume, taken at once (copy-on-write);
+    /// and reverting a volume to one, offline
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    /// Clones: writable volumes made from a snapshot, sharing its extents until written
+    #[command(subcommand)]
+    Clone(snapshot::CloneCommand),
+    /// Volume sets: one volume made of member volumes, concatenated or striped
+    #[command(subcommand)]
+    VolumeSet(volume_set::VolumeSetCommand),
     /// Hosts: the initiators that may connect, known by what their connection proves
     ///
     /// A host is known by its TLS client-certificate subject when it connects over TLS,
@@ -192,6 +204,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Pool(command) => pool::run(command, json, &call),
         Command::Volume(command) => volume::run(command, json, &call),
         Command::Mirror(command) => mirror::run(command, json, &call),
+        Command::Snapshot(command) => snapshot::run(command, json, &call),
+        Command::Clone(command) => snapshot::run_clone(command, json, &call),
+        Command::VolumeSet(command) => volume_set::run(command, json, &call),
         Command::Host(command) => host::run(command, json, &call),
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),

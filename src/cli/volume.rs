@@ -109,10 +109,14 @@ fn print_volumes(items: &[Value]) {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|v| {
-            let kind = if v["thin"].as_bool() == Some(false) {
-                "thick"
+            let kind = if let Some(origin) = v["snapshot_of"].as_str() {
+                format!("snapshot of {origin}")
+            } else if let Some(snapshot) = v["clone_of"].as_str() {
+                format!("clone of {snapshot}")
+            } else if v["thin"].as_bool() == Some(false) {
+                "thick".into()
             } else {
-                "thin"
+                "thin".into()
             };
             vec![
                 text(v, "name"),
@@ -121,7 +125,7 @@ fn print_volumes(items: &[Value]) {
                 bytes(v, "allocated"),
                 bytes(v, "shared"),
                 text(v, "block_size"),
-                kind.into(),
+                kind,
                 text(v, "connections"),
                 text(v, "uuid"),
                 text(v, "state"),

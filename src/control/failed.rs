@@ -202,6 +202,8 @@ pub fn volume_delete(control: &mut Control, params: Option<Value>) -> Result<Val
         return volumes::delete(control, params);
     };
     Params::new(params, &["name"])?;
+    super::volume_sets::refuse_member(control, "name", &name, "delete")?;
+    super::volume_sets::refuse_set(control, "name", &name, "delete")?;
     // Its virtual paths were never brought up; their records go with it.
     let vpaths = control
         .store

@@ -1,7 +1,8 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
 use super::{
-    domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, spdk, volumes, vpaths, Control,
+    domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, snapshots, spdk, volume_sets,
+    volumes, vpaths, Control,
 };
 use crate::rpc::RpcError;
 use serde_json::Value;
@@ -30,6 +31,15 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("mirror_split_leg", mirrors::split_leg),
     ("mirror_get_mirrors", mirrors::get),
     ("mirror_delete", mirrors::delete),
+    ("volume_revert", snapshots::revert),
+    ("snapshot_create", snapshots::create),
+    ("snapshot_get_snapshots", snapshots::get),
+    ("snapshot_delete", snapshots::delete),
+    ("clone_create", snapshots::clone_create),
+    ("volume_set_create", volume_sets::create),
+    ("volume_set_add_member", volume_sets::add_member),
+    ("volume_set_get_sets", volume_sets::get),
+    ("volume_set_delete", volume_sets::delete),
     ("host_create", hosts::create),
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),

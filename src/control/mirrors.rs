@@ -55,17 +55,22 @@ pub fn reserved_by(control: &Control, name: &str) -> Option<String> {
         .map(|m| m.record.name.clone())
 }
 
-/// Refuses a change to volume `name` that a mirror forbids: it is a mirror (use the
-/// `mirror_*` methods) or one of a mirror's legs.
-pub fn refuse_reserved(control: &Control, name: &str, what: &str) -> Result<(), RpcError> {
+/// Refuses `what` on volume `name` (parameter `key`) when a mirror forbids it: it is a mirror
+/// (the `mirror_*` methods change it) or one of a mirror's legs.
+pub fn refuse_reserved(
+    control: &Control,
+    key: &str,
+    name: &str,
+    what: &str,
+) -> Result<(), RpcError> {
     if control.mirrors.contains_key(name) {
         return Err(RpcError::invalid_params(format!(
-            "name: {name} is a mirror: {what} it with the mirror_* methods"
+            "{key}: {name} is a mirror: cannot {what} it (see mirror_*)"
         )));
     }
     if let Some(mirror) = reserved_by(control, name) {
         return Err(RpcError::invalid_params(format!(
-            "name: volume {name} is a leg of mirror {mirror}"
+            "{key}: volume {name} is a leg of mirror {mirror}: cannot {what} it"
         )));
     }
     Ok(())
@@ -171,6 +176,20 @@ fn check_legs(
                 "volume {name} is already a leg of mirror {mirror}"
             )));
         }
+        if volume.composite().is_some() {
+            return Err(bad(format!(
+                "{name} is made of other volumes (a volume set)"
+            )));
+        }
+        super::volume_sets::refuse_member(control, key, name, "make a mirror leg of")?;
+        if volume.read_only {
+            return Err(bad(format!("{name} is a snapshot (read-only)")));
+        }
+        // A leg's writes go straight to its extents: none may be shared with a snapshot or
+        // a clone (that would need copy-on-write under the mirror).
+        if let Some(why) = super::snapshots::shares_extents(control, &volume) {
+            return Err(bad(format!("volume {name} {why}")));
+        }
         if let Some(vp) = control.vpaths.values().find(|v| v.record.volume == *name) {
             return Err(bad(format!(
                 "volume {name} has virtual path {}: a leg is reached only through its mirror",
@@ -265,6 +284,7 @@ fn register(
         block_size: record.block_size,
         thin: true,
         qos: record.qos,
+        lineage: Default::default(),
     };
     control.volumes.insert(
         record.name.clone(),

@@ -5,7 +5,8 @@
 //! changes the live objects, then publishes a new [`Snapshot`] to the data path with one
 //! atomic swap. A failed call changes nothing.
 //!
-//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`, `hosts`,
+//! Adding a method: write it in the file of its noun (`luns`, `pools`, `volumes`,
+//! `volume_sets`, `hosts`,
 //! `domains`, `vpaths`, `iscsi`, `nvmf`; the SPDK-named ones in `spdk`) and add one line to
 //! [`methods::METHODS`]. Pool and volume methods that must not touch what a failed LUN took
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
@@ -24,8 +25,10 @@ pub use luns::error_chain as luns_error_chain;
 pub mod methods;
 pub mod params;
 mod pools;
+pub mod snapshots;
 mod spdk;
 mod stats;
+mod volume_sets;
 mod volumes;
 mod vpaths;
 
@@ -40,7 +43,7 @@ use crate::pool::Pool;
 use crate::reactor::ReactorHandle;
 use crate::rpc::{Dispatch, RpcError};
 use crate::store::records::{
-    DomainRecord, HostRecord, LunRecord, PoolRecord, VolumeRecord, VpathRecord,
+    DomainRecord, HostRecord, LunRecord, PoolRecord, VolumeRecord, VolumeSetRecord, VpathRecord,
 };
 use crate::store::{FileStore, StoreError};
 use crate::volume::provisioner::Provisioner;
@@ -110,6 +113,8 @@ pub struct Control {
     /// Pools and volumes a failed LUN took down at start-up, kept apart from the live ones.
     pub failed_pools: BTreeMap<String, FailedPool>,
     pub failed_volumes: BTreeMap<String, FailedVolume>,
+    /// Volume sets by name (each also in `volumes`, or `failed_volumes`, as a volume).
+    pub volume_sets: BTreeMap<String, VolumeSetRecord>,
     pub hosts: BTreeMap<String, hosts::HostEntry>,
     pub domains: BTreeMap<String, domains::DomainEntry>,
     pub vpaths: BTreeMap<u64, vpaths::VpathEntry>,
@@ -134,7 +139,7 @@ pub struct Control {
 
 impl Control {
     /// Restores the configuration from the store: LUNs, then pools (reading their extent
-    /// records), then volumes (rebuilding their maps from those records). A LUN that cannot be
+    /// records), then volumes (rebuilding their maps from those records), then volume sets. A LUN that cannot be
     /// opened does not stop the server: it is kept as failed, its pool comes up failed, and
     /// that pool's volumes are listed as failed and not served; everything else serves.
     pub fn restore(
@@ -153,6 +158,7 @@ impl Control {
             volumes: BTreeMap::new(),
             failed_pools: BTreeMap::new(),
             failed_volumes: BTreeMap::new(),
+            volume_sets: BTreeMap::new(),
             hosts: BTreeMap::new(),
             domains: BTreeMap::new(),
             vpaths: BTreeMap::new(),
@@ -273,7 +279,11 @@ impl Control {
                 record.block_size,
                 record.thin,
             )
-            .restored();
+            .restored()
+            .with_lineage(
+                record.lineage.view(record.uuid.0),
+                record.lineage.is_snapshot(),
+            );
             control.volumes.insert(
                 record.name.clone(),
                 VolumeEntry {
@@ -284,6 +294,7 @@ impl Control {
         }
         control.rebuild_maps(found_by_pool);
         control.restore_mirrors()?;
+        control.restore_volume_sets()?;
         control.restore_paths()?;
         control.recompute_rates();
         control.publish();
@@ -379,39 +390,64 @@ impl Control {
         self.insert_lun(record, lun, None, Some(reason));
     }
 
-    /// Puts every extent record found on the pools' LUNs into its volume's map. Records of
-    /// volumes that no longer exist (deleted before a crash finished clearing them) are
-    /// cleared and their extents freed.
+    /// Rebuilds every volume's map from the extent records found on the pools' LUNs: heads,
+    /// snapshots and clones, each the view its lineage gives (see `volume::lineage`); extents
+    /// more than one table maps get their holder counts and, in writable tables, the SHARED
+    /// bit. Records no table maps (a volume deleted, a snapshot dropped, a revert, before a
+    /// crash finished clearing them) are cleared and their extents freed.
     fn rebuild_maps(&mut self, found_by_pool: HashMap<String, Vec<crate::pool::FoundRecord>>) {
-        let by_uuid: HashMap<[u8; 16], Arc<Volume>> = self
-            .volumes
-            .values()
-            .map(|v| (v.volume.uuid, v.volume.clone()))
-            .collect();
-        for (pool_name, mut found) in found_by_pool {
+        use crate::volume::lineage::{rebuild_views, TableSpec};
+        for (pool_name, found) in found_by_pool {
             let Some(pool) = self.pools.get(&pool_name).map(|p| p.pool.clone()) else {
                 continue;
             };
-            // Later records win where two claim the same virtual extent.
-            found.sort_by_key(|f| std::cmp::Reverse(f.record.sequence));
-            if let Some(reason) = Self::record_past_its_volume(&pool, &found, &by_uuid) {
+            let tables: Vec<(Arc<Volume>, crate::volume::lineage::Lineage)> = self
+                .volumes
+                .values()
+                .filter(|v| Arc::ptr_eq(&v.volume.pool, &pool) && v.volume.composite().is_none())
+                .map(|v| (v.volume.clone(), v.volume.lineage()))
+                .collect();
+            // Nothing written after a snapshot may carry a sequence at or below its own.
+            for (_, lineage) in &tables {
+                for (_, sequence) in lineage.chain().filter(|&(_, s)| s != u64::MAX) {
+                    pool.advance_sequence_past(sequence);
+                }
+            }
+            let heads: HashMap<[u8; 16], Arc<Volume>> = tables
+                .iter()
+                .filter(|(volume, _)| !volume.read_only)
+                .map(|(volume, lineage)| (lineage.id, volume.clone()))
+                .collect();
+            if let Some(reason) = Self::record_past_its_volume(&pool, &found, &heads) {
                 self.fail_open_pool(&pool_name, reason);
                 continue;
             }
+            let specs: Vec<TableSpec> = tables
+                .iter()
+                .map(|(volume, lineage)| TableSpec {
+                    lineage,
+                    extent_count: volume.map().extent_count(),
+                })
+                .collect();
+            let rebuilt = rebuild_views(&found, &specs);
             let mut mapped = 0u64;
-            let mut orphaned = Vec::new();
-            for item in found {
-                let published = by_uuid.get(&item.record.volume_uuid).and_then(|volume| {
-                    let extent = item.record.virtual_extent;
-                    (extent < volume.map().extent_count() && Arc::ptr_eq(&volume.pool, &pool))
-                        .then(|| volume.map().publish(extent, item.slot).is_ok())
-                });
-                if published == Some(true) {
-                    mapped += 1;
-                } else {
-                    orphaned.push(item.slot);
+            for ((volume, _), table) in tables.iter().zip(&rebuilt.tables) {
+                for &(extent, slot) in table {
+                    let shared = !volume.read_only && rebuilt.shared.contains_key(&slot);
+                    let value = if shared {
+                        slot | crate::pool::SLOT_SHARED
+                    } else {
+                        slot
+                    };
+                    if volume.map().publish(extent, value).is_ok() {
+                        mapped += 1;
+                    }
                 }
             }
+            for (&slot, &holders) in &rebuilt.shared {
+                pool.refcounts.set_holders(slot, holders);
+            }
+            let orphaned = rebuilt.orphans;
             let changes: Vec<(u64, Option<crate::pool::on_disk::ExtentRecord>)> =
                 orphaned.iter().map(|&slot| (slot, None)).collect();
             let mut freed = 0usize;
@@ -428,23 +464,29 @@ impl Control {
                 }
             }
             if freed > 0 {
-                log::warn!("pool {pool_name}: freed {freed} extents whose volume no longer exists");
+                log::warn!(
+                    "pool {pool_name}: freed {freed} extents no volume, snapshot or clone maps"
+                );
             }
-            log::info!("pool {pool_name}: {mapped} mapped extents restored");
+            log::info!(
+                "pool {pool_name}: {mapped} mapped extents restored ({} shared)",
+                rebuilt.shared.len()
+            );
         }
+        snapshots::update_histories(self);
     }
 
-    /// The damage, if a record of `pool` maps a virtual extent past the end of its volume (of
-    /// this pool): volumes only grow, so no such record is ever written.
+    /// The damage, if a record of `pool` maps a virtual extent past the end of the writable
+    /// volume whose lineage it names: volumes only grow, so no such record is ever written.
+    /// (A lineage with no writable volume left, kept by snapshots, is not checked: its
+    /// snapshots may be smaller than what their origin grew to.)
     fn record_past_its_volume(
         pool: &Arc<crate::pool::Pool>,
         found: &[crate::pool::FoundRecord],
-        by_uuid: &HashMap<[u8; 16], Arc<Volume>>,
+        heads: &HashMap<[u8; 16], Arc<Volume>>,
     ) -> Option<String> {
         found.iter().find_map(|item| {
-            let volume = by_uuid
-                .get(&item.record.volume_uuid)
-                .filter(|v| Arc::ptr_eq(&v.pool, pool))?;
+            let volume = heads.get(&item.record.volume_uuid)?;
             let extents = volume.map().extent_count();
             if item.record.virtual_extent < extents {
                 return None;

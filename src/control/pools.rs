@@ -95,7 +95,7 @@ pub struct Space {
     pub provisioned_bytes: u64,
     /// Extents in use, in bytes (by volumes, and orphans not yet freed).
     pub allocated_bytes: u64,
-    /// Extents more than one volume maps (refcount > 1): 0 until snapshots and clones exist.
+    /// Extents more than one volume, snapshot or clone maps (refcount > 1).
     pub shared_bytes: u64,
     /// Whether allocation has reached the pool's threshold.
     pub over_threshold: bool,
@@ -109,7 +109,7 @@ pub fn space_of(entry: &PoolEntry, provisioned_bytes: u64) -> Space {
     Space {
         provisioned_bytes,
         allocated_bytes: allocated * pool.extent_bytes,
-        shared_bytes: 0,
+        shared_bytes: pool.refcounts.shared_extents() * pool.extent_bytes,
         over_threshold: threshold::is_over(allocated, total, entry.record.threshold),
     }
 }

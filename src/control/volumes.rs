@@ -6,6 +6,8 @@ use crate::constants::{MAX_VOLUMES, MAX_VOLUME_EXTENTS};
 use crate::domain::capabilities::QosLimits;
 use crate::logger::error_chain;
 use crate::pool::on_disk::ExtentRecord;
+use crate::pool::refcount::Dropped;
+use crate::pool::SLOT_SHARED;
 use crate::rpc::RpcError;
 use crate::store::records::VolumeRecord;
 use crate::volume::provisioner::provision;
@@ -26,13 +28,23 @@ pub fn describe(entry: &VolumeEntry) -> Value {
         "allocated": extents * volume.extent_bytes(),
         "allocated_extents": extents,
         // What the volume promises (its size) and, of what it maps, what other tables map
-        // too (refcount > 1: 0 until snapshots and clones exist).
+        // too (snapshots, clones: refcount > 1).
         "provisioned": volume.size_bytes(),
-        "shared": 0,
         "connections": volume.open_state.open_count(),
         "qos": entry.record.qos.to_json(),
         "volatile": volume.pool.volatile,
+        "shared": volume.shared_extents() * volume.extent_bytes(),
+        "read_only": volume.read_only,
     });
+    if let Some(object) = described.as_object_mut() {
+        let lineage = &entry.record.lineage;
+        if let Some(origin) = &lineage.snapshot_of {
+            object.insert("snapshot_of".into(), origin.clone().into());
+        }
+        if let Some(snapshot) = &lineage.clone_of {
+            object.insert("clone_of".into(), snapshot.clone().into());
+        }
+    }
     if let (Some(object), Some((state, note))) = (described.as_object_mut(), condition(volume)) {
         object.insert("state".into(), state.into());
         object.insert("note".into(), note.into());
@@ -90,12 +102,15 @@ fn provision_range(volume: &Volume, from: u64, to: u64) -> Result<(), RpcError> 
     Ok(())
 }
 
-/// Unmaps and frees every extent of `volume` from `from` on, as one group commit.
+/// Unmaps every extent of `volume` from `from` on; each loses a holder, and those nothing
+/// else maps (a snapshot, a clone) are freed, as one group commit.
 fn release_from(volume: &Volume, from: u64) {
     let map = volume.map();
     let freed: Vec<(u64, Option<ExtentRecord>)> = (from..map.extent_count())
-        .map(|extent| (map.clear(extent), None))
-        .filter(|&(slot, _)| slot != 0)
+        .map(|extent| map.clear(extent) & !SLOT_SHARED)
+        .filter(|&slot| slot != 0)
+        .filter(|&slot| volume.pool.refcounts.drop_holder(slot) == Dropped::Last)
+        .map(|slot| (slot, None))
         .collect();
     for (&(slot, _), outcome) in freed.iter().zip(volume.pool.commit(&freed)) {
         match outcome {
@@ -160,6 +175,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         block_size,
         thin,
         qos: Default::default(),
+        lineage: Default::default(),
     };
     // The record first: extent records of a volume without one would be freed at start-up.
     control
@@ -192,12 +208,19 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let params = Params::new(params, &["name", "size"])?;
     let name = params.name("name")?;
     let size = params.u64("size")?;
-    super::mirrors::refuse_reserved(control, name, "resize")?;
+    super::mirrors::refuse_reserved(control, "name", name, "resize")?;
     let entry = control
         .volumes
         .get(name)
         .ok_or_else(|| RpcError::invalid_params(format!("name: no volume {name}")))?;
+    super::volume_sets::refuse_member(control, "name", name, "resize")?;
+    super::volume_sets::refuse_set(control, "name", name, "resize")?;
     let volume = entry.volume.clone();
+    if volume.read_only {
+        return Err(RpcError::invalid_params(format!(
+            "name: {name} is a snapshot: its size is its origin's when it was taken"
+        )));
+    }
     let current = volume.size_bytes();
     if size < current {
         return Err(RpcError::invalid_params(format!(
@@ -228,7 +251,18 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     }
     control.publish();
     log::info!("volume {name} resized from {current} to {size} bytes");
-    // Every NVMe host with a VP to it is told: its namespace's size changed.
+    announce_new_size(control, name);
+    Ok(control
+        .volumes
+        .get(name)
+        .map(describe)
+        .unwrap_or(Value::Null))
+}
+
+/// Tells hosts volume `name` has a new size (published already): every NVMe host with a VP
+/// to it hears that its namespace changed. (iSCSI LUNs see the size change on their next
+/// command and raise CAPACITY DATA HAS CHANGED; NBD clients see it when they connect.)
+pub(super) fn announce_new_size(control: &Control, name: &str) {
     if let Some(nvmf) = &control.nvmf {
         for vpath in control.vpaths.values().filter(|v| v.record.volume == name) {
             nvmf.namespace_changed(
@@ -237,17 +271,14 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             );
         }
     }
-    Ok(control
-        .volumes
-        .get(name)
-        .map(describe)
-        .unwrap_or(Value::Null))
 }
 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(params, &["name"])?;
     let name = params.name("name")?;
-    super::mirrors::refuse_reserved(control, name, "delete")?;
+    super::mirrors::refuse_reserved(control, "name", name, "delete")?;
+    super::volume_sets::refuse_member(control, "name", name, "delete")?;
+    super::volume_sets::refuse_set(control, "name", name, "delete")?;
     let entry = control
         .volumes
         .get(name)
@@ -266,6 +297,8 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     control.volumes.remove(name);
     control.publish();
     release_from(&volume, 0);
+    // After its extents are dropped: a TRIM may free what no other view looks at any more.
+    super::snapshots::update_histories(control);
     log::info!("volume {name} deleted");
     Ok(Value::Bool(true))
 }
@@ -322,10 +355,13 @@ pub fn set_qos_limit(control: &mut Control, params: Option<Value>) -> Result<Val
         .qos
         .merge(&object, "")
         .map_err(RpcError::invalid_params)?;
-    control
-        .store
-        .put("volume", name, &record)
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    // A volume set keeps its limits in its own record.
+    if !super::volume_sets::put_qos(control, name, &record.qos)? {
+        control
+            .store
+            .put("volume", name, &record)
+            .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    }
     if let Some(entry) = control.volumes.get_mut(name) {
         entry.record = record;
     }

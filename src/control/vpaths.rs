@@ -94,6 +94,12 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         .get(volume_name)
         .map(|entry| entry.volume.clone())
         .ok_or_else(|| RpcError::invalid_params(format!("volume: no volume {volume_name}")))?;
+    if volume.read_only && mode != AccessMode::ReadOnly {
+        return Err(RpcError::invalid_params(format!(
+            "mode: {volume_name} is a snapshot: only read-only (ro) paths may reach it"
+        )));
+    }
+    super::volume_sets::refuse_member(control, "volume", volume_name, "give a virtual path to")?;
     if !control.domains.contains_key(domain) {
         return Err(RpcError::invalid_params(format!(
             "domain: no domain {domain}"

@@ -11,6 +11,7 @@ pub mod bitmap;
 pub mod journal;
 pub mod lost_lun;
 pub mod on_disk;
+pub mod refcount;
 pub mod threshold;
 
 use crate::backend::aligned_buf::AlignedBuf;
@@ -29,6 +30,11 @@ use std::sync::Arc;
 /// Bits of a mapping slot that hold the extent index; the LUN index (plus one) sits above.
 const SLOT_EXTENT_BITS: u32 = 48;
 
+/// The bit of a volume's mapping slot that says another table (a snapshot's, a clone's) maps
+/// the same extent: a write must copy it first (see `volume::lineage`). Never part of what
+/// [`decode_slot`] decodes.
+pub const SLOT_SHARED: u64 = 1 << 63;
+
 /// Packs (LUN index in pool, extent on that LUN) into a non-zero mapping slot value.
 pub fn encode_slot(lun_index: usize, extent: u64) -> u64 {
     debug_assert!(extent < (1 << SLOT_EXTENT_BITS));
@@ -37,6 +43,7 @@ pub fn encode_slot(lun_index: usize, extent: u64) -> u64 {
 
 /// Unpacks a mapping slot; `None` for 0, the unmapped slot.
 pub fn decode_slot(slot: u64) -> Option<(usize, u64)> {
+    let slot = slot & !SLOT_SHARED;
     if slot == 0 {
         return None;
     }
@@ -74,6 +81,11 @@ pub enum PoolError {
     },
     #[error("pool {pool}: no free extent")]
     Full { pool: String },
+    /// A request to map an extent the volume's own map does not have (a composite volume
+    /// has none: its parts are provisioned). Never sent by a correct caller; refused, not
+    /// published.
+    #[error("volume {volume}: extent {extent} is not in its own map")]
+    OutsideMap { volume: String, extent: u64 },
     #[error("pool {pool}: LUN {lun}: extent record {extent} (LUN block {lun_block}): damaged")]
     DamagedRecord {
         pool: String,
@@ -118,6 +130,8 @@ pub struct Pool {
     /// volumes held before is gone.
     pub started_empty: bool,
     sequence: AtomicU64,
+    /// How many tables map each extent (snapshots and clones share them).
+    pub refcounts: refcount::RefCounts,
     /// Where round-robin placement of the next extent starts.
     next_lun: AtomicUsize,
 }
@@ -370,6 +384,7 @@ impl Pool {
         luns: Vec<PoolLun>,
         sequence: u64,
     ) -> Self {
+        let refcounts = refcount::RefCounts::new(luns.iter().map(|l| l.layout.extent_count));
         Self {
             name: name.to_string(),
             uuid,
@@ -378,6 +393,7 @@ impl Pool {
             started_empty: false,
             luns,
             sequence: AtomicU64::new(sequence),
+            refcounts,
             next_lun: AtomicUsize::new(0),
         }
     }
@@ -482,6 +498,13 @@ impl Pool {
 
     pub fn next_sequence(&self) -> u64 {
         self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes every later sequence greater than `sequence` (start-up: a snapshot taken at a
+    /// sequence no record carries must still see nothing written after it).
+    pub fn advance_sequence_past(&self, sequence: u64) {
+        self.sequence
+            .fetch_max(sequence.saturating_add(1), Ordering::Relaxed);
     }
 
     /// The LUN, its index in this pool (what the I/O path tags LUN I/O with, so its errors

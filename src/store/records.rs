@@ -4,6 +4,7 @@ use crate::backend::LunKind;
 use crate::domain::capabilities::{Capabilities, QosLimits};
 use crate::domain::vpath::AccessMode;
 use crate::identity::Uuid;
+use crate::volume::set::SetLayout;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -42,6 +43,26 @@ pub struct VolumeRecord {
     pub block_size: u32,
     pub thin: bool,
     /// `bdev_set_qos_limit`: limits on the volume as a whole, over every VP to it.
+    #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
+    pub qos: QosLimits,
+    /// Snapshots and clones: what the volume's table is a view of (empty: a plain volume).
+    #[serde(default, flatten)]
+    pub lineage: crate::volume::lineage::LineageRecord,
+}
+
+/// A volume set (`volume_set_create`): a volume made of member volumes (see
+/// `volume::set`). Restored after the volumes; its block size is its members'.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeSetRecord {
+    pub name: String,
+    pub uuid: Uuid,
+    pub layout: SetLayout,
+    /// Stripe sets: bytes per stripe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_size: Option<u64>,
+    /// In order: a concatenation's members in address order, a stripe's in stripe order.
+    pub members: Vec<String>,
+    /// `bdev_set_qos_limit` on the set.
     #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
     pub qos: QosLimits,
 }

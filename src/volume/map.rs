@@ -141,6 +141,27 @@ impl MapTable {
             .map(|_| ())
     }
 
+    /// Replaces the slot of a mapped `extent` if it still holds `current`; fails with what it
+    /// holds otherwise (copy-on-write publishes its copy this way).
+    pub fn replace(&self, extent: u64, current: u64, new: u64) -> Result<(), u64> {
+        match self.chunk(extent) {
+            (Some(chunk), within) => chunk[within]
+                .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+                .map(|_| ()),
+            (None, _) => Err(0),
+        }
+    }
+
+    /// Sets `bits` in the slot of `extent` if it is mapped.
+    pub fn set_bits(&self, extent: u64, bits: u64) {
+        if let (Some(chunk), within) = self.chunk(extent) {
+            // SeqCst: before the write gate's flip (see `write_gate`).
+            let _ = chunk[within].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |slot| {
+                (slot != 0).then_some(slot | bits)
+            });
+        }
+    }
+
     /// Unmaps `extent`, returning what it held (SeqCst: before the write gate's flip).
     pub fn clear(&self, extent: u64) -> u64 {
         match self.chunk(extent) {

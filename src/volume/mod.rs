@@ -6,6 +6,11 @@
 //! record durable, publishes the mapping and wakes the waiting session. Thick volumes are
 //! fully provisioned when created or grown.
 //!
+//! Snapshots and clones share extents: a table is a view of a [`lineage`], an extent more
+//! than one table maps carries the SHARED bit in the writable tables' slots, and a write to
+//! it goes to the provisioner first, which copies the extent (copy-on-write). The
+//! [`write_gate`] lets a snapshot wait for writes that loaded a slot before it was marked.
+//!
 //! [`Volume::segment`] is the whole of translation on the data path: per extent the request
 //! touches, one load of the chunk pointer and one of the slot (see [`map`]).
 //!
@@ -16,22 +21,25 @@
 
 pub mod composite;
 pub mod dirty_log;
+pub mod lineage;
 pub mod map;
 pub mod mirror;
 pub mod open_state;
 pub mod provisioner;
 pub mod reclaim;
 pub mod resync;
+pub mod set;
 pub mod stats;
 pub mod write_gate;
 
-use crate::pool::{decode_slot, encode_slot, Pool, PoolLun};
+use crate::pool::{decode_slot, encode_slot, Pool, PoolLun, SLOT_SHARED};
 use composite::{Composite, CompositeError, Layout};
+use lineage::Lineage;
 use map::MapTable;
 use open_state::OpenState;
 use stats::VolumeStats;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use write_gate::WriteGate;
 
 pub struct Volume {
@@ -56,6 +64,14 @@ pub struct Volume {
     lost_member: Option<usize>,
     /// Restored at start-up in a volatile pool: it started empty.
     pub started_empty: bool,
+    /// A snapshot: its table never changes, and no write reaches it.
+    pub read_only: bool,
+    /// What its table is a view of; read and changed only off the I/O path (provisioning and
+    /// control threads).
+    lineage: Mutex<Lineage>,
+    /// Its lineage has snapshots or sources: a record it frees could uncover an older one at
+    /// the next start (see [`Volume::trim_may_free`]).
+    keeps_history: AtomicBool,
     /// `Some` for a composite volume: its parts (its own map is then empty and unused).
     composite: Option<Box<Composite>>,
     /// A mirror's volume: its body is the mirror's legs (its own map stays empty).
@@ -70,6 +86,8 @@ pub enum Segment<'a> {
         lun_index: usize,
         offset_bytes: u64,
         len_bytes: u64,
+        /// Another table maps the extent too: a write must have it copied first.
+        shared: bool,
     },
     /// Never written: reads as zeroes; a write must first provision `extent` of `part` (of
     /// the volume `segment` was called on when `None`: a plain volume).
@@ -105,6 +123,9 @@ impl Volume {
             lost_member: None,
             started_empty: false,
             mirror: None,
+            read_only: false,
+            lineage: Mutex::new(Lineage::own(uuid)),
+            keeps_history: AtomicBool::new(false),
             composite: None,
         }
     }
@@ -135,6 +156,9 @@ impl Volume {
             started_empty: parts.iter().any(|p| p.started_empty),
             composite: Some(Box::new(composite)),
             mirror: None,
+            read_only: false,
+            lineage: Mutex::new(Lineage::own(uuid)),
+            keeps_history: AtomicBool::new(false),
         })
     }
 
@@ -208,6 +232,58 @@ impl Volume {
         volume
     }
 
+    /// The volume as a view of `lineage`; a snapshot (`read_only`) never takes writes.
+    pub fn with_lineage(mut self, lineage: Lineage, read_only: bool) -> Self {
+        self.lineage = Mutex::new(lineage);
+        self.read_only = read_only;
+        self
+    }
+
+    /// What its table is a view of.
+    pub fn lineage(&self) -> Lineage {
+        match self.lineage.lock() {
+            Ok(lineage) => lineage.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The lineage new records of this volume name.
+    pub fn lineage_id(&self) -> [u8; 16] {
+        self.lineage().id
+    }
+
+    /// Moves the volume onto another lineage (a revert, while nobody has it open).
+    pub fn set_lineage(&self, lineage: Lineage) {
+        match self.lineage.lock() {
+            Ok(mut current) => *current = lineage,
+            Err(poisoned) => *poisoned.into_inner() = lineage,
+        }
+    }
+
+    /// Whether its lineage has snapshots or sources (kept up to date by the control thread).
+    pub fn set_keeps_history(&self, keeps: bool) {
+        self.keeps_history.store(keeps, Ordering::Release);
+    }
+
+    /// Whether a whole-extent TRIM may unmap and free `extent` rather than zero it: not when
+    /// another table maps it (the slot is SHARED), and not when its lineage keeps history,
+    /// since freeing this volume's newest record of the extent would let an older record (a
+    /// snapshot's, or the source's) be taken for the volume's content at the next start.
+    pub fn trim_may_free(&self, extent: u64) -> bool {
+        if extent >= self.map.extent_count() || self.read_only {
+            return false;
+        }
+        self.map.get(extent) & SLOT_SHARED == 0 && !self.keeps_history.load(Ordering::Acquire)
+    }
+
+    /// Mapped extents another table maps too.
+    pub fn shared_extents(&self) -> u64 {
+        self.map
+            .mapped()
+            .filter(|&(_, slot)| self.pool.refcounts.is_shared(slot))
+            .count() as u64
+    }
+
     /// Marks a volume restored from its record at start-up. In a volatile pool it started
     /// empty. In a pool whose volatile LUN lost what it held, any of its extents that no
     /// surviving record maps may have been on that LUN, and sds cannot tell which were never
@@ -219,9 +295,13 @@ impl Volume {
         self
     }
 
-    /// Whether part of what the volume held is gone (see [`Volume::restored`]).
+    /// Whether part of what the volume held is gone (see [`Volume::restored`]); for a
+    /// composite, whether it is for one of its parts.
     pub fn data_lost(&self) -> bool {
         self.lost_member.is_some()
+            || self
+                .composite()
+                .is_some_and(|c| c.parts().any(|p| p.volume.data_lost()))
     }
 
     #[inline]
@@ -279,7 +359,8 @@ impl Volume {
         let extent = offset_bytes / extent_bytes;
         let within = offset_bytes % extent_bytes;
         let len_bytes = remaining_bytes.min(extent_bytes - within);
-        let slot = match (map.get(extent), self.lost_member) {
+        let raw = map.get(extent);
+        let slot = match (raw & !SLOT_SHARED, self.lost_member) {
             (0, None) => {
                 return Segment::Unmapped {
                     part,
@@ -297,15 +378,8 @@ impl Volume {
             lun_index: lun_base + lun_index,
             offset_bytes,
             len_bytes,
+            shared: raw & SLOT_SHARED != 0,
         }
-    }
-
-    /// Whether a TRIM that covers the whole of virtual `extent` may unmap it and give its pool
-    /// extent back (else the extent is zeroed and stays mapped). Always today; snapshots will
-    /// refuse extents that another table shares (refcount > 1) or whose lineage holds an older
-    /// record for the same virtual extent (freeing would resurrect it at restart).
-    pub fn trim_may_free(&self, _extent: u64) -> bool {
-        true
     }
 
     /// Extents mapped (a composite's: its parts', in units of [`Self::extent_bytes`]).
@@ -332,7 +406,8 @@ impl Volume {
 
     /// The block size of the LUN holding `slot`: a write narrower than it needs the slow path.
     pub fn lun_block_bytes(&self, slot: u64) -> u32 {
-        decode_slot(slot).map_or(512, |(lun, _)| self.pool.luns[lun].layout.block_size_bytes)
+        decode_slot(slot & !SLOT_SHARED)
+            .map_or(512, |(lun, _)| self.pool.luns[lun].layout.block_size_bytes)
     }
 
     /// Whether some LUN of the pool has a larger block size than the volume: writes to it that

@@ -6,6 +6,17 @@
 //! are committed together (group commit): every claimed extent is zeroed and its record
 //! written, then each touched LUN is flushed once, then the mappings are published.
 //!
+//! Copy-on-write: a write to an extent whose slot carries the SHARED bit (a snapshot or a
+//! clone maps it too) is a `Provision` request as well. If no other table maps it any more,
+//! the bit is cleared; otherwise a new extent is claimed, the old one's data copied into it,
+//! its record (on the volume's lineage, with a new sequence) committed with the group, and
+//! the slot swapped to it; the old extent loses one holder. The copy is durable before the
+//! write is woken, and runs here, so it stalls no reactor.
+//!
+//! Snapshot, clone and revert steps run here too ([`Request::Run`]): between two batches no
+//! claim or commit is in flight, so a snapshot's sequence orders every record before or after
+//! it.
+//!
 //! TRIM's releases of whole extents come here too ([`super::reclaim`]), after the claims of
 //! the same batch, so a claim and a release never interleave.
 //!
@@ -18,9 +29,10 @@ use super::mirror::Mirror;
 use super::reclaim::covers_whole_extent;
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
-use crate::constants::{MAX_IO_BYTES, METADATA_BATCH_MAX};
+use crate::constants::{COW_COPY_BYTES, MAX_IO_BYTES, METADATA_BATCH_MAX};
 use crate::pool::on_disk::ExtentRecord;
-use crate::pool::PoolError;
+use crate::pool::refcount::Dropped;
+use crate::pool::{Pool, PoolError, SLOT_SHARED};
 use crate::reactor::mailbox::{Message, SessionId};
 use crate::reactor::ReactorHandle;
 use crossbeam::channel::{unbounded, Receiver, Sender};
@@ -82,6 +94,10 @@ pub enum Request {
         trim: bool,
         reply: Reply,
     },
+    /// Runs a step of the control thread that must not overlap a claim or a copy-on-write
+    /// (taking a snapshot, making a clone, reverting); the step answers through its own
+    /// channel.
+    Run(Box<dyn FnOnce() + Send>),
     /// Read `len_bytes` at `offset_bytes` into `data`, through whole LUN blocks.
     SlowRead {
         volume: Arc<Volume>,
@@ -221,27 +237,17 @@ fn run(receiver: Receiver<Request>) {
                     len_bytes,
                     reply,
                 } => notes.push((mirror, offset_bytes, len_bytes, reply)),
+                Request::Run(step) => {
+                    // What arrived before it is done first: the step sees a quiet pool.
+                    provide(&mut provisions);
+                    give_back(&mut releases);
+                    step();
+                }
                 Request::Stop => stop = true,
             }
         }
-        if !provisions.is_empty() {
-            let wanted: Vec<(&Volume, u64)> = provisions
-                .iter()
-                .map(|(v, e, _)| (v.as_ref(), *e))
-                .collect();
-            let results = provision(&wanted);
-            for ((_, _, reply), result) in provisions.into_iter().zip(results) {
-                reply.send(errno_of(result));
-            }
-        }
-        if !releases.is_empty() {
-            let wanted: Vec<(&Volume, u64)> =
-                releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
-            let results = super::reclaim::release(&wanted);
-            for ((_, _, reply), result) in releases.into_iter().zip(results) {
-                reply.send(errno_of(result));
-            }
-        }
+        provide(&mut provisions);
+        give_back(&mut releases);
         if !notes.is_empty() {
             note_mirrors(notes);
         }
@@ -284,6 +290,33 @@ fn note_mirrors(mut notes: Vec<(Arc<Mirror>, u64, u64, Reply)>) {
     }
 }
 
+/// Answers every collected `Provision` request, as one group commit.
+fn provide(provisions: &mut Vec<(Arc<Volume>, u64, Reply)>) {
+    if provisions.is_empty() {
+        return;
+    }
+    let wanted: Vec<(&Volume, u64)> = provisions
+        .iter()
+        .map(|(v, e, _)| (v.as_ref(), *e))
+        .collect();
+    let results = provision(&wanted);
+    for ((_, _, reply), result) in provisions.drain(..).zip(results) {
+        reply.send(errno_of(result));
+    }
+}
+
+/// Answers every collected `Release` request (TRIM's whole extents).
+fn give_back(releases: &mut Vec<(Arc<Volume>, u64, Reply)>) {
+    if releases.is_empty() {
+        return;
+    }
+    let wanted: Vec<(&Volume, u64)> = releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
+    let results = super::reclaim::release(&wanted);
+    for ((_, _, reply), result) in releases.drain(..).zip(results) {
+        reply.send(errno_of(result));
+    }
+}
+
 fn errno_of(result: Result<(), PoolError>) -> i32 {
     match result {
         Ok(()) => 0,
@@ -301,33 +334,76 @@ fn errno_of(result: Result<(), PoolError>) -> i32 {
 /// Each new extent is claimed and zeroed, then all the new records of a pool are committed
 /// through its journal together (one flush per LUN), and only then are the mappings published.
 pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
+    provision_filled(wanted, true)
+}
+
+/// Gives `extent` of `volume`, if a snapshot or a clone shares it, a zeroed extent of its own
+/// in its place (a whole-extent TRIM of a shared extent: copy-on-write without the copy),
+/// durably, like [`provision`].
+pub fn provision_zeroed(volume: &Volume, extent: u64) -> Result<(), PoolError> {
+    provision_filled(&[(volume, extent)], false).remove(0)
+}
+
+/// [`provision`], with a shared extent's replacement filled with its data (`copy`) or zeroes.
+fn provision_filled(wanted: &[(&Volume, u64)], copy: bool) -> Vec<Result<(), PoolError>> {
     let mut results: Vec<Result<(), PoolError>> = Vec::with_capacity(wanted.len());
     // Claimed slot and its record, per request (slot 0: nothing to publish).
     let mut claimed: Vec<(u64, Option<ExtentRecord>)> = vec![(0, None); wanted.len()];
+    // For a copy-on-write: the shared slot the copy replaces.
+    let mut replaces: Vec<Option<u64>> = vec![None; wanted.len()];
+    // The copy buffer, made only when a batch has something to copy.
+    let mut copy_buffer: Option<AlignedBuf> = None;
     for (index, &(volume, extent)) in wanted.iter().enumerate() {
         let map = volume.map();
+        if volume.composite().is_some() || extent >= map.extent_count() {
+            results.push(Err(PoolError::OutsideMap {
+                volume: volume.name.clone(),
+                extent,
+            }));
+            continue;
+        }
         let duplicate = wanted[..index]
             .iter()
             .zip(&claimed)
             .any(|(&(v, e), &(slot, _))| std::ptr::eq(v, volume) && e == extent && slot != 0);
-        if map.get(extent) != 0 || duplicate {
+        let current = map.get(extent);
+        if (current != 0 && current & SLOT_SHARED == 0) || duplicate {
             results.push(Ok(()));
             continue;
         }
         let pool = &volume.pool;
-        let outcome = pool
-            .claim_extent()
-            .and_then(|slot| match pool.zero_extent(slot) {
+        if current & SLOT_SHARED != 0 {
+            let old = current & !SLOT_SHARED;
+            if !pool.refcounts.is_shared(old) {
+                // Every other table let go of it: this one owns it alone now.
+                let _ = map.replace(extent, current, old);
+                results.push(Ok(()));
+                continue;
+            }
+            replaces[index] = Some(current);
+        }
+        let outcome = pool.claim_extent().and_then(|slot| {
+            let filled = match replaces[index] {
+                Some(shared) if copy => {
+                    let buffer = copy_buffer.get_or_insert_with(|| {
+                        AlignedBuf::new(COW_COPY_BYTES.min(pool.extent_bytes as usize))
+                    });
+                    copy_extent(pool, shared & !SLOT_SHARED, slot, buffer)
+                }
+                _ => pool.zero_extent(slot),
+            };
+            match filled {
                 Ok(()) => Ok(slot),
                 Err(error) => {
                     pool.release_extent(slot);
                     Err(error)
                 }
-            });
+            }
+        });
         match outcome {
             Ok(slot) => {
                 let record = ExtentRecord {
-                    volume_uuid: volume.uuid,
+                    volume_uuid: volume.lineage_id(),
                     virtual_extent: extent,
                     sequence: pool.next_sequence(),
                 };
@@ -362,14 +438,72 @@ pub fn provision(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
     }
     for (index, &(volume, extent)) in wanted.iter().enumerate() {
         let slot = claimed[index].0;
-        if slot != 0 && volume.map().publish(extent, slot).is_err() {
+        if slot == 0 {
+            continue;
+        }
+        let published = match replaces[index] {
+            None => volume.map().publish(extent, slot),
+            Some(shared) => volume.map().replace(extent, shared, slot),
+        };
+        match (published, replaces[index]) {
+            (Ok(()), Some(shared)) => drop_holder(&volume.pool, shared),
+            (Ok(()), None) => {}
             // Someone else mapped it first (only the control thread can race here); return ours.
-            if volume.pool.commit(&[(slot, None)]).remove(0).is_ok() {
-                volume.pool.release_extent(slot);
-            }
+            (Err(_), _) => free_extent(&volume.pool, slot),
         }
     }
     results
+}
+
+/// One table stops mapping `slot`; the last one frees it (its record, then its bit).
+pub fn drop_holder(pool: &Pool, slot: u64) {
+    if pool.refcounts.drop_holder(slot) == Dropped::Last {
+        free_extent(pool, slot);
+    }
+}
+
+/// Frees an extent no table maps: its record is cleared durably first. If that fails the
+/// extent stays used until a restart finds its record orphaned and frees it.
+fn free_extent(pool: &Pool, slot: u64) {
+    match pool.commit(&[(slot, None)]).remove(0) {
+        Ok(()) => pool.release_extent(slot),
+        Err(error) => log::error!(
+            "pool {}: freeing an extent failed: {}",
+            pool.name,
+            crate::logger::error_chain(&error)
+        ),
+    }
+}
+
+/// Copies the data of extent `from` into extent `to` (copy-on-write). Durable with the
+/// record's commit, which flushes the LUN holding `to`.
+fn copy_extent(pool: &Pool, from: u64, to: u64, buffer: &mut AlignedBuf) -> Result<(), PoolError> {
+    let (source, _, source_at) = pool.locate(from, 0);
+    let (target, _, target_at) = pool.locate(to, 0);
+    let step = buffer.as_slice().len() as u64;
+    let mut done = 0u64;
+    while done < pool.extent_bytes {
+        let piece = step.min(pool.extent_bytes - done);
+        let window = &mut buffer.as_mut_slice()[..piece as usize];
+        source
+            .lun
+            .read_at(window, source_at + done)
+            .map_err(|error| PoolError::Lun {
+                pool: pool.name.clone(),
+                lun: source.lun.info().name.clone(),
+                source: error,
+            })?;
+        target
+            .lun
+            .write_at(window, target_at + done, false)
+            .map_err(|error| PoolError::Lun {
+                pool: pool.name.clone(),
+                lun: target.lun.info().name.clone(),
+                source: error,
+            })?;
+        done += piece;
+    }
+    Ok(())
 }
 
 /// The whole LUN blocks around a piece of a request, as the bounce buffer holds them.
@@ -445,10 +579,19 @@ pub fn slow_write(
                 provision(&[(target, extent)]).remove(0)?;
                 continue;
             }
+            Segment::Mapped { shared: true, .. } => {
+                // Another table maps this extent: copy it first.
+                let extent = (offset_bytes + done) / volume.extent_bytes();
+                provision(&[(volume, extent)]).remove(0)?;
+                continue;
+            }
             Segment::Mapped {
                 len_bytes: piece, ..
             } if release
-                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes) =>
+                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes)
+                // Only an extent of the volume's own map: a volume made of others (whose own
+                // map is empty) zeroes, its parts' extents are given back through the parts.
+                && (offset_bytes + done) / extent_bytes < volume.map().extent_count() =>
             {
                 super::reclaim::release(&[(volume, (offset_bytes + done) / extent_bytes)])
                     .remove(0)?;

@@ -29,6 +29,7 @@
 //! therefore never hold the gate while it waits for the thread that drains it (the engine
 //! leaves the gate before it asks the provisioning thread for an extent).
 
+use crate::constants::WRITE_GATE_DRAIN_TIMEOUT_MS;
 use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -46,6 +47,14 @@ pub struct WriteGate {
     in_flight: [CachePadded<AtomicU64>; 2],
     /// Serializes changers: one flip, one drain at a time.
     changers: Mutex<()>,
+}
+
+/// A drain that gave up: I/O of the old epoch was still running at its deadline (a LUN that
+/// never answers).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{in_flight} I/O still in flight after {WRITE_GATE_DRAIN_TIMEOUT_MS} ms")]
+pub struct DrainTimedOut {
+    pub in_flight: u64,
 }
 
 /// Proof that an I/O entered the gate in an epoch; give it back with [`WriteGate::leave`].
@@ -132,6 +141,19 @@ impl WriteGate {
         true
     }
 
+    /// Like [`Self::drain`], bounded by [`WRITE_GATE_DRAIN_TIMEOUT_MS`] (a snapshot gives up
+    /// rather than hang its caller on a LUN that never answers).
+    pub fn drain_bounded(&self) -> Result<(), DrainTimedOut> {
+        let deadline = Instant::now() + Duration::from_millis(WRITE_GATE_DRAIN_TIMEOUT_MS);
+        if self.drain_until(deadline) {
+            Ok(())
+        } else {
+            Err(DrainTimedOut {
+                in_flight: self.in_flight(),
+            })
+        }
+    }
+
     /// I/O in the gate now (both epochs), for tests and statistics.
     pub fn in_flight(&self) -> u64 {
         self.in_flight
@@ -195,7 +217,8 @@ mod tests {
     /// see it freed before it leaves.
     #[test]
     fn no_io_ever_holds_a_value_freed_under_it() {
-        const VALUES: usize = 20_000;
+        // Fewer under Miri (scripts/sanitize.sh), where every atomic access is emulated.
+        const VALUES: usize = if cfg!(miri) { 100 } else { 20_000 };
         const IO_THREADS: usize = 3;
         let gate = Arc::new(WriteGate::new());
         let slot = Arc::new(AtomicU64::new(1));
@@ -203,18 +226,22 @@ mod tests {
             Arc::new((0..=VALUES + 1).map(|_| AtomicBool::new(false)).collect());
         let stop = Arc::new(AtomicBool::new(false));
         let violations = Arc::new(AtomicU64::new(0));
+        // Threads that have made their first check: the changer starts only when all have, so
+        // on a loaded machine it cannot run through every value before any I/O thread runs.
+        let running = Arc::new(AtomicU64::new(0));
         let ios: Vec<_> = (0..IO_THREADS)
             .map(|_| {
-                let (gate, slot, freed, stop, violations) = (
+                let (gate, slot, freed, stop, violations, running) = (
                     gate.clone(),
                     slot.clone(),
                     freed.clone(),
                     stop.clone(),
                     violations.clone(),
+                    running.clone(),
                 );
                 std::thread::spawn(move || {
                     let mut checks = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
+                    while checks == 0 || !stop.load(Ordering::Relaxed) {
                         let ticket = gate.enter();
                         let value = slot.load(Ordering::SeqCst) as usize;
                         // The "I/O": look at the value a few times while holding it.
@@ -226,11 +253,19 @@ mod tests {
                         }
                         gate.leave(ticket);
                         checks += 1;
+                        if checks == 1 {
+                            running.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                     checks
                 })
             })
             .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while running.load(Ordering::SeqCst) < IO_THREADS as u64 {
+            assert!(Instant::now() < deadline, "the I/O threads never started");
+            std::thread::yield_now();
+        }
         for next in 2..=VALUES + 1 {
             let old = slot.swap(next as u64, Ordering::SeqCst) as usize;
             gate.drain();

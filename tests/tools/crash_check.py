@@ -6,6 +6,7 @@ Run with Debian's /usr/bin/python3 (python3-libnbd, installed by scripts/setup.s
     crash_check.py write  --uri URI --log LOG --seconds S --seed N [--depth 16]
                           [--hot-bytes H --cold-percent P]
     crash_check.py verify --uri URI --log LOG
+    crash_check.py verify-snapshot --uri SNAPSHOT_URI --log LOG --name NAME
 
 `write` keeps up to --depth asynchronous writes in flight (4 KiB to 64 KiB, 4 KiB-aligned,
 random offsets over the whole volume, never two in flight that overlap; one in eight FUA, an
@@ -43,6 +44,16 @@ It prints a JSON summary and exits 1 (with the first bad blocks) if any block is
 corrupt. After a clean verify, what it read is the known current state of every block that had
 unacknowledged writes: it appends `R block gen` lines (gen 0 = zeroes), so later cycles start
 from what is actually on disk. No writer may run during a verify.
+
+Snapshots: the test appends `P name` to LOG before it calls snapshot_create and `Q name` after
+it returned (whole lines with O_APPEND, so they fall between the writer's lines). A write
+acknowledged before `P` happened before the snapshot; a write submitted after `Q` happened
+after it. `verify-snapshot` reads the snapshot and accepts, per block, the base at `P` (the
+last write acknowledged before it, as `verify` defines the base) or any write to the block
+submitted after that base and before `Q` (or before the end of the log when there is no `Q`:
+the server died during snapshot_create and the snapshot survived). Anything else is lost
+(older than the base) or corrupt, as for `verify`; blocks first written after `Q` must read as
+zeroes.
 """
 
 import argparse
@@ -241,8 +252,9 @@ class BlockState:
         self.pending = None
 
 
-def replay(log_path):
-    """Returns ({block: BlockState}, counts) from the whole log."""
+def replay(log_path, until=None):
+    """Returns ({block: BlockState}, counts) from the whole log, or from its lines before
+    `P until` (a snapshot's start)."""
     states = {}
     writes = {}  # gen -> (first block, count), for every S line
     acknowledged = 0
@@ -285,6 +297,9 @@ def replay(log_path):
                 state.base = gen
                 state.pending = None
                 resolved += 1
+            elif kind in ("P", "Q"):
+                if until is not None and kind == "P" and parts[1] == until:
+                    break
             else:
                 raise SystemExit(f"{log_path}:{number}: unknown line {line!r}")
     return states, {"submitted": submitted, "acknowledged": acknowledged, "resolved": resolved}
@@ -328,9 +343,44 @@ def read_runs(h, runs, on_data, depth=8):
         done.clear()
 
 
+def snapshot_states(log_path, name):
+    """The acceptable contents of each block of snapshot `name` (see the module doc), as
+    BlockStates: the base at `P name`, pending = every later gen submitted before `Q name`."""
+    states, counts = replay(log_path, until=name)
+    writes = {}
+    seen_p = False
+    with open(log_path) as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == "P" and parts[1] == name:
+                seen_p = True
+                continue
+            if not seen_p:
+                if parts[0] == "S":
+                    writes[int(parts[1])] = (int(parts[2]) // BLOCK, int(parts[3]) // BLOCK)
+                continue
+            if parts[0] == "Q" and parts[1] == name:
+                break
+            if parts[0] == "S":
+                gen, first, count = int(parts[1]), int(parts[2]) // BLOCK, int(parts[3]) // BLOCK
+                for b in range(first, first + count):
+                    state = states.get(b)
+                    if state is None:
+                        state = states[b] = BlockState()
+                    state.pending = (state.pending or []) + [gen]
+    if not seen_p:
+        raise SystemExit(f"{log_path}: no line P {name}")
+    return states, counts
+
+
 def cmd_verify(args):
     started = time.monotonic()
-    states, counts = replay(args.log)
+    if args.command == "verify-snapshot":
+        states, counts = snapshot_states(args.log, args.name)
+    else:
+        states, counts = replay(args.log)
     h = connect(args.uri)
     # Runs of written blocks; gaps of up to READ_GAP blocks are read through (and must be zero).
     runs = []
@@ -415,7 +465,7 @@ def cmd_verify(args):
     }
     if bad:
         summary["first_bad"] = bad
-    if summary["ok"]:
+    if summary["ok"] and args.command == "verify":
         # What was read is now the known state of every block that had unacknowledged writes.
         with open(args.log, "a") as log:
             log.writelines(f"R {block} {gen}\n" for block, gen in resolutions)
@@ -441,6 +491,10 @@ def main():
     v = sub.add_parser("verify")
     v.add_argument("--uri", required=True)
     v.add_argument("--log", required=True)
+    vs = sub.add_parser("verify-snapshot")
+    vs.add_argument("--uri", required=True)
+    vs.add_argument("--log", required=True)
+    vs.add_argument("--name", required=True)
     args = parser.parse_args()
     return cmd_write(args) if args.command == "write" else cmd_verify(args)
 
