@@ -7,9 +7,10 @@ how fast a resync copies. On RAM LUNs (`mem`) and on file LUNs (O_DIRECT, same d
   The issue's aim: mirror >= 0.8x the plain volume's IOPS.
 - Resync: a leg split off and added back (`mirror_add_leg`: a full copy of the volume while
   nothing else runs); its rate is what `mirror_get_mirrors` reports at the end (bytes copied /
-  time). The reference is the LUN's sequential bandwidth measured by fio on the same medium (1 MiB
-  writes, QD8, O_DIRECT on a file beside the LUNs; a file in /dev/shm for RAM): the aim is a
-  resync >= 0.7x that.
+  time). References measured by fio on the same medium (O_DIRECT files beside the LUNs; files in
+  /dev/shm for RAM): the sequential write bandwidth (1 MiB, QD8), and the copy bandwidth (one
+  file read while another is written, both 1 MiB QD8: what two LUNs sharing the medium give a
+  copy). The aim is a resync >= 0.7x the LUNs' sequential bandwidth.
 
 The server runs on the last core (`taskset`, one reactor), fio on the others. The table is printed
 and written to bench/last-mirror-speed.txt.
@@ -46,6 +47,23 @@ def seq_write_mbps(path, size, direct):
     return data["write"]["bw_bytes"] / 1e6
 
 
+def copy_mbps(src, dst, size, direct):
+    """fio reading `src` and writing `dst` at once (1 MiB, QD8 each): the copy bandwidth the
+    medium gives two LUNs on it (the smaller of the two streams)."""
+    engine = "--ioengine=libaio" if direct else "--ioengine=psync"
+    cmd = ["taskset", "-c", CLIENT_CPUS, "fio", "--output-format=json", f"--size={size}", "--bs=1m", "--iodepth=8",
+           engine, f"--direct={int(direct)}",
+           "--name=read", f"--filename={src}", "--rw=read",
+           "--name=write", f"--filename={dst}", "--rw=write"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    jobs = json.loads(out[out.index("{"):])["jobs"]
+    read = next(j for j in jobs if j["jobname"] == "read")["read"]["bw_bytes"]
+    write = next(j for j in jobs if j["jobname"] == "write")["write"]["bw_bytes"]
+    for path in (src, dst):
+        os.unlink(path)
+    return min(read, write) / 1e6
+
+
 def resync_mbps(binary, sock, mirror, leg):
     """Splits `leg` off `mirror` and adds it back; the full copy's rate in MB/s."""
     rpc(binary, sock, "mirror_split_leg", {"mirror": mirror, "leg": leg})
@@ -77,13 +95,19 @@ def main():
     try:
         # Pool A holds the plain volume and one leg, pool B the other leg.
         lun_bytes = {"A": 2 * size + (64 << 20), "B": size + (64 << 20)}
+        copy_reference = {}
+        for kind, where, direct in (("file", tmp, True), ("mem", shm, False)):
+            if kind not in kinds:
+                continue
+            print(f"measuring sequential bandwidth on {where} ...", flush=True)
+            reference[kind] = seq_write_mbps(os.path.join(where, "scratch"), size, direct)
+            src = os.path.join(where, "copy-src")
+            prefill(src, size, direct)
+            copy_reference[kind] = copy_mbps(src, os.path.join(where, "copy-dst"), size, direct)
         if "file" in kinds:
-            print("measuring the disk's sequential write bandwidth, filling the LUN files ...", flush=True)
-            reference["file"] = seq_write_mbps(os.path.join(tmp, "scratch"), size, True)
+            print("filling the LUN files ...", flush=True)
             for pool, nbytes in lun_bytes.items():
                 prefill(os.path.join(tmp, f"file-{pool}.img"), nbytes)
-        if "mem" in kinds:
-            reference["mem"] = seq_write_mbps(os.path.join(shm, "scratch"), size, False)
         state = os.path.join(tmp, "state")
         os.makedirs(state)
         sock = os.path.join(state, "sds.sock")
@@ -142,12 +166,17 @@ def main():
             if plain and mirror:
                 lines.append(f"{name:20} {kind:5} {plain['iops']:>11.0f} {mirror['iops']:>12.0f} "
                              f"{mirror['iops'] / plain['iops']:>12.2f}x")
-    lines += ["", f"{'resync (full copy)':20} {'LUNs':5} {'MB/s':>11} {'seq write MB/s':>15} {'ratio':>7}"]
+    lines += ["", f"{'resync (full copy)':20} {'LUNs':5} {'MB/s':>11} {'seq write MB/s':>15} {'ratio':>7} "
+                  f"{'copy MB/s':>10} {'ratio':>7}"]
     for kind in kinds:
         r = med.get(("resync", kind, "mirror"))
         if r:
             lines.append(f"{'':20} {kind:5} {r['mbps']:>11.1f} {reference[kind]:>15.1f} "
-                         f"{r['mbps'] / reference[kind]:>6.2f}x")
+                         f"{r['mbps'] / reference[kind]:>6.2f}x {copy_reference[kind]:>10.1f} "
+                         f"{r['mbps'] / copy_reference[kind]:>6.2f}x")
+    lines += ["", "seq write: fio 1 MiB sequential writes, QD8, on the LUNs' medium alone; copy: fio reading one "
+                  "file and writing another on it at once (the smaller stream), which a resync between two "
+                  "LUNs on one medium cannot beat"]
     table = "\n".join(lines)
     print("\n" + table)
     with open(out_path, "w") as f:

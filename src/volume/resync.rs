@@ -279,6 +279,16 @@ fn run(mirror: &Arc<Mirror>) -> Result<(), ResyncError> {
         outcome
     });
     outcome?;
+    // The workers' last copies, durable before the log forgets them.
+    Copier {
+        mirror,
+        source: source.clone(),
+        targets: targets.clone(),
+        buf: AlignedBuf::new(0),
+        bounce: AlignedBuf::new(0),
+        abort: &abort,
+    }
+    .flush_targets()?;
     mirror.log.flush()?;
     for (position, _) in &targets {
         mirror.set_leg_state(*position, LegState::Healthy, &[LegState::Resyncing])?;
@@ -335,6 +345,7 @@ impl Copier<'_> {
             since_flush += 1;
             if since_flush >= RESYNC_PERSIST_EVERY_REGIONS || flushed_at.elapsed() >= flush_interval
             {
+                self.flush_targets()?;
                 mirror.log.flush()?;
                 since_flush = 0;
                 flushed_at = Instant::now();
@@ -357,6 +368,29 @@ impl Copier<'_> {
                 }
             }
             busy = still;
+        }
+        Ok(())
+    }
+
+    /// Makes what was copied to the targets durable (their LUNs flushed): only then may the
+    /// log forget the regions, or a power loss could leave the legs different where the log
+    /// says they are the same.
+    fn flush_targets(&self) -> Result<(), ResyncError> {
+        for (position, target) in &self.targets {
+            for member in &target.pool.luns {
+                if let Err(error) = member.lun.flush() {
+                    self.mirror.note_leg_error(*position);
+                    let _ = self.mirror.persist_failing();
+                    return Err(ResyncError::Target {
+                        leg: target.name.clone(),
+                        source: Box::new(crate::pool::PoolError::Lun {
+                            pool: target.pool.name.clone(),
+                            lun: member.lun.info().name.clone(),
+                            source: error,
+                        }),
+                    });
+                }
+            }
         }
         Ok(())
     }
