@@ -276,10 +276,12 @@ fn register(
         return;
     };
     let volume = Arc::new(Volume::of_mirror(mirror.clone(), pool.clone()));
+    // Its data is in its legs' pools: listed with no pool of its own (as a volume set is),
+    // so pool figures do not count it twice.
     let volume_record = VolumeRecord {
         name: record.name.clone(),
         uuid: record.uuid,
-        pool: pool.name.clone(),
+        pool: String::new(),
         size: record.size,
         block_size: record.block_size,
         thin: true,

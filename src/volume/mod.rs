@@ -384,14 +384,22 @@ impl Volume {
 
     /// Extents mapped (a composite's: its parts', in units of [`Self::extent_bytes`]).
     pub fn allocated_extents(&self) -> u64 {
-        match &self.composite {
-            None => self.map().mapped().count() as u64,
-            Some(_) => self.allocated_bytes() / self.extent_bytes(),
+        match (&self.composite, &self.mirror) {
+            (None, None) => self.map().mapped().count() as u64,
+            _ => self.allocated_bytes() / self.extent_bytes(),
         }
     }
 
-    /// Bytes of extents mapped (a composite's: the sum over its parts).
+    /// Bytes of extents mapped (a composite's: the sum over its parts; a mirror's: over its
+    /// legs, every copy counted).
     pub fn allocated_bytes(&self) -> u64 {
+        if let Some(mirror) = &self.mirror {
+            return mirror
+                .positions()
+                .filter_map(|p| mirror.leg_volume(p))
+                .map(|leg| leg.allocated_bytes())
+                .sum();
+        }
         match &self.composite {
             None => self.map().mapped().count() as u64 * self.extent_bytes(),
             Some(composite) => composite.parts().map(|p| p.volume.allocated_bytes()).sum(),

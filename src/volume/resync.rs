@@ -450,13 +450,35 @@ impl Copier<'_> {
         let mut done = 0;
         while done < len {
             let at = offset + done;
-            let (mapped, piece) = match source.segment(source.map(), at, len - done) {
-                Segment::Mapped { len_bytes, .. } => (true, len_bytes),
-                Segment::Unmapped { len_bytes, .. } => (false, len_bytes),
+            let (mapped, piece, direct) = match source.segment(source.map(), at, len - done) {
+                Segment::Mapped {
+                    lun,
+                    offset_bytes,
+                    len_bytes,
+                    ..
+                } => (
+                    true,
+                    len_bytes,
+                    whole_blocks(lun, offset_bytes, len_bytes).then_some((lun, offset_bytes)),
+                ),
+                Segment::Unmapped { len_bytes, .. } => (false, len_bytes, None),
             };
             let data = if mapped {
                 let buf = &mut self.buf.as_mut_slice()[..piece as usize];
-                if let Err(error) = slow_read(source, at, buf, &mut self.bounce) {
+                // Whole LUN blocks go straight into the buffer (no bounce, no copy).
+                let read = match direct {
+                    Some((lun, lun_offset)) => {
+                        lun.lun.read_at(buf, lun_offset).map_err(|source_error| {
+                            crate::pool::PoolError::Lun {
+                                pool: source.pool.name.clone(),
+                                lun: lun.lun.info().name.clone(),
+                                source: source_error,
+                            }
+                        })
+                    }
+                    None => slow_read(source, at, buf, &mut self.bounce),
+                };
+                if let Err(error) = read {
                     self.mirror.note_leg_error(*source_position);
                     let _ = self.mirror.persist_failing();
                     return Err(ResyncError::Source {
@@ -469,9 +491,29 @@ impl Copier<'_> {
                 None
             };
             for (position, target) in &self.targets {
-                if let Err(error) =
-                    slow_write(target, at, piece, data, false, false, &mut self.bounce)
-                {
+                let written = match (data, target.segment(target.map(), at, piece)) {
+                    // The target's extent is its own and holds the whole piece in whole LUN
+                    // blocks: written straight from the buffer.
+                    (
+                        Some(data),
+                        Segment::Mapped {
+                            lun,
+                            offset_bytes,
+                            len_bytes,
+                            shared: false,
+                            ..
+                        },
+                    ) if len_bytes == piece && whole_blocks(lun, offset_bytes, len_bytes) => lun
+                        .lun
+                        .write_at(data, offset_bytes, false)
+                        .map_err(|error| crate::pool::PoolError::Lun {
+                            pool: target.pool.name.clone(),
+                            lun: lun.lun.info().name.clone(),
+                            source: error,
+                        }),
+                    _ => slow_write(target, at, piece, data, false, false, &mut self.bounce),
+                };
+                if let Err(error) = written {
                     self.mirror.note_leg_error(*position);
                     let _ = self.mirror.persist_failing();
                     return Err(ResyncError::Target {
@@ -484,6 +526,13 @@ impl Copier<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `len_bytes` at `offset_bytes` on `lun` are whole LUN blocks (then read or written
+/// as they are, without the slow path's bounce buffer).
+fn whole_blocks(lun: &crate::pool::PoolLun, offset_bytes: u64, len_bytes: u64) -> bool {
+    let block = u64::from(lun.layout.block_size_bytes);
+    offset_bytes % block == 0 && len_bytes % block == 0
 }
 
 /// Clears the bits of quiet regions of a mirror whose legs are all healthy (the control
