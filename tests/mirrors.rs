@@ -355,9 +355,9 @@ fn kill_during_resync_resumes_and_the_legs_end_identical() {
 }
 
 #[test]
-fn add_leg_turns_a_volume_with_data_into_a_mirror_with_a_full_copy() {
+fn add_leg_and_replace_leg_make_full_copies_under_writes() {
     let server = Server::start();
-    legs_on_fault_luns(&server, 3);
+    legs_on_fault_luns(&server, 4);
     let url = server.url("leg0");
     write_and_verify(&url, &[(0x71, 0, 2 * MIB), (0x72, 20 * MIB, 64 * KIB)]);
     // A VP on the volume is refused; without it, the volume becomes leg 0 of mirror m.
@@ -383,12 +383,37 @@ fn add_leg_turns_a_volume_with_data_into_a_mirror_with_a_full_copy() {
         &server.url("m"),
         &[(0x71, 0, 2 * MIB), (0x72, 20 * MIB, 64 * KIB)],
     );
+    // leg2 replaced by leg3 while a client writes: leg2 is a plain volume again, leg3 copied.
+    let url = server.url("m");
+    let writer = std::thread::spawn(move || {
+        write_and_verify(
+            &url,
+            &[(0x73, 8 * MIB, 1024 * KIB), (0x74, 30 * MIB, 4 * KIB)],
+        )
+    });
+    let m = server.ok(
+        "mirror_replace_leg",
+        json!({"mirror": "m", "leg": "leg2", "volume": "leg3"}),
+    );
+    assert_eq!(leg_state(&m, "leg2"), "none", "{m}");
+    writer.join().expect("writer");
+    wait_for(&server, "m", "healthy", |m| m["state"] == "healthy");
+    assert!(server
+        .call(
+            "mirror_replace_leg",
+            json!({"mirror": "m", "leg": "leg2", "volume": "leg3"})
+        )
+        .is_err());
+    let all = [
+        (0x71, 0, 2 * MIB),
+        (0x72, 20 * MIB, 64 * KIB),
+        (0x73, 8 * MIB, 1024 * KIB),
+        (0x74, 30 * MIB, 4 * KIB),
+    ];
+    verify(&server.url("m"), &all);
     let vp = server.ok("vpath_get_vpaths", json!({"volume": "m"}))[0]["id"].clone();
     server.ok("vpath_delete", json!({"id": vp}));
     server.ok("mirror_split_leg", json!({"mirror": "m", "leg": "leg1"}));
-    assert_legs_identical(&server, "m", "leg2");
-    verify(
-        &server.url("leg1"),
-        &[(0x71, 0, 2 * MIB), (0x72, 20 * MIB, 64 * KIB)],
-    );
+    assert_legs_identical(&server, "m", "leg3");
+    verify(&server.url("leg1"), &all);
 }
