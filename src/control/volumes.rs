@@ -208,6 +208,7 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let params = Params::new(params, &["name", "size"])?;
     let name = params.name("name")?;
     let size = params.u64("size")?;
+    super::mirrors::refuse_reserved(control, name, "resize")?;
     let entry = control
         .volumes
         .get(name)
@@ -277,6 +278,7 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let name = params.name("name")?;
     super::volume_sets::refuse_member(control, "name", name, "delete")?;
     super::volume_sets::refuse_set(control, "name", name, "delete")?;
+    super::mirrors::refuse_reserved(control, name, "delete")?;
     let entry = control
         .volumes
         .get(name)
@@ -328,6 +330,11 @@ pub fn set_qos_limit(control: &mut Control, params: Option<Value>) -> Result<Val
     let raw = params.clone();
     let params = Params::new(params, &known)?;
     let name = params.name("name")?;
+    if control.mirrors.contains_key(name) {
+        return Err(RpcError::invalid_params(format!(
+            "name: {name} is a mirror: QoS limits on mirrors are not supported yet"
+        )));
+    }
     let entry = control
         .volumes
         .get(name)
