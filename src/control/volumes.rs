@@ -295,6 +295,8 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     control.volumes.remove(name);
     control.publish();
     release_from(&volume, 0);
+    // A snapshot or clone gone may leave its origin without history (TRIM may free again).
+    super::snapshots::update_histories(control);
     log::info!("volume {name} deleted");
     Ok(Value::Bool(true))
 }

@@ -364,7 +364,15 @@ fn provision_filled(wanted: &[(&Volume, u64)], copy: bool) -> Vec<Result<(), Poo
             Some(shared) => volume.map().replace(extent, shared, slot),
         };
         match (published, replaces[index]) {
-            (Ok(()), Some(shared)) => drop_holder(&volume.pool, shared),
+            (Ok(()), Some(shared)) => {
+                let old = shared & !SLOT_SHARED;
+                if volume.pool.refcounts.drop_holder(old) == Dropped::Last {
+                    // The other table went meanwhile: I/O of this volume that loaded the old
+                    // slot completes before the extent can be handed out again.
+                    volume.write_gate.drain();
+                    free_extent(&volume.pool, old);
+                }
+            }
             (Ok(()), None) => {}
             // Someone else mapped it first (only the control thread can race here); return ours.
             (Err(_), _) => free_extent(&volume.pool, slot),
