@@ -465,3 +465,60 @@ fn the_cli_takes_lists_clones_reverts_and_deletes_snapshots() {
         "the snapshot is gone"
     );
 }
+
+/// Discards `len` bytes at `offset` of `name` (NBD TRIM).
+fn discard(server: &Server, name: &str, offset: u64, len: u64) {
+    let (clean, text) = qemu_io(&server.url(name), &[format!("discard {offset} {len}")]);
+    assert!(clean, "discard on {name}: {text}");
+}
+
+#[test]
+fn trim_never_changes_a_snapshot_or_a_clone_nor_brings_old_data_back() {
+    let mut server = setup();
+    create_volume(&server, "v");
+    fill(&server, "v", 0x81, 0, 4 * MIB);
+    server.ok("snapshot_create", json!({"volume": "v", "name": "s"}));
+    // Whole shared extents, then part of a shared one.
+    discard(&server, "v", 0, MIB);
+    discard(&server, "v", MIB + 4 * KIB, 8 * KIB);
+    // Extents v copied after the snapshot, then trimmed whole: zeroed, not freed (freeing
+    // would let the snapshot's older record be v's again at the next start).
+    fill(&server, "v", 0x82, 2 * MIB, MIB);
+    discard(&server, "v", 2 * MIB, MIB);
+    let check = |server: &Server| {
+        let v = content(server, "v");
+        assert!(pattern(&v, 0, MIB, 0), "whole-extent trim of v");
+        assert!(pattern(&v, MIB, 4 * KIB, 0x81));
+        assert!(pattern(&v, MIB + 4 * KIB, 8 * KIB, 0), "partial trim of v");
+        assert!(pattern(&v, MIB + 12 * KIB, MIB - 12 * KIB, 0x81));
+        assert!(pattern(&v, 2 * MIB, MIB, 0), "trim of v's own copies");
+        assert!(pattern(&v, 3 * MIB, MIB, 0x81));
+        assert!(
+            pattern(&content(server, "s"), 0, 4 * MIB, 0x81),
+            "a trim of the origin changed the snapshot"
+        );
+    };
+    check(&server);
+    server.kill();
+    server.spawn();
+    check(&server);
+
+    // A clone of a snapshot that is gone still holds the origin's older records.
+    create_volume(&server, "w");
+    fill(&server, "w", 0x91, 0, 2 * MIB);
+    server.ok("snapshot_create", json!({"volume": "w", "name": "ws"}));
+    server.ok("clone_create", json!({"snapshot": "ws", "name": "wc"}));
+    delete(&server, "ws");
+    fill(&server, "w", 0x92, 0, MIB);
+    discard(&server, "w", 0, 2 * MIB);
+    server.kill();
+    server.spawn();
+    assert!(
+        pattern(&content(&server, "w"), 0, 2 * MIB, 0),
+        "old data came back"
+    );
+    assert!(
+        pattern(&content(&server, "wc"), 0, 2 * MIB, 0x91),
+        "the clone changed"
+    );
+}
