@@ -477,7 +477,7 @@ pub const MAX_RESYNC_THREADS: usize = 4;
 /// Copy threads of one resync: each reads a region from the source and writes it to the
 /// targets, so several regions' I/O overlaps (one thread leaves the LUNs idle between its
 /// read and its write).
-pub const RESYNC_COPY_WORKERS: usize = 4;
+pub const RESYNC_COPY_WORKERS: usize = 8;
 /// A resync writes the bits it cleared to the log after this many regions or this long,
 /// whichever comes first (a crash redoes at most that much).
 pub const RESYNC_PERSIST_EVERY_REGIONS: u64 = 64;
@@ -487,6 +487,8 @@ pub const RESYNC_RETRY_MS: u64 = 2_000;
 /// How long the cleaner lets a region of a healthy mirror stay quiet (no write started) before
 /// it clears its bit: a region written again soon after keeps its bit and costs no sync.
 pub const MIRROR_CLEAN_AFTER_MS: u64 = 2_000;
+/// The largest block a LUN has (512 or 4096): a resync's bounce buffer holds a region and two.
+pub const MAX_LUN_BLOCK_BYTES: usize = 4096;
 /// The ring tag's LUN field of a mirror's I/O: leg × this + the leg pool's LUN index.
 pub const MIRROR_LEG_LUN_STRIDE: usize = MAX_LUNS_PER_POOL;
 /// Longest wait for a leg's in-flight I/O to drain before it is detached.

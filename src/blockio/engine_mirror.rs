@@ -114,8 +114,19 @@ impl BlockEngine {
             return;
         }
         let mut tried = slot.mirror.tried_legs;
+        // While a resync runs, a region it has yet to copy may differ between healthy legs (a
+        // crash left writes in flight): such a read goes to the resync's source, so a later
+        // read cannot return older data than an earlier one.
+        let pinned = (mirror.resync.is_running()
+            && !mirror.log.none_set(mirror.log.regions_of(start, total)))
+        .then(|| mirror.healthy_leg())
+        .flatten();
         let position = loop {
-            let Some(position) = mirror.read_leg(tried) else {
+            let choice = match pinned {
+                Some(source) if tried & (1 << source) == 0 => Some(source),
+                _ => mirror.read_leg(tried),
+            };
+            let Some(position) = choice else {
                 self.note_status(index, BlockStatus::IoError);
                 return;
             };

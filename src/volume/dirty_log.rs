@@ -242,6 +242,12 @@ impl DirtyLog {
         range.into_iter().all(|region| self.is_set(region))
     }
 
+    /// Whether no region in `range` has its bit set.
+    #[inline]
+    pub fn none_set(&self, range: std::ops::Range<u64>) -> bool {
+        !range.into_iter().any(|region| self.is_set(region))
+    }
+
     /// Sets the bits of `regions` durably: the blocks that hold them are written (with every
     /// bit already set) and synced, and only then do the bits show in memory.
     pub fn set_durable(&self, regions: impl IntoIterator<Item = u64>) -> Result<(), DirtyLogError> {

@@ -20,11 +20,11 @@
 //! says (at most that much is copied again).
 
 use super::mirror::{LegState, Mirror};
-use super::provisioner::{new_bounce, slow_read, slow_write};
+use super::provisioner::{slow_read, slow_write};
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
 use crate::constants::{
-    MAX_RESYNC_THREADS, RESYNC_COPY_WORKERS, RESYNC_PERSIST_EVERY_REGIONS,
+    MAX_LUN_BLOCK_BYTES, MAX_RESYNC_THREADS, RESYNC_COPY_WORKERS, RESYNC_PERSIST_EVERY_REGIONS,
     RESYNC_PERSIST_INTERVAL_MS,
 };
 use crate::logger::error_chain;
@@ -249,7 +249,8 @@ fn run(mirror: &Arc<Mirror>) -> Result<(), ResyncError> {
                 source: source.clone(),
                 targets: targets.clone(),
                 buf: AlignedBuf::new(region_bytes as usize),
-                bounce: new_bounce(),
+                // A piece is at most a region: its LUN blocks fit in a region and two blocks.
+                bounce: AlignedBuf::new(region_bytes as usize + 2 * MAX_LUN_BLOCK_BYTES),
                 abort: &abort,
             };
             let cursor = &cursor;
@@ -498,6 +499,7 @@ pub fn clean(mirror: &Mirror, seen: &mut Vec<u32>) {
 mod tests {
     use super::*;
     use crate::volume::mirror::tests::{leg, mirror, EXTENT};
+    use crate::volume::provisioner::new_bounce;
 
     fn read(volume: &Volume, offset: u64, len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
