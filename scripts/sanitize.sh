@@ -28,7 +28,7 @@ seconds="${SDS_SANITIZE_SECONDS:-900}"
 toolchain=nightly
 host=$(rustc -vV | sed -n 's/^host: //p')
 # Module paths of the tests to run (libtest substring filters).
-filters=(backend:: reactor:: volume::map volume::write_gate pool::bitmap control::lun_errors target::gather_send target::recv_buffer)
+filters=(backend:: reactor:: volume::map volume::write_gate volume::composite pool::bitmap control::lun_errors target::gather_send target::recv_buffer)
 
 installed=$(rustup component list --toolchain "$toolchain" --installed 2>/dev/null || true)
 if ! grep -q '^miri' <<<"$installed" || ! grep -q '^rust-src' <<<"$installed"; then

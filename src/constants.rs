@@ -456,3 +456,47 @@ pub const NVMF_INITIATOR_SEND_PIECES: usize = 64;
 const _: () =
     assert!(NVMF_INITIATOR_KEEP_ALIVE_INTERVAL.as_millis() * 2 < NVMF_INITIATOR_KATO_MS as u128);
 const _: () = assert!(NVMF_INITIATOR_SEND_PIECES <= 1024, "IOV_MAX");
+
+// ---- Synchronous mirrors (volume::mirror, dirty_log, resync) ------------------------------
+/// Legs of one mirror: at least two when created, at most three.
+pub const MIN_MIRROR_LEGS: usize = 2;
+pub const MAX_MIRROR_LEGS: usize = 3;
+/// Mirrors one server keeps.
+pub const MAX_MIRRORS: usize = 256;
+/// Bytes one bit of a mirror's dirty-region log stands for, and the unit a resync copies: 1 MiB
+/// keeps the log small (128 KiB of bits per TiB) and a copy large enough to stream, while a
+/// leg's short outage costs a resync of only the megabytes it missed.
+pub const MIRROR_REGION_BYTES: u64 = 1024 * 1024;
+/// The dirty-region log file's block: its header is one, and each bitmap block is written and
+/// synced whole.
+pub const DIRTY_LOG_BLOCK_BYTES: usize = 4096;
+/// Regions of one mirror (its largest size over [`MIRROR_REGION_BYTES`]).
+pub const MAX_MIRROR_REGIONS: u64 = 1 << 24;
+/// Resyncs copying at once; more wait for a free one (the control cycle retries).
+pub const MAX_RESYNC_THREADS: usize = 4;
+/// Copy threads of one resync: each reads a region from the source and writes it to the
+/// targets, so several regions' I/O overlaps (one thread leaves the LUNs idle between its
+/// read and its write).
+pub const RESYNC_COPY_WORKERS: usize = 8;
+/// A resync writes the bits it cleared to the log after this many regions or this long,
+/// whichever comes first (a crash redoes at most that much).
+pub const RESYNC_PERSIST_EVERY_REGIONS: u64 = 64;
+pub const RESYNC_PERSIST_INTERVAL_MS: u64 = 250;
+/// A degraded leg whose LUNs look well again is retried no more often than this.
+pub const RESYNC_RETRY_MS: u64 = 2_000;
+/// How long the cleaner lets a region of a healthy mirror stay quiet (no write started) before
+/// it clears its bit: a region written again soon after keeps its bit and costs no sync.
+pub const MIRROR_CLEAN_AFTER_MS: u64 = 2_000;
+/// The largest block a LUN has (512 or 4096): a resync's bounce buffer holds a region and two.
+pub const MAX_LUN_BLOCK_BYTES: usize = 4096;
+/// The ring tag's LUN field of a mirror's I/O: leg × this + the leg pool's LUN index.
+pub const MIRROR_LEG_LUN_STRIDE: usize = MAX_LUNS_PER_POOL;
+/// Longest wait for a leg's in-flight I/O to drain before it is detached.
+pub const MIRROR_DETACH_WAIT_MS: u64 = 10_000;
+const _: () = assert!(MIRROR_REGION_BYTES.is_power_of_two());
+const _: () = assert!(MIRROR_REGION_BYTES as usize <= MAX_IO_BYTES);
+const _: () = assert!(
+    MAX_MIRROR_LEGS * MIRROR_LEG_LUN_STRIDE <= 256,
+    "the tag's 8-bit LUN field"
+);
+const _: () = assert!(MIN_MIRROR_LEGS <= MAX_MIRROR_LEGS && MAX_MIRROR_LEGS <= 8);

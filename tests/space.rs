@@ -1,5 +1,6 @@
 //! Space given back, and a pool that runs out of it, with real clients: qemu-io over NBD and
-//! over iSCSI (qemu's iscsi driver), fio's NBD engine, and `sds perf`'s NVMe/TCP initiator.
+//! over iSCSI (qemu's iscsi driver), fio's NBD engine, `sds perf`'s NVMe/TCP initiator and the
+//! tests' own NVMe/TCP initiator (tests/common/nvmf_initiator.rs) for Dataset Management.
 //!
 //! A TRIM that covers whole extents of a thin volume returns them to the pool, durably: the
 //! pool's free count comes back to where it started, after a clean restart and after a
@@ -10,7 +11,7 @@
 
 mod common;
 
-use common::{qemu_io, qemu_io_iscsi, require_tool, sds_perf_json, Server};
+use common::{qemu_io, qemu_io_iscsi, qemu_io_read_only, require_tool, sds_perf_json, Server};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -41,6 +42,13 @@ fn nbd_clean(url: &str, commands: &[&str]) -> String {
     let (clean, text) = qemu_io(url, &commands);
     assert!(clean, "qemu-io {commands:?} failed:\n{text}");
     text
+}
+
+/// qemu-io over a read-only NBD path that must succeed with every command.
+fn nbd_read_only(url: &str, commands: &[&str]) {
+    let commands: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    let (clean, text) = qemu_io_read_only(url, &commands);
+    assert!(clean, "qemu-io -r {commands:?} failed:\n{text}");
 }
 
 /// qemu-io over NBD whose commands may fail: its output.
@@ -192,6 +200,38 @@ fn a_512_byte_volume_on_4096_byte_luns_gives_extents_back_through_the_slow_path(
     assert_eq!(allocated_extents(&server, "v"), 2);
     nbd_clean(&url, &["discard 0 4M", "read -P 0 0 4M"]);
     assert_eq!(free_extents(&server, "p"), start);
+}
+
+#[test]
+fn a_trim_gives_a_file_luns_space_back_to_its_file_system() {
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::start();
+    let path = server.dir.path().join("sparse.img");
+    server.ok(
+        "lun_create",
+        json!({"name": "f", "kind": "file", "path": path, "size": 64 * MIB}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["f"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 32 * MIB}),
+    );
+    let url = server.url("v");
+    // Bytes the file occupies on its file system (st_blocks counts 512-byte units).
+    let used = || std::fs::metadata(&path).expect("the LUN's file").blocks() * 512;
+    let before = used();
+    nbd_clean(&url, &["write -P 0x66 0 32M"]);
+    let written = used();
+    assert!(
+        written >= before + 32 * MIB,
+        "the file did not grow by what was written: {before} -> {written}"
+    );
+    nbd_clean(&url, &["discard 0 32M"]);
+    let trimmed = used();
+    assert!(
+        trimmed <= before + MIB,
+        "the file kept the trimmed extents: {before} -> {written} -> {trimmed}"
+    );
 }
 
 #[test]
@@ -484,4 +524,195 @@ fn over_nvme_tcp_a_full_pool_answers_capacity_exceeded() {
         "another status than Capacity Exceeded:\n{text}"
     );
     assert_eq!(free_extents(&server, "p"), 0);
+}
+
+/// Over NVMe/TCP with the tests' own initiator: a write needing a new extent of a full pool
+/// gets exactly Capacity Exceeded, an overwrite succeeds, and Dataset Management deallocate of
+/// the whole namespace gives every extent back (after which the write succeeds).
+#[test]
+fn over_nvme_tcp_deallocate_gives_extents_back_and_a_full_pool_refuses_only_new_extents() {
+    use common::nvmf_initiator::{Identity, NvmfConnection};
+    use sds::nvmf::command::{CommandBuilder, IO_DATASET_MANAGEMENT};
+    use sds::nvmf::status;
+    const BLOCK: u64 = 4096;
+    let server = Server::start();
+    let extents = served_small(&server);
+    let subnqn = server.nvmf_subnqn("h");
+    let identity = Identity {
+        hostnqn: HOSTNQN.into(),
+        hostid: [0x5b; 16],
+    };
+    let port = server.nvmf_port();
+    let (mut admin, answer) =
+        NvmfConnection::admin(port, &identity, &subnqn, 30_000).expect("admin Connect");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(admin.enable().expect("CC.EN") & 1, 1, "CSTS.RDY");
+    let cntlid = answer.completion.result as u16;
+    let (mut queue, answer) =
+        NvmfConnection::io_queue(port, &identity, &subnqn, 1, cntlid).expect("I/O Connect");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let block = vec![0x61u8; BLOCK as usize];
+    let lba_of = |extent: u64| extent * MIB / BLOCK;
+    for extent in 0..extents {
+        let answer = queue.write(1, lba_of(extent), 1, &block).expect("write");
+        assert!(
+            answer.status().is_success(),
+            "extent {extent}: {}",
+            answer.status()
+        );
+    }
+    assert_eq!(free_extents(&server, "p"), 0);
+    let answer = queue.write(1, lba_of(extents), 1, &block).expect("write");
+    assert_eq!(
+        answer.status(),
+        status::CAPACITY_EXCEEDED,
+        "{}",
+        answer.status()
+    );
+    let answer = queue.write(1, 1, 1, &block).expect("overwrite");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let answer = queue.read(1, 1, 1, BLOCK as u32).expect("read");
+    assert!(answer.status().is_success() && answer.data == block);
+    // One range: the whole 64 MiB namespace.
+    let mut range = vec![0u8; 16];
+    range[4..8].copy_from_slice(&((64 * MIB / BLOCK) as u32).to_le_bytes());
+    let dsm = CommandBuilder::new(IO_DATASET_MANAGEMENT, 0x300)
+        .nsid(1)
+        .cdw(10, 0)
+        .cdw(11, 1 << 2)
+        .build();
+    let answer = queue
+        .exchange(dsm, &range, 0, 128 << 10)
+        .expect("deallocate answered");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(free_extents(&server, "p"), extents);
+    assert_eq!(allocated_extents(&server, "v"), 0);
+    let answer = queue.read(1, 1, 1, BLOCK as u32).expect("read");
+    assert!(answer.status().is_success() && answer.data.iter().all(|&b| b == 0));
+    let answer = queue.write(1, lba_of(extents), 1, &block).expect("write");
+    assert!(answer.status().is_success(), "{}", answer.status());
+}
+
+/// Random whole-extent writes and TRIMs, each acknowledged before the next, then `kill -9` at
+/// once: after every restart each extent holds exactly its last acknowledged state (its
+/// pattern, or zeroes once trimmed) and the pool's free count is what the mapped extents
+/// leave. `SDS_CRASH_SEED` replays a run, `SDS_CRASH_CYCLES` sets the cycles (default 3).
+#[test]
+fn kill_9_after_random_writes_and_trims_keeps_exactly_what_was_acknowledged() {
+    const EXTENTS: u64 = 16;
+    const OPS_PER_CYCLE: usize = 12;
+    let seed = common::crash_seed();
+    println!("SDS_CRASH_SEED={seed}");
+    let mut rng = common::Rng(seed);
+    let mut server = Server::start();
+    server.file_pool("p", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": EXTENTS * MIB}),
+    );
+    let url = server.url("v");
+    let start = free_extents(&server, "p");
+    // Per extent: the pattern it holds, or None (never written, or trimmed).
+    let mut model: Vec<Option<u64>> = vec![None; EXTENTS as usize];
+    for cycle in 0..common::crash_cycles(3) {
+        let mut commands = Vec::new();
+        for _ in 0..OPS_PER_CYCLE {
+            let extent = rng.range(0..EXTENTS);
+            if rng.range(0..3) == 0 {
+                // Sometimes a run of extents at once.
+                let count = rng.range(1..EXTENTS - extent + 1);
+                commands.push(format!("discard {} {}", extent * MIB, count * MIB));
+                for e in extent..extent + count {
+                    model[e as usize] = None;
+                }
+            } else {
+                let pattern = rng.range(1..256);
+                commands.push(format!("write -P {pattern} {} 1M", extent * MIB));
+                model[extent as usize] = Some(pattern);
+            }
+        }
+        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+        nbd_clean(&url, &commands);
+        server.kill();
+        server.spawn();
+        let reads: Vec<String> = model
+            .iter()
+            .enumerate()
+            .map(|(e, p)| format!("read -P {} {} 1M", p.unwrap_or(0), e as u64 * MIB))
+            .collect();
+        let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+        let (clean, text) = qemu_io(
+            &url,
+            &reads.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        );
+        assert!(
+            clean,
+            "cycle {cycle} (SDS_CRASH_SEED={seed}): an extent is not as acknowledged:\n{text}"
+        );
+        let mapped = model.iter().filter(|p| p.is_some()).count() as u64;
+        assert_eq!(
+            allocated_extents(&server, "v"),
+            mapped,
+            "cycle {cycle} (SDS_CRASH_SEED={seed})"
+        );
+        assert_eq!(
+            free_extents(&server, "p"),
+            start - mapped,
+            "cycle {cycle} (SDS_CRASH_SEED={seed})"
+        );
+    }
+}
+
+/// A TRIM of a volume that has a snapshot: the volume reads zeroes, the snapshot keeps every
+/// byte (its extents are shared, so they are neither zeroed in place nor freed), and the
+/// volume's extents go back to the pool only when nothing shares them any more. After a
+/// restart both read the same, and deleting the snapshot returns every extent.
+#[test]
+fn a_trim_leaves_a_snapshot_of_the_volume_untouched() {
+    let mut server = Server::start();
+    server.file_pool("p", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 8 * MIB}),
+    );
+    let start = free_extents(&server, "p");
+    let url = server.url("v");
+    nbd_clean(&url, &["write -P 0x3c 0 8M"]);
+    server.ok("snapshot_create", json!({"volume": "v", "name": "s"}));
+    server.ok(
+        "vpath_create",
+        json!({"host": common::TEST_HOST, "volume": "s", "mode": "ro"}),
+    );
+    let snapshot_url = server.url_without_grant("s");
+    assert_eq!(
+        free_extents(&server, "p"),
+        start - 8,
+        "a snapshot copies nothing"
+    );
+
+    // A whole-volume TRIM and a partial one over shared extents.
+    nbd_clean(
+        &url,
+        &["discard 0 6M", "write -z 6M 512k", "read -P 0 0 6656k"],
+    );
+    nbd_clean(&url, &["read -P 0x3c 6656k 1536k"]);
+    nbd_read_only(&snapshot_url, &["read -P 0x3c 0 8M"]);
+
+    assert!(server.stop(), "clean stop:\n{}", server.log());
+    server.spawn();
+    nbd_clean(&url, &["read -P 0 0 6656k", "read -P 0x3c 6656k 1536k"]);
+    nbd_read_only(&snapshot_url, &["read -P 0x3c 0 8M"]);
+
+    // Without the snapshot, a TRIM of the whole volume gives back everything.
+    let id = server.ok("vpath_get_vpaths", json!({"volume": "s"}))[0]["id"].clone();
+    server.ok("vpath_delete", json!({"id": id}));
+    server.ok("snapshot_delete", json!({"name": "s"}));
+    nbd_clean(&url, &["discard 0 8M", "read -P 0 0 8M"]);
+    let listed = pool(&server, "p");
+    assert_eq!(listed["shared"], 0, "{listed}");
+    assert_eq!(
+        free_extents(&server, "p"),
+        start,
+        "every extent came back: {listed}"
+    );
 }

@@ -1,7 +1,9 @@
 //! Volume sets through the real server and real clients: concat and stripe sets put their
 //! members' bytes where the layout says (checked from both sides: through the set, and
 //! through the members once the set is gone), a concatenation grows under a writing client and
-//! hosts see the new size, a restart keeps sets and data, and bad input changes nothing.
+//! hosts see the new size (new NBD and iSCSI connections; a live iSCSI session's unit
+//! attention and a live NVMe controller's event), a restart keeps sets and data, and bad input
+//! changes nothing.
 
 mod common;
 use common::*;
@@ -528,4 +530,145 @@ fn the_cli_makes_lists_grows_and_deletes_sets() {
     let listed: Value =
         serde_json::from_str(&run(&["--json", "volume-set", "list"])).expect("json");
     assert_eq!(listed, json!([]));
+}
+
+#[test]
+fn live_iscsi_and_nvme_sessions_hear_that_a_set_grew() {
+    use common::initiator::{Initiator, CHECK_CONDITION};
+    use common::nvmf_initiator::{u64_at, Identity, NvmfConnection};
+    use sds::nvmf::command::CommandBuilder;
+    use sds::target::iscsi::pdu_io::Digests;
+    use std::time::{Duration, Instant};
+    const IQN: &str = "iqn.2026-11.org.sds.test:sets-live";
+    const NQN: &str = "nqn.2014-08.org.example:sets-live";
+    let server = Server::start();
+    server.ram_pool("p", 64 * MIB);
+    for name in ["l0", "l1", "l2"] {
+        volume(&server, name, "p", 2 * MIB);
+    }
+    server.ok(
+        "volume_set_create",
+        json!({"name": "live", "members": ["l0", "l1"]}),
+    );
+    server.ok("host_create", json!({"name": "h", "iqn": IQN, "nqn": NQN}));
+    server.ok(
+        "vpath_create",
+        json!({"host": "h", "volume": "live", "lun": 0}),
+    );
+
+    // NVMe: namespace attribute notices on, one Asynchronous Event Request held.
+    let subnqn = server.nvmf_subnqn("h");
+    let identity = Identity {
+        hostnqn: NQN.into(),
+        hostid: [0x22; 16],
+    };
+    let (mut admin, answer) =
+        NvmfConnection::admin(server.nvmf_port(), &identity, &subnqn, 0).expect("connect");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    admin.enable().expect("enable");
+    let cid = admin.cid();
+    let aec = CommandBuilder::new(0x09, cid)
+        .cdw(10, 0x0b)
+        .cdw(11, 1 << 8)
+        .build();
+    assert!(admin.command(aec, &[]).expect("AEC").status().is_success());
+    let aer = admin.cid();
+    admin
+        .submit(CommandBuilder::new(0x0c, aer).build())
+        .expect("AER");
+    let namespace = admin.identify(0, 1).expect("identify namespace");
+    assert_eq!(u64_at(&namespace.data, 0), 4 * MIB / 4096);
+
+    // iSCSI: a live session that has read the capacity.
+    let mut session = Initiator::login(
+        server.iscsi_port(),
+        IQN,
+        &server.iscsi_target(),
+        Digests::default(),
+    )
+    .expect("iSCSI login");
+    let mut first = session.read_capacity16(0).expect("READ CAPACITY");
+    if first.is_err() {
+        // The unit attention of a new nexus first.
+        first = session.read_capacity16(0).expect("READ CAPACITY");
+    }
+    assert_eq!(first.ok().map(|(last, _)| last + 1), Some(4 * MIB / 4096));
+
+    server.ok(
+        "volume_set_add_member",
+        json!({"set": "live", "volume": "l2"}),
+    );
+    let event = admin.answer(aer).expect("the event");
+    assert_eq!(
+        event.completion.result & 0xff_ffff,
+        0x04_0002,
+        "Notice, namespace attribute changed, log page 04h"
+    );
+    let namespace = admin.identify(0, 1).expect("identify namespace");
+    assert_eq!(u64_at(&namespace.data, 0), 6 * MIB / 4096, "the new size");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let outcome = session.test_unit_ready(0).expect("TEST UNIT READY");
+        if outcome.status == CHECK_CONDITION {
+            assert_eq!(
+                outcome.sense_triple(),
+                Some((0x06, 0x2a, 0x09)),
+                "UNIT ATTENTION, CAPACITY DATA HAS CHANGED"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no unit attention after growing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (last, _) = session
+        .read_capacity16(0)
+        .expect("READ CAPACITY")
+        .expect("GOOD");
+    assert_eq!(last + 1, 6 * MIB / 4096);
+}
+
+#[test]
+fn a_set_whose_member_failed_at_start_up_is_listed_failed_and_can_be_deleted() {
+    let mut server = Server::start();
+    pool(&server, "p1");
+    pool(&server, "p2");
+    volume(&server, "a", "p1", 4 * MIB);
+    volume(&server, "b", "p2", 4 * MIB);
+    server.ok(
+        "volume_set_create",
+        json!({"name": "fs", "members": ["a", "b"]}),
+    );
+    server.grant("fs");
+    let lun = &server.ok("lun_get_luns", json!({"name": "p2-lun"}))[0];
+    let path = lun["path"].as_str().expect("a file LUN's path").to_string();
+    assert!(server.stop(), "clean stop");
+    std::fs::remove_file(&path).expect("remove the LUN's file");
+    server.spawn();
+    // b's pool is failed, so b is, so the set is: listed with the reason, not served.
+    let set = &sets(&server)[0];
+    assert_eq!(set["state"], "failed", "{set}");
+    assert!(
+        set["reason"].as_str().unwrap_or("").contains("member b"),
+        "{set}"
+    );
+    let volume = &server.ok("volume_get_volumes", json!({}));
+    let listed = volume
+        .as_array()
+        .and_then(|all| all.iter().find(|v| v["name"] == "fs"))
+        .expect("the set among the volumes");
+    assert_eq!(listed["state"], "failed", "{listed}");
+    let (clean, text) = qemu_io(&server.url_without_grant("fs"), &["read 0 4k".into()]);
+    assert!(!clean, "a failed set was served:\n{text}");
+    // Members stay reserved while the set exists; deleting it frees them.
+    refused(&server, "volume_delete", json!({"name": "a"}), "name");
+    refused(&server, "volume_delete", json!({"name": "b"}), "name");
+    server.ok("volume_set_delete", json!({"name": "fs"}));
+    assert_eq!(sets(&server), json!([]));
+    server.ok("volume_delete", json!({"name": "b"}));
+    // Nothing of the set is left to trip the next start.
+    assert!(server.stop(), "clean stop");
+    server.spawn();
+    assert_eq!(sets(&server), json!([]));
+    write_and_verify(&server.url("a"), &[(0x81, 0, 4 * KIB)]);
 }

@@ -15,8 +15,10 @@
 //!                                     ring credit? ─ short ─▶ deferred until on_ring_credit
 //!                                      │
 //!                                      ▼
+//!                                     write gate entered (left when the round's I/O is done)
 //!                                     Volume::segment ─▶ unmapped write ─▶ provisioner ─wake─┐
 //!                                      │                 slow write (RMW) ▶ provisioner ─wake─┤
+//!                                      │                 TRIM, whole extent ▶ Release ─wake─┤
 //!                                      ▼                                                     │
 //!                                     Lun::submit on the ring (tag: slot, LUN, bytes) ◀───────┘
 //!  on_completion(tag) ──────────────▶ completion_result, LUN error counters
@@ -45,6 +47,7 @@ use crate::domain::qos::{Admit, RateLimit, TokenBucket};
 use crate::domain::snapshot::Published;
 use crate::domain::vpath::{AccessMode, Vpath};
 use crate::reactor::session::SessionContext;
+use crate::volume::mirror::Mirror;
 use crate::volume::provisioner::{Provisioner, Reply, Request, SessionBuffer};
 use crate::volume::reclaim::covers_whole_extent;
 use crate::volume::write_gate::GateTicket;
@@ -158,6 +161,8 @@ struct Slot {
     /// From reserve to finish, once finished.
     latency_ns: u64,
     admission: Admission,
+    /// A mirror volume's request: see `engine_mirror`.
+    mirror: engine_mirror::MirrorSlot,
 }
 
 /// The finished requests' slots, oldest first: a ring as large as the slots (a slot is in
@@ -201,6 +206,8 @@ impl FinishedQueue {
 pub struct BlockEngine {
     vpath: Arc<Vpath>,
     volume: Arc<Volume>,
+    /// The volume's mirror body, when it is a mirror (its rounds: `engine_mirror`).
+    mirror: Option<Arc<Mirror>>,
     published: Arc<Published>,
     provisioner: Provisioner,
     decisions: DecisionCache,
@@ -278,6 +285,7 @@ impl BlockEngine {
                 slow_path: false,
                 latency_ns: 0,
                 admission: Admission::UNLIMITED,
+                mirror: Default::default(),
             })
             .collect();
         let retained_bytes = slots.iter().map(|s| s.buf.len()).sum();
@@ -287,6 +295,7 @@ impl BlockEngine {
             read_only: vpath.mode == AccessMode::ReadOnly || volume.read_only,
             slow_writes: volume.needs_read_modify_write(),
             max_lun_block_bytes: volume.max_lun_block_bytes(),
+            mirror: volume.mirror.clone(),
             vpath,
             volume,
             published,
@@ -481,6 +490,7 @@ impl BlockEngine {
         slot.started_ticks = now;
         slot.slow_path = false;
         slot.admission = admission;
+        slot.mirror = Default::default();
         Some(index)
     }
 
@@ -727,7 +737,9 @@ impl BlockEngine {
         loop {
             self.slots[index].state = SlotState::Running;
             let op = self.slots[index].request.op;
-            if !self.slow_writes && matches!(op, BlockOp::Read | BlockOp::Write) {
+            if self.mirror.is_some() {
+                self.run_mirror_round(index, ctx);
+            } else if !self.slow_writes && matches!(op, BlockOp::Read | BlockOp::Write) {
                 // The common case first: no read-modify-write volume, data to move.
                 self.run_segments(index, ctx);
             } else {
@@ -738,6 +750,9 @@ impl BlockEngine {
                 return;
             }
             // The round completed at once.
+            if self.mirror.is_some() && self.mirror_round_end(index, ctx) {
+                return;
+            }
             if !self.has_next_round(index) {
                 self.finish(index);
                 return;
@@ -1187,6 +1202,9 @@ impl BlockEngine {
     /// The request is over: the volume's and the VP's counters, then the finished queue.
     #[inline(always)]
     fn finish(&mut self, index: usize) {
+        if self.mirror.is_some() {
+            self.mirror_finish(index);
+        }
         let now = self.clock.now();
         let slot = &mut self.slots[index];
         debug_assert!(slot.pending == 0 && slot.waiting == 0);
@@ -1237,13 +1255,18 @@ impl BlockEngine {
                         self.volume.write_gate.leave(ticket);
                     }
                 }
-                self.note_result(
-                    index,
-                    decoded.lun_index,
-                    completion_result(result, decoded.expected_bytes, decoded.driver_timer),
-                );
+                let result =
+                    completion_result(result, decoded.expected_bytes, decoded.driver_timer);
+                if self.mirror.is_some() {
+                    self.note_mirror_result(index, decoded.lun_index, result);
+                } else {
+                    self.note_result(index, decoded.lun_index, result);
+                }
                 let slot = &self.slots[index];
                 if slot.pending == 0 && slot.waiting == 0 {
+                    if self.mirror.is_some() && self.mirror_round_end(index, ctx) {
+                        return;
+                    }
                     self.finish_round(index, ctx);
                 }
             }
@@ -1253,6 +1276,11 @@ impl BlockEngine {
 
     /// The provisioner answered request `token` (0 or a positive errno).
     pub fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext) {
+        let (token, result) = if self.mirror.is_some() {
+            self.mirror_wake(token, result)
+        } else {
+            (token, result)
+        };
         let Some(index) = (token as usize).checked_sub(self.config.slot_base) else {
             return;
         };
@@ -1300,6 +1328,9 @@ fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: R
         slot.status = BlockStatus::from_errno(errno);
     }
 }
+
+#[path = "engine_mirror.rs"]
+mod engine_mirror;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

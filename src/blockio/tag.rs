@@ -92,6 +92,17 @@ pub fn kind_of(local: u64) -> u64 {
     decode(local).kind
 }
 
+/// Bits of a provisioner token (`Reply::token`) that hold the engine's slot number; the engine
+/// may keep more above them (a mirror request's leg), so a front end routing a wake to one of
+/// its engines looks only at these.
+pub const TOKEN_SLOT_BITS: u32 = 32;
+
+/// The slot number a provisioner token names.
+#[inline]
+pub fn token_slot(token: u64) -> usize {
+    (token & ((1 << TOKEN_SLOT_BITS) - 1)) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ mod domain;
 mod host;
 mod iscsi;
 mod lun;
+mod mirror;
 mod nvmf;
 mod output;
 mod params;
@@ -92,6 +93,9 @@ enum Command {
     /// Volume sets: one volume made of member volumes, concatenated or striped
     #[command(subcommand)]
     VolumeSet(volume_set::VolumeSetCommand),
+    /// Synchronous mirrors: a volume kept on two or three legs (volumes on disjoint LUNs)
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
     /// Hosts: the initiators that may connect, known by what their connection proves
     ///
     /// A host is known by its TLS client-certificate subject when it connects over TLS,
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Snapshot(command) => snapshot::run(command, json, &call),
         Command::Clone(command) => snapshot::run_clone(command, json, &call),
         Command::VolumeSet(command) => volume_set::run(command, json, &call),
+        Command::Mirror(command) => mirror::run(command, json, &call),
         Command::Host(command) => host::run(command, json, &call),
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),

@@ -85,6 +85,7 @@ impl Control {
             .as_secs_f64()
             .max(1e-3);
         self.last_cycle_at = now;
+        self.mirror_cycle();
         let mut domain_deltas: BTreeMap<String, VpTotals> = BTreeMap::new();
         for entry in self.vpaths.values_mut() {
             let totals = entry.vpath.stats.totals();

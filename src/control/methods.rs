@@ -1,8 +1,8 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
 use super::{
-    domains, failed, hosts, iscsi, luns, nvmf, pools, snapshots, spdk, volume_sets, volumes,
-    vpaths, Control,
+    domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, snapshots, spdk, volume_sets,
+    volumes, vpaths, Control,
 };
 use crate::rpc::RpcError;
 use serde_json::Value;
@@ -34,6 +34,12 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("volume_set_add_member", volume_sets::add_member),
     ("volume_set_get_sets", volume_sets::get),
     ("volume_set_delete", volume_sets::delete),
+    ("mirror_create", mirrors::create),
+    ("mirror_add_leg", mirrors::add_leg),
+    ("mirror_replace_leg", mirrors::replace_leg),
+    ("mirror_split_leg", mirrors::split_leg),
+    ("mirror_get_mirrors", mirrors::get),
+    ("mirror_delete", mirrors::delete),
     ("host_create", hosts::create),
     ("host_get_hosts", hosts::get),
     ("host_set", hosts::set),

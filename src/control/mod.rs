@@ -19,6 +19,7 @@ mod hosts;
 pub mod iscsi;
 mod lun_errors;
 mod luns;
+pub mod mirrors;
 pub mod nvmf;
 pub use luns::error_chain as luns_error_chain;
 pub mod methods;
@@ -117,6 +118,8 @@ pub struct Control {
     pub hosts: BTreeMap<String, hosts::HostEntry>,
     pub domains: BTreeMap<String, domains::DomainEntry>,
     pub vpaths: BTreeMap<u64, vpaths::VpathEntry>,
+    /// Synchronous mirrors (each also listed in `volumes`, see [`mirrors`]).
+    pub mirrors: BTreeMap<String, mirrors::MirrorEntry>,
     pub next_vpath_id: u64,
     pub published: Arc<Published>,
     pub reactors: Vec<Arc<ReactorHandle>>,
@@ -159,6 +162,7 @@ impl Control {
             hosts: BTreeMap::new(),
             domains: BTreeMap::new(),
             vpaths: BTreeMap::new(),
+            mirrors: BTreeMap::new(),
             next_vpath_id: 1,
             published,
             reactors,
@@ -289,6 +293,7 @@ impl Control {
             );
         }
         control.rebuild_maps(found_by_pool);
+        control.restore_mirrors()?;
         control.restore_volume_sets()?;
         control.restore_paths()?;
         control.recompute_rates();

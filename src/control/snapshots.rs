@@ -172,6 +172,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         )));
     }
     super::volume_sets::refuse_member(control, "volume", origin_name, "snapshot")?;
+    super::mirrors::refuse_reserved(control, origin_name, "snapshot")?;
     if origin.read_only {
         return Err(RpcError::invalid_params(format!(
             "volume: {origin_name} is a snapshot (read-only already; clone it to change it)"
@@ -417,6 +418,7 @@ pub fn revert(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         )));
     }
     super::volume_sets::refuse_member(control, "volume", name, "revert")?;
+    super::mirrors::refuse_reserved(control, name, "revert")?;
     let snapshot = snapshot_of(control, snapshot_name, "snapshot")?;
     if !Arc::ptr_eq(&snapshot.pool, &volume.pool)
         || snapshot.block_size_bytes != volume.block_size_bytes

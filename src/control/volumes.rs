@@ -208,6 +208,7 @@ pub fn resize(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let params = Params::new(params, &["name", "size"])?;
     let name = params.name("name")?;
     let size = params.u64("size")?;
+    super::mirrors::refuse_reserved(control, name, "resize")?;
     let entry = control
         .volumes
         .get(name)
@@ -277,6 +278,7 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let name = params.name("name")?;
     super::volume_sets::refuse_member(control, "name", name, "delete")?;
     super::volume_sets::refuse_set(control, "name", name, "delete")?;
+    super::mirrors::refuse_reserved(control, name, "delete")?;
     let entry = control
         .volumes
         .get(name)
@@ -295,7 +297,8 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     control.volumes.remove(name);
     control.publish();
     release_from(&volume, 0);
-    // A snapshot or clone gone may leave its origin without history (TRIM may free again).
+    // After its extents are dropped: a snapshot or clone gone may leave its origin without
+    // history, and a TRIM may then free what no other view looks at any more.
     super::snapshots::update_histories(control);
     log::info!("volume {name} deleted");
     Ok(Value::Bool(true))
@@ -328,6 +331,11 @@ pub fn set_qos_limit(control: &mut Control, params: Option<Value>) -> Result<Val
     let raw = params.clone();
     let params = Params::new(params, &known)?;
     let name = params.name("name")?;
+    if control.mirrors.contains_key(name) {
+        return Err(RpcError::invalid_params(format!(
+            "name: {name} is a mirror: QoS limits on mirrors are not supported yet"
+        )));
+    }
     let entry = control
         .volumes
         .get(name)

@@ -84,6 +84,11 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     if !control.hosts.contains_key(host) {
         return Err(RpcError::invalid_params(format!("host: no host {host}")));
     }
+    if let Some(mirror) = super::mirrors::reserved_by(control, volume_name) {
+        return Err(RpcError::invalid_params(format!(
+            "volume: volume {volume_name} is a leg of mirror {mirror}: reach it through the mirror"
+        )));
+    }
     let volume = control
         .volumes
         .get(volume_name)

@@ -81,6 +81,11 @@ pub enum PoolError {
     },
     #[error("pool {pool}: no free extent")]
     Full { pool: String },
+    /// A request to map an extent the volume's own map does not have (a composite volume
+    /// has none: its parts are provisioned). Never sent by a correct caller; refused, not
+    /// published.
+    #[error("volume {volume}: extent {extent} is not in its own map")]
+    OutsideMap { volume: String, extent: u64 },
     #[error("pool {pool}: LUN {lun}: extent record {extent} (LUN block {lun_block}): damaged")]
     DamagedRecord {
         pool: String,

@@ -24,6 +24,12 @@ pub fn describe(
     let block = u64::from(geometry.block_bytes);
     let end = geometry.capacity_blocks * block;
     let max_descriptors = ((allocation_length as usize).saturating_sub(8) / 16).max(1);
+    // A mirror's own map is empty: its healthy leg says what is mapped.
+    let leg = volume
+        .mirror
+        .as_ref()
+        .and_then(|m| m.healthy_leg().and_then(|p| m.leg_volume(p)));
+    let volume = leg.as_deref().unwrap_or(volume);
     let map = volume.map();
     let mut at = lba * block;
     let mut run: Option<(u64, u64, u8)> = None; // (start, bytes, state)

@@ -126,3 +126,17 @@ pub struct VpathRecord {
     pub mode: AccessMode,
     pub lun: u32,
 }
+
+/// A synchronous mirror (`mirror_create`): its legs by volume name, in position order. The
+/// legs' states are in its dirty-region log (`STATE/mirrors/<uuid>.dirty`), which the data
+/// path writes; this record changes only with the membership.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MirrorRecord {
+    pub name: String,
+    pub uuid: Uuid,
+    pub size: u64,
+    pub block_size: u32,
+    pub legs: Vec<String>,
+    #[serde(default, skip_serializing_if = "QosLimits::is_unlimited")]
+    pub qos: QosLimits,
+}

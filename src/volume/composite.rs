@@ -463,6 +463,54 @@ mod tests {
     }
 
     #[test]
+    fn readers_find_every_part_while_a_concatenation_grows() {
+        let p = pool("p", 1, 512);
+        let set = Arc::new(
+            Volume::new_composite(
+                "s",
+                [7; 16],
+                Layout::Concat,
+                512,
+                &[volume("a", &p, EXTENT)],
+            )
+            .expect("set"),
+        );
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (set, done) = (set.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut resolved = 0u64;
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+                while !done.load(Ordering::Acquire) || resolved < 1000 {
+                    // Any offset below the size just read must resolve to a part.
+                    let size = set.size_bytes();
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let offset = (seed % size) / 512 * 512;
+                    match set.segment(set.map(), offset, 512) {
+                        Segment::Unmapped {
+                            part: Some(part),
+                            len_bytes: 512,
+                            ..
+                        } => assert!(part.name.starts_with(['a', 'x'])),
+                        _ => panic!("offset {offset} below size {size} did not resolve"),
+                    }
+                    resolved += 1;
+                }
+                resolved
+            })
+        };
+        for i in 1..MAX_COMPOSITE_PARTS {
+            set.append_part(&volume(&format!("x{i}"), &p, EXTENT))
+                .expect("append");
+        }
+        done.store(true, Ordering::Release);
+        assert!(reader.join().expect("the reader") >= 1000);
+        assert_eq!(set.size_bytes(), MAX_COMPOSITE_PARTS as u64 * EXTENT);
+    }
+
+    #[test]
     fn bad_parts_are_refused_and_change_nothing() {
         let p = pool("p", 1, 512);
         let q = pool("q", 1, 4096);
@@ -498,6 +546,13 @@ mod tests {
         ));
         assert_eq!(set.size_bytes(), EXTENT);
         assert_eq!(set.composite().map(|c| c.parts().count()), Some(1));
+        // A composite has no map of its own to provision into: refused, nothing claimed.
+        let free = p.free_extents();
+        assert!(matches!(
+            provision(&[(set.as_ref(), 0)]).remove(0),
+            Err(crate::pool::PoolError::OutsideMap { .. })
+        ));
+        assert_eq!(p.free_extents(), free);
         for i in 1..MAX_COMPOSITE_PARTS {
             assert!(set
                 .append_part(&volume(&format!("x{i}"), &p, EXTENT))

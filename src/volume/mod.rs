@@ -20,11 +20,14 @@
 //! volume, the composite's flat table otherwise.
 
 pub mod composite;
+pub mod dirty_log;
 pub mod lineage;
 pub mod map;
+pub mod mirror;
 pub mod open_state;
 pub mod provisioner;
 pub mod reclaim;
+pub mod resync;
 pub mod set;
 pub mod stats;
 pub mod write_gate;
@@ -71,6 +74,8 @@ pub struct Volume {
     keeps_history: AtomicBool,
     /// `Some` for a composite volume: its parts (its own map is then empty and unused).
     composite: Option<Box<Composite>>,
+    /// A mirror's volume: its body is the mirror's legs (its own map stays empty).
+    pub mirror: Option<Arc<mirror::Mirror>>,
 }
 
 /// One piece of a request, inside one virtual extent.
@@ -120,6 +125,7 @@ impl Volume {
             read_only: false,
             lineage: Mutex::new(Lineage::own(uuid)),
             keeps_history: AtomicBool::new(false),
+            mirror: None,
             composite: None,
         }
     }
@@ -152,6 +158,7 @@ impl Volume {
             read_only: false,
             lineage: Mutex::new(Lineage::own(uuid)),
             keeps_history: AtomicBool::new(false),
+            mirror: None,
         })
     }
 
@@ -238,6 +245,11 @@ impl Volume {
         }
     }
 
+    /// Whether its lineage has snapshots or sources: it shares extents, or may again.
+    pub fn keeps_history(&self) -> bool {
+        self.keeps_history.load(Ordering::Acquire)
+    }
+
     /// Whether its lineage has snapshots or sources (kept up to date by the control thread).
     pub fn set_keeps_history(&self, keeps: bool) {
         self.keeps_history.store(keeps, Ordering::Release);
@@ -262,6 +274,21 @@ impl Volume {
             .count() as u64
     }
 
+    /// The volume hosts see of `mirror`: the size and blocks of its legs, `pool` the first
+    /// leg's (what listings name), its body the legs.
+    pub fn of_mirror(mirror: Arc<mirror::Mirror>, pool: Arc<Pool>) -> Self {
+        let mut volume = Self::new(
+            &mirror.name,
+            mirror.uuid,
+            pool,
+            mirror.size_bytes,
+            mirror.block_size_bytes,
+            true,
+        );
+        volume.mirror = Some(mirror);
+        volume
+    }
+
     /// Marks a volume restored from its record at start-up. In a volatile pool it started
     /// empty. In a pool whose volatile LUN lost what it held, any of its extents that no
     /// surviving record maps may have been on that LUN, and sds cannot tell which were never
@@ -273,9 +300,13 @@ impl Volume {
         self
     }
 
-    /// Whether part of what the volume held is gone (see [`Volume::restored`]).
+    /// Whether part of what the volume held is gone (see [`Volume::restored`]); for a
+    /// composite, whether it is for one of its parts.
     pub fn data_lost(&self) -> bool {
         self.lost_member.is_some()
+            || self
+                .composite()
+                .is_some_and(|c| c.parts().any(|p| p.volume.data_lost()))
     }
 
     #[inline]

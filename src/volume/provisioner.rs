@@ -25,6 +25,7 @@
 //! only whole blocks of its own). This thread is single, so those writes are serialized and a
 //! read-modify-write can never interleave with another write to the same LUN block.
 
+use super::mirror::Mirror;
 use super::reclaim::covers_whole_extent;
 use super::{Segment, Volume};
 use crate::backend::aligned_buf::AlignedBuf;
@@ -105,7 +106,20 @@ pub enum Request {
         data: SessionBuffer,
         reply: Reply,
     },
+    /// A write to `mirror` over `[offset, offset + len)` waits until its regions' dirty bits
+    /// are durable and every leg that failed is durably degraded.
+    MirrorNote {
+        mirror: Arc<Mirror>,
+        offset_bytes: u64,
+        len_bytes: u64,
+        reply: Reply,
+    },
     Stop,
+}
+
+/// A bounce buffer for [`slow_read`] and [`slow_write`]: what one piece of them needs.
+pub fn new_bounce() -> AlignedBuf {
+    AlignedBuf::new(MAX_IO_BYTES + 2 * 4096)
 }
 
 /// The handle reactors and the control thread post requests through.
@@ -144,7 +158,7 @@ impl Provisioner {
 }
 
 fn run(receiver: Receiver<Request>) {
-    let mut bounce = AlignedBuf::new(MAX_IO_BYTES + 2 * 4096);
+    let mut bounce = new_bounce();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < METADATA_BATCH_MAX {
@@ -154,6 +168,7 @@ fn run(receiver: Receiver<Request>) {
             }
         }
         let mut provisions = Vec::new();
+        let mut notes: Vec<(Arc<Mirror>, u64, u64, Reply)> = Vec::new();
         let mut releases = Vec::new();
         let mut stop = false;
         for request in batch {
@@ -177,11 +192,19 @@ fn run(receiver: Receiver<Request>) {
                     trim,
                     reply,
                 } => {
+                    // SAFETY: the session keeps the buffer of len_bytes (at most its length)
+                    // valid and untouched until it is answered.
+                    let data = data.as_ref().map(|buffer| unsafe {
+                        std::slice::from_raw_parts(
+                            buffer.ptr,
+                            (len_bytes as usize).min(buffer.len_bytes),
+                        )
+                    });
                     let result = slow_write(
                         &volume,
                         offset_bytes,
                         len_bytes,
-                        data.as_ref(),
+                        data,
                         fua,
                         trim && volume.thin,
                         &mut bounce,
@@ -195,7 +218,17 @@ fn run(receiver: Receiver<Request>) {
                     data,
                     reply,
                 } => {
-                    let result = slow_read(&volume, offset_bytes, len_bytes, &data, &mut bounce);
+                    debug_assert!(len_bytes as usize <= data.len_bytes);
+                    // SAFETY: the session keeps the buffer of `len_bytes` (at most its length)
+                    // valid and untouched until it is answered, and gave this thread its only
+                    // use meanwhile.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            data.ptr,
+                            (len_bytes as usize).min(data.len_bytes),
+                        )
+                    };
+                    let result = slow_read(&volume, offset_bytes, out, &mut bounce);
                     reply.send(errno_of(result));
                 }
                 Request::Run(step) => {
@@ -204,11 +237,20 @@ fn run(receiver: Receiver<Request>) {
                     give_back(&mut releases);
                     step();
                 }
+                Request::MirrorNote {
+                    mirror,
+                    offset_bytes,
+                    len_bytes,
+                    reply,
+                } => notes.push((mirror, offset_bytes, len_bytes, reply)),
                 Request::Stop => stop = true,
             }
         }
         provide(&mut provisions);
         give_back(&mut releases);
+        if !notes.is_empty() {
+            note_mirrors(notes);
+        }
         if stop {
             break;
         }
@@ -239,6 +281,39 @@ fn give_back(releases: &mut Vec<(Arc<Volume>, u64, Reply)>) {
     let results = super::reclaim::release(&wanted);
     for ((_, _, reply), result) in releases.drain(..).zip(results) {
         reply.send(errno_of(result));
+    }
+}
+
+/// Makes the mirror notes of a batch durable: per mirror, its failing legs persisted as
+/// degraded and all the wanted dirty bits set with one sync; then every writer is woken.
+fn note_mirrors(mut notes: Vec<(Arc<Mirror>, u64, u64, Reply)>) {
+    while let Some((mirror, _, _, _)) = notes.first() {
+        let mirror = mirror.clone();
+        let (mine, rest): (Vec<_>, Vec<_>) = notes
+            .into_iter()
+            .partition(|(m, _, _, _)| Arc::ptr_eq(m, &mirror));
+        notes = rest;
+        let regions: Vec<u64> = mine
+            .iter()
+            .flat_map(|(_, offset, len, _)| mirror.log.regions_of(*offset, *len))
+            .collect();
+        let result = mirror
+            .persist_failing()
+            .and_then(|()| mirror.log.set_durable(regions));
+        let errno = match result {
+            Ok(()) => 0,
+            Err(error) => {
+                log::error!(
+                    "mirror {}: the dirty-region log cannot be written: {}",
+                    mirror.name,
+                    crate::logger::error_chain(&error)
+                );
+                libc::EIO
+            }
+        };
+        for (_, _, _, reply) in mine {
+            reply.send(errno);
+        }
     }
 }
 
@@ -280,6 +355,13 @@ fn provision_filled(wanted: &[(&Volume, u64)], copy: bool) -> Vec<Result<(), Poo
     let mut copy_buffer: Option<AlignedBuf> = None;
     for (index, &(volume, extent)) in wanted.iter().enumerate() {
         let map = volume.map();
+        if volume.composite().is_some() || extent >= map.extent_count() {
+            results.push(Err(PoolError::OutsideMap {
+                volume: volume.name.clone(),
+                extent,
+            }));
+            continue;
+        }
         let duplicate = wanted[..index]
             .iter()
             .zip(&claimed)
@@ -466,13 +548,15 @@ impl BlockSpan {
 }
 
 /// Writes (or zeroes) a range of `volume` with synchronous I/O, read-modify-writing the LUN
-/// blocks it covers only in part. With `release` (a TRIM of a thin volume), the mapped
-/// extents it covers whole are given back to the pool instead of zeroed.
-fn slow_write(
+/// blocks it covers only in part and provisioning unmapped extents. With `release` (a TRIM of
+/// a thin volume), the mapped extents it covers whole are given back to the pool instead of
+/// zeroed. `data`, when given, holds at least `len_bytes`. Also the mirror resync's way to
+/// write a leg.
+pub fn slow_write(
     volume: &Volume,
     offset_bytes: u64,
     len_bytes: u64,
-    data: Option<&SessionBuffer>,
+    data: Option<&[u8]>,
     fua: bool,
     release: bool,
     bounce: &mut AlignedBuf,
@@ -512,7 +596,10 @@ fn slow_write(
             Segment::Mapped {
                 len_bytes: piece, ..
             } if release
-                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes) =>
+                && covers_whole_extent(offset_bytes + done, piece, extent_bytes, size_bytes)
+                // Only an extent of the volume's own map: a volume made of others (whose own
+                // map is empty) zeroes, its parts' extents are given back through the parts.
+                && (offset_bytes + done) / extent_bytes < volume.map().extent_count() =>
             {
                 super::reclaim::release(&[(volume, (offset_bytes + done) / extent_bytes)])
                     .remove(0)?;
@@ -534,11 +621,9 @@ fn slow_write(
                 }
                 let into = &mut window[span.within.clone()];
                 match data {
-                    // SAFETY: the session keeps the buffer of len_bytes valid and untouched
-                    // until it is answered; done + piece <= len_bytes <= its length.
-                    Some(buffer) => into.copy_from_slice(unsafe {
-                        std::slice::from_raw_parts(buffer.ptr.add(done as usize), piece as usize)
-                    }),
+                    Some(buffer) => {
+                        into.copy_from_slice(&buffer[done as usize..(done + piece) as usize])
+                    }
                     None => into.fill(0),
                 }
                 lun.lun
@@ -552,19 +637,16 @@ fn slow_write(
     Ok(())
 }
 
-/// Reads a range of `volume` with synchronous I/O through whole LUN blocks, for a read a LUN
-/// cannot take as it is (narrower than its blocks). Unmapped ranges read as zeroes.
-fn slow_read(
+/// Reads `out.len()` bytes of `volume` at `offset_bytes` with synchronous I/O through whole
+/// LUN blocks, for a read a LUN cannot take as it is (narrower than its blocks). Unmapped
+/// ranges read as zeroes. Also the mirror resync's way to read a leg.
+pub fn slow_read(
     volume: &Volume,
     offset_bytes: u64,
-    len_bytes: u64,
-    data: &SessionBuffer,
+    out: &mut [u8],
     bounce: &mut AlignedBuf,
 ) -> Result<(), PoolError> {
-    debug_assert!(len_bytes as usize <= data.len_bytes);
-    // SAFETY: the session keeps the buffer of `len_bytes` (at most its length) valid and
-    // untouched until it is answered, and gave this thread its only use meanwhile.
-    let out = unsafe { std::slice::from_raw_parts_mut(data.ptr, len_bytes as usize) };
+    let len_bytes = out.len() as u64;
     let mut done = 0u64;
     while done < len_bytes {
         let segment = volume.segment(volume.map(), offset_bytes + done, len_bytes - done);

@@ -11,7 +11,9 @@
 //! 3. Commit `None` for all of a pool's extents through its journal (one group, one flush
 //!    per LUN): durable, so a restart (or a `kill -9` just after the host saw the TRIM
 //!    complete) finds the extents free.
-//! 4. Release the bitmap bits; only now may a claim hand the extents out again.
+//! 4. Punch the extent out of a file LUN (`fallocate`), so the file system under it gets the
+//!    space back too (other LUN kinds keep the data until the next claim zeroes it), and
+//!    release the bitmap bits; only now may a claim hand the extents out again.
 //!
 //! Then the sessions are woken. A commit that fails puts the mapping back (the record on disk
 //! still names the volume, so freeing the extent would make the restart disagree with what
@@ -22,9 +24,10 @@
 //! volume's own (`provisioner::provision_zeroed`), never zeroed in place.
 
 use super::Volume;
+use crate::backend::LunKind;
 use crate::logger::error_chain;
 use crate::pool::on_disk::ExtentRecord;
-use crate::pool::{PoolError, SLOT_SHARED};
+use crate::pool::{decode_slot, Pool, PoolError, SLOT_SHARED};
 use std::sync::Arc;
 
 /// Whether a piece of a request at volume offset `offset_bytes`, `len_bytes` long and inside
@@ -41,6 +44,30 @@ pub fn covers_whole_extent(
         && (len_bytes == extent_bytes || offset_bytes + len_bytes >= volume_bytes)
 }
 
+/// Punches a freed extent out of its LUN if the LUN is a file: cheap (the file system only
+/// drops the blocks) and it gives a sparse file's space back. Not on devices, where zeroing
+/// may mean writing every byte, nor in RAM: the next claim zeroes the extent anyway. A
+/// failure only costs the file its space until then.
+fn give_back_to_the_file(pool: &Pool, slot: u64) {
+    let Some((lun, _)) = decode_slot(slot) else {
+        return;
+    };
+    let Some(member) = pool.luns.get(lun) else {
+        return;
+    };
+    if member.lun.info().kind != LunKind::File {
+        return;
+    }
+    if let Err(error) = pool.zero_extent(slot) {
+        log::warn!(
+            "pool {}: punching a released extent out of its file failed (its space stays \
+             used on the file system until the extent is claimed again): {}",
+            pool.name,
+            error_chain(&error)
+        );
+    }
+}
+
 /// Unmaps and frees every (volume, virtual extent) that is mapped, durably, as one group
 /// commit per pool. One result per request; an extent not mapped (any more) is done at once.
 pub fn release(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
@@ -53,11 +80,20 @@ pub fn release(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
             results.push(Ok(()));
             continue;
         }
-        if map.get(extent) & SLOT_SHARED != 0 {
+        let current = map.get(extent);
+        if current & SLOT_SHARED != 0 {
             // A snapshot or a clone holds this extent: never zeroed in place. The volume gets
-            // a zeroed extent of its own instead (copy-on-write without the copy).
-            results.push(super::provisioner::provision_zeroed(volume, extent));
-            continue;
+            // a zeroed extent of its own instead (copy-on-write without the copy)...
+            if let Err(error) = super::provisioner::provision_zeroed(volume, extent) {
+                results.push(Err(error));
+                continue;
+            }
+            if map.get(extent) != current & !SLOT_SHARED {
+                results.push(Ok(()));
+                continue;
+            }
+            // ...unless nothing shares it any more (the mark outlived a deleted snapshot):
+            // then only the mark was cleared, and the extent is released as the volume's own.
         }
         if !volume.trim_may_free(extent) {
             let slot = map.get(extent);
@@ -94,7 +130,10 @@ pub fn release(wanted: &[(&Volume, u64)]) -> Vec<Result<(), PoolError>> {
         for (&j, outcome) in same_pool.iter().zip(volume.pool.commit(&changes)) {
             let (owner, extent) = wanted[j];
             match outcome {
-                Ok(()) => owner.pool.release_extent(taken[j]),
+                Ok(()) => {
+                    give_back_to_the_file(&owner.pool, taken[j]);
+                    owner.pool.release_extent(taken[j]);
+                }
                 Err(error) => {
                     log::error!(
                         "volume {}: releasing extent {extent} is not durable: {}",

@@ -29,6 +29,7 @@
 //! therefore never hold the gate while it waits for the thread that drains it (the engine
 //! leaves the gate before it asks the provisioning thread for an extent).
 
+use crate::constants::WRITE_GATE_DRAIN_TIMEOUT_MS;
 use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -46,6 +47,14 @@ pub struct WriteGate {
     in_flight: [CachePadded<AtomicU64>; 2],
     /// Serializes changers: one flip, one drain at a time.
     changers: Mutex<()>,
+}
+
+/// A drain that gave up: I/O of the old epoch was still running at its deadline (a LUN that
+/// never answers).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{in_flight} I/O still in flight after {WRITE_GATE_DRAIN_TIMEOUT_MS} ms")]
+pub struct DrainTimedOut {
+    pub in_flight: u64,
 }
 
 /// Proof that an I/O entered the gate in an epoch; give it back with [`WriteGate::leave`].
@@ -130,6 +139,19 @@ impl WriteGate {
             std::thread::sleep(DRAIN_SLEEP);
         }
         true
+    }
+
+    /// Like [`Self::drain`], bounded by [`WRITE_GATE_DRAIN_TIMEOUT_MS`] (a snapshot gives up
+    /// rather than hang its caller on a LUN that never answers).
+    pub fn drain_bounded(&self) -> Result<(), DrainTimedOut> {
+        let deadline = Instant::now() + Duration::from_millis(WRITE_GATE_DRAIN_TIMEOUT_MS);
+        if self.drain_until(deadline) {
+            Ok(())
+        } else {
+            Err(DrainTimedOut {
+                in_flight: self.in_flight(),
+            })
+        }
     }
 
     /// I/O in the gate now (both epochs), for tests and statistics.

@@ -439,8 +439,20 @@ pub fn serve_must_fail(args: &[&std::ffi::OsStr], why: &str) -> String {
 /// Runs qemu-io on `url` with `commands`; returns its output and whether it succeeded with no
 /// failed verification.
 pub fn qemu_io(url: &str, commands: &[String]) -> (bool, String) {
+    qemu_io_opened(url, commands, false)
+}
+
+/// [`qemu_io`] on an image opened read-only (`-r`): what a read-only path accepts.
+pub fn qemu_io_read_only(url: &str, commands: &[String]) -> (bool, String) {
+    qemu_io_opened(url, commands, true)
+}
+
+fn qemu_io_opened(url: &str, commands: &[String], read_only: bool) -> (bool, String) {
     require_tool("qemu-io");
     let mut command = Command::new("qemu-io");
+    if read_only {
+        command.arg("-r");
+    }
     command.args(["-f", "raw", url]);
     for c in commands {
         command.args(["-c", c]);

@@ -432,7 +432,7 @@ impl Session for IscsiSession {
     }
 
     fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext) {
-        let index = token as usize / ISCSI_SLOTS_PER_LUN;
+        let index = crate::blockio::tag::token_slot(token) / ISCSI_SLOTS_PER_LUN;
         if let Some(lun) = self.luns.get_mut(index) {
             lun.scsi.on_wake(token, result, ctx);
         }

@@ -453,7 +453,7 @@ impl Session for IoQueue {
     }
 
     fn on_wake(&mut self, token: u64, result: i32, ctx: &mut SessionContext) {
-        let position = token as usize / NVMF_SLOTS_PER_NAMESPACE;
+        let position = crate::blockio::tag::token_slot(token) / NVMF_SLOTS_PER_NAMESPACE;
         if let Some(namespace) = self.namespaces.get_mut(position) {
             namespace.engine.on_wake(token, result, ctx);
         }
