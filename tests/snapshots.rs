@@ -125,11 +125,22 @@ fn a_snapshot_taken_under_fio_keeps_its_point_in_time() {
                 "--iodepth=8".into(),
                 format!("--size={VOLUME_BYTES}"),
                 "--time_based=1".into(),
-                "--runtime=4".into(),
+                "--runtime=3".into(),
             ],
         )
     });
-    std::thread::sleep(Duration::from_millis(1200));
+    // Take the snapshot once fio is writing (its start-up takes a while on a loaded machine).
+    let writes = |server: &Server| {
+        server.ok("bdev_get_iostat", json!({"name": "v"}))["bdevs"][0]["num_write_ops"]
+            .as_u64()
+            .expect("num_write_ops")
+    };
+    let before = writes(&server);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writes(&server) < before + 200 {
+        assert!(Instant::now() < deadline, "fio wrote nothing in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let snapshot = server.ok("snapshot_create", json!({"volume": "v", "name": "s1"}));
     assert_eq!(snapshot["volume"], "v", "{snapshot}");
     let listed = volume(&server, "s1");
