@@ -94,18 +94,26 @@ def main():
         results = {k: [] for k in ("first_plain", "first_after", "rand_plain", "rand_after")}
         snapshots = 0
 
+        def free_extents():
+            return rpc(binary, sock, "pool_get_pools", {"name": "p"})[0]["free_extents"]
+
         def after_snapshot(args):
             nonlocal snapshots
             snapshots += 1
             name = f"s{snapshots}"
             rpc(binary, sock, "snapshot_create", {"volume": "v", "name": name})
+            free = free_extents()
             result = fio(uri, args)
+            # The extents copied: proof that the run paid for copy-on-write.
+            result["copied_extents"] = free - free_extents()
             rpc(binary, sock, "snapshot_delete", {"name": name})
             return result
 
         for round_index in range(opts.repeat):
             results["first_plain"].append(fio(uri, per_extent))
             results["first_after"].append(after_snapshot(per_extent))
+            if results["first_after"][-1]["copied_extents"] != size // extent:
+                raise RuntimeError(f"expected {size // extent} extents copied: {results['first_after'][-1]}")
             results["rand_plain"].append(fio(uri, randwrite))
             results["rand_after"].append(after_snapshot(randwrite))
             print(f"round {round_index + 1}: " + ", ".join(
@@ -122,6 +130,7 @@ def main():
             "randwrite_qd32_iops": {"plain": med["rand_plain"]["iops"],
                                     "after_snapshot": med["rand_after"]["iops"]},
             "randwrite_qd32_ratio": med["rand_after"]["iops"] / med["rand_plain"]["iops"],
+            "extents_copied_per_run": results["first_after"][-1]["copied_extents"],
         }
         print(json.dumps(summary, indent=2))
         if opts.json:

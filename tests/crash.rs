@@ -41,7 +41,7 @@ const KILL_AFTER_MS: std::ops::Range<u64> = 150..700;
 /// snapshot taken this long after the writer started, the kill this long after the snapshot,
 /// and how many snapshots are kept (older ones are deleted between cycles).
 const SNAPSHOT_HOT_BYTES: u64 = 16 * MIB;
-const SNAPSHOT_AFTER_MS: std::ops::Range<u64> = 30..250;
+const SNAPSHOT_AFTER_MS: std::ops::Range<u64> = 100..300;
 const KILL_AFTER_SNAPSHOT_MS: std::ops::Range<u64> = 20..300;
 const SNAPSHOTS_KEPT: usize = 2;
 /// Cycles of the snapshot variant by default: about 30 s on a loaded 2-core machine.

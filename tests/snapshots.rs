@@ -125,11 +125,22 @@ fn a_snapshot_taken_under_fio_keeps_its_point_in_time() {
                 "--iodepth=8".into(),
                 format!("--size={VOLUME_BYTES}"),
                 "--time_based=1".into(),
-                "--runtime=4".into(),
+                "--runtime=3".into(),
             ],
         )
     });
-    std::thread::sleep(Duration::from_millis(1200));
+    // Take the snapshot once fio is writing (its start-up takes a while on a loaded machine).
+    let writes = |server: &Server| {
+        server.ok("bdev_get_iostat", json!({"name": "v"}))["bdevs"][0]["num_write_ops"]
+            .as_u64()
+            .expect("num_write_ops")
+    };
+    let before = writes(&server);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writes(&server) < before + 200 {
+        assert!(Instant::now() < deadline, "fio wrote nothing in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let snapshot = server.ok("snapshot_create", json!({"volume": "v", "name": "s1"}));
     assert_eq!(snapshot["volume"], "v", "{snapshot}");
     let listed = volume(&server, "s1");
@@ -464,4 +475,138 @@ fn the_cli_takes_lists_clones_reverts_and_deletes_snapshots() {
         json!([]),
         "the snapshot is gone"
     );
+}
+
+/// Discards `len` bytes at `offset` of `name` (NBD TRIM).
+fn discard(server: &Server, name: &str, offset: u64, len: u64) {
+    let (clean, text) = qemu_io(&server.url(name), &[format!("discard {offset} {len}")]);
+    assert!(clean, "discard on {name}: {text}");
+}
+
+#[test]
+fn trim_never_changes_a_snapshot_or_a_clone_nor_brings_old_data_back() {
+    let mut server = setup();
+    create_volume(&server, "v");
+    fill(&server, "v", 0x81, 0, 4 * MIB);
+    server.ok("snapshot_create", json!({"volume": "v", "name": "s"}));
+    // Whole shared extents, then part of a shared one.
+    discard(&server, "v", 0, MIB);
+    discard(&server, "v", MIB + 4 * KIB, 8 * KIB);
+    // Extents v copied after the snapshot, then trimmed whole: zeroed, not freed (freeing
+    // would let the snapshot's older record be v's again at the next start).
+    fill(&server, "v", 0x82, 2 * MIB, MIB);
+    discard(&server, "v", 2 * MIB, MIB);
+    let check = |server: &Server| {
+        let v = content(server, "v");
+        assert!(pattern(&v, 0, MIB, 0), "whole-extent trim of v");
+        assert!(pattern(&v, MIB, 4 * KIB, 0x81));
+        assert!(pattern(&v, MIB + 4 * KIB, 8 * KIB, 0), "partial trim of v");
+        assert!(pattern(&v, MIB + 12 * KIB, MIB - 12 * KIB, 0x81));
+        assert!(pattern(&v, 2 * MIB, MIB, 0), "trim of v's own copies");
+        assert!(pattern(&v, 3 * MIB, MIB, 0x81));
+        assert!(
+            pattern(&content(server, "s"), 0, 4 * MIB, 0x81),
+            "a trim of the origin changed the snapshot"
+        );
+    };
+    check(&server);
+    server.kill();
+    server.spawn();
+    check(&server);
+
+    // A clone of a snapshot that is gone still holds the origin's older records.
+    create_volume(&server, "w");
+    fill(&server, "w", 0x91, 0, 2 * MIB);
+    server.ok("snapshot_create", json!({"volume": "w", "name": "ws"}));
+    server.ok("clone_create", json!({"snapshot": "ws", "name": "wc"}));
+    delete(&server, "ws");
+    fill(&server, "w", 0x92, 0, MIB);
+    discard(&server, "w", 0, 2 * MIB);
+    server.kill();
+    server.spawn();
+    assert!(
+        pattern(&content(&server, "w"), 0, 2 * MIB, 0),
+        "old data came back"
+    );
+    assert!(
+        pattern(&content(&server, "wc"), 0, 2 * MIB, 0x91),
+        "the clone changed"
+    );
+}
+
+#[test]
+fn sets_and_shared_extents_do_not_mix_and_refusals_change_nothing() {
+    let server = setup();
+    for name in ["m1", "m2", "x"] {
+        create_volume(&server, name);
+    }
+    fill(&server, "x", 0xa1, 0, MIB);
+    server.ok("snapshot_create", json!({"volume": "x", "name": "xs"}));
+    let refuse = |method: &str, params: Value, why: &str| {
+        let (_, message) = server.call(method, params.clone()).expect_err("refused");
+        assert!(message.contains(why), "{method} {params}: {message}");
+    };
+    // A volume with snapshots, a snapshot and a clone may not join a set.
+    refuse(
+        "volume_set_create",
+        json!({"name": "bad", "members": ["m1", "x"]}),
+        "snapshots",
+    );
+    refuse(
+        "volume_set_create",
+        json!({"name": "bad", "members": ["m1", "xs"]}),
+        "snapshot",
+    );
+    server.ok("clone_create", json!({"snapshot": "xs", "name": "xc"}));
+    refuse(
+        "volume_set_create",
+        json!({"name": "bad", "members": ["m1", "xc"]}),
+        "clone",
+    );
+    // A set's members and the set itself are not snapshotted or reverted.
+    server.ok(
+        "volume_set_create",
+        json!({"name": "set", "members": ["m1", "m2"]}),
+    );
+    refuse(
+        "snapshot_create",
+        json!({"volume": "m1", "name": "ms"}),
+        "member",
+    );
+    refuse(
+        "snapshot_create",
+        json!({"volume": "set", "name": "ss"}),
+        "other volumes",
+    );
+    refuse(
+        "volume_revert",
+        json!({"volume": "m2", "snapshot": "xs"}),
+        "member",
+    );
+    // Names, kinds and limits.
+    refuse(
+        "snapshot_create",
+        json!({"volume": "x", "name": "m1"}),
+        "exists",
+    );
+    refuse(
+        "snapshot_create",
+        json!({"volume": "nope", "name": "n"}),
+        "no volume",
+    );
+    refuse(
+        "clone_create",
+        json!({"snapshot": "x", "name": "n"}),
+        "not a snapshot",
+    );
+    refuse("snapshot_delete", json!({"name": "x"}), "not a snapshot");
+    refuse(
+        "volume_revert",
+        json!({"volume": "xs", "snapshot": "xs"}),
+        "snapshot",
+    );
+    refuse("snapshot_create", json!({"volume": "x"}), "name");
+    let snapshots = server.ok("snapshot_get_snapshots", json!({}));
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(1), "{snapshots}");
+    assert!(pattern(&content(&server, "xc"), 0, MIB, 0xa1));
 }

@@ -31,6 +31,7 @@ use crate::volume::provisioner::Request;
 use crate::volume::Volume;
 use crossbeam::channel::bounded;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,21 +115,23 @@ pub fn drop_table(volume: &Volume) {
 /// (`Volume::trim_may_free`): freeing its newest record of an extent would let an older one
 /// that view keeps be taken for the volume's content at the next start.
 pub fn update_histories(control: &Control) {
-    let views: Vec<(*const Volume, Lineage)> = control
-        .volumes
-        .values()
-        .filter(|v| v.volume.composite().is_none())
-        .map(|v| (Arc::as_ptr(&v.volume), v.volume.lineage()))
-        .collect();
+    // How many views (every table's chain, its own lineage included) look through each
+    // lineage.
+    let mut views: HashMap<[u8; 16], usize> = HashMap::new();
+    for entry in control.volumes.values() {
+        if entry.volume.composite().is_none() {
+            for (id, _) in entry.volume.lineage().chain() {
+                *views.entry(id).or_default() += 1;
+            }
+        }
+    }
     for entry in control.volumes.values().filter(|v| !v.volume.read_only) {
-        let own = Arc::as_ptr(&entry.volume);
         let lineage = entry.volume.lineage();
-        let looked_through = views
-            .iter()
-            .any(|(other, view)| *other != own && view.chain().any(|(id, _)| id == lineage.id));
+        // Its own chain counts its lineage once; any other view is history.
+        let others = views.get(&lineage.id).copied().unwrap_or(0) > 1;
         entry
             .volume
-            .set_keeps_history(!lineage.sources.is_empty() || looked_through);
+            .set_keeps_history(!lineage.sources.is_empty() || others);
     }
 }
 

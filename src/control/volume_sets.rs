@@ -95,8 +95,13 @@ fn check_member(
         return invalid(format!("no volume {name}"));
     };
     let volume = entry.volume.clone();
-    if volume.composite().is_some() {
-        return invalid(format!("{name} is itself a volume set or composite"));
+    if volume.composite().is_some() || volume.mirror.is_some() {
+        return invalid(format!(
+            "{name} is itself a volume set, a composite or a mirror"
+        ));
+    }
+    if let Some(mirror) = super::mirrors::reserved_by(control, name) {
+        return invalid(format!("volume {name} is a leg of mirror {mirror}"));
     }
     if let Some(why) = super::snapshots::shares_extents(control, &volume) {
         return invalid(format!("volume {name} {why}"));

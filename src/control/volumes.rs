@@ -297,7 +297,8 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     control.volumes.remove(name);
     control.publish();
     release_from(&volume, 0);
-    // After its extents are dropped: a TRIM may free what no other view looks at any more.
+    // After its extents are dropped: a snapshot or clone gone may leave its origin without
+    // history, and a TRIM may then free what no other view looks at any more.
     super::snapshots::update_histories(control);
     log::info!("volume {name} deleted");
     Ok(Value::Bool(true))

@@ -260,6 +260,11 @@ impl Volume {
         }
     }
 
+    /// Whether its lineage has snapshots or sources: it shares extents, or may again.
+    pub fn keeps_history(&self) -> bool {
+        self.keeps_history.load(Ordering::Acquire)
+    }
+
     /// Whether its lineage has snapshots or sources (kept up to date by the control thread).
     pub fn set_keeps_history(&self, keeps: bool) {
         self.keeps_history.store(keeps, Ordering::Release);

@@ -446,7 +446,15 @@ fn provision_filled(wanted: &[(&Volume, u64)], copy: bool) -> Vec<Result<(), Poo
             Some(shared) => volume.map().replace(extent, shared, slot),
         };
         match (published, replaces[index]) {
-            (Ok(()), Some(shared)) => drop_holder(&volume.pool, shared),
+            (Ok(()), Some(shared)) => {
+                let old = shared & !SLOT_SHARED;
+                if volume.pool.refcounts.drop_holder(old) == Dropped::Last {
+                    // The other table went meanwhile: I/O of this volume that loaded the old
+                    // slot completes before the extent can be handed out again.
+                    volume.write_gate.drain();
+                    free_extent(&volume.pool, old);
+                }
+            }
             (Ok(()), None) => {}
             // Someone else mapped it first (only the control thread can race here); return ours.
             (Err(_), _) => free_extent(&volume.pool, slot),
@@ -670,4 +678,113 @@ pub fn slow_read(
         done += piece;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{open_lun, LunKind, LunSpec};
+
+    const EXTENT: u64 = 64 * 1024;
+
+    fn ram_volume(name: &str, pool: Arc<Pool>, uuid: u8) -> Volume {
+        Volume::new(name, [uuid; 16], pool, 4 * EXTENT, 512, true)
+    }
+
+    fn ram_pool() -> Arc<Pool> {
+        let spec = LunSpec {
+            name: "r".into(),
+            kind: LunKind::Mem,
+            path: None,
+            size_bytes: Some(32 * EXTENT),
+            block_size_bytes: 512,
+        };
+        let lun = open_lun(&spec).expect("RAM LUN");
+        Arc::new(Pool::create("p", [1; 16], EXTENT, None, vec![lun]).expect("pool"))
+    }
+
+    fn fill(pool: &Pool, slot: u64, byte: u8) {
+        let (member, _, at) = pool.locate(slot, 0);
+        let mut buffer = AlignedBuf::new(EXTENT as usize);
+        buffer.as_mut_slice().fill(byte);
+        member
+            .lun
+            .write_at(buffer.as_slice(), at, false)
+            .expect("write");
+    }
+
+    fn holds(pool: &Pool, slot: u64, byte: u8) -> bool {
+        let (member, _, at) = pool.locate(slot, 0);
+        let mut buffer = AlignedBuf::new(EXTENT as usize);
+        member.lun.read_at(buffer.as_mut_slice(), at).expect("read");
+        buffer.as_slice().iter().all(|&b| b == byte)
+    }
+
+    /// What a snapshot does to the origin's extent: a second table maps it, the origin's
+    /// slot is marked.
+    fn share(origin: &Volume, other: &Volume, extent: u64) -> u64 {
+        let slot = origin.map().get(extent);
+        other.map().publish(extent, slot).expect("publish");
+        origin.pool.refcounts.share(slot);
+        origin.map().set_bits(extent, SLOT_SHARED);
+        slot
+    }
+
+    #[test]
+    fn a_shared_extent_is_copied_and_an_unshared_mark_just_cleared() {
+        let pool = ram_pool();
+        let origin = ram_volume("v", pool.clone(), 2);
+        let snapshot = ram_volume("s", pool.clone(), 3);
+        for result in provision(&[(&origin, 0), (&origin, 1), (&origin, 2)]) {
+            result.expect("mapped");
+        }
+        let old = share(&origin, &snapshot, 0);
+        fill(&pool, old, 0xab);
+        let free = pool.free_extents();
+        // Copy-on-write: a new extent with the old data, the snapshot keeps the old one.
+        provision(&[(&origin, 0)]).remove(0).expect("copied");
+        let new = origin.map().get(0);
+        assert_eq!(new & SLOT_SHARED, 0);
+        assert_ne!(new, old);
+        assert!(holds(&pool, new, 0xab), "the copy has the old data");
+        assert_eq!(snapshot.map().get(0), old);
+        assert_eq!(pool.refcounts.holders(old), 1);
+        assert_eq!(pool.free_extents(), free - 1);
+        // Asking again is a no-op: the extent is the origin's own now.
+        provision(&[(&origin, 0)]).remove(0).expect("mapped");
+        assert_eq!(origin.map().get(0), new);
+
+        // A mark whose other holder went: cleared, nothing claimed.
+        let marked = share(&origin, &snapshot, 1);
+        assert_eq!(snapshot.map().clear(1), marked);
+        assert_eq!(
+            pool.refcounts.drop_holder(marked),
+            crate::pool::refcount::Dropped::StillShared
+        );
+        provision(&[(&origin, 1)]).remove(0).expect("unmarked");
+        assert_eq!(origin.map().get(1), marked);
+        assert_eq!(pool.free_extents(), free - 1);
+
+        // A whole-extent TRIM of a shared extent: a zeroed extent of the origin's own.
+        let kept = share(&origin, &snapshot, 2);
+        fill(&pool, kept, 0xcd);
+        provision_zeroed(&origin, 2).expect("replaced");
+        let zeroed = origin.map().get(2);
+        assert_ne!(zeroed, kept);
+        assert!(holds(&pool, zeroed, 0));
+        assert!(
+            holds(&pool, kept, 0xcd),
+            "the snapshot's extent was touched"
+        );
+        assert_eq!(pool.free_extents(), free - 2);
+
+        // The snapshot goes: its extents nobody else maps are freed, once each.
+        for extent in 0..3 {
+            let slot = snapshot.map().clear(extent);
+            if slot != 0 {
+                drop_holder(&pool, slot);
+            }
+        }
+        assert_eq!(pool.free_extents(), free);
+    }
 }
