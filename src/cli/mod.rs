@@ -83,9 +83,6 @@ enum Command {
     /// Virtual disks carved out of a pool, served as NBD exports of the same name
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
-    /// Synchronous mirrors: a volume kept on two or three legs (volumes on disjoint LUNs)
-    #[command(subcommand)]
-    Mirror(mirror::MirrorCommand),
     /// Snapshots: read-only point-in-time views of a volume, taken at once (copy-on-write);
     /// and reverting a volume to one, offline
     #[command(subcommand)]
@@ -96,6 +93,9 @@ enum Command {
     /// Volume sets: one volume made of member volumes, concatenated or striped
     #[command(subcommand)]
     VolumeSet(volume_set::VolumeSetCommand),
+    /// Synchronous mirrors: a volume kept on two or three legs (volumes on disjoint LUNs)
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
     /// Hosts: the initiators that may connect, known by what their connection proves
     ///
     /// A host is known by its TLS client-certificate subject when it connects over TLS,
@@ -203,10 +203,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Lun(command) => lun::run(command, json, &call),
         Command::Pool(command) => pool::run(command, json, &call),
         Command::Volume(command) => volume::run(command, json, &call),
-        Command::Mirror(command) => mirror::run(command, json, &call),
         Command::Snapshot(command) => snapshot::run(command, json, &call),
         Command::Clone(command) => snapshot::run_clone(command, json, &call),
         Command::VolumeSet(command) => volume_set::run(command, json, &call),
+        Command::Mirror(command) => mirror::run(command, json, &call),
         Command::Host(command) => host::run(command, json, &call),
         Command::Domain(command) => domain::run(command, json, &call),
         Command::Vpath(command) => vpath::run(command, json, &call),

@@ -111,12 +111,6 @@ fn check_member(
             "volume {name} is already a member of volume set {set}"
         ));
     }
-    if control.mirrors.contains_key(name) {
-        return invalid(format!("{name} is a mirror"));
-    }
-    if let Some(mirror) = super::mirrors::reserved_by(control, name) {
-        return invalid(format!("volume {name} is a leg of mirror {mirror}"));
-    }
     if let Some(vpath) = control.vpaths.values().find(|v| v.record.volume == name) {
         return invalid(format!(
             "volume {name} is in use: virtual path {} reaches it",

@@ -276,9 +276,9 @@ pub(super) fn announce_new_size(control: &Control, name: &str) {
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(params, &["name"])?;
     let name = params.name("name")?;
-    super::mirrors::refuse_reserved(control, "name", name, "delete")?;
     super::volume_sets::refuse_member(control, "name", name, "delete")?;
     super::volume_sets::refuse_set(control, "name", name, "delete")?;
+    super::mirrors::refuse_reserved(control, "name", name, "delete")?;
     let entry = control
         .volumes
         .get(name)

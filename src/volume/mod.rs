@@ -122,10 +122,10 @@ impl Volume {
             write_gate: WriteGate::new(),
             lost_member: None,
             started_empty: false,
-            mirror: None,
             read_only: false,
             lineage: Mutex::new(Lineage::own(uuid)),
             keeps_history: AtomicBool::new(false),
+            mirror: None,
             composite: None,
         }
     }
@@ -155,10 +155,10 @@ impl Volume {
             lost_member: None,
             started_empty: parts.iter().any(|p| p.started_empty),
             composite: Some(Box::new(composite)),
-            mirror: None,
             read_only: false,
             lineage: Mutex::new(Lineage::own(uuid)),
             keeps_history: AtomicBool::new(false),
+            mirror: None,
         })
     }
 
@@ -217,21 +217,6 @@ impl Volume {
         }
     }
 
-    /// The volume hosts see of `mirror`: the size and blocks of its legs, `pool` the first
-    /// leg's (what listings name), its body the legs.
-    pub fn of_mirror(mirror: Arc<mirror::Mirror>, pool: Arc<Pool>) -> Self {
-        let mut volume = Self::new(
-            &mirror.name,
-            mirror.uuid,
-            pool,
-            mirror.size_bytes,
-            mirror.block_size_bytes,
-            true,
-        );
-        volume.mirror = Some(mirror);
-        volume
-    }
-
     /// The volume as a view of `lineage`; a snapshot (`read_only`) never takes writes.
     pub fn with_lineage(mut self, lineage: Lineage, read_only: bool) -> Self {
         self.lineage = Mutex::new(lineage);
@@ -287,6 +272,21 @@ impl Volume {
             .mapped()
             .filter(|&(_, slot)| self.pool.refcounts.is_shared(slot))
             .count() as u64
+    }
+
+    /// The volume hosts see of `mirror`: the size and blocks of its legs, `pool` the first
+    /// leg's (what listings name), its body the legs.
+    pub fn of_mirror(mirror: Arc<mirror::Mirror>, pool: Arc<Pool>) -> Self {
+        let mut volume = Self::new(
+            &mirror.name,
+            mirror.uuid,
+            pool,
+            mirror.size_bytes,
+            mirror.block_size_bytes,
+            true,
+        );
+        volume.mirror = Some(mirror);
+        volume
     }
 
     /// Marks a volume restored from its record at start-up. In a volatile pool it started

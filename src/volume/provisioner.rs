@@ -231,18 +231,18 @@ fn run(receiver: Receiver<Request>) {
                     let result = slow_read(&volume, offset_bytes, out, &mut bounce);
                     reply.send(errno_of(result));
                 }
-                Request::MirrorNote {
-                    mirror,
-                    offset_bytes,
-                    len_bytes,
-                    reply,
-                } => notes.push((mirror, offset_bytes, len_bytes, reply)),
                 Request::Run(step) => {
                     // What arrived before it is done first: the step sees a quiet pool.
                     provide(&mut provisions);
                     give_back(&mut releases);
                     step();
                 }
+                Request::MirrorNote {
+                    mirror,
+                    offset_bytes,
+                    len_bytes,
+                    reply,
+                } => notes.push((mirror, offset_bytes, len_bytes, reply)),
                 Request::Stop => stop = true,
             }
         }
@@ -254,6 +254,33 @@ fn run(receiver: Receiver<Request>) {
         if stop {
             break;
         }
+    }
+}
+
+/// Answers every collected `Provision` request, as one group commit.
+fn provide(provisions: &mut Vec<(Arc<Volume>, u64, Reply)>) {
+    if provisions.is_empty() {
+        return;
+    }
+    let wanted: Vec<(&Volume, u64)> = provisions
+        .iter()
+        .map(|(v, e, _)| (v.as_ref(), *e))
+        .collect();
+    let results = provision(&wanted);
+    for ((_, _, reply), result) in provisions.drain(..).zip(results) {
+        reply.send(errno_of(result));
+    }
+}
+
+/// Answers every collected `Release` request (TRIM's whole extents).
+fn give_back(releases: &mut Vec<(Arc<Volume>, u64, Reply)>) {
+    if releases.is_empty() {
+        return;
+    }
+    let wanted: Vec<(&Volume, u64)> = releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
+    let results = super::reclaim::release(&wanted);
+    for ((_, _, reply), result) in releases.drain(..).zip(results) {
+        reply.send(errno_of(result));
     }
 }
 
@@ -287,33 +314,6 @@ fn note_mirrors(mut notes: Vec<(Arc<Mirror>, u64, u64, Reply)>) {
         for (_, _, _, reply) in mine {
             reply.send(errno);
         }
-    }
-}
-
-/// Answers every collected `Provision` request, as one group commit.
-fn provide(provisions: &mut Vec<(Arc<Volume>, u64, Reply)>) {
-    if provisions.is_empty() {
-        return;
-    }
-    let wanted: Vec<(&Volume, u64)> = provisions
-        .iter()
-        .map(|(v, e, _)| (v.as_ref(), *e))
-        .collect();
-    let results = provision(&wanted);
-    for ((_, _, reply), result) in provisions.drain(..).zip(results) {
-        reply.send(errno_of(result));
-    }
-}
-
-/// Answers every collected `Release` request (TRIM's whole extents).
-fn give_back(releases: &mut Vec<(Arc<Volume>, u64, Reply)>) {
-    if releases.is_empty() {
-        return;
-    }
-    let wanted: Vec<(&Volume, u64)> = releases.iter().map(|(v, e, _)| (v.as_ref(), *e)).collect();
-    let results = super::reclaim::release(&wanted);
-    for ((_, _, reply), result) in releases.drain(..).zip(results) {
-        reply.send(errno_of(result));
     }
 }
 
