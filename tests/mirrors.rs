@@ -340,6 +340,14 @@ fn kill_during_resync_resumes_and_the_legs_end_identical() {
     let dir = server.dir.path().to_path_buf();
     let load_url = url.clone();
     let load = std::thread::spawn(move || fio_verify(&dir, &load_url, "after", 8 * MIB, 8 * MIB));
+    // `sds mirror wait` (not on a terminal: plain progress lines) returns once it is healthy.
+    let waited = server.cli(&["mirror", "wait", "m", "--timeout", "120"]);
+    let said = String::from_utf8_lossy(&waited.stdout);
+    assert!(
+        waited.status.success() && said.contains("mirror m is healthy"),
+        "{said}{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
     let (ok, text) = load.join().expect("fio thread");
     assert!(ok, "fio after the restart failed:\n{text}");
     wait_for(&server, "m", "healthy", |m| m["state"] == "healthy");
