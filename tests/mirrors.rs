@@ -425,3 +425,52 @@ fn add_leg_and_replace_leg_make_full_copies_under_writes() {
     assert_legs_identical(&server, "m", "leg3");
     verify(&server.url("leg1"), &all);
 }
+
+#[test]
+fn kill_during_writes_to_a_healthy_mirror_leaves_legs_that_resync_identical() {
+    let mut server = Server::start();
+    legs_on_fault_luns(&server, 2);
+    server.ok(
+        "mirror_create",
+        json!({"name": "m", "legs": ["leg0", "leg1"]}),
+    );
+    let url = server.url("m");
+    write_and_verify(&url, &[(0x51, 0, 4 * MIB)]);
+    // fio writes at random over the whole mirror; the server dies under it.
+    let dir = server.dir.path().to_path_buf();
+    let load_url = url.clone();
+    let load = std::thread::spawn(move || {
+        fio(
+            &dir,
+            &[
+                "--name=crash".into(),
+                "--ioengine=nbd".into(),
+                format!("--uri={load_url}"),
+                "--rw=randwrite".into(),
+                "--bsrange=4k-256k".into(),
+                "--iodepth=16".into(),
+                "--time_based".into(),
+                "--runtime=30".into(),
+                format!("--offset={}", 4 * MIB),
+            ],
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mirror(&server, "m")["dirty_regions"].as_u64().unwrap_or(0) < 8 {
+        assert!(Instant::now() < deadline, "fio never dirtied the log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    let _ = load.join();
+    // The write-intent log names every region a write may have reached one leg only: the
+    // restart copies them from the first leg, and the legs end identical.
+    server.spawn();
+    wait_for(&server, "m", "healthy", |m| {
+        m["state"] == "healthy" && m["resync"]["running"] == false
+    });
+    verify(&url, &[(0x51, 0, 4 * MIB)]);
+    let vp = server.ok("vpath_get_vpaths", json!({"volume": "m"}))[0]["id"].clone();
+    server.ok("vpath_delete", json!({"id": vp}));
+    assert_legs_identical(&server, "m", "leg1");
+}
