@@ -15,8 +15,8 @@ use super::params::{one_or_all, Params};
 use super::{Control, VolumeEntry};
 use crate::backend::fault::FaultMode;
 use crate::constants::{
-    MAX_MIRRORS, MAX_MIRROR_LEGS, MIN_MIRROR_LEGS, MIRROR_CLEAN_AFTER_MS, MIRROR_REGION_BYTES,
-    RESYNC_RETRY_MS,
+    MAX_LUNS_PER_POOL, MAX_MIRRORS, MAX_MIRROR_LEGS, MIN_MIRROR_LEGS, MIRROR_CLEAN_AFTER_MS,
+    MIRROR_REGION_BYTES, RESYNC_RETRY_MS,
 };
 use crate::logger::error_chain;
 use crate::rpc::RpcError;
@@ -225,6 +225,14 @@ fn check_legs(
                 volume.name, volume.block_size_bytes, first.name, first.block_size_bytes
             )));
         }
+    }
+    // A flush goes to every LUN of every leg in one round, which has room for as many LUNs
+    // as one pool may have.
+    let luns: usize = all.iter().map(|v| v.pool.luns.len()).sum();
+    if luns > MAX_LUNS_PER_POOL {
+        return Err(bad(format!(
+            "the legs' pools have {luns} LUNs together, more than {MAX_LUNS_PER_POOL}"
+        )));
     }
     // Disjoint LUNs: a LUN (or the base under a fault LUN) in two legs' pools would make one
     // failure take two legs.
