@@ -972,29 +972,13 @@ impl BlockEngine {
                     ..
                 } => {
                     // at + len_bytes <= total <= the buffer's length (reads and writes).
-                    let io = match request.op {
-                        BlockOp::Read => LunIo::Read {
-                            offset_bytes,
-                            buf: buf.wrapping_add(at as usize),
-                            len_bytes: len_bytes as u32,
-                        },
-                        BlockOp::Write => LunIo::Write {
-                            offset_bytes,
-                            buf: buf.wrapping_add(at as usize),
-                            len_bytes: len_bytes as u32,
-                            fua: request.fua,
-                        },
-                        _ => LunIo::WriteZeroes {
-                            offset_bytes,
-                            len_bytes,
-                            fua: request.fua,
-                        },
-                    };
-                    let expected = if request.op.moves_data() {
-                        len_bytes as u32
-                    } else {
-                        0
-                    };
+                    let (io, expected) = segment_io(
+                        request.op,
+                        request.fua,
+                        offset_bytes,
+                        buf.wrapping_add(at as usize),
+                        len_bytes,
+                    );
                     let tag = ctx.tag(tag::encode(
                         KIND_LUN_IO,
                         config.slot_base + index,
@@ -1307,6 +1291,47 @@ impl BlockEngine {
         } else {
             self.run(index, ctx);
         }
+    }
+}
+
+/// The LUN I/O that carries one mapped segment of a request (`op`, `fua`) to `offset_bytes`
+/// of its LUN, `buf` being the request buffer at that segment, and the bytes its completion
+/// must report. TRIM and WRITE_ZEROES both zero the range and report none; a flush never
+/// reaches a segment.
+#[inline]
+fn segment_io(
+    op: BlockOp,
+    fua: bool,
+    offset_bytes: u64,
+    buf: *mut u8,
+    len_bytes: u64,
+) -> (LunIo, u32) {
+    match op {
+        BlockOp::Read => (
+            LunIo::Read {
+                offset_bytes,
+                buf,
+                len_bytes: len_bytes as u32,
+            },
+            len_bytes as u32,
+        ),
+        BlockOp::Write => (
+            LunIo::Write {
+                offset_bytes,
+                buf,
+                len_bytes: len_bytes as u32,
+                fua,
+            },
+            len_bytes as u32,
+        ),
+        _ => (
+            LunIo::WriteZeroes {
+                offset_bytes,
+                len_bytes,
+                fua,
+            },
+            0,
+        ),
     }
 }
 
