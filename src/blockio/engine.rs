@@ -836,11 +836,7 @@ impl BlockEngine {
             ptr: slot.buf.as_mut_ptr(),
             len_bytes: request.length_bytes as usize,
         });
-        let reply = Reply {
-            reactor: ctx.reactor.clone(),
-            session: ctx.id,
-            token: (self.config.slot_base + index) as u64,
-        };
+        let reply = self.reply_for(index, ctx);
         let volume = self.volume.clone();
         let (offset_bytes, len_bytes) = (request.offset_bytes, u64::from(request.length_bytes));
         let request = match (request.op, data) {
@@ -872,6 +868,29 @@ impl BlockEngine {
         }
     }
 
+    /// Where the provisioning thread answers a request of slot `index`: this session, the
+    /// slot numbered from the engine's slot base.
+    fn reply_for(&self, index: usize, ctx: &SessionContext) -> Reply {
+        Reply {
+            reactor: ctx.reactor.clone(),
+            session: ctx.id,
+            token: (self.config.slot_base + index) as u64,
+        }
+    }
+
+    /// Posts `request` to the provisioning thread; request `index` waits for its answer (or
+    /// fails if the provisioning thread does not take it).
+    fn post_and_wait(&mut self, index: usize, request: Request) {
+        if self.provisioner.post(request).is_ok() {
+            let slot = &mut self.slots[index];
+            slot.waiting += 1;
+            slot.state = SlotState::Waiting;
+            self.wakes_pending += 1;
+        } else {
+            self.note_status(index, BlockStatus::IoError);
+        }
+    }
+
     /// Asks the provisioner to map `extent` of `volume` (the engine's, or a composite's part).
     fn request_provision(
         &mut self,
@@ -883,20 +902,9 @@ impl BlockEngine {
         let request = Request::Provision {
             volume,
             extent,
-            reply: Reply {
-                reactor: ctx.reactor.clone(),
-                session: ctx.id,
-                token: (self.config.slot_base + index) as u64,
-            },
+            reply: self.reply_for(index, ctx),
         };
-        if self.provisioner.post(request).is_ok() {
-            let slot = &mut self.slots[index];
-            slot.waiting += 1;
-            slot.state = SlotState::Waiting;
-            self.wakes_pending += 1;
-        } else {
-            self.note_status(index, BlockStatus::IoError);
-        }
+        self.post_and_wait(index, request);
     }
 
     #[inline]
@@ -1091,20 +1099,9 @@ impl BlockEngine {
         let request = Request::Release {
             volume: self.volume.clone(),
             extent,
-            reply: Reply {
-                reactor: ctx.reactor.clone(),
-                session: ctx.id,
-                token: (self.config.slot_base + index) as u64,
-            },
+            reply: self.reply_for(index, ctx),
         };
-        if self.provisioner.post(request).is_ok() {
-            let slot = &mut self.slots[index];
-            slot.waiting += 1;
-            slot.state = SlotState::Waiting;
-            self.wakes_pending += 1;
-        } else {
-            self.note_status(index, BlockStatus::IoError);
-        }
+        self.post_and_wait(index, request);
     }
 
     /// A write found unmapped extents: ask the provisioner for each; the request waits.

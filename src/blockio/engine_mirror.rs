@@ -24,7 +24,7 @@ use crate::constants::{MAX_MIRROR_LEGS, MAX_SEGMENTS_PER_IO, MIRROR_LEG_LUN_STRI
 use crate::pool::PoolLun;
 use crate::reactor::session::SessionContext;
 use crate::volume::mirror::Mirror;
-use crate::volume::provisioner::{Reply, Request};
+use crate::volume::provisioner::Request;
 use crate::volume::{Segment, Volume};
 use std::sync::Arc;
 
@@ -378,25 +378,6 @@ impl BlockEngine {
             reply: self.reply_for(index, ctx),
         };
         self.post_and_wait(index, note);
-    }
-
-    fn reply_for(&self, index: usize, ctx: &SessionContext) -> Reply {
-        Reply {
-            reactor: ctx.reactor.clone(),
-            session: ctx.id,
-            token: (self.config.slot_base + index) as u64,
-        }
-    }
-
-    fn post_and_wait(&mut self, index: usize, request: Request) {
-        if self.provisioner.post(request).is_ok() {
-            let slot = &mut self.slots[index];
-            slot.waiting += 1;
-            slot.state = SlotState::Waiting;
-            self.wakes_pending += 1;
-        } else {
-            self.note_status(index, BlockStatus::IoError);
-        }
     }
 
     /// Starts `io` on LUN `lun_index` of leg `position` for request `index`, counted in flight
