@@ -308,15 +308,7 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 /// Deletes the records of volume `name` and of its virtual paths (none has a connection: the
 /// volume is not open).
 fn remove_records(control: &mut Control, name: &str) -> Result<(), RpcError> {
-    let vpaths: Vec<u64> = control
-        .vpaths
-        .values()
-        .filter(|v| v.record.volume == name)
-        .map(|v| v.record.id)
-        .collect();
-    for id in vpaths {
-        control.remove_vpath(id)?;
-    }
+    control.remove_vpaths_of(name)?;
     control
         .store
         .delete("volume", name)
