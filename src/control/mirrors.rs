@@ -444,6 +444,17 @@ fn describe_named(control: &Control, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The mirror's recorded legs but `leg`.
+fn legs_but(entry: &MirrorEntry, leg: &str) -> Vec<String> {
+    entry
+        .record
+        .legs
+        .iter()
+        .filter(|l| *l != leg)
+        .cloned()
+        .collect()
+}
+
 /// The current legs' volumes of a mirror.
 fn leg_volumes(mirror: &Mirror) -> Vec<Arc<Volume>> {
     mirror
@@ -574,13 +585,7 @@ pub fn split_leg(control: &mut Control, params: Option<Value>) -> Result<Value, 
     let entry = mirror_entry(control, "mirror", &name)?;
     let mirror = entry.mirror.clone();
     if entry.missing.contains(&leg) {
-        let legs: Vec<String> = entry
-            .record
-            .legs
-            .iter()
-            .filter(|l| **l != leg)
-            .cloned()
-            .collect();
+        let legs = legs_but(entry, &leg);
         put_legs(control, &name, legs)?;
         if let Some(entry) = control.mirrors.get_mut(&name) {
             entry.missing.retain(|m| *m != leg);
@@ -605,13 +610,7 @@ pub fn split_leg(control: &mut Control, params: Option<Value>) -> Result<Value, 
     }
     mirror.resync.stop_and_wait(RESYNC_STOP_WAIT);
     let volume = mirror.detach(position).map_err(|e| internal(&e))?;
-    let legs: Vec<String> = control.mirrors[&name]
-        .record
-        .legs
-        .iter()
-        .filter(|l| **l != leg)
-        .cloned()
-        .collect();
+    let legs = legs_but(&control.mirrors[&name], &leg);
     if let Err(error) = put_legs(control, &name, legs) {
         let _ = mirror.attach(volume, LegState::Degraded);
         return Err(error);
