@@ -836,11 +836,7 @@ impl BlockEngine {
             ptr: slot.buf.as_mut_ptr(),
             len_bytes: request.length_bytes as usize,
         });
-        let reply = Reply {
-            reactor: ctx.reactor.clone(),
-            session: ctx.id,
-            token: (self.config.slot_base + index) as u64,
-        };
+        let reply = self.reply_for(index, ctx);
         let volume = self.volume.clone();
         let (offset_bytes, len_bytes) = (request.offset_bytes, u64::from(request.length_bytes));
         let request = match (request.op, data) {
@@ -872,6 +868,29 @@ impl BlockEngine {
         }
     }
 
+    /// Where the provisioning thread answers a request of slot `index`: this session, the
+    /// slot numbered from the engine's slot base.
+    fn reply_for(&self, index: usize, ctx: &SessionContext) -> Reply {
+        Reply {
+            reactor: ctx.reactor.clone(),
+            session: ctx.id,
+            token: (self.config.slot_base + index) as u64,
+        }
+    }
+
+    /// Posts `request` to the provisioning thread; request `index` waits for its answer (or
+    /// fails if the provisioning thread does not take it).
+    fn post_and_wait(&mut self, index: usize, request: Request) {
+        if self.provisioner.post(request).is_ok() {
+            let slot = &mut self.slots[index];
+            slot.waiting += 1;
+            slot.state = SlotState::Waiting;
+            self.wakes_pending += 1;
+        } else {
+            self.note_status(index, BlockStatus::IoError);
+        }
+    }
+
     /// Asks the provisioner to map `extent` of `volume` (the engine's, or a composite's part).
     fn request_provision(
         &mut self,
@@ -883,20 +902,9 @@ impl BlockEngine {
         let request = Request::Provision {
             volume,
             extent,
-            reply: Reply {
-                reactor: ctx.reactor.clone(),
-                session: ctx.id,
-                token: (self.config.slot_base + index) as u64,
-            },
+            reply: self.reply_for(index, ctx),
         };
-        if self.provisioner.post(request).is_ok() {
-            let slot = &mut self.slots[index];
-            slot.waiting += 1;
-            slot.state = SlotState::Waiting;
-            self.wakes_pending += 1;
-        } else {
-            self.note_status(index, BlockStatus::IoError);
-        }
+        self.post_and_wait(index, request);
     }
 
     #[inline]
@@ -972,29 +980,13 @@ impl BlockEngine {
                     ..
                 } => {
                     // at + len_bytes <= total <= the buffer's length (reads and writes).
-                    let io = match request.op {
-                        BlockOp::Read => LunIo::Read {
-                            offset_bytes,
-                            buf: buf.wrapping_add(at as usize),
-                            len_bytes: len_bytes as u32,
-                        },
-                        BlockOp::Write => LunIo::Write {
-                            offset_bytes,
-                            buf: buf.wrapping_add(at as usize),
-                            len_bytes: len_bytes as u32,
-                            fua: request.fua,
-                        },
-                        _ => LunIo::WriteZeroes {
-                            offset_bytes,
-                            len_bytes,
-                            fua: request.fua,
-                        },
-                    };
-                    let expected = if request.op.moves_data() {
-                        len_bytes as u32
-                    } else {
-                        0
-                    };
+                    let (io, expected) = segment_io(
+                        request.op,
+                        request.fua,
+                        offset_bytes,
+                        buf.wrapping_add(at as usize),
+                        len_bytes,
+                    );
                     let tag = ctx.tag(tag::encode(
                         KIND_LUN_IO,
                         config.slot_base + index,
@@ -1107,20 +1099,9 @@ impl BlockEngine {
         let request = Request::Release {
             volume: self.volume.clone(),
             extent,
-            reply: Reply {
-                reactor: ctx.reactor.clone(),
-                session: ctx.id,
-                token: (self.config.slot_base + index) as u64,
-            },
+            reply: self.reply_for(index, ctx),
         };
-        if self.provisioner.post(request).is_ok() {
-            let slot = &mut self.slots[index];
-            slot.waiting += 1;
-            slot.state = SlotState::Waiting;
-            self.wakes_pending += 1;
-        } else {
-            self.note_status(index, BlockStatus::IoError);
-        }
+        self.post_and_wait(index, request);
     }
 
     /// A write found unmapped extents: ask the provisioner for each; the request waits.
@@ -1307,6 +1288,47 @@ impl BlockEngine {
         } else {
             self.run(index, ctx);
         }
+    }
+}
+
+/// The LUN I/O that carries one mapped segment of a request (`op`, `fua`) to `offset_bytes`
+/// of its LUN, `buf` being the request buffer at that segment, and the bytes its completion
+/// must report. TRIM and WRITE_ZEROES both zero the range and report none; a flush never
+/// reaches a segment.
+#[inline]
+fn segment_io(
+    op: BlockOp,
+    fua: bool,
+    offset_bytes: u64,
+    buf: *mut u8,
+    len_bytes: u64,
+) -> (LunIo, u32) {
+    match op {
+        BlockOp::Read => (
+            LunIo::Read {
+                offset_bytes,
+                buf,
+                len_bytes: len_bytes as u32,
+            },
+            len_bytes as u32,
+        ),
+        BlockOp::Write => (
+            LunIo::Write {
+                offset_bytes,
+                buf,
+                len_bytes: len_bytes as u32,
+                fua,
+            },
+            len_bytes as u32,
+        ),
+        _ => (
+            LunIo::WriteZeroes {
+                offset_bytes,
+                len_bytes,
+                fua,
+            },
+            0,
+        ),
     }
 }
 

@@ -15,15 +15,16 @@
 //! read. A leg's error is made durable (the leg persisted as degraded by the metadata thread)
 //! before the request that saw it finishes.
 
+use super::tag;
 use super::BlockOp;
 use super::BlockStatus;
-use super::{tag, KIND_LUN_IO};
-use super::{BlockEngine, SlotState};
+use super::{segment_io, BlockEngine, SlotState};
 use crate::backend::{LunIo, Started};
 use crate::constants::{MAX_MIRROR_LEGS, MAX_SEGMENTS_PER_IO, MIRROR_LEG_LUN_STRIDE};
+use crate::pool::PoolLun;
 use crate::reactor::session::SessionContext;
 use crate::volume::mirror::Mirror;
-use crate::volume::provisioner::{Reply, Request};
+use crate::volume::provisioner::Request;
 use crate::volume::{Segment, Volume};
 use std::sync::Arc;
 
@@ -89,16 +90,11 @@ impl BlockEngine {
             let guard = mirror.leg(position).volume_guard();
             if let Some(volume) = guard.as_ref() {
                 for (lun_index, member) in volume.pool.luns.iter().enumerate() {
-                    let tag = ctx.tag(tag::encode(
-                        KIND_LUN_IO,
-                        self.config.slot_base + index,
-                        position * MIRROR_LEG_LUN_STRIDE + lun_index,
-                        0,
-                    ));
-                    mirror.enter_io(position);
+                    let io = LunIo::Flush;
                     // SAFETY: a flush refers to no buffer.
-                    let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
-                    self.account_mirror_start(mirror, index, position, lun_index, started);
+                    unsafe {
+                        self.submit_leg_io(mirror, index, position, member, lun_index, &io, 0, ctx)
+                    };
                 }
             }
             mirror.leave(position, 1);
@@ -163,22 +159,20 @@ impl BlockEngine {
                     len_bytes,
                     ..
                 } => {
-                    let io = LunIo::Read {
+                    let (io, expected) = segment_io(
+                        BlockOp::Read,
+                        false,
                         offset_bytes,
-                        buf: buf.wrapping_add(at as usize),
-                        len_bytes: len_bytes as u32,
-                    };
-                    let tag = ctx.tag(tag::encode(
-                        KIND_LUN_IO,
-                        self.config.slot_base + index,
-                        position * MIRROR_LEG_LUN_STRIDE + lun_index,
-                        len_bytes as u32,
-                    ));
-                    mirror.enter_io(position);
+                        buf.wrapping_add(at as usize),
+                        len_bytes,
+                    );
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped (see run_segments).
-                    let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
-                    self.account_mirror_start(mirror, index, position, lun_index, started);
+                    unsafe {
+                        self.submit_leg_io(
+                            mirror, index, position, lun, lun_index, &io, expected, ctx,
+                        )
+                    };
                     segments += 1;
                     len_bytes
                 }
@@ -262,36 +256,22 @@ impl BlockEngine {
                         len_bytes,
                         ..
                     } => {
-                        let io = match request.op {
-                            BlockOp::Write => LunIo::Write {
-                                offset_bytes,
-                                buf: buf.wrapping_add(at as usize),
-                                len_bytes: len_bytes as u32,
-                                fua: request.fua,
-                            },
-                            _ => LunIo::WriteZeroes {
-                                offset_bytes,
-                                len_bytes,
-                                fua: request.fua,
-                            },
-                        };
-                        let expected = if request.op == BlockOp::Write {
-                            len_bytes as u32
-                        } else {
-                            0
-                        };
-                        let tag = ctx.tag(tag::encode(
-                            KIND_LUN_IO,
-                            self.config.slot_base + index,
-                            position * MIRROR_LEG_LUN_STRIDE + lun_index,
-                            expected,
-                        ));
-                        mirror.enter_io(position);
+                        // The op is a write, a TRIM or a WRITE_ZEROES (never a read here).
+                        let (io, expected) = segment_io(
+                            request.op,
+                            request.fua,
+                            offset_bytes,
+                            buf.wrapping_add(at as usize),
+                            len_bytes,
+                        );
                         // SAFETY: the slot's buffer stays put and untouched until every
                         // completion of this round is reaped (see run_segments); every leg
                         // reads the same bytes of it.
-                        let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
-                        self.account_mirror_start(mirror, index, position, lun_index, started);
+                        unsafe {
+                            self.submit_leg_io(
+                                mirror, index, position, lun, lun_index, &io, expected, ctx,
+                            )
+                        };
                         len_bytes
                     }
                 };
@@ -400,23 +380,33 @@ impl BlockEngine {
         self.post_and_wait(index, note);
     }
 
-    fn reply_for(&self, index: usize, ctx: &SessionContext) -> Reply {
-        Reply {
-            reactor: ctx.reactor.clone(),
-            session: ctx.id,
-            token: (self.config.slot_base + index) as u64,
-        }
-    }
-
-    fn post_and_wait(&mut self, index: usize, request: Request) {
-        if self.provisioner.post(request).is_ok() {
-            let slot = &mut self.slots[index];
-            slot.waiting += 1;
-            slot.state = SlotState::Waiting;
-            self.wakes_pending += 1;
-        } else {
-            self.note_status(index, BlockStatus::IoError);
-        }
+    /// Starts `io` on LUN `lun_index` of leg `position` for request `index`, counted in flight
+    /// on the leg, with the ring tag naming the leg (leg × stride + LUN).
+    ///
+    /// # Safety
+    ///
+    /// Any buffer `io` names stays put and untouched until its completion is reaped.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the leg, its LUN and the I/O are what the three mirror rounds differ in"
+    )]
+    unsafe fn submit_leg_io(
+        &mut self,
+        mirror: &Mirror,
+        index: usize,
+        position: usize,
+        lun: &PoolLun,
+        lun_index: usize,
+        io: &LunIo,
+        expected_bytes: u32,
+        ctx: &mut SessionContext,
+    ) {
+        let leg_lun_index = position * MIRROR_LEG_LUN_STRIDE + lun_index;
+        let tag = ctx.tag(self.lun_io_tag(index, leg_lun_index, expected_bytes));
+        mirror.enter_io(position);
+        // SAFETY: the caller keeps any buffer of `io` in place until its completion.
+        let started = unsafe { lun.lun.submit(io, tag, ctx.ring) };
+        self.account_mirror_start(mirror, index, position, lun_index, started);
     }
 
     fn account_mirror_start(

@@ -10,7 +10,6 @@ use super::luns::{error_chain, failure};
 use super::params::Params;
 use super::{pools, volumes, Control, FailedPool, FailedVolume};
 use crate::rpc::RpcError;
-use crate::store::records::VpathRecord;
 use serde_json::{json, Value};
 
 /// The `name` parameter as given, before the method validates it.
@@ -205,16 +204,7 @@ pub fn volume_delete(control: &mut Control, params: Option<Value>) -> Result<Val
     super::volume_sets::refuse_member(control, "name", &name, "delete")?;
     super::volume_sets::refuse_set(control, "name", &name, "delete")?;
     // Its virtual paths were never brought up; their records go with it.
-    let vpaths = control
-        .store
-        .list::<VpathRecord>("vpath")
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
-    for record in vpaths.iter().filter(|r| r.volume == name) {
-        control
-            .store
-            .delete("vpath", &record.id.to_string())
-            .map_err(|error| RpcError::internal(error_chain(&error)))?;
-    }
+    control.delete_down_vpath_records_of(&name)?;
     control
         .store
         .delete("volume", &name)

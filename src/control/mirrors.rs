@@ -405,20 +405,12 @@ fn create_mirror(control: &mut Control, name: &str, legs: &[String]) -> Result<V
             ": full copy from the first leg"
         }
     );
-    Ok(control
-        .mirrors
-        .get(name)
-        .map(describe)
-        .unwrap_or(Value::Null))
+    Ok(describe_named(control, name))
 }
 
 /// Writes the mirror's record with `legs`, keeping the entry's copy in step.
 fn put_legs(control: &mut Control, name: &str, legs: Vec<String>) -> Result<(), RpcError> {
-    let Some(entry) = control.mirrors.get(name) else {
-        return Err(RpcError::invalid_params(format!(
-            "mirror: no mirror {name}"
-        )));
-    };
+    let entry = mirror_entry(control, "mirror", name)?;
     let mut record = entry.record.clone();
     record.legs = legs;
     control
@@ -429,6 +421,38 @@ fn put_legs(control: &mut Control, name: &str, legs: Vec<String>) -> Result<(), 
         entry.record = record;
     }
     Ok(())
+}
+
+/// Mirror `name`, or the caller's error on its parameter `field`.
+fn mirror_entry<'a>(
+    control: &'a Control,
+    field: &str,
+    name: &str,
+) -> Result<&'a MirrorEntry, RpcError> {
+    control
+        .mirrors
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(format!("{field}: no mirror {name}")))
+}
+
+/// What a call that changed mirror `name` answers: its description (null were it gone).
+fn describe_named(control: &Control, name: &str) -> Value {
+    control
+        .mirrors
+        .get(name)
+        .map(describe)
+        .unwrap_or(Value::Null)
+}
+
+/// The mirror's recorded legs but `leg`.
+fn legs_but(entry: &MirrorEntry, leg: &str) -> Vec<String> {
+    entry
+        .record
+        .legs
+        .iter()
+        .filter(|l| *l != leg)
+        .cloned()
+        .collect()
 }
 
 /// The current legs' volumes of a mirror.
@@ -494,11 +518,7 @@ pub fn add_leg(control: &mut Control, params: Option<Value>) -> Result<Value, Rp
     mirror.resync.stop_and_wait(RESYNC_STOP_WAIT);
     resync::start(&mirror);
     log::info!("mirror {target}: leg {leg} added, full copy started");
-    Ok(control
-        .mirrors
-        .get(&target)
-        .map(describe)
-        .unwrap_or(Value::Null))
+    Ok(describe_named(control, &target))
 }
 
 /// `mirror_replace_leg {mirror, leg, volume}`: `volume` takes the place of leg `leg`, which
@@ -508,10 +528,7 @@ pub fn replace_leg(control: &mut Control, params: Option<Value>) -> Result<Value
     let name = params.name("mirror")?.to_string();
     let old = params.name("leg")?.to_string();
     let new = params.name("volume")?.to_string();
-    let entry = control
-        .mirrors
-        .get(&name)
-        .ok_or_else(|| RpcError::invalid_params(format!("mirror: no mirror {name}")))?;
+    let entry = mirror_entry(control, "mirror", &name)?;
     let mirror = entry.mirror.clone();
     let is_missing = entry.missing.contains(&old);
     let position = mirror.position_of(&old);
@@ -556,11 +573,7 @@ pub fn replace_leg(control: &mut Control, params: Option<Value>) -> Result<Value
     }
     resync::start(&mirror);
     log::info!("mirror {name}: leg {old} replaced by {new}, full copy started");
-    Ok(control
-        .mirrors
-        .get(&name)
-        .map(describe)
-        .unwrap_or(Value::Null))
+    Ok(describe_named(control, &name))
 }
 
 /// `mirror_split_leg {mirror, leg}`: detaches leg `leg` as an independent plain volume (its
@@ -569,28 +582,15 @@ pub fn split_leg(control: &mut Control, params: Option<Value>) -> Result<Value, 
     let params = Params::new(params, &["mirror", "leg"])?;
     let name = params.name("mirror")?.to_string();
     let leg = params.name("leg")?.to_string();
-    let entry = control
-        .mirrors
-        .get(&name)
-        .ok_or_else(|| RpcError::invalid_params(format!("mirror: no mirror {name}")))?;
+    let entry = mirror_entry(control, "mirror", &name)?;
     let mirror = entry.mirror.clone();
     if entry.missing.contains(&leg) {
-        let legs: Vec<String> = entry
-            .record
-            .legs
-            .iter()
-            .filter(|l| **l != leg)
-            .cloned()
-            .collect();
+        let legs = legs_but(entry, &leg);
         put_legs(control, &name, legs)?;
         if let Some(entry) = control.mirrors.get_mut(&name) {
             entry.missing.retain(|m| *m != leg);
         }
-        return Ok(control
-            .mirrors
-            .get(&name)
-            .map(describe)
-            .unwrap_or(Value::Null));
+        return Ok(describe_named(control, &name));
     }
     let position = mirror.position_of(&leg).ok_or_else(|| {
         RpcError::invalid_params(format!("leg: volume {leg} is not a leg of mirror {name}"))
@@ -610,13 +610,7 @@ pub fn split_leg(control: &mut Control, params: Option<Value>) -> Result<Value, 
     }
     mirror.resync.stop_and_wait(RESYNC_STOP_WAIT);
     let volume = mirror.detach(position).map_err(|e| internal(&e))?;
-    let legs: Vec<String> = control.mirrors[&name]
-        .record
-        .legs
-        .iter()
-        .filter(|l| **l != leg)
-        .cloned()
-        .collect();
+    let legs = legs_but(&control.mirrors[&name], &leg);
     if let Err(error) = put_legs(control, &name, legs) {
         let _ = mirror.attach(volume, LegState::Degraded);
         return Err(error);
@@ -625,11 +619,7 @@ pub fn split_leg(control: &mut Control, params: Option<Value>) -> Result<Value, 
         resync::start(&mirror);
     }
     log::info!("mirror {name}: leg {leg} split off as a plain volume");
-    Ok(control
-        .mirrors
-        .get(&name)
-        .map(describe)
-        .unwrap_or(Value::Null))
+    Ok(describe_named(control, &name))
 }
 
 /// `mirror_delete {name}`: refused while a VP points at the mirror; its legs become plain
@@ -637,10 +627,7 @@ pub fn split_leg(control: &mut Control, params: Option<Value>) -> Result<Value, 
 pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(params, &["name"])?;
     let name = params.name("name")?.to_string();
-    let entry = control
-        .mirrors
-        .get(&name)
-        .ok_or_else(|| RpcError::invalid_params(format!("name: no mirror {name}")))?;
+    let entry = mirror_entry(control, "name", &name)?;
     if let Some(vp) = control.vpaths.values().find(|v| v.record.volume == name) {
         return Err(RpcError::invalid_params(format!(
             "name: mirror {name} has virtual path {}: delete it first",

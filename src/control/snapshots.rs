@@ -18,6 +18,7 @@
 //!   records no table maps: freed at the next start).
 
 use super::params::Params;
+use super::volumes::release_from;
 use super::{Control, VolumeEntry};
 use crate::constants::{MAX_VOLUMES, WRITE_GATE_DRAIN_TIMEOUT_MS};
 use crate::logger::error_chain;
@@ -84,29 +85,6 @@ fn check_new_name(control: &Control, name: &str) -> Result<(), RpcError> {
         )));
     }
     Ok(())
-}
-
-/// Drops every extent of `table`'s map: each loses a holder, and the extents that had no
-/// other are freed (records cleared as one group commit, then their bits).
-pub fn drop_table(volume: &Volume) {
-    let map = volume.map();
-    let last: Vec<(u64, Option<ExtentRecord>)> = (0..map.extent_count())
-        .map(|extent| map.clear(extent) & !SLOT_SHARED)
-        .filter(|&slot| slot != 0)
-        .filter(|&slot| volume.pool.refcounts.drop_holder(slot) == Dropped::Last)
-        .map(|slot| (slot, None))
-        .collect();
-    for (&(slot, _), outcome) in last.iter().zip(volume.pool.commit(&last)) {
-        match outcome {
-            Ok(()) => volume.pool.release_extent(slot),
-            // The record stays: the next start finds no table mapping it and frees it.
-            Err(error) => log::error!(
-                "volume {}: freeing an extent failed: {}",
-                volume.name,
-                error_chain(&error)
-            ),
-        }
-    }
 }
 
 /// Tells each writable volume whether its lineage keeps history: it has sources, or another
@@ -231,7 +209,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         if origin.write_gate.drain_until(deadline) {
             Ok((snapshot, lineage, as_of))
         } else {
-            drop_table(&snapshot);
+            release_from(&snapshot, 0);
             Err(())
         }
     })?;
@@ -249,7 +227,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         clone_of: None,
     };
     if let Err(error) = control.store.put("volume", name, &record) {
-        drop_table(&snapshot);
+        release_from(&snapshot, 0);
         return Err(store_error(error));
     }
     let entry = VolumeEntry {

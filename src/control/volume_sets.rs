@@ -362,26 +362,9 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 
 /// Deletes the set's virtual paths (live or, for a failed set, only recorded) and its record.
 fn remove_records(control: &mut Control, name: &str) -> Result<(), RpcError> {
-    let vpaths: Vec<u64> = control
-        .vpaths
-        .values()
-        .filter(|v| v.record.volume == name)
-        .map(|v| v.record.id)
-        .collect();
-    for id in vpaths {
-        control.remove_vpath(id)?;
-    }
+    control.remove_vpaths_of(name)?;
     // A failed set's virtual paths were never brought up: only their records are left.
-    let down = control
-        .store
-        .list::<crate::store::records::VpathRecord>("vpath")
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
-    for record in down.iter().filter(|r| r.volume == name) {
-        control
-            .store
-            .delete("vpath", &record.id.to_string())
-            .map_err(|error| RpcError::internal(error_chain(&error)))?;
-    }
+    control.delete_down_vpath_records_of(name)?;
     control
         .store
         .delete(KIND, name)

@@ -102,9 +102,10 @@ fn provision_range(volume: &Volume, from: u64, to: u64) -> Result<(), RpcError> 
     Ok(())
 }
 
-/// Unmaps every extent of `volume` from `from` on; each loses a holder, and those nothing
-/// else maps (a snapshot, a clone) are freed, as one group commit.
-fn release_from(volume: &Volume, from: u64) {
+/// Unmaps every extent of `volume` from `from` on (all of them from 0: a volume or a
+/// snapshot dropped); each loses a holder, and those nothing else maps (a snapshot, a clone)
+/// are freed (records cleared as one group commit, then their bits).
+pub(super) fn release_from(volume: &Volume, from: u64) {
     let map = volume.map();
     let freed: Vec<(u64, Option<ExtentRecord>)> = (from..map.extent_count())
         .map(|extent| map.clear(extent) & !SLOT_SHARED)
@@ -115,8 +116,8 @@ fn release_from(volume: &Volume, from: u64) {
     for (&(slot, _), outcome) in freed.iter().zip(volume.pool.commit(&freed)) {
         match outcome {
             Ok(()) => volume.pool.release_extent(slot),
-            // The record still names this volume: the extent stays used until a restart
-            // finds the volume gone and frees it.
+            // The record stays: the extent stays used until a restart finds no table
+            // mapping it and frees it.
             Err(error) => log::error!(
                 "volume {}: freeing an extent failed: {}",
                 volume.name,
@@ -307,15 +308,7 @@ pub fn delete(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
 /// Deletes the records of volume `name` and of its virtual paths (none has a connection: the
 /// volume is not open).
 fn remove_records(control: &mut Control, name: &str) -> Result<(), RpcError> {
-    let vpaths: Vec<u64> = control
-        .vpaths
-        .values()
-        .filter(|v| v.record.volume == name)
-        .map(|v| v.record.id)
-        .collect();
-    for id in vpaths {
-        control.remove_vpath(id)?;
-    }
+    control.remove_vpaths_of(name)?;
     control
         .store
         .delete("volume", name)

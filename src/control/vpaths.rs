@@ -248,6 +248,35 @@ impl Control {
         }
         Ok(())
     }
+
+    /// Deletes every live VP of volume `volume` (see [`Control::remove_vpath`]).
+    pub fn remove_vpaths_of(&mut self, volume: &str) -> Result<(), RpcError> {
+        let ids: Vec<u64> = self
+            .vpaths
+            .values()
+            .filter(|v| v.record.volume == volume)
+            .map(|v| v.record.id)
+            .collect();
+        for id in ids {
+            self.remove_vpath(id)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the stored records of volume `volume`'s VPs that were never brought up (a
+    /// failed volume's): there is no live object to revoke.
+    pub fn delete_down_vpath_records_of(&mut self, volume: &str) -> Result<(), RpcError> {
+        let records = self
+            .store
+            .list::<VpathRecord>("vpath")
+            .map_err(|error| RpcError::internal(error_chain(&error)))?;
+        for record in records.iter().filter(|r| r.volume == volume) {
+            self.store
+                .delete("vpath", &record.id.to_string())
+                .map_err(|error| RpcError::internal(error_chain(&error)))?;
+        }
+        Ok(())
+    }
 }
 
 pub fn set_domain(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {

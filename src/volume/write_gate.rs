@@ -106,6 +106,20 @@ impl WriteGate {
     /// Waits until every I/O that entered before this call has left. A changer first stores
     /// the new slot values (SeqCst), then drains; afterwards no I/O uses the old values.
     pub fn drain(&self) {
+        let drained = self.drain_by(None);
+        debug_assert!(drained, "a drain without a deadline gave up");
+    }
+
+    /// Like [`Self::drain`], but gives up at `deadline`; returns whether it drained.
+    pub fn drain_until(&self, deadline: Instant) -> bool {
+        self.drain_by(Some(deadline))
+    }
+
+    /// Starts a new epoch and waits until the old one's counter is zero, giving up at
+    /// `deadline` if there is one; returns whether it drained. Only a drain without a deadline
+    /// spins first ([`DRAIN_SPINS`] times); one with a deadline sleeps from the start and looks
+    /// at the clock before each sleep.
+    fn drain_by(&self, deadline: Option<Instant>) -> bool {
         // A poisoned lock only means another changer panicked; the gate itself is consistent.
         let _serial = self
             .changers
@@ -113,30 +127,16 @@ impl WriteGate {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let old = self.epoch.fetch_add(1, Ordering::SeqCst);
         let counter = &self.in_flight[(old & 1) as usize];
-        let mut spins = 0u32;
+        let mut spins = if deadline.is_some() { DRAIN_SPINS } else { 0 };
         while counter.load(Ordering::SeqCst) != 0 {
             if spins < DRAIN_SPINS {
                 spins += 1;
                 std::hint::spin_loop();
+            } else if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return false;
             } else {
                 std::thread::sleep(DRAIN_SLEEP);
             }
-        }
-    }
-
-    /// Like [`Self::drain`], but gives up at `deadline`; returns whether it drained.
-    pub fn drain_until(&self, deadline: Instant) -> bool {
-        let _serial = self
-            .changers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let old = self.epoch.fetch_add(1, Ordering::SeqCst);
-        let counter = &self.in_flight[(old & 1) as usize];
-        while counter.load(Ordering::SeqCst) != 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(DRAIN_SLEEP);
         }
         true
     }
