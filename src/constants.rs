@@ -150,6 +150,11 @@ pub const MAX_VOLUMES: usize = 4096;
 /// Longest name of a LUN, pool or volume (also the NBD export name).
 pub const MAX_NAME_BYTES: usize = 64;
 
+/// Longest string libiscsi keeps for one iSCSI name or setting (initiator and target IQN,
+/// alias, CHAP user and secret): its fixed buffers hold `MAX_STRING_SIZE` bytes and silently
+/// truncate a longer one, so sds refuses it instead.
+pub const MAX_ISCSI_STRING_BYTES: usize = 255;
+
 /// Largest JSON-RPC request, and clients connected to the management socket at once.
 pub const MAX_RPC_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_RPC_CONNECTIONS: usize = 64;
@@ -162,6 +167,10 @@ pub const CONTROL_QUEUE_CAPACITY: usize = 256;
 pub const METADATA_BATCH_MAX: usize = 4096;
 
 const _: () = assert!(MAX_IO_BYTES <= MAX_UNNEGOTIATED_IO_BYTES);
+const _: () = assert!(
+    MAX_ISCSI_STRING_BYTES == sds_sys::MAX_STRING_SIZE as usize,
+    "libiscsi's own buffer size"
+);
 const _: () = assert!(MAX_IO_BYTES <= MAX_BUFFER_BYTES_PER_CONNECTION);
 const _: () = assert!(MAX_BUFFER_BYTES_PER_CONNECTION <= MAX_BUFFER_BYTES_TOTAL);
 const _: () = assert!(MAX_IO_BYTES <= MAX_RETAINED_BUFFER_BYTES_PER_CONNECTION);

@@ -29,6 +29,7 @@ pub mod claim;
 pub mod fault;
 pub mod fd_lun;
 pub mod file;
+pub mod iscsi_context;
 pub mod lun_path;
 pub mod mem;
 pub mod mem_region;
