@@ -10,9 +10,11 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 need_pkgs=()
 want() { need_pkgs+=("$1"); }
 
-# Build: a C compiler for crates with C parts; pkg-config.
+# Build: a C compiler for crates with C parts; pkg-config; libiscsi and libclang for sds-sys.
 want build-essential
 want pkg-config
+want libiscsi-dev     # sds-sys: libiscsi headers, libiscsi.pc and the library it links
+want libclang-dev     # sds-sys: bindgen loads libclang to read the libiscsi headers
 # Clients and peers used by the demo, the tests and bench/.
 want qemu-utils      # qemu-io, qemu-img, qemu-nbd
 want libnbd-bin      # nbdinfo, nbdcopy, nbdsh
