@@ -4,6 +4,7 @@
 //! the generated file stays small and a libiscsi symbol sds does not call cannot be used by
 //! accident. To use another libiscsi function, add it to `FUNCTIONS`; the types it needs follow.
 use std::env;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process;
 
@@ -97,7 +98,12 @@ fn main() {
     for var in VARS {
         builder = builder.allowlist_var(var);
     }
-    let bindings = builder.generate().unwrap_or_else(|error| {
+    // bindgen panics, rather than returning an error, when it cannot load libclang; turn that
+    // into the same message as every other missing piece (the panic's text, printed first,
+    // names the cause).
+    let generated = panic::catch_unwind(AssertUnwindSafe(|| builder.generate()))
+        .unwrap_or_else(|_| fail("bindgen could not load libclang"));
+    let bindings = generated.unwrap_or_else(|error| {
         fail(&format!(
             "bindgen could not generate the libiscsi bindings from <iscsi/iscsi.h> and \
              <iscsi/scsi-lowlevel.h> ({error})"
