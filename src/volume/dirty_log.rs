@@ -1,5 +1,6 @@
-//! A mirror's persistent dirty-region log: one bit per [`MIRROR_REGION_BYTES`](crate::constants::MIRROR_REGION_BYTES) of the mirror,
-//! set while the legs may differ there, and the persisted state of each leg.
+//! A mirror's persistent dirty-region log: one bit per
+//! [`MIRROR_REGION_BYTES`](crate::constants::MIRROR_REGION_BYTES) of the mirror, set while the
+//! legs may differ there, and the persisted state of each leg.
 //!
 //! The file `STATE/mirrors/<uuid>.dirty` is a header block (magic, version, region size and
 //! count, the legs' uuids and states, a CRC32C) followed by bitmap blocks of
