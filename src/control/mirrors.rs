@@ -163,42 +163,7 @@ fn check_legs(
         if names.iter().filter(|n| *n == name).count() > 1 {
             return Err(bad(format!("volume {name} is named twice")));
         }
-        if control.mirrors.contains_key(name) {
-            return Err(bad(format!("{name} is a mirror, not a plain volume")));
-        }
-        let volume = control
-            .volumes
-            .get(name)
-            .map(|e| e.volume.clone())
-            .ok_or_else(|| bad(format!("no volume {name}")))?;
-        if let Some(mirror) = reserved_by(control, name) {
-            return Err(bad(format!(
-                "volume {name} is already a leg of mirror {mirror}"
-            )));
-        }
-        if volume.composite().is_some() {
-            return Err(bad(format!(
-                "{name} is made of other volumes (a volume set)"
-            )));
-        }
-        super::volume_sets::refuse_member(control, key, name, "make a mirror leg of")?;
-        if volume.read_only {
-            return Err(bad(format!("{name} is a snapshot (read-only)")));
-        }
-        // A leg's writes go straight to its extents: none may be shared with a snapshot or
-        // a clone (that would need copy-on-write under the mirror).
-        if let Some(why) = super::snapshots::shares_extents(control, &volume) {
-            return Err(bad(format!("volume {name} {why}")));
-        }
-        if let Some(vp) = control.vpaths.values().find(|v| v.record.volume == *name) {
-            return Err(bad(format!(
-                "volume {name} has virtual path {}: a leg is reached only through its mirror",
-                vp.record.id
-            )));
-        }
-        if volume.open_state.open_count() > 0 || volume.is_deleted() {
-            return Err(bad(format!("volume {name} is open or being deleted")));
-        }
+        let volume = super::volumes::check_reservable(control, key, name)?;
         if volume.needs_read_modify_write() {
             return Err(bad(format!(
                 "volume {name}'s pool has LUN blocks larger than its {}-byte blocks",

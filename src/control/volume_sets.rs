@@ -87,45 +87,13 @@ fn check_member(
     name: &str,
     block: Option<u32>,
 ) -> Result<Arc<Volume>, RpcError> {
-    let invalid = |why: String| Err(RpcError::invalid_params(format!("{key}: {why}")));
-    if control.failed_volumes.contains_key(name) {
-        return invalid(format!("volume {name} is failed"));
-    }
-    let Some(entry) = control.volumes.get(name) else {
-        return invalid(format!("no volume {name}"));
-    };
-    let volume = entry.volume.clone();
-    if volume.composite().is_some() || volume.mirror.is_some() {
-        return invalid(format!(
-            "{name} is itself a volume set, a composite or a mirror"
-        ));
-    }
-    if let Some(mirror) = super::mirrors::reserved_by(control, name) {
-        return invalid(format!("volume {name} is a leg of mirror {mirror}"));
-    }
-    if let Some(why) = super::snapshots::shares_extents(control, &volume) {
-        return invalid(format!("volume {name} {why}"));
-    }
-    if let Some(set) = set_of_member(control, name) {
-        return invalid(format!(
-            "volume {name} is already a member of volume set {set}"
-        ));
-    }
-    if let Some(vpath) = control.vpaths.values().find(|v| v.record.volume == name) {
-        return invalid(format!(
-            "volume {name} is in use: virtual path {} reaches it",
-            vpath.record.id
-        ));
-    }
-    if volume.open_state.open_count() > 0 {
-        return invalid(format!("volume {name} is open"));
-    }
+    let volume = super::volumes::check_reservable(control, key, name)?;
     if let Some(block) = block {
         if volume.block_size_bytes != block {
-            return invalid(format!(
-                "volume {name} has {} byte blocks, the set {block}",
+            return Err(RpcError::invalid_params(format!(
+                "{key}: volume {name} has {} byte blocks, the set {block}",
                 volume.block_size_bytes
-            ));
+            )));
         }
     }
     Ok(volume)

@@ -15,6 +15,48 @@ use crate::volume::Volume;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// Checks that volume `name` may become a part of another volume (a set's member or a
+/// mirror's leg), which then reserves it: a plain volume that is not failed, not already a
+/// part, shares no extents (a part's I/O writes its extents in place, never through
+/// copy-on-write), has no VP and is not open. Refusals are worded under parameter `key`;
+/// returns the volume.
+pub fn check_reservable(control: &Control, key: &str, name: &str) -> Result<Arc<Volume>, RpcError> {
+    let invalid = |why: String| Err(RpcError::invalid_params(format!("{key}: {why}")));
+    if control.failed_volumes.contains_key(name) {
+        return invalid(format!("volume {name} is failed"));
+    }
+    let Some(entry) = control.volumes.get(name) else {
+        return invalid(format!("no volume {name}"));
+    };
+    let volume = entry.volume.clone();
+    if volume.composite().is_some() || volume.mirror.is_some() {
+        return invalid(format!(
+            "{name} is itself a volume set or a mirror, not a plain volume"
+        ));
+    }
+    if let Some(mirror) = super::mirrors::reserved_by(control, name) {
+        return invalid(format!("volume {name} is already a leg of mirror {mirror}"));
+    }
+    if let Some(set) = super::volume_sets::set_of_member(control, name) {
+        return invalid(format!(
+            "volume {name} is already a member of volume set {set}"
+        ));
+    }
+    if let Some(why) = super::snapshots::shares_extents(control, &volume) {
+        return invalid(format!("volume {name} {why}"));
+    }
+    if let Some(vpath) = control.vpaths.values().find(|v| v.record.volume == name) {
+        return invalid(format!(
+            "volume {name} is in use: virtual path {} reaches it",
+            vpath.record.id
+        ));
+    }
+    if volume.open_state.open_count() > 0 || volume.is_deleted() {
+        return invalid(format!("volume {name} is open or being deleted"));
+    }
+    Ok(volume)
+}
+
 pub fn describe(entry: &VolumeEntry) -> Value {
     let volume = &entry.volume;
     let extents = volume.allocated_extents();
