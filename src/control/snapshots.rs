@@ -116,7 +116,7 @@ pub fn update_histories(control: &Control) {
 /// Why `volume` may not become part of a composite (a set's member): its extents may be
 /// shared (a snapshot, a clone, a volume with snapshots), and copy-on-write works on a plain
 /// volume's own table only.
-pub fn shares_extents(control: &Control, volume: &Volume) -> Option<&'static str> {
+pub fn shares_extents(volume: &Volume) -> Option<&'static str> {
     if volume.read_only {
         return Some("is a snapshot");
     }
@@ -124,12 +124,10 @@ pub fn shares_extents(control: &Control, volume: &Volume) -> Option<&'static str
     if !lineage.sources.is_empty() {
         return Some("is a clone or was reverted to a snapshot: it shares extents");
     }
-    if control
-        .volumes
-        .values()
-        .any(|entry| entry.volume.read_only && entry.volume.lineage_id() == lineage.id)
-    {
-        return Some("has snapshots: it shares extents with them");
+    // What `update_histories` derived: a snapshot of it, or a clone's sources, look through
+    // its lineage.
+    if volume.keeps_history() {
+        return Some("has snapshots or clones: it shares extents with them");
     }
     (volume.shared_extents() > 0).then_some("shares extents with a clone")
 }

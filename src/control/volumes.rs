@@ -42,7 +42,7 @@ pub fn check_reservable(control: &Control, key: &str, name: &str) -> Result<Arc<
             "volume {name} is already a member of volume set {set}"
         ));
     }
-    if let Some(why) = super::snapshots::shares_extents(control, &volume) {
+    if let Some(why) = super::snapshots::shares_extents(&volume) {
         return invalid(format!("volume {name} {why}"));
     }
     if let Some(vpath) = control.vpaths.values().find(|v| v.record.volume == name) {
