@@ -33,6 +33,7 @@ pub mod iscsi_context;
 pub mod lun_path;
 pub mod mem;
 pub mod mem_region;
+pub mod nbd_client;
 pub mod null;
 
 use crate::blockio::BlockOp;
