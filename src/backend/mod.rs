@@ -55,6 +55,8 @@ pub enum LunKind {
     Fault,
     /// Stores nothing, completes every I/O at once ([`null::NullLun`]): for measuring the stack.
     Null,
+    /// An export of another NBD server ([`nbd_client`]), driven from the reactors.
+    Nbd,
 }
 
 impl LunKind {
@@ -65,6 +67,7 @@ impl LunKind {
             "blockdev" => Some(Self::Blockdev),
             "fault" => Some(Self::Fault),
             "null" => Some(Self::Null),
+            "nbd" => Some(Self::Nbd),
             _ => None,
         }
     }
@@ -75,6 +78,7 @@ impl LunKind {
             Self::Blockdev => "blockdev",
             Self::Fault => "fault",
             Self::Null => "null",
+            Self::Nbd => "nbd",
         }
     }
 }
@@ -483,6 +487,7 @@ pub fn open_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
         LunKind::File => Arc::new(file::open(spec)?),
         LunKind::Blockdev => Arc::new(blockdev::open(spec)?),
         LunKind::Null => Arc::new(null::NullLun::new(spec)?),
+        LunKind::Nbd => Arc::new(nbd_client::driver::open(spec)?),
         LunKind::Fault => {
             return Err(LunError::Invalid {
                 lun: spec.name.clone(),

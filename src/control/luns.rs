@@ -9,6 +9,7 @@
 use super::params::Params;
 use super::{Control, LunEntry};
 use crate::backend::fault::{FaultLun, FaultMode, FaultSpec, FaultSpecError, IoTypes};
+use crate::backend::remote::RemoteSpec;
 use crate::backend::{lun_path, open_lun, ErrorCounts, LunKind, LunSpec};
 use crate::constants::{MAX_FAULT_DELAY_US, MAX_LUNS};
 use crate::rpc::RpcError;
@@ -49,6 +50,26 @@ pub fn failure(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Option<St
     ))
 }
 
+/// A remote LUN's `remote` object: where it is and how its links fare (never a secret).
+fn remote_fields(
+    remote: &RemoteSpec,
+    stats: &crate::backend::remote::link_stats::LinkStatsSnapshot,
+) -> Value {
+    json!({
+        "url": remote.url,
+        "state": stats.state.as_str(),
+        "links": stats.links,
+        "links_connected": stats.links_connected,
+        "rtt_us": stats.rtt_us,
+        "reconnects": stats.reconnects,
+        "timeouts": stats.timeouts,
+        "in_flight": stats.in_flight,
+        "array_size": stats.array_size,
+        "timeout_ms": remote.timeout().as_millis() as u64,
+        "fail_after_ms": remote.fail_after().as_millis() as u64,
+    })
+}
+
 pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
     let info = entry.lun.info();
     let reason = failure(luns, entry);
@@ -70,6 +91,9 @@ pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
     });
     if let Some(wrapper) = &entry.wrapped_by {
         described["wrapped_by"] = json!(wrapper);
+    }
+    if let (Some(remote), Some(stats)) = (&entry.record.remote, entry.lun.link_stats()) {
+        described["remote"] = remote_fields(remote, &stats.snapshot());
     }
     if let Some(fault) = &entry.fault {
         described["base"] = json!(entry.record.base);
@@ -99,17 +123,33 @@ fn describe_fault(fault: &FaultLun) -> Value {
 pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(
         params,
-        &["name", "kind", "path", "size", "block_size", "base"],
+        &[
+            "name",
+            "kind",
+            "path",
+            "size",
+            "block_size",
+            "base",
+            "uri",
+            "timeout_ms",
+            "fail_after_ms",
+        ],
     )?;
     let name = params.name("name")?;
     let kind_text = params.str("kind")?;
     let kind = LunKind::parse(kind_text).ok_or_else(|| {
         RpcError::invalid_params(format!(
-            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null"
+            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null, nbd"
         ))
     })?;
     if kind == LunKind::Fault {
         return create_fault(control, &params, name);
+    }
+    if kind == LunKind::Nbd {
+        return create_nbd(control, &params, name);
+    }
+    if params.optional_str("uri")?.is_some() {
+        return Err(RpcError::invalid_params("uri: only an nbd LUN has a uri"));
     }
     if params.optional_str("base")?.is_some() {
         return Err(RpcError::invalid_params(
@@ -134,7 +174,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
                 kind.as_str()
             )))
         }
-        (LunKind::Mem | LunKind::Null | LunKind::Fault, None) => None,
+        (LunKind::Mem | LunKind::Null | LunKind::Fault | LunKind::Nbd, None) => None,
         (LunKind::File, None) => Some(control.state_dir.join("luns").join(format!("{name}.img"))),
         (LunKind::Blockdev, None) => {
             return Err(RpcError::invalid_params(
@@ -309,6 +349,83 @@ fn create_fault(control: &mut Control, params: &Params, name: &str) -> Result<Va
     let described = describe(&control.luns, &entry);
     control.luns.insert(name.to_string(), entry);
     log::info!("LUN {name} created: fault injection over LUN {base_name}");
+    Ok(described)
+}
+
+/// `lun_create` with `kind: "nbd"`: an export of another NBD server (`uri`), reached from
+/// every reactor (`backend::nbd_client`). Its size, and its block size unless `block_size`
+/// asks for one the export allows, are the export's.
+fn create_nbd(control: &mut Control, params: &Params, name: &str) -> Result<Value, RpcError> {
+    for key in ["path", "size", "base"] {
+        if params.optional_str(key).is_ok_and(|v| v.is_some())
+            || params.optional_u64(key).is_ok_and(|v| v.is_some())
+        {
+            return Err(RpcError::invalid_params(format!(
+                "{key}: an nbd LUN takes its size from the export and has no {key}"
+            )));
+        }
+    }
+    let block_size = match params.optional_u64("block_size")? {
+        None => None,
+        Some(b @ (512 | 4096)) => Some(b as u32),
+        Some(other) => {
+            return Err(RpcError::invalid_params(format!(
+                "block_size: {other} is not 512 or 4096"
+            )))
+        }
+    };
+    let uri = params.str("uri")?;
+    let remote = RemoteSpec {
+        url: uri.to_string(),
+        timeout_ms: params.optional_u64("timeout_ms")?,
+        fail_after_ms: params.optional_u64("fail_after_ms")?,
+        ..RemoteSpec::default()
+    };
+    remote
+        .validate()
+        .map_err(|why| RpcError::invalid_params(why.replacen("url", "uri", 1)))?;
+    check_new_name(control, name)?;
+    let spec = LunSpec {
+        name: name.to_string(),
+        kind: LunKind::Nbd,
+        path: None,
+        size_bytes: None,
+        block_size_bytes: block_size.unwrap_or(512),
+        remote: Some(remote.clone()),
+    };
+    let lun = crate::backend::nbd_client::driver::open_with(&spec, block_size)
+        .map_err(|error| RpcError::invalid_params(error_chain(&error)))?;
+    let lun: Arc<dyn crate::backend::Lun> = Arc::new(lun);
+    let info = lun.info();
+    let record = LunRecord {
+        name: name.to_string(),
+        uuid: control.new_uuid()?,
+        kind: LunKind::Nbd,
+        path: None,
+        size: info.size_bytes,
+        block_size: info.block_size_bytes,
+        base: None,
+        remote: Some(remote),
+    };
+    control
+        .store
+        .put("lun", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    let entry = LunEntry {
+        record,
+        lun,
+        pool: None,
+        fault: None,
+        wrapped_by: None,
+        failed: None,
+    };
+    let described = describe(&control.luns, &entry);
+    control.luns.insert(name.to_string(), entry);
+    log::info!(
+        "LUN {name} created: NBD export {uri} ({} bytes, {}-byte blocks)",
+        info_size(&described),
+        described["block_size"]
+    );
     Ok(described)
 }
 

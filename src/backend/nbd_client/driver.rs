@@ -16,6 +16,7 @@ use crate::backend::remote::{RemoteDriver, RemoteLun};
 use crate::backend::{LunError, LunSpec};
 use crate::constants::{
     MAX_IO_BYTES, REMOTE_CONNECT_TIMEOUT_MS, REMOTE_RECONNECT_MAX_MS, REMOTE_RECONNECT_MIN_MS,
+    REMOTE_STARTUP_CONNECT_MS,
 };
 use crate::target::nbd::protocol::{NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_WRITE_ZEROES};
 use std::io;
@@ -60,7 +61,9 @@ impl NbdTarget {
                         };
                         // SAFETY: sockaddr_storage is larger than sockaddr_in and aligned
                         // for any socket address.
-                        unsafe { std::ptr::write((&mut storage as *mut _ as *mut libc::sockaddr_in), sin) };
+                        unsafe {
+                            std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin)
+                        };
                         (std::mem::size_of::<libc::sockaddr_in>(), libc::AF_INET)
                     }
                     SocketAddr::V6(v6) => {
@@ -74,7 +77,9 @@ impl NbdTarget {
                             sin6_scope_id: v6.scope_id(),
                         };
                         // SAFETY: as above, for sockaddr_in6.
-                        unsafe { std::ptr::write((&mut storage as *mut _ as *mut libc::sockaddr_in6), sin6) };
+                        unsafe {
+                            std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6)
+                        };
                         (std::mem::size_of::<libc::sockaddr_in6>(), libc::AF_INET6)
                     }
                 }
@@ -95,7 +100,7 @@ impl NbdTarget {
                     *to = *from as libc::c_char;
                 }
                 // SAFETY: as above, for sockaddr_un.
-                unsafe { std::ptr::write((&mut storage as *mut _ as *mut libc::sockaddr_un), sun) };
+                unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_un, sun) };
                 (std::mem::size_of::<libc::sockaddr_un>(), libc::AF_UNIX)
             }
         };
@@ -131,7 +136,11 @@ pub fn check_export(export: &Export) -> Result<(u64, u32), String> {
     let block_size_bytes = match minimum {
         0..=512 => 512,
         513..=4096 => 4096,
-        _ => return Err(format!("the export's blocks are {minimum} bytes (at most 4096)")),
+        _ => {
+            return Err(format!(
+                "the export's blocks are {minimum} bytes (at most 4096)"
+            ))
+        }
     };
     if (maximum as usize) < MAX_IO_BYTES {
         return Err(format!(
@@ -181,7 +190,10 @@ impl NbdDriver {
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let bound = left.min(Duration::from_millis(REMOTE_CONNECT_TIMEOUT_MS));
-                    match BlockingConnection::connect(&self.target.uri, bound.max(Duration::from_millis(1))) {
+                    match BlockingConnection::connect(
+                        &self.target.uri,
+                        bound.max(Duration::from_millis(1)),
+                    ) {
                         Ok(connection) => match check_export(connection.export()) {
                             Ok(_) => {
                                 *guard = Some(connection);
@@ -189,7 +201,9 @@ impl NbdDriver {
                             }
                             Err(why) => io::Error::new(io::ErrorKind::InvalidData, why),
                         },
-                        Err(error) => io::Error::new(io::ErrorKind::NotConnected, error.to_string()),
+                        Err(error) => {
+                            io::Error::new(io::ErrorKind::NotConnected, error.to_string())
+                        }
                     }
                 }
             };
@@ -245,9 +259,19 @@ impl RemoteDriver for NbdDriver {
 /// The largest WRITE_ZEROES the blocking connection sends (a multiple of 4096 below 4 GiB).
 const MAX_ZEROES_REQUEST_BYTES: u32 = 1 << 30;
 
-/// Opens the NBD LUN `spec` names: connects its blocking connection (which learns the
-/// export), then attaches its links.
+/// Opens the NBD LUN `spec` names again (start-up): the recorded block size.
 pub fn open(spec: &LunSpec) -> Result<RemoteLun<NbdDriver>, LunError> {
+    open_with(spec, Some(spec.block_size_bytes))
+}
+
+/// Opens the NBD LUN `spec` names: connects its blocking connection (which learns the
+/// export), then attaches its links. The block size is `block_size_bytes` if given (refused
+/// if the export needs larger blocks), else the export's. At start-up (the size is recorded)
+/// an unreachable server is tried again with backoff for `REMOTE_STARTUP_CONNECT_MS`.
+pub fn open_with(
+    spec: &LunSpec,
+    block_size_bytes: Option<u32>,
+) -> Result<RemoteLun<NbdDriver>, LunError> {
     let invalid = |what: String| LunError::Invalid {
         lun: spec.name.clone(),
         what,
@@ -262,16 +286,46 @@ pub fn open(spec: &LunSpec) -> Result<RemoteLun<NbdDriver>, LunError> {
     let bound = remote
         .timeout()
         .min(Duration::from_millis(REMOTE_CONNECT_TIMEOUT_MS));
-    let connection = BlockingConnection::connect(&uri, bound).map_err(|error| match error {
+    let startup_deadline = Instant::now() + Duration::from_millis(REMOTE_STARTUP_CONNECT_MS);
+    let mut backoff = Duration::from_millis(REMOTE_RECONNECT_MIN_MS);
+    let connected = loop {
+        match BlockingConnection::connect(&uri, bound) {
+            Err(ConnectError::Connect { .. } | ConnectError::Handshake { .. })
+                if spec.size_bytes.is_some() && Instant::now() + backoff < startup_deadline =>
+            {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(REMOTE_RECONNECT_MAX_MS));
+            }
+            other => break other,
+        }
+    };
+    let connection = connected.map_err(|error| match error {
         ConnectError::Negotiation { source, .. } => invalid(format!("uri: {uri}: {source}")),
         other => LunError::Open {
             lun: spec.name.clone(),
             path: uri.to_string().into(),
-            source: io::Error::new(io::ErrorKind::NotConnected, format!("{other}: {}", error_chain(&other))),
+            source: io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("{other}: {}", error_chain(&other)),
+            ),
         },
     })?;
-    let (size_bytes, block_size_bytes) =
+    let (size_bytes, export_block_bytes) =
         check_export(connection.export()).map_err(|why| invalid(format!("uri: {uri}: {why}")))?;
+    let block_size_bytes = match block_size_bytes {
+        None => export_block_bytes,
+        Some(asked) if asked >= export_block_bytes => asked,
+        Some(asked) => {
+            return Err(invalid(format!(
+                "block_size: {asked} is smaller than the export's {export_block_bytes}-byte blocks"
+            )))
+        }
+    };
+    let size_bytes = size_bytes / u64::from(block_size_bytes) * u64::from(block_size_bytes);
+    let spec = &LunSpec {
+        block_size_bytes,
+        ..spec.clone()
+    };
     let driver = NbdDriver {
         target: Arc::new(target),
         timeout: remote.timeout(),
@@ -324,8 +378,14 @@ mod tests {
     fn which_exports_sds_takes() {
         let ok = NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FLUSH;
         assert_eq!(check_export(&export(ok, None)), Ok((1 << 20, 512)));
-        assert_eq!(check_export(&export(ok, Some((1, 32 << 20)))), Ok((1 << 20, 512)));
-        assert_eq!(check_export(&export(ok, Some((4096, 32 << 20)))), Ok((1 << 20, 4096)));
+        assert_eq!(
+            check_export(&export(ok, Some((1, 32 << 20)))),
+            Ok((1 << 20, 512))
+        );
+        assert_eq!(
+            check_export(&export(ok, Some((4096, 32 << 20)))),
+            Ok((1 << 20, 4096))
+        );
         assert!(check_export(&export(ok, Some((8192, 32 << 20)))).is_err());
         assert!(check_export(&export(ok, Some((512, 1 << 20)))).is_err());
         assert!(check_export(&export(ok | NBD_FLAG_READ_ONLY, None)).is_err());

@@ -23,7 +23,9 @@ use super::reply::{errno_of, Event, ReplyDecoder, RequestShape, Want};
 use super::request::{encode_request, Capabilities, NbdCommand, REQUEST_HEADER_BYTES};
 use crate::backend::remote::link::{ArrayGeometry, LinkContext, LinkTransport};
 use crate::backend::LunIo;
-use crate::constants::{NBD_LINK_MAX_SEND_BATCH, REMOTE_CONNECT_TIMEOUT_MS, REMOTE_LINK_QUEUE_DEPTH};
+use crate::constants::{
+    NBD_LINK_MAX_SEND_BATCH, REMOTE_CONNECT_TIMEOUT_MS, REMOTE_LINK_QUEUE_DEPTH,
+};
 use io_uring::{opcode, squeue, types};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -343,8 +345,20 @@ impl NbdLink {
     /// The handshake is done: check the export and go on as a connected link.
     fn on_negotiated(&mut self, export: super::negotiation::Export, link: &mut LinkContext) {
         self.negotiation = None;
-        let (size_bytes, block_size_bytes) = match check_export(&export) {
-            Ok(geometry) => geometry,
+        let block_size_bytes = link.block_size_bytes();
+        let size_bytes = match check_export(&export) {
+            // The LUN's block may be larger than the export's (asked for at lun_create).
+            Ok((_, export_block)) if export_block <= block_size_bytes => {
+                export.size_bytes / u64::from(block_size_bytes) * u64::from(block_size_bytes)
+            }
+            Ok((_, export_block)) => {
+                return self.fail(
+                    format!(
+                        "the export's blocks are now {export_block} bytes, larger than the LUN's"
+                    ),
+                    link,
+                )
+            }
             Err(why) => return self.fail(why, link),
         };
         self.capabilities = Capabilities::from_flags(export.transmission_flags);
@@ -372,7 +386,9 @@ impl NbdLink {
                     if hole {
                         // SAFETY: the decoder checked the hole lies inside the read, whose
                         // buffer is valid and the link's until the read completes.
-                        unsafe { std::ptr::write_bytes(slot.buf.add(at as usize), 0, len as usize) };
+                        unsafe {
+                            std::ptr::write_bytes(slot.buf.add(at as usize), 0, len as usize)
+                        };
                     }
                 }
                 Event::Failed { cookie, nbd_errno } => {
@@ -553,10 +569,9 @@ impl LinkTransport for NbdLink {
                     self.connect_done(link);
                 }
             }
-            TAG_CONNECT_TIMEOUT => {
-                if self.entries == 0 && self.connect_result.is_some() {
-                    self.connect_done(link);
-                }
+            // The connect's own completion came first: both are in now.
+            TAG_CONNECT_TIMEOUT if self.entries == 0 && self.connect_result.is_some() => {
+                self.connect_done(link)
             }
             TAG_SEND => {
                 self.send_armed = false;
@@ -645,7 +660,11 @@ impl NbdLink {
             let why = if result == -libc::ECANCELED {
                 format!("connect to {} timed out", self.target.uri)
             } else {
-                format!("cannot connect to {}: {}", self.target.uri, errno_text(-result))
+                format!(
+                    "cannot connect to {}: {}",
+                    self.target.uri,
+                    errno_text(-result)
+                )
             };
             self.phase = Phase::Closing;
             self.lost_reason = Some(why);

@@ -10,6 +10,8 @@
 //! connection drives them with plain socket calls.
 
 pub mod blocking;
+pub mod driver;
+pub mod link;
 pub mod negotiation;
 pub mod reply;
 pub mod request;
