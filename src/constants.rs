@@ -547,3 +547,15 @@ const _: () = assert!(REMOTE_LINK_TICK_MS <= REMOTE_RECONNECT_MIN_MS);
 const _: () = assert!(REMOTE_MIN_TIMEOUT_MS <= REMOTE_IO_TIMEOUT_MS);
 const _: () = assert!(REMOTE_IO_TIMEOUT_MS <= REMOTE_MAX_TIMEOUT_MS);
 const _: () = assert!(REMOTE_LINK_QUEUE_DEPTH <= u16::MAX as usize);
+/// iSCSI LUNs: a command the array asks to be sent again (unit attention, busy) is sent at
+/// most this many more times before it fails with EIO.
+pub const ISCSI_MAX_COMMAND_RETRIES: u32 = 8;
+/// Zeroing with zero-filled WRITE (16)s: the bytes of one write (and of the shared buffer of
+/// zeroes they are sent from).
+pub const ISCSI_ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// Zeroing with WRITE SAME (16) + UNMAP: the blocks of one command.
+pub const ISCSI_WRITE_SAME_CHUNK_BLOCKS: u64 = 1 << 16;
+/// The initiator name sds logs in with when the LUN names none: this prefix and the host name.
+pub const ISCSI_DEFAULT_INITIATOR_PREFIX: &str = "iqn.2026-11.org.sds.initiator:";
+const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES % MAX_LUN_BLOCK_BYTES == 0);
+const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES <= u32::MAX as usize);

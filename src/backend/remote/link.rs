@@ -276,6 +276,18 @@ impl LinkContext<'_> {
         self.core.event_connected = Some(geometry);
     }
 
+    /// The array reports its LUN is `size_bytes` now (a capacity change noticed while
+    /// connected): logged and shown as `array_size` when it differs from the LUN's.
+    pub fn array_size(&mut self, size_bytes: u64) {
+        let common = self.common;
+        common.stats.set_array_size(size_bytes, common.size_bytes);
+        log::warn!(
+            "LUN {}: the array's LUN is now {size_bytes} bytes (the LUN is {} bytes; the pool does not grow by itself)",
+            common.name,
+            common.size_bytes
+        );
+    }
+
     /// The connection is gone (or could not be made), for `reason`; nothing of it refers to a
     /// command's buffer any more (see [`LinkTransport`]).
     pub fn lost(&mut self, reason: impl std::fmt::Display) {
