@@ -182,7 +182,7 @@ impl Connection {
 
     /// libiscsi's text of its last error.
     pub fn last_error(&self) -> String {
-        self.context_ref().last_error().0
+        self.context_ref().last_error().0.trim_end().to_string()
     }
 
     pub fn fd(&self) -> Option<c_int> {
