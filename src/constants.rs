@@ -538,6 +538,10 @@ pub const REMOTE_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// How long start-up waits for a remote LUN's blocking connection before the LUN is kept as a
 /// failed stand-in (pool replay needs it).
 pub const REMOTE_STARTUP_CONNECT_MS: u64 = 10_000;
+/// An idle link pings the array (iSCSI NOP-Out) this often: the round-trip estimate stays
+/// current, and a dead connection is found (an unanswered ping past the LUN's timeout resets
+/// it) even with no I/O.
+pub const REMOTE_PING_INTERVAL_MS: u64 = 1_000;
 /// The round-trip estimate is an EWMA with weight 1/2^this for each new command's latency.
 pub const REMOTE_RTT_EWMA_SHIFT: u32 = 3;
 /// Longest remote LUN URL accepted.

@@ -403,6 +403,22 @@ impl Connection {
         self.started(slot, task)
     }
 
+    /// A NOP-Out the array answers with a NOP-In (a ping); its event comes on `slot`, with no
+    /// task to finish.
+    pub fn nop_out(&mut self, slot: u32) -> Result<(), String> {
+        let (argument, _) = self.slot_args(slot)?;
+        let raw = self.raw();
+        // SAFETY: live context; no data; the callback argument outlives the PDU (it lives in
+        // the connection, and destroying the context cancels the PDU first).
+        let status = unsafe {
+            sds_sys::iscsi_nop_out_async(raw, Some(on_callback), std::ptr::null_mut(), 0, argument)
+        };
+        if status != 0 {
+            return Err(self.last_error());
+        }
+        Ok(())
+    }
+
     /// Decodes and frees the task of `slot` that finished with `status`.
     pub fn finish(&mut self, slot: u32, status: i32) -> Finished {
         let mut finished = Finished {

@@ -22,10 +22,11 @@ use crate::backend::remote::link::{ArrayGeometry, LinkContext, LinkTransport};
 use crate::backend::LunIo;
 use crate::constants::{
     ISCSI_MAX_COMMAND_RETRIES, ISCSI_WRITE_SAME_CHUNK_BLOCKS, ISCSI_ZERO_CHUNK_BYTES,
-    REMOTE_LINK_QUEUE_DEPTH,
+    REMOTE_LINK_QUEUE_DEPTH, REMOTE_PING_INTERVAL_MS,
 };
 use io_uring::{opcode, types};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The transport's ring tags.
 const TAG_POLL_IN: u64 = 1;
@@ -33,7 +34,8 @@ const TAG_POLL_OUT: u64 = 2;
 /// Task slots of the connection's own commands, past the link's command slots.
 const SLOT_CAPACITY: u32 = REMOTE_LINK_QUEUE_DEPTH as u32;
 const SLOT_INQUIRY: u32 = REMOTE_LINK_QUEUE_DEPTH as u32 + 1;
-const SLOTS: usize = REMOTE_LINK_QUEUE_DEPTH + 2;
+const SLOT_PING: u32 = REMOTE_LINK_QUEUE_DEPTH as u32 + 2;
+const SLOTS: usize = REMOTE_LINK_QUEUE_DEPTH + 3;
 
 /// Where the connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,9 @@ pub struct IscsiLink {
     write_same_unmap: bool,
     lost_reason: Option<String>,
     slots: Box<[SlotState]>,
+    /// When the NOP-Out on the wire was sent, if one is.
+    ping_sent: Option<Instant>,
+    last_ping: Instant,
 }
 
 impl IscsiLink {
@@ -100,6 +105,8 @@ impl IscsiLink {
             write_same_unmap: false,
             lost_reason: None,
             slots: vec![SlotState::default(); REMOTE_LINK_QUEUE_DEPTH].into_boxed_slice(),
+            ping_sent: None,
+            last_ping: Instant::now(),
         }
     }
 
@@ -125,6 +132,7 @@ impl IscsiLink {
         // to a command's buffer any more.
         self.connection = None;
         self.phase = Phase::None;
+        self.ping_sent = None;
         for slot in self.slots.iter_mut() {
             *slot = SlotState::default();
         }
@@ -235,6 +243,16 @@ impl IscsiLink {
         let Some(connection) = &mut self.connection else {
             return;
         };
+        if slot == SLOT_PING {
+            // A NOP-In answered the ping (no task to free); anything else ends the connection.
+            if status != 0 {
+                let reason = format!("a ping failed: {}", connection.last_error());
+                self.tear_down(reason, link);
+            } else if let Some(sent) = self.ping_sent.take() {
+                link.rtt_sample(sent.elapsed().as_micros() as u64);
+            }
+            return;
+        }
         let finished = connection.finish(slot, status);
         if finished.outcome == Outcome::ConnectionLost {
             let reason = format!("the connection failed: {}", connection.last_error());
@@ -510,5 +528,31 @@ impl LinkTransport for IscsiLink {
 
     fn is_idle(&self) -> bool {
         !self.poll_in_armed && !self.poll_out_armed
+    }
+
+    fn tick(&mut self, idle: bool, link: &mut LinkContext) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        if let Some(sent) = self.ping_sent {
+            if sent.elapsed() >= link.timeout() {
+                self.tear_down("the array did not answer a ping in time".into(), link);
+            }
+            return;
+        }
+        if !idle || self.last_ping.elapsed() < Duration::from_millis(REMOTE_PING_INTERVAL_MS) {
+            return;
+        }
+        let Some(connection) = &mut self.connection else {
+            return;
+        };
+        self.last_ping = Instant::now();
+        match connection.nop_out(SLOT_PING) {
+            Ok(()) => {
+                self.ping_sent = Some(self.last_ping);
+                self.flush_out(link);
+            }
+            Err(error) => self.tear_down(format!("a ping could not be sent: {error}"), link),
+        }
     }
 }
