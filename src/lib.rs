@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod blockio;
+pub mod config_file;
 pub mod constants;
 pub mod control;
 pub mod digest;
