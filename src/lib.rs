@@ -27,6 +27,7 @@ pub mod reactor;
 pub mod rpc;
 pub mod scsi;
 pub mod serve;
+pub mod service_notify;
 pub mod state_lock;
 pub mod store;
 pub mod target;
