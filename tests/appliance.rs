@@ -388,3 +388,118 @@ fn systemd_analyze_verifies_the_unit() {
         "systemd-analyze verify:\n{output}"
     );
 }
+
+/// Runs a command to its end within `deadline`; panics with its output if it fails.
+fn must_run(command: &mut Command, deadline: Duration, what: &str) -> String {
+    let (ok, output) = run_bounded(command, deadline);
+    assert!(ok, "{what} failed:\n{output}");
+    output
+}
+
+/// The Debian package, end to end: scripts/package.sh builds it from the binary this test
+/// built (no second, optimised build: the test stays within a few minutes on a 2-core CI);
+/// dpkg installs it; the binary, the man page, the unit and the config are in place and the
+/// installed unit verifies; dpkg removes and purges it, and the state dir stays. Needs root
+/// (dpkg); skipped, saying so, without it.
+#[test]
+fn debian_package_installs_and_removal_keeps_the_state_dir() {
+    // SAFETY: geteuid() only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: installing a package needs root");
+        return;
+    }
+    require_tool("dpkg");
+    require_tool("man");
+    let installed_by_us = Command::new("dpkg")
+        .args(["-s", "sds"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if Path::new("/usr/bin/sds").exists() && !installed_by_us {
+        panic!("/usr/bin/sds exists and is not the sds package's: not overwriting it");
+    }
+    let built = must_run(
+        Command::new(repo().join("scripts/package.sh"))
+            .args(["--profile", "dev", "--no-build"])
+            .current_dir(repo()),
+        // cargo-deb from crates.io, when it is not yet in ~/.cargo/bin, takes minutes to build.
+        Duration::from_secs(900),
+        "scripts/package.sh",
+    );
+    let deb = built
+        .lines()
+        .map(str::trim)
+        .rfind(|line| line.ends_with(".deb"))
+        .map(|line| repo().join(line))
+        .unwrap_or_else(|| panic!("no .deb named in:\n{built}"));
+    assert!(deb.exists(), "{} is missing:\n{built}", deb.display());
+
+    let dpkg = |args: &[&str]| {
+        must_run(
+            Command::new("dpkg").args(args),
+            Duration::from_secs(180),
+            &format!("dpkg {}", args.join(" ")),
+        )
+    };
+    dpkg(&["-i", deb.to_str().expect("utf-8 path")]);
+
+    let version = must_run(
+        Command::new("/usr/bin/sds").arg("--version"),
+        Duration::from_secs(30),
+        "/usr/bin/sds --version",
+    );
+    assert!(
+        version.contains(env!("CARGO_PKG_VERSION")),
+        "sds --version: {version}"
+    );
+    let page = must_run(
+        Command::new("man").args(["-w", "sds"]),
+        Duration::from_secs(30),
+        "man -w sds",
+    );
+    assert!(page.trim().ends_with("man1/sds.1.gz"), "man -w sds: {page}");
+    let page = must_run(
+        Command::new("man").args(["-w", "sds-serve"]),
+        Duration::from_secs(30),
+        "man -w sds-serve",
+    );
+    assert!(page.contains("sds-serve.1"), "{page}");
+    for path in [
+        "/lib/systemd/system/sds.service",
+        "/etc/sds/sds.toml",
+        "/usr/share/bash-completion/completions/sds",
+        "/var/lib/sds",
+    ] {
+        assert!(Path::new(path).exists(), "{path} is not installed");
+    }
+    let conffiles = dpkg(&["-s", "sds"]);
+    assert!(conffiles.contains("/etc/sds/sds.toml"), "not a conffile:\n{conffiles}");
+    let user = must_run(
+        Command::new("getent").args(["passwd", "sds"]),
+        Duration::from_secs(30),
+        "getent passwd sds",
+    );
+    assert!(user.contains("/var/lib/sds"), "{user}");
+    // The unit as installed, against the installed binary and man page.
+    if Path::new("/usr/bin/systemd-analyze").exists() {
+        let (ok, output) = run_bounded(
+            Command::new("systemd-analyze").args(["verify", "/lib/systemd/system/sds.service"]),
+            Duration::from_secs(60),
+        );
+        assert!(ok && output.trim().is_empty(), "systemd-analyze verify:\n{output}");
+    }
+
+    // Something of the administrator's in the state dir survives remove and purge.
+    let marker = PathBuf::from(format!(
+        "/var/lib/sds/appliance-test-{}",
+        std::process::id()
+    ));
+    std::fs::write(&marker, b"pool records live here").expect("write the marker");
+    dpkg(&["-r", "sds"]);
+    assert!(!Path::new("/usr/bin/sds").exists(), "dpkg -r left /usr/bin/sds");
+    assert!(marker.exists(), "dpkg -r deleted the state dir");
+    dpkg(&["--purge", "sds"]);
+    assert!(marker.exists(), "dpkg --purge deleted the state dir");
+    assert!(!Path::new("/etc/sds/sds.toml").exists(), "purge keeps the conffile");
+    let _ = std::fs::remove_file(&marker);
+}

@@ -16,6 +16,7 @@
 //! [`Command`] and an arm in [`run`].
 
 mod domain;
+mod generate;
 mod host;
 mod iscsi;
 mod lun;
@@ -140,6 +141,12 @@ enum Command {
         /// Parameters as a JSON object
         params: Option<String>,
     },
+    /// Write the man pages (one per command) into DIR (for packaging)
+    #[command(hide = true)]
+    GenMan { dir: PathBuf },
+    /// Write bash, zsh and fish completions into DIR (for packaging)
+    #[command(hide = true)]
+    GenCompletions { dir: PathBuf },
 }
 
 /// Runs the command line; returns the process exit status.
@@ -225,6 +232,8 @@ fn run(cli: Cli) -> Result<(), String> {
             sds::logger::init("warn");
             crate::demo::run(args).map_err(|e| chain(&e))
         }
+        Command::GenMan { dir } => generate::man_pages(&dir),
+        Command::GenCompletions { dir } => generate::completions(&dir),
         Command::Rpc { method, params } => {
             let params = params
                 .map(|text| {
