@@ -473,7 +473,10 @@ fn debian_package_installs_and_removal_keeps_the_state_dir() {
         assert!(Path::new(path).exists(), "{path} is not installed");
     }
     let conffiles = dpkg(&["-s", "sds"]);
-    assert!(conffiles.contains("/etc/sds/sds.toml"), "not a conffile:\n{conffiles}");
+    assert!(
+        conffiles.contains("/etc/sds/sds.toml"),
+        "not a conffile:\n{conffiles}"
+    );
     let user = must_run(
         Command::new("getent").args(["passwd", "sds"]),
         Duration::from_secs(30),
@@ -486,7 +489,10 @@ fn debian_package_installs_and_removal_keeps_the_state_dir() {
             Command::new("systemd-analyze").args(["verify", "/lib/systemd/system/sds.service"]),
             Duration::from_secs(60),
         );
-        assert!(ok && output.trim().is_empty(), "systemd-analyze verify:\n{output}");
+        assert!(
+            ok && output.trim().is_empty(),
+            "systemd-analyze verify:\n{output}"
+        );
     }
 
     // Something of the administrator's in the state dir survives remove and purge.
@@ -496,10 +502,16 @@ fn debian_package_installs_and_removal_keeps_the_state_dir() {
     ));
     std::fs::write(&marker, b"pool records live here").expect("write the marker");
     dpkg(&["-r", "sds"]);
-    assert!(!Path::new("/usr/bin/sds").exists(), "dpkg -r left /usr/bin/sds");
+    assert!(
+        !Path::new("/usr/bin/sds").exists(),
+        "dpkg -r left /usr/bin/sds"
+    );
     assert!(marker.exists(), "dpkg -r deleted the state dir");
     dpkg(&["--purge", "sds"]);
     assert!(marker.exists(), "dpkg --purge deleted the state dir");
-    assert!(!Path::new("/etc/sds/sds.toml").exists(), "purge keeps the conffile");
+    assert!(
+        !Path::new("/etc/sds/sds.toml").exists(),
+        "purge keeps the conffile"
+    );
     let _ = std::fs::remove_file(&marker);
 }

@@ -143,10 +143,14 @@ enum Command {
     },
     /// Write the man pages (one per command) into DIR (for packaging)
     #[command(hide = true)]
-    GenMan { dir: PathBuf },
+    GenMan {
+        dir: PathBuf,
+    },
     /// Write bash, zsh and fish completions into DIR (for packaging)
     #[command(hide = true)]
-    GenCompletions { dir: PathBuf },
+    GenCompletions {
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line; returns the process exit status.

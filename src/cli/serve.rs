@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub struct ServeArgs {
     /// Read options from this TOML file: each key is a flag below with `_` for `-`
     /// (`state_dir = "/var/lib/sds"`, `cycle_ms = 100`); a flag given here or by its
-    /// environment variable overrides the file (see contrib/sds.toml)
+    /// environment variable overrides the file (the package installs a commented example,
+    /// /etc/sds/sds.toml)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where configuration records, file LUNs created without a path and the socket live
