@@ -9,7 +9,11 @@
 //! call does nothing. A notification that cannot be sent is logged and otherwise ignored: the
 //! service manager, not the server, decides what a missing one means.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Set by [`stopping`]: the watchdog stops judging reactors that are leaving on purpose.
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// The listeners accept and the state is replayed; `status` is what `systemctl status` shows.
 pub fn ready(status: &str) {
@@ -21,10 +25,16 @@ pub fn ready(status: &str) {
 
 /// The server has begun its shutdown.
 pub fn stopping() {
+    STOPPING.store(true, Ordering::Release);
     send(&[
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("draining in-flight I/O"),
     ]);
+}
+
+/// Whether [`stopping`] was said.
+pub fn is_stopping() -> bool {
+    STOPPING.load(Ordering::Acquire)
 }
 
 /// Every reactor is going round its loop: the watchdog timer starts again.

@@ -42,18 +42,22 @@ impl Watchdog {
     /// The watchdog the service manager asked for, if any.
     pub fn from_env() -> Option<Self> {
         let period = crate::service_notify::watchdog_period()?;
-        let ping_every = period / WATCHDOG_PINGS_PER_PERIOD;
+        let watchdog = Self::new(period);
         log::info!(
             "systemd watchdog: {} ms; pinging every {} ms while every reactor makes progress",
             period.as_millis(),
-            ping_every.as_millis()
+            watchdog.ping_every.as_millis()
         );
-        Some(Self {
-            ping_every,
+        Some(watchdog)
+    }
+
+    fn new(period: Duration) -> Self {
+        Self {
+            ping_every: period / WATCHDOG_PINGS_PER_PERIOD,
             next_ping: Instant::now(),
             sent: Vec::new(),
             stalled: false,
-        })
+        }
     }
 
     /// When [`Watchdog::tick`] next has something to do.
@@ -62,10 +66,12 @@ impl Watchdog {
     }
 
     /// When it is time: pings the service manager if every reactor answered its last
-    /// heartbeat, and sends each reactor that answered the next one.
-    pub fn tick(&mut self, reactors: &[Arc<ReactorHandle>], now: Instant) {
-        if now < self.next_ping {
-            return;
+    /// heartbeat, and sends each reactor that answered the next one. Returns the stuck
+    /// reactors' indexes (empty: pinged), or `None` when it was not time, or the server is
+    /// stopping (its reactors leave their loops on purpose; systemd's stop timeout rules then).
+    pub fn tick(&mut self, reactors: &[Arc<ReactorHandle>], now: Instant) -> Option<Vec<usize>> {
+        if now < self.next_ping || crate::service_notify::is_stopping() {
+            return None;
         }
         self.next_ping = now + self.ping_every;
         self.sent.resize(reactors.len(), 0);
@@ -92,6 +98,7 @@ impl Watchdog {
             );
             self.stalled = true;
         }
+        Some(stuck)
     }
 }
 
@@ -118,4 +125,72 @@ pub fn wedge(control: &mut Control, params: Option<Value>) -> Result<Value, RpcE
         .ok_or_else(|| RpcError::invalid_params(format!("reactor: no reactor {index}")))?;
     reactor.post(Message::Wedge { duration_ms });
     Ok(json!(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::mailbox::Mailbox;
+    use crate::reactor::PollMode;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+
+    fn reactor(index: usize) -> Arc<ReactorHandle> {
+        Arc::new(ReactorHandle {
+            index,
+            core: 0,
+            mailbox: Mailbox::new(8).expect("mailbox"),
+            busy_us: AtomicU64::new(0),
+            idle_us: AtomicU64::new(0),
+            sessions: AtomicUsize::new(0),
+            sleeping: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(0),
+            poll: PollMode::Adaptive,
+        })
+    }
+
+    /// What a reactor's loop does with its mailbox: answers heartbeats. Returns how many.
+    fn answer(reactor: &ReactorHandle) -> usize {
+        let mut answered = 0;
+        while let Some(message) = reactor.mailbox.pop() {
+            if let Message::Heartbeat(sequence) = message {
+                reactor.heartbeat.store(sequence, Ordering::Release);
+                answered += 1;
+            }
+        }
+        answered
+    }
+
+    #[test]
+    fn pings_only_while_every_reactor_answers_and_sends_a_stuck_one_nothing_more() {
+        let reactors = [reactor(0), reactor(1)];
+        let mut watchdog = Watchdog::new(Duration::from_secs(2));
+        let mut now = Instant::now();
+        // The first round finds nothing outstanding: a ping, and a heartbeat each.
+        assert_eq!(watchdog.tick(&reactors, now), Some(vec![]));
+        // Not yet time for the next round.
+        assert_eq!(
+            watchdog.tick(&reactors, now + Duration::from_millis(10)),
+            None
+        );
+        assert_eq!(answer(&reactors[0]), 1);
+        assert_eq!(answer(&reactors[1]), 1);
+        now += Duration::from_secs(1);
+        assert_eq!(watchdog.tick(&reactors, now), Some(vec![]));
+        // Reactor 1 is wedged: it drains nothing. No ping for as long as that lasts, and
+        // it is sent no more heartbeats while the one it has is unanswered.
+        assert_eq!(answer(&reactors[0]), 1);
+        for _ in 0..3 {
+            now += Duration::from_secs(1);
+            assert_eq!(watchdog.tick(&reactors, now), Some(vec![1]));
+            assert_eq!(answer(&reactors[0]), 1);
+        }
+        assert_eq!(
+            answer(&reactors[1]),
+            1,
+            "one heartbeat outstanding, not four"
+        );
+        // It goes round its loop again: the pings resume.
+        now += Duration::from_secs(1);
+        assert_eq!(watchdog.tick(&reactors, now), Some(vec![]));
+    }
 }
