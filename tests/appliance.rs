@@ -202,6 +202,39 @@ fn invalid_config_stops_start_up_naming_file_line_and_expectation() {
         !state.exists(),
         "a refused configuration created the state dir"
     );
+
+    // Every flag `sds serve --help` shows is a key, with nothing written for it but the flag
+    // (the file is read against clap's definition): the unknown-key error lists them all.
+    let help = Command::new(sds_binary())
+        .args(["serve", "--help"])
+        .output()
+        .expect("sds serve --help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let flags: Vec<String> = help
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|rest| rest.split([' ', '=', '<']).next())
+        .filter(|flag| !["help", "config", "socket", "json"].contains(flag))
+        .map(|flag| flag.replace('-', "_"))
+        .collect();
+    assert!(flags.len() >= 15, "too few flags found in:\n{help}");
+    let config = dir.path().join("unknown.toml");
+    std::fs::write(&config, "no_such_key = 1\n").expect("write config");
+    let output = serve_must_fail(
+        &["--config".as_ref(), config.as_os_str()],
+        "an unknown key must stop start-up",
+    );
+    let known = output
+        .split("expected one of: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no key list in:\n{output}"));
+    let known: Vec<&str> = known.trim().split(", ").collect();
+    for flag in &flags {
+        assert!(
+            known.contains(&flag.as_str()),
+            "--{flag} is not a key: {known:?}"
+        );
+    }
     // A file that is not there names itself.
     let missing = dir.path().join("missing.toml");
     let output = serve_must_fail(
