@@ -253,6 +253,15 @@ pub const MAX_CHAP_USER_BYTES: usize = 255;
 pub const DEFAULT_CYCLE_MS: u64 = 100;
 pub const MIN_CYCLE_MS: u64 = 10;
 pub const MAX_CYCLE_MS: u64 = 10_000;
+/// The largest `sds serve --config` file read: a configuration is a few dozen lines, and a
+/// file past this is a mistake (a log or an image named by accident), refused, not read.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+/// The systemd watchdog (`WatchdogSec=`): the control thread pings this many times per
+/// watchdog period, so one late cycle does not get a healthy server killed.
+pub const WATCHDOG_PINGS_PER_PERIOD: u32 = 2;
+/// The longest a test may wedge a reactor (`reactor_wedge`, refused unless SDS_TEST_FAULTS=1):
+/// long enough for a watchdog to notice, short enough that the server shuts down after.
+pub const MAX_REACTOR_WEDGE_MS: u64 = 60_000;
 
 /// NBD connections over TLS at once, handshaking or relayed (each relayed one has its own
 /// thread; see `target::nbd::tls`). A client past it gets NBD_REP_ERR_POLICY to

@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod blockio;
+pub mod config_file;
 pub mod constants;
 pub mod control;
 pub mod digest;
@@ -26,6 +27,7 @@ pub mod reactor;
 pub mod rpc;
 pub mod scsi;
 pub mod serve;
+pub mod service_notify;
 pub mod state_lock;
 pub mod store;
 pub mod target;

@@ -251,10 +251,15 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         crate::version::long_version(),
         socket.display()
     );
+    // Every listener is bound and listening (a connection made now waits in its backlog and
+    // is served) and every pool was replayed by Control::restore: systemd may start what
+    // depends on sds.service.
+    crate::service_notify::ready(&format!("serving; management socket {}", socket.display()));
 
     while !shutdown.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    crate::service_notify::stopping();
     log::info!("shutting down: draining in-flight I/O");
     rpc.stop();
     for acceptor in acceptors {

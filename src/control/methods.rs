@@ -2,7 +2,7 @@
 
 use super::{
     domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, snapshots, spdk, volume_sets,
-    volumes, vpaths, Control,
+    volumes, vpaths, watchdog, Control,
 };
 use crate::rpc::RpcError;
 use serde_json::Value;
@@ -66,6 +66,7 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("framework_get_reactors", spdk::get_reactors),
     ("bdev_get_bdevs", spdk::get_bdevs),
     ("bdev_get_iostat", spdk::get_iostat),
+    ("reactor_wedge", watchdog::wedge),
 ];
 
 pub fn find(method: &str) -> Option<Handler> {

@@ -31,6 +31,7 @@ mod stats;
 mod volume_sets;
 mod volumes;
 mod vpaths;
+pub mod watchdog;
 
 use crate::backend::fault::{FaultLun, MissingLun};
 use crate::backend::{reopen_lun, Lun, LunKind, LunSpec};
@@ -724,8 +725,12 @@ pub fn spawn(control: Control) -> Result<(ControlDispatch, JoinHandle<Control>),
 
 fn run(mut control: Control, receiver: Receiver<ControlCall>) -> Control {
     let mut next_cycle = Instant::now() + control.cycle_period;
+    let mut watchdog = watchdog::Watchdog::from_env();
     loop {
-        let wait = next_cycle.saturating_duration_since(Instant::now());
+        let wake = watchdog
+            .as_ref()
+            .map_or(next_cycle, |watchdog| watchdog.next_ping().min(next_cycle));
+        let wait = wake.saturating_duration_since(Instant::now());
         match receiver.recv_timeout(wait) {
             Ok(call) => {
                 let result = control.call(&call.method, call.params);
@@ -740,6 +745,9 @@ fn run(mut control: Control, receiver: Receiver<ControlCall>) -> Control {
         if Instant::now() >= next_cycle {
             control.run_cycle();
             next_cycle = Instant::now() + control.cycle_period;
+        }
+        if let Some(watchdog) = &mut watchdog {
+            watchdog.tick(&control.reactors, Instant::now());
         }
     }
     control
