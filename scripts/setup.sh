@@ -26,6 +26,7 @@ want python3-venv
 want openssl         # test certificates
 want libiscsi-bin    # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf
 want tgt             # tgtd: the peer iSCSI target for bench/ and the conformance comparison
+want prometheus      # promtool: tests/metrics.rs checks /metrics with `promtool check metrics`
 
 apt_install_missing setup "${need_pkgs[@]}"
 

@@ -509,3 +509,9 @@ const _: () = assert!(
     "the tag's 8-bit LUN field"
 );
 const _: () = assert!(MIN_MIRROR_LEGS <= MAX_MIRROR_LEGS && MAX_MIRROR_LEGS <= 8);
+
+/// `/metrics`: how often the control cycle copies the counters into the snapshot scrapes read
+/// (a scrape between two gathers sees the older one), and how often the HTTP thread checks
+/// for shutdown while no request comes.
+pub const METRICS_GATHER_INTERVAL_MS: u64 = 1_000;
+pub const METRICS_POLL_MS: u64 = 200;

@@ -19,6 +19,7 @@ mod hosts;
 pub mod iscsi;
 mod lun_errors;
 mod luns;
+pub mod metrics;
 pub mod mirrors;
 pub mod nvmf;
 pub use luns::error_chain as luns_error_chain;
@@ -134,6 +135,8 @@ pub struct Control {
     /// The NVMe/TCP front end, for `nvmf_*` and the events its controllers are told of (set
     /// by `serve` before the control thread starts).
     pub nvmf: Option<nvmf::NvmfTarget>,
+    /// `--metrics-listen`: where the control cycle leaves its metrics snapshots.
+    pub metrics: Option<metrics::MetricsGatherer>,
     generation: u64,
 }
 
@@ -173,6 +176,7 @@ impl Control {
             last_cycle_s: cycle_period.as_secs_f64(),
             iscsi: None,
             nvmf: None,
+            metrics: None,
             generation: 0,
         };
         control.restore_luns()?;

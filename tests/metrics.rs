@@ -1,0 +1,275 @@
+//! `--metrics-listen`: /metrics scraped while fio runs, checked by `promtool check metrics`
+//! (Debian's prometheus package, scripts/setup.sh), its counters compared with
+//! `bdev_get_iostat` and `pool_get_pools`.
+
+mod common;
+
+use common::{fio, free_port, require_tool, Server};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// GETs `path` from the metrics port; returns (status, content type, body).
+fn get(port: u16, path: &str, accept: Option<&str>) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("content-type:")
+                .then(|| l[13..].trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+/// Scrapes until the server has gathered once (it answers 503 before), within a deadline.
+fn scrape(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, content_type, body) = get(port, "/metrics", None);
+        if status == 200 {
+            assert!(
+                content_type.starts_with("text/plain; version=0.0.4"),
+                "{content_type}"
+            );
+            return body;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "no metrics gathered in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `promtool check metrics` on `text`: (passed, what it said).
+fn promtool(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// The value of the sample whose name and labels start `prefix` (`name{a="b",`…).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if series_name != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+fn metrics_server() -> (Server, u16) {
+    let port = free_port();
+    let server = Server::start_with(|_| {
+        vec![
+            "--metrics-listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--cycle-ms".to_string(),
+            "100".to_string(),
+        ]
+    });
+    (server, port)
+}
+
+#[test]
+fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
+    require_tool("promtool");
+    let (server, port) = metrics_server();
+    server.file_pool("p", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "vol", "pool": "p", "size": 32 * MIB}),
+    );
+    let url = server.url("vol");
+    let dir = server.dir.path().to_path_buf();
+    let load = std::thread::spawn(move || {
+        fio(
+            &dir,
+            &[
+                "--name=load".into(),
+                "--ioengine=nbd".into(),
+                format!("--uri={url}"),
+                "--rw=randrw".into(),
+                "--bs=4k".into(),
+                "--iodepth=8".into(),
+                "--size=16M".into(),
+                "--time_based=1".into(),
+                "--runtime=4".into(),
+            ],
+        )
+    });
+    // Scrape while fio runs: each answer passes promtool's checks.
+    let mut during = 0;
+    while !load.is_finished() {
+        let text = scrape(port);
+        let (passed, said) = promtool(&text);
+        assert!(passed, "promtool check metrics: {said}\n{text}");
+        during += 1;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let (ok, output) = load.join().expect("fio thread");
+    assert!(ok, "fio: {output}");
+    assert!(during >= 2, "only {during} scrapes during the run");
+
+    // After the run, the next gathers must show exactly what bdev_get_iostat counts.
+    let iostat = server.ok("bdev_get_iostat", json!({"name": "vol"}));
+    let bdev = &iostat["bdevs"][0];
+    let reads = bdev["num_read_ops"].as_u64().expect("reads");
+    let writes = bdev["num_write_ops"].as_u64().expect("writes");
+    let read_bytes = bdev["bytes_read"].as_u64().expect("bytes read");
+    assert!(reads > 100 && writes > 100, "fio did little: {bdev}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(port);
+        let seen = sample(
+            &text,
+            "sds_volume_ops_total",
+            &[("volume", "vol"), ("op", "read")],
+        );
+        if seen == Some(reads as f64) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sds_volume_ops_total read {seen:?}, bdev_get_iostat {reads}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (passed, said) = promtool(&text);
+    assert!(passed, "promtool check metrics: {said}");
+    let volume = [("volume", "vol"), ("pool", "p")];
+    let with_op = |op| [("volume", "vol"), ("op", op)];
+    assert_eq!(
+        sample(&text, "sds_volume_ops_total", &with_op("write")),
+        Some(writes as f64)
+    );
+    assert_eq!(
+        sample(&text, "sds_volume_bytes_total", &with_op("read")),
+        Some(read_bytes as f64)
+    );
+    assert_eq!(sample(&text, "sds_volume_errors_total", &volume), Some(0.0));
+    assert_eq!(
+        sample(&text, "sds_volume_size_bytes", &volume),
+        Some((32 * MIB) as f64)
+    );
+
+    // The VP the I/O came through: the same operations, and a latency histogram with one
+    // sample per operation, +Inf bucket equal to the count.
+    let vp = [("volume", "vol"), ("host", common::TEST_HOST)];
+    let vp_reads = sample(
+        &text,
+        "sds_vpath_ops_total",
+        &[vp[0], vp[1], ("op", "read")],
+    );
+    let vp_writes = sample(
+        &text,
+        "sds_vpath_ops_total",
+        &[vp[0], vp[1], ("op", "write")],
+    );
+    assert_eq!(vp_reads, Some(reads as f64));
+    assert_eq!(vp_writes, Some(writes as f64));
+    let count = sample(&text, "sds_vpath_latency_seconds_count", &vp).expect("histogram");
+    let inf = sample(
+        &text,
+        "sds_vpath_latency_seconds_bucket",
+        &[vp[0], vp[1], ("le", "+Inf")],
+    );
+    assert_eq!(inf, Some(count));
+    assert!(count >= (reads + writes) as f64, "{count} samples");
+    let domain = sample(
+        &text,
+        "sds_domain_ops_total",
+        &[("domain", "default"), ("op", "read")],
+    );
+    assert_eq!(domain, Some(reads as f64));
+
+    // Pools: the same capacity as pool_get_pools; journal commits counted.
+    let pools = server.ok("pool_get_pools", json!({}));
+    let capacity = pools[0]["capacity"].as_u64().expect("capacity");
+    assert_eq!(
+        sample(&text, "sds_pool_capacity_bytes", &[("pool", "p")]),
+        Some(capacity as f64)
+    );
+    let fill = sample(&text, "sds_pool_fill_ratio", &[("pool", "p")]).expect("fill");
+    assert!(fill > 0.0 && fill <= 1.0, "fill {fill}");
+    assert!(sample(&text, "sds_pool_journal_commits_total", &[("pool", "p")]).unwrap_or(0.0) > 0.0);
+    assert!(sample(
+        &text,
+        "sds_lun_size_bytes",
+        &[("lun", "p-a"), ("pool", "p")]
+    )
+    .is_some());
+    let busy = sample(&text, "sds_reactor_busy_ratio", &[("reactor", "0")]).expect("reactor");
+    assert!((0.0..=1.0).contains(&busy), "busy ratio {busy}");
+    assert!(text.contains(&format!(
+        "sds_build_info{{version=\"{}\"",
+        env!("CARGO_PKG_VERSION")
+    )));
+}
+
+#[test]
+fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
+    let (server, port) = metrics_server();
+    scrape(port);
+    let (status, content_type, body) = get(
+        port,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    assert!(body.contains("# TYPE sds_reactor_busy_seconds counter"));
+    let (status, _, _) = get(port, "/", None);
+    assert_eq!(status, 404);
+    drop(server);
+}
