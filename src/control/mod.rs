@@ -12,6 +12,7 @@
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
 //! rate-limited LUN error log, `stats` the statistics methods.
 
+pub mod config;
 mod cycle;
 mod domains;
 mod failed;
@@ -153,6 +154,26 @@ impl Control {
         cycle_period: Duration,
     ) -> Result<Self, ControlError> {
         let store = FileStore::open(&state_dir)?;
+        Self::restore_from(
+            state_dir,
+            store,
+            published,
+            reactors,
+            provisioner,
+            cycle_period,
+        )
+    }
+
+    /// [`Control::restore`] from the records of `store`, which need not be `state_dir`'s own
+    /// (`load_config` restores the objects it adds from a staging store, see `config`).
+    pub fn restore_from(
+        state_dir: PathBuf,
+        store: FileStore,
+        published: Arc<Published>,
+        reactors: Vec<Arc<ReactorHandle>>,
+        provisioner: Provisioner,
+        cycle_period: Duration,
+    ) -> Result<Self, ControlError> {
         let mut control = Self {
             state_dir,
             store,
