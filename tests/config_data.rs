@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 const MIB: u64 = 1 << 20;
 const SECRET: &str = "a-chap-secret-of-16";
 const LATE_IQN: &str = "iqn.2026-01.org.example:late";
+const MIRROR_DATA: [(u8, u64, u64); 2] = [(0x55, 0, 8192), (0x56, 3 * MIB, 4096)];
+/// The second write lands in the set's second member.
+const SET_DATA: [(u8, u64, u64); 2] = [(0x66, 4096, 4096), (0x67, 5 * MIB, 65536)];
 
 /// A server with a file pool, a volume with data, a snapshot and a clone of it, a domain,
 /// hosts (one with CHAP) and VPs. Returns it with the data written: (pattern, offset, len).
@@ -47,6 +50,24 @@ fn configured() -> (Server, Writes, Writes) {
         "vpath_create",
         json!({"host": "late", "volume": "cl", "lun": 2}),
     );
+    // A mirror with a leg in each of two pools, and a set of a volume from each.
+    server.file_pool("q", MIB);
+    for (name, pool) in [("m1", "p"), ("m2", "q"), ("s1", "p"), ("s2", "q")] {
+        server.ok(
+            "volume_create",
+            json!({"name": name, "pool": pool, "size": 4 * MIB}),
+        );
+    }
+    server.ok(
+        "mirror_create",
+        json!({"name": "mir", "legs": ["m1", "m2"]}),
+    );
+    server.ok(
+        "volume_set_create",
+        json!({"name": "set", "layout": "concat", "members": ["s1", "s2"]}),
+    );
+    write_and_verify(&server.url("mir"), &MIRROR_DATA);
+    write_and_verify(&server.url("set"), &SET_DATA);
     (server, before, after)
 }
 
@@ -103,12 +124,13 @@ fn state(server: &Server) -> Value {
         "hosts": server.ok("host_get_hosts", json!({})),
         "domains": server.ok("domain_get_domains", json!({})),
         "vpaths": format!("{:?}", paths(server)),
-        "records": record_files(server),
+        "records": files_in(server, "config"),
+        "mirror_logs": files_in(server, "mirrors"),
     })
 }
 
-fn record_files(server: &Server) -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(server.state_dir.join("config"))
+fn files_in(server: &Server, dir: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(server.state_dir.join(dir))
         .map(|dir| {
             dir.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -160,7 +182,7 @@ fn a_saved_configuration_loaded_into_an_empty_server_serves_the_same_data() {
         .iter()
         .filter_map(|v| v["name"].as_str())
         .collect();
-    assert_eq!(volumes, ["vol", "snap", "cl"]);
+    assert_eq!(volumes, ["m1", "m2", "s1", "s2", "vol", "snap", "cl"]);
     let wanted = paths(&old);
     assert!(old.stop(), "the old server stops cleanly");
 
@@ -182,6 +204,10 @@ fn a_saved_configuration_loaded_into_an_empty_server_serves_the_same_data() {
         .collect();
     let (clean, said) = qemu_io_read_only(&snap_url, &reads);
     assert!(clean, "the snapshot reads as it was taken: {said}");
+    verify(&new.url("mir"), &MIRROR_DATA);
+    verify(&new.url("set"), &SET_DATA);
+    assert_eq!(section(&document, "mirrors").len(), 1);
+    assert_eq!(section(&document, "volume_sets").len(), 1);
     let domain = new.ok("domain_get_domains", json!({"name": "gold"}));
     assert_eq!(domain[0]["capabilities"]["priority"], "high", "{domain}");
     let hosts = new.ok("host_get_hosts", json!({"name": "late"}));
@@ -192,7 +218,7 @@ fn a_saved_configuration_loaded_into_an_empty_server_serves_the_same_data() {
     let again = new.ok("load_config", document.clone());
     assert_eq!(again["created"]["luns"], 0, "{again}");
     assert_eq!(again["created"]["vpaths"], 0, "{again}");
-    assert!(again["unchanged"].as_u64().unwrap_or(0) >= 12, "{again}");
+    assert!(again["unchanged"].as_u64().unwrap_or(0) >= 20, "{again}");
     assert_eq!(state(&new), before_second);
 
     // What was loaded was recorded: a restart serves it all again.
