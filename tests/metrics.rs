@@ -271,5 +271,36 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
     assert!(body.contains("# TYPE sds_reactor_busy_seconds counter"));
     let (status, _, _) = get(port, "/", None);
     assert_eq!(status, 404);
+
+    // Every family the Grafana dashboard queries is one the server exports.
+    let classic = scrape(port);
+    let families: Vec<&str> = classic
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/grafana-sds.json"),
+    )
+    .expect("contrib/grafana-sds.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("sds_") {
+                    continue;
+                }
+                let family = word.strip_suffix("_bucket").unwrap_or(word);
+                assert!(
+                    families.contains(&family),
+                    "{word} (in {expr}) is not exported"
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10, "the dashboard queries {queried} families");
     drop(server);
 }
