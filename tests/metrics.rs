@@ -15,7 +15,12 @@ const MIB: u64 = 1 << 20;
 
 /// GETs `path` from the metrics port; returns (status, content type, body).
 fn get(port: u16, path: &str, accept: Option<&str>) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    try_get(port, path, accept).expect("connect to the port")
+}
+
+/// [`get`], or the error of connecting (a server not listening yet).
+fn try_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
@@ -43,7 +48,7 @@ fn get(port: u16, path: &str, accept: Option<&str>) -> (u16, String, String) {
                 .then(|| l[13..].trim().to_string())
         })
         .unwrap_or_default();
-    (status, content_type, body.to_string())
+    Ok((status, content_type, body.to_string()))
 }
 
 /// Scrapes until the server has gathered once (it answers 503 before), within a deadline.
@@ -303,4 +308,120 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
     }
     assert!(queried >= 10, "the dashboard queries {queried} families");
     drop(server);
+}
+
+/// Percent-encodes a query-string value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Prometheus's instant query API: the `data.result` list, or the error it answered.
+fn prometheus_query(port: u16, query: &str) -> Result<Vec<serde_json::Value>, String> {
+    let (status, _, body) = try_get(
+        port,
+        &format!("/api/v1/query?query={}", encode(query)),
+        None,
+    )
+    .map_err(|e| format!("prometheus: {e}"))?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+    if answer["status"] != "success" {
+        return Err(format!("{query}: {answer}"));
+    }
+    Ok(answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// A real Prometheus (Debian's, the package that brings promtool) scrapes the endpoint (it
+/// asks for OpenMetrics), and every query of the Grafana dashboard parses and runs on it.
+#[test]
+fn prometheus_scrapes_the_server_and_the_dashboard_queries_run() {
+    require_tool("prometheus");
+    let (server, port) = metrics_server();
+    server.ram_pool("p", 64 * MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "vol", "pool": "p", "size": 8 * MIB}),
+    );
+    common::write_and_verify(&server.url("vol"), &[(0x5a, 0, 65536)]);
+    let web = free_port();
+    let dir = server.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+             - job_name: sds\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    let outcome = std::panic::catch_unwind(|| {
+        // Prometheus has scraped when it knows the volume's read counter.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = prometheus_query(web, "sds_volume_ops_total{volume=\"vol\",op=\"read\"}");
+            if let Ok(result) = &up {
+                if let Some(value) = result.first().and_then(|r| r["value"][1].as_str()) {
+                    assert!(value.parse::<f64>().unwrap_or(0.0) >= 1.0, "{result:?}");
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus never scraped sds: {up:?}\n{}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let up = prometheus_query(web, "up{job=\"sds\"}").expect("up");
+        assert_eq!(up[0]["value"][1], "1", "{up:?}");
+        let dashboard = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/grafana-sds.json"),
+        )
+        .expect("dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("json");
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                // Grafana's variables, as Grafana would fill them in.
+                let expr = target["expr"]
+                    .as_str()
+                    .expect("expr")
+                    .replace("$__rate_interval", "10s")
+                    .replace("$volume", ".*")
+                    .replace("$domain", ".*");
+                if let Err(error) = prometheus_query(web, &expr) {
+                    panic!("the dashboard's query does not run: {error}");
+                }
+            }
+        }
+    });
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
