@@ -34,6 +34,7 @@ want systemd
 want man-db
 want dpkg-dev
 want init-system-helpers
+want prometheus      # promtool: tests/metrics.rs checks /metrics with `promtool check metrics`
 
 apt_install_missing setup "${need_pkgs[@]}"
 

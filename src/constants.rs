@@ -572,3 +572,8 @@ pub const ISCSI_WRITE_SAME_CHUNK_BLOCKS: u64 = 1 << 16;
 pub const ISCSI_DEFAULT_INITIATOR_PREFIX: &str = "iqn.2026-11.org.sds.initiator:";
 const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES % MAX_LUN_BLOCK_BYTES == 0);
 const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES <= u32::MAX as usize);
+/// `/metrics`: how often the control cycle copies the counters into the snapshot scrapes read
+/// (a scrape between two gathers sees the older one), and how often the HTTP thread checks
+/// for shutdown while no request comes.
+pub const METRICS_GATHER_INTERVAL_MS: u64 = 1_000;
+pub const METRICS_POLL_MS: u64 = 200;

@@ -21,6 +21,7 @@ pub mod digest;
 pub mod domain;
 pub mod identity;
 pub mod logger;
+pub mod metrics;
 pub mod nvmf;
 pub mod pool;
 pub mod reactor;

@@ -15,6 +15,7 @@
 //! makes the calls and prints with `output::show`, and its table; then a variant of
 //! [`Command`] and an arm in [`run`].
 
+mod config;
 mod domain;
 mod generate;
 mod host;
@@ -135,6 +136,9 @@ enum Command {
     /// like SPDK's bdevperf
     Perf(crate::perf::PerfArgs),
     Top(top::TopArgs),
+    /// The configuration as one JSON document: save it, load it into a server
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Send any JSON-RPC method, e.g. `sds rpc bdev_get_bdevs '{"name":"vol1"}'`
     Rpc {
         method: String,
@@ -261,6 +265,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Iscsi(command) => iscsi::run(command, json, &call),
         Command::Nvmf(command) => nvmf::run(command, json, &call),
         Command::Top(args) => top::run(&args, json, &call),
+        Command::Config(command) => config::run(command, json, &call),
     }
 }
 

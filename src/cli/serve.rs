@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// prints it) names the host, not its address
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Prometheus metrics at http://HOST:PORT/metrics, or `none`
+    #[arg(long, default_value = "none")]
+    metrics_listen: String,
     /// error, warn, info, debug or trace
     #[arg(long, env = "SDS_LOG", default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace"])]
@@ -133,7 +136,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .map_err(|e| format!("--nvmf-listen {text:?}: {e}"))?,
         ),
     };
+    let metrics_listen = match args.metrics_listen.as_str() {
+        "none" | "" => None,
+        text => Some(
+            text.parse::<SocketAddr>()
+                .map_err(|e| format!("--metrics-listen {text:?}: {e}"))?,
+        ),
+    };
     let config = ServeConfig {
+        metrics_listen,
         state_dir: args.state_dir,
         rpc_socket: args.rpc_socket,
         nbd_listen,

@@ -12,6 +12,7 @@
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
 //! rate-limited LUN error log, `stats` the statistics methods.
 
+pub mod config;
 mod cycle;
 mod domains;
 mod failed;
@@ -19,6 +20,7 @@ mod hosts;
 pub mod iscsi;
 mod lun_errors;
 mod luns;
+pub mod metrics;
 pub mod mirrors;
 pub mod nvmf;
 pub use luns::error_chain as luns_error_chain;
@@ -135,6 +137,8 @@ pub struct Control {
     /// The NVMe/TCP front end, for `nvmf_*` and the events its controllers are told of (set
     /// by `serve` before the control thread starts).
     pub nvmf: Option<nvmf::NvmfTarget>,
+    /// `--metrics-listen`: where the control cycle leaves its metrics snapshots.
+    pub metrics: Option<metrics::MetricsGatherer>,
     generation: u64,
 }
 
@@ -151,6 +155,26 @@ impl Control {
         cycle_period: Duration,
     ) -> Result<Self, ControlError> {
         let store = FileStore::open(&state_dir)?;
+        Self::restore_from(
+            state_dir,
+            store,
+            published,
+            reactors,
+            provisioner,
+            cycle_period,
+        )
+    }
+
+    /// [`Control::restore`] from the records of `store`, which need not be `state_dir`'s own
+    /// (`load_config` restores the objects it adds from a staging store, see `config`).
+    pub fn restore_from(
+        state_dir: PathBuf,
+        store: FileStore,
+        published: Arc<Published>,
+        reactors: Vec<Arc<ReactorHandle>>,
+        provisioner: Provisioner,
+        cycle_period: Duration,
+    ) -> Result<Self, ControlError> {
         let mut control = Self {
             state_dir,
             store,
@@ -174,6 +198,7 @@ impl Control {
             last_cycle_s: cycle_period.as_secs_f64(),
             iscsi: None,
             nvmf: None,
+            metrics: None,
             generation: 0,
         };
         control.restore_luns()?;
