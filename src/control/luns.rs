@@ -9,6 +9,7 @@
 use super::params::Params;
 use super::{Control, LunEntry};
 use crate::backend::fault::{FaultLun, FaultMode, FaultSpec, FaultSpecError, IoTypes};
+use crate::backend::remote::link_stats::LinkStats;
 use crate::backend::remote::RemoteSpec;
 use crate::backend::{lun_path, open_lun, ErrorCounts, LunKind, LunSpec};
 use crate::constants::{MAX_FAULT_DELAY_US, MAX_LUNS};
@@ -50,26 +51,6 @@ pub fn failure(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Option<St
     ))
 }
 
-/// A remote LUN's `remote` object: where it is and how its links fare (never a secret).
-fn remote_fields(
-    remote: &RemoteSpec,
-    stats: &crate::backend::remote::link_stats::LinkStatsSnapshot,
-) -> Value {
-    json!({
-        "url": remote.url,
-        "state": stats.state.as_str(),
-        "links": stats.links,
-        "links_connected": stats.links_connected,
-        "rtt_us": stats.rtt_us,
-        "reconnects": stats.reconnects,
-        "timeouts": stats.timeouts,
-        "in_flight": stats.in_flight,
-        "array_size": stats.array_size,
-        "timeout_ms": remote.timeout().as_millis() as u64,
-        "fail_after_ms": remote.fail_after().as_millis() as u64,
-    })
-}
-
 pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
     let info = entry.lun.info();
     let reason = failure(luns, entry);
@@ -92,8 +73,8 @@ pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
     if let Some(wrapper) = &entry.wrapped_by {
         described["wrapped_by"] = json!(wrapper);
     }
-    if let (Some(remote), Some(stats)) = (&entry.record.remote, entry.lun.link_stats()) {
-        described["remote"] = remote_fields(remote, &stats.snapshot());
+    if let Some(remote) = &entry.record.remote {
+        described["remote"] = describe_remote(remote, entry.lun.link_stats());
     }
     if let Some(fault) = &entry.fault {
         described["base"] = json!(entry.record.base);
@@ -103,6 +84,33 @@ pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
             "failed": error_counts(injected.failed),
             "delayed": error_counts(injected.delayed),
         });
+    }
+    described
+}
+
+/// The `remote` object of a LUN of another array: where it is and how its links fare (never
+/// the CHAP secret).
+fn describe_remote(remote: &RemoteSpec, stats: Option<&LinkStats>) -> Value {
+    let mut described = json!({
+        "url": remote.url,
+        "initiator_iqn": remote.initiator_iqn,
+        "chap_user": remote.chap_user,
+        "timeout_ms": remote.timeout().as_millis() as u64,
+        "fail_after_ms": remote.fail_after().as_millis() as u64,
+    });
+    match stats.map(LinkStats::snapshot) {
+        Some(snapshot) => {
+            described["state"] = json!(snapshot.state.as_str());
+            described["links"] = json!(snapshot.links);
+            described["links_connected"] = json!(snapshot.links_connected);
+            described["rtt_us"] = json!(snapshot.rtt_us);
+            described["reconnects"] = json!(snapshot.reconnects);
+            described["timeouts"] = json!(snapshot.timeouts);
+            described["in_flight"] = json!(snapshot.in_flight);
+            described["array_size"] = json!(snapshot.array_size);
+        }
+        // A stand-in: the array could not be reached at start-up.
+        None => described["state"] = json!("failed"),
     }
     described
 }
@@ -130,7 +138,11 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "size",
             "block_size",
             "base",
+            "url",
             "uri",
+            "initiator_iqn",
+            "chap_user",
+            "chap_secret",
             "timeout_ms",
             "fail_after_ms",
         ],
@@ -139,17 +151,31 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let kind_text = params.str("kind")?;
     let kind = LunKind::parse(kind_text).ok_or_else(|| {
         RpcError::invalid_params(format!(
-            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null, nbd"
+            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null, iscsi, nbd"
         ))
     })?;
     if kind == LunKind::Fault {
         return create_fault(control, &params, name);
     }
-    if kind == LunKind::Nbd {
-        return create_nbd(control, &params, name);
+    if kind.is_remote() {
+        return create_remote(control, &params, name, kind);
     }
-    if params.optional_str("uri")?.is_some() {
-        return Err(RpcError::invalid_params("uri: only an nbd LUN has a uri"));
+    for remote_only in [
+        "url",
+        "uri",
+        "initiator_iqn",
+        "chap_user",
+        "chap_secret",
+        "timeout_ms",
+        "fail_after_ms",
+    ] {
+        if params.optional_str(remote_only).ok().flatten().is_some()
+            || params.optional_u64(remote_only).ok().flatten().is_some()
+        {
+            return Err(RpcError::invalid_params(format!(
+                "{remote_only}: only a LUN of another array (iscsi, nbd) has one"
+            )));
+        }
     }
     if params.optional_str("base")?.is_some() {
         return Err(RpcError::invalid_params(
@@ -174,7 +200,9 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
                 kind.as_str()
             )))
         }
-        (LunKind::Mem | LunKind::Null | LunKind::Fault | LunKind::Nbd, None) => None,
+        (LunKind::Mem | LunKind::Null | LunKind::Fault | LunKind::Iscsi | LunKind::Nbd, None) => {
+            None
+        }
         (LunKind::File, None) => Some(control.state_dir.join("luns").join(format!("{name}.img"))),
         (LunKind::Blockdev, None) => {
             return Err(RpcError::invalid_params(
@@ -268,6 +296,123 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     Ok(described)
 }
 
+/// `lun_create` of a LUN of another array: logs in on its blocking connection (on this
+/// thread, bounded by the LUN's timeout and `REMOTE_STARTUP_CONNECT_MS`), takes the array's
+/// size and block size, and attaches its links to the reactors.
+fn create_remote(
+    control: &mut Control,
+    params: &Params,
+    name: &str,
+    kind: LunKind,
+) -> Result<Value, RpcError> {
+    if params.optional_str("path")?.is_some() {
+        return Err(RpcError::invalid_params(format!(
+            "path: a {} LUN has a url, not a path",
+            kind.as_str()
+        )));
+    }
+    if params.optional_u64("size")?.is_some() {
+        return Err(RpcError::invalid_params(
+            "size: a remote LUN's size is its array's",
+        ));
+    }
+    let block_size = match params.optional_u64("block_size")? {
+        None => 0,
+        Some(b @ (512 | 4096)) => b as u32,
+        Some(other) => {
+            return Err(RpcError::invalid_params(format!(
+                "block_size: {other} is not 512 or 4096"
+            )))
+        }
+    };
+    check_new_name(control, name)?;
+    // NBD names its address a URI (the NBD URI standard), iSCSI a URL (libiscsi's).
+    let url_key = if kind == LunKind::Nbd { "uri" } else { "url" };
+    let other_key = if kind == LunKind::Nbd { "url" } else { "uri" };
+    if params.optional_str(other_key)?.is_some() {
+        return Err(RpcError::invalid_params(format!(
+            "{other_key}: a {} LUN's address is its {url_key}",
+            kind.as_str()
+        )));
+    }
+    if kind == LunKind::Nbd {
+        for iscsi_only in ["initiator_iqn", "chap_user", "chap_secret"] {
+            if params.optional_str(iscsi_only)?.is_some() {
+                return Err(RpcError::invalid_params(format!(
+                    "{iscsi_only}: only an iscsi LUN has one"
+                )));
+            }
+        }
+    }
+    let owned = |value: Option<&str>| value.map(str::to_string);
+    let remote = RemoteSpec {
+        url: params.str(url_key)?.to_string(),
+        initiator_iqn: owned(params.optional_str("initiator_iqn")?),
+        chap_user: owned(params.optional_str("chap_user")?),
+        chap_secret: owned(params.optional_str("chap_secret")?),
+        timeout_ms: params.optional_u64("timeout_ms")?,
+        fail_after_ms: params.optional_u64("fail_after_ms")?,
+    };
+    remote
+        .validate()
+        .map_err(|why| RpcError::invalid_params(why.replacen("url", url_key, 1)))?;
+    if let Some(other) = control.luns.values().find(|entry| {
+        entry
+            .record
+            .remote
+            .as_ref()
+            .is_some_and(|other| other.url == remote.url)
+    }) {
+        return Err(RpcError::invalid_params(format!(
+            "url: {} is already LUN {}",
+            remote.url, other.record.name
+        )));
+    }
+    let spec = LunSpec {
+        name: name.to_string(),
+        kind,
+        path: None,
+        size_bytes: None,
+        block_size_bytes: block_size,
+        remote: Some(remote.clone()),
+    };
+    let lun = open_lun(&spec).map_err(|error| {
+        RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
+    })?;
+    let info = lun.info();
+    let record = LunRecord {
+        name: name.to_string(),
+        uuid: control.new_uuid()?,
+        kind,
+        path: None,
+        size: info.size_bytes,
+        block_size: info.block_size_bytes,
+        base: None,
+        remote: Some(remote),
+    };
+    control
+        .store
+        .put("lun", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    let (size, block) = (info.size_bytes, info.block_size_bytes);
+    let entry = LunEntry {
+        record,
+        lun,
+        pool: None,
+        fault: None,
+        wrapped_by: None,
+        failed: None,
+    };
+    let described = describe(&control.luns, &entry);
+    control.luns.insert(name.to_string(), entry);
+    log::info!(
+        "LUN {name} created ({} at {}, {size} bytes, {block}-byte blocks)",
+        kind.as_str(),
+        described["remote"]["url"].as_str().unwrap_or(""),
+    );
+    Ok(described)
+}
+
 fn check_new_name(control: &Control, name: &str) -> Result<(), RpcError> {
     if control.luns.contains_key(name) {
         return Err(RpcError::invalid_params(format!(
@@ -352,83 +497,6 @@ fn create_fault(control: &mut Control, params: &Params, name: &str) -> Result<Va
     Ok(described)
 }
 
-/// `lun_create` with `kind: "nbd"`: an export of another NBD server (`uri`), reached from
-/// every reactor (`backend::nbd_client`). Its size, and its block size unless `block_size`
-/// asks for one the export allows, are the export's.
-fn create_nbd(control: &mut Control, params: &Params, name: &str) -> Result<Value, RpcError> {
-    for key in ["path", "size", "base"] {
-        if params.optional_str(key).is_ok_and(|v| v.is_some())
-            || params.optional_u64(key).is_ok_and(|v| v.is_some())
-        {
-            return Err(RpcError::invalid_params(format!(
-                "{key}: an nbd LUN takes its size from the export and has no {key}"
-            )));
-        }
-    }
-    let block_size = match params.optional_u64("block_size")? {
-        None => None,
-        Some(b @ (512 | 4096)) => Some(b as u32),
-        Some(other) => {
-            return Err(RpcError::invalid_params(format!(
-                "block_size: {other} is not 512 or 4096"
-            )))
-        }
-    };
-    let uri = params.str("uri")?;
-    let remote = RemoteSpec {
-        url: uri.to_string(),
-        timeout_ms: params.optional_u64("timeout_ms")?,
-        fail_after_ms: params.optional_u64("fail_after_ms")?,
-        ..RemoteSpec::default()
-    };
-    remote
-        .validate()
-        .map_err(|why| RpcError::invalid_params(why.replacen("url", "uri", 1)))?;
-    check_new_name(control, name)?;
-    let spec = LunSpec {
-        name: name.to_string(),
-        kind: LunKind::Nbd,
-        path: None,
-        size_bytes: None,
-        block_size_bytes: block_size.unwrap_or(512),
-        remote: Some(remote.clone()),
-    };
-    let lun = crate::backend::nbd_client::driver::open_with(&spec, block_size)
-        .map_err(|error| RpcError::invalid_params(error_chain(&error)))?;
-    let lun: Arc<dyn crate::backend::Lun> = Arc::new(lun);
-    let info = lun.info();
-    let record = LunRecord {
-        name: name.to_string(),
-        uuid: control.new_uuid()?,
-        kind: LunKind::Nbd,
-        path: None,
-        size: info.size_bytes,
-        block_size: info.block_size_bytes,
-        base: None,
-        remote: Some(remote),
-    };
-    control
-        .store
-        .put("lun", name, &record)
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
-    let entry = LunEntry {
-        record,
-        lun,
-        pool: None,
-        fault: None,
-        wrapped_by: None,
-        failed: None,
-    };
-    let described = describe(&control.luns, &entry);
-    control.luns.insert(name.to_string(), entry);
-    log::info!(
-        "LUN {name} created: NBD export {uri} ({} bytes, {}-byte blocks)",
-        info_size(&described),
-        described["block_size"]
-    );
-    Ok(described)
-}
-
 fn info_size(described: &Value) -> u64 {
     described["size"].as_u64().unwrap_or(0)
 }
@@ -437,6 +505,9 @@ fn info_size(described: &Value) -> u64 {
 fn param_of(error: &crate::backend::LunError) -> &'static str {
     match error {
         crate::backend::LunError::Open { .. } => "path",
+        crate::backend::LunError::Unreachable { .. } => "url",
+        crate::backend::LunError::Invalid { what, .. } if what.starts_with("url") => "url",
+        crate::backend::LunError::Invalid { what, .. } if what.starts_with("uri") => "uri",
         crate::backend::LunError::Invalid { what, .. } if what.contains("size") => "size",
         crate::backend::LunError::Invalid { what, .. } if what.contains("block_size") => {
             "block_size"
