@@ -343,4 +343,18 @@ fn bad_nbd_uris_are_refused_clearly() {
     assert!(message.contains("nope"), "{message}");
     // Nothing was recorded.
     assert_eq!(server.ok("lun_get_luns", json!({})), json!([]));
+
+    // A block size larger than the export's is the LUN's; iSCSI's parameters are refused.
+    let created = server.ok(
+        "lun_create",
+        json!({"name": "big", "kind": "nbd", "uri": remote.uri(), "block_size": 4096}),
+    );
+    assert_eq!(created["block_size"], 4096, "{created}");
+    let (_, message) = server
+        .call(
+            "lun_create",
+            json!({"name": "y", "kind": "nbd", "uri": remote.uri(), "chap_user": "u"}),
+        )
+        .expect_err("chap on nbd");
+    assert!(message.contains("chap_user"), "{message}");
 }
