@@ -512,6 +512,9 @@ fn debian_package_installs_and_removal_keeps_the_state_dir() {
     ] {
         assert!(Path::new(path).exists(), "{path} is not installed");
     }
+    // Enabled (it starts at boot), not started.
+    let wants = Path::new("/etc/systemd/system/multi-user.target.wants/sds.service");
+    assert!(wants.exists(), "the unit is not enabled");
     let conffiles = dpkg(&["-s", "sds"]);
     assert!(
         conffiles.contains("/etc/sds/sds.toml"),
@@ -553,5 +556,6 @@ fn debian_package_installs_and_removal_keeps_the_state_dir() {
         !Path::new("/etc/sds/sds.toml").exists(),
         "purge keeps the conffile"
     );
+    assert!(!wants.exists(), "purge left the unit enabled");
     let _ = std::fs::remove_file(&marker);
 }
