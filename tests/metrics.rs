@@ -256,6 +256,53 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
         "sds_build_info{{version=\"{}\"",
         env!("CARGO_PKG_VERSION")
     )));
+
+    // A mirror: its state and its legs' as state sets, once it has synced.
+    server.file_pool("q", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "m1", "pool": "p", "size": 4 * MIB}),
+    );
+    server.ok(
+        "volume_create",
+        json!({"name": "m2", "pool": "q", "size": 4 * MIB}),
+    );
+    server.ok(
+        "mirror_create",
+        json!({"name": "mir", "legs": ["m1", "m2"]}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(port);
+        let healthy = sample(
+            &text,
+            "sds_mirror_state",
+            &[("mirror", "mir"), ("state", "healthy")],
+        );
+        if healthy == Some(1.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never showed healthy:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (passed, said) = promtool(&text);
+    assert!(passed, "promtool check metrics: {said}");
+    for leg in ["m1", "m2"] {
+        let state = |s| sample(&text, "sds_mirror_leg_state", &[("leg", leg), ("state", s)]);
+        assert_eq!(state("healthy"), Some(1.0), "{leg}");
+        assert_eq!(state("failed"), Some(0.0), "{leg}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "sds_mirror_state",
+            &[("mirror", "mir"), ("state", "degraded")]
+        ),
+        Some(0.0)
+    );
 }
 
 #[test]
