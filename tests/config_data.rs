@@ -307,3 +307,68 @@ fn secrets_are_saved_only_when_asked() {
     let again = old.ok("load_config", bare);
     assert_eq!(again["created"]["hosts"], 0, "{again}");
 }
+
+/// Records of `kind` in a document, to edit.
+fn section_mut<'a>(document: &'a mut Value, kind: &str) -> &'a mut Vec<Value> {
+    document["sections"]
+        .as_array_mut()
+        .expect("sections")
+        .iter_mut()
+        .find(|s| s["kind"] == kind)
+        .and_then(|s| s["records"].as_array_mut())
+        .unwrap_or_else(|| panic!("no section {kind}"))
+}
+
+#[test]
+fn a_load_onto_a_configured_server_sets_domains_and_refuses_what_differs() {
+    let server = Server::start();
+    server.ram_pool("p", 32 * MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "vol", "pool": "p", "size": 4 * MIB}),
+    );
+    server.ok(
+        "domain_create",
+        json!({"name": "gold", "capabilities": {"priority": "high"}}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": TEST_HOST, "volume": "vol", "domain": "gold", "lun": 1}),
+    );
+    let document = server.ok("save_config", json!({}));
+
+    // A domain's capabilities are policy: a load sets them.
+    let mut edited = document.clone();
+    for domain in section_mut(&mut edited, "domains").iter_mut() {
+        if domain["name"] == "gold" {
+            domain["capabilities"]["priority"] = json!("low");
+        }
+    }
+    let answer = server.ok("load_config", edited);
+    assert_eq!(answer["domains_set"], 1, "{answer}");
+    let gold = server.ok("domain_get_domains", json!({"name": "gold"}));
+    assert_eq!(gold[0]["capabilities"]["priority"], "low", "{gold}");
+
+    // Anything else that differs is refused, naming it, and nothing changes.
+    let unchanged = state(&server);
+    let mut other_lun = document.clone();
+    section_mut(&mut other_lun, "vpaths")[0]["lun"] = json!(5);
+    let (_, message) = server
+        .call("load_config", other_lun)
+        .expect_err("a VP with another LUN number");
+    assert!(message.contains("differs"), "{message}");
+    let mut bigger = document.clone();
+    section_mut(&mut bigger, "volumes")[0]["size"] = json!(8 * MIB);
+    let (_, message) = server
+        .call("load_config", bigger)
+        .expect_err("a volume of another size");
+    assert!(
+        message.contains("volume vol exists here and differs"),
+        "{message}"
+    );
+    let (_, message) = server
+        .call("load_config", json!({"sds_config": 2, "sections": []}))
+        .expect_err("another format");
+    assert!(message.contains("sds_config"), "{message}");
+    assert_eq!(state(&server), unchanged);
+}
