@@ -22,11 +22,11 @@ want nbdkit          # peer NBD server for bench/
 want fio             # load and verification (nbd engine)
 want python3         # Debian's python for SPDK's RPC client
 want python3-libnbd  # nbdsh: raw NBD requests in tests
-want prometheus      # promtool and prometheus: tests/metrics.rs checks /metrics with `promtool check metrics` and a real scrape
 want python3-venv
 want openssl         # test certificates
 want libiscsi-bin    # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf
 want tgt             # tgtd: the peer iSCSI target for bench/ and the conformance comparison
+want prometheus      # promtool: tests/metrics.rs checks /metrics with `promtool check metrics`
 
 apt_install_missing setup "${need_pkgs[@]}"
 

@@ -163,11 +163,6 @@ pub const MAX_RPC_CONNECTIONS: usize = 64;
 pub const RPC_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Requests waiting for the control thread.
 pub const CONTROL_QUEUE_CAPACITY: usize = 256;
-/// `/metrics`: how often the control cycle copies the counters into the snapshot scrapes read
-/// (a scrape between two gathers sees the older one), and how often the HTTP thread checks
-/// for shutdown while no request comes.
-pub const METRICS_GATHER_INTERVAL_MS: u64 = 1_000;
-pub const METRICS_POLL_MS: u64 = 200;
 /// Provisioning requests the provisioning thread commits as one group.
 pub const METADATA_BATCH_MAX: usize = 4096;
 
@@ -514,3 +509,9 @@ const _: () = assert!(
     "the tag's 8-bit LUN field"
 );
 const _: () = assert!(MIN_MIRROR_LEGS <= MAX_MIRROR_LEGS && MAX_MIRROR_LEGS <= 8);
+
+/// `/metrics`: how often the control cycle copies the counters into the snapshot scrapes read
+/// (a scrape between two gathers sees the older one), and how often the HTTP thread checks
+/// for shutdown while no request comes.
+pub const METRICS_GATHER_INTERVAL_MS: u64 = 1_000;
+pub const METRICS_POLL_MS: u64 = 200;

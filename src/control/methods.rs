@@ -1,13 +1,11 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
 use super::{
-    domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, snapshots, spdk, volume_sets,
-    volumes, vpaths, Control,
+    config, domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, snapshots, spdk,
+    volume_sets, volumes, vpaths, Control,
 };
 use crate::rpc::RpcError;
 use serde_json::Value;
-
-use super::config;
 
 pub type Handler = fn(&mut Control, Option<Value>) -> Result<Value, RpcError>;
 
@@ -17,9 +15,6 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("lun_delete", luns::delete),
     ("lun_inject_fault", luns::inject_fault),
     ("lun_clear_fault", luns::clear_fault),
-    // Configuration as data: every object above as one document, and back.
-    ("save_config", config::save),
-    ("load_config", config::load),
     // The pool and volume methods pass through the guards in failed.rs, which answer for pools
     // and volumes a failed LUN took down and hand everything else to pools.rs and volumes.rs.
     ("pool_create", failed::pool_create),
@@ -71,6 +66,8 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("framework_get_reactors", spdk::get_reactors),
     ("bdev_get_bdevs", spdk::get_bdevs),
     ("bdev_get_iostat", spdk::get_iostat),
+    ("save_config", config::save),
+    ("load_config", config::load),
 ];
 
 pub fn find(method: &str) -> Option<Handler> {
