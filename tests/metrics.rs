@@ -250,6 +250,9 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
         &[("lun", "p-a"), ("pool", "p")]
     )
     .is_some());
+    // fio came over NBD: no iSCSI session, no NVMe/TCP controller.
+    assert_eq!(sample(&text, "sds_iscsi_sessions", &[]), Some(0.0));
+    assert_eq!(sample(&text, "sds_nvmf_controllers", &[]), Some(0.0));
     let busy = sample(&text, "sds_reactor_busy_ratio", &[("reactor", "0")]).expect("reactor");
     assert!((0.0..=1.0).contains(&busy), "busy ratio {busy}");
     assert!(text.contains(&format!(

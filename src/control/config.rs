@@ -1113,6 +1113,43 @@ mod tests {
     }
 
     #[test]
+    fn a_document_round_trips_and_bad_ones_say_what_is_wrong() {
+        let document = ConfigDocument {
+            sds_config: CONFIG_FORMAT,
+            saved_by: "test".into(),
+            luns: vec![json!({"name": "l"})],
+            domains: vec![DomainRecord {
+                name: "d".into(),
+                capabilities: Default::default(),
+            }],
+            ..Default::default()
+        };
+        let text = document.to_json();
+        let kinds: Vec<&str> = text["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, SECTION_KINDS);
+        let back = ConfigDocument::from_json(text.clone()).unwrap();
+        assert_eq!(back.luns, document.luns);
+        assert_eq!(back.domains, document.domains);
+        let error = |value: Value| ConfigDocument::from_json(value).unwrap_err();
+        assert!(error(json!([])).contains("object"));
+        assert!(error(json!({"sections": []})).contains("sds_config"));
+        assert!(error(json!({"sds_config": 1, "extra": 1})).contains("extra: unknown key"));
+        let twice = json!({"sds_config": 1, "sections": [
+            {"kind": "hosts", "records": []}, {"kind": "hosts", "records": []}]});
+        assert!(error(twice).contains("hosts twice"));
+        let unknown = json!({"sds_config": 1, "sections": [{"kind": "disks", "records": []}]});
+        assert!(error(unknown).contains("unknown kind disks"));
+        let bad =
+            json!({"sds_config": 1, "sections": [{"kind": "pools", "records": [{"name": "p"}]}]});
+        assert!(error(bad).contains("pools: p:"));
+    }
+
+    #[test]
     fn records_come_after_what_they_name() {
         let records = vec![
             ("clone", vec!["snap"]),

@@ -224,6 +224,14 @@ impl Control {
                 .map(|t| t.nqn_base.clone())
                 .unwrap_or_default(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            iscsi_sessions: self
+                .iscsi
+                .as_ref()
+                .map_or(0, |t| t.registry.list().len() as u64),
+            nvmf_controllers: self
+                .nvmf
+                .as_ref()
+                .map_or(0, |t| t.registry.list().len() as u64),
             cycle_seconds: self.last_cycle_s,
             volumes,
             vpaths,

@@ -241,6 +241,18 @@ impl Collector for SnapshotCollector {
         )?;
         gauges(
             e,
+            "sds_iscsi_sessions",
+            "Live iSCSI sessions, discovery sessions included",
+            [(vec![], s.iscsi_sessions as f64)],
+        )?;
+        gauges(
+            e,
+            "sds_nvmf_controllers",
+            "Live NVMe/TCP controllers, discovery controllers included",
+            [(vec![], s.nvmf_controllers as f64)],
+        )?;
+        gauges(
+            e,
             "sds_control_cycle_seconds",
             "How long the last control-loop cycle lasted",
             [(vec![], s.cycle_seconds)],

@@ -173,6 +173,9 @@ pub struct MetricsSnapshot {
     pub nvmf_nqn_base: String,
     pub uptime_seconds: f64,
     pub cycle_seconds: f64,
+    /// Live iSCSI sessions (discovery ones too) and NVMe/TCP controllers.
+    pub iscsi_sessions: u64,
+    pub nvmf_controllers: u64,
     pub volumes: Vec<VolumeRow>,
     pub vpaths: Vec<VpathRow>,
     pub domains: Vec<DomainRow>,
