@@ -349,6 +349,41 @@ fn a_load_onto_a_configured_server_sets_domains_and_refuses_what_differs() {
     let gold = server.ok("domain_get_domains", json!({"name": "gold"}));
     assert_eq!(gold[0]["capabilities"]["priority"], "low", "{gold}");
 
+    // A plain volume new to a pool the server has is made (empty), with the document's UUID;
+    // a VP to it too. Loading the same again changes nothing.
+    let mut grown = document.clone();
+    let mut extra = section(&document, "volumes")[0].clone();
+    extra["name"] = json!("extra");
+    extra["uuid"] = json!("6f1c2a4e-0b7d-4c3e-9a85-2d4f6b8e1a30");
+    section_mut(&mut grown, "volumes").push(extra);
+    let mut path = section(&document, "vpaths")[0].clone();
+    path["volume"] = json!("extra");
+    path["lun"] = json!(2);
+    section_mut(&mut grown, "vpaths").push(path);
+    let answer = server.ok("load_config", grown.clone());
+    assert_eq!(answer["created"]["volumes"], 1, "{answer}");
+    assert_eq!(answer["created"]["vpaths"], 1, "{answer}");
+    let extra = server.ok("volume_get_volumes", json!({"name": "extra"}));
+    assert_eq!(
+        extra[0]["uuid"], "6f1c2a4e-0b7d-4c3e-9a85-2d4f6b8e1a30",
+        "{extra}"
+    );
+    write_and_verify(&server.url_without_grant("extra"), &[(0x77, 0, 4096)]);
+    let again = server.ok("load_config", grown.clone());
+    assert_eq!(again["created"]["volumes"], 0, "{again}");
+    // A snapshot cannot be made that way: its data is its pool's.
+    let mut snapshot = grown.clone();
+    let mut snap = section(&document, "volumes")[0].clone();
+    snap["name"] = json!("snap");
+    snap["uuid"] = json!("7f1c2a4e-0b7d-4c3e-9a85-2d4f6b8e1a31");
+    snap["snapshot_of"] = json!("vol");
+    snap["as_of"] = json!(1);
+    section_mut(&mut snapshot, "volumes").push(snap);
+    let (_, message) = server
+        .call("load_config", snapshot)
+        .expect_err("a snapshot without its pool");
+    assert!(message.contains("snapshot or clone"), "{message}");
+
     // Anything else that differs is refused, naming it, and nothing changes.
     let unchanged = state(&server);
     let mut other_lun = document.clone();

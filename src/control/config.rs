@@ -12,8 +12,10 @@
 //! 1. **Validate** the whole document against the current state before touching anything:
 //!    an object that exists here and is the same is left alone; one that exists and differs
 //!    is refused (domains excepted: their capabilities are policy, and are set); new storage
-//!    objects must come with what they stand on (a new pool with its LUNs, a new volume with
-//!    its pool), and their names must be free.
+//!    objects must come with what they stand on (a new pool with its LUNs, a snapshot or a
+//!    clone with its pool, a set or a mirror with its volumes), and their names must be free.
+//!    A plain volume new to a pool this server has is not staged: step 3 makes it empty, as
+//!    `volume_create` does, with the document's UUID.
 //! 2. **Stage** the new storage objects: their records go to a staging store
 //!    (`STATE/load-staging/`), and a second [`Control`] is restored from it by the very code
 //!    a restart runs (`Control::restore_from`), off the live configuration: LUNs opened,
@@ -33,6 +35,7 @@
 
 use super::{hosts, vpaths, Control};
 use crate::backend::LunKind;
+use crate::constants::{MAX_LUNS, MAX_MIRRORS, MAX_POOLS, MAX_VOLUMES};
 use crate::domain::snapshot::Published;
 use crate::rpc::RpcError;
 use crate::store::records::{
@@ -357,6 +360,9 @@ struct Plan {
     luns: Vec<LunRecord>,
     pools: Vec<PoolRecord>,
     volumes: Vec<VolumeRecord>,
+    /// Plain volumes new to a pool this server has already: made as `volume_create` makes
+    /// them (empty), with the document's UUID.
+    fresh_volumes: Vec<VolumeRecord>,
     volume_sets: Vec<VolumeSetRecord>,
     mirrors: Vec<MirrorRecord>,
     hosts: Vec<HostRecord>,
@@ -533,30 +539,38 @@ fn validate(control: &Control, document: &ConfigDocument) -> Result<Plan, RpcErr
         .map(|r| (r.name.clone(), to_value(r), r.clone()))
         .collect();
     let current = current_of::<VolumeRecord>(control, "volume", |r| r.name.clone())?;
-    plan.volumes = classify("volume", &volumes, &current, &mut plan.unchanged)?;
-    let new_pools: BTreeSet<&str> = plan.pools.iter().map(|p| p.name.as_str()).collect();
-    for volume in &plan.volumes {
+    let new_pools: BTreeSet<String> = plan.pools.iter().map(|p| p.name.clone()).collect();
+    let (staged_volumes, fresh_volumes): (Vec<VolumeRecord>, Vec<VolumeRecord>) =
+        classify("volume", &volumes, &current, &mut plan.unchanged)?
+            .into_iter()
+            .partition(|v| new_pools.contains(&v.pool));
+    plan.volumes = staged_volumes;
+    for volume in plan.volumes.iter().chain(&fresh_volumes) {
         if taken(&volume.name) {
             return Err(refuse(format!(
                 "volume {}: the name is taken here",
                 volume.name
             )));
         }
-        if !new_pools.contains(volume.pool.as_str()) {
-            let why = if control.pools.contains_key(&volume.pool)
-                || control.failed_pools.contains_key(&volume.pool)
-            {
-                "exists here already: load_config adds volumes with their pool (create this one \
-                 with volume_create)"
-            } else {
-                "is not in the document"
-            };
-            return Err(refuse(format!(
-                "volume {}: its pool {} {why}",
-                volume.name, volume.pool
-            )));
-        }
     }
+    // A volume for a pool this server has: a plain one is made empty, as volume_create makes
+    // it; a snapshot or clone holds data only its own pool has, so it comes with its pool.
+    for volume in &fresh_volumes {
+        let why = if control.failed_pools.contains_key(&volume.pool) {
+            "is failed here"
+        } else if !control.pools.contains_key(&volume.pool) {
+            "is not in the document"
+        } else if volume.lineage != Default::default() {
+            "exists here already, and a snapshot or clone is loaded only with its pool"
+        } else {
+            continue;
+        };
+        return Err(refuse(format!(
+            "volume {}: its pool {} {why}",
+            volume.name, volume.pool
+        )));
+    }
+    plan.fresh_volumes = fresh_volumes;
     let new_volumes: BTreeSet<&str> = plan.volumes.iter().map(|v| v.name.as_str()).collect();
 
     let sets: Vec<_> = document
@@ -587,6 +601,33 @@ fn validate(control: &Control, document: &ConfigDocument) -> Result<Plan, RpcErr
                 "{what} {name}: its volume {part} must be loaded with it"
             )));
         }
+    }
+
+    // The limits each create method keeps, for the objects that bypass those methods.
+    let volumes_after = control.volumes.len()
+        + control.failed_volumes.len()
+        + plan.volumes.len()
+        + plan.fresh_volumes.len()
+        + plan.volume_sets.len()
+        + plan.mirrors.len();
+    let limits = [
+        ("LUNs", control.luns.len() + plan.luns.len(), MAX_LUNS),
+        (
+            "pools",
+            control.pools.len() + control.failed_pools.len() + plan.pools.len(),
+            MAX_POOLS,
+        ),
+        ("volumes", volumes_after, MAX_VOLUMES),
+        (
+            "mirrors",
+            control.mirrors.len() + plan.mirrors.len(),
+            MAX_MIRRORS,
+        ),
+    ];
+    if let Some((what, count, limit)) = limits.iter().find(|(_, count, limit)| count > limit) {
+        return Err(refuse(format!(
+            "{what}: the server would have {count}, more than the {limit} it may have"
+        )));
     }
 
     let mut hosts = Vec::new();
@@ -650,6 +691,7 @@ fn validate(control: &Control, document: &ConfigDocument) -> Result<Plan, RpcErr
     let known_volume = |name: &str| {
         control.volumes.contains_key(name)
             || new_volumes.contains(name)
+            || plan.fresh_volumes.iter().any(|v| v.name == name)
             || plan.volume_sets.iter().any(|s| s.name == name)
             || plan.mirrors.iter().any(|m| m.name == name)
     };
@@ -845,6 +887,7 @@ enum Undo {
         mirrors: Vec<String>,
         logs: Vec<PathBuf>,
     },
+    FreshVolume(String),
     Host(String),
     Domain {
         name: String,
@@ -890,6 +933,12 @@ fn undo_all(control: &mut Control, undos: Vec<Undo>) {
                     control.luns.remove(name);
                 }
                 remove_logs(&logs);
+            }
+            Undo::FreshVolume(name) => {
+                let params = Some(json!({ "name": name }));
+                if let Err(error) = super::failed::volume_delete(control, params) {
+                    log::error!("load_config: undo: volume {name}: {}", error.message);
+                }
             }
             Undo::Host(name) => {
                 if let Err(error) = hosts::delete(control, Some(json!({ "name": name }))) {
@@ -977,6 +1026,12 @@ fn commit(
         });
         drop(staged);
     }
+    for volume in plan.fresh_volumes {
+        let name = volume.name.clone();
+        super::volumes::create_with(control, volume)
+            .map_err(|e| refuse(format!("volume {name}: {}", e.message)))?;
+        undos.push(Undo::FreshVolume(name));
+    }
     for host in plan.hosts {
         let mut params = json!({ "name": host.name, "addresses": host.addresses });
         for (key, value) in [
@@ -1063,7 +1118,7 @@ pub fn load(control: &mut Control, params: Option<Value>) -> Result<Value, RpcEr
         "created": {
             "luns": plan.luns.len(),
             "pools": plan.pools.len(),
-            "volumes": plan.volumes.len(),
+            "volumes": plan.volumes.len() + plan.fresh_volumes.len(),
             "volume_sets": plan.volume_sets.len(),
             "mirrors": plan.mirrors.len(),
             "hosts": plan.hosts.len(),
