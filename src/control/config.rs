@@ -1016,6 +1016,8 @@ fn commit(
         control.volumes.append(&mut staged.volumes);
         control.volume_sets.append(&mut staged.volume_sets);
         control.mirrors.append(&mut staged.mirrors);
+        // Their lineages are their own pools', but every flag is derived from all views.
+        super::snapshots::update_histories(control);
         undos.push(Undo::Storage {
             luns,
             pools,
