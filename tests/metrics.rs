@@ -357,7 +357,11 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
         }
     }
     assert!(queried >= 10, "the dashboard queries {queried} families");
-    drop(server);
+    // The metrics thread ends with the server: SIGTERM still exits cleanly, and the port is
+    // closed.
+    let mut server = server;
+    assert!(server.stop(), "{}", server.log());
+    assert!(try_get(port, "/metrics", None).is_err());
 }
 
 /// Percent-encodes a query-string value.
