@@ -145,7 +145,7 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
                 "--iodepth=8".into(),
                 "--size=16M".into(),
                 "--time_based=1".into(),
-                "--runtime=4".into(),
+                "--runtime=6".into(),
             ],
         )
     });
