@@ -129,7 +129,9 @@ fn print_luns(items: &[Value]) {
             let (link, rtt, reconnects) = if remote.is_object() {
                 (
                     text(remote, "state"),
-                    format!("{}us", text(remote, "rtt_us")),
+                    remote["rtt_us"]
+                        .as_u64()
+                        .map_or_else(|| "-".to_string(), |rtt| format!("{rtt}us")),
                     text(remote, "reconnects"),
                 )
             } else {

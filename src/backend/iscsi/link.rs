@@ -187,7 +187,7 @@ impl IscsiLink {
             return;
         }
         let result = connection.service(revents);
-        let error = (result < 0).then(|| connection.last_error());
+        let error = (result < 0).then(|| connection.service_error());
         self.handle_events(link);
         if let Some(error) = error {
             self.tear_down(error, link);
@@ -229,7 +229,7 @@ impl IscsiLink {
             return;
         };
         if status != 0 {
-            let reason = format!("login failed: {}", connection.last_error());
+            let reason = connection.connect_error();
             self.tear_down(reason, link);
             return;
         }

@@ -518,7 +518,7 @@ fn on_lost(core: &mut LinkCore, common: &RemoteCommon, reason: &str) {
     let commands = &core.commands;
     core.waiting
         .make_contiguous()
-        .sort_by_key(|&index| commands[index as usize].accepted);
+        .sort_unstable_by_key(|&index| commands[index as usize].accepted);
     core.issued = 0;
     let now = Instant::now();
     core.unreachable_since.get_or_insert(now);
