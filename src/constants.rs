@@ -542,6 +542,9 @@ pub const REMOTE_STARTUP_CONNECT_MS: u64 = 10_000;
 /// current, and a dead connection is found (an unanswered ping past the LUN's timeout resets
 /// it) even with no I/O.
 pub const REMOTE_PING_INTERVAL_MS: u64 = 1_000;
+/// How often one link of each remote LUN asks the array its size (iSCSI READ CAPACITY), so a
+/// resized LUN is noticed even when the array sends no unit attention.
+pub const REMOTE_CAPACITY_CHECK_MS: u64 = 10_000;
 /// The round-trip estimate is an EWMA with weight 1/2^this for each new command's latency.
 pub const REMOTE_RTT_EWMA_SHIFT: u32 = 3;
 /// Longest remote LUN URL accepted.

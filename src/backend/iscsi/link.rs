@@ -22,7 +22,7 @@ use crate::backend::remote::link::{ArrayGeometry, LinkContext, LinkTransport};
 use crate::backend::LunIo;
 use crate::constants::{
     ISCSI_MAX_COMMAND_RETRIES, ISCSI_WRITE_SAME_CHUNK_BLOCKS, ISCSI_ZERO_CHUNK_BYTES,
-    REMOTE_LINK_QUEUE_DEPTH, REMOTE_PING_INTERVAL_MS,
+    REMOTE_CAPACITY_CHECK_MS, REMOTE_LINK_QUEUE_DEPTH, REMOTE_PING_INTERVAL_MS,
 };
 use io_uring::{opcode, types};
 use std::sync::Arc;
@@ -86,6 +86,7 @@ pub struct IscsiLink {
     /// When the NOP-Out on the wire was sent, if one is.
     ping_sent: Option<Instant>,
     last_ping: Instant,
+    last_capacity_check: Instant,
 }
 
 impl IscsiLink {
@@ -107,6 +108,7 @@ impl IscsiLink {
             slots: vec![SlotState::default(); REMOTE_LINK_QUEUE_DEPTH].into_boxed_slice(),
             ping_sent: None,
             last_ping: Instant::now(),
+            last_capacity_check: Instant::now(),
         }
     }
 
@@ -533,6 +535,20 @@ impl LinkTransport for IscsiLink {
     fn tick(&mut self, idle: bool, link: &mut LinkContext) {
         if self.phase != Phase::Ready {
             return;
+        }
+        // One link per LUN asks the array its size now and then (a resize without a unit
+        // attention is noticed too).
+        if link.reactor_index() == 0
+            && self.last_capacity_check.elapsed() >= Duration::from_millis(REMOTE_CAPACITY_CHECK_MS)
+        {
+            self.last_capacity_check = Instant::now();
+            if let Some(connection) = &mut self.connection {
+                if !connection.busy(SLOT_CAPACITY)
+                    && connection.read_capacity16(SLOT_CAPACITY).is_ok()
+                {
+                    self.flush_out(link);
+                }
+            }
         }
         if let Some(sent) = self.ping_sent {
             if sent.elapsed() >= link.timeout() {

@@ -183,6 +183,34 @@ pub struct RemoteCommon {
     pub stats: LinkStats,
     /// The LUN is gone (dropped): its links disconnect and finish.
     pub closing: AtomicBool,
+    /// The array's LUN is smaller than this LUN: failed until it is large enough again.
+    pub shrunk: AtomicBool,
+}
+
+impl RemoteCommon {
+    /// The array says its LUN is `size_bytes`: shown when it differs; smaller than this LUN
+    /// fails the LUN (its end is gone), large enough again brings it back (if no link is
+    /// failed).
+    pub fn note_array_size(&self, size_bytes: u64) {
+        self.stats.set_array_size(size_bytes, self.size_bytes);
+        if size_bytes < self.size_bytes {
+            if !self.shrunk.swap(true, Ordering::AcqRel) && self.health.mark_failed(libc::ENXIO) {
+                log::error!(
+                    "LUN {}: the array's LUN shrank to {size_bytes} bytes, below the LUN's {}; the LUN is failed",
+                    self.name,
+                    self.size_bytes
+                );
+            }
+        } else if self.shrunk.swap(false, Ordering::AcqRel)
+            && !self.stats.any_in(link_stats::LinkState::Failed)
+            && self.health.clear_failed()
+        {
+            log::info!(
+                "LUN {}: the array's LUN is {size_bytes} bytes again; the LUN is back online",
+                self.name
+            );
+        }
+    }
 }
 
 /// The part of a remote LUN its link sessions hold too.
@@ -255,16 +283,10 @@ impl<D: RemoteDriver> RemoteLun<D> {
             health: LunHealth::default(),
             stats: LinkStats::new(reactors.len()),
             closing: AtomicBool::new(false),
+            shrunk: AtomicBool::new(false),
         };
-        common.stats.set_array_size(geometry.size_bytes, size_bytes);
-        if geometry.size_bytes < size_bytes {
-            common.health.mark_failed(libc::ENXIO);
-            log::error!(
-                "LUN {}: the array's LUN shrank to {} bytes, below the LUN's {size_bytes}; the LUN is failed",
-                spec.name,
-                geometry.size_bytes
-            );
-        } else if geometry.size_bytes != size_bytes {
+        common.note_array_size(geometry.size_bytes);
+        if geometry.size_bytes > size_bytes {
             log::warn!(
                 "LUN {}: the array's LUN is {} bytes, the LUN {size_bytes} (the pool does not grow by itself)",
                 spec.name,
