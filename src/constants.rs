@@ -562,6 +562,8 @@ pub const ISCSI_MAX_COMMAND_RETRIES: u32 = 8;
 pub const ISCSI_ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// Zeroing with WRITE SAME (16) + UNMAP: the blocks of one command.
 pub const ISCSI_WRITE_SAME_CHUNK_BLOCKS: u64 = 1 << 16;
+/// The iSCSI port a remote LUN's URL without one means (RFC 7143's well-known port).
+pub const ISCSI_DEFAULT_PORT: u16 = 3260;
 /// The initiator name sds logs in with when the LUN names none: this prefix and the host name.
 pub const ISCSI_DEFAULT_INITIATOR_PREFIX: &str = "iqn.2026-11.org.sds.initiator:";
 const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES % MAX_LUN_BLOCK_BYTES == 0);

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 /// The transport's ring tags.
 const TAG_POLL_IN: u64 = 1;
 const TAG_POLL_OUT: u64 = 2;
+/// The cancel of a poll, at tear-down.
+const TAG_CANCEL: u64 = 3;
 /// Task slots of the connection's own commands, past the link's command slots.
 const SLOT_CAPACITY: u32 = REMOTE_LINK_QUEUE_DEPTH as u32;
 const SLOT_INQUIRY: u32 = REMOTE_LINK_QUEUE_DEPTH as u32 + 1;
@@ -78,6 +80,8 @@ pub struct IscsiLink {
     phase: Phase,
     poll_in_armed: bool,
     poll_out_armed: bool,
+    /// Cancels of polls on the ring (at tear-down).
+    cancels_in_flight: u32,
     geometry: ArrayGeometry,
     reads_zeroes: bool,
     write_same_unmap: bool,
@@ -98,6 +102,7 @@ impl IscsiLink {
             phase: Phase::None,
             poll_in_armed: false,
             poll_out_armed: false,
+            cancels_in_flight: 0,
             geometry: ArrayGeometry {
                 size_bytes: 0,
                 block_size_bytes: 512,
@@ -114,13 +119,31 @@ impl IscsiLink {
 
     /// Starts tearing the connection down for `reason` (see the module doc).
     fn tear_down(&mut self, reason: String, link: &mut LinkContext) {
-        if self.phase == Phase::TearingDown {
+        // Tearing down already, or torn down and reported (a failing call may ask twice).
+        if self.phase == Phase::TearingDown
+            || (self.phase == Phase::None && self.connection.is_none())
+        {
             return;
         }
         self.phase = Phase::TearingDown;
         self.lost_reason = Some(reason);
         if let Some(connection) = &self.connection {
             connection.shutdown_socket();
+        }
+        // A socket still connecting does not wake its polls on shutdown: cancel them too.
+        for (armed, tag) in [
+            (self.poll_in_armed, TAG_POLL_IN),
+            (self.poll_out_armed, TAG_POLL_OUT),
+        ] {
+            if armed {
+                let entry = opcode::AsyncCancel::new(link.tag(tag))
+                    .build()
+                    .user_data(link.tag(TAG_CANCEL));
+                // SAFETY: a cancel refers to no buffer.
+                if unsafe { link.ring.push(&entry) }.is_ok() {
+                    self.cancels_in_flight += 1;
+                }
+            }
         }
         self.finish_tear_down(link);
     }
@@ -499,6 +522,10 @@ impl LinkTransport for IscsiLink {
         match tag {
             TAG_POLL_IN => self.poll_in_armed = false,
             TAG_POLL_OUT => self.poll_out_armed = false,
+            TAG_CANCEL => {
+                self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1);
+                return;
+            }
             _ => return,
         }
         if self.phase == Phase::TearingDown {
@@ -529,7 +556,7 @@ impl LinkTransport for IscsiLink {
     }
 
     fn is_idle(&self) -> bool {
-        !self.poll_in_armed && !self.poll_out_armed
+        !self.poll_in_armed && !self.poll_out_armed && self.cancels_in_flight == 0
     }
 
     fn tick(&mut self, idle: bool, link: &mut LinkContext) {
