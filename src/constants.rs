@@ -80,6 +80,13 @@ pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
 /// one send of up to twice this many iovecs.
 pub const NBD_LINK_MAX_SEND_BATCH: usize = 32;
 const _: () = assert!(2 * NBD_LINK_MAX_SEND_BATCH <= 1024); // IOV_MAX
+/// Bytes of the receive buffer of a remote NBD LUN's link: one receive takes every reply
+/// that has arrived (headers and small reads' data, copied out from there).
+pub const NBD_LINK_RECV_BUFFER_BYTES: usize = 64 * 1024;
+/// A read's data at least this long is received straight into the read's buffer, not copied
+/// through the link's receive buffer.
+pub const NBD_LINK_DIRECT_RECV_BYTES: usize = 32 * 1024;
+const _: () = assert!(NBD_LINK_DIRECT_RECV_BYTES <= NBD_LINK_RECV_BUFFER_BYTES);
 
 /// iSCSI (`target::iscsi`): the largest data segment this target accepts in one PDU, declared
 /// to every initiator as MaxRecvDataSegmentLength.
