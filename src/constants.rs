@@ -509,3 +509,41 @@ const _: () = assert!(
     "the tag's 8-bit LUN field"
 );
 const _: () = assert!(MIN_MIRROR_LEGS <= MAX_MIRROR_LEGS && MAX_MIRROR_LEGS <= 8);
+
+// ---- Remote LUNs (backend::remote, iSCSI and NBD links to other arrays) --------------------
+/// Commands one link (one reactor's connection to the array) has on the wire at once; more
+/// wait in the link's FIFO and start as commands complete.
+pub const REMOTE_LINK_QUEUE_DEPTH: usize = 128;
+/// Commands one link accepts beyond its queue depth: what a reactor's ring can have in flight
+/// (the engine never has more outstanding than its ring credit). Past it a command fails with
+/// EIO at once, which the bound makes unreachable.
+pub const REMOTE_LINK_MAX_WAITING: usize = MAX_RING_IN_FLIGHT;
+/// Reconnect backoff of a link: the first retry after this long, doubling up to the maximum.
+pub const REMOTE_RECONNECT_MIN_MS: u64 = 100;
+pub const REMOTE_RECONNECT_MAX_MS: u64 = 5_000;
+/// Default `timeout_ms` of a remote LUN: a command not completed within it fails with EIO.
+pub const REMOTE_IO_TIMEOUT_MS: u64 = 30_000;
+/// Default `fail_after_ms`: a LUN whose array has been unreachable this long is failed (its
+/// I/O fails at once) until a link connects again.
+pub const REMOTE_FAIL_AFTER_MS: u64 = 120_000;
+/// Bounds of the two settings (an administrator's value outside is refused).
+pub const REMOTE_MIN_TIMEOUT_MS: u64 = 100;
+pub const REMOTE_MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// How often a link looks at its clock: reconnects, timeouts, failing, posting what a full
+/// ring refused, an idle ping.
+pub const REMOTE_LINK_TICK_MS: u64 = 50;
+/// A connect (TCP, login or negotiation, READ CAPACITY) that has not finished in this long is
+/// abandoned and retried with backoff.
+pub const REMOTE_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long start-up waits for a remote LUN's blocking connection before the LUN is kept as a
+/// failed stand-in (pool replay needs it).
+pub const REMOTE_STARTUP_CONNECT_MS: u64 = 10_000;
+/// The round-trip estimate is an EWMA with weight 1/2^this for each new command's latency.
+pub const REMOTE_RTT_EWMA_SHIFT: u32 = 3;
+/// Longest remote LUN URL accepted.
+pub const MAX_REMOTE_URL_BYTES: usize = 1024;
+const _: () = assert!(REMOTE_RECONNECT_MIN_MS <= REMOTE_RECONNECT_MAX_MS);
+const _: () = assert!(REMOTE_LINK_TICK_MS <= REMOTE_RECONNECT_MIN_MS);
+const _: () = assert!(REMOTE_MIN_TIMEOUT_MS <= REMOTE_IO_TIMEOUT_MS);
+const _: () = assert!(REMOTE_IO_TIMEOUT_MS <= REMOTE_MAX_TIMEOUT_MS);
+const _: () = assert!(REMOTE_LINK_QUEUE_DEPTH <= u16::MAX as usize);

@@ -157,6 +157,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         reactors.push(handle);
         reactor_threads.push(thread);
     }
+    // Remote LUNs opened from now on (the recorded ones below, lun_create later) attach one
+    // link to each reactor.
+    crate::backend::remote::register_reactors(&reactors);
     let (provisioner, provisioner_thread) =
         Provisioner::spawn().map_err(ServeError::Provisioner)?;
     let published = Arc::new(Published::default());

@@ -537,6 +537,7 @@ mod tests {
             path: None,
             size_bytes: Some(1 << 20),
             block_size_bytes: 512,
+            remote: None,
         })
         .expect("mem LUN");
         FaultLun::new("f", Arc::new(base))
@@ -652,6 +653,7 @@ mod tests {
             path: Some(dir.path().join("f.img")),
             size_bytes: Some(1 << 20),
             block_size_bytes: 4096,
+            remote: None,
         })
         .expect("file LUN");
         let mut pattern = AlignedBuf::new(4096);

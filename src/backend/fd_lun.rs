@@ -328,6 +328,7 @@ mod tests {
             path: Some(dir.path().join("f.img")),
             size_bytes: Some(1 << 20),
             block_size_bytes: 512,
+            remote: None,
         })
         .expect("file LUN");
         let mut buf = AlignedBuf::new(4096);

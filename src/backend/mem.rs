@@ -209,6 +209,7 @@ mod tests {
             path: None,
             size_bytes: Some(size_bytes),
             block_size_bytes: 512,
+            remote: None,
         })
         .expect("mem LUN")
     }

@@ -34,6 +34,7 @@ pub mod lun_path;
 pub mod mem;
 pub mod mem_region;
 pub mod null;
+pub mod remote;
 
 use crate::blockio::BlockOp;
 use crate::reactor::ring::IoRing;
@@ -120,6 +121,8 @@ pub struct LunSpec {
     pub path: Option<PathBuf>,
     pub size_bytes: Option<u64>,
     pub block_size_bytes: u32,
+    /// For a LUN of another array (iSCSI, NBD): where it is and how to reach it.
+    pub remote: Option<remote::RemoteSpec>,
 }
 
 /// Why a LUN operation failed.
@@ -234,6 +237,12 @@ impl LunHealth {
         self.failed_errno
             .compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Brings a failed LUN back online (a remote LUN whose array is reachable again); returns
+    /// whether it was failed until now.
+    pub fn clear_failed(&self) -> bool {
+        self.failed_errno.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Counts one error of `io_type`.
@@ -388,6 +397,12 @@ pub trait Lun: Send + Sync {
 
     /// The LUN's error counters and failed state; `None` for a driver that keeps none.
     fn health(&self) -> Option<&LunHealth> {
+        None
+    }
+
+    /// A remote LUN's link stats (connection state, round trip, reconnects); `None` for a
+    /// local LUN.
+    fn link_stats(&self) -> Option<&remote::link_stats::LinkStats> {
         None
     }
 

@@ -93,6 +93,7 @@ mod tests {
             path: None,
             size_bytes,
             block_size_bytes,
+            remote: None,
         }
     }
 

@@ -269,6 +269,7 @@ fn fake_luns(range: std::ops::Range<usize>, block_bytes: u32) -> Vec<Arc<FakeLun
                 path: None,
                 size_bytes: Some(16 << 20),
                 block_size_bytes: block_bytes,
+                remote: None,
             })
             .expect("RAM LUN");
             Arc::new(FakeLun {

@@ -80,6 +80,7 @@ mod tests {
             path: None,
             size_bytes: Some(1 << 20),
             block_size_bytes: 512,
+            remote: None,
         })
         .expect("null LUN");
         let health = lun.health().expect("health");

@@ -189,6 +189,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         path: path.clone(),
         size_bytes: size,
         block_size_bytes: block_size,
+        remote: None,
     };
     let lun = open_lun(&spec).map_err(|error| {
         RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
@@ -202,6 +203,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         size: info.size_bytes,
         block_size: info.block_size_bytes,
         base: None,
+        remote: None,
     };
     control
         .store
@@ -287,6 +289,7 @@ fn create_fault(control: &mut Control, params: &Params, name: &str) -> Result<Va
         size: base.record.size,
         block_size: base.record.block_size,
         base: Some(base_name.to_string()),
+        remote: None,
     };
     control
         .store

@@ -319,6 +319,7 @@ impl Control {
                 path: record.path.clone(),
                 size_bytes: Some(record.size),
                 block_size_bytes: record.block_size,
+                remote: record.remote.clone(),
             };
             match reopen_lun(&spec, claim_deadline) {
                 Ok(lun) => self.insert_lun(record, lun, None, None),

@@ -318,6 +318,7 @@ fn build_volume(config: &PerfConfig) -> Result<Arc<Volume>, PerfError> {
         path: config.lun_path.clone(),
         size_bytes: Some(config.lun_size_bytes),
         block_size_bytes: config.block_size_bytes,
+        remote: None,
     })
     .map_err(|source| PerfError::Lun {
         kind: kind.as_str(),

@@ -325,6 +325,7 @@ mod tests {
             path: Some(dir.join("lun.img")),
             size_bytes: Some(64 << 20),
             block_size_bytes: block,
+            remote: None,
         })
         .expect("file LUN")
     }

@@ -108,7 +108,10 @@ pub fn spawn(
                 log::warn!("reactor {index}: could not pin to core {core}; running unpinned");
             }
             let ring = match IoRing::with_sizes(RING_ENTRIES, RING_CQ_ENTRIES) {
-                Ok(ring) => ring,
+                Ok(mut ring) => {
+                    ring.set_owner(index);
+                    ring
+                }
                 Err(error) => {
                     let _ = ready.send(Err(error));
                     return;

@@ -20,6 +20,9 @@ pub struct IoRing {
     in_flight: usize,
     /// The completion queue's size: the most entries that may be in flight.
     max_in_flight: usize,
+    /// The index of the reactor that owns the ring, `None` for a ring of no reactor (tests,
+    /// tools). Remote LUNs pick the reactor's link by it ([`IoRing::owner`]).
+    owner: Option<usize>,
 }
 
 impl IoRing {
@@ -56,7 +59,25 @@ impl IoRing {
             ring,
             in_flight: 0,
             max_in_flight,
+            owner: None,
         })
+    }
+
+    /// Names the reactor that owns the ring (set once, by the reactor that created it).
+    pub fn set_owner(&mut self, reactor_index: usize) {
+        self.owner = Some(reactor_index);
+    }
+
+    /// The index of the reactor that owns the ring, if a reactor does.
+    pub fn owner(&self) -> Option<usize> {
+        self.owner
+    }
+
+    /// The ring's own file descriptor: the target of an `IORING_OP_MSG_RING` that posts a
+    /// completion to this ring (remote LUNs complete their commands that way).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
     }
 
     /// The error of a push refused because the ring is full.

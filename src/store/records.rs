@@ -20,6 +20,11 @@ pub struct LunRecord {
     /// are runtime state and are not recorded.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
+    /// For a LUN of another array (`iscsi`, `nbd`): its `url`, `initiator_iqn`, `chap_user`,
+    /// `chap_secret`, `timeout_ms`, `fail_after_ms`, flattened into the record (absent for a
+    /// local LUN). The CHAP secret makes the state directory root-only reading.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::backend::remote::RemoteSpec>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -354,6 +354,7 @@ mod tests {
                     path: None,
                     size_bytes: Some(32 << 20),
                     block_size_bytes: lun_block,
+                    remote: None,
                 })
                 .expect("RAM LUN")
             })

@@ -473,6 +473,7 @@ pub(crate) mod tests {
             path: None,
             size_bytes: Some(size + (16 << 20)),
             block_size_bytes: 512,
+            remote: None,
         })
         .expect("RAM LUN");
         let uuid = [name.as_bytes()[0]; 16];

@@ -698,6 +698,7 @@ mod tests {
             path: None,
             size_bytes: Some(32 * EXTENT),
             block_size_bytes: 512,
+            remote: None,
         };
         let lun = open_lun(&spec).expect("RAM LUN");
         Arc::new(Pool::create("p", [1; 16], EXTENT, None, vec![lun]).expect("pool"))

@@ -184,6 +184,7 @@ mod tests {
             path: None,
             size_bytes: Some(16 * EXTENT),
             block_size_bytes: 512,
+            remote: None,
         };
         let lun = open_lun(&spec).expect("RAM LUN");
         let pool = Pool::create("p", [1; 16], EXTENT, None, vec![lun]).expect("pool");

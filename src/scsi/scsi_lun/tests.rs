@@ -93,6 +93,7 @@ impl Rig {
             path: None,
             size_bytes: Some(16 << 20),
             block_size_bytes: BLOCK as u32,
+            remote: None,
         })
         .expect("RAM LUN");
         let pool = Pool::create("p", [1; 16], EXTENT_BYTES, None, vec![lun]).expect("pool");

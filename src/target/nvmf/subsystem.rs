@@ -127,6 +127,7 @@ pub(crate) mod tests {
             path: None,
             size_bytes: Some(4 << 20),
             block_size_bytes: 512,
+            remote: None,
         })
         .expect("RAM LUN");
         let pool = Arc::new(Pool::create("p", [1; 16], 1 << 20, None, vec![lun]).expect("pool"));
