@@ -26,6 +26,15 @@ want python3-venv
 want openssl         # test certificates
 want libiscsi-bin    # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf
 want tgt             # tgtd, tgtadm: the foreign iSCSI array of tests/remote_iscsi.rs, the peer of bench/
+# The appliance (tests/appliance.rs, scripts/package.sh): `systemd-analyze verify` on the unit,
+# `man -w` on the installed page, dpkg-shlibdeps for the package's library dependencies and
+# the helpers the maintainer scripts call. (cargo-deb itself comes from crates.io, installed
+# by scripts/package.sh when missing.)
+want systemd
+want man-db
+want dpkg-dev
+want init-system-helpers
+want prometheus      # promtool: tests/metrics.rs checks /metrics with `promtool check metrics`
 
 apt_install_missing setup "${need_pkgs[@]}"
 

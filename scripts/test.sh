@@ -34,6 +34,10 @@ done
 [ "$(cat target/guest/format 2>/dev/null || true)" = \
     "$(sed -n 's/^guest_format=//p' scripts/build-nvme-guest.sh)" ] || missing=1
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || missing=1
+# The appliance (tests/appliance.rs): the unit's verifier, man, and the package's dpkg-shlibdeps.
+for tool in systemd-analyze man dpkg-shlibdeps; do
+    command -v "$tool" >/dev/null 2>&1 || missing=1
+done
 if [ "$missing" -ne 0 ]; then
     echo "test.sh: installing missing tools with scripts/setup.sh"
     scripts/setup.sh

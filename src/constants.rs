@@ -253,6 +253,15 @@ pub const MAX_CHAP_USER_BYTES: usize = 255;
 pub const DEFAULT_CYCLE_MS: u64 = 100;
 pub const MIN_CYCLE_MS: u64 = 10;
 pub const MAX_CYCLE_MS: u64 = 10_000;
+/// The largest `sds serve --config` file read: a configuration is a few dozen lines, and a
+/// file past this is a mistake (a log or an image named by accident), refused, not read.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+/// The systemd watchdog (`WatchdogSec=`): the control thread pings this many times per
+/// watchdog period, so one late cycle does not get a healthy server killed.
+pub const WATCHDOG_PINGS_PER_PERIOD: u32 = 2;
+/// The longest a test may wedge a reactor (`reactor_wedge`, refused unless SDS_TEST_FAULTS=1):
+/// long enough for a watchdog to notice, short enough that the server shuts down after.
+pub const MAX_REACTOR_WEDGE_MS: u64 = 60_000;
 
 /// NBD connections over TLS at once, handshaking or relayed (each relayed one has its own
 /// thread; see `target::nbd::tls`). A client past it gets NBD_REP_ERR_POLICY to
@@ -538,6 +547,10 @@ pub const REMOTE_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// How long start-up waits for a remote LUN's blocking connection before the LUN is kept as a
 /// failed stand-in (pool replay needs it).
 pub const REMOTE_STARTUP_CONNECT_MS: u64 = 10_000;
+/// An idle link pings the array (iSCSI NOP-Out) this often: the round-trip estimate stays
+/// current, and a dead connection is found (an unanswered ping past the LUN's timeout resets
+/// it) even with no I/O.
+pub const REMOTE_PING_INTERVAL_MS: u64 = 1_000;
 /// The round-trip estimate is an EWMA with weight 1/2^this for each new command's latency.
 pub const REMOTE_RTT_EWMA_SHIFT: u32 = 3;
 /// Longest remote LUN URL accepted.
@@ -547,3 +560,20 @@ const _: () = assert!(REMOTE_LINK_TICK_MS <= REMOTE_RECONNECT_MIN_MS);
 const _: () = assert!(REMOTE_MIN_TIMEOUT_MS <= REMOTE_IO_TIMEOUT_MS);
 const _: () = assert!(REMOTE_IO_TIMEOUT_MS <= REMOTE_MAX_TIMEOUT_MS);
 const _: () = assert!(REMOTE_LINK_QUEUE_DEPTH <= u16::MAX as usize);
+/// iSCSI LUNs: a command the array asks to be sent again (unit attention, busy) is sent at
+/// most this many more times before it fails with EIO.
+pub const ISCSI_MAX_COMMAND_RETRIES: u32 = 8;
+/// Zeroing with zero-filled WRITE (16)s: the bytes of one write (and of the shared buffer of
+/// zeroes they are sent from).
+pub const ISCSI_ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// Zeroing with WRITE SAME (16) + UNMAP: the blocks of one command.
+pub const ISCSI_WRITE_SAME_CHUNK_BLOCKS: u64 = 1 << 16;
+/// The initiator name sds logs in with when the LUN names none: this prefix and the host name.
+pub const ISCSI_DEFAULT_INITIATOR_PREFIX: &str = "iqn.2026-11.org.sds.initiator:";
+const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES % MAX_LUN_BLOCK_BYTES == 0);
+const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES <= u32::MAX as usize);
+/// `/metrics`: how often the control cycle copies the counters into the snapshot scrapes read
+/// (a scrape between two gathers sees the older one), and how often the HTTP thread checks
+/// for shutdown while no request comes.
+pub const METRICS_GATHER_INTERVAL_MS: u64 = 1_000;
+pub const METRICS_POLL_MS: u64 = 200;

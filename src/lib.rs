@@ -14,18 +14,21 @@
 
 pub mod backend;
 pub mod blockio;
+pub mod config_file;
 pub mod constants;
 pub mod control;
 pub mod digest;
 pub mod domain;
 pub mod identity;
 pub mod logger;
+pub mod metrics;
 pub mod nvmf;
 pub mod pool;
 pub mod reactor;
 pub mod rpc;
 pub mod scsi;
 pub mod serve;
+pub mod service_notify;
 pub mod state_lock;
 pub mod store;
 pub mod target;

@@ -61,6 +61,8 @@ pub struct ServeConfig {
     /// NBD over TLS: when set, every NBD connection (TCP or Unix) must start TLS, and with a
     /// client CA the client certificate's subject names the host.
     pub tls: Option<TlsFiles>,
+    /// Prometheus metrics at `http://ADDRESS/metrics` (`--metrics-listen`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -97,6 +99,8 @@ pub enum ServeError {
     #[error(transparent)]
     StableName(#[from] crate::target::stable_name::StableNameError),
     /// The iSCSI or the NVMe/TCP listener.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::http::MetricsError),
     #[error(transparent)]
     TcpListener(#[from] crate::target::tcp_acceptor::AcceptorError),
 }
@@ -195,7 +199,21 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         listen: config.nvmf_listen.iter().map(ToString::to_string).collect(),
         registry: nvmf_registry.clone(),
     });
+    let metrics_shared = config
+        .metrics_listen
+        .map(|_| Arc::new(crate::metrics::MetricsShared::default()));
+    if let Some(shared) = &metrics_shared {
+        control.metrics = Some(control::metrics::MetricsGatherer::new(shared.clone()));
+    }
     let (dispatch, control_thread) = control::spawn(control).map_err(Box::new)?;
+    let metrics_server = match (config.metrics_listen, metrics_shared) {
+        (Some(address), Some(shared)) => Some(crate::metrics::http::MetricsServer::spawn(
+            address,
+            shared,
+            shutdown.clone(),
+        )?),
+        _ => None,
+    };
 
     let nbd = NbdContext::new(
         published.clone(),
@@ -251,12 +269,20 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         crate::version::long_version(),
         socket.display()
     );
+    // Every listener is bound and listening (a connection made now waits in its backlog and
+    // is served) and every pool was replayed by Control::restore: systemd may start what
+    // depends on sds.service.
+    crate::service_notify::ready(&format!("serving; management socket {}", socket.display()));
 
     while !shutdown.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    crate::service_notify::stopping();
     log::info!("shutting down: draining in-flight I/O");
     rpc.stop();
+    if let Some(server) = metrics_server {
+        server.join();
+    }
     for acceptor in acceptors {
         let _ = acceptor.join();
     }

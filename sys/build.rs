@@ -45,6 +45,11 @@ const FUNCTIONS: &[&str] = &[
     "iscsi_synchronizecache16_task",
     "iscsi_readcapacity16_task",
     "iscsi_testunitready_task",
+    "iscsi_read16_iov_task",
+    "iscsi_write16_iov_task",
+    "iscsi_writesame16_task",
+    "iscsi_inquiry_task",
+    "iscsi_nop_out_async",
     "scsi_free_scsi_task",
     "scsi_datain_unmarshall",
 ];
@@ -57,6 +62,10 @@ const TYPES: &[&str] = &[
     "scsi_xfer_dir",
     "iscsi_url",
     "scsi_readcapacity16",
+    "scsi_iovec",
+    "scsi_residual",
+    "scsi_sense_key",
+    "scsi_inquiry_logical_block_provisioning",
 ];
 
 /// Constants the driver passes or compares against (the SCSI statuses come with `scsi_status`).

@@ -13,11 +13,10 @@
 //! truncate ([`MAX_ISCSI_STRING_BYTES`]) or could not take (an inner NUL). A libiscsi call that
 //! fails reports the context's own error text ([`IscsiContextError::Refused`]).
 //!
-//! This is the first step of issue 12: the remote iSCSI LUN driver (`lun_create` with kind
-//! `iscsi`, the asynchronous connect and login, SCSI tasks and `iscsi_service` driven from a
-//! reactor, reconnects and timeouts) is not here yet; it will own an `IscsiContext` and add
-//! what it needs (connect, service, tasks) as methods beside these, each with its `// SAFETY:`
-//! note. Only the functions `sys/build.rs` allow-lists can be called.
+//! The remote iSCSI LUN driver (`backend::iscsi`) owns one `IscsiContext` per connection and
+//! drives it through [`IscsiContext::raw`] (the asynchronous connect, `iscsi_service` and the
+//! SCSI tasks, each call with its own `// SAFETY:` note in `backend::iscsi::connection`). Only
+//! the functions `sys/build.rs` allow-lists can be called.
 //!
 //! Threads: libiscsi contexts are not thread-safe, and a context's callbacks run on the thread
 //! that calls `iscsi_service`. `IscsiContext` holds a raw pointer and is therefore neither
@@ -121,6 +120,12 @@ impl IscsiContext {
     }
 
     fn as_ptr(&self) -> *mut sds_sys::iscsi_context {
+        self.raw.as_ptr()
+    }
+
+    /// The raw context, for the calls of the driver's connection (`backend::iscsi`). Valid
+    /// while `self` lives; never to be destroyed by the caller.
+    pub fn raw(&mut self) -> *mut sds_sys::iscsi_context {
         self.raw.as_ptr()
     }
 

@@ -29,6 +29,7 @@ pub mod claim;
 pub mod fault;
 pub mod fd_lun;
 pub mod file;
+pub mod iscsi;
 pub mod iscsi_context;
 pub mod lun_path;
 pub mod mem;
@@ -54,6 +55,8 @@ pub enum LunKind {
     Fault,
     /// Stores nothing, completes every I/O at once ([`null::NullLun`]): for measuring the stack.
     Null,
+    /// A LUN of another array over iSCSI ([`iscsi`], over the [`remote`] core).
+    Iscsi,
 }
 
 impl LunKind {
@@ -64,6 +67,7 @@ impl LunKind {
             "blockdev" => Some(Self::Blockdev),
             "fault" => Some(Self::Fault),
             "null" => Some(Self::Null),
+            "iscsi" => Some(Self::Iscsi),
             _ => None,
         }
     }
@@ -74,7 +78,14 @@ impl LunKind {
             Self::Blockdev => "blockdev",
             Self::Fault => "fault",
             Self::Null => "null",
+            Self::Iscsi => "iscsi",
         }
+    }
+
+    /// Whether the LUN lives on another array ([`remote`]): its size and block size are the
+    /// array's, and it is reached over the network.
+    pub fn is_remote(self) -> bool {
+        matches!(self, Self::Iscsi)
     }
 }
 
@@ -156,6 +167,13 @@ pub enum LunError {
         lun: String,
         offset_bytes: u64,
         len_bytes: u64,
+    },
+    /// A remote LUN's array could not be reached (or refused the login).
+    #[error("LUN {lun}: cannot reach {url}: {reason}")]
+    Unreachable {
+        lun: String,
+        url: String,
+        reason: String,
     },
     #[error("LUN {lun} has failed ({reason}); its I/O fails")]
     Failed { lun: String, reason: String },
@@ -471,7 +489,9 @@ pub fn completion_result(result: i32, expected_bytes: u32, driver_timer: bool) -
 /// Opens (creating where the kind allows) the LUN `spec` describes. The only place that lists
 /// the drivers.
 pub fn open_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
-    if spec.block_size_bytes != 512 && spec.block_size_bytes != 4096 {
+    // A remote LUN's block size is its array's (0: take it; another value is checked then).
+    let array_block_size = spec.kind.is_remote() && spec.block_size_bytes == 0;
+    if !array_block_size && spec.block_size_bytes != 512 && spec.block_size_bytes != 4096 {
         return Err(LunError::Invalid {
             lun: spec.name.clone(),
             what: "block_size must be 512 or 4096".into(),
@@ -482,6 +502,7 @@ pub fn open_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
         LunKind::File => Arc::new(file::open(spec)?),
         LunKind::Blockdev => Arc::new(blockdev::open(spec)?),
         LunKind::Null => Arc::new(null::NullLun::new(spec)?),
+        LunKind::Iscsi => Arc::new(iscsi::open(spec)?),
         LunKind::Fault => {
             return Err(LunError::Invalid {
                 lun: spec.name.clone(),

@@ -120,7 +120,20 @@ fn print_luns(items: &[Value]) {
                     fault.get("io_type").and_then(Value::as_str).unwrap_or("?"),
                 ),
                 (Value::String(base), _) => format!("base {base}"),
+                // A LUN of another array shows its URL.
+                _ if l["remote"].is_object() => text(&l["remote"], "url"),
                 _ => text(l, "path"),
+            };
+            // A remote LUN's link state, round trip and reconnects; "-" for a local LUN.
+            let remote = &l["remote"];
+            let (link, rtt, reconnects) = if remote.is_object() {
+                (
+                    text(remote, "state"),
+                    format!("{}us", text(remote, "rtt_us")),
+                    text(remote, "reconnects"),
+                )
+            } else {
+                ("-".to_string(), "-".to_string(), "-".to_string())
             };
             vec![
                 text(l, "name"),
@@ -130,6 +143,9 @@ fn print_luns(items: &[Value]) {
                 text(l, "speed_class"),
                 text(l, "pool"),
                 text(l, "state"),
+                link,
+                rtt,
+                reconnects,
                 errors,
                 path,
             ]
@@ -144,6 +160,9 @@ fn print_luns(items: &[Value]) {
             "SPEED",
             "POOL",
             "STATE",
+            "LINK",
+            "RTT",
+            "RECONNECTS",
             "ERRORS R/W/F",
             "PATH",
         ],

@@ -15,7 +15,9 @@
 //! makes the calls and prints with `output::show`, and its table; then a variant of
 //! [`Command`] and an arm in [`run`].
 
+mod config;
 mod domain;
+mod generate;
 mod host;
 mod iscsi;
 mod lun;
@@ -34,7 +36,8 @@ mod volume;
 mod volume_set;
 mod vpath;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sds::rpc::client::{Client, ClientError};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -133,17 +136,36 @@ enum Command {
     /// like SPDK's bdevperf
     Perf(crate::perf::PerfArgs),
     Top(top::TopArgs),
+    /// The configuration as one JSON document: save it, load it into a server
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Send any JSON-RPC method, e.g. `sds rpc bdev_get_bdevs '{"name":"vol1"}'`
     Rpc {
         method: String,
         /// Parameters as a JSON object
         params: Option<String>,
     },
+    /// Write the man pages (one per command) into DIR (for packaging)
+    #[command(hide = true)]
+    GenMan {
+        dir: PathBuf,
+    },
+    /// Write bash, zsh and fish completions into DIR (for packaging)
+    #[command(hide = true)]
+    GenCompletions {
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return 2;
+        }
+    };
     // An administrative command prints and exits: a reader that goes away (`sds rpc … | head`)
     // ends it quietly, as it ends other Unix tools, instead of a panic on the failed print.
     // The server, the demo and perf keep SIGPIPE ignored: they write to sockets.
@@ -164,6 +186,34 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// Parses the command line; for `sds serve --config FILE`, the file's keys as flags appended
+/// to it, but for those the command line or the environment already sets
+/// (`sds::config_file`). Help, version and usage errors print and exit, as clap does.
+fn parse() -> Result<Cli, String> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(argv.clone());
+    let Some(("serve", serve)) = matches.subcommand() else {
+        return Cli::from_arg_matches(&matches).map_err(|e| e.to_string());
+    };
+    let Some(path) = serve.get_one::<PathBuf>(sds::config_file::CONFIG_FLAG) else {
+        return Cli::from_arg_matches(&matches).map_err(|e| e.to_string());
+    };
+    let command = Cli::command();
+    let serve_command = command
+        .find_subcommand("serve")
+        .ok_or("the serve command is missing")?;
+    let from_file = sds::config_file::load(path, serve_command, |id| {
+        matches!(
+            serve.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    })
+    .map_err(|e| chain(&e))?;
+    argv.extend(from_file);
+    let matches = Cli::command().get_matches_from(argv);
+    Cli::from_arg_matches(&matches).map_err(|e| e.to_string())
 }
 
 /// Runs one parsed command line: `serve`, `demo` and `perf` in this process, every other
@@ -190,6 +240,8 @@ fn run(cli: Cli) -> Result<(), String> {
             sds::logger::init("warn");
             crate::demo::run(args).map_err(|e| chain(&e))
         }
+        Command::GenMan { dir } => generate::man_pages(&dir),
+        Command::GenCompletions { dir } => generate::completions(&dir),
         Command::Rpc { method, params } => {
             let params = params
                 .map(|text| {
@@ -213,6 +265,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Iscsi(command) => iscsi::run(command, json, &call),
         Command::Nvmf(command) => nvmf::run(command, json, &call),
         Command::Top(args) => top::run(&args, json, &call),
+        Command::Config(command) => config::run(command, json, &call),
     }
 }
 

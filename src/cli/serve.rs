@@ -9,6 +9,12 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// Read options from this TOML file: each key is a flag below with `_` for `-`
+    /// (`state_dir = "/var/lib/sds"`, `cycle_ms = 100`); a flag given here or by its
+    /// environment variable overrides the file (the package installs a commented example,
+    /// /etc/sds/sds.toml)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Where configuration records, file LUNs created without a path and the socket live
     #[arg(long, env = "SDS_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -16,17 +22,17 @@ pub struct ServeArgs {
     #[arg(long)]
     rpc_socket: Option<PathBuf>,
     /// NBD over TCP, HOST:PORT, or `none`
-    #[arg(long, default_value = "127.0.0.1:10809")]
+    #[arg(long, default_value = "127.0.0.1:10809", value_parser = parse_listen)]
     nbd_listen: String,
     /// The iSCSI target's portal, HOST:PORT, or `none`
-    #[arg(long, default_value = "127.0.0.1:3260")]
+    #[arg(long, default_value = "127.0.0.1:3260", value_parser = parse_listen)]
     iscsi_listen: String,
     /// The iSCSI target name for this run [default: the one made at the first start,
     /// iqn.2026-11.org.sds:<hostname>, kept in STATE_DIR/iscsi-target.json]
     #[arg(long)]
     iscsi_target_name: Option<String>,
     /// The NVMe/TCP port (subsystems and the discovery controller), HOST:PORT, or `none`
-    #[arg(long, default_value = "127.0.0.1:4420")]
+    #[arg(long, default_value = "127.0.0.1:4420", value_parser = parse_listen)]
     nvmf_listen: String,
     /// The base of the NVMe subsystem NQNs (`<base>:<host name>`) for this run [default: the
     /// one made at the first start, nqn.2026-11.org.sds:<hostname>, kept in
@@ -47,7 +53,7 @@ pub struct ServeArgs {
     nbd_handshake_timeout_secs: u64,
     /// Cores to run one pinned reactor each on: `0`, `0,1`, `0-3` [default: the last core,
     /// leaving core 0 to the kernel's interrupt work and to local clients]
-    #[arg(long)]
+    #[arg(long, value_parser = check_cores)]
     cores: Option<String>,
     /// busy: spin on the rings (lowest latency, burns the cores); adaptive: sleep when idle
     #[arg(long, value_enum, default_value = "adaptive")]
@@ -69,8 +75,12 @@ pub struct ServeArgs {
     /// prints it) names the host, not its address
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Prometheus metrics at http://HOST:PORT/metrics, or `none`
+    #[arg(long, default_value = "none")]
+    metrics_listen: String,
     /// error, warn, info, debug or trace
-    #[arg(long, env = "SDS_LOG", default_value = "info")]
+    #[arg(long, env = "SDS_LOG", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
 }
 
@@ -82,9 +92,29 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{text:?}: expected an octal mode from 0000 to 0777"))
 }
 
+/// A listener's address as given (HOST:PORT, or `none` or empty for none), checked when the
+/// command line or the configuration file is read, so a bad one names its flag or its line.
+fn parse_listen(text: &str) -> Result<String, String> {
+    match text {
+        "none" | "" => Ok(text.to_owned()),
+        address => address
+            .parse::<SocketAddr>()
+            .map(|_| text.to_owned())
+            .map_err(|e| format!("{e}: expected HOST:PORT (an IP address and a port) or none")),
+    }
+}
+
+/// A `--cores` list, checked as early as a listener's address.
+fn check_cores(text: &str) -> Result<String, String> {
+    parse_cores(text).map(|_| text.to_owned())
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), String> {
     sds::logger::init(&args.log_level);
+    if let Some(path) = &args.config {
+        log::info!("options from {} and the command line", path.display());
+    }
     let nbd_listen = match args.nbd_listen.as_str() {
         "none" | "" => None,
         text => Some(
@@ -106,7 +136,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .map_err(|e| format!("--nvmf-listen {text:?}: {e}"))?,
         ),
     };
+    let metrics_listen = match args.metrics_listen.as_str() {
+        "none" | "" => None,
+        text => Some(
+            text.parse::<SocketAddr>()
+                .map_err(|e| format!("--metrics-listen {text:?}: {e}"))?,
+        ),
+    };
     let config = ServeConfig {
+        metrics_listen,
         state_dir: args.state_dir,
         rpc_socket: args.rpc_socket,
         nbd_listen,

@@ -120,6 +120,7 @@ impl Control {
                 .iter()
                 .map(|(name, entry)| (name.as_str(), entry.lun.as_ref())),
         );
+        self.gather_metrics_if_due();
     }
 
     /// Recomputes every VP's allowance and per-reactor rates from the last cycle's demand.

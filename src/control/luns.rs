@@ -9,6 +9,8 @@
 use super::params::Params;
 use super::{Control, LunEntry};
 use crate::backend::fault::{FaultLun, FaultMode, FaultSpec, FaultSpecError, IoTypes};
+use crate::backend::remote::link_stats::LinkStats;
+use crate::backend::remote::RemoteSpec;
 use crate::backend::{lun_path, open_lun, ErrorCounts, LunKind, LunSpec};
 use crate::constants::{MAX_FAULT_DELAY_US, MAX_LUNS};
 use crate::rpc::RpcError;
@@ -71,6 +73,9 @@ pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
     if let Some(wrapper) = &entry.wrapped_by {
         described["wrapped_by"] = json!(wrapper);
     }
+    if let Some(remote) = &entry.record.remote {
+        described["remote"] = describe_remote(remote, entry.lun.link_stats());
+    }
     if let Some(fault) = &entry.fault {
         described["base"] = json!(entry.record.base);
         described["fault"] = describe_fault(fault);
@@ -79,6 +84,33 @@ pub fn describe(luns: &BTreeMap<String, LunEntry>, entry: &LunEntry) -> Value {
             "failed": error_counts(injected.failed),
             "delayed": error_counts(injected.delayed),
         });
+    }
+    described
+}
+
+/// The `remote` object of a LUN of another array: where it is and how its links fare (never
+/// the CHAP secret).
+fn describe_remote(remote: &RemoteSpec, stats: Option<&LinkStats>) -> Value {
+    let mut described = json!({
+        "url": remote.url,
+        "initiator_iqn": remote.initiator_iqn,
+        "chap_user": remote.chap_user,
+        "timeout_ms": remote.timeout().as_millis() as u64,
+        "fail_after_ms": remote.fail_after().as_millis() as u64,
+    });
+    match stats.map(LinkStats::snapshot) {
+        Some(snapshot) => {
+            described["state"] = json!(snapshot.state.as_str());
+            described["links"] = json!(snapshot.links);
+            described["links_connected"] = json!(snapshot.links_connected);
+            described["rtt_us"] = json!(snapshot.rtt_us);
+            described["reconnects"] = json!(snapshot.reconnects);
+            described["timeouts"] = json!(snapshot.timeouts);
+            described["in_flight"] = json!(snapshot.in_flight);
+            described["array_size"] = json!(snapshot.array_size);
+        }
+        // A stand-in: the array could not be reached at start-up.
+        None => described["state"] = json!("failed"),
     }
     described
 }
@@ -99,17 +131,49 @@ fn describe_fault(fault: &FaultLun) -> Value {
 pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, RpcError> {
     let params = Params::new(
         params,
-        &["name", "kind", "path", "size", "block_size", "base"],
+        &[
+            "name",
+            "kind",
+            "path",
+            "size",
+            "block_size",
+            "base",
+            "url",
+            "initiator_iqn",
+            "chap_user",
+            "chap_secret",
+            "timeout_ms",
+            "fail_after_ms",
+        ],
     )?;
     let name = params.name("name")?;
     let kind_text = params.str("kind")?;
     let kind = LunKind::parse(kind_text).ok_or_else(|| {
         RpcError::invalid_params(format!(
-            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null"
+            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null, iscsi"
         ))
     })?;
     if kind == LunKind::Fault {
         return create_fault(control, &params, name);
+    }
+    if kind.is_remote() {
+        return create_remote(control, &params, name, kind);
+    }
+    for remote_only in [
+        "url",
+        "initiator_iqn",
+        "chap_user",
+        "chap_secret",
+        "timeout_ms",
+        "fail_after_ms",
+    ] {
+        if params.optional_str(remote_only).ok().flatten().is_some()
+            || params.optional_u64(remote_only).ok().flatten().is_some()
+        {
+            return Err(RpcError::invalid_params(format!(
+                "{remote_only}: only a LUN of another array (iscsi) has one"
+            )));
+        }
     }
     if params.optional_str("base")?.is_some() {
         return Err(RpcError::invalid_params(
@@ -134,7 +198,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
                 kind.as_str()
             )))
         }
-        (LunKind::Mem | LunKind::Null | LunKind::Fault, None) => None,
+        (LunKind::Mem | LunKind::Null | LunKind::Fault | LunKind::Iscsi, None) => None,
         (LunKind::File, None) => Some(control.state_dir.join("luns").join(format!("{name}.img"))),
         (LunKind::Blockdev, None) => {
             return Err(RpcError::invalid_params(
@@ -224,6 +288,103 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         kind.as_str(),
         info_size(&described),
         block_size
+    );
+    Ok(described)
+}
+
+/// `lun_create` of a LUN of another array: logs in on its blocking connection (on this
+/// thread, bounded by the LUN's timeout and `REMOTE_STARTUP_CONNECT_MS`), takes the array's
+/// size and block size, and attaches its links to the reactors.
+fn create_remote(
+    control: &mut Control,
+    params: &Params,
+    name: &str,
+    kind: LunKind,
+) -> Result<Value, RpcError> {
+    if params.optional_str("path")?.is_some() {
+        return Err(RpcError::invalid_params(format!(
+            "path: a {} LUN has a url, not a path",
+            kind.as_str()
+        )));
+    }
+    if params.optional_u64("size")?.is_some() {
+        return Err(RpcError::invalid_params(
+            "size: a remote LUN's size is its array's",
+        ));
+    }
+    let block_size = match params.optional_u64("block_size")? {
+        None => 0,
+        Some(b @ (512 | 4096)) => b as u32,
+        Some(other) => {
+            return Err(RpcError::invalid_params(format!(
+                "block_size: {other} is not 512 or 4096"
+            )))
+        }
+    };
+    check_new_name(control, name)?;
+    let owned = |value: Option<&str>| value.map(str::to_string);
+    let remote = RemoteSpec {
+        url: params.str("url")?.to_string(),
+        initiator_iqn: owned(params.optional_str("initiator_iqn")?),
+        chap_user: owned(params.optional_str("chap_user")?),
+        chap_secret: owned(params.optional_str("chap_secret")?),
+        timeout_ms: params.optional_u64("timeout_ms")?,
+        fail_after_ms: params.optional_u64("fail_after_ms")?,
+    };
+    remote.validate().map_err(RpcError::invalid_params)?;
+    if let Some(other) = control.luns.values().find(|entry| {
+        entry
+            .record
+            .remote
+            .as_ref()
+            .is_some_and(|other| other.url == remote.url)
+    }) {
+        return Err(RpcError::invalid_params(format!(
+            "url: {} is already LUN {}",
+            remote.url, other.record.name
+        )));
+    }
+    let spec = LunSpec {
+        name: name.to_string(),
+        kind,
+        path: None,
+        size_bytes: None,
+        block_size_bytes: block_size,
+        remote: Some(remote.clone()),
+    };
+    let lun = open_lun(&spec).map_err(|error| {
+        RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
+    })?;
+    let info = lun.info();
+    let record = LunRecord {
+        name: name.to_string(),
+        uuid: control.new_uuid()?,
+        kind,
+        path: None,
+        size: info.size_bytes,
+        block_size: info.block_size_bytes,
+        base: None,
+        remote: Some(remote),
+    };
+    control
+        .store
+        .put("lun", name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    let (size, block) = (info.size_bytes, info.block_size_bytes);
+    let entry = LunEntry {
+        record,
+        lun,
+        pool: None,
+        fault: None,
+        wrapped_by: None,
+        failed: None,
+    };
+    let described = describe(&control.luns, &entry);
+    control.luns.insert(name.to_string(), entry);
+    log::info!(
+        "LUN {name} created ({} at {}, {size} bytes, {block}-byte blocks)",
+        kind.as_str(),
+        described["remote"]["url"].as_str().unwrap_or(""),
     );
     Ok(described)
 }
@@ -320,6 +481,8 @@ fn info_size(described: &Value) -> u64 {
 fn param_of(error: &crate::backend::LunError) -> &'static str {
     match error {
         crate::backend::LunError::Open { .. } => "path",
+        crate::backend::LunError::Unreachable { .. } => "url",
+        crate::backend::LunError::Invalid { what, .. } if what.starts_with("url") => "url",
         crate::backend::LunError::Invalid { what, .. } if what.contains("size") => "size",
         crate::backend::LunError::Invalid { what, .. } if what.contains("block_size") => {
             "block_size"

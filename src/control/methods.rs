@@ -1,8 +1,8 @@
 //! The method table: every JSON-RPC method the server answers, in one list.
 
 use super::{
-    domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, snapshots, spdk, volume_sets,
-    volumes, vpaths, Control,
+    config, domains, failed, hosts, iscsi, luns, mirrors, nvmf, pools, snapshots, spdk,
+    volume_sets, volumes, vpaths, watchdog, Control,
 };
 use crate::rpc::RpcError;
 use serde_json::Value;
@@ -66,6 +66,9 @@ pub const METHODS: &[(&str, Handler)] = &[
     ("framework_get_reactors", spdk::get_reactors),
     ("bdev_get_bdevs", spdk::get_bdevs),
     ("bdev_get_iostat", spdk::get_iostat),
+    ("reactor_wedge", watchdog::wedge),
+    ("save_config", config::save),
+    ("load_config", config::load),
 ];
 
 pub fn find(method: &str) -> Option<Handler> {

@@ -12,6 +12,7 @@
 //! down go through the guards in `failed`; `cycle` is the control loop, `lun_errors` its
 //! rate-limited LUN error log, `stats` the statistics methods.
 
+pub mod config;
 mod cycle;
 mod domains;
 mod failed;
@@ -19,6 +20,7 @@ mod hosts;
 pub mod iscsi;
 mod lun_errors;
 mod luns;
+pub mod metrics;
 pub mod mirrors;
 pub mod nvmf;
 pub use luns::error_chain as luns_error_chain;
@@ -31,6 +33,7 @@ mod stats;
 mod volume_sets;
 mod volumes;
 mod vpaths;
+pub mod watchdog;
 
 use crate::backend::fault::{FaultLun, MissingLun};
 use crate::backend::{reopen_lun, Lun, LunKind, LunSpec};
@@ -134,6 +137,8 @@ pub struct Control {
     /// The NVMe/TCP front end, for `nvmf_*` and the events its controllers are told of (set
     /// by `serve` before the control thread starts).
     pub nvmf: Option<nvmf::NvmfTarget>,
+    /// `--metrics-listen`: where the control cycle leaves its metrics snapshots.
+    pub metrics: Option<metrics::MetricsGatherer>,
     generation: u64,
 }
 
@@ -150,6 +155,26 @@ impl Control {
         cycle_period: Duration,
     ) -> Result<Self, ControlError> {
         let store = FileStore::open(&state_dir)?;
+        Self::restore_from(
+            state_dir,
+            store,
+            published,
+            reactors,
+            provisioner,
+            cycle_period,
+        )
+    }
+
+    /// [`Control::restore`] from the records of `store`, which need not be `state_dir`'s own
+    /// (`load_config` restores the objects it adds from a staging store, see `config`).
+    pub fn restore_from(
+        state_dir: PathBuf,
+        store: FileStore,
+        published: Arc<Published>,
+        reactors: Vec<Arc<ReactorHandle>>,
+        provisioner: Provisioner,
+        cycle_period: Duration,
+    ) -> Result<Self, ControlError> {
         let mut control = Self {
             state_dir,
             store,
@@ -173,6 +198,7 @@ impl Control {
             last_cycle_s: cycle_period.as_secs_f64(),
             iscsi: None,
             nvmf: None,
+            metrics: None,
             generation: 0,
         };
         control.restore_luns()?;
@@ -724,8 +750,12 @@ pub fn spawn(control: Control) -> Result<(ControlDispatch, JoinHandle<Control>),
 
 fn run(mut control: Control, receiver: Receiver<ControlCall>) -> Control {
     let mut next_cycle = Instant::now() + control.cycle_period;
+    let mut watchdog = watchdog::Watchdog::from_env();
     loop {
-        let wait = next_cycle.saturating_duration_since(Instant::now());
+        let wake = watchdog
+            .as_ref()
+            .map_or(next_cycle, |watchdog| watchdog.next_ping().min(next_cycle));
+        let wait = wake.saturating_duration_since(Instant::now());
         match receiver.recv_timeout(wait) {
             Ok(call) => {
                 let result = control.call(&call.method, call.params);
@@ -740,6 +770,9 @@ fn run(mut control: Control, receiver: Receiver<ControlCall>) -> Control {
         if Instant::now() >= next_cycle {
             control.run_cycle();
             next_cycle = Instant::now() + control.cycle_period;
+        }
+        if let Some(watchdog) = &mut watchdog {
+            watchdog.tick(&control.reactors, Instant::now());
         }
     }
     control

@@ -18,6 +18,11 @@ pub enum Message {
     },
     /// The virtual path `vpath_id` is gone: every session serving it closes.
     Revoke { vpath_id: u64 },
+    /// Store this number in `ReactorHandle::heartbeat`: the control thread's liveness probe.
+    Heartbeat(u64),
+    /// Stop going round the loop for this long (`reactor_wedge`, a test-only fault that shows
+    /// the systemd watchdog at work; refused unless the server runs with SDS_TEST_FAULTS=1).
+    Wedge { duration_ms: u64 },
     /// Stop accepting work, finish what is in flight, then exit.
     Shutdown,
 }

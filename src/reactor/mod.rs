@@ -70,6 +70,10 @@ pub struct ReactorHandle {
     pub sessions: AtomicUsize,
     /// Whether it is asleep in the kernel waiting for work right now.
     pub sleeping: AtomicBool,
+    /// The last [`Message::Heartbeat`] the reactor took from its mailbox: the control thread's
+    /// proof that the reactor still goes round its loop (the systemd watchdog,
+    /// `control::watchdog`).
+    pub heartbeat: AtomicU64,
     pub poll: PollMode,
 }
 
@@ -95,6 +99,7 @@ pub fn spawn(
         idle_us: AtomicU64::new(0),
         sessions: AtomicUsize::new(0),
         sleeping: AtomicBool::new(false),
+        heartbeat: AtomicU64::new(0),
         poll,
     });
     let thread_handle = handle.clone();
@@ -281,6 +286,18 @@ impl Reactor {
                     for index in 0..self.sessions.len() {
                         self.with_session(index as u16, None, |s, ctx| s.revoke(vpath_id, ctx));
                     }
+                }
+                Message::Heartbeat(sequence) => {
+                    self.handle.heartbeat.store(sequence, Ordering::Release);
+                }
+                Message::Wedge { duration_ms } => {
+                    // The test-only fault of `reactor_wedge`: the loop stops going round, as
+                    // it would in a kernel call that never returns or a session that spins.
+                    log::warn!(
+                        "reactor {}: wedged on purpose for {duration_ms} ms (reactor_wedge)",
+                        self.handle.index
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(duration_ms));
                 }
                 Message::Shutdown => {
                     self.shutting_down = true;

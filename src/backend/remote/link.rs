@@ -121,6 +121,8 @@ pub struct LinkCore {
     phase: Phase,
     /// A disconnect was asked of the transport and its `lost` has not come yet.
     disconnecting: bool,
+    /// The link is closing for good (LUN deleted, server stopping): a loss is not news.
+    winding_down: bool,
     /// This link has been unreachable for the LUN's `fail_after` and failed the LUN.
     failed: bool,
     /// Connected once already: the next connect is a reconnect.
@@ -167,6 +169,7 @@ impl LinkCore {
             tag_base: 0,
             phase: Phase::Idle,
             disconnecting: false,
+            winding_down: false,
             failed: false,
             was_connected: false,
             commands: vec![idle; REMOTE_LINK_QUEUE_DEPTH].into_boxed_slice(),
@@ -191,6 +194,16 @@ impl LinkCore {
             finished: false,
             loss_logged: false,
         }
+    }
+
+    /// Feeds one round trip into the estimate (an EWMA).
+    fn note_rtt(&mut self, sample_us: u64) {
+        self.rtt_us = if self.rtt_us == 0 {
+            sample_us.max(1)
+        } else {
+            let delta = sample_us as i64 - self.rtt_us as i64;
+            (self.rtt_us as i64 + (delta >> REMOTE_RTT_EWMA_SHIFT)).max(1) as u64
+        };
     }
 
     /// Commands the link holds: in the table and past it.
@@ -258,22 +271,35 @@ impl LinkContext<'_> {
         };
         let now = Instant::now();
         let sample_us = now.duration_since(command.accepted).as_micros() as u64;
-        core.rtt_us = if core.rtt_us == 0 {
-            sample_us.max(1)
-        } else {
-            let delta = sample_us as i64 - core.rtt_us as i64;
-            (core.rtt_us as i64 + (delta >> REMOTE_RTT_EWMA_SHIFT)).max(1) as u64
-        };
-        core.last_activity = now;
-        core.to_post.push_back((command.tag, res));
+        let tag = command.tag;
         command.state = CommandState::Free;
+        core.note_rtt(sample_us);
+        core.last_activity = now;
+        core.to_post.push_back((tag, res));
         core.free.push(index);
         core.issued -= 1;
+    }
+
+    /// A round trip that took `sample_us` (an idle ping's): feeds the estimate like a command.
+    pub fn rtt_sample(&mut self, sample_us: u64) {
+        self.core.note_rtt(sample_us);
     }
 
     /// The connection is up (logged in, negotiated) and the array is `geometry`.
     pub fn connected(&mut self, geometry: ArrayGeometry) {
         self.core.event_connected = Some(geometry);
+    }
+
+    /// The array reports its LUN is `size_bytes` now (a capacity change noticed while
+    /// connected): logged and shown as `array_size` when it differs from the LUN's.
+    pub fn array_size(&mut self, size_bytes: u64) {
+        let common = self.common;
+        common.stats.set_array_size(size_bytes, common.size_bytes);
+        log::warn!(
+            "LUN {}: the array's LUN is now {size_bytes} bytes (the LUN is {} bytes; the pool does not grow by itself)",
+            common.name,
+            common.size_bytes
+        );
     }
 
     /// The connection is gone (or could not be made), for `reason`; nothing of it refers to a
@@ -507,7 +533,13 @@ fn on_lost(core: &mut LinkCore, common: &RemoteCommon, reason: &str) {
             },
         );
     }
-    if !core.loss_logged {
+    if core.winding_down {
+        log::debug!(
+            "LUN {}: link of reactor {} closed",
+            common.name,
+            core.reactor_index
+        );
+    } else if !core.loss_logged {
         core.loss_logged = true;
         if was == Phase::Connected {
             log::warn!(
@@ -600,6 +632,7 @@ fn tick<T: LinkTransport>(
             );
         }
         core.disconnecting = true;
+        core.winding_down |= wind_down;
         transport.disconnect(&mut LinkContext { core, common, ring });
     }
     let core = &mut state.core;

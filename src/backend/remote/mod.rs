@@ -232,7 +232,7 @@ impl<D: RemoteDriver> RemoteLun<D> {
                 geometry.block_size_bytes
             )));
         }
-        if spec.block_size_bytes != geometry.block_size_bytes {
+        if spec.block_size_bytes != 0 && spec.block_size_bytes != geometry.block_size_bytes {
             return Err(invalid(format!(
                 "block_size {} disagrees with the array's {} bytes",
                 spec.block_size_bytes, geometry.block_size_bytes

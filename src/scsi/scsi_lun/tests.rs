@@ -122,6 +122,7 @@ impl Rig {
             idle_us: AtomicU64::new(0),
             sessions: AtomicUsize::new(0),
             sleeping: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(0),
             poll: PollMode::Busy,
         });
         let mut luns = Vec::new();

@@ -1,0 +1,214 @@
+//! What one gather saw: plain numbers, filled by the control thread (`control::metrics`),
+//! read by the HTTP thread. Nothing here points into the live objects.
+
+use crate::blockio::BlockOp;
+use crate::domain::stats::{bucket_value_ns, VpTotals};
+use arc_swap::ArcSwapOption;
+use std::sync::Arc;
+
+/// Upper bounds of the latency histogram buckets, in seconds (the last, +Inf, is implied):
+/// 10 µs to 10 s, three per decade, so Grafana's `histogram_quantile` has the resolution a
+/// storage latency needs from NVMe to a struggling disk.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram in Prometheus buckets: per-bucket (not cumulative) counts, the last
+/// one +Inf, with the sum of the samples in seconds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatencyHistogram {
+    pub sum_seconds: f64,
+    pub count: u64,
+    /// `LATENCY_BUCKETS_SECONDS.len() + 1` counts.
+    pub buckets: Vec<u64>,
+}
+
+impl LatencyHistogram {
+    /// Folds the data path's log-linear buckets (8 per power of two) into the Prometheus
+    /// buckets. A sample counts at its bucket's middle, the value the percentiles of
+    /// `vpath_get_stats` report too (within 1/16 of the true latency).
+    pub fn from_buckets(latency: &[u64]) -> Self {
+        let mut histogram = Self {
+            sum_seconds: 0.0,
+            count: 0,
+            buckets: vec![0; LATENCY_BUCKETS_SECONDS.len() + 1],
+        };
+        for (bucket, &count) in latency.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let seconds = bucket_value_ns(bucket) as f64 / 1e9;
+            let index = LATENCY_BUCKETS_SECONDS
+                .iter()
+                .position(|&le| seconds <= le)
+                .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+            histogram.buckets[index] += count;
+            histogram.count += count;
+            histogram.sum_seconds += seconds * count as f64;
+        }
+        histogram
+    }
+}
+
+/// Counters by operation kind, in [`BlockOp::ALL`] order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpCounters {
+    pub ops: [u64; BlockOp::COUNT],
+    pub bytes: [u64; BlockOp::COUNT],
+}
+
+/// What the VP counters hold (a VP's, or a domain's sum): operations, bytes, errors, QoS
+/// throttling and the latency histogram.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PathCounters {
+    pub io: OpCounters,
+    pub errors: u64,
+    pub throttled_ops: u64,
+    pub throttled_seconds: f64,
+    pub latency: LatencyHistogram,
+}
+
+impl PathCounters {
+    pub fn from_totals(totals: &VpTotals) -> Self {
+        Self {
+            io: OpCounters {
+                ops: totals.ops,
+                bytes: totals.bytes,
+            },
+            errors: totals.errors,
+            throttled_ops: totals.throttled_ops,
+            throttled_seconds: totals.throttled_ns as f64 / 1e9,
+            latency: LatencyHistogram::from_buckets(&totals.latency[..]),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VolumeRow {
+    pub name: String,
+    pub pool: String,
+    pub io: OpCounters,
+    pub errors: u64,
+    /// Time spent in reads, writes and unmaps, in seconds (the volume keeps sums, not buckets:
+    /// its histograms are the VPs').
+    pub latency_seconds: [f64; BlockOp::COUNT],
+    pub size_bytes: u64,
+    pub allocated_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VpathRow {
+    pub id: u64,
+    pub host: String,
+    pub volume: String,
+    pub domain: String,
+    pub counters: PathCounters,
+    pub sessions: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DomainRow {
+    pub name: String,
+    pub counters: PathCounters,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LunRow {
+    pub name: String,
+    pub kind: String,
+    pub pool: String,
+    pub size_bytes: u64,
+    pub failed: bool,
+    /// Errors the LUN returned: read, write, flush.
+    pub errors: [u64; 3],
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PoolRow {
+    pub name: String,
+    pub capacity_bytes: u64,
+    pub allocated_bytes: u64,
+    pub provisioned_bytes: u64,
+    pub threshold_percent: u8,
+    pub journal_commits: u64,
+    pub journal_checkpoints: u64,
+    /// What opening the pool replayed from its journals (blocks and entries, over its LUNs).
+    pub replayed_blocks: u64,
+    pub replayed_entries: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReactorRow {
+    pub index: usize,
+    pub core: usize,
+    pub busy_seconds: f64,
+    pub idle_seconds: f64,
+    /// Busy time over busy and idle time since the previous gather (0 before the second).
+    pub busy_ratio: f64,
+    pub connections: u64,
+}
+
+/// One gather: the server's identity and every object's numbers.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsSnapshot {
+    pub version: String,
+    pub revision: String,
+    pub hostname: String,
+    pub iscsi_target: String,
+    pub nvmf_nqn_base: String,
+    pub uptime_seconds: f64,
+    pub cycle_seconds: f64,
+    pub volumes: Vec<VolumeRow>,
+    pub vpaths: Vec<VpathRow>,
+    pub domains: Vec<DomainRow>,
+    pub luns: Vec<LunRow>,
+    pub pools: Vec<PoolRow>,
+    pub reactors: Vec<ReactorRow>,
+}
+
+/// The last snapshot, shared by the control thread (writer) and the HTTP thread (reader):
+/// one atomic pointer swap per gather, no lock.
+#[derive(Default)]
+pub struct MetricsShared {
+    last: ArcSwapOption<MetricsSnapshot>,
+}
+
+impl MetricsShared {
+    pub fn store(&self, snapshot: MetricsSnapshot) {
+        self.last.store(Some(Arc::new(snapshot)));
+    }
+
+    pub fn load(&self) -> Option<Arc<MetricsSnapshot>> {
+        self.last.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::stats::{bucket_of, LATENCY_BUCKETS};
+
+    #[test]
+    fn latencies_fall_in_the_bucket_that_covers_them() {
+        let mut latency = vec![0u64; LATENCY_BUCKETS];
+        latency[bucket_of(30_000)] += 2; // 30 µs
+        latency[bucket_of(3_000_000)] += 1; // 3 ms
+        latency[bucket_of(60_000_000_000)] += 1; // 60 s: past the last bound
+        let histogram = LatencyHistogram::from_buckets(&latency);
+        assert_eq!(histogram.count, 4);
+        let index = |le: f64| {
+            LATENCY_BUCKETS_SECONDS
+                .iter()
+                .position(|&b| b == le)
+                .unwrap()
+        };
+        assert_eq!(histogram.buckets[index(0.000_05)], 2);
+        assert_eq!(histogram.buckets[index(0.005)], 1);
+        assert_eq!(histogram.buckets[LATENCY_BUCKETS_SECONDS.len()], 1);
+        assert_eq!(histogram.buckets.iter().sum::<u64>(), 4);
+        // Each sample counts within 1/16 of its value.
+        let exact = 2.0 * 30e-6 + 3e-3 + 60.0;
+        assert!((histogram.sum_seconds - exact).abs() < exact / 16.0);
+    }
+}
