@@ -75,6 +75,11 @@ pub const HANDSHAKE_TIMEOUT_SECS: u64 = 30;
 pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 600;
 /// Largest NBD option payload accepted during the handshake.
 pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
+/// Requests one SendMsg of a remote NBD LUN's link carries at most (`backend::nbd_client::link`):
+/// the link gathers the headers (and write payloads) of the requests waiting to go out into
+/// one send of up to twice this many iovecs.
+pub const NBD_LINK_MAX_SEND_BATCH: usize = 32;
+const _: () = assert!(2 * NBD_LINK_MAX_SEND_BATCH <= 1024); // IOV_MAX
 
 /// iSCSI (`target::iscsi`): the largest data segment this target accepts in one PDU, declared
 /// to every initiator as MaxRecvDataSegmentLength.

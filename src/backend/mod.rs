@@ -34,6 +34,7 @@ pub mod iscsi_context;
 pub mod lun_path;
 pub mod mem;
 pub mod mem_region;
+pub mod nbd_client;
 pub mod null;
 pub mod remote;
 
@@ -57,6 +58,8 @@ pub enum LunKind {
     Null,
     /// A LUN of another array over iSCSI ([`iscsi`], over the [`remote`] core).
     Iscsi,
+    /// An export of another NBD server ([`nbd_client`]), driven from the reactors.
+    Nbd,
 }
 
 impl LunKind {
@@ -68,6 +71,7 @@ impl LunKind {
             "fault" => Some(Self::Fault),
             "null" => Some(Self::Null),
             "iscsi" => Some(Self::Iscsi),
+            "nbd" => Some(Self::Nbd),
             _ => None,
         }
     }
@@ -79,13 +83,14 @@ impl LunKind {
             Self::Fault => "fault",
             Self::Null => "null",
             Self::Iscsi => "iscsi",
+            Self::Nbd => "nbd",
         }
     }
 
     /// Whether the LUN lives on another array ([`remote`]): its size and block size are the
     /// array's, and it is reached over the network.
     pub fn is_remote(self) -> bool {
-        matches!(self, Self::Iscsi)
+        matches!(self, Self::Iscsi | Self::Nbd)
     }
 }
 
@@ -503,6 +508,7 @@ pub fn open_lun(spec: &LunSpec) -> Result<Arc<dyn Lun>, LunError> {
         LunKind::Blockdev => Arc::new(blockdev::open(spec)?),
         LunKind::Null => Arc::new(null::NullLun::new(spec)?),
         LunKind::Iscsi => Arc::new(iscsi::open(spec)?),
+        LunKind::Nbd => Arc::new(nbd_client::driver::open(spec)?),
         LunKind::Fault => {
             return Err(LunError::Invalid {
                 lun: spec.name.clone(),

@@ -142,6 +142,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "initiator_iqn",
             "chap_user",
             "chap_secret",
+            "uri",
             "timeout_ms",
             "fail_after_ms",
         ],
@@ -150,7 +151,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let kind_text = params.str("kind")?;
     let kind = LunKind::parse(kind_text).ok_or_else(|| {
         RpcError::invalid_params(format!(
-            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null, iscsi"
+            "kind: {kind_text:?} is not one of mem, file, blockdev, fault, null, iscsi, nbd"
         ))
     })?;
     if kind == LunKind::Fault {
@@ -161,6 +162,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     }
     for remote_only in [
         "url",
+        "uri",
         "initiator_iqn",
         "chap_user",
         "chap_secret",
@@ -171,7 +173,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             || params.optional_u64(remote_only).ok().flatten().is_some()
         {
             return Err(RpcError::invalid_params(format!(
-                "{remote_only}: only a LUN of another array (iscsi) has one"
+                "{remote_only}: only a LUN of another array (iscsi, nbd) has one"
             )));
         }
     }
@@ -198,7 +200,9 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
                 kind.as_str()
             )))
         }
-        (LunKind::Mem | LunKind::Null | LunKind::Fault | LunKind::Iscsi, None) => None,
+        (LunKind::Mem | LunKind::Null | LunKind::Fault | LunKind::Iscsi | LunKind::Nbd, None) => {
+            None
+        }
         (LunKind::File, None) => Some(control.state_dir.join("luns").join(format!("{name}.img"))),
         (LunKind::Blockdev, None) => {
             return Err(RpcError::invalid_params(
@@ -301,9 +305,28 @@ fn create_remote(
     name: &str,
     kind: LunKind,
 ) -> Result<Value, RpcError> {
+    // iSCSI names its array by `url`, NBD by `uri` (the NBD URI standard's word); both are
+    // the record's `url`. CHAP and the initiator name are iSCSI's alone.
+    let url_param = if kind == LunKind::Nbd { "uri" } else { "url" };
+    let other_param = if kind == LunKind::Nbd { "url" } else { "uri" };
+    if params.optional_str(other_param)?.is_some() {
+        return Err(RpcError::invalid_params(format!(
+            "{other_param}: a {} LUN is named by its {url_param}",
+            kind.as_str()
+        )));
+    }
+    if kind == LunKind::Nbd {
+        for iscsi_only in ["initiator_iqn", "chap_user", "chap_secret"] {
+            if params.optional_str(iscsi_only)?.is_some() {
+                return Err(RpcError::invalid_params(format!(
+                    "{iscsi_only}: only an iscsi LUN has one"
+                )));
+            }
+        }
+    }
     if params.optional_str("path")?.is_some() {
         return Err(RpcError::invalid_params(format!(
-            "path: a {} LUN has a url, not a path",
+            "path: a {} LUN has a {url_param}, not a path",
             kind.as_str()
         )));
     }
@@ -324,14 +347,16 @@ fn create_remote(
     check_new_name(control, name)?;
     let owned = |value: Option<&str>| value.map(str::to_string);
     let remote = RemoteSpec {
-        url: params.str("url")?.to_string(),
+        url: params.str(url_param)?.to_string(),
         initiator_iqn: owned(params.optional_str("initiator_iqn")?),
         chap_user: owned(params.optional_str("chap_user")?),
         chap_secret: owned(params.optional_str("chap_secret")?),
         timeout_ms: params.optional_u64("timeout_ms")?,
         fail_after_ms: params.optional_u64("fail_after_ms")?,
     };
-    remote.validate().map_err(RpcError::invalid_params)?;
+    remote
+        .validate()
+        .map_err(|why| RpcError::invalid_params(why.replacen("url", url_param, 1)))?;
     if let Some(other) = control.luns.values().find(|entry| {
         entry
             .record
@@ -340,7 +365,7 @@ fn create_remote(
             .is_some_and(|other| other.url == remote.url)
     }) {
         return Err(RpcError::invalid_params(format!(
-            "url: {} is already LUN {}",
+            "{url_param}: {} is already LUN {}",
             remote.url, other.record.name
         )));
     }
@@ -353,7 +378,11 @@ fn create_remote(
         remote: Some(remote.clone()),
     };
     let lun = open_lun(&spec).map_err(|error| {
-        RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
+        let param = match param_of(&error) {
+            "url" => url_param,
+            other => other,
+        };
+        RpcError::invalid_params(format!("{param}: {}", error_chain(&error)))
     })?;
     let info = lun.info();
     let record = LunRecord {
@@ -483,6 +512,7 @@ fn param_of(error: &crate::backend::LunError) -> &'static str {
         crate::backend::LunError::Open { .. } => "path",
         crate::backend::LunError::Unreachable { .. } => "url",
         crate::backend::LunError::Invalid { what, .. } if what.starts_with("url") => "url",
+        crate::backend::LunError::Invalid { what, .. } if what.starts_with("uri") => "uri",
         crate::backend::LunError::Invalid { what, .. } if what.contains("size") => "size",
         crate::backend::LunError::Invalid { what, .. } if what.contains("block_size") => {
             "block_size"
