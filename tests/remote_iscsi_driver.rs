@@ -227,6 +227,13 @@ fn fio_verify_survives_a_tgtd_restart_mid_run() {
     server.spawn();
     let (ok, text) = fio(server.dir.path(), &fio_args(&url, true));
     assert!(ok, "verify after the sds restart: {text}");
+
+    // Killed with SIGKILL (its iSCSI sessions left behind on tgtd), sds starts again, logs in
+    // anew, and every byte still verifies.
+    server.kill();
+    server.spawn();
+    let (ok, text) = fio(server.dir.path(), &fio_args(&url, true));
+    assert!(ok, "verify after sds was killed: {text}");
 }
 
 /// An array down longer than the LUN's timeout: I/O fails (EIO) once its timeout passes, the
