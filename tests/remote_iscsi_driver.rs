@@ -227,6 +227,13 @@ fn fio_verify_survives_a_tgtd_restart_mid_run() {
     server.spawn();
     let (ok, text) = fio(server.dir.path(), &fio_args(&url, true));
     assert!(ok, "verify after the sds restart: {text}");
+
+    // Killed with SIGKILL (its iSCSI sessions left behind on tgtd), sds starts again, logs in
+    // anew, and every byte still verifies.
+    server.kill();
+    server.spawn();
+    let (ok, text) = fio(server.dir.path(), &fio_args(&url, true));
+    assert!(ok, "verify after sds was killed: {text}");
 }
 
 /// An array down longer than the LUN's timeout: I/O fails (EIO) once its timeout passes, the
@@ -266,6 +273,73 @@ fn an_outage_past_the_timeout_fails_io_and_the_lun_recovers() {
     common::write_and_verify(&url, &[(0x6b, 1048576, 1048576)]);
     common::verify(&url, &[(0x5a, 0, 65536)]);
     assert!(remote(&server, "arr0")["timeouts"].as_u64().unwrap_or(0) >= 1);
+}
+
+/// A mirror of a volume on the tgtd LUN and one on a local file: tgtd down past the LUN's
+/// timeout and `fail_after_ms` costs the host no error at all (the remote leg degrades), every
+/// byte verifies, and when the array is back the LUN comes online and the mirror resyncs to
+/// healthy by itself.
+#[test]
+fn a_mirror_onto_a_local_leg_hides_an_outage() {
+    require_tool("fio");
+    let server = Server::start();
+    let mut tgtd = Tgtd::start(server.dir.path());
+    server.ok(
+        "lun_create",
+        json!({"name": "arr0", "kind": "iscsi", "url": tgtd.url(),
+               "timeout_ms": 1000, "fail_after_ms": 2000}),
+    );
+    let local = server.dir.path().join("local.img");
+    server.ok(
+        "lun_create",
+        json!({"name": "local0", "kind": "file", "path": local, "size": LUN_BYTES}),
+    );
+    server.ok("pool_create", json!({"name": "pr", "luns": ["arr0"]}));
+    server.ok("pool_create", json!({"name": "pl", "luns": ["local0"]}));
+    for (volume, pool) in [("vr", "pr"), ("vl", "pl")] {
+        server.ok(
+            "volume_create",
+            json!({"name": volume, "pool": pool, "size": 64 * 1048576}),
+        );
+    }
+    server.ok("mirror_create", json!({"name": "m0", "legs": ["vr", "vl"]}));
+    let healthy = |server: &Server| {
+        server.ok("mirror_get_mirrors", json!({"name": "m0"}))[0]["state"] == "healthy"
+    };
+    wait_until(60, "the new mirror to be healthy", || healthy(&server));
+    let url = server.url("m0");
+    let dir = server.dir.path().to_path_buf();
+    let args: Vec<String> = [
+        "--name=mirror",
+        "--ioengine=nbd",
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=8",
+        "--size=64M",
+        "--time_based",
+        "--runtime=10",
+        "--rate_iops=1000",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .chain([format!("--uri={url}")])
+    .collect();
+    let run = std::thread::spawn(move || fio(&dir, &args));
+    std::thread::sleep(Duration::from_millis(1500));
+    tgtd.kill();
+    wait_until(20, "the remote LUN to fail", || {
+        server.ok("lun_get_luns", json!({"name": "arr0"}))[0]["state"] == "failed"
+    });
+    tgtd.spawn();
+    let (ok, text) = run.join().expect("fio thread");
+    assert!(ok, "fio on the mirror over the outage: {text}");
+    wait_until(60, "the LUN back and the mirror resynced", || {
+        server.ok("lun_get_luns", json!({"name": "arr0"}))[0]["state"] == "online"
+            && healthy(&server)
+    });
 }
 
 /// The array's LUN resized under sds: a larger one is shown as `array_size` (the LUN keeps its
