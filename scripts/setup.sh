@@ -25,7 +25,7 @@ want python3-libnbd  # nbdsh: raw NBD requests in tests
 want python3-venv
 want openssl         # test certificates
 want libiscsi-bin    # iscsi-ls, iscsi-inq, iscsi-readcapacity16, iscsi-test-cu, iscsi-perf
-want tgt             # tgtd: the peer iSCSI target for bench/ and the conformance comparison
+want tgt             # tgtd, tgtadm: the foreign iSCSI array of tests/remote_iscsi.rs, the peer of bench/
 # The appliance (tests/appliance.rs, scripts/package.sh): `systemd-analyze verify` on the unit,
 # `man -w` on the installed page, dpkg-shlibdeps for the package's library dependencies and
 # the helpers the maintainer scripts call. (cargo-deb itself comes from crates.io, installed
@@ -51,6 +51,10 @@ if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import sp
     /usr/bin/python3 -m venv "$tools/venv"
     quiet "$tools/venv/bin/pip" install -q spdk
 fi
+
+# A fio with the libiscsi engine (Debian's has none) into target/tools/fio: tests/remote_iscsi.rs
+# drives sds's iSCSI target with it, and bench/ compares through it. Built once.
+"$here/scripts/build-fio-libiscsi.sh"
 
 # The QEMU guest with the Linux kernel's own NVMe/TCP initiator and target (nvme-tcp, nvmet-tcp)
 # for tests/nvmf_guest.rs: qemu-system-x86, and a kernel and initramfs built once into

@@ -563,6 +563,9 @@ pub const REMOTE_STARTUP_CONNECT_MS: u64 = 10_000;
 /// current, and a dead connection is found (an unanswered ping past the LUN's timeout resets
 /// it) even with no I/O.
 pub const REMOTE_PING_INTERVAL_MS: u64 = 1_000;
+/// How often one link of each remote LUN asks the array its size (iSCSI READ CAPACITY), so a
+/// resized LUN is noticed even when the array sends no unit attention.
+pub const REMOTE_CAPACITY_CHECK_MS: u64 = 10_000;
 /// The round-trip estimate is an EWMA with weight 1/2^this for each new command's latency.
 pub const REMOTE_RTT_EWMA_SHIFT: u32 = 3;
 /// Longest remote LUN URL accepted.
@@ -580,6 +583,8 @@ pub const ISCSI_MAX_COMMAND_RETRIES: u32 = 8;
 pub const ISCSI_ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// Zeroing with WRITE SAME (16) + UNMAP: the blocks of one command.
 pub const ISCSI_WRITE_SAME_CHUNK_BLOCKS: u64 = 1 << 16;
+/// The iSCSI port a remote LUN's URL without one means (RFC 7143's well-known port).
+pub const ISCSI_DEFAULT_PORT: u16 = 3260;
 /// The initiator name sds logs in with when the LUN names none: this prefix and the host name.
 pub const ISCSI_DEFAULT_INITIATOR_PREFIX: &str = "iqn.2026-11.org.sds.initiator:";
 const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES % MAX_LUN_BLOCK_BYTES == 0);

@@ -11,6 +11,10 @@
 //! the volume and every kept snapshot are verified (a snapshot against the writer's log up to
 //! the moment it was taken: `verify-snapshot` in the checker). Its cycles are few by default
 //! (`SDS_CRASH_CYCLES` applies to it too).
+//!
+//! The remote variant puts one of the pool's two LUNs on a foreign array (tgtd, through the
+//! iSCSI remote-LUN driver): every restart reconnects to it, replays its part of the journal
+//! over the network, and the same check holds.
 
 mod common;
 use common::*;
@@ -47,20 +51,37 @@ const SNAPSHOTS_KEPT: usize = 2;
 /// Cycles of the snapshot variant by default: about 30 s on a loaded 2-core machine.
 const SNAPSHOT_CYCLES: usize = 6;
 
+/// Cycles of the remote variant by default (each restart logs in to the array again).
+const REMOTE_CYCLES: usize = 10;
+
+/// Where the pool's first LUN (`crash-a`, 512-byte blocks) lives.
+#[derive(Clone, Copy, PartialEq)]
+enum FirstLun {
+    /// A file of the server's own.
+    Local,
+    /// tgtd's LUN, a remote `iscsi` LUN of the server.
+    Remote,
+}
+
 #[test]
 fn acknowledged_writes_survive_kill_9() {
-    crash_loop(common::crash_cycles(25), false);
+    crash_loop(common::crash_cycles(25), false, FirstLun::Local);
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_with_a_remote_lun_in_the_pool() {
+    crash_loop(common::crash_cycles(REMOTE_CYCLES), false, FirstLun::Remote);
 }
 
 #[test]
 #[ignore = "long mode: cargo test --test crash -- --ignored --nocapture"]
 fn acknowledged_writes_survive_kill_9_long() {
-    crash_loop(common::crash_cycles(100), false);
+    crash_loop(common::crash_cycles(100), false, FirstLun::Local);
 }
 
 #[test]
 fn acknowledged_writes_and_snapshots_survive_kill_9_during_copy_on_write() {
-    crash_loop(common::crash_cycles(SNAPSHOT_CYCLES), true);
+    crash_loop(common::crash_cycles(SNAPSHOT_CYCLES), true, FirstLun::Local);
 }
 
 fn checker() -> PathBuf {
@@ -247,7 +268,7 @@ fn start_up_from_log(log: &str) -> (Option<u64>, Vec<String>) {
     (took, lines)
 }
 
-fn crash_loop(cycles: usize, snapshots: bool) {
+fn crash_loop(cycles: usize, snapshots: bool, first_lun: FirstLun) {
     require_python_nbd();
     let seed = common::crash_seed();
     println!("crash: {cycles} cycles, seed {seed} (SDS_CRASH_SEED={seed} replays the kill moments and the writers' offsets)");
@@ -272,7 +293,17 @@ fn crash_loop(cycles: usize, snapshots: bool) {
     // Snapshots taken and kept, oldest first; how many snapshot verifies passed.
     let mut kept: Vec<String> = Vec::new();
     let mut snapshot_verifies = 0usize;
+    // The array outlives every kill of the server (it stops when the test ends).
+    let array = (first_lun == FirstLun::Remote)
+        .then(|| common::tgtd::Tgtd::start(server.dir.path(), lun_bytes));
     for (name, block_size) in [("crash-a", 512u64), ("crash-b", 4096)] {
+        if let (Some(tgtd), "crash-a") = (&array, name) {
+            server.ok(
+                "lun_create",
+                json!({"name": name, "kind": "iscsi", "url": tgtd.url()}),
+            );
+            continue;
+        }
         server.ok(
             "lun_create",
             json!({"name": name, "kind": "file", "size": lun_bytes, "block_size": block_size,

@@ -10,6 +10,7 @@ pub mod guest;
 pub mod initiator;
 pub mod kernel_nvme;
 pub mod nvmf_initiator;
+pub mod tgtd;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
