@@ -357,4 +357,34 @@ fn bad_nbd_uris_are_refused_clearly() {
         )
         .expect_err("chap on nbd");
     assert!(message.contains("chap_user"), "{message}");
+
+    // One LUN per export; the command line: `sds lun create --kind nbd --uri`, `lun list`.
+    let (_, message) = server
+        .call(
+            "lun_create",
+            json!({"name": "y", "kind": "nbd", "uri": remote.uri()}),
+        )
+        .expect_err("the same export twice");
+    assert!(
+        message.contains("uri") && message.contains("big"),
+        "{message}"
+    );
+    server.ok("lun_delete", json!({"name": "big"}));
+    let output = server.cli(&[
+        "lun",
+        "create",
+        "cli",
+        "--kind",
+        "nbd",
+        "--uri",
+        &remote.uri(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = server.cli(&["lun", "list"]);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(listed.contains("cli") && listed.contains("nbd"), "{listed}");
 }
