@@ -294,7 +294,6 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
     std::thread::sleep(Duration::from_millis(500));
     array.spawn();
     let (ok, text) = fio_run.join().expect("fio thread");
-    eprintln!("{text}");
     assert!(
         ok,
         "fio over the restarted array failed:\n{text}\nlog:\n{}",
@@ -307,7 +306,6 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
         shown["remote"]["reconnects"].as_u64().unwrap_or(0) >= 1,
         "{shown}"
     );
-    eprintln!("{shown}");
     assert_eq!(shown["errors"]["write"], 0, "{shown}");
     assert_eq!(shown["errors"]["read"], 0, "{shown}");
 }
