@@ -230,7 +230,16 @@ fn nbd_lun_fails_while_its_array_is_away_and_comes_back() {
         "{back}"
     );
     verify(&url, &[(0x44, MIB, MIB)]);
+
+    // A server whose array is away again still stops cleanly (its links give up at once).
     drop(remote);
+    wait_remote(&server, "q", "away again", |r| r["state"] != "connected");
+    let mut server = server;
+    assert!(
+        server.stop(),
+        "the server did not stop cleanly:\n{}",
+        server.log()
+    );
 }
 
 /// A second sds is the remote array: a pool over its volume; fio verifies through the first
