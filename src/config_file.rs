@@ -148,6 +148,7 @@ fn arguments(
                     )))
                 }
             },
+            // clap keeps a count in a u8: 255 is its own bound, not one of ours.
             ArgAction::Count => match value.get_ref() {
                 Value::Integer(count @ 0..=255) => {
                     these.extend((0..*count).map(|_| OsString::from(&flag)));

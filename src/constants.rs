@@ -80,6 +80,13 @@ pub const MAX_NBD_OPTION_BYTES: usize = 64 * 1024;
 /// one send of up to twice this many iovecs.
 pub const NBD_LINK_MAX_SEND_BATCH: usize = 32;
 const _: () = assert!(2 * NBD_LINK_MAX_SEND_BATCH <= 1024); // IOV_MAX
+/// Bytes of the receive buffer of a remote NBD LUN's link: one receive takes every reply
+/// that has arrived (headers and small reads' data, copied out from there).
+pub const NBD_LINK_RECV_BUFFER_BYTES: usize = 64 * 1024;
+/// A read's data at least this long is received straight into the read's buffer, not copied
+/// through the link's receive buffer.
+pub const NBD_LINK_DIRECT_RECV_BYTES: usize = 32 * 1024;
+const _: () = assert!(NBD_LINK_DIRECT_RECV_BYTES <= NBD_LINK_RECV_BUFFER_BYTES);
 
 /// iSCSI (`target::iscsi`): the largest data segment this target accepts in one PDU, declared
 /// to every initiator as MaxRecvDataSegmentLength.
@@ -556,6 +563,9 @@ pub const REMOTE_STARTUP_CONNECT_MS: u64 = 10_000;
 /// current, and a dead connection is found (an unanswered ping past the LUN's timeout resets
 /// it) even with no I/O.
 pub const REMOTE_PING_INTERVAL_MS: u64 = 1_000;
+/// How often one link of each remote LUN asks the array its size (iSCSI READ CAPACITY), so a
+/// resized LUN is noticed even when the array sends no unit attention.
+pub const REMOTE_CAPACITY_CHECK_MS: u64 = 10_000;
 /// The round-trip estimate is an EWMA with weight 1/2^this for each new command's latency.
 pub const REMOTE_RTT_EWMA_SHIFT: u32 = 3;
 /// Longest remote LUN URL accepted.
@@ -573,6 +583,8 @@ pub const ISCSI_MAX_COMMAND_RETRIES: u32 = 8;
 pub const ISCSI_ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// Zeroing with WRITE SAME (16) + UNMAP: the blocks of one command.
 pub const ISCSI_WRITE_SAME_CHUNK_BLOCKS: u64 = 1 << 16;
+/// The iSCSI port a remote LUN's URL without one means (RFC 7143's well-known port).
+pub const ISCSI_DEFAULT_PORT: u16 = 3260;
 /// The initiator name sds logs in with when the LUN names none: this prefix and the host name.
 pub const ISCSI_DEFAULT_INITIATOR_PREFIX: &str = "iqn.2026-11.org.sds.initiator:";
 const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES % MAX_LUN_BLOCK_BYTES == 0);

@@ -175,6 +175,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     // Likewise the NVMe subsystem NQN base and the controller registry.
     let nvmf_nqn_base = subsystem::resolve_base(&state_dir, config.nvmf_nqn_base.as_deref())?;
     let nvmf_registry = NvmfRegistry::new();
+    crate::service_notify::status("replaying the pools' journals");
     let mut control = Control::restore(
         state_dir,
         published.clone(),

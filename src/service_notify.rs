@@ -23,6 +23,12 @@ pub fn ready(status: &str) {
     ]);
 }
 
+/// What the server is doing, for `systemctl status`, before it is ready (replaying journals
+/// may take a while).
+pub fn status(text: &str) {
+    send(&[sd_notify::NotifyState::Status(text)]);
+}
+
 /// The server has begun its shutdown.
 pub fn stopping() {
     STOPPING.store(true, Ordering::Release);

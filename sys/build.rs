@@ -50,6 +50,8 @@ const FUNCTIONS: &[&str] = &[
     "iscsi_writesame16_task",
     "iscsi_inquiry_task",
     "iscsi_nop_out_async",
+    "iscsi_set_log_level",
+    "iscsi_set_log_fn",
     "scsi_free_scsi_task",
     "scsi_datain_unmarshall",
 ];

@@ -318,8 +318,10 @@ fn notify_ready_after_listeners_watchdog_while_reactors_progress_and_stopping() 
         .expect("start sds serve");
     let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
 
-    // READY=1, and when it comes the listeners accept at once.
+    // A status while the pools are replayed, then READY=1, and when it comes the listeners
+    // accept at once.
     let until = Instant::now() + Duration::from_secs(30);
+    let mut before_ready = Vec::new();
     loop {
         let message = notify
             .next(until.saturating_duration_since(Instant::now()))
@@ -328,7 +330,12 @@ fn notify_ready_after_listeners_watchdog_while_reactors_progress_and_stopping() 
             assert!(message.contains("STATUS=serving"), "{message}");
             break;
         }
+        before_ready.push(message);
     }
+    assert!(
+        before_ready.iter().any(|m| m.contains("STATUS=replaying")),
+        "{before_ready:?}"
+    );
     assert!(
         TcpStream::connect(("127.0.0.1", port)).is_ok(),
         "READY=1 came before the NBD listener accepted"
@@ -505,6 +512,9 @@ fn debian_package_installs_and_removal_keeps_the_state_dir() {
     ] {
         assert!(Path::new(path).exists(), "{path} is not installed");
     }
+    // Enabled (it starts at boot), not started.
+    let wants = Path::new("/etc/systemd/system/multi-user.target.wants/sds.service");
+    assert!(wants.exists(), "the unit is not enabled");
     let conffiles = dpkg(&["-s", "sds"]);
     assert!(
         conffiles.contains("/etc/sds/sds.toml"),
@@ -546,5 +556,6 @@ fn debian_package_installs_and_removal_keeps_the_state_dir() {
         !Path::new("/etc/sds/sds.toml").exists(),
         "purge keeps the conffile"
     );
+    assert!(!wants.exists(), "purge left the unit enabled");
     let _ = std::fs::remove_file(&marker);
 }

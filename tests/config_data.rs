@@ -121,12 +121,24 @@ fn state(server: &Server) -> Value {
         "luns": names(server, "lun_get_luns"),
         "pools": names(server, "pool_get_pools"),
         "volumes": names(server, "volume_get_volumes"),
-        "hosts": server.ok("host_get_hosts", json!({})),
+        "hosts": hosts_without_sessions(server),
         "domains": server.ok("domain_get_domains", json!({})),
         "vpaths": format!("{:?}", paths(server)),
         "records": files_in(server, "config"),
         "mirror_logs": files_in(server, "mirrors"),
     })
+}
+
+/// `host_get_hosts` less the live session counts (a client that just left may still be
+/// counted for a moment).
+fn hosts_without_sessions(server: &Server) -> Value {
+    let mut hosts = server.ok("host_get_hosts", json!({}));
+    for host in hosts.as_array_mut().expect("a list") {
+        if let Some(object) = host.as_object_mut() {
+            object.remove("sessions");
+        }
+    }
+    hosts
 }
 
 fn files_in(server: &Server, dir: &str) -> Vec<String> {
@@ -306,4 +318,104 @@ fn secrets_are_saved_only_when_asked() {
     // ... but it loads onto the server it came from (everything there already).
     let again = old.ok("load_config", bare);
     assert_eq!(again["created"]["hosts"], 0, "{again}");
+}
+
+/// Records of `kind` in a document, to edit.
+fn section_mut<'a>(document: &'a mut Value, kind: &str) -> &'a mut Vec<Value> {
+    document["sections"]
+        .as_array_mut()
+        .expect("sections")
+        .iter_mut()
+        .find(|s| s["kind"] == kind)
+        .and_then(|s| s["records"].as_array_mut())
+        .unwrap_or_else(|| panic!("no section {kind}"))
+}
+
+#[test]
+fn a_load_onto_a_configured_server_sets_domains_and_refuses_what_differs() {
+    let server = Server::start();
+    server.ram_pool("p", 32 * MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "vol", "pool": "p", "size": 4 * MIB}),
+    );
+    server.ok(
+        "domain_create",
+        json!({"name": "gold", "capabilities": {"priority": "high"}}),
+    );
+    server.ok(
+        "vpath_create",
+        json!({"host": TEST_HOST, "volume": "vol", "domain": "gold", "lun": 1}),
+    );
+    let document = server.ok("save_config", json!({}));
+
+    // A domain's capabilities are policy: a load sets them.
+    let mut edited = document.clone();
+    for domain in section_mut(&mut edited, "domains").iter_mut() {
+        if domain["name"] == "gold" {
+            domain["capabilities"]["priority"] = json!("low");
+        }
+    }
+    let answer = server.ok("load_config", edited);
+    assert_eq!(answer["domains_set"], 1, "{answer}");
+    let gold = server.ok("domain_get_domains", json!({"name": "gold"}));
+    assert_eq!(gold[0]["capabilities"]["priority"], "low", "{gold}");
+
+    // A plain volume new to a pool the server has is made (empty), with the document's UUID;
+    // a VP to it too. Loading the same again changes nothing.
+    let mut grown = document.clone();
+    let mut extra = section(&document, "volumes")[0].clone();
+    extra["name"] = json!("extra");
+    extra["uuid"] = json!("6f1c2a4e-0b7d-4c3e-9a85-2d4f6b8e1a30");
+    section_mut(&mut grown, "volumes").push(extra);
+    let mut path = section(&document, "vpaths")[0].clone();
+    path["volume"] = json!("extra");
+    path["lun"] = json!(2);
+    section_mut(&mut grown, "vpaths").push(path);
+    let answer = server.ok("load_config", grown.clone());
+    assert_eq!(answer["created"]["volumes"], 1, "{answer}");
+    assert_eq!(answer["created"]["vpaths"], 1, "{answer}");
+    let extra = server.ok("volume_get_volumes", json!({"name": "extra"}));
+    assert_eq!(
+        extra[0]["uuid"], "6f1c2a4e-0b7d-4c3e-9a85-2d4f6b8e1a30",
+        "{extra}"
+    );
+    write_and_verify(&server.url_without_grant("extra"), &[(0x77, 0, 4096)]);
+    let again = server.ok("load_config", grown.clone());
+    assert_eq!(again["created"]["volumes"], 0, "{again}");
+    // A snapshot cannot be made that way: its data is its pool's.
+    let mut snapshot = grown.clone();
+    let mut snap = section(&document, "volumes")[0].clone();
+    snap["name"] = json!("snap");
+    snap["uuid"] = json!("7f1c2a4e-0b7d-4c3e-9a85-2d4f6b8e1a31");
+    snap["snapshot_of"] = json!("vol");
+    snap["as_of"] = json!(1);
+    section_mut(&mut snapshot, "volumes").push(snap);
+    let (_, message) = server
+        .call("load_config", snapshot)
+        .expect_err("a snapshot without its pool");
+    assert!(message.contains("snapshot or clone"), "{message}");
+
+    // Anything else that differs is refused, naming it, and nothing changes.
+    let unchanged = state(&server);
+    let mut other_lun = document.clone();
+    section_mut(&mut other_lun, "vpaths")[0]["lun"] = json!(5);
+    let (_, message) = server
+        .call("load_config", other_lun)
+        .expect_err("a VP with another LUN number");
+    assert!(message.contains("differs"), "{message}");
+    let mut bigger = document.clone();
+    section_mut(&mut bigger, "volumes")[0]["size"] = json!(8 * MIB);
+    let (_, message) = server
+        .call("load_config", bigger)
+        .expect_err("a volume of another size");
+    assert!(
+        message.contains("volume vol exists here and differs"),
+        "{message}"
+    );
+    let (_, message) = server
+        .call("load_config", json!({"sds_config": 2, "sections": []}))
+        .expect_err("another format");
+    assert!(message.contains("sds_config"), "{message}");
+    assert_eq!(state(&server), unchanged);
 }

@@ -145,7 +145,7 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
                 "--iodepth=8".into(),
                 "--size=16M".into(),
                 "--time_based=1".into(),
-                "--runtime=4".into(),
+                "--runtime=6".into(),
             ],
         )
     });
@@ -250,12 +250,62 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
         &[("lun", "p-a"), ("pool", "p")]
     )
     .is_some());
+    // fio came over NBD: no iSCSI session, no NVMe/TCP controller.
+    assert_eq!(sample(&text, "sds_iscsi_sessions", &[]), Some(0.0));
+    assert_eq!(sample(&text, "sds_nvmf_controllers", &[]), Some(0.0));
     let busy = sample(&text, "sds_reactor_busy_ratio", &[("reactor", "0")]).expect("reactor");
     assert!((0.0..=1.0).contains(&busy), "busy ratio {busy}");
     assert!(text.contains(&format!(
         "sds_build_info{{version=\"{}\"",
         env!("CARGO_PKG_VERSION")
     )));
+
+    // A mirror: its state and its legs' as state sets, once it has synced.
+    server.file_pool("q", MIB);
+    server.ok(
+        "volume_create",
+        json!({"name": "m1", "pool": "p", "size": 4 * MIB}),
+    );
+    server.ok(
+        "volume_create",
+        json!({"name": "m2", "pool": "q", "size": 4 * MIB}),
+    );
+    server.ok(
+        "mirror_create",
+        json!({"name": "mir", "legs": ["m1", "m2"]}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(port);
+        let healthy = sample(
+            &text,
+            "sds_mirror_state",
+            &[("mirror", "mir"), ("state", "healthy")],
+        );
+        if healthy == Some(1.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never showed healthy:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (passed, said) = promtool(&text);
+    assert!(passed, "promtool check metrics: {said}");
+    for leg in ["m1", "m2"] {
+        let state = |s| sample(&text, "sds_mirror_leg_state", &[("leg", leg), ("state", s)]);
+        assert_eq!(state("healthy"), Some(1.0), "{leg}");
+        assert_eq!(state("failed"), Some(0.0), "{leg}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "sds_mirror_state",
+            &[("mirror", "mir"), ("state", "degraded")]
+        ),
+        Some(0.0)
+    );
 }
 
 #[test]
@@ -307,7 +357,11 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
         }
     }
     assert!(queried >= 10, "the dashboard queries {queried} families");
-    drop(server);
+    // The metrics thread ends with the server: SIGTERM still exits cleanly, and the port is
+    // closed.
+    let mut server = server;
+    assert!(server.stop(), "{}", server.log());
+    assert!(try_get(port, "/metrics", None).is_err());
 }
 
 /// Percent-encodes a query-string value.

@@ -268,6 +268,66 @@ fn an_outage_past_the_timeout_fails_io_and_the_lun_recovers() {
     assert!(remote(&server, "arr0")["timeouts"].as_u64().unwrap_or(0) >= 1);
 }
 
+/// The array's LUN resized under sds: a larger one is shown as `array_size` (the LUN keeps its
+/// size), a smaller one fails the LUN, and the LUN comes back when the array's is large enough
+/// again. (sds asks the array its size every `REMOTE_CAPACITY_CHECK_MS`, 10 s.)
+#[test]
+fn a_resized_array_lun_is_noticed() {
+    let server = Server::start();
+    let mut tgtd = Tgtd::start(server.dir.path());
+    server.ok(
+        "lun_create",
+        json!({"name": "arr0", "kind": "iscsi", "url": tgtd.url()}),
+    );
+    wait_until(20, "the links to connect", || {
+        remote(&server, "arr0")["state"] == "connected"
+    });
+    let resize = |tgtd: &mut Tgtd, size_bytes: u64| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tgtd.image)
+            .expect("image");
+        file.set_len(size_bytes).expect("resize");
+        // tgtd reads a backing file's size when the LUN is added: add it again.
+        let image = tgtd.image.to_string_lossy().into_owned();
+        let (ok, text) = tgtd.tgtadm(&[
+            "--op",
+            "delete",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+        ]);
+        assert!(ok, "{text}");
+        let (ok, text) = tgtd.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            &image,
+        ]);
+        assert!(ok, "{text}");
+    };
+    resize(&mut tgtd, 2 * LUN_BYTES);
+    wait_until(30, "the larger size to show", || {
+        remote(&server, "arr0")["array_size"] == 2 * LUN_BYTES
+    });
+    let luns = server.ok("lun_get_luns", json!({"name": "arr0"}));
+    assert_eq!(luns[0]["size"], LUN_BYTES, "the LUN keeps its size");
+    assert_eq!(luns[0]["state"], "online");
+    resize(&mut tgtd, LUN_BYTES / 2);
+    wait_until(30, "the LUN to fail", || {
+        server.ok("lun_get_luns", json!({"name": "arr0"}))[0]["state"] == "failed"
+    });
+}
+
 /// Creating an iSCSI LUN that cannot be had is a clear -32602 error on `url`.
 #[test]
 fn bad_urls_and_unreachable_arrays_are_refused_clearly() {

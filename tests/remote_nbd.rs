@@ -31,6 +31,41 @@ impl QemuNbd {
             .args([
                 "--format",
                 "raw",
+                "--persistent",
+                "--export-name",
+                "disk",
+                "--shared",
+                "8",
+                "--socket",
+            ])
+            .arg(&socket)
+            .arg(&image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "qemu-nbd did not open its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+
+    /// The same image served again on the same socket (after the old process is gone).
+    fn restart(old: Self) -> Self {
+        let dir = old.socket.parent().expect("dir").to_path_buf();
+        let image = dir.join("remote.raw");
+        let socket = old.socket.clone();
+        drop(old);
+        let child = Command::new("qemu-nbd")
+            .args([
+                "--format",
+                "raw",
+                "--persistent",
                 "--export-name",
                 "disk",
                 "--shared",
@@ -88,11 +123,13 @@ fn wait_remote(server: &Server, name: &str, what: &str, done: impl Fn(&Value) ->
     }
 }
 
-/// A pool over a qemu-nbd export (structured replies, holes, FUA, WRITE_ZEROES): data written
-/// through the first server's volume reads back, and `lun_get_luns` shows the link.
+/// A pool over a qemu-nbd export (structured replies, holes, FUA, WRITE_ZEROES), on a server
+/// with two reactors (a link each): data written through the first server's volume reads
+/// back, `lun_get_luns` shows the links, and after a restart of the server (the LUN opened
+/// again from its record) the data is still there; the server stops cleanly with its links.
 #[test]
 fn nbd_lun_over_qemu_nbd() {
-    let server = Server::start();
+    let mut server = Server::start_with(|_| vec!["--cores".into(), "0,1".into()]);
     let remote = QemuNbd::start(server.dir.path(), 64 * MIB);
     let created = server.ok(
         "lun_create",
@@ -121,8 +158,79 @@ fn nbd_lun_over_qemu_nbd() {
     let shown = wait_remote(&server, "q", "connected", |r| r["state"] == "connected");
     let remote_fields = &shown["remote"];
     assert_eq!(remote_fields["url"], remote.uri(), "{shown}");
-    assert!(remote_fields["links"].as_u64().unwrap_or(0) >= 1, "{shown}");
+    assert_eq!(remote_fields["links"], 2, "{shown}");
     assert_eq!(shown["kind"], "nbd", "{shown}");
+
+    assert!(
+        server.stop(),
+        "the server did not stop cleanly:\n{}",
+        server.log()
+    );
+    server.spawn();
+    let shown = wait_remote(&server, "q", "connected after a restart", |r| {
+        r["state"] == "connected" && r["links_connected"] == 2
+    });
+    assert_eq!(shown["pool"], "p", "{shown}");
+    verify(
+        &url,
+        &[
+            (0x11, 0, 64 * 1024),
+            (0x22, 5 * MIB + 64 * 1024, 64 * 1024),
+            (0x33, 31 * MIB, 4096),
+        ],
+    );
+    assert!(
+        server.stop(),
+        "the server did not stop cleanly:\n{}",
+        server.log()
+    );
+}
+
+/// An array that stays away longer than `fail_after_ms` fails the LUN (its I/O fails at once,
+/// no host waits for `timeout_ms`); when it comes back the LUN is online again by itself and
+/// what was written before reads back.
+#[test]
+fn nbd_lun_fails_while_its_array_is_away_and_comes_back() {
+    let server = Server::start();
+    let mut remote = QemuNbd::start(server.dir.path(), 32 * MIB);
+    server.ok(
+        "lun_create",
+        json!({"name": "q", "kind": "nbd", "uri": remote.uri(), "timeout_ms": 1000, "fail_after_ms": 1500}),
+    );
+    server.ok("pool_create", json!({"name": "p", "luns": ["q"]}));
+    server.ok(
+        "volume_create",
+        json!({"name": "v", "pool": "p", "size": 16 * MIB}),
+    );
+    let url = server.url("v");
+    write_and_verify(&url, &[(0x44, MIB, MIB)]);
+    let (clean, text) = qemu_io(&url, &["flush".into()]);
+    assert!(clean, "{text}");
+
+    let _ = remote.child.kill();
+    let _ = remote.child.wait();
+    let failed = wait_remote(&server, "q", "failed", |r| r["state"] == "failed");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let started = Instant::now();
+    let (clean, text) = qemu_io(&url, &["read 1M 4k".into()]);
+    assert!(!clean, "a read of a failed LUN succeeded:\n{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a failed LUN's I/O must fail at once, not wait"
+    );
+
+    let _ = std::fs::remove_file(&remote.socket);
+    remote = QemuNbd::restart(remote);
+    let back = wait_remote(&server, "q", "connected again", |r| {
+        r["state"] == "connected"
+    });
+    assert_eq!(back["state"], "online", "{back}");
+    assert!(
+        back["remote"]["reconnects"].as_u64().unwrap_or(0) >= 1,
+        "{back}"
+    );
+    verify(&url, &[(0x44, MIB, MIB)]);
+    drop(remote);
 }
 
 /// A second sds is the remote array: a pool over its volume; fio verifies through the first
@@ -235,4 +343,18 @@ fn bad_nbd_uris_are_refused_clearly() {
     assert!(message.contains("nope"), "{message}");
     // Nothing was recorded.
     assert_eq!(server.ok("lun_get_luns", json!({})), json!([]));
+
+    // A block size larger than the export's is the LUN's; iSCSI's parameters are refused.
+    let created = server.ok(
+        "lun_create",
+        json!({"name": "big", "kind": "nbd", "uri": remote.uri(), "block_size": 4096}),
+    );
+    assert_eq!(created["block_size"], 4096, "{created}");
+    let (_, message) = server
+        .call(
+            "lun_create",
+            json!({"name": "y", "kind": "nbd", "uri": remote.uri(), "chap_user": "u"}),
+        )
+        .expect_err("chap on nbd");
+    assert!(message.contains("chap_user"), "{message}");
 }

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 #[derive(Subcommand)]
 pub enum LunCommand {
     /// Add a LUN: `--kind file --path P --size 1G`, `--kind mem --size 256M`, `--kind blockdev --path /dev/loop0`,
-    /// `--kind fault --base LUN` (fault injection over another LUN)
+    /// `--kind fault --base LUN` (fault injection over another LUN),
+    /// `--kind iscsi --url iscsi://HOST:PORT/TARGET_IQN/LUN` (a LUN of another array)
     Create {
         name: String,
         #[arg(long)]
@@ -29,6 +30,8 @@ pub enum LunCommand {
         /// For a fault LUN: the LUN it wraps (in no pool)
         #[arg(long)]
         base: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// List LUNs, with their state and error counts
     List,
@@ -54,6 +57,54 @@ pub enum LunCommand {
     ClearFault { name: String },
 }
 
+/// The options of a LUN of another array (`--kind iscsi`).
+#[derive(clap::Args)]
+pub struct RemoteArgs {
+    /// The array's LUN: iscsi://HOST[:PORT]/TARGET_IQN/LUN
+    #[arg(long)]
+    url: Option<String>,
+    /// The initiator name to log in as [default: iqn.2026-11.org.sds.initiator:HOSTNAME]
+    #[arg(long)]
+    initiator_iqn: Option<String>,
+    /// CHAP user name (with --chap-secret-file)
+    #[arg(long)]
+    chap_user: Option<String>,
+    /// A file holding the CHAP secret (kept off the command line, which others can read)
+    #[arg(long)]
+    chap_secret_file: Option<PathBuf>,
+    /// A command not done within this fails with EIO [default: 30000]
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Unreachable this long, the LUN is failed until it connects again [default: 120000]
+    #[arg(long)]
+    fail_after_ms: Option<u64>,
+}
+
+impl RemoteArgs {
+    /// Adds the options given to `params`.
+    fn set(self, params: &mut Value) -> Result<(), String> {
+        set(params, "url", self.url.map(|u| json!(u)));
+        set(
+            params,
+            "initiator_iqn",
+            self.initiator_iqn.map(|i| json!(i)),
+        );
+        set(params, "chap_user", self.chap_user.map(|u| json!(u)));
+        if let Some(file) = self.chap_secret_file {
+            let secret = std::fs::read_to_string(&file)
+                .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+            set(params, "chap_secret", Some(json!(secret.trim_end())));
+        }
+        set(params, "timeout_ms", self.timeout_ms.map(|t| json!(t)));
+        set(
+            params,
+            "fail_after_ms",
+            self.fail_after_ms.map(|f| json!(f)),
+        );
+        Ok(())
+    }
+}
+
 /// Runs one `sds lun` subcommand against the server.
 pub fn run(command: LunCommand, json: bool, call: Call) -> Result<(), String> {
     match command {
@@ -64,6 +115,7 @@ pub fn run(command: LunCommand, json: bool, call: Call) -> Result<(), String> {
             size,
             block_size,
             base,
+            remote,
         } => {
             let mut params = json!({ "name": name, "kind": kind });
             // A relative path means this command's working directory, not the server's.
@@ -72,6 +124,7 @@ pub fn run(command: LunCommand, json: bool, call: Call) -> Result<(), String> {
             set(&mut params, "size", size.map(|s| json!(s)));
             set(&mut params, "block_size", block_size.map(|b| json!(b)));
             set(&mut params, "base", base.map(|b| json!(b)));
+            remote.set(&mut params)?;
             show(json, call("lun_create", Some(params))?, print_luns)
         }
         LunCommand::List => show(json, call("lun_get_luns", None)?, print_luns),
@@ -129,7 +182,11 @@ fn print_luns(items: &[Value]) {
             let (link, rtt, reconnects) = if remote.is_object() {
                 (
                     text(remote, "state"),
-                    format!("{}us", text(remote, "rtt_us")),
+                    // 0: no round trip measured yet.
+                    match remote["rtt_us"].as_u64() {
+                        Some(rtt) if rtt > 0 => format!("{rtt}us"),
+                        _ => "-".to_string(),
+                    },
                     text(remote, "reconnects"),
                 )
             } else {

@@ -139,10 +139,10 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "block_size",
             "base",
             "url",
+            "uri",
             "initiator_iqn",
             "chap_user",
             "chap_secret",
-            "uri",
             "timeout_ms",
             "fail_after_ms",
         ],
@@ -305,28 +305,9 @@ fn create_remote(
     name: &str,
     kind: LunKind,
 ) -> Result<Value, RpcError> {
-    // iSCSI names its array by `url`, NBD by `uri` (the NBD URI standard's word); both are
-    // the record's `url`. CHAP and the initiator name are iSCSI's alone.
-    let url_param = if kind == LunKind::Nbd { "uri" } else { "url" };
-    let other_param = if kind == LunKind::Nbd { "url" } else { "uri" };
-    if params.optional_str(other_param)?.is_some() {
-        return Err(RpcError::invalid_params(format!(
-            "{other_param}: a {} LUN is named by its {url_param}",
-            kind.as_str()
-        )));
-    }
-    if kind == LunKind::Nbd {
-        for iscsi_only in ["initiator_iqn", "chap_user", "chap_secret"] {
-            if params.optional_str(iscsi_only)?.is_some() {
-                return Err(RpcError::invalid_params(format!(
-                    "{iscsi_only}: only an iscsi LUN has one"
-                )));
-            }
-        }
-    }
     if params.optional_str("path")?.is_some() {
         return Err(RpcError::invalid_params(format!(
-            "path: a {} LUN has a {url_param}, not a path",
+            "path: a {} LUN has a url, not a path",
             kind.as_str()
         )));
     }
@@ -345,9 +326,27 @@ fn create_remote(
         }
     };
     check_new_name(control, name)?;
+    // NBD names its address a URI (the NBD URI standard), iSCSI a URL (libiscsi's).
+    let url_key = if kind == LunKind::Nbd { "uri" } else { "url" };
+    let other_key = if kind == LunKind::Nbd { "url" } else { "uri" };
+    if params.optional_str(other_key)?.is_some() {
+        return Err(RpcError::invalid_params(format!(
+            "{other_key}: a {} LUN's address is its {url_key}",
+            kind.as_str()
+        )));
+    }
+    if kind == LunKind::Nbd {
+        for iscsi_only in ["initiator_iqn", "chap_user", "chap_secret"] {
+            if params.optional_str(iscsi_only)?.is_some() {
+                return Err(RpcError::invalid_params(format!(
+                    "{iscsi_only}: only an iscsi LUN has one"
+                )));
+            }
+        }
+    }
     let owned = |value: Option<&str>| value.map(str::to_string);
     let remote = RemoteSpec {
-        url: params.str(url_param)?.to_string(),
+        url: params.str(url_key)?.to_string(),
         initiator_iqn: owned(params.optional_str("initiator_iqn")?),
         chap_user: owned(params.optional_str("chap_user")?),
         chap_secret: owned(params.optional_str("chap_secret")?),
@@ -356,7 +355,7 @@ fn create_remote(
     };
     remote
         .validate()
-        .map_err(|why| RpcError::invalid_params(why.replacen("url", url_param, 1)))?;
+        .map_err(|why| RpcError::invalid_params(why.replacen("url", url_key, 1)))?;
     if let Some(other) = control.luns.values().find(|entry| {
         entry
             .record
@@ -365,7 +364,7 @@ fn create_remote(
             .is_some_and(|other| other.url == remote.url)
     }) {
         return Err(RpcError::invalid_params(format!(
-            "{url_param}: {} is already LUN {}",
+            "url: {} is already LUN {}",
             remote.url, other.record.name
         )));
     }
@@ -378,11 +377,7 @@ fn create_remote(
         remote: Some(remote.clone()),
     };
     let lun = open_lun(&spec).map_err(|error| {
-        let param = match param_of(&error) {
-            "url" => url_param,
-            other => other,
-        };
-        RpcError::invalid_params(format!("{param}: {}", error_chain(&error)))
+        RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
     })?;
     let info = lun.info();
     let record = LunRecord {

@@ -8,7 +8,8 @@ use super::Control;
 use crate::blockio::BlockOp;
 use crate::constants::METRICS_GATHER_INTERVAL_MS;
 use crate::metrics::snapshot::{
-    DomainRow, LunRow, OpCounters, PathCounters, PoolRow, ReactorRow, VolumeRow, VpathRow,
+    DomainRow, LunRow, MirrorRow, OpCounters, PathCounters, PoolRow, ReactorRow, VolumeRow,
+    VpathRow,
 };
 use crate::metrics::{MetricsShared, MetricsSnapshot};
 use std::sync::atomic::Ordering;
@@ -159,6 +160,30 @@ impl Control {
                 row
             })
             .collect();
+        // As mirror_get_mirrors describes them: one place decides a mirror's state.
+        let mirrors = self
+            .mirrors
+            .values()
+            .map(|entry| {
+                let described = super::mirrors::describe(entry);
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                let number = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+                MirrorRow {
+                    name: entry.record.name.clone(),
+                    state: text(&described["state"]),
+                    legs: described["legs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|leg| (text(&leg["volume"]), text(&leg["state"])))
+                        .collect(),
+                    dirty_bytes: number(&described["dirty_bytes"]),
+                    resync_running: described["resync"]["running"].as_bool().unwrap_or(false),
+                    resync_done_bytes: number(&described["resync"]["done_bytes"]),
+                    resync_total_bytes: number(&described["resync"]["total_bytes"]),
+                }
+            })
+            .collect();
         reactor_previous_us.resize(self.reactors.len(), (0, 0));
         let reactors = self
             .reactors
@@ -199,12 +224,21 @@ impl Control {
                 .map(|t| t.nqn_base.clone())
                 .unwrap_or_default(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            iscsi_sessions: self
+                .iscsi
+                .as_ref()
+                .map_or(0, |t| t.registry.list().len() as u64),
+            nvmf_controllers: self
+                .nvmf
+                .as_ref()
+                .map_or(0, |t| t.registry.list().len() as u64),
             cycle_seconds: self.last_cycle_s,
             volumes,
             vpaths,
             domains,
             luns,
             pools,
+            mirrors,
             reactors,
         }
     }

@@ -184,6 +184,33 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         }
     };
     let thin = params.optional_bool("thin")?.unwrap_or(true);
+    let uuid = control.new_uuid()?;
+    create_with(
+        control,
+        VolumeRecord {
+            name: name.to_string(),
+            uuid,
+            pool: pool_name.to_string(),
+            size,
+            block_size,
+            thin,
+            qos: Default::default(),
+            lineage: Default::default(),
+        },
+    )
+}
+
+/// `volume_create`'s checks and work for a plain volume's record, made by `create` or read
+/// from a `load_config` document (which keeps the volume's UUID and QoS limits).
+pub(super) fn create_with(control: &mut Control, record: VolumeRecord) -> Result<Value, RpcError> {
+    let (name, pool_name) = (record.name.clone(), record.pool.clone());
+    let (name, pool_name) = (name.as_str(), pool_name.as_str());
+    let (size, block_size, thin) = (record.size, record.block_size, record.thin);
+    if !matches!(block_size, 512 | 4096) {
+        return Err(RpcError::invalid_params(format!(
+            "block_size: {block_size} is not 512 or 4096"
+        )));
+    }
     if control.volumes.contains_key(name) {
         return Err(RpcError::invalid_params(format!(
             "name: volume {name} already exists"
@@ -208,18 +235,14 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             pool.free_extents()
         )));
     }
-    let uuid = control.new_uuid()?;
-    let volume = Arc::new(Volume::new(name, uuid.0, pool, size, block_size, thin));
-    let record = VolumeRecord {
-        name: name.to_string(),
-        uuid,
-        pool: pool_name.to_string(),
+    let volume = Arc::new(Volume::new(
+        name,
+        record.uuid.0,
+        pool,
         size,
         block_size,
         thin,
-        qos: Default::default(),
-        lineage: Default::default(),
-    };
+    ));
     // The record first: extent records of a volume without one would be freed at start-up.
     control
         .store

@@ -23,6 +23,11 @@ pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The states `sds_mirror_state` and `sds_mirror_leg_state` enumerate (as
+/// `mirror_get_mirrors` names them).
+const MIRROR_STATES: [&str; 3] = ["healthy", "resyncing", "degraded"];
+const LEG_STATES: [&str; 5] = ["healthy", "resyncing", "degraded", "failed", "absent"];
+
 /// Encodes a snapshot as OpenMetrics text.
 pub fn render(snapshot: Arc<MetricsSnapshot>) -> Result<String, Error> {
     let mut registry = Registry::default();
@@ -236,6 +241,18 @@ impl Collector for SnapshotCollector {
         )?;
         gauges(
             e,
+            "sds_iscsi_sessions",
+            "Live iSCSI sessions, discovery sessions included",
+            [(vec![], s.iscsi_sessions as f64)],
+        )?;
+        gauges(
+            e,
+            "sds_nvmf_controllers",
+            "Live NVMe/TCP controllers, discovery controllers included",
+            [(vec![], s.nvmf_controllers as f64)],
+        )?;
+        gauges(
+            e,
             "sds_control_cycle_seconds",
             "How long the last control-loop cycle lasted",
             [(vec![], s.cycle_seconds)],
@@ -433,6 +450,76 @@ impl Collector for SnapshotCollector {
             s.pools
                 .iter()
                 .map(|p| (pool_labels(p), p.replayed_entries as f64)),
+        )?;
+
+        // State sets, as Prometheus has them: one series per possible state, 1 for the
+        // current one, so a state change is a value change, not a series appearing.
+        let mut mirror_states = Vec::new();
+        let mut leg_states = Vec::new();
+        for mirror in &s.mirrors {
+            for state in MIRROR_STATES {
+                let labels = vec![
+                    ("mirror", mirror.name.clone()),
+                    ("state", state.to_string()),
+                ];
+                mirror_states.push((labels, if mirror.state == state { 1.0 } else { 0.0 }));
+            }
+            for (leg, current) in &mirror.legs {
+                for state in LEG_STATES {
+                    let labels = vec![
+                        ("mirror", mirror.name.clone()),
+                        ("leg", leg.clone()),
+                        ("state", state.to_string()),
+                    ];
+                    leg_states.push((labels, if current == state { 1.0 } else { 0.0 }));
+                }
+            }
+        }
+        gauges(
+            e,
+            "sds_mirror_state",
+            "1 for each mirror's current state (healthy, resyncing, degraded), else 0",
+            mirror_states,
+        )?;
+        gauges(
+            e,
+            "sds_mirror_leg_state",
+            "1 for each mirror leg's current state (healthy, resyncing, degraded, failed, absent), else 0",
+            leg_states,
+        )?;
+        let mirror_labels =
+            |m: &super::snapshot::MirrorRow| -> Labels { vec![("mirror", m.name.clone())] };
+        gauges(
+            e,
+            "sds_mirror_dirty_bytes",
+            "Bytes of the regions a mirror's dirty log marks (written, not yet known on every leg)",
+            s.mirrors
+                .iter()
+                .map(|m| (mirror_labels(m), m.dirty_bytes as f64)),
+        )?;
+        gauges(
+            e,
+            "sds_mirror_resync_running",
+            "1 while a mirror's resync copies",
+            s.mirrors
+                .iter()
+                .map(|m| (mirror_labels(m), if m.resync_running { 1.0 } else { 0.0 })),
+        )?;
+        gauges(
+            e,
+            "sds_mirror_resync_done_bytes",
+            "Bytes the current (or last) resync has copied",
+            s.mirrors
+                .iter()
+                .map(|m| (mirror_labels(m), m.resync_done_bytes as f64)),
+        )?;
+        gauges(
+            e,
+            "sds_mirror_resync_total_bytes",
+            "Bytes the current (or last) resync has to copy",
+            s.mirrors
+                .iter()
+                .map(|m| (mirror_labels(m), m.resync_total_bytes as f64)),
         )?;
 
         let reactor_labels = |r: &super::snapshot::ReactorRow| -> Labels {

@@ -138,6 +138,20 @@ pub struct PoolRow {
     pub replayed_entries: u64,
 }
 
+/// A mirror as `mirror_get_mirrors` describes it.
+#[derive(Clone, Debug, Default)]
+pub struct MirrorRow {
+    pub name: String,
+    /// healthy, resyncing or degraded.
+    pub state: String,
+    /// Each leg's volume and state (healthy, resyncing, degraded, failed, absent).
+    pub legs: Vec<(String, String)>,
+    pub dirty_bytes: u64,
+    pub resync_running: bool,
+    pub resync_done_bytes: u64,
+    pub resync_total_bytes: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ReactorRow {
     pub index: usize,
@@ -159,11 +173,15 @@ pub struct MetricsSnapshot {
     pub nvmf_nqn_base: String,
     pub uptime_seconds: f64,
     pub cycle_seconds: f64,
+    /// Live iSCSI sessions (discovery ones too) and NVMe/TCP controllers.
+    pub iscsi_sessions: u64,
+    pub nvmf_controllers: u64,
     pub volumes: Vec<VolumeRow>,
     pub vpaths: Vec<VpathRow>,
     pub domains: Vec<DomainRow>,
     pub luns: Vec<LunRow>,
     pub pools: Vec<PoolRow>,
+    pub mirrors: Vec<MirrorRow>,
     pub reactors: Vec<ReactorRow>,
 }
 

@@ -85,7 +85,14 @@ fn wait_for(
             return Err(error);
         }
         if ready > 0 && connection.service(poll.revents) < 0 {
-            return Err(io::Error::other(connection.last_error()));
+            // What the failing call reported first (a refused connect, a failed login) beats
+            // libiscsi's last words.
+            while let Some(event) = connection.next_event() {
+                if wanted(&event) {
+                    return Ok(event);
+                }
+            }
+            return Err(io::Error::other(connection.service_error()));
         }
     }
 }
@@ -136,7 +143,7 @@ impl BlockingIscsi {
         if status != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
-                format!("login failed: {}", connection.last_error()),
+                connection.connect_error(),
             ));
         }
         let mut capacity = None;

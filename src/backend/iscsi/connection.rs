@@ -30,10 +30,45 @@ pub enum Event {
     Task { slot: u32, status: i32 },
 }
 
+/// Where callbacks report: the events, and why the connect failed (libiscsi's text at that
+/// moment; later calls overwrite it, e.g. with its reconnect's complaint).
+struct Inbox {
+    events: VecDeque<Event>,
+    connect_error: Option<String>,
+}
+
 /// The argument of a task's callback: where to report, and which slot.
 struct CallbackData {
-    events: *mut VecDeque<Event>,
+    inbox: *mut Inbox,
     slot: u32,
+}
+
+/// How many of libiscsi's latest error messages a thread keeps.
+const LOGGED_ERRORS: usize = 4;
+
+thread_local! {
+    /// libiscsi's latest error messages on this thread: a failing `iscsi_service` overwrites
+    /// its context's error text with its reconnect's complaint ("can not reconnect right
+    /// now"), while its log still has the cause (a refused login, a reset connection).
+    static LOGGED: std::cell::RefCell<VecDeque<String>> =
+        std::cell::RefCell::new(VecDeque::with_capacity(LOGGED_ERRORS));
+}
+
+/// libiscsi's log function, at level 1 (errors only): keeps the latest messages.
+unsafe extern "C" fn on_log(_level: c_int, message: *const std::ffi::c_char) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: libiscsi passes a NUL-terminated message valid for the call.
+    let text = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    LOGGED.with(|logged| {
+        let mut logged = logged.borrow_mut();
+        if logged.len() == LOGGED_ERRORS {
+            logged.pop_front();
+        }
+        logged.push_back(text);
+    });
 }
 
 /// The slot argument the connect callback carries.
@@ -63,7 +98,7 @@ pub struct Connection {
     /// `None` only while being dropped.
     context: Option<IscsiContext>,
     /// Owned; freed in `Drop` after the context (whose destruction still calls back).
-    events: *mut VecDeque<Event>,
+    inbox: *mut Inbox,
     callbacks: Box<[CallbackData]>,
     connect_callback: Box<CallbackData>,
     iovs: Box<[sds_sys::scsi_iovec]>,
@@ -78,7 +113,7 @@ unsafe impl Send for Connection {}
 
 /// libiscsi's callback: queues the event; touches nothing else.
 unsafe extern "C" fn on_callback(
-    _iscsi: *mut sds_sys::iscsi_context,
+    iscsi: *mut sds_sys::iscsi_context,
     status: c_int,
     _command_data: *mut c_void,
     private_data: *mut c_void,
@@ -93,7 +128,16 @@ unsafe extern "C" fn on_callback(
     // allocate on the data path.
     unsafe {
         let data = &*(private_data as *const CallbackData);
+        let inbox = &mut *data.inbox;
         let event = if data.slot == CONNECT_SLOT {
+            if status != 0 && !iscsi.is_null() {
+                // The connect path only (never the data path): keep libiscsi's reason now.
+                let text = sds_sys::iscsi_get_error(iscsi);
+                if !text.is_null() {
+                    let text = std::ffi::CStr::from_ptr(text).to_string_lossy();
+                    inbox.connect_error = Some(text.trim_end().to_string());
+                }
+            }
             Event::Connected { status }
         } else {
             Event::Task {
@@ -101,7 +145,7 @@ unsafe extern "C" fn on_callback(
                 status,
             }
         };
-        (*data.events).push_back(event);
+        inbox.events.push_back(event);
     }
 }
 
@@ -118,15 +162,25 @@ impl Connection {
             context.set_chap(user, secret)?;
         }
         context.set_auto_reconnect(false);
-        let events = Box::into_raw(Box::new(VecDeque::with_capacity(slots + 2)));
+        LOGGED.with(|logged| logged.borrow_mut().clear());
+        // SAFETY: live context; `on_log` is a plain function that only touches this thread's
+        // LOGGED; level 1 logs errors only (never on the data path's success).
+        unsafe {
+            sds_sys::iscsi_set_log_fn(context.raw(), Some(on_log));
+            sds_sys::iscsi_set_log_level(context.raw(), 1);
+        }
+        let inbox = Box::into_raw(Box::new(Inbox {
+            events: VecDeque::with_capacity(slots + 2),
+            connect_error: None,
+        }));
         let mut connection = Self {
             context: Some(context),
-            events,
+            inbox,
             callbacks: (0..slots as u32)
-                .map(|slot| CallbackData { events, slot })
+                .map(|slot| CallbackData { inbox, slot })
                 .collect(),
             connect_callback: Box::new(CallbackData {
-                events,
+                inbox,
                 slot: CONNECT_SLOT,
             }),
             iovs: (0..slots)
@@ -202,11 +256,36 @@ impl Connection {
         unsafe { sds_sys::iscsi_service(raw, c_int::from(revents)) }
     }
 
+    /// Why the last [`Connection::service`] failed: the latest error libiscsi logged that is
+    /// not its complaint about reconnecting, else its context's error text.
+    pub fn service_error(&self) -> String {
+        LOGGED
+            .with(|logged| {
+                logged
+                    .borrow()
+                    .iter()
+                    .rev()
+                    .find(|text| !text.contains("reconnect"))
+                    .cloned()
+            })
+            .unwrap_or_else(|| self.last_error())
+    }
+
     /// The next event a callback queued.
     pub fn next_event(&mut self) -> Option<Event> {
         // SAFETY: the queue is owned by the connection and no libiscsi call runs now (we hold
         // `&mut self`), so this is the only reference to it.
-        unsafe { (*self.events).pop_front() }
+        unsafe { (*self.inbox).events.pop_front() }
+    }
+
+    /// Why the connect or login failed, as libiscsi said when it did; else its last error.
+    pub fn connect_error(&self) -> String {
+        // SAFETY: as in `next_event` (`&self`: no libiscsi call runs now).
+        let saved = unsafe { (*self.inbox).connect_error.clone() };
+        format!(
+            "connect or login failed: {}",
+            saved.unwrap_or_else(|| self.last_error())
+        )
     }
 
     /// Whether `slot` has a task in flight.
@@ -499,8 +578,8 @@ impl Drop for Connection {
                 };
             }
         }
-        // SAFETY: `events` came from `Box::into_raw` in `start` and is freed once, here, after
+        // SAFETY: `inbox` came from `Box::into_raw` in `start` and is freed once, here, after
         // the context that could call back into it is gone.
-        drop(unsafe { Box::from_raw(self.events) });
+        drop(unsafe { Box::from_raw(self.inbox) });
     }
 }

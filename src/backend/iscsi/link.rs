@@ -22,7 +22,7 @@ use crate::backend::remote::link::{ArrayGeometry, LinkContext, LinkTransport};
 use crate::backend::LunIo;
 use crate::constants::{
     ISCSI_MAX_COMMAND_RETRIES, ISCSI_WRITE_SAME_CHUNK_BLOCKS, ISCSI_ZERO_CHUNK_BYTES,
-    REMOTE_LINK_QUEUE_DEPTH, REMOTE_PING_INTERVAL_MS,
+    REMOTE_CAPACITY_CHECK_MS, REMOTE_LINK_QUEUE_DEPTH, REMOTE_PING_INTERVAL_MS,
 };
 use io_uring::{opcode, types};
 use std::sync::Arc;
@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 /// The transport's ring tags.
 const TAG_POLL_IN: u64 = 1;
 const TAG_POLL_OUT: u64 = 2;
+/// The cancel of a poll, at tear-down.
+const TAG_CANCEL: u64 = 3;
 /// Task slots of the connection's own commands, past the link's command slots.
 const SLOT_CAPACITY: u32 = REMOTE_LINK_QUEUE_DEPTH as u32;
 const SLOT_INQUIRY: u32 = REMOTE_LINK_QUEUE_DEPTH as u32 + 1;
@@ -78,6 +80,8 @@ pub struct IscsiLink {
     phase: Phase,
     poll_in_armed: bool,
     poll_out_armed: bool,
+    /// Cancels of polls on the ring (at tear-down).
+    cancels_in_flight: u32,
     geometry: ArrayGeometry,
     reads_zeroes: bool,
     write_same_unmap: bool,
@@ -86,6 +90,7 @@ pub struct IscsiLink {
     /// When the NOP-Out on the wire was sent, if one is.
     ping_sent: Option<Instant>,
     last_ping: Instant,
+    last_capacity_check: Instant,
 }
 
 impl IscsiLink {
@@ -97,6 +102,7 @@ impl IscsiLink {
             phase: Phase::None,
             poll_in_armed: false,
             poll_out_armed: false,
+            cancels_in_flight: 0,
             geometry: ArrayGeometry {
                 size_bytes: 0,
                 block_size_bytes: 512,
@@ -107,18 +113,37 @@ impl IscsiLink {
             slots: vec![SlotState::default(); REMOTE_LINK_QUEUE_DEPTH].into_boxed_slice(),
             ping_sent: None,
             last_ping: Instant::now(),
+            last_capacity_check: Instant::now(),
         }
     }
 
     /// Starts tearing the connection down for `reason` (see the module doc).
     fn tear_down(&mut self, reason: String, link: &mut LinkContext) {
-        if self.phase == Phase::TearingDown {
+        // Tearing down already, or torn down and reported (a failing call may ask twice).
+        if self.phase == Phase::TearingDown
+            || (self.phase == Phase::None && self.connection.is_none())
+        {
             return;
         }
         self.phase = Phase::TearingDown;
         self.lost_reason = Some(reason);
         if let Some(connection) = &self.connection {
             connection.shutdown_socket();
+        }
+        // A socket still connecting does not wake its polls on shutdown: cancel them too.
+        for (armed, tag) in [
+            (self.poll_in_armed, TAG_POLL_IN),
+            (self.poll_out_armed, TAG_POLL_OUT),
+        ] {
+            if armed {
+                let entry = opcode::AsyncCancel::new(link.tag(tag))
+                    .build()
+                    .user_data(link.tag(TAG_CANCEL));
+                // SAFETY: a cancel refers to no buffer.
+                if unsafe { link.ring.push(&entry) }.is_ok() {
+                    self.cancels_in_flight += 1;
+                }
+            }
         }
         self.finish_tear_down(link);
     }
@@ -187,7 +212,7 @@ impl IscsiLink {
             return;
         }
         let result = connection.service(revents);
-        let error = (result < 0).then(|| connection.last_error());
+        let error = (result < 0).then(|| connection.service_error());
         self.handle_events(link);
         if let Some(error) = error {
             self.tear_down(error, link);
@@ -229,7 +254,7 @@ impl IscsiLink {
             return;
         };
         if status != 0 {
-            let reason = format!("login failed: {}", connection.last_error());
+            let reason = connection.connect_error();
             self.tear_down(reason, link);
             return;
         }
@@ -497,6 +522,10 @@ impl LinkTransport for IscsiLink {
         match tag {
             TAG_POLL_IN => self.poll_in_armed = false,
             TAG_POLL_OUT => self.poll_out_armed = false,
+            TAG_CANCEL => {
+                self.cancels_in_flight = self.cancels_in_flight.saturating_sub(1);
+                return;
+            }
             _ => return,
         }
         if self.phase == Phase::TearingDown {
@@ -527,12 +556,26 @@ impl LinkTransport for IscsiLink {
     }
 
     fn is_idle(&self) -> bool {
-        !self.poll_in_armed && !self.poll_out_armed
+        !self.poll_in_armed && !self.poll_out_armed && self.cancels_in_flight == 0
     }
 
     fn tick(&mut self, idle: bool, link: &mut LinkContext) {
         if self.phase != Phase::Ready {
             return;
+        }
+        // One link per LUN asks the array its size now and then (a resize without a unit
+        // attention is noticed too).
+        if link.reactor_index() == 0
+            && self.last_capacity_check.elapsed() >= Duration::from_millis(REMOTE_CAPACITY_CHECK_MS)
+        {
+            self.last_capacity_check = Instant::now();
+            if let Some(connection) = &mut self.connection {
+                if !connection.busy(SLOT_CAPACITY)
+                    && connection.read_capacity16(SLOT_CAPACITY).is_ok()
+                {
+                    self.flush_out(link);
+                }
+            }
         }
         if let Some(sent) = self.ping_sent {
             if sent.elapsed() >= link.timeout() {

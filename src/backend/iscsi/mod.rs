@@ -28,7 +28,8 @@ use crate::backend::remote::link::ArrayGeometry;
 use crate::backend::remote::{RemoteDriver, RemoteLun};
 use crate::backend::{LunError, LunSpec};
 use crate::constants::{
-    ISCSI_DEFAULT_INITIATOR_PREFIX, ISCSI_ZERO_CHUNK_BYTES, REMOTE_STARTUP_CONNECT_MS,
+    ISCSI_DEFAULT_INITIATOR_PREFIX, ISCSI_DEFAULT_PORT, ISCSI_ZERO_CHUNK_BYTES,
+    REMOTE_STARTUP_CONNECT_MS,
 };
 use blocking::BlockingIscsi;
 use link::{IscsiLink, ZeroBuffer};
@@ -68,9 +69,35 @@ pub fn default_initiator_iqn() -> String {
     format!("{ISCSI_DEFAULT_INITIATOR_PREFIX}{host}")
 }
 
+/// `host:port` with the host resolved to an address (the first the resolver gives), or the
+/// portal as it is when it does not resolve (the links' connects then fail and retry).
+fn resolved_portal(portal: &str) -> String {
+    use std::net::ToSocketAddrs;
+    let with_port = if portal
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        && !portal.ends_with(']')
+    {
+        portal.to_string()
+    } else {
+        format!("{portal}:{ISCSI_DEFAULT_PORT}")
+    };
+    match with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+    {
+        Some(std::net::SocketAddr::V4(address)) => address.to_string(),
+        Some(std::net::SocketAddr::V6(address)) => format!("[{}]:{}", address.ip(), address.port()),
+        None => portal.to_string(),
+    }
+}
+
 /// The iSCSI protocol of a remote LUN.
 pub struct IscsiDriver {
-    params: Arc<IscsiParams>,
+    /// The links' parameters: the portal's host name resolved once, on the thread that opened
+    /// the LUN, since a reactor must never block in a resolver.
+    link_params: Arc<IscsiParams>,
     zeroes: ZeroBuffer,
     blocking: BlockingIscsi,
     block_size_bytes: u32,
@@ -80,7 +107,7 @@ impl RemoteDriver for IscsiDriver {
     type Link = IscsiLink;
 
     fn new_link(&self, _reactor_index: usize) -> IscsiLink {
-        IscsiLink::new(self.params.clone(), self.zeroes.clone())
+        IscsiLink::new(self.link_params.clone(), self.zeroes.clone())
     }
 
     fn read_at(&self, buf: &mut [u8], offset_bytes: u64) -> std::io::Result<()> {
@@ -139,8 +166,10 @@ pub fn open(spec: &LunSpec) -> Result<RemoteLun<IscsiDriver>, LunError> {
             url: remote.url.clone(),
             reason: error.to_string(),
         })?;
+    let mut link_params = (*params).clone();
+    link_params.url.portal = resolved_portal(&params.url.portal);
     let driver = IscsiDriver {
-        params,
+        link_params: Arc::new(link_params),
         zeroes,
         blocking,
         block_size_bytes: capacity.block_size_bytes,
@@ -153,4 +182,37 @@ pub fn open(spec: &LunSpec) -> Result<RemoteLun<IscsiDriver>, LunError> {
         },
         driver,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portals_resolve_once_with_the_default_port() {
+        assert_eq!(resolved_portal("127.0.0.1:3270"), "127.0.0.1:3270");
+        assert_eq!(resolved_portal("127.0.0.1"), "127.0.0.1:3260");
+        assert_eq!(resolved_portal("[::1]:3261"), "[::1]:3261");
+        assert_eq!(resolved_portal("[::1]"), "[::1]:3260");
+        let local = resolved_portal("localhost:3262");
+        assert!(
+            local == "127.0.0.1:3262" || local == "[::1]:3262",
+            "{local}"
+        );
+        assert_eq!(
+            resolved_portal("no-such-host.invalid:3260"),
+            "no-such-host.invalid:3260",
+            "left as it is: the links retry"
+        );
+    }
+
+    #[test]
+    fn the_default_initiator_name_is_an_iqn() {
+        let name = default_initiator_iqn();
+        assert!(name.starts_with(ISCSI_DEFAULT_INITIATOR_PREFIX), "{name}");
+        assert!(name.len() > ISCSI_DEFAULT_INITIATOR_PREFIX.len());
+        assert!(name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-:".contains(c)));
+    }
 }

@@ -259,9 +259,8 @@ impl RemoteDriver for NbdDriver {
 /// The largest WRITE_ZEROES the blocking connection sends (a multiple of 4096 below 4 GiB).
 const MAX_ZEROES_REQUEST_BYTES: u32 = 1 << 30;
 
-/// Opens the NBD LUN `spec` names again (start-up): the recorded block size.
+/// Opens the NBD LUN `spec` names; a block size of 0 takes the export's.
 pub fn open(spec: &LunSpec) -> Result<RemoteLun<NbdDriver>, LunError> {
-    // 0: the export's block size (`open_lun`'s convention for remote LUNs).
     open_with(
         spec,
         (spec.block_size_bytes != 0).then_some(spec.block_size_bytes),
@@ -305,13 +304,10 @@ pub fn open_with(
     };
     let connection = connected.map_err(|error| match error {
         ConnectError::Negotiation { source, .. } => invalid(format!("uri: {uri}: {source}")),
-        other => LunError::Open {
+        other => LunError::Unreachable {
             lun: spec.name.clone(),
-            path: uri.to_string().into(),
-            source: io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("{other}: {}", error_chain(&other)),
-            ),
+            url: uri.to_string(),
+            reason: format!("{other}: {}", error_chain(&other)),
         },
     })?;
     let (size_bytes, export_block_bytes) =

@@ -6,8 +6,9 @@
 //!   connect:  socket() ─▶ Connect ⟶ LinkTimeout ─▶ Send/Recv of the handshake (Negotiation) ─▶ connected
 //!   issue:    header (+ write payload from the caller's buffer) ─▶ send queue ─▶ one SendMsg of
 //!             up to NBD_LINK_MAX_SEND_BATCH requests
-//!   replies:  one Recv at a time, where the ReplyDecoder says: its header buffer, or straight
-//!             into the read's buffer ─▶ events ─▶ LinkContext::complete
+//!   replies:  one Recv at a time into the link's receive buffer (every reply that has arrived;
+//!             headers to the ReplyDecoder, small reads' data copied to their buffers), or for
+//!             a large read's data straight into its buffer ─▶ events ─▶ LinkContext::complete
 //! ```
 //!
 //! At most two of the transport's entries are on the ring at once (connect and its timeout;
@@ -24,7 +25,8 @@ use super::request::{encode_request, Capabilities, NbdCommand, REQUEST_HEADER_BY
 use crate::backend::remote::link::{ArrayGeometry, LinkContext, LinkTransport};
 use crate::backend::LunIo;
 use crate::constants::{
-    NBD_LINK_MAX_SEND_BATCH, REMOTE_CONNECT_TIMEOUT_MS, REMOTE_LINK_QUEUE_DEPTH,
+    NBD_LINK_DIRECT_RECV_BYTES, NBD_LINK_MAX_SEND_BATCH, NBD_LINK_RECV_BUFFER_BYTES,
+    REMOTE_CONNECT_TIMEOUT_MS, REMOTE_LINK_QUEUE_DEPTH,
 };
 use io_uring::{opcode, squeue, types};
 use std::collections::VecDeque;
@@ -35,8 +37,6 @@ const TAG_CONNECT: u64 = 1;
 const TAG_CONNECT_TIMEOUT: u64 = 2;
 const TAG_SEND: u64 = 3;
 const TAG_RECV: u64 = 4;
-/// Bytes skipped per receive (an error chunk's message).
-const DISCARD_BYTES: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -53,7 +53,10 @@ enum Phase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RecvKind {
     Negotiation,
-    Reply,
+    /// Replies into the link's receive buffer (as many as arrive), decoded from there.
+    Buffered,
+    /// A large read's data straight into its buffer, where the decoder says.
+    Direct,
 }
 
 /// One command of the link's table as the transport sees it (indexed like the core's).
@@ -109,7 +112,10 @@ pub struct NbdLink {
     iov_start: usize,
     iov_end: usize,
     msghdr: Box<libc::msghdr>,
-    discard: Box<[u8; DISCARD_BYTES]>,
+    /// Received bytes not decoded yet: `receive[received_start..received_end]`.
+    receive: Box<[u8]>,
+    received_start: usize,
+    received_end: usize,
     /// Makes each issue's cookie unique on the connection (above the command index's 16 bits).
     sequence: u64,
 }
@@ -158,7 +164,9 @@ impl NbdLink {
             iov_end: 0,
             // SAFETY: msghdr is plain data for which all-zeroes is valid (no name, no control).
             msghdr: Box::new(unsafe { std::mem::zeroed() }),
-            discard: Box::new([0u8; DISCARD_BYTES]),
+            receive: vec![0u8; NBD_LINK_RECV_BUFFER_BYTES].into_boxed_slice(),
+            received_start: 0,
+            received_end: 0,
             sequence: 0,
         }
     }
@@ -206,6 +214,8 @@ impl NbdLink {
         self.send_queue.clear();
         self.slots.fill(IDLE_SLOT);
         self.connect_result = None;
+        self.received_start = 0;
+        self.received_end = 0;
         self.phase = Phase::Idle;
         let reason = self
             .lost_reason
@@ -243,36 +253,91 @@ impl NbdLink {
         }
     }
 
-    /// Posts the receive the reply decoder asks for.
+    /// Posts the next receive of replies: into the link's receive buffer, or, for the data of
+    /// a large read, straight into the read's buffer (no copy where copying would cost).
     fn receive_reply(&mut self, link: &mut LinkContext) {
         if self.phase != Phase::Connected || self.recv_kind.is_some() {
             return;
         }
         let fd = types::Fd(self.raw_fd());
-        let (ptr, len) = match self.decoder.want() {
-            Want::Header(_) => {
-                let buffer = self.decoder.buffer();
-                (buffer.as_mut_ptr(), buffer.len())
-            }
-            Want::Data { cookie, at, len } => {
+        let (ptr, len, kind) = match self.decoder.want() {
+            Want::Data { cookie, at, len } if len as usize >= NBD_LINK_DIRECT_RECV_BYTES => {
                 let slot = self.slots[(cookie & 0xffff) as usize];
                 // SAFETY: the decoder checked `at..at + len` lies inside the read the cookie
                 // names, whose buffer the engine keeps valid until the read completes.
-                (unsafe { slot.buf.add(at as usize) }, len as usize)
+                let ptr = unsafe { slot.buf.add(at as usize) };
+                (ptr, len as usize, RecvKind::Direct)
             }
-            Want::Discard(len) => (self.discard.as_mut_ptr(), (len as usize).min(DISCARD_BYTES)),
+            _ => (
+                self.receive.as_mut_ptr(),
+                self.receive.len(),
+                RecvKind::Buffered,
+            ),
         };
         let entry = opcode::Recv::new(fd, ptr, len as u32)
             .build()
             .user_data(link.tag(TAG_RECV));
-        self.recv_kind = Some(RecvKind::Reply);
-        // SAFETY: the decoder is boxed in the transport; a read's buffer stays valid until the
-        // read completes, which happens only after this receive has completed (its data is
-        // what completes it, or the connection is lost and the core waits for `lost`).
+        self.recv_kind = Some(kind);
+        // SAFETY: the receive buffer is boxed in the transport and not touched until this
+        // entry completes; a read's buffer stays valid until the read completes, which needs
+        // the data this receive brings (or the connection's loss, reported only once this
+        // entry has completed).
         if !unsafe { self.push(entry, link) } {
             self.recv_kind = None;
             self.fail("the ring is full".into(), link);
         }
+    }
+
+    /// Feeds the decoder what the receive buffer holds: headers into its buffer, read data
+    /// copied to the reads' buffers; finished commands complete.
+    fn decode_received(&mut self, link: &mut LinkContext) -> Result<(), String> {
+        while self.received_start < self.received_end {
+            let available = &self.receive[self.received_start..self.received_end];
+            let count = match self.decoder.want() {
+                Want::Header(_) => {
+                    let to = self.decoder.buffer();
+                    let count = to.len().min(available.len());
+                    to[..count].copy_from_slice(&available[..count]);
+                    count
+                }
+                Want::Data { cookie, at, len } => {
+                    let count = (len as usize).min(available.len());
+                    let slot = self.slots[(cookie & 0xffff) as usize];
+                    // SAFETY: the decoder checked `at..at + len` lies inside the read the
+                    // cookie names, whose buffer is valid until it completes; the receive
+                    // buffer is the link's own, so the two do not overlap.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            available.as_ptr(),
+                            slot.buf.add(at as usize),
+                            count,
+                        )
+                    };
+                    count
+                }
+                Want::Discard(len) => (len as usize).min(available.len()),
+            };
+            self.received_start += count;
+            self.decode(count)?;
+            self.handle_events(link);
+        }
+        self.received_start = 0;
+        self.received_end = 0;
+        Ok(())
+    }
+
+    /// Tells the decoder `count` bytes of what it wanted arrived.
+    fn decode(&mut self, count: usize) -> Result<(), String> {
+        let slots = &self.slots;
+        let lookup = |cookie: u64| {
+            slots
+                .get((cookie & 0xffff) as usize)
+                .filter(|slot| slot.active && slot.cookie == cookie)
+                .map(|slot| slot.shape)
+        };
+        self.decoder
+            .received(count, lookup)
+            .map_err(|error| format!("protocol error: {error}"))
     }
 
     /// Sends the queued requests (up to a batch) if no send is on the ring.
@@ -614,18 +679,19 @@ impl LinkTransport for NbdLink {
                             Err(error) => self.fail(format!("handshake: {error}"), link),
                         }
                     }
-                    Some(RecvKind::Reply) => {
-                        let slots = &self.slots;
-                        let lookup = |cookie: u64| {
-                            slots
-                                .get((cookie & 0xffff) as usize)
-                                .filter(|slot| slot.active && slot.cookie == cookie)
-                                .map(|slot| slot.shape)
-                        };
-                        if let Err(error) = self.decoder.received(result as usize, lookup) {
-                            return self.fail(format!("protocol error: {error}"), link);
+                    Some(RecvKind::Direct) => {
+                        if let Err(why) = self.decode(result as usize) {
+                            return self.fail(why, link);
                         }
                         self.handle_events(link);
+                        self.send_requests(link);
+                        self.receive_reply(link);
+                    }
+                    Some(RecvKind::Buffered) => {
+                        self.received_end = result as usize;
+                        if let Err(why) = self.decode_received(link) {
+                            return self.fail(why, link);
+                        }
                         self.send_requests(link);
                         self.receive_reply(link);
                     }

@@ -18,7 +18,7 @@ use crate::reactor::session::{Session, SessionContext, SESSION_TAG_BITS};
 use io_uring::{opcode, squeue, types};
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -294,12 +294,19 @@ impl LinkContext<'_> {
     /// connected): logged and shown as `array_size` when it differs from the LUN's.
     pub fn array_size(&mut self, size_bytes: u64) {
         let common = self.common;
-        common.stats.set_array_size(size_bytes, common.size_bytes);
-        log::warn!(
-            "LUN {}: the array's LUN is now {size_bytes} bytes (the LUN is {} bytes; the pool does not grow by itself)",
-            common.name,
-            common.size_bytes
-        );
+        if size_bytes == common.size_bytes {
+            log::info!(
+                "LUN {}: the array's LUN is {size_bytes} bytes again, the LUN's size",
+                common.name
+            );
+        } else {
+            log::warn!(
+                "LUN {}: the array's LUN is now {size_bytes} bytes (the LUN is {} bytes; the pool does not grow by itself)",
+                common.name,
+                common.size_bytes
+            );
+        }
+        common.note_array_size(size_bytes);
     }
 
     /// The connection is gone (or could not be made), for `reason`; nothing of it refers to a
@@ -320,6 +327,9 @@ pub struct Link<T> {
 /// session, which that reactor alone runs; neither runs inside the other.
 pub struct LinkSlot<T> {
     cell: UnsafeCell<Link<T>>,
+    /// The link's session was dropped without being started (its reactor was full or
+    /// stopping): its I/O fails at once rather than wait for a link that never comes.
+    abandoned: AtomicBool,
 }
 
 // SAFETY: a slot is only ever accessed from its own reactor's thread (see the type's doc); the
@@ -333,6 +343,7 @@ impl<T: LinkTransport> LinkSlot<T> {
                 core: LinkCore::new(reactor_index),
                 transport,
             }),
+            abandoned: AtomicBool::new(false),
         }
     }
 
@@ -364,6 +375,9 @@ impl<T: LinkTransport> LinkSlot<T> {
         tag: u64,
         ring: &mut IoRing,
     ) -> Result<(), i32> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(libc::EIO);
+        }
         // SAFETY: the caller runs on this slot's reactor, outside the link's handlers.
         let state = unsafe { self.state() };
         let core = &mut state.core;
@@ -474,9 +488,7 @@ fn on_connected(core: &mut LinkCore, common: &RemoteCommon, geometry: ArrayGeome
     }
     core.was_connected = true;
     core.loss_logged = false;
-    common
-        .stats
-        .set_array_size(geometry.size_bytes, common.size_bytes);
+    common.note_array_size(geometry.size_bytes);
     if geometry.size_bytes != common.size_bytes && core.reactor_index == 0 {
         log::warn!(
             "LUN {}: the array's LUN is {} bytes, the LUN is {} bytes{}",
@@ -495,7 +507,10 @@ fn on_connected(core: &mut LinkCore, common: &RemoteCommon, geometry: ArrayGeome
         .set_state(core.reactor_index, LinkState::Connected);
     if core.failed {
         core.failed = false;
-        if !common.stats.any_in(LinkState::Failed) && common.health.clear_failed() {
+        if !common.stats.any_in(LinkState::Failed)
+            && !common.shrunk.load(Ordering::Acquire)
+            && common.health.clear_failed()
+        {
             log::info!(
                 "LUN {}: the array is reachable again; the LUN is back online",
                 common.name
@@ -518,7 +533,7 @@ fn on_lost(core: &mut LinkCore, common: &RemoteCommon, reason: &str) {
     let commands = &core.commands;
     core.waiting
         .make_contiguous()
-        .sort_by_key(|&index| commands[index as usize].accepted);
+        .sort_unstable_by_key(|&index| commands[index as usize].accepted);
     core.issued = 0;
     let now = Instant::now();
     core.unreachable_since.get_or_insert(now);
@@ -695,6 +710,17 @@ pub struct LinkSession<T: LinkTransport> {
     shared: Arc<super::RemoteShared<T>>,
     index: usize,
     counted: bool,
+    started: bool,
+}
+
+impl<T: LinkTransport> Drop for LinkSession<T> {
+    fn drop(&mut self) {
+        if !self.started {
+            if let Some(slot) = self.shared.links.get(self.index) {
+                slot.abandoned.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl<T: LinkTransport> LinkSession<T> {
@@ -703,6 +729,7 @@ impl<T: LinkTransport> LinkSession<T> {
             shared,
             index,
             counted: false,
+            started: false,
         }
     }
 
@@ -744,6 +771,7 @@ impl<T: LinkTransport> LinkSession<T> {
 
 impl<T: LinkTransport> Session for LinkSession<T> {
     fn start(&mut self, ctx: &mut SessionContext) {
+        self.started = true;
         LINKS_ON_REACTOR[self.index % MAX_REACTORS].fetch_add(1, Ordering::Relaxed);
         self.counted = true;
         let tag_base = (u64::from(ctx.id.index) + 1) << SESSION_TAG_BITS;
@@ -856,6 +884,7 @@ mod tests {
             health: LunHealth::default(),
             stats: LinkStats::new(1),
             closing: AtomicBool::new(false),
+            shrunk: AtomicBool::new(false),
         }
     }
 

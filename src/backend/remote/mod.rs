@@ -183,6 +183,34 @@ pub struct RemoteCommon {
     pub stats: LinkStats,
     /// The LUN is gone (dropped): its links disconnect and finish.
     pub closing: AtomicBool,
+    /// The array's LUN is smaller than this LUN: failed until it is large enough again.
+    pub shrunk: AtomicBool,
+}
+
+impl RemoteCommon {
+    /// The array says its LUN is `size_bytes`: shown when it differs; smaller than this LUN
+    /// fails the LUN (its end is gone), large enough again brings it back (if no link is
+    /// failed).
+    pub fn note_array_size(&self, size_bytes: u64) {
+        self.stats.set_array_size(size_bytes, self.size_bytes);
+        if size_bytes < self.size_bytes {
+            if !self.shrunk.swap(true, Ordering::AcqRel) && self.health.mark_failed(libc::ENXIO) {
+                log::error!(
+                    "LUN {}: the array's LUN shrank to {size_bytes} bytes, below the LUN's {}; the LUN is failed",
+                    self.name,
+                    self.size_bytes
+                );
+            }
+        } else if self.shrunk.swap(false, Ordering::AcqRel)
+            && !self.stats.any_in(link_stats::LinkState::Failed)
+            && self.health.clear_failed()
+        {
+            log::info!(
+                "LUN {}: the array's LUN is {size_bytes} bytes again; the LUN is back online",
+                self.name
+            );
+        }
+    }
 }
 
 /// The part of a remote LUN its link sessions hold too.
@@ -255,16 +283,10 @@ impl<D: RemoteDriver> RemoteLun<D> {
             health: LunHealth::default(),
             stats: LinkStats::new(reactors.len()),
             closing: AtomicBool::new(false),
+            shrunk: AtomicBool::new(false),
         };
-        common.stats.set_array_size(geometry.size_bytes, size_bytes);
-        if geometry.size_bytes < size_bytes {
-            common.health.mark_failed(libc::ENXIO);
-            log::error!(
-                "LUN {}: the array's LUN shrank to {} bytes, below the LUN's {size_bytes}; the LUN is failed",
-                spec.name,
-                geometry.size_bytes
-            );
-        } else if geometry.size_bytes != size_bytes {
+        common.note_array_size(geometry.size_bytes);
+        if geometry.size_bytes > size_bytes {
             log::warn!(
                 "LUN {}: the array's LUN is {} bytes, the LUN {size_bytes} (the pool does not grow by itself)",
                 spec.name,
@@ -404,3 +426,90 @@ impl<D: RemoteDriver> Lun for RemoteLun<D> {
 
 // The link's FIFO holds at least a table's worth.
 const _: () = assert!(REMOTE_LINK_QUEUE_DEPTH <= REMOTE_LINK_MAX_WAITING);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LunKind;
+    use crate::identity::Uuid;
+    use crate::store::records::LunRecord;
+
+    fn spec() -> RemoteSpec {
+        RemoteSpec {
+            url: "iscsi://192.0.2.7/iqn.2026-11.org.example:array/1".into(),
+            ..RemoteSpec::default()
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert_eq!(spec().validate(), Ok(()));
+        assert_eq!(
+            spec().timeout(),
+            Duration::from_millis(REMOTE_IO_TIMEOUT_MS)
+        );
+        assert_eq!(
+            spec().fail_after(),
+            Duration::from_millis(REMOTE_FAIL_AFTER_MS)
+        );
+        let only_user = RemoteSpec {
+            chap_user: Some("u".into()),
+            ..spec()
+        };
+        assert!(only_user.validate().is_err_and(|why| why.contains("chap")));
+        let too_short = RemoteSpec {
+            timeout_ms: Some(REMOTE_MIN_TIMEOUT_MS - 1),
+            ..spec()
+        };
+        assert!(too_short
+            .validate()
+            .is_err_and(|why| why.starts_with("timeout_ms")));
+        let empty = RemoteSpec {
+            url: String::new(),
+            ..spec()
+        };
+        assert!(empty.validate().is_err_and(|why| why.starts_with("url")));
+        let long_iqn = RemoteSpec {
+            initiator_iqn: Some("i".repeat(MAX_ISCSI_STRING_BYTES + 1)),
+            ..spec()
+        };
+        assert!(long_iqn.validate().is_err());
+    }
+
+    /// The remote fields are flat in a LUN's record, and absent from a local LUN's (records
+    /// written before remote LUNs existed read the same).
+    #[test]
+    fn records_carry_the_remote_fields_flat() {
+        let record = LunRecord {
+            name: "arr0".into(),
+            uuid: Uuid([7; 16]),
+            kind: LunKind::Iscsi,
+            path: None,
+            size: 1 << 30,
+            block_size: 512,
+            base: None,
+            remote: Some(RemoteSpec {
+                chap_user: Some("u".into()),
+                chap_secret: Some("s".into()),
+                timeout_ms: Some(5000),
+                ..spec()
+            }),
+        };
+        let text = serde_json::to_value(&record).expect("serialize");
+        assert_eq!(text["url"], spec().url);
+        assert_eq!(text["chap_secret"], "s");
+        assert_eq!(text["timeout_ms"], 5000);
+        assert!(text.get("fail_after_ms").is_none());
+        let back: LunRecord = serde_json::from_value(text).expect("deserialize");
+        assert_eq!(back, record);
+        let local = LunRecord {
+            kind: LunKind::File,
+            remote: None,
+            ..record
+        };
+        let text = serde_json::to_value(&local).expect("serialize");
+        assert!(text.get("url").is_none());
+        let back: LunRecord = serde_json::from_value(text).expect("deserialize");
+        assert_eq!(back.remote, None);
+    }
+}
