@@ -14,7 +14,8 @@
 //! array is down, the LUN comes back by itself); a mirror onto a local leg that hides the
 //! outage completely and ends with byte-identical legs; what `lun_create` refuses (bad URLs,
 //! an unreachable portal, unknown target or LUN, a wrong block size, wrong CHAP) creating
-//! nothing; the CHAP secret never shown; a size change on the array reported.
+//! nothing; the CHAP secret never shown; a size change on the array reported (grown across a
+//! restart; shrunk below the LUN while running, which fails it until it is large enough again).
 
 mod common;
 use common::tgtd::{Tgtd, TgtdConfig};
@@ -749,5 +750,25 @@ fn a_size_change_on_the_array_is_reported() {
         "the size change is not logged as a warning:\n{}",
         tail(&server.log(), 30)
     );
+    verify(&url, &[(0x3c, 0, 1 << 20)]);
+
+    // The array's LUN shrinks below the LUN while both run (noticed by the periodic READ
+    // CAPACITY, or the unit attention): the LUN is failed. The array keeps the data aside meanwhile, as an array
+    // whose LUN was shrunk by mistake and grown back would; once it is large enough again the
+    // LUN is back online by itself and the data is there.
+    let kept = dir.path().join("kept.img");
+    std::fs::copy(&array.backing, &kept).expect("keep the array's data");
+    array.resize_backing(24 * MIB);
+    array.reload_lun();
+    let shrunk = wait_lun(&server, "arr", "failed (the array shrank)", |l| {
+        l["state"] == "failed"
+    });
+    assert_eq!(shrunk["remote"]["array_size"], 24 * MIB, "{shrunk}");
+    std::fs::copy(&kept, &array.backing).expect("give the array its data back");
+    array.reload_lun();
+    let back = wait_lun(&server, "arr", "online again", |l| {
+        l["state"] == "online" && l["remote"]["array_size"] == 48 * MIB
+    });
+    assert_eq!(back["size"], 32 * MIB, "{back}");
     verify(&url, &[(0x3c, 0, 1 << 20)]);
 }
