@@ -50,9 +50,11 @@
 //!    (completes with `LinkContext::complete(index, Ok(()) | Err(errno))` exactly once unless
 //!    the connection is lost first), `on_completion` for its own ring entries (local tags
 //!    below [`link::TRANSPORT_TAG_LIMIT`], made full with `LinkContext::tag`; at most two
-//!    entries of its own on the ring, the reserve `RING_RESERVED_ENTRIES` keeps for a
-//!    session), `disconnect` (report `lost` once nothing refers to a command's buffer any
-//!    more), `is_idle`, and optionally `tick` (an idle ping);
+//!    entries of its own on the ring in steady state, which with the link's tick is the
+//!    reserve `RING_RESERVED_ENTRIES` keeps for a session), `disconnect` (report `lost` once
+//!    nothing refers to a command's buffer any more), `is_idle`, and optionally `tick` (an
+//!    idle ping; `LinkContext::rtt_sample` feeds its round trip to the estimate,
+//!    `LinkContext::array_size` reports a resized array);
 //! 2. a [`RemoteDriver`]: `new_link(reactor_index)` makes a link's transport, and the blocking
 //!    methods (`read_at`, `write_at`, `write_zeroes_at`, `flush`) run on the calling thread
 //!    (never a reactor), bounded by the LUN's timeout;
@@ -85,8 +87,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// What a remote LUN is created with (`lun_create`) and recorded with (`LunRecord`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a remote LUN is created with (`lun_create`) and recorded with (`LunRecord`). Its
+/// `Debug` leaves the CHAP secret out, so no log line can carry it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteSpec {
     /// `iscsi://HOST[:PORT]/TARGET_IQN/LUN`, or the NBD URI (`nbd://…`, `nbd+unix://…`).
     pub url: String,
@@ -104,6 +107,22 @@ pub struct RemoteSpec {
     /// Unreachable this long, the LUN is failed (default [`REMOTE_FAIL_AFTER_MS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_after_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for RemoteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSpec")
+            .field("url", &self.url)
+            .field("initiator_iqn", &self.initiator_iqn)
+            .field("chap_user", &self.chap_user)
+            .field(
+                "chap_secret",
+                &self.chap_secret.as_ref().map(|_| "(hidden)"),
+            )
+            .field("timeout_ms", &self.timeout_ms)
+            .field("fail_after_ms", &self.fail_after_ms)
+            .finish()
+    }
 }
 
 impl RemoteSpec {
@@ -474,6 +493,12 @@ mod tests {
             ..spec()
         };
         assert!(long_iqn.validate().is_err());
+        let secret = RemoteSpec {
+            chap_user: Some("u".into()),
+            chap_secret: Some("do-not-log-me".into()),
+            ..spec()
+        };
+        assert!(!format!("{secret:?}").contains("do-not-log-me"));
     }
 
     /// The remote fields are flat in a LUN's record, and absent from a local LUN's (records
