@@ -361,6 +361,17 @@ fn array_restart_under_fio(front: Front) {
     );
     let arr = lun(&server, "arr");
     assert!(arr["remote"]["rtt_us"].as_u64() > Some(0), "{arr}");
+    assert_eq!(
+        arr["errors"],
+        json!({"read": 0, "write": 0, "flush": 0}),
+        "the LUN counted errors across the reconnect: {arr}"
+    );
+    let listed = server.cli(&["lun", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("RECONNECTS") && listed.contains(&array.url()),
+        "sds lun list shows no link columns: {listed}"
+    );
     // The volume spans both LUNs: each holds megabytes of fio's data.
     assert!(
         allocated_bytes(&array.backing) >= array_before + 4 * MIB,
@@ -393,8 +404,9 @@ fn fio_verify_over_iscsi_survives_the_array_killed_and_restarted() {
 }
 
 /// An outage longer than the LUN's `timeout_ms` and `fail_after_ms`: I/O fails while the array
-/// is down (the LUN is marked failed, and fails at once), the LUN comes back online by itself
-/// when the array returns, and every acknowledged write reads back.
+/// is down (first once it waited `timeout_ms`, then at once when the LUN is marked failed), the
+/// LUN comes back online by itself when the array returns, and every acknowledged write reads
+/// back.
 #[test]
 fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -413,6 +425,19 @@ fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
     write_and_verify(&url, &writes);
 
     array.kill();
+    // Writes while the array is down, beside the patterns (256 KiB into each extent): those to
+    // the array's extents wait out timeout_ms and fail, until the LUN is failed.
+    let (clean, text) = qemu_io(
+        &url,
+        &writes
+            .iter()
+            .map(|&(_, offset, _)| format!("write -P 238 {} 4096", offset + 256 * 1024))
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        !clean,
+        "writes to the array's extents succeeded with the array down:\n{text}"
+    );
     let failed = wait_lun(&server, "arr", "failed", |l| remote_state(l) == "failed");
     assert_eq!(failed["state"], "failed", "{failed}");
     let started = Instant::now();
@@ -437,6 +462,7 @@ fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
         remote_state(l) == "connected" && l["state"] == "online"
     });
     assert!(back["remote"]["reconnects"].as_u64() >= Some(1), "{back}");
+    assert!(back["remote"]["timeouts"].as_u64() >= Some(1), "{back}");
     verify(&url, &writes);
     write_and_verify(&url, &[(0x77, 8 * MIB, 128 * 1024)]);
 }
@@ -592,6 +618,11 @@ fn bad_urls_and_unreachable_arrays_are_refused_and_create_nothing() {
         ),
         (json!({}), vec!["url"]),
         (
+            json!({"url": array.url(), "chap_user": "only-the-user"}),
+            vec!["chap"],
+        ),
+        (json!({"url": array.url(), "size": 4096}), vec!["size:"]),
+        (
             json!({"url": format!("iscsi://127.0.0.1:{nobody}/{target}/1")}),
             vec![nobody_portal.as_str(), "connection refused"],
         ),
@@ -614,9 +645,10 @@ fn bad_urls_and_unreachable_arrays_are_refused_and_create_nothing() {
             params.extend(extra.clone());
         }
         let started = Instant::now();
-        let (_, message) = server
+        let (code, message) = server
             .call("lun_create", params.clone())
             .expect_err(&format!("lun_create {params} must be refused"));
+        assert_eq!(code, -32602, "lun_create {params}: {message}");
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "lun_create {params} took {:?} to fail",
