@@ -364,6 +364,67 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
     assert!(try_get(port, "/metrics", None).is_err());
 }
 
+/// The endpoint bounds what clients hold: more idle connections than it keeps open do not
+/// lock a scraper out (the oldest are closed to make room), a connection that never sends is
+/// closed after its timeout, and an oversized request is refused.
+#[test]
+fn metrics_endpoint_bounds_idle_connections_and_silent_clients() {
+    let (_server, port) = metrics_server();
+    scrape(port);
+    // A silent client, then more idle connections than the server keeps
+    // (METRICS_MAX_CONNECTIONS is 64).
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    let text = scrape(port);
+    assert!(text.contains("sds_build_info"), "{text}");
+    // The silent client is closed by the server (EOF or reset), well within the test's bound
+    // (the server's timeout is METRICS_CONNECTION_TIMEOUT_MS = 5 s; it may also have been
+    // evicted as the oldest).
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match silent.read(&mut byte) {
+        Ok(0) => {}
+        Ok(_) => panic!("the server sent data to a client that asked nothing"),
+        Err(error) => assert!(
+            error.kind() != std::io::ErrorKind::WouldBlock
+                && error.kind() != std::io::ErrorKind::TimedOut,
+            "the silent connection is still open after {:?}: {error}",
+            started.elapsed()
+        ),
+    }
+    // Every idle connection is closed by now too (evicted or timed out).
+    for mut stream in idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let closed = matches!(stream.read(&mut byte), Ok(0) | Err(_));
+        assert!(closed, "an idle connection got data");
+    }
+    // A request line and headers past the bound: 431, and the server still answers after.
+    let mut big = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    big.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let header = format!(
+        "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n",
+        "a".repeat(16 * 1024)
+    );
+    // The server may close before reading it all: a failed write is fine.
+    let _ = big.write_all(header.as_bytes());
+    let mut response = Vec::new();
+    let _ = big.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 431"),
+        "{response}"
+    );
+    scrape(port);
+}
+
 /// Percent-encodes a query-string value.
 fn encode(text: &str) -> String {
     text.bytes()
