@@ -119,6 +119,11 @@ impl Control {
             .values()
             .map(|entry| {
                 let errors = entry.lun.health().map(|h| h.errors()).unwrap_or_default();
+                let io = entry
+                    .lun
+                    .health()
+                    .map(|h| h.io.totals())
+                    .unwrap_or_default();
                 LunRow {
                     name: entry.record.name.clone(),
                     kind: entry.record.kind.as_str().to_string(),
@@ -126,6 +131,9 @@ impl Control {
                     size_bytes: entry.record.size,
                     failed: super::luns::failure(&self.luns, entry).is_some(),
                     errors: [errors.read, errors.write, errors.flush],
+                    ops: io.ops,
+                    bytes: io.bytes,
+                    latency_seconds: io.latency_ns.map(|ns| ns as f64 / 1e9),
                 }
             })
             .collect();

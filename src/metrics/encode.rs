@@ -346,13 +346,36 @@ impl Collector for SnapshotCollector {
             ]
         };
         let mut lun_errors = Vec::new();
+        let (mut lun_ops, mut lun_bytes, mut lun_seconds) = (Vec::new(), Vec::new(), Vec::new());
         for lun in &s.luns {
-            for (op, count) in ["read", "write", "flush"].iter().zip(lun.errors) {
+            for (class, op) in ["read", "write", "flush"].iter().enumerate() {
                 let mut labels = lun_labels(lun);
                 labels.push(("op", op.to_string()));
-                lun_errors.push((labels, count));
+                lun_errors.push((labels.clone(), lun.errors[class]));
+                lun_ops.push((labels.clone(), lun.ops[class]));
+                lun_bytes.push((labels.clone(), lun.bytes[class]));
+                lun_seconds.push((labels, lun.latency_seconds[class]));
             }
         }
+        counters(
+            e,
+            "sds_lun_ops",
+            "LUN I/O completed per LUN, by kind (a zeroing counts as a write)",
+            lun_ops,
+        )?;
+        counters(
+            e,
+            "sds_lun_bytes",
+            "Bytes read from and written to each LUN by its I/O",
+            lun_bytes,
+        )?;
+        seconds_counters(
+            e,
+            "sds_lun_latency_seconds",
+            "Time of each LUN's I/O, from its request's start to its completion, by kind \
+             (divide by sds_lun_ops for the mean)",
+            lun_seconds,
+        )?;
         counters(
             e,
             "sds_lun_errors",

@@ -122,6 +122,11 @@ pub struct LunRow {
     pub failed: bool,
     /// Errors the LUN returned: read, write, flush.
     pub errors: [u64; 3],
+    /// LUN I/O the block engine completed on it, per class (read, write, flush): operations,
+    /// bytes moved, and time (request start to the LUN I/O's completion) in seconds.
+    pub ops: [u64; 3],
+    pub bytes: [u64; 3],
+    pub latency_seconds: [f64; 3],
 }
 
 #[derive(Clone, Debug, Default)]
