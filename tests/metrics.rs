@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fio, free_port, require_tool, Server};
+use common::{fio, free_port, qemu_io, require_tool, Server};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -466,6 +466,90 @@ fn metrics_endpoint_bounds_idle_connections_and_silent_clients() {
         "{response}"
     );
     scrape(port);
+}
+
+/// A LUN of another array (an NBD export of a second sds): its links' state and numbers are
+/// exported, and its I/O counted like a local LUN's.
+#[test]
+fn a_remote_lun_exports_its_links_and_io() {
+    require_tool("promtool");
+    let array = Server::start();
+    array.file_pool("ap", MIB);
+    array.ok(
+        "volume_create",
+        json!({"name": "exp", "pool": "ap", "size": 16 * MIB}),
+    );
+    let export = array.url("exp");
+    let (server, port) = metrics_server();
+    server.ok(
+        "lun_create",
+        json!({"name": "r", "kind": "nbd", "uri": export}),
+    );
+    server.ok(
+        "pool_create",
+        json!({"name": "rp", "luns": ["r"], "extent_size": MIB}),
+    );
+    server.ok(
+        "volume_create",
+        json!({"name": "rv", "pool": "rp", "size": 8 * MIB}),
+    );
+    let url = server.url("rv");
+    let (clean, text) = qemu_io(
+        &url,
+        &["write -P 0x3c 0 1M".into(), "read -P 0x3c 0 1M".into()],
+    );
+    assert!(clean, "{text}");
+    let iostat = server.ok("bdev_get_iostat", json!({"name": "r"}));
+    let lun = &iostat["bdevs"][0];
+    let writes = lun["num_write_ops"].as_u64().expect("LUN writes");
+    let reads = lun["num_read_ops"].as_u64().expect("LUN reads");
+    assert!(writes > 0 && reads > 0, "{lun}");
+    assert_eq!(lun["bytes_read"].as_u64(), Some(MIB), "{lun}");
+    let labels = [("lun", "r"), ("kind", "nbd"), ("pool", "rp")];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(port);
+        let connected = sample(
+            &text,
+            "sds_lun_remote_state",
+            &[labels[0], ("state", "connected")],
+        );
+        let read = sample(&text, "sds_lun_ops_total", &[labels[0], ("op", "read")]);
+        if connected == Some(1.0) && read == Some(reads as f64) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote LUN never showed connected with its reads:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (passed, said) = promtool(&text);
+    assert!(passed, "promtool check metrics: {said}");
+    let links = sample(&text, "sds_lun_remote_links", &labels).expect("links");
+    assert!(links >= 1.0, "{links}");
+    assert_eq!(
+        sample(&text, "sds_lun_remote_links_connected", &labels),
+        Some(links)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sds_lun_remote_state",
+            &[labels[0], ("state", "failed")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "sds_lun_remote_timeouts_total", &labels),
+        Some(0.0)
+    );
+    assert!(sample(&text, "sds_lun_remote_reconnects_total", &labels).is_some());
+    assert!(sample(&text, "sds_lun_remote_rtt_seconds", &labels).is_some_and(|rtt| rtt >= 0.0));
+    assert_eq!(
+        sample(&text, "sds_lun_bytes_total", &[labels[0], ("op", "write")]),
+        lun["bytes_written"].as_u64().map(|b| b as f64)
+    );
 }
 
 /// Percent-encodes a query-string value.

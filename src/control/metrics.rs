@@ -8,8 +8,8 @@ use super::Control;
 use crate::blockio::BlockOp;
 use crate::constants::METRICS_GATHER_INTERVAL_MS;
 use crate::metrics::snapshot::{
-    DomainRow, LunRow, MirrorRow, OpCounters, PathCounters, PoolRow, ReactorRow, VolumeRow,
-    VpathRow,
+    DomainRow, LunRow, MirrorRow, OpCounters, PathCounters, PoolRow, ReactorRow, RemoteRow,
+    VolumeRow, VpathRow,
 };
 use crate::metrics::{MetricsShared, MetricsSnapshot};
 use std::sync::atomic::Ordering;
@@ -134,6 +134,19 @@ impl Control {
                     ops: io.ops,
                     bytes: io.bytes,
                     latency_seconds: io.latency_ns.map(|ns| ns as f64 / 1e9),
+                    remote: entry.lun.link_stats().map(|stats| {
+                        let link = stats.snapshot();
+                        RemoteRow {
+                            state: link.state.as_str().to_string(),
+                            links: link.links as u64,
+                            links_connected: link.links_connected as u64,
+                            rtt_seconds: link.rtt_us as f64 / 1e6,
+                            reconnects: link.reconnects,
+                            timeouts: link.timeouts,
+                            in_flight: link.in_flight,
+                            array_size_bytes: link.array_size,
+                        }
+                    }),
                 }
             })
             .collect();
