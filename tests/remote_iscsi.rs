@@ -14,7 +14,8 @@
 //! array is down, the LUN comes back by itself); a mirror onto a local leg that hides the
 //! outage completely and ends with byte-identical legs; what `lun_create` refuses (bad URLs,
 //! an unreachable portal, unknown target or LUN, a wrong block size, wrong CHAP) creating
-//! nothing; the CHAP secret never shown; a size change on the array reported.
+//! nothing; the CHAP secret never shown; a size change on the array reported (grown across a
+//! restart; shrunk below the LUN while running, which fails it until it is large enough again).
 
 mod common;
 use common::tgtd::{Tgtd, TgtdConfig};
@@ -360,6 +361,17 @@ fn array_restart_under_fio(front: Front) {
     );
     let arr = lun(&server, "arr");
     assert!(arr["remote"]["rtt_us"].as_u64() > Some(0), "{arr}");
+    assert_eq!(
+        arr["errors"],
+        json!({"read": 0, "write": 0, "flush": 0}),
+        "the LUN counted errors across the reconnect: {arr}"
+    );
+    let listed = server.cli(&["lun", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("RECONNECTS") && listed.contains(&array.url()),
+        "sds lun list shows no link columns: {listed}"
+    );
     // The volume spans both LUNs: each holds megabytes of fio's data.
     assert!(
         allocated_bytes(&array.backing) >= array_before + 4 * MIB,
@@ -392,8 +404,9 @@ fn fio_verify_over_iscsi_survives_the_array_killed_and_restarted() {
 }
 
 /// An outage longer than the LUN's `timeout_ms` and `fail_after_ms`: I/O fails while the array
-/// is down (the LUN is marked failed, and fails at once), the LUN comes back online by itself
-/// when the array returns, and every acknowledged write reads back.
+/// is down (first once it waited `timeout_ms`, then at once when the LUN is marked failed), the
+/// LUN comes back online by itself when the array returns, and every acknowledged write reads
+/// back.
 #[test]
 fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -412,6 +425,19 @@ fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
     write_and_verify(&url, &writes);
 
     array.kill();
+    // Writes while the array is down, beside the patterns (256 KiB into each extent): those to
+    // the array's extents wait out timeout_ms and fail, until the LUN is failed.
+    let (clean, text) = qemu_io(
+        &url,
+        &writes
+            .iter()
+            .map(|&(_, offset, _)| format!("write -P 238 {} 4096", offset + 256 * 1024))
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        !clean,
+        "writes to the array's extents succeeded with the array down:\n{text}"
+    );
     let failed = wait_lun(&server, "arr", "failed", |l| remote_state(l) == "failed");
     assert_eq!(failed["state"], "failed", "{failed}");
     let started = Instant::now();
@@ -436,6 +462,7 @@ fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
         remote_state(l) == "connected" && l["state"] == "online"
     });
     assert!(back["remote"]["reconnects"].as_u64() >= Some(1), "{back}");
+    assert!(back["remote"]["timeouts"].as_u64() >= Some(1), "{back}");
     verify(&url, &writes);
     write_and_verify(&url, &[(0x77, 8 * MIB, 128 * 1024)]);
 }
@@ -591,20 +618,25 @@ fn bad_urls_and_unreachable_arrays_are_refused_and_create_nothing() {
         ),
         (json!({}), vec!["url"]),
         (
+            json!({"url": array.url(), "chap_user": "only-the-user"}),
+            vec!["chap"],
+        ),
+        (json!({"url": array.url(), "size": 4096}), vec!["size:"]),
+        (
             json!({"url": format!("iscsi://127.0.0.1:{nobody}/{target}/1")}),
-            vec![nobody_portal.as_str()],
+            vec![nobody_portal.as_str(), "connection refused"],
         ),
         (
             json!({"url": format!("iscsi://{portal}/iqn.2026-11.org.sds.test:nosuch/1")}),
-            vec!["nosuch"],
+            vec!["nosuch", "target not found"],
         ),
         (
             json!({"url": format!("iscsi://{portal}/{target}/5")}),
-            vec!["5"],
+            vec!["/5", "logical_unit_not_supported"],
         ),
         (
             json!({"url": array.url(), "block_size": 4096}),
-            vec!["block"],
+            vec!["block_size 4096", "512"],
         ),
     ];
     for (extra, words) in cases {
@@ -613,14 +645,16 @@ fn bad_urls_and_unreachable_arrays_are_refused_and_create_nothing() {
             params.extend(extra.clone());
         }
         let started = Instant::now();
-        let (_, message) = server
+        let (code, message) = server
             .call("lun_create", params.clone())
             .expect_err(&format!("lun_create {params} must be refused"));
+        assert_eq!(code, -32602, "lun_create {params}: {message}");
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "lun_create {params} took {:?} to fail",
             started.elapsed()
         );
+        println!("refused: {params}\n    {message}");
         for word in words {
             assert!(
                 message.to_lowercase().contains(&word.to_lowercase()),
@@ -673,10 +707,15 @@ fn chap_secrets_log_in_are_refused_when_wrong_and_never_shown() {
         let (_, message) = server
             .call("lun_create", params.clone())
             .expect_err(&format!("lun_create with {what} must be refused"));
+        println!("refused with {what}: {message}");
         let lower = message.to_lowercase();
         assert!(
-            lower.contains("chap") || lower.contains("auth") || lower.contains("login"),
+            lower.contains("authentication failure"),
             "with {what}, the error does not say the login was refused: {message}"
+        );
+        assert!(
+            !message.contains(secret),
+            "the error shows the secret: {message}"
         );
         assert!(
             no_lun(&server, "r"),
@@ -749,5 +788,25 @@ fn a_size_change_on_the_array_is_reported() {
         "the size change is not logged as a warning:\n{}",
         tail(&server.log(), 30)
     );
+    verify(&url, &[(0x3c, 0, 1 << 20)]);
+
+    // The array's LUN shrinks below the LUN while both run (noticed by the periodic READ
+    // CAPACITY, or the unit attention): the LUN is failed. The array keeps the data aside meanwhile, as an array
+    // whose LUN was shrunk by mistake and grown back would; once it is large enough again the
+    // LUN is back online by itself and the data is there.
+    let kept = dir.path().join("kept.img");
+    std::fs::copy(&array.backing, &kept).expect("keep the array's data");
+    array.resize_backing(24 * MIB);
+    array.reload_lun();
+    let shrunk = wait_lun(&server, "arr", "failed (the array shrank)", |l| {
+        l["state"] == "failed"
+    });
+    assert_eq!(shrunk["remote"]["array_size"], 24 * MIB, "{shrunk}");
+    std::fs::copy(&kept, &array.backing).expect("give the array its data back");
+    array.reload_lun();
+    let back = wait_lun(&server, "arr", "online again", |l| {
+        l["state"] == "online" && l["remote"]["array_size"] == 48 * MIB
+    });
+    assert_eq!(back["size"], 32 * MIB, "{back}");
     verify(&url, &[(0x3c, 0, 1 << 20)]);
 }

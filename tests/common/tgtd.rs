@@ -171,6 +171,28 @@ impl Tgtd {
         self.config.size_bytes = size_bytes;
     }
 
+    /// Deletes the LUN and adds it again on the same backing file, tgtd running: the array's
+    /// LUN shows the file's current size at once (what a resize on a live array looks like).
+    pub fn reload_lun(&self) {
+        let lun = TGTD_LUN.to_string();
+        let deleted = self.admin(&[
+            "--op",
+            "delete",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            &lun,
+        ]);
+        if let Err(why) = deleted.and_then(|_| self.add_lun()) {
+            panic!(
+                "tgtd did not take the LUN again: {why}\nlog:\n{}",
+                self.log()
+            );
+        }
+    }
+
     /// tgtd's own output (every start appends to it).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -246,7 +268,6 @@ impl Tgtd {
     }
 
     fn configure(&self) -> Result<(), String> {
-        let backing = self.backing.to_str().ok_or("backing path is not UTF-8")?;
         self.admin(&[
             "--op",
             "new",
@@ -257,20 +278,7 @@ impl Tgtd {
             "-T",
             TGTD_TARGET,
         ])?;
-        self.admin(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            &TGTD_LUN.to_string(),
-            "-b",
-            backing,
-            "--blocksize",
-            &self.config.block_size.to_string(),
-        ])?;
+        self.add_lun()?;
         if let Some((user, secret)) = &self.config.chap {
             self.admin(&[
                 "--op",
@@ -288,6 +296,26 @@ impl Tgtd {
         }
         self.admin(&[
             "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+        ])?;
+        Ok(())
+    }
+
+    /// Adds the backing file as the target's LUN (its size read now).
+    fn add_lun(&self) -> Result<(), String> {
+        let backing = self.backing.to_str().ok_or("backing path is not UTF-8")?;
+        self.admin(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            &TGTD_LUN.to_string(),
+            "-b",
+            backing,
+            "--blocksize",
+            &self.config.block_size.to_string(),
         ])?;
         Ok(())
     }
