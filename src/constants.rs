@@ -87,6 +87,12 @@ pub const NBD_LINK_RECV_BUFFER_BYTES: usize = 64 * 1024;
 /// through the link's receive buffer.
 pub const NBD_LINK_DIRECT_RECV_BYTES: usize = 32 * 1024;
 const _: () = assert!(NBD_LINK_DIRECT_RECV_BYTES <= NBD_LINK_RECV_BUFFER_BYTES);
+/// TCP keepalive of a remote NBD LUN's connections (NBD has no ping): probes start after this
+/// many idle seconds, one every interval, and this many unanswered ones end the connection, so
+/// an idle link to a server that vanished without a reset notices within about 11 s.
+pub const NBD_KEEPALIVE_IDLE_SECS: i32 = 5;
+pub const NBD_KEEPALIVE_INTERVAL_SECS: i32 = 2;
+pub const NBD_KEEPALIVE_PROBES: i32 = 3;
 
 /// iSCSI (`target::iscsi`): the largest data segment this target accepts in one PDU, declared
 /// to every initiator as MaxRecvDataSegmentLength.

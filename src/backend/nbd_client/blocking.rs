@@ -42,6 +42,7 @@ impl Stream {
                 let stream = connected.ok_or(last)?;
                 // Requests are written whole: no reason to wait for more.
                 stream.set_nodelay(true)?;
+                set_keepalive(std::os::fd::AsRawFd::as_raw_fd(&stream));
                 Self::Tcp(stream)
             }
             NbdAddress::Unix { path } => Self::Unix(UnixStream::connect(path)?),
@@ -91,6 +92,41 @@ impl Stream {
             Self::Tcp(s) => s.into(),
             Self::Unix(s) => s.into(),
         }
+    }
+}
+
+/// Turns TCP keepalive on for a connection to an NBD server (`NBD_KEEPALIVE_*`): NBD has no
+/// ping, and an idle connection to a server that vanished without a reset would otherwise
+/// look alive until its next request. Best effort: a socket that refuses keeps working.
+pub fn set_keepalive(fd: std::os::fd::RawFd) {
+    use crate::constants::{
+        NBD_KEEPALIVE_IDLE_SECS, NBD_KEEPALIVE_INTERVAL_SECS, NBD_KEEPALIVE_PROBES,
+    };
+    for (level, option, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            NBD_KEEPALIVE_IDLE_SECS,
+        ),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            NBD_KEEPALIVE_INTERVAL_SECS,
+        ),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, NBD_KEEPALIVE_PROBES),
+    ] {
+        // SAFETY: setsockopt on a socket the caller owns, with a pointer to a live int of the
+        // size given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
     }
 }
 

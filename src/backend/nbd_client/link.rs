@@ -548,6 +548,7 @@ impl LinkTransport for NbdLink {
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 )
             };
+            super::blocking::set_keepalive(raw);
         }
         self.fd = Some(fd);
         self.connect_result = None;
