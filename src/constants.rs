@@ -594,3 +594,14 @@ const _: () = assert!(ISCSI_ZERO_CHUNK_BYTES <= u32::MAX as usize);
 /// for shutdown while no request comes.
 pub const METRICS_GATHER_INTERVAL_MS: u64 = 1_000;
 pub const METRICS_POLL_MS: u64 = 200;
+/// `/metrics` HTTP: connections open at once. Past it the oldest connection is closed to make
+/// room for the newest, so idle connections can never lock a scraper out; each request is
+/// answered and closed within [`METRICS_CONNECTION_TIMEOUT_MS`], so a scrape needs a slot for
+/// milliseconds.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+/// `/metrics` HTTP: a request's line and headers (there is no body to a GET); a longer one is
+/// answered 431 and closed.
+pub const METRICS_MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// `/metrics` HTTP: from accept to the last byte of the answer; a client slower than this
+/// (or one that never sends) is closed.
+pub const METRICS_CONNECTION_TIMEOUT_MS: u64 = 5_000;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fio, free_port, require_tool, Server};
+use common::{fio, free_port, qemu_io, require_tool, Server};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -250,6 +250,49 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
         &[("lun", "p-a"), ("pool", "p")]
     )
     .is_some());
+    // The pool's two LUNs (p-a, p-b): every 4 KiB write was one LUN write on one of them (new
+    // extents are zeroed by the provisioning thread, not counted here); reads of
+    // never-written ranges need no LUN I/O. bdev_get_iostat on each LUN and /metrics agree.
+    let (mut lun_writes, mut lun_reads, mut lun_written) = (0, 0, 0);
+    for name in ["p-a", "p-b"] {
+        let iostat = server.ok("bdev_get_iostat", json!({"name": name}));
+        let lun = &iostat["bdevs"][0];
+        let writes = lun["num_write_ops"].as_u64().expect("LUN writes");
+        let reads = lun["num_read_ops"].as_u64().expect("LUN reads");
+        let written = lun["bytes_written"].as_u64().expect("LUN bytes written");
+        assert_eq!(lun["bytes_read"].as_u64(), Some(reads * 4096), "{lun}");
+        assert_eq!(written, writes * 4096, "{lun}");
+        let labels = |op| [("lun", name), ("pool", "p"), ("op", op)];
+        assert_eq!(
+            sample(&text, "sds_lun_ops_total", &labels("write")),
+            Some(writes as f64),
+            "{name}"
+        );
+        assert_eq!(
+            sample(&text, "sds_lun_ops_total", &labels("read")),
+            Some(reads as f64),
+            "{name}"
+        );
+        assert_eq!(
+            sample(&text, "sds_lun_bytes_total", &labels("write")),
+            Some(written as f64),
+            "{name}"
+        );
+        if writes > 0 {
+            let seconds = sample(&text, "sds_lun_latency_seconds_total", &labels("write"))
+                .expect("LUN write time");
+            assert!(seconds > 0.0, "{name}: {seconds}");
+        }
+        lun_writes += writes;
+        lun_reads += reads;
+        lun_written += written;
+    }
+    assert_eq!(lun_writes, writes);
+    assert_eq!(Some(lun_written), bdev["bytes_written"].as_u64());
+    assert!(
+        lun_reads > 0 && lun_reads <= reads,
+        "{lun_reads} of {reads}"
+    );
     // fio came over NBD: no iSCSI session, no NVMe/TCP controller.
     assert_eq!(sample(&text, "sds_iscsi_sessions", &[]), Some(0.0));
     assert_eq!(sample(&text, "sds_nvmf_controllers", &[]), Some(0.0));
@@ -362,6 +405,151 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
     let mut server = server;
     assert!(server.stop(), "{}", server.log());
     assert!(try_get(port, "/metrics", None).is_err());
+}
+
+/// The endpoint bounds what clients hold: more idle connections than it keeps open do not
+/// lock a scraper out (the oldest are closed to make room), a connection that never sends is
+/// closed after its timeout, and an oversized request is refused.
+#[test]
+fn metrics_endpoint_bounds_idle_connections_and_silent_clients() {
+    let (_server, port) = metrics_server();
+    scrape(port);
+    // A silent client, then more idle connections than the server keeps
+    // (METRICS_MAX_CONNECTIONS is 64).
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    let text = scrape(port);
+    assert!(text.contains("sds_build_info"), "{text}");
+    // The silent client is closed by the server (EOF or reset), well within the test's bound
+    // (the server's timeout is METRICS_CONNECTION_TIMEOUT_MS = 5 s; it may also have been
+    // evicted as the oldest).
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match silent.read(&mut byte) {
+        Ok(0) => {}
+        Ok(_) => panic!("the server sent data to a client that asked nothing"),
+        Err(error) => assert!(
+            error.kind() != std::io::ErrorKind::WouldBlock
+                && error.kind() != std::io::ErrorKind::TimedOut,
+            "the silent connection is still open after {:?}: {error}",
+            started.elapsed()
+        ),
+    }
+    // Every idle connection is closed by now too (evicted or timed out).
+    for mut stream in idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let closed = matches!(stream.read(&mut byte), Ok(0) | Err(_));
+        assert!(closed, "an idle connection got data");
+    }
+    // A request line and headers past the bound: 431, and the server still answers after.
+    let mut big = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    big.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let header = format!(
+        "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n",
+        "a".repeat(16 * 1024)
+    );
+    // The server may close before reading it all: a failed write is fine.
+    let _ = big.write_all(header.as_bytes());
+    let mut response = Vec::new();
+    let _ = big.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 431"),
+        "{response}"
+    );
+    scrape(port);
+}
+
+/// A LUN of another array (an NBD export of a second sds): its links' state and numbers are
+/// exported, and its I/O counted like a local LUN's.
+#[test]
+fn a_remote_lun_exports_its_links_and_io() {
+    require_tool("promtool");
+    let array = Server::start();
+    array.file_pool("ap", MIB);
+    array.ok(
+        "volume_create",
+        json!({"name": "exp", "pool": "ap", "size": 16 * MIB}),
+    );
+    let export = array.url("exp");
+    let (server, port) = metrics_server();
+    server.ok(
+        "lun_create",
+        json!({"name": "r", "kind": "nbd", "uri": export}),
+    );
+    server.ok(
+        "pool_create",
+        json!({"name": "rp", "luns": ["r"], "extent_size": MIB}),
+    );
+    server.ok(
+        "volume_create",
+        json!({"name": "rv", "pool": "rp", "size": 8 * MIB}),
+    );
+    let url = server.url("rv");
+    let (clean, text) = qemu_io(
+        &url,
+        &["write -P 0x3c 0 1M".into(), "read -P 0x3c 0 1M".into()],
+    );
+    assert!(clean, "{text}");
+    let iostat = server.ok("bdev_get_iostat", json!({"name": "r"}));
+    let lun = &iostat["bdevs"][0];
+    let writes = lun["num_write_ops"].as_u64().expect("LUN writes");
+    let reads = lun["num_read_ops"].as_u64().expect("LUN reads");
+    assert!(writes > 0 && reads > 0, "{lun}");
+    assert_eq!(lun["bytes_read"].as_u64(), Some(MIB), "{lun}");
+    let labels = [("lun", "r"), ("kind", "nbd"), ("pool", "rp")];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(port);
+        let connected = sample(
+            &text,
+            "sds_lun_remote_state",
+            &[labels[0], ("state", "connected")],
+        );
+        let read = sample(&text, "sds_lun_ops_total", &[labels[0], ("op", "read")]);
+        if connected == Some(1.0) && read == Some(reads as f64) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote LUN never showed connected with its reads:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (passed, said) = promtool(&text);
+    assert!(passed, "promtool check metrics: {said}");
+    let links = sample(&text, "sds_lun_remote_links", &labels).expect("links");
+    assert!(links >= 1.0, "{links}");
+    assert_eq!(
+        sample(&text, "sds_lun_remote_links_connected", &labels),
+        Some(links)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sds_lun_remote_state",
+            &[labels[0], ("state", "failed")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "sds_lun_remote_timeouts_total", &labels),
+        Some(0.0)
+    );
+    assert!(sample(&text, "sds_lun_remote_reconnects_total", &labels).is_some());
+    assert!(sample(&text, "sds_lun_remote_rtt_seconds", &labels).is_some_and(|rtt| rtt >= 0.0));
+    assert_eq!(
+        sample(&text, "sds_lun_bytes_total", &[labels[0], ("op", "write")]),
+        lun["bytes_written"].as_u64().map(|b| b as f64)
+    );
 }
 
 /// Percent-encodes a query-string value.

@@ -294,7 +294,6 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
     std::thread::sleep(Duration::from_millis(500));
     array.spawn();
     let (ok, text) = fio_run.join().expect("fio thread");
-    eprintln!("{text}");
     assert!(
         ok,
         "fio over the restarted array failed:\n{text}\nlog:\n{}",
@@ -307,7 +306,6 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
         shown["remote"]["reconnects"].as_u64().unwrap_or(0) >= 1,
         "{shown}"
     );
-    eprintln!("{shown}");
     assert_eq!(shown["errors"]["write"], 0, "{shown}");
     assert_eq!(shown["errors"]["read"], 0, "{shown}");
 }
@@ -357,4 +355,34 @@ fn bad_nbd_uris_are_refused_clearly() {
         )
         .expect_err("chap on nbd");
     assert!(message.contains("chap_user"), "{message}");
+
+    // One LUN per export; the command line: `sds lun create --kind nbd --uri`, `lun list`.
+    let (_, message) = server
+        .call(
+            "lun_create",
+            json!({"name": "y", "kind": "nbd", "uri": remote.uri()}),
+        )
+        .expect_err("the same export twice");
+    assert!(
+        message.contains("uri") && message.contains("big"),
+        "{message}"
+    );
+    server.ok("lun_delete", json!({"name": "big"}));
+    let output = server.cli(&[
+        "lun",
+        "create",
+        "cli",
+        "--kind",
+        "nbd",
+        "--uri",
+        &remote.uri(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = server.cli(&["lun", "list"]);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(listed.contains("cli") && listed.contains("nbd"), "{listed}");
 }

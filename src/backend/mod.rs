@@ -31,6 +31,7 @@ pub mod fd_lun;
 pub mod file;
 pub mod iscsi;
 pub mod iscsi_context;
+pub mod lun_io_stats;
 pub mod lun_path;
 pub mod mem;
 pub mod mem_region;
@@ -229,6 +230,9 @@ pub struct LunHealth {
     /// (`control::lun_errors`): reactors never log an I/O error themselves.
     reported: [AtomicU64; 3],
     reported_at_ms: [AtomicU64; 3],
+    /// The I/O the block engine completed on this LUN, per reactor (see
+    /// [`lun_io_stats`]): written on the success path too, each reactor its own lines.
+    pub io: lun_io_stats::LunIoStats,
 }
 
 impl LunHealth {

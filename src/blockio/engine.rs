@@ -39,7 +39,7 @@ use super::request::{BlockOp, BlockRequest};
 use super::status::BlockStatus;
 use super::tag::{self, KIND_LUN_IO, KIND_QOS_TIMER};
 use crate::backend::aligned_buf::{AlignedBuf, BUFFER_ALIGN_BYTES};
-use crate::backend::{completion_result, LunIo, Started};
+use crate::backend::{completion_result, Lun, LunIo, Started};
 use crate::constants::{MAX_QOS_TIMER_NS, MAX_RING_ENTRIES_PER_ROUND, MAX_SEGMENTS_PER_IO};
 use crate::domain::capabilities::AllowedOps;
 use crate::domain::decision::{DecisionCache, PathDecision};
@@ -240,6 +240,9 @@ pub struct BlockEngine {
     reactor_index: Option<usize>,
     /// The reactor whose counters the engine writes: `reactor_index`, 0 before attaching.
     counters_reactor: usize,
+    /// While a ring completion is being handled: the ticks read for it, which the request it
+    /// finishes reuses (one clock read per completion).
+    completion_ticks: Option<u64>,
     closing: bool,
     /// Requests the token bucket made wait (what `sds perf` reports).
     throttled_requests: u64,
@@ -315,6 +318,7 @@ impl BlockEngine {
             wakes_pending: 0,
             reactor_index: None,
             counters_reactor: 0,
+            completion_ticks: None,
             closing: false,
             throttled_requests: 0,
         }
@@ -916,6 +920,8 @@ impl BlockEngine {
             slots,
             ring_pending,
             config,
+            clock,
+            counters_reactor,
             ..
         } = self;
         let volume: &Volume = volume;
@@ -1001,7 +1007,15 @@ impl BlockEngine {
                             slot.pending += count;
                             *ring_pending += count;
                         }
-                        Started::Done(result) => note_lun_result(volume, slot, lun_index, result),
+                        Started::Done(result) => {
+                            let io = LunIoNote {
+                                reactor: *counters_reactor,
+                                bytes: u64::from(expected),
+                                now: clock.now(),
+                                clock: *clock,
+                            };
+                            note_lun_result(volume, slot, lun_index, result, io)
+                        }
                     }
                     segments += 1;
                     len_bytes
@@ -1148,7 +1162,10 @@ impl BlockEngine {
                 self.slots[index].pending += count;
                 self.ring_pending += count;
             }
-            Started::Done(result) => self.note_result(index, lun_index, result),
+            Started::Done(result) => {
+                let io = self.lun_io_note(0, self.clock.now());
+                self.note_result(index, lun_index, result, io)
+            }
         }
     }
 
@@ -1156,8 +1173,25 @@ impl BlockEngine {
     /// error is counted on that LUN (which fails itself if its device is gone) and fails the
     /// request. Counted, not logged: a log line is a blocking write, and the control thread
     /// logs the LUN's errors, rate-limited (`control::lun_errors`).
-    fn note_result(&mut self, index: usize, lun_index: usize, result: Result<(), i32>) {
-        note_lun_result(&self.volume, &mut self.slots[index], lun_index, result);
+    fn note_result(
+        &mut self,
+        index: usize,
+        lun_index: usize,
+        result: Result<(), i32>,
+        io: LunIoNote,
+    ) {
+        note_lun_result(&self.volume, &mut self.slots[index], lun_index, result, io);
+    }
+
+    /// What a LUN I/O completing now (`now` ticks) adds to its LUN's counters.
+    #[inline]
+    fn lun_io_note(&self, bytes: u64, now: u64) -> LunIoNote {
+        LunIoNote {
+            reactor: self.counters_reactor,
+            bytes,
+            now,
+            clock: self.clock,
+        }
     }
 
     /// Records a failure of the request; the first one is what it finishes with.
@@ -1186,7 +1220,8 @@ impl BlockEngine {
         if self.mirror.is_some() {
             self.mirror_finish(index);
         }
-        let now = self.clock.now();
+        // The clock read for the LUN completion that ends the request, if it is one.
+        let now = self.completion_ticks.unwrap_or_else(|| self.clock.now());
         let slot = &mut self.slots[index];
         debug_assert!(slot.pending == 0 && slot.waiting == 0);
         slot.state = SlotState::Finished;
@@ -1238,17 +1273,23 @@ impl BlockEngine {
                 }
                 let result =
                     completion_result(result, decoded.expected_bytes, decoded.driver_timer);
+                // One clock read per LUN completion: the LUN's time, and the request's if
+                // this completion finishes it.
+                let now = self.clock.now();
+                let io = self.lun_io_note(u64::from(decoded.expected_bytes), now);
                 if self.mirror.is_some() {
-                    self.note_mirror_result(index, decoded.lun_index, result);
+                    self.note_mirror_result(index, decoded.lun_index, result, io);
                 } else {
-                    self.note_result(index, decoded.lun_index, result);
+                    self.note_result(index, decoded.lun_index, result, io);
                 }
                 let slot = &self.slots[index];
                 if slot.pending == 0 && slot.waiting == 0 {
                     if self.mirror.is_some() && self.mirror_round_end(index, ctx) {
                         return;
                     }
+                    self.completion_ticks = Some(now);
                     self.finish_round(index, ctx);
+                    self.completion_ticks = None;
                 }
             }
             _ => debug_assert!(false, "not an engine tag: {local_tag:#x}"),
@@ -1338,16 +1379,57 @@ fn segment_io(
 /// request (its first failure is what it finishes with). Counted, not logged: a log line is a
 /// blocking write, and the control thread logs the LUN's errors, rate-limited
 /// (`control::lun_errors`).
+///
+/// A success is counted on the LUN's own I/O counters (`io`: the reactor, the bytes it moved,
+/// the time since the request started, `now` ticks already read by the caller).
 #[inline]
-fn note_lun_result(volume: &Volume, slot: &mut Slot, lun_index: usize, result: Result<(), i32>) {
-    let Err(errno) = result else {
+fn note_lun_result(
+    volume: &Volume,
+    slot: &mut Slot,
+    lun_index: usize,
+    result: Result<(), i32>,
+    io: LunIoNote,
+) {
+    let Some(member) = volume.lun(lun_index) else {
+        if let Err(errno) = result {
+            if slot.status.is_ok() {
+                slot.status = BlockStatus::from_errno(errno);
+            }
+        }
         return;
     };
-    if let Some(member) = volume.lun(lun_index) {
-        member.lun.note_error(slot.request.op.lun_class(), errno);
-    }
+    let Err(errno) = result else {
+        io.record(&*member.lun, slot);
+        return;
+    };
+    member.lun.note_error(slot.request.op.lun_class(), errno);
     if slot.status.is_ok() {
         slot.status = BlockStatus::from_errno(errno);
+    }
+}
+
+/// What a completed LUN I/O adds to its LUN's counters: on which reactor, the bytes it moved,
+/// and the clock (ticks) read at its completion, converted with `clock`.
+#[derive(Clone, Copy)]
+struct LunIoNote {
+    reactor: usize,
+    bytes: u64,
+    now: u64,
+    clock: TickClock,
+}
+
+impl LunIoNote {
+    #[inline]
+    fn record(&self, lun: &dyn Lun, slot: &Slot) {
+        if let Some(health) = lun.health() {
+            let latency_ns = self.clock.to_ns(self.now.wrapping_sub(slot.started_ticks));
+            health.io.record(
+                self.reactor,
+                slot.request.op.lun_class(),
+                self.bytes,
+                latency_ns,
+            );
+        }
     }
 }
 

@@ -406,7 +406,7 @@ impl BlockEngine {
         mirror.enter_io(position);
         // SAFETY: the caller keeps any buffer of `io` in place until its completion.
         let started = unsafe { lun.lun.submit(io, tag, ctx.ring) };
-        self.account_mirror_start(mirror, index, position, lun_index, started);
+        self.account_mirror_start(mirror, index, position, lun_index, expected_bytes, started);
     }
 
     fn account_mirror_start(
@@ -415,6 +415,7 @@ impl BlockEngine {
         index: usize,
         position: usize,
         lun_index: usize,
+        expected_bytes: u32,
         started: Started,
     ) {
         match started {
@@ -425,7 +426,13 @@ impl BlockEngine {
                 mirror.enter_ios(position, count.saturating_sub(1));
             }
             Started::Done(result) => {
-                self.note_mirror_result(index, position * MIRROR_LEG_LUN_STRIDE + lun_index, result)
+                let io = self.lun_io_note(u64::from(expected_bytes), self.clock.now());
+                self.note_mirror_result(
+                    index,
+                    position * MIRROR_LEG_LUN_STRIDE + lun_index,
+                    result,
+                    io,
+                )
             }
         }
     }
@@ -438,6 +445,7 @@ impl BlockEngine {
         index: usize,
         lun_index: usize,
         result: Result<(), i32>,
+        io: super::LunIoNote,
     ) {
         let Some(mirror) = self.mirror_apart() else {
             return;
@@ -447,10 +455,15 @@ impl BlockEngine {
             return;
         }
         mirror.leave(position, 1);
+        let slot = &mut self.slots[index];
         let Err(errno) = result else {
+            if let Some(volume) = mirror.leg(position).volume_guard().as_ref() {
+                if let Some(member) = volume.pool.luns.get(lun_index % MIRROR_LEG_LUN_STRIDE) {
+                    io.record(&*member.lun, slot);
+                }
+            }
             return;
         };
-        let slot = &mut self.slots[index];
         if let Some(volume) = mirror.leg(position).volume_guard().as_ref() {
             if let Some(member) = volume.pool.luns.get(lun_index % MIRROR_LEG_LUN_STRIDE) {
                 member.lun.note_error(slot.request.op.lun_class(), errno);

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 pub enum LunCommand {
     /// Add a LUN: `--kind file --path P --size 1G`, `--kind mem --size 256M`, `--kind blockdev --path /dev/loop0`,
     /// `--kind fault --base LUN` (fault injection over another LUN),
-    /// `--kind iscsi --url iscsi://HOST:PORT/TARGET_IQN/LUN` (a LUN of another array)
+    /// `--kind iscsi --url iscsi://HOST:PORT/TARGET_IQN/LUN` (a LUN of another array),
+    /// `--kind nbd --uri nbd://HOST[:PORT]/EXPORT` (an export of another NBD server)
     Create {
         name: String,
         #[arg(long)]
@@ -57,12 +58,15 @@ pub enum LunCommand {
     ClearFault { name: String },
 }
 
-/// The options of a LUN of another array (`--kind iscsi`).
+/// The options of a LUN of another array (`--kind iscsi`, `--kind nbd`).
 #[derive(clap::Args)]
 pub struct RemoteArgs {
     /// The array's LUN: iscsi://HOST[:PORT]/TARGET_IQN/LUN
     #[arg(long)]
     url: Option<String>,
+    /// The NBD export (--kind nbd): nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH
+    #[arg(long)]
+    uri: Option<String>,
     /// The initiator name to log in as [default: iqn.2026-11.org.sds.initiator:HOSTNAME]
     #[arg(long)]
     initiator_iqn: Option<String>,
@@ -84,6 +88,7 @@ impl RemoteArgs {
     /// Adds the options given to `params`.
     fn set(self, params: &mut Value) -> Result<(), String> {
         set(params, "url", self.url.map(|u| json!(u)));
+        set(params, "uri", self.uri.map(|u| json!(u)));
         set(
             params,
             "initiator_iqn",

@@ -364,7 +364,7 @@ fn create_remote(
             .is_some_and(|other| other.url == remote.url)
     }) {
         return Err(RpcError::invalid_params(format!(
-            "url: {} is already LUN {}",
+            "{url_key}: {} is already LUN {}",
             remote.url, other.record.name
         )));
     }

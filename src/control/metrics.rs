@@ -8,8 +8,8 @@ use super::Control;
 use crate::blockio::BlockOp;
 use crate::constants::METRICS_GATHER_INTERVAL_MS;
 use crate::metrics::snapshot::{
-    DomainRow, LunRow, MirrorRow, OpCounters, PathCounters, PoolRow, ReactorRow, VolumeRow,
-    VpathRow,
+    DomainRow, LunRow, MirrorRow, OpCounters, PathCounters, PoolRow, ReactorRow, RemoteRow,
+    VolumeRow, VpathRow,
 };
 use crate::metrics::{MetricsShared, MetricsSnapshot};
 use std::sync::atomic::Ordering;
@@ -119,6 +119,11 @@ impl Control {
             .values()
             .map(|entry| {
                 let errors = entry.lun.health().map(|h| h.errors()).unwrap_or_default();
+                let io = entry
+                    .lun
+                    .health()
+                    .map(|h| h.io.totals())
+                    .unwrap_or_default();
                 LunRow {
                     name: entry.record.name.clone(),
                     kind: entry.record.kind.as_str().to_string(),
@@ -126,6 +131,22 @@ impl Control {
                     size_bytes: entry.record.size,
                     failed: super::luns::failure(&self.luns, entry).is_some(),
                     errors: [errors.read, errors.write, errors.flush],
+                    ops: io.ops,
+                    bytes: io.bytes,
+                    latency_seconds: io.latency_ns.map(|ns| ns as f64 / 1e9),
+                    remote: entry.lun.link_stats().map(|stats| {
+                        let link = stats.snapshot();
+                        RemoteRow {
+                            state: link.state.as_str().to_string(),
+                            links: link.links as u64,
+                            links_connected: link.links_connected as u64,
+                            rtt_seconds: link.rtt_us as f64 / 1e6,
+                            reconnects: link.reconnects,
+                            timeouts: link.timeouts,
+                            in_flight: link.in_flight,
+                            array_size_bytes: link.array_size,
+                        }
+                    }),
                 }
             })
             .collect();

@@ -166,11 +166,30 @@ fn volume_iostat(entry: &VolumeEntry) -> Value {
 
 fn lun_iostat(control: &Control, entry: &LunEntry) -> Value {
     let errors = entry.lun.health().map(|h| h.errors()).unwrap_or_default();
+    // The LUN I/O the block engine completed on it (`backend::lun_io_stats`); a zeroing is
+    // a write of no bytes.
+    let io = entry
+        .lun
+        .health()
+        .map(|h| h.io.totals())
+        .unwrap_or_default();
+    let (read, write, flush) = (
+        BlockOp::Read.class_index(),
+        BlockOp::Write.class_index(),
+        BlockOp::Flush.class_index(),
+    );
     let mut stat = json!({
         "name": entry.record.name,
         "product_name": "sds LUN",
         "kind": entry.record.kind.as_str(),
         "state": if failure(&control.luns, entry).is_some() { "failed" } else { "online" },
+        "bytes_read": io.bytes[read],
+        "num_read_ops": io.ops[read],
+        "bytes_written": io.bytes[write],
+        "num_write_ops": io.ops[write],
+        "num_flush_ops": io.ops[flush],
+        "read_latency_ticks": io.latency_ns[read] / 1000,
+        "write_latency_ticks": io.latency_ns[write] / 1000,
         "num_errors": errors.total(),
         "io_error": error_counts(errors),
     });

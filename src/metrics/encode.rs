@@ -27,6 +27,8 @@ type Labels = Vec<(&'static str, String)>;
 /// `mirror_get_mirrors` names them).
 const MIRROR_STATES: [&str; 3] = ["healthy", "resyncing", "degraded"];
 const LEG_STATES: [&str; 5] = ["healthy", "resyncing", "degraded", "failed", "absent"];
+/// The states `sds_lun_remote_state` enumerates (`backend::remote::link_stats::LinkState`).
+const REMOTE_STATES: [&str; 4] = ["connected", "connecting", "reconnecting", "failed"];
 
 /// Encodes a snapshot as OpenMetrics text.
 pub fn render(snapshot: Arc<MetricsSnapshot>) -> Result<String, Error> {
@@ -346,13 +348,36 @@ impl Collector for SnapshotCollector {
             ]
         };
         let mut lun_errors = Vec::new();
+        let (mut lun_ops, mut lun_bytes, mut lun_seconds) = (Vec::new(), Vec::new(), Vec::new());
         for lun in &s.luns {
-            for (op, count) in ["read", "write", "flush"].iter().zip(lun.errors) {
+            for (class, op) in ["read", "write", "flush"].iter().enumerate() {
                 let mut labels = lun_labels(lun);
                 labels.push(("op", op.to_string()));
-                lun_errors.push((labels, count));
+                lun_errors.push((labels.clone(), lun.errors[class]));
+                lun_ops.push((labels.clone(), lun.ops[class]));
+                lun_bytes.push((labels.clone(), lun.bytes[class]));
+                lun_seconds.push((labels, lun.latency_seconds[class]));
             }
         }
+        counters(
+            e,
+            "sds_lun_ops",
+            "LUN I/O completed per LUN, by kind (a zeroing counts as a write)",
+            lun_ops,
+        )?;
+        counters(
+            e,
+            "sds_lun_bytes",
+            "Bytes read from and written to each LUN by its I/O",
+            lun_bytes,
+        )?;
+        seconds_counters(
+            e,
+            "sds_lun_latency_seconds",
+            "Time of each LUN's I/O, from its request's start to its completion, by kind \
+             (divide by sds_lun_ops for the mean)",
+            lun_seconds,
+        )?;
         counters(
             e,
             "sds_lun_errors",
@@ -372,6 +397,78 @@ impl Collector for SnapshotCollector {
             s.luns
                 .iter()
                 .map(|l| (lun_labels(l), if l.failed { 1.0 } else { 0.0 })),
+        )?;
+
+        // LUNs of other arrays: their links (one per reactor).
+        let remote: Vec<(Labels, &super::snapshot::RemoteRow)> = s
+            .luns
+            .iter()
+            .filter_map(|l| l.remote.as_ref().map(|r| (lun_labels(l), r)))
+            .collect();
+        let mut remote_states = Vec::new();
+        for (labels, row) in &remote {
+            for state in REMOTE_STATES {
+                let mut with_state = labels.clone();
+                with_state.push(("state", state.to_string()));
+                remote_states.push((with_state, if row.state == state { 1.0 } else { 0.0 }));
+            }
+        }
+        gauges(
+            e,
+            "sds_lun_remote_state",
+            "1 for a remote LUN's current state (its worst link's: connected, connecting, \
+             reconnecting, failed), else 0",
+            remote_states,
+        )?;
+        let remote_gauge = |f: fn(&super::snapshot::RemoteRow) -> f64| {
+            remote
+                .iter()
+                .map(move |(labels, row)| (labels.clone(), f(row)))
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            e,
+            "sds_lun_remote_links",
+            "Connections a remote LUN keeps to its array (one per reactor)",
+            remote_gauge(|r| r.links as f64),
+        )?;
+        gauges(
+            e,
+            "sds_lun_remote_links_connected",
+            "A remote LUN's links connected now",
+            remote_gauge(|r| r.links_connected as f64),
+        )?;
+        gauges(
+            e,
+            "sds_lun_remote_rtt_seconds",
+            "A remote LUN's round-trip estimate (mean over its connected links; 0 before any command)",
+            remote_gauge(|r| r.rtt_seconds),
+        )?;
+        gauges(
+            e,
+            "sds_lun_remote_in_flight",
+            "Commands a remote LUN has at its array now",
+            remote_gauge(|r| r.in_flight as f64),
+        )?;
+        counters(
+            e,
+            "sds_lun_remote_reconnects",
+            "Reconnections of a remote LUN's links",
+            remote.iter().map(|(l, r)| (l.clone(), r.reconnects)),
+        )?;
+        counters(
+            e,
+            "sds_lun_remote_timeouts",
+            "Commands of a remote LUN that failed for taking longer than its timeout",
+            remote.iter().map(|(l, r)| (l.clone(), r.timeouts)),
+        )?;
+        gauges(
+            e,
+            "sds_lun_remote_array_size_bytes",
+            "The array's size of a remote LUN, present only while it differs from the LUN's",
+            remote
+                .iter()
+                .filter_map(|(l, r)| r.array_size_bytes.map(|size| (l.clone(), size as f64))),
         )?;
 
         let pool_labels =
@@ -564,7 +661,7 @@ impl Collector for SnapshotCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::snapshot::{DomainRow, VpathRow};
+    use crate::metrics::snapshot::{DomainRow, LunRow, RemoteRow, VpathRow};
 
     #[test]
     fn a_snapshot_encodes_as_openmetrics_with_histogram_buckets() {
@@ -620,5 +717,59 @@ mod tests {
         // Samples are untouched.
         let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(samples(&classic), samples(&text));
+    }
+
+    #[test]
+    fn luns_encode_their_io_and_a_remote_lun_its_links() {
+        let snapshot = MetricsSnapshot {
+            luns: vec![
+                LunRow {
+                    name: "l".into(),
+                    kind: "file".into(),
+                    pool: "p".into(),
+                    ops: [3, 5, 1],
+                    bytes: [12288, 20480, 0],
+                    latency_seconds: [0.25, 0.5, 0.0],
+                    ..Default::default()
+                },
+                LunRow {
+                    name: "r".into(),
+                    kind: "iscsi".into(),
+                    remote: Some(RemoteRow {
+                        state: "reconnecting".into(),
+                        links: 2,
+                        links_connected: 1,
+                        rtt_seconds: 0.000_25,
+                        reconnects: 4,
+                        timeouts: 1,
+                        in_flight: 7,
+                        array_size_bytes: None,
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = to_classic_text(&render(Arc::new(snapshot)).unwrap());
+        let labels = |lun: &str, kind: &str, pool: &str| {
+            format!("lun=\"{lun}\",kind=\"{kind}\",pool=\"{pool}\"")
+        };
+        let l = labels("l", "file", "p");
+        let r = labels("r", "iscsi", "");
+        for line in [
+            format!("sds_lun_ops_total{{{l},op=\"write\"}} 5"),
+            format!("sds_lun_bytes_total{{{l},op=\"read\"}} 12288"),
+            format!("sds_lun_latency_seconds_total{{{l},op=\"read\"}} 0.25"),
+            format!("sds_lun_remote_state{{{r},state=\"reconnecting\"}} 1"),
+            format!("sds_lun_remote_state{{{r},state=\"connected\"}} 0"),
+            format!("sds_lun_remote_links_connected{{{r}}} 1"),
+            format!("sds_lun_remote_reconnects_total{{{r}}} 4"),
+            format!("sds_lun_remote_in_flight{{{r}}} 7"),
+        ] {
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+        // A local LUN has no link series; no array size differs.
+        assert!(!text.contains("sds_lun_remote_links{lun=\"l\""), "{text}");
+        assert!(!text.contains("sds_lun_remote_array_size_bytes{"), "{text}");
     }
 }

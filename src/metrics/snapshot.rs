@@ -122,6 +122,28 @@ pub struct LunRow {
     pub failed: bool,
     /// Errors the LUN returned: read, write, flush.
     pub errors: [u64; 3],
+    /// LUN I/O the block engine completed on it, per class (read, write, flush): operations,
+    /// bytes moved, and time (request start to the LUN I/O's completion) in seconds.
+    pub ops: [u64; 3],
+    pub bytes: [u64; 3],
+    pub latency_seconds: [f64; 3],
+    /// A LUN of another array (iSCSI, NBD): its links' numbers.
+    pub remote: Option<RemoteRow>,
+}
+
+/// A remote LUN's links, as `lun_get_luns` shows them (`backend::remote::link_stats`).
+#[derive(Clone, Debug, Default)]
+pub struct RemoteRow {
+    /// The worst link's: connected, connecting, reconnecting or failed.
+    pub state: String,
+    pub links: u64,
+    pub links_connected: u64,
+    pub rtt_seconds: f64,
+    pub reconnects: u64,
+    pub timeouts: u64,
+    pub in_flight: u64,
+    /// The array's size when it differs from the LUN's.
+    pub array_size_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
