@@ -349,6 +349,25 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
         ),
         Some(0.0)
     );
+
+    // A write to the mirror is one LUN write on each leg's pool, counted on those LUNs.
+    let written = |pool: &str| -> u64 {
+        ["a", "b"]
+            .iter()
+            .map(|suffix| {
+                let iostat = server.ok(
+                    "bdev_get_iostat",
+                    json!({"name": format!("{pool}-{suffix}")}),
+                );
+                iostat["bdevs"][0]["bytes_written"].as_u64().expect("bytes")
+            })
+            .sum()
+    };
+    let before = (written("p"), written("q"));
+    let (clean, said) = common::qemu_io(&server.url("mir"), &["write -P 0x6d 1M 1M".into()]);
+    assert!(clean, "{said}");
+    assert_eq!(written("p"), before.0 + MIB, "leg m1's pool");
+    assert_eq!(written("q"), before.1 + MIB, "leg m2's pool");
 }
 
 #[test]

@@ -321,6 +321,11 @@ fn requests_finish_in_the_order_their_lun_io_completes() {
     let totals = rig.volume.stats.totals();
     assert_eq!((totals.read_ops, totals.write_ops), (2, 1));
     assert_eq!(rig.vpath.stats.totals().ops[BlockOp::Read.index()], 2);
+    // The LUN counts its own I/O: operations and the bytes each moved, per class.
+    let io = rig.luns[0].health().expect("health").io.totals();
+    let (read, write) = (BlockOp::Read.class_index(), BlockOp::Write.class_index());
+    assert_eq!((io.ops[read], io.bytes[read]), (2, 4096 + 512));
+    assert_eq!((io.ops[write], io.bytes[write]), (1, 4096));
 }
 
 #[test]
@@ -775,6 +780,13 @@ fn a_composite_provisions_its_parts_and_tags_io_with_its_lun_table() {
         rig.complete(local, 0);
     }
     assert_eq!(rig.finished(), vec![(flush, BlockStatus::Ok)]);
+    // Each LUN of the table counted what it did: the first part's LUN its write, the second
+    // none (it failed: an error, above); both the flush.
+    let io = |i: usize| rig.luns[i].health().expect("health").io.totals();
+    let (write, flush) = (BlockOp::Write.class_index(), BlockOp::Flush.class_index());
+    assert_eq!((io(0).ops[write], io(0).bytes[write]), (1, 4096));
+    assert_eq!(io(1).ops[write], 0);
+    assert_eq!((io(0).ops[flush], io(1).ops[flush]), (1, 1));
 }
 
 #[test]
