@@ -22,7 +22,7 @@ done
 
 missing=0
 for tool in qemu-io nbdinfo fio nbdkit iscsi-ls iscsi-inq iscsi-readcapacity16 iscsi-test-cu \
-    qemu-system-x86_64; do
+    qemu-system-x86_64 tgtd tgtadm promtool; do
     command -v "$tool" >/dev/null 2>&1 || missing=1
 done
 # qemu-io opens iscsi:// only with qemu-block-extra at exactly qemu-utils' version.
@@ -34,6 +34,9 @@ done
 [ "$(cat target/guest/format 2>/dev/null || true)" = \
     "$(sed -n 's/^guest_format=//p' scripts/build-nvme-guest.sh)" ] || missing=1
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || missing=1
+# fio with the libiscsi engine (scripts/build-fio-libiscsi.sh): tests/remote_iscsi.rs drives
+# sds's iSCSI target with it.
+[ -x target/tools/fio ] || missing=1
 # The appliance (tests/appliance.rs): the unit's verifier, man, and the package's dpkg-shlibdeps.
 for tool in systemd-analyze man dpkg-shlibdeps; do
     command -v "$tool" >/dev/null 2>&1 || missing=1
