@@ -481,7 +481,11 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
                 if !word.starts_with("sds_") {
                     continue;
                 }
-                let family = word.strip_suffix("_bucket").unwrap_or(word);
+                // A histogram's series: _bucket, _sum, _count of its family.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(word);
                 assert!(
                     families.contains(&family),
                     "{word} (in {expr}) is not exported"
