@@ -109,6 +109,52 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
+/// The histogram `name` of the series with `labels`: its buckets as (le, cumulative count) in
+/// the order exposed, checked to rise with le and to end at +Inf equal to `_count`; returns
+/// the count.
+fn histogram_count(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let bucket = format!("{name}_bucket{{");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|line| line.starts_with(&bucket))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|line| {
+            let le = line
+                .split("le=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .expect("an le label");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().expect("a bound")
+            };
+            let value = line.rsplit_once(' ').expect("a value").1;
+            (le, value.parse().expect("a count"))
+        })
+        .collect();
+    assert!(buckets.len() >= 2, "{name} {labels:?}: buckets {buckets:?}");
+    for pair in buckets.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1,
+            "{name} {labels:?}: not cumulative: {buckets:?}"
+        );
+    }
+    let (last_le, last) = buckets[buckets.len() - 1];
+    assert_eq!(last_le, f64::INFINITY, "{name} {labels:?}");
+    let count = sample(text, &format!("{name}_count"), labels).expect("a _count");
+    assert_eq!(last, count, "{name} {labels:?}: +Inf bucket and _count");
+    assert!(
+        sample(text, &format!("{name}_sum"), labels).is_some(),
+        "{name} {labels:?}: _sum"
+    );
+    count
+}
+
 fn metrics_server() -> (Server, u16) {
     let port = free_port();
     let server = Server::start_with(|_| {
@@ -227,6 +273,26 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
     );
     assert_eq!(inf, Some(count));
     assert!(count >= (reads + writes) as f64, "{count} samples");
+    // The volume's histogram is the sum of its VPs'.
+    let vp_counts: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("sds_vpath_latency_seconds_count{") && l.contains("volume=\"vol\"")
+        })
+        .map(|l| {
+            l.rsplit_once(' ')
+                .expect("value")
+                .1
+                .parse::<f64>()
+                .expect("count")
+        })
+        .sum();
+    let volume_count = histogram_count(&text, "sds_volume_latency_seconds", &volume);
+    assert_eq!(volume_count, vp_counts);
+    assert!(
+        volume_count >= (reads + writes) as f64,
+        "{volume_count} samples"
+    );
     let domain = sample(
         &text,
         "sds_domain_ops_total",
@@ -278,8 +344,14 @@ fn metrics_scraped_during_fio_pass_promtool_and_agree_with_bdev_get_iostat() {
             Some(written as f64),
             "{name}"
         );
+        // Each class's latency histogram: one sample per LUN I/O, cumulative buckets.
+        for op in ["read", "write", "flush"] {
+            let ops = sample(&text, "sds_lun_ops_total", &labels(op)).expect("LUN ops");
+            let count = histogram_count(&text, "sds_lun_latency_seconds", &labels(op));
+            assert_eq!(count, ops, "{name} {op}");
+        }
         if writes > 0 {
-            let seconds = sample(&text, "sds_lun_latency_seconds_total", &labels("write"))
+            let seconds = sample(&text, "sds_lun_latency_seconds_sum", &labels("write"))
                 .expect("LUN write time");
             assert!(seconds > 0.0, "{name}: {seconds}");
         }
@@ -409,7 +481,11 @@ fn metrics_speak_openmetrics_when_asked_and_refuse_other_paths() {
                 if !word.starts_with("sds_") {
                     continue;
                 }
-                let family = word.strip_suffix("_bucket").unwrap_or(word);
+                // A histogram's series: _bucket, _sum, _count of its family.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(word);
                 assert!(
                     families.contains(&family),
                     "{word} (in {expr}) is not exported"

@@ -8,8 +8,8 @@ use super::Control;
 use crate::blockio::BlockOp;
 use crate::constants::METRICS_GATHER_INTERVAL_MS;
 use crate::metrics::snapshot::{
-    DomainRow, LunRow, MirrorRow, OpCounters, PathCounters, PoolRow, ReactorRow, RemoteRow,
-    VolumeRow, VpathRow,
+    DomainRow, LatencyHistogram, LunRow, MirrorRow, OpCounters, PathCounters, PoolRow, ReactorRow,
+    RemoteRow, VolumeRow, VpathRow,
 };
 use crate::metrics::{MetricsShared, MetricsSnapshot};
 use std::sync::atomic::Ordering;
@@ -52,17 +52,17 @@ impl Control {
     }
 
     fn metrics_snapshot(&self, reactor_previous_us: &mut Vec<(u64, u64)>) -> MetricsSnapshot {
-        let volumes = self
+        let mut volumes: Vec<VolumeRow> = self
             .volumes
             .values()
             .map(|entry| {
                 let t = entry.volume.stats.totals();
                 let mut io = OpCounters::default();
-                let mut latency_seconds = [0.0; BlockOp::COUNT];
+                let mut time_seconds = [0.0; BlockOp::COUNT];
                 let mut set = |op: BlockOp, ops: u64, bytes: u64, latency_ns: u64| {
                     io.ops[op.index()] = ops;
                     io.bytes[op.index()] = bytes;
-                    latency_seconds[op.index()] = latency_ns as f64 / 1e9;
+                    time_seconds[op.index()] = latency_ns as f64 / 1e9;
                 };
                 set(BlockOp::Read, t.read_ops, t.read_bytes, t.read_latency_ns);
                 set(
@@ -84,7 +84,8 @@ impl Control {
                     pool: entry.record.pool.clone(),
                     io,
                     errors: t.errors,
-                    latency_seconds,
+                    time_seconds,
+                    latency: LatencyHistogram::default(),
                     size_bytes: entry.volume.size_bytes(),
                     allocated_bytes: entry.volume.allocated_extents() * entry.volume.extent_bytes(),
                 }
@@ -92,7 +93,7 @@ impl Control {
             .collect();
         // The VP totals as the last cycle gathered them (`previous`): no second read of the
         // reactors' counters.
-        let vpaths = self
+        let vpaths: Vec<VpathRow> = self
             .vpaths
             .values()
             .map(|entry| VpathRow {
@@ -106,6 +107,18 @@ impl Control {
                     .sum(),
             })
             .collect();
+        // A volume's histogram: the sum of its VPs' (the volume itself keeps only sums, and
+        // this costs the I/O path nothing).
+        let volume_index: std::collections::HashMap<String, usize> = volumes
+            .iter()
+            .enumerate()
+            .map(|(index, v)| (v.name.clone(), index))
+            .collect();
+        for vp in &vpaths {
+            if let Some(&index) = volume_index.get(&vp.volume) {
+                volumes[index].latency.add(&vp.counters.latency);
+            }
+        }
         let domains = self
             .domains
             .values()
@@ -133,7 +146,12 @@ impl Control {
                     errors: [errors.read, errors.write, errors.flush],
                     ops: io.ops,
                     bytes: io.bytes,
-                    latency_seconds: io.latency_ns.map(|ns| ns as f64 / 1e9),
+                    latency: std::array::from_fn(|class| {
+                        LatencyHistogram::from_counts(
+                            &io.latency_buckets[class],
+                            io.latency_ns[class] as f64 / 1e9,
+                        )
+                    }),
                     remote: entry.lun.link_stats().map(|stats| {
                         let link = stats.snapshot();
                         RemoteRow {

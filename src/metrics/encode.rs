@@ -283,13 +283,20 @@ impl Collector for SnapshotCollector {
         )?;
         seconds_counters(
             e,
-            "sds_volume_latency_seconds",
+            "sds_volume_time_seconds",
             "Time spent in operations per volume, by kind (divide by sds_volume_ops for the mean)",
             per_op(
                 s.volumes
                     .iter()
-                    .map(|v| (volume_labels(v), &v.latency_seconds)),
+                    .map(|v| (volume_labels(v), &v.time_seconds)),
             ),
+        )?;
+        histograms(
+            e,
+            "sds_volume_latency_seconds",
+            "Latency of operations per volume, from request to reply: the sum of its VPs' \
+             histograms (VPs whose domain records latency)",
+            s.volumes.iter().map(|v| (volume_labels(v), &v.latency)),
         )?;
         gauges(
             e,
@@ -348,7 +355,7 @@ impl Collector for SnapshotCollector {
             ]
         };
         let mut lun_errors = Vec::new();
-        let (mut lun_ops, mut lun_bytes, mut lun_seconds) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut lun_ops, mut lun_bytes, mut lun_latency) = (Vec::new(), Vec::new(), Vec::new());
         for lun in &s.luns {
             for (class, op) in ["read", "write", "flush"].iter().enumerate() {
                 let mut labels = lun_labels(lun);
@@ -356,7 +363,7 @@ impl Collector for SnapshotCollector {
                 lun_errors.push((labels.clone(), lun.errors[class]));
                 lun_ops.push((labels.clone(), lun.ops[class]));
                 lun_bytes.push((labels.clone(), lun.bytes[class]));
-                lun_seconds.push((labels, lun.latency_seconds[class]));
+                lun_latency.push((labels, &lun.latency[class]));
             }
         }
         counters(
@@ -371,12 +378,11 @@ impl Collector for SnapshotCollector {
             "Bytes read from and written to each LUN by its I/O",
             lun_bytes,
         )?;
-        seconds_counters(
+        histograms(
             e,
             "sds_lun_latency_seconds",
-            "Time of each LUN's I/O, from its request's start to its completion, by kind \
-             (divide by sds_lun_ops for the mean)",
-            lun_seconds,
+            "Latency of each LUN's I/O, from its request's start to its completion, by kind",
+            lun_latency,
         )?;
         counters(
             e,
@@ -729,7 +735,16 @@ mod tests {
                     pool: "p".into(),
                     ops: [3, 5, 1],
                     bytes: [12288, 20480, 0],
-                    latency_seconds: [0.25, 0.5, 0.0],
+                    latency: {
+                        let mut read = [0; LATENCY_BUCKETS_SECONDS.len() + 1];
+                        read[0] = 1;
+                        read[3] = 2;
+                        [
+                            LatencyHistogram::from_counts(&read, 0.25),
+                            LatencyHistogram::default(),
+                            LatencyHistogram::default(),
+                        ]
+                    },
                     ..Default::default()
                 },
                 LunRow {
@@ -759,7 +774,11 @@ mod tests {
         for line in [
             format!("sds_lun_ops_total{{{l},op=\"write\"}} 5"),
             format!("sds_lun_bytes_total{{{l},op=\"read\"}} 12288"),
-            format!("sds_lun_latency_seconds_total{{{l},op=\"read\"}} 0.25"),
+            format!("sds_lun_latency_seconds_sum{{{l},op=\"read\"}} 0.25"),
+            format!("sds_lun_latency_seconds_count{{{l},op=\"read\"}} 3"),
+            format!("sds_lun_latency_seconds_bucket{{le=\"0.00001\",{l},op=\"read\"}} 1"),
+            format!("sds_lun_latency_seconds_bucket{{le=\"0.0001\",{l},op=\"read\"}} 3"),
+            format!("sds_lun_latency_seconds_bucket{{le=\"+Inf\",{l},op=\"write\"}} 0"),
             format!("sds_lun_remote_state{{{r},state=\"reconnecting\"}} 1"),
             format!("sds_lun_remote_state{{{r},state=\"connected\"}} 0"),
             format!("sds_lun_remote_links_connected{{{r}}} 1"),

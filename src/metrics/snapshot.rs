@@ -14,9 +14,32 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 19] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Counts in a histogram: one per bound, and +Inf.
+pub const LATENCY_HISTOGRAM_BUCKETS: usize = LATENCY_BUCKETS_SECONDS.len() + 1;
+
+/// [`LATENCY_BUCKETS_SECONDS`] in nanoseconds, for the data path's integer compare (rounded
+/// to the nearest nanosecond: the decimal bounds are not exact in binary).
+pub const LATENCY_BOUNDS_NS: [u64; LATENCY_BUCKETS_SECONDS.len()] = {
+    let mut bounds = [0; LATENCY_BUCKETS_SECONDS.len()];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = (LATENCY_BUCKETS_SECONDS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    bounds
+};
+
+/// The Prometheus bucket of a latency: the first whose bound is at least it (`le` is
+/// inclusive), or the last, +Inf. A binary search over the 19 bounds: five compares, no
+/// clock, no float, cheap enough for every LUN I/O's completion.
+#[inline]
+pub fn latency_bucket(latency_ns: u64) -> usize {
+    LATENCY_BOUNDS_NS.partition_point(|&bound| bound < latency_ns)
+}
+
 /// A latency histogram in Prometheus buckets: per-bucket (not cumulative) counts, the last
 /// one +Inf, with the sum of the samples in seconds.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LatencyHistogram {
     pub sum_seconds: f64,
     pub count: u64,
@@ -24,16 +47,23 @@ pub struct LatencyHistogram {
     pub buckets: Vec<u64>,
 }
 
+/// No samples: every bucket there, at zero (a histogram without its +Inf bucket is invalid).
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            sum_seconds: 0.0,
+            count: 0,
+            buckets: vec![0; LATENCY_HISTOGRAM_BUCKETS],
+        }
+    }
+}
+
 impl LatencyHistogram {
     /// Folds the data path's log-linear buckets (8 per power of two) into the Prometheus
     /// buckets. A sample counts at its bucket's middle, the value the percentiles of
     /// `vpath_get_stats` report too (within 1/16 of the true latency).
     pub fn from_buckets(latency: &[u64]) -> Self {
-        let mut histogram = Self {
-            sum_seconds: 0.0,
-            count: 0,
-            buckets: vec![0; LATENCY_BUCKETS_SECONDS.len() + 1],
-        };
+        let mut histogram = Self::default();
         for (bucket, &count) in latency.iter().enumerate() {
             if count == 0 {
                 continue;
@@ -48,6 +78,28 @@ impl LatencyHistogram {
             histogram.sum_seconds += seconds * count as f64;
         }
         histogram
+    }
+
+    /// Prometheus bucket counts as they are, with the exact sum of the samples.
+    pub fn from_counts(counts: &[u64; LATENCY_HISTOGRAM_BUCKETS], sum_seconds: f64) -> Self {
+        Self {
+            sum_seconds,
+            // The count is the buckets' sum, so +Inf always equals it.
+            count: counts.iter().sum(),
+            buckets: counts.to_vec(),
+        }
+    }
+
+    /// Adds another histogram's samples (a volume's is the sum of its VPs').
+    pub fn add(&mut self, other: &LatencyHistogram) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
     }
 }
 
@@ -90,9 +142,10 @@ pub struct VolumeRow {
     pub pool: String,
     pub io: OpCounters,
     pub errors: u64,
-    /// Time spent in reads, writes and unmaps, in seconds (the volume keeps sums, not buckets:
-    /// its histograms are the VPs').
-    pub latency_seconds: [f64; BlockOp::COUNT],
+    /// Time spent in reads, writes and unmaps, in seconds (the volume's own sums).
+    pub time_seconds: [f64; BlockOp::COUNT],
+    /// The sum of its VPs' histograms: the I/O of VPs whose domain records latency.
+    pub latency: LatencyHistogram,
     pub size_bytes: u64,
     pub allocated_bytes: u64,
 }
@@ -123,10 +176,11 @@ pub struct LunRow {
     /// Errors the LUN returned: read, write, flush.
     pub errors: [u64; 3],
     /// LUN I/O the block engine completed on it, per class (read, write, flush): operations,
-    /// bytes moved, and time (request start to the LUN I/O's completion) in seconds.
+    /// bytes moved, and a histogram of their times (request start to the LUN I/O's
+    /// completion).
     pub ops: [u64; 3],
     pub bytes: [u64; 3],
-    pub latency_seconds: [f64; 3],
+    pub latency: [LatencyHistogram; 3],
     /// A LUN of another array (iSCSI, NBD): its links' numbers.
     pub remote: Option<RemoteRow>,
 }
@@ -250,5 +304,50 @@ mod tests {
         // Each sample counts within 1/16 of its value.
         let exact = 2.0 * 30e-6 + 3e-3 + 60.0;
         assert!((histogram.sum_seconds - exact).abs() < exact / 16.0);
+    }
+
+    #[test]
+    fn a_latency_maps_to_the_first_bound_that_covers_it() {
+        assert_eq!(LATENCY_BOUNDS_NS[0], 10_000);
+        assert_eq!(LATENCY_BOUNDS_NS[1], 25_000);
+        assert_eq!(LATENCY_BOUNDS_NS[18], 10_000_000_000);
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(10_000), 0); // le is inclusive
+        assert_eq!(latency_bucket(10_001), 1);
+        assert_eq!(latency_bucket(3_000_000), 8); // 3 ms: le 5 ms
+        assert_eq!(latency_bucket(10_000_000_000), 18);
+        assert_eq!(
+            latency_bucket(10_000_000_001),
+            LATENCY_BUCKETS_SECONDS.len()
+        );
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS_SECONDS.len());
+        // Against the float definition, around every bound.
+        for (i, &le) in LATENCY_BUCKETS_SECONDS.iter().enumerate() {
+            let ns = LATENCY_BOUNDS_NS[i];
+            assert!((ns as f64 / 1e9 - le).abs() < 1e-12);
+            for probe in [ns - 1, ns, ns + 1] {
+                let expected = LATENCY_BUCKETS_SECONDS
+                    .iter()
+                    .position(|&b| probe as f64 / 1e9 <= b + 1e-15)
+                    .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+                assert_eq!(latency_bucket(probe), expected, "{probe} ns");
+            }
+        }
+    }
+
+    #[test]
+    fn histograms_add_bucket_by_bucket() {
+        let mut counts = [0u64; LATENCY_HISTOGRAM_BUCKETS];
+        counts[2] = 3;
+        counts[LATENCY_HISTOGRAM_BUCKETS - 1] = 1;
+        let a = LatencyHistogram::from_counts(&counts, 1.5);
+        assert_eq!(a.count, 4);
+        let mut sum = LatencyHistogram::default();
+        sum.add(&a);
+        sum.add(&a);
+        assert_eq!(sum.count, 8);
+        assert_eq!(sum.buckets[2], 6);
+        assert_eq!(sum.buckets.len(), LATENCY_HISTOGRAM_BUCKETS);
+        assert!((sum.sum_seconds - 3.0).abs() < 1e-12);
     }
 }
