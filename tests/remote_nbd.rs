@@ -27,32 +27,7 @@ impl QemuNbd {
             .and_then(|f| f.set_len(size_bytes))
             .expect("image");
         let socket = dir.join("qemu-nbd.sock");
-        let child = Command::new("qemu-nbd")
-            .args([
-                "--format",
-                "raw",
-                "--persistent",
-                "--export-name",
-                "disk",
-                "--shared",
-                "8",
-                "--socket",
-            ])
-            .arg(&socket)
-            .arg(&image)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qemu-nbd did not open its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, socket }
+        Self::serve(&image, socket)
     }
 
     /// The same image served again on the same socket (after the old process is gone).
@@ -61,6 +36,11 @@ impl QemuNbd {
         let image = dir.join("remote.raw");
         let socket = old.socket.clone();
         drop(old);
+        Self::serve(&image, socket)
+    }
+
+    /// qemu-nbd serving `image` on `socket`, once the socket exists (start and restart both).
+    fn serve(image: &Path, socket: std::path::PathBuf) -> Self {
         let child = Command::new("qemu-nbd")
             .args([
                 "--format",
@@ -73,7 +53,7 @@ impl QemuNbd {
                 "--socket",
             ])
             .arg(&socket)
-            .arg(&image)
+            .arg(image)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
