@@ -86,6 +86,12 @@ fn lun(server: &Server, name: &str) -> Value {
     luns[0].clone()
 }
 
+fn allocated_extents(server: &Server, volume: &str) -> u64 {
+    server.ok("volume_get_volumes", json!({ "name": volume }))[0]["allocated_extents"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// Waits until LUN `name`'s remote state satisfies `done`.
 fn wait_remote(server: &Server, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -277,9 +283,22 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
             ],
         )
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The array is killed once fio's writes are landing through the link (a few extents of
+    // the volume allocated), not after a guessed time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while allocated_extents(&server, "v") < 4 {
+        assert!(
+            Instant::now() < deadline && !fio_run.is_finished(),
+            "fio wrote nothing through the remote LUN\nlog:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     array.kill();
     wait_remote(&server, "r", "reconnecting", |r| r["state"] != "connected");
+    // The array stays away a moment so that fio's commands queue behind the link while it
+    // reconnects: that they wait is the point, and it cannot be observed from outside (the
+    // link was seen to notice the loss just above), so this one sleep is deliberate.
     std::thread::sleep(Duration::from_millis(500));
     array.spawn();
     let (ok, text) = fio_run.join().expect("fio thread");
