@@ -505,21 +505,7 @@ fn a_mirror_onto_a_local_leg_hides_the_array_going_away() {
     let url = server.url("m");
     let fio_dir = dir.path().to_path_buf();
     let load = std::thread::spawn(move || {
-        fio(
-            &fio_dir,
-            &[
-                "--name=mirror".into(),
-                "--ioengine=nbd".into(),
-                format!("--uri={url}"),
-                "--rw=randwrite".into(),
-                "--bsrange=4k-64k".into(),
-                "--iodepth=8".into(),
-                format!("--size={LEG_BYTES}"),
-                "--verify=crc32c".into(),
-                "--do_verify=1".into(),
-                "--verify_fatal=1".into(),
-            ],
-        )
+        fio_nbd_verified_writes(&fio_dir, "mirror", &url, &LEG_BYTES.to_string(), &[])
     });
     let deadline = Instant::now() + STATE_DEADLINE;
     while allocated_extents(&server, "leg-r") < 4 {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fio, qemu_io, require_tool, verify, write_and_verify, Server};
+use common::{fio_nbd_verified_writes, qemu_io, require_tool, verify, write_and_verify, Server};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -265,23 +265,8 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
 
     let dir = server.dir.path().to_path_buf();
     let fio_run = std::thread::spawn(move || {
-        fio(
-            &dir,
-            &[
-                "--name=remote".into(),
-                "--ioengine=nbd".into(),
-                format!("--uri={url}"),
-                "--rw=randwrite".into(),
-                "--bsrange=4k-64k".into(),
-                "--iodepth=8".into(),
-                "--size=16M".into(),
-                // Slow enough that the array is killed and back while fio writes.
-                "--rate=4m".into(),
-                "--verify=crc32c".into(),
-                "--do_verify=1".into(),
-                "--verify_fatal=1".into(),
-            ],
-        )
+        // Slow enough that the array is killed and back while fio writes.
+        fio_nbd_verified_writes(&dir, "remote", &url, "16M", &["--rate=4m"])
     });
     // The array is killed once fio's writes are landing through the link (a few extents of
     // the volume allocated), not after a guessed time.

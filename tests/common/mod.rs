@@ -509,6 +509,32 @@ pub fn fio(dir: &Path, args: &[String]) -> (bool, String) {
     (output.status.success() && text.contains("err= 0"), text)
 }
 
+/// fio's random writes of 4 to 64 KiB at queue depth 8 over NBD to `url`, `size` of them
+/// (fio's notation), each block read back and checked (crc32c) before fio returns; `extra`
+/// options are added (a rate, say). Returns (no error at all, output).
+pub fn fio_nbd_verified_writes(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    size: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args: Vec<String> = vec![
+        format!("--name={name}"),
+        "--ioengine=nbd".into(),
+        format!("--uri={url}"),
+        "--rw=randwrite".into(),
+        "--bsrange=4k-64k".into(),
+        "--iodepth=8".into(),
+        format!("--size={size}"),
+        "--verify=crc32c".into(),
+        "--do_verify=1".into(),
+        "--verify_fatal=1".into(),
+    ];
+    args.extend(extra.iter().map(|option| option.to_string()));
+    fio(dir, &args)
+}
+
 /// The Python of scripts/setup.sh's venv, which holds SPDK's RPC client.
 pub fn spdk_python() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python");
