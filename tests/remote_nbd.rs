@@ -81,32 +81,9 @@ impl Drop for QemuNbd {
     }
 }
 
-fn lun(server: &Server, name: &str) -> Value {
-    let luns = server.ok("lun_get_luns", json!({"name": name}));
-    luns[0].clone()
-}
-
-fn allocated_extents(server: &Server, volume: &str) -> u64 {
-    server.ok("volume_get_volumes", json!({ "name": volume }))[0]["allocated_extents"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// Waits until LUN `name`'s remote state satisfies `done`.
+/// Waits until LUN `name`'s remote state (its `remote` object) satisfies `done`.
 fn wait_remote(server: &Server, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lun = lun(server, name);
-        if done(&lun["remote"]) {
-            return lun;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "LUN {name} never became {what}: {lun}\nlog:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_lun(name, what, |lun| done(&lun["remote"]))
 }
 
 /// A pool over a qemu-nbd export (structured replies, holes, FUA, WRITE_ZEROES), on a server
@@ -271,7 +248,7 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
     // The array is killed once fio's writes are landing through the link (a few extents of
     // the volume allocated), not after a guessed time.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while allocated_extents(&server, "v") < 4 {
+    while server.allocated_extents("v") < 4 {
         assert!(
             Instant::now() < deadline && !fio_run.is_finished(),
             "fio wrote nothing through the remote LUN\nlog:\n{}",

@@ -296,6 +296,39 @@ impl Server {
         }
     }
 
+    /// LUN `name` as `lun_get_luns` describes it.
+    pub fn lun(&self, name: &str) -> Value {
+        self.ok("lun_get_luns", json!({ "name": name }))[0].clone()
+    }
+
+    /// Waits (90 s at most) until `done` holds for LUN `name`'s description and returns it;
+    /// fails the test saying it never became `what`, with the end of the server's log.
+    pub fn wait_lun(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let described = self.lun(name);
+            if done(&described) {
+                return described;
+            }
+            if Instant::now() >= deadline {
+                let log = self.log();
+                let lines: Vec<&str> = log.lines().collect();
+                panic!(
+                    "LUN {name} never became {what}: {described}\nlog:\n{}",
+                    lines[lines.len().saturating_sub(60)..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many extents volume `name` has allocated.
+    pub fn allocated_extents(&self, volume: &str) -> u64 {
+        self.ok("volume_get_volumes", json!({ "name": volume }))[0]["allocated_extents"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// The NQN of `host`'s NVMe/TCP subsystem, as `nvmf_get_subsystems` lists it.
     pub fn nvmf_subnqn(&self, host: &str) -> String {
         let subsystems = self.ok("nvmf_get_subsystems", json!({}));
