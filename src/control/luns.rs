@@ -182,15 +182,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "base: only a fault LUN has a base",
         ));
     }
-    let block_size = match params.optional_u64("block_size")? {
-        None => 512,
-        Some(b @ (512 | 4096)) => b as u32,
-        Some(other) => {
-            return Err(RpcError::invalid_params(format!(
-                "block_size: {other} is not 512 or 4096"
-            )))
-        }
-    };
+    let block_size = block_size_param(&params, 512)?;
     let size = params.optional_u64("size")?;
     check_new_name(control, name)?;
     let path = match (kind, params.optional_str("path")?) {
@@ -303,15 +295,7 @@ fn create_remote(
             "size: a remote LUN's size is its array's",
         ));
     }
-    let block_size = match params.optional_u64("block_size")? {
-        None => 0,
-        Some(b @ (512 | 4096)) => b as u32,
-        Some(other) => {
-            return Err(RpcError::invalid_params(format!(
-                "block_size: {other} is not 512 or 4096"
-            )))
-        }
-    };
+    let block_size = block_size_param(params, 0)?;
     check_new_name(control, name)?;
     // NBD names its address a URI (the NBD URI standard), iSCSI a URL (libiscsi's).
     let url_key = if kind == LunKind::Nbd { "uri" } else { "url" };
@@ -385,6 +369,18 @@ fn create_remote(
         described["remote"]["url"].as_str().unwrap_or(""),
     );
     Ok(described)
+}
+
+/// The `block_size` parameter of `lun_create`: 512 or 4096, else `absent` (a remote LUN's 0:
+/// its array's).
+fn block_size_param(params: &Params, absent: u32) -> Result<u32, RpcError> {
+    match params.optional_u64("block_size")? {
+        None => Ok(absent),
+        Some(b @ (512 | 4096)) => Ok(b as u32),
+        Some(other) => Err(RpcError::invalid_params(format!(
+            "block_size: {other} is not 512 or 4096"
+        ))),
+    }
 }
 
 fn check_new_name(control: &Control, name: &str) -> Result<(), RpcError> {
