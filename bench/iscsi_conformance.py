@@ -17,6 +17,7 @@ import argparse, os, re, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from iscsi_peers import CU_INITIATOR, CU_INITIATOR_2, Sds, Tgtd  # noqa: E402
+from run_options import write_report  # noqa: E402
 
 # A run of the whole suite takes about 20 s on tgtd; a target that hangs a test is cut off.
 SUITE_TIMEOUT_S = 1800
@@ -170,10 +171,7 @@ def main():
                 lines += ["", f"{target}: {outcome} ({len(chosen)})"]
                 lines += [f"  {name:45} {reason}" for name, _, reason in chosen]
     text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    with open(out_path, "w") as f:
-        f.write(text)
-    print(f"written to {os.path.relpath(out_path)}")
+    write_report(text, out_path)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ CU_INITIATOR = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test"
 CU_INITIATOR_2 = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2"
 TGT_TARGET = "iqn.2026-11.org.sds.bench:tgtd"
 SDS_TARGET = "iqn.2026-11.org.sds.bench:sds"
+# fio's libiscsi engine logs in with this name unless told otherwise; sds gives it a host.
+FIO_INITIATOR = "iqn.2019-04.org.fio:fio"
 
 
 def escape(url):

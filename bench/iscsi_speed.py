@@ -21,18 +21,11 @@ Usage: bench/iscsi_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G] [--
 import argparse, json, os, shutil, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iscsi_peers import SDS_TARGET, Sds, Tgtd, escape  # noqa: E402
+from iscsi_peers import FIO_INITIATOR, SDS_TARGET, Sds, Tgtd, escape  # noqa: E402
 from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, prefill  # noqa: E402
-from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
+from run_options import BLOCK_JOBS, ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary, write_report  # noqa: E402
 
-JOBS = [
-    ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
-    ("4k randwrite QD32", dict(rw="randwrite", bs="4k", iodepth=32)),
-    ("4k randread QD1", dict(rw="randread", bs="4k", iodepth=1)),
-    ("128k seqread QD8", dict(rw="read", bs="128k", iodepth=8)),
-]
-# fio's libiscsi engine logs in with this name unless told otherwise; sds gives it a host.
-FIO_INITIATOR = "iqn.2019-04.org.fio:fio"
+JOBS = BLOCK_JOBS
 # tgtd's LUN is the whole shared file: its jobs stay above this offset, clear of the sds pool's
 # superblock and records at the start of the file.
 PEER_OFFSET = 16 << 20
@@ -185,10 +178,7 @@ def main():
                              f"{m['p99_us']:>8.1f} {m['cpu_s']:>6.2f} {m['iops_per_cpu_s']:>11.0f} {ratio:>7} {eff:>6}")
     lines += [""] + notes
     text = "\n".join(lines).rstrip() + "\n"
-    print("\n" + text)
-    with open(out_path, "w") as f:
-        f.write(text)
-    print(f"written to {os.path.relpath(out_path)}")
+    write_report(text, out_path)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,11 @@ Usage: bench/remote_lun_speed.py [--quick] [--repeat N] [--runtime S] [--size 1G
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from iscsi_peers import Tgtd, escape  # noqa: E402
+from iscsi_peers import FIO_INITIATOR, Tgtd, escape  # noqa: E402
 from processes import CLIENT_CPUS, SERVER_CPUS, cpu_seconds, free_port, prefill, stop, wait_port  # noqa: E402
-from run_options import ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary  # noqa: E402
+from run_options import BLOCK_JOBS, ROOT, add_run_options, resolve_runs, load_average, medians, sds_binary, write_report  # noqa: E402
 
-JOBS = [
-    ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
-    ("4k randwrite QD32", dict(rw="randwrite", bs="4k", iodepth=32)),
-    ("4k randread QD1", dict(rw="randread", bs="4k", iodepth=1)),
-    ("128k seqread QD8", dict(rw="read", bs="128k", iodepth=8)),
-]
-# fio's libiscsi engine logs in with this name; the middle sds gives it a host.
-FIO_INITIATOR = "iqn.2019-04.org.fio:fio"
+JOBS = BLOCK_JOBS
 SDS_TARGET = "iqn.2026-11.org.sds.bench:remote"
 # The pool's superblock, records and journal sit at the start of its LUN: direct jobs stay
 # above this offset. The array's LUN is this much larger than the volume.
@@ -258,10 +251,7 @@ def main():
                              f"{m['p50_us']:>8.1f} {m['p99_us']:>8.1f} {cpu:>14} {ratio:>9}")
     lines += [""] + notes
     text = "\n".join(lines).rstrip() + "\n"
-    print("\n" + text)
-    with open(out_path, "w") as f:
-        f.write(text)
-    print(f"written to {os.path.relpath(out_path)}")
+    write_report(text, out_path)
 
 
 if __name__ == "__main__":

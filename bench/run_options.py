@@ -1,11 +1,19 @@
 """The options every side-by-side bench script takes (--quick, --repeat, --runtime, --size,
 --sds, --only) and what they resolve to: the jobs to run, the volume size in bytes and the sds
-binary (built in release mode unless given). Shared by compare.py, iscsi_speed.py and
-nvmf_speed.py."""
+binary (built in release mode unless given); the job mix of the block-protocol comparisons and
+how a report is written. Shared by compare.py, iscsi_speed.py, nvmf_speed.py and
+remote_lun_speed.py."""
 import os, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE_UNITS = {"K": 10, "M": 20, "G": 30}
+# The jobs iscsi_speed.py and remote_lun_speed.py run, in this order (rows of their tables).
+BLOCK_JOBS = [
+    ("4k randread QD32", dict(rw="randread", bs="4k", iodepth=32)),
+    ("4k randwrite QD32", dict(rw="randwrite", bs="4k", iodepth=32)),
+    ("4k randread QD1", dict(rw="randread", bs="4k", iodepth=1)),
+    ("128k seqread QD8", dict(rw="read", bs="128k", iodepth=8)),
+]
 
 
 def add_run_options(ap):
@@ -51,3 +59,11 @@ def load_average():
     """The 1, 5 and 15 minute load averages, as text (for the table's header)."""
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def write_report(text, out_path):
+    """Prints a finished report and writes it to `out_path` (a bench/last-*.txt)."""
+    print("\n" + text)
+    with open(out_path, "w") as f:
+        f.write(text)
+    print(f"written to {os.path.relpath(out_path)}")

@@ -46,9 +46,20 @@ fn terminate(child: &mut Child) -> bool {
     }
 }
 
-fn log_file(dir: &Path) -> (std::fs::File, std::fs::File) {
+/// `command` (an `sds serve`) started with its stdout and stderr in `dir`/server.log.
+fn spawn_logged(command: &mut Command, dir: &Path) -> Child {
     let log = std::fs::File::create(dir.join("server.log")).expect("log");
-    (log.try_clone().expect("log"), log)
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start sds serve")
+}
+
+/// What the server started by `spawn_logged` in `dir` has logged so far.
+fn server_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
 }
 
 #[test]
@@ -58,20 +69,17 @@ fn example_config_starts_a_server_and_flags_override_it() {
     let port = free_port();
     // The installed example, as it is: every key in it is checked, and the flags for the
     // state dir and the listeners (the example's are the system's) override it.
-    let (out, err) = log_file(dir.path());
-    let mut child = Command::new(sds_binary())
-        .args(["serve", "--config"])
-        .arg(repo().join("contrib/sds.toml"))
-        .arg("--state-dir")
-        .arg(&state_dir)
-        .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
-        .args(["--iscsi-listen", "none", "--nvmf-listen", "none"])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("start sds serve");
-    let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    let mut child = spawn_logged(
+        Command::new(sds_binary())
+            .args(["serve", "--config"])
+            .arg(repo().join("contrib/sds.toml"))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .args(["--iscsi-listen", "none", "--nvmf-listen", "none"]),
+        dir.path(),
+    );
+    let log = || server_log(dir.path());
     let served = wait_for(Duration::from_secs(30), || {
         UnixStream::connect(state_dir.join("sds.sock")).is_ok()
             && TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -104,18 +112,15 @@ fn config_file_values_apply_and_a_flag_overrides_its_key() {
         ),
     )
     .expect("write config");
-    let (out, err) = log_file(dir.path());
-    let mut child = Command::new(sds_binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--nbd-listen", &format!("127.0.0.1:{flag_port}")])
-        .env_remove("SDS_STATE_DIR")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("start sds serve");
-    let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    let mut child = spawn_logged(
+        Command::new(sds_binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--nbd-listen", &format!("127.0.0.1:{flag_port}")])
+            .env_remove("SDS_STATE_DIR"),
+        dir.path(),
+    );
+    let log = || server_log(dir.path());
     // The file's state dir and socket are used...
     let served = wait_for(Duration::from_secs(30), || {
         UnixStream::connect(&rpc_socket).is_ok()
@@ -299,24 +304,21 @@ fn notify_ready_after_listeners_watchdog_while_reactors_progress_and_stopping() 
     let notify = NotifySocket::bind(dir.path());
     let state_dir = dir.path().join("state");
     let port = free_port();
-    let (out, err) = log_file(dir.path());
     // WatchdogSec=1s: a ping every 500 ms while healthy.
-    let mut child = Command::new(sds_binary())
-        .arg("serve")
-        .arg("--state-dir")
-        .arg(&state_dir)
-        .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
-        .args(["--iscsi-listen", "none", "--nvmf-listen", "none"])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "1000000")
-        .env_remove("WATCHDOG_PID")
-        .env("SDS_TEST_FAULTS", "1")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("start sds serve");
-    let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    let mut child = spawn_logged(
+        Command::new(sds_binary())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .args(["--iscsi-listen", "none", "--nvmf-listen", "none"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("WATCHDOG_USEC", "1000000")
+            .env_remove("WATCHDOG_PID")
+            .env("SDS_TEST_FAULTS", "1"),
+        dir.path(),
+    );
+    let log = || server_log(dir.path());
 
     // A status while the pools are replayed, then READY=1, and when it comes the listeners
     // accept at once.

@@ -154,27 +154,6 @@ fn tgtd_harness_chap_keeps_out_an_initiator_without_the_secret() {
 
 // ---- helpers ----------------------------------------------------------------------------
 
-fn lun(server: &Server, name: &str) -> Value {
-    server.ok("lun_get_luns", json!({ "name": name }))[0].clone()
-}
-
-/// Waits (generously) until `done` holds for LUN `name`; returns its description.
-fn wait_lun(server: &Server, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + STATE_DEADLINE;
-    loop {
-        let described = lun(server, name);
-        if done(&described) {
-            return described;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "LUN {name} never became {what}: {described}\nlog:\n{}",
-            tail(&server.log(), 60)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn remote_state(lun: &Value) -> &str {
     lun["remote"]["state"].as_str().unwrap_or("none")
 }
@@ -213,12 +192,6 @@ fn mixed_pool(server: &Server, array: &Tgtd, extra: Value) -> PathBuf {
         json!({"name": "vol", "pool": "p", "size": VOLUME_BYTES}),
     );
     local
-}
-
-fn allocated_extents(server: &Server, volume: &str) -> u64 {
-    server.ok("volume_get_volumes", json!({ "name": volume }))[0]["allocated_extents"]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 /// How a host reaches the volume under test.
@@ -310,9 +283,7 @@ fn array_restart_under_fio(front: Front) {
     let local = mixed_pool(&server, &array, json!({}));
 
     // The remote LUN as lun_get_luns shows it.
-    let arr = wait_lun(&server, "arr", "connected", |l| {
-        remote_state(l) == "connected"
-    });
+    let arr = server.wait_lun("arr", "connected", |l| remote_state(l) == "connected");
     assert_eq!(arr["kind"], "iscsi", "{arr}");
     assert_eq!(arr["size"], REMOTE_LUN_BYTES, "{arr}");
     assert_eq!(arr["block_size"], 512, "{arr}");
@@ -334,22 +305,20 @@ fn array_restart_under_fio(front: Front) {
     let load = std::thread::spawn(move || run_fio(&fio_dir, &binary, &args));
     // Mid-run: once fio has made the volume allocate a few extents.
     let deadline = Instant::now() + STATE_DEADLINE;
-    while allocated_extents(&server, "vol") < 4 {
+    while server.allocated_extents("vol") < 4 {
         assert!(Instant::now() < deadline, "fio wrote nothing");
         assert!(!load.is_finished(), "fio ended early: {:?}", load.join());
         std::thread::sleep(Duration::from_millis(10));
     }
     array.kill();
     assert!(!load.is_finished(), "fio ended before the array was killed");
-    let down = wait_lun(&server, "arr", "reconnecting", |l| {
-        remote_state(l) != "connected"
-    });
+    let down = server.wait_lun("arr", "reconnecting", |l| remote_state(l) != "connected");
     assert!(
         matches!(remote_state(&down), "reconnecting" | "connecting"),
         "{down}"
     );
     array.restart();
-    let back = wait_lun(&server, "arr", "connected again", |l| {
+    let back = server.wait_lun("arr", "connected again", |l| {
         remote_state(l) == "connected" && l["remote"]["reconnects"].as_u64() >= Some(1)
     });
     assert_eq!(back["state"], "online", "{back}");
@@ -359,7 +328,7 @@ fn array_restart_under_fio(front: Front) {
         "fio saw errors or a verify failure across the array's restart:\n{text}\nsds log:\n{}",
         tail(&server.log(), 80)
     );
-    let arr = lun(&server, "arr");
+    let arr = server.lun("arr");
     assert!(arr["remote"]["rtt_us"].as_u64() > Some(0), "{arr}");
     assert_eq!(
         arr["errors"],
@@ -385,7 +354,7 @@ fn array_restart_under_fio(front: Front) {
     // sds restarts with the remote LUN in its records; every byte still verifies.
     assert!(server.stop(), "sds did not stop cleanly");
     server.spawn();
-    wait_lun(&server, "arr", "connected after sds restarted", |l| {
+    server.wait_lun("arr", "connected after sds restarted", |l| {
         remote_state(l) == "connected"
     });
     let (binary, args) = fio_job(&server, front, "vol", true);
@@ -438,7 +407,7 @@ fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
         !clean,
         "writes to the array's extents succeeded with the array down:\n{text}"
     );
-    let failed = wait_lun(&server, "arr", "failed", |l| remote_state(l) == "failed");
+    let failed = server.wait_lun("arr", "failed", |l| remote_state(l) == "failed");
     assert_eq!(failed["state"], "failed", "{failed}");
     let started = Instant::now();
     let (clean, text) = qemu_io(
@@ -458,7 +427,7 @@ fn an_outage_past_the_timeout_fails_io_only_while_the_array_is_down() {
     );
 
     array.restart();
-    let back = wait_lun(&server, "arr", "online again", |l| {
+    let back = server.wait_lun("arr", "online again", |l| {
         remote_state(l) == "connected" && l["state"] == "online"
     });
     assert!(back["remote"]["reconnects"].as_u64() >= Some(1), "{back}");
@@ -505,24 +474,10 @@ fn a_mirror_onto_a_local_leg_hides_the_array_going_away() {
     let url = server.url("m");
     let fio_dir = dir.path().to_path_buf();
     let load = std::thread::spawn(move || {
-        fio(
-            &fio_dir,
-            &[
-                "--name=mirror".into(),
-                "--ioengine=nbd".into(),
-                format!("--uri={url}"),
-                "--rw=randwrite".into(),
-                "--bsrange=4k-64k".into(),
-                "--iodepth=8".into(),
-                format!("--size={LEG_BYTES}"),
-                "--verify=crc32c".into(),
-                "--do_verify=1".into(),
-                "--verify_fatal=1".into(),
-            ],
-        )
+        fio_nbd_verified_writes(&fio_dir, "mirror", &url, &LEG_BYTES.to_string(), &[])
     });
     let deadline = Instant::now() + STATE_DEADLINE;
-    while allocated_extents(&server, "leg-r") < 4 {
+    while server.allocated_extents("leg-r") < 4 {
         assert!(
             Instant::now() < deadline && !load.is_finished(),
             "fio wrote nothing"
@@ -672,7 +627,7 @@ fn bad_urls_and_unreachable_arrays_are_refused_and_create_nothing() {
         "lun_create",
         json!({"name": "r", "kind": "iscsi", "url": array.url()}),
     );
-    assert_eq!(lun(&server, "r")["size"], 16 * MIB);
+    assert_eq!(server.lun("r")["size"], 16 * MIB);
 }
 
 /// CHAP: the right secret logs in and is never shown; a wrong or missing one is a clear error
@@ -756,9 +711,7 @@ fn a_size_change_on_the_array_is_reported() {
         "lun_create",
         json!({"name": "arr", "kind": "iscsi", "url": array.url()}),
     );
-    let arr = wait_lun(&server, "arr", "connected", |l| {
-        remote_state(l) == "connected"
-    });
+    let arr = server.wait_lun("arr", "connected", |l| remote_state(l) == "connected");
     assert_eq!(arr["block_size"], 4096, "the array's block size: {arr}");
     assert_eq!(arr["size"], 32 * MIB, "{arr}");
     server.ok(
@@ -775,7 +728,7 @@ fn a_size_change_on_the_array_is_reported() {
     array.kill();
     array.resize_backing(48 * MIB);
     array.restart();
-    let grown = wait_lun(&server, "arr", "reporting the array's new size", |l| {
+    let grown = server.wait_lun("arr", "reporting the array's new size", |l| {
         l["remote"]["array_size"] == 48 * MIB
     });
     assert_eq!(grown["size"], 32 * MIB, "the LUN grew by itself: {grown}");
@@ -798,13 +751,13 @@ fn a_size_change_on_the_array_is_reported() {
     std::fs::copy(&array.backing, &kept).expect("keep the array's data");
     array.resize_backing(24 * MIB);
     array.reload_lun();
-    let shrunk = wait_lun(&server, "arr", "failed (the array shrank)", |l| {
+    let shrunk = server.wait_lun("arr", "failed (the array shrank)", |l| {
         l["state"] == "failed"
     });
     assert_eq!(shrunk["remote"]["array_size"], 24 * MIB, "{shrunk}");
     std::fs::copy(&kept, &array.backing).expect("give the array its data back");
     array.reload_lun();
-    let back = wait_lun(&server, "arr", "online again", |l| {
+    let back = server.wait_lun("arr", "online again", |l| {
         l["state"] == "online" && l["remote"]["array_size"] == 48 * MIB
     });
     assert_eq!(back["size"], 32 * MIB, "{back}");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fio, qemu_io, require_tool, verify, write_and_verify, Server};
+use common::{fio_nbd_verified_writes, qemu_io, require_tool, verify, write_and_verify, Server};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -27,32 +27,7 @@ impl QemuNbd {
             .and_then(|f| f.set_len(size_bytes))
             .expect("image");
         let socket = dir.join("qemu-nbd.sock");
-        let child = Command::new("qemu-nbd")
-            .args([
-                "--format",
-                "raw",
-                "--persistent",
-                "--export-name",
-                "disk",
-                "--shared",
-                "8",
-                "--socket",
-            ])
-            .arg(&socket)
-            .arg(&image)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qemu-nbd did not open its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, socket }
+        Self::serve(&image, socket)
     }
 
     /// The same image served again on the same socket (after the old process is gone).
@@ -61,6 +36,11 @@ impl QemuNbd {
         let image = dir.join("remote.raw");
         let socket = old.socket.clone();
         drop(old);
+        Self::serve(&image, socket)
+    }
+
+    /// qemu-nbd serving `image` on `socket`, once the socket exists (start and restart both).
+    fn serve(image: &Path, socket: std::path::PathBuf) -> Self {
         let child = Command::new("qemu-nbd")
             .args([
                 "--format",
@@ -73,7 +53,7 @@ impl QemuNbd {
                 "--socket",
             ])
             .arg(&socket)
-            .arg(&image)
+            .arg(image)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -101,26 +81,9 @@ impl Drop for QemuNbd {
     }
 }
 
-fn lun(server: &Server, name: &str) -> Value {
-    let luns = server.ok("lun_get_luns", json!({"name": name}));
-    luns[0].clone()
-}
-
-/// Waits until LUN `name`'s remote state satisfies `done`.
+/// Waits until LUN `name`'s remote state (its `remote` object) satisfies `done`.
 fn wait_remote(server: &Server, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lun = lun(server, name);
-        if done(&lun["remote"]) {
-            return lun;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "LUN {name} never became {what}: {lun}\nlog:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_lun(name, what, |lun| done(&lun["remote"]))
 }
 
 /// A pool over a qemu-nbd export (structured replies, holes, FUA, WRITE_ZEROES), on a server
@@ -279,27 +242,25 @@ fn nbd_lun_over_remote_sds_survives_its_restart() {
 
     let dir = server.dir.path().to_path_buf();
     let fio_run = std::thread::spawn(move || {
-        fio(
-            &dir,
-            &[
-                "--name=remote".into(),
-                "--ioengine=nbd".into(),
-                format!("--uri={url}"),
-                "--rw=randwrite".into(),
-                "--bsrange=4k-64k".into(),
-                "--iodepth=8".into(),
-                "--size=16M".into(),
-                // Slow enough that the array is killed and back while fio writes.
-                "--rate=4m".into(),
-                "--verify=crc32c".into(),
-                "--do_verify=1".into(),
-                "--verify_fatal=1".into(),
-            ],
-        )
+        // Slow enough that the array is killed and back while fio writes.
+        fio_nbd_verified_writes(&dir, "remote", &url, "16M", &["--rate=4m"])
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The array is killed once fio's writes are landing through the link (a few extents of
+    // the volume allocated), not after a guessed time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.allocated_extents("v") < 4 {
+        assert!(
+            Instant::now() < deadline && !fio_run.is_finished(),
+            "fio wrote nothing through the remote LUN\nlog:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     array.kill();
     wait_remote(&server, "r", "reconnecting", |r| r["state"] != "connected");
+    // The array stays away a moment so that fio's commands queue behind the link while it
+    // reconnects: that they wait is the point, and it cannot be observed from outside (the
+    // link was seen to notice the loss just above), so this one sleep is deliberate.
     std::thread::sleep(Duration::from_millis(500));
     array.spawn();
     let (ok, text) = fio_run.join().expect("fio thread");

@@ -11,7 +11,7 @@ use super::{Control, LunEntry};
 use crate::backend::fault::{FaultLun, FaultMode, FaultSpec, FaultSpecError, IoTypes};
 use crate::backend::remote::link_stats::LinkStats;
 use crate::backend::remote::RemoteSpec;
-use crate::backend::{lun_path, open_lun, ErrorCounts, LunKind, LunSpec};
+use crate::backend::{lun_path, open_lun, ErrorCounts, Lun, LunKind, LunSpec};
 use crate::constants::{MAX_FAULT_DELAY_US, MAX_LUNS};
 use crate::rpc::RpcError;
 use crate::store::records::LunRecord;
@@ -182,15 +182,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
             "base: only a fault LUN has a base",
         ));
     }
-    let block_size = match params.optional_u64("block_size")? {
-        None => 512,
-        Some(b @ (512 | 4096)) => b as u32,
-        Some(other) => {
-            return Err(RpcError::invalid_params(format!(
-                "block_size: {other} is not 512 or 4096"
-            )))
-        }
-    };
+    let block_size = block_size_param(&params, 512)?;
     let size = params.optional_u64("size")?;
     check_new_name(control, name)?;
     let path = match (kind, params.optional_str("path")?) {
@@ -273,20 +265,7 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
         base: None,
         remote: None,
     };
-    control
-        .store
-        .put("lun", name, &record)
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
-    let entry = LunEntry {
-        record,
-        lun,
-        pool: None,
-        fault: None,
-        wrapped_by: None,
-        failed: None,
-    };
-    let described = describe(&control.luns, &entry);
-    control.luns.insert(name.to_string(), entry);
+    let described = add_entry(control, record, lun, None)?;
     log::info!(
         "LUN {name} created ({} {} bytes, {}-byte blocks)",
         kind.as_str(),
@@ -316,15 +295,7 @@ fn create_remote(
             "size: a remote LUN's size is its array's",
         ));
     }
-    let block_size = match params.optional_u64("block_size")? {
-        None => 0,
-        Some(b @ (512 | 4096)) => b as u32,
-        Some(other) => {
-            return Err(RpcError::invalid_params(format!(
-                "block_size: {other} is not 512 or 4096"
-            )))
-        }
-    };
+    let block_size = block_size_param(params, 0)?;
     check_new_name(control, name)?;
     // NBD names its address a URI (the NBD URI standard), iSCSI a URL (libiscsi's).
     let url_key = if kind == LunKind::Nbd { "uri" } else { "url" };
@@ -390,27 +361,26 @@ fn create_remote(
         base: None,
         remote: Some(remote),
     };
-    control
-        .store
-        .put("lun", name, &record)
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
     let (size, block) = (info.size_bytes, info.block_size_bytes);
-    let entry = LunEntry {
-        record,
-        lun,
-        pool: None,
-        fault: None,
-        wrapped_by: None,
-        failed: None,
-    };
-    let described = describe(&control.luns, &entry);
-    control.luns.insert(name.to_string(), entry);
+    let described = add_entry(control, record, lun, None)?;
     log::info!(
         "LUN {name} created ({} at {}, {size} bytes, {block}-byte blocks)",
         kind.as_str(),
         described["remote"]["url"].as_str().unwrap_or(""),
     );
     Ok(described)
+}
+
+/// The `block_size` parameter of `lun_create`: 512 or 4096, else `absent` (a remote LUN's 0:
+/// its array's).
+fn block_size_param(params: &Params, absent: u32) -> Result<u32, RpcError> {
+    match params.optional_u64("block_size")? {
+        None => Ok(absent),
+        Some(b @ (512 | 4096)) => Ok(b as u32),
+        Some(other) => Err(RpcError::invalid_params(format!(
+            "block_size: {other} is not 512 or 4096"
+        ))),
+    }
 }
 
 fn check_new_name(control: &Control, name: &str) -> Result<(), RpcError> {
@@ -476,24 +446,38 @@ fn create_fault(control: &mut Control, params: &Params, name: &str) -> Result<Va
         base: Some(base_name.to_string()),
         remote: None,
     };
-    control
-        .store
-        .put("lun", name, &record)
-        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    let described = add_entry(control, record, fault.clone(), Some(fault))?;
     if let Some(base) = control.luns.get_mut(base_name) {
         base.wrapped_by = Some(name.to_string());
     }
+    log::info!("LUN {name} created: fault injection over LUN {base_name}");
+    Ok(described)
+}
+
+/// A new LUN made known: its record stored (a store failure refuses the command before the
+/// LUN is listed), its entry added; returns its description. Every kind's `lun_create` ends
+/// here.
+fn add_entry(
+    control: &mut Control,
+    record: LunRecord,
+    lun: Arc<dyn Lun>,
+    fault: Option<Arc<FaultLun>>,
+) -> Result<Value, RpcError> {
+    control
+        .store
+        .put("lun", &record.name, &record)
+        .map_err(|error| RpcError::internal(error_chain(&error)))?;
+    let name = record.name.clone();
     let entry = LunEntry {
         record,
-        lun: fault.clone(),
+        lun,
         pool: None,
-        fault: Some(fault),
+        fault,
         wrapped_by: None,
         failed: None,
     };
     let described = describe(&control.luns, &entry);
-    control.luns.insert(name.to_string(), entry);
-    log::info!("LUN {name} created: fault injection over LUN {base_name}");
+    control.luns.insert(name, entry);
     Ok(described)
 }
 

@@ -296,6 +296,39 @@ impl Server {
         }
     }
 
+    /// LUN `name` as `lun_get_luns` describes it.
+    pub fn lun(&self, name: &str) -> Value {
+        self.ok("lun_get_luns", json!({ "name": name }))[0].clone()
+    }
+
+    /// Waits (90 s at most) until `done` holds for LUN `name`'s description and returns it;
+    /// fails the test saying it never became `what`, with the end of the server's log.
+    pub fn wait_lun(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let described = self.lun(name);
+            if done(&described) {
+                return described;
+            }
+            if Instant::now() >= deadline {
+                let log = self.log();
+                let lines: Vec<&str> = log.lines().collect();
+                panic!(
+                    "LUN {name} never became {what}: {described}\nlog:\n{}",
+                    lines[lines.len().saturating_sub(60)..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many extents volume `name` has allocated.
+    pub fn allocated_extents(&self, volume: &str) -> u64 {
+        self.ok("volume_get_volumes", json!({ "name": volume }))[0]["allocated_extents"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// The NQN of `host`'s NVMe/TCP subsystem, as `nvmf_get_subsystems` lists it.
     pub fn nvmf_subnqn(&self, host: &str) -> String {
         let subsystems = self.ok("nvmf_get_subsystems", json!({}));
@@ -507,6 +540,32 @@ pub fn fio(dir: &Path, args: &[String]) -> (bool, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.success() && text.contains("err= 0"), text)
+}
+
+/// fio's random writes of 4 to 64 KiB at queue depth 8 over NBD to `url`, `size` of them
+/// (fio's notation), each block read back and checked (crc32c) before fio returns; `extra`
+/// options are added (a rate, say). Returns (no error at all, output).
+pub fn fio_nbd_verified_writes(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    size: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args: Vec<String> = vec![
+        format!("--name={name}"),
+        "--ioengine=nbd".into(),
+        format!("--uri={url}"),
+        "--rw=randwrite".into(),
+        "--bsrange=4k-64k".into(),
+        "--iodepth=8".into(),
+        format!("--size={size}"),
+        "--verify=crc32c".into(),
+        "--do_verify=1".into(),
+        "--verify_fatal=1".into(),
+    ];
+    args.extend(extra.iter().map(|option| option.to_string()));
+    fio(dir, &args)
 }
 
 /// The Python of scripts/setup.sh's venv, which holds SPDK's RPC client.
