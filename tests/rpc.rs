@@ -71,6 +71,16 @@ fn each_error_code_and_failed_calls_change_nothing() {
             "name",
         ),
         (
+            "lun_create",
+            json!({"name": "l1", "kind": "mem", "size": 1 << 20, "block_size": 1000}),
+            "block_size",
+        ),
+        (
+            "lun_create",
+            json!({"name": "l2", "kind": "nbd", "uri": "nbd://127.0.0.1:1/x", "block_size": 1000}),
+            "block_size",
+        ),
+        (
             "volume_create",
             json!({"name": "v", "pool": "p", "size": 4096}),
             "name",
