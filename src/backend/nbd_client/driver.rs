@@ -395,6 +395,7 @@ mod tests {
         assert!(check_export(&tiny).is_err());
     }
 
+    #[cfg_attr(miri, ignore = "address resolution: Miri isolates the host")]
     #[test]
     fn resolves_addresses() {
         let target = NbdTarget::resolve(uri::parse("nbd://127.0.0.1:4567/x").expect("uri"))
