@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod nvmf;
 pub mod pool;
 pub mod reactor;
+pub mod reactor_counter;
 pub mod rpc;
 pub mod scsi;
 pub mod serve;

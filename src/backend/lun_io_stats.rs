@@ -19,6 +19,7 @@ use crate::constants::MAX_REACTORS;
 #[cfg(doc)]
 use crate::metrics::snapshot::LATENCY_BUCKETS_SECONDS;
 use crate::metrics::snapshot::{latency_bucket, LATENCY_HISTOGRAM_BUCKETS};
+use crate::reactor_counter::bump;
 use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,15 +57,6 @@ impl Default for LunIoStats {
                 .collect(),
         }
     }
-}
-
-/// Adds to a counter only this reactor writes: a plain load and store.
-#[inline]
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
 }
 
 impl LunIoStats {

@@ -5,6 +5,7 @@
 //! `hdrhistogram`.
 
 use crate::blockio::BlockOp;
+use crate::reactor_counter::bump;
 use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -69,15 +70,6 @@ impl Default for VpCounters {
             sessions: AtomicU32::new(0),
         }
     }
-}
-
-/// Adds to a counter that only the calling reactor writes.
-#[inline]
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
 }
 
 impl VpCounters {

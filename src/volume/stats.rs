@@ -3,6 +3,7 @@
 
 use crate::blockio::BlockOp;
 use crate::constants::MAX_REACTORS;
+use crate::reactor_counter::bump;
 use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,16 +58,6 @@ impl Default for VolumeStats {
                 .collect(),
         }
     }
-}
-
-/// Adds to a counter only this reactor writes: a plain load and store, no atomic
-/// read-modify-write.
-#[inline]
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
 }
 
 impl VolumeStats {
