@@ -95,24 +95,16 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
-fn counters(
+/// A counter family: counts (`u64`) or seconds (`f64`).
+fn counters<N>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (Labels, u64)>,
-) -> Result<(), Error> {
-    let samples = samples
-        .into_iter()
-        .map(|(labels, value)| (labels, ConstCounter::new(value)));
-    family(encoder, name, help, MetricType::Counter, samples)
-}
-
-fn seconds_counters(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels, f64)>,
-) -> Result<(), Error> {
+    samples: impl IntoIterator<Item = (Labels, N)>,
+) -> Result<(), Error>
+where
+    ConstCounter<N>: EncodeMetric,
+{
     let samples = samples
         .into_iter()
         .map(|(labels, value)| (labels, ConstCounter::new(value)));
@@ -202,7 +194,7 @@ fn path_families<'a>(
         &format!("Operations that waited for QoS tokens per {what}"),
         rows.iter().map(|(l, c)| (l.clone(), c.throttled_ops)),
     )?;
-    seconds_counters(
+    counters(
         encoder,
         &format!("{prefix}_throttled_seconds"),
         &format!("Time operations waited for QoS tokens per {what}"),
@@ -281,7 +273,7 @@ impl Collector for SnapshotCollector {
             "Operations that failed per volume",
             s.volumes.iter().map(|v| (volume_labels(v), v.errors)),
         )?;
-        seconds_counters(
+        counters(
             e,
             "sds_volume_time_seconds",
             "Time spent in operations per volume, by kind (divide by sds_volume_ops for the mean)",
@@ -631,7 +623,7 @@ impl Collector for SnapshotCollector {
                 ("core", r.core.to_string()),
             ]
         };
-        seconds_counters(
+        counters(
             e,
             "sds_reactor_busy_seconds",
             "Time each reactor spent doing work",
@@ -639,7 +631,7 @@ impl Collector for SnapshotCollector {
                 .iter()
                 .map(|r| (reactor_labels(r), r.busy_seconds)),
         )?;
-        seconds_counters(
+        counters(
             e,
             "sds_reactor_idle_seconds",
             "Time each reactor polled or slept with nothing to do",
