@@ -827,7 +827,7 @@ impl BlockEngine {
             let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
             // SAFETY: a flush refers to no buffer.
             let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
-            self.account_start(index, lun_index, started);
+            self.account_start(index, lun_index, started, ctx);
         }
         self.slots[index].cursor_bytes = u64::from(self.slots[index].request.length_bytes);
     }
@@ -1006,6 +1006,7 @@ impl BlockEngine {
                         Started::Queued(count) => {
                             slot.pending += count;
                             *ring_pending += count;
+                            ctx.ring.device_started(count as usize);
                         }
                         Started::Done(result) => {
                             let io = LunIoNote {
@@ -1091,7 +1092,7 @@ impl BlockEngine {
                         let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
                         // SAFETY: zeroing refers to no buffer.
                         let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
-                        self.account_start(index, lun_index, started);
+                        self.account_start(index, lun_index, started, ctx);
                     }
                     segments += 1;
                     len_bytes
@@ -1156,11 +1157,18 @@ impl BlockEngine {
         }
     }
 
-    fn account_start(&mut self, index: usize, lun_index: usize, started: Started) {
+    fn account_start(
+        &mut self,
+        index: usize,
+        lun_index: usize,
+        started: Started,
+        ctx: &mut SessionContext,
+    ) {
         match started {
             Started::Queued(count) => {
                 self.slots[index].pending += count;
                 self.ring_pending += count;
+                ctx.ring.device_started(count as usize);
             }
             Started::Done(result) => {
                 let io = self.lun_io_note(0, self.clock.now());
@@ -1264,6 +1272,7 @@ impl BlockEngine {
                     return;
                 };
                 self.ring_pending = self.ring_pending.saturating_sub(1);
+                ctx.ring.device_finished();
                 slot.pending = slot.pending.saturating_sub(1);
                 if slot.pending == 0 {
                     // The round's LUN I/O is over: it no longer uses the slots it loaded.

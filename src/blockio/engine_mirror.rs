@@ -406,6 +406,9 @@ impl BlockEngine {
         mirror.enter_io(position);
         // SAFETY: the caller keeps any buffer of `io` in place until its completion.
         let started = unsafe { lun.lun.submit(io, tag, ctx.ring) };
+        if let Started::Queued(count) = started {
+            ctx.ring.device_started(count as usize);
+        }
         self.account_mirror_start(mirror, index, position, lun_index, expected_bytes, started);
     }
 

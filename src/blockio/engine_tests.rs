@@ -305,10 +305,13 @@ fn requests_finish_in_the_order_their_lun_io_completes() {
     let ios = rig.submitted();
     assert_eq!(ios.len(), 3, "one LUN I/O each");
     assert!(rig.finished().is_empty(), "nothing completes on its own");
+    // The reactor sees the LUN I/O in flight (it then waits on a device, not on a host).
+    assert_eq!(rig.ring.device_in_flight(), 3);
     // The LUN answers out of order; the requests finish as it answers.
     for &(_, local) in [ios[1], ios[2], ios[0]].iter() {
         rig.complete(local, expected(local));
     }
+    assert_eq!(rig.ring.device_in_flight(), 0, "every LUN I/O counted off");
     assert_eq!(
         rig.finished(),
         vec![

@@ -23,6 +23,10 @@ pub struct IoRing {
     /// The index of the reactor that owns the ring, `None` for a ring of no reactor (tests,
     /// tools). Remote LUNs pick the reactor's link by it ([`IoRing::owner`]).
     owner: Option<usize>,
+    /// LUN I/O in flight, as the block engines count it (`device_started`,
+    /// `device_finished`): while there is some, the reactor waits on a device rather than on
+    /// a host, which decides how long it polls before it sleeps.
+    device_in_flight: usize,
 }
 
 impl IoRing {
@@ -60,6 +64,7 @@ impl IoRing {
             in_flight: 0,
             max_in_flight,
             owner: None,
+            device_in_flight: 0,
         })
     }
 
@@ -214,6 +219,21 @@ impl IoRing {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Notes `count` LUN I/O entries started (completions to come from a device).
+    pub fn device_started(&mut self, count: usize) {
+        self.device_in_flight += count;
+    }
+
+    /// Notes one LUN I/O completion reaped.
+    pub fn device_finished(&mut self) {
+        self.device_in_flight = self.device_in_flight.saturating_sub(1);
+    }
+
+    /// LUN I/O in flight on this ring.
+    pub fn device_in_flight(&self) -> usize {
+        self.device_in_flight
     }
 
     /// The most entries that may be in flight: the completion queue's size.
