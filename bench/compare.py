@@ -103,7 +103,7 @@ def main():
             fill(f"nbd://127.0.0.1:{port}/vol", size)
             fill(f"nbd://127.0.0.1:{port}/ramvol", size)
 
-        sds_server = Server("sds", [sds, "serve", "--state-dir", state, "--nbd-listen", f"127.0.0.1:{port}", "--iscsi-listen", "none", "--log-level", "warn"],
+        sds_server = Server("sds", [sds, "serve", "--state-dir", state, "--nbd-listen", f"127.0.0.1:{port}", "--iscsi-listen", "none", "--nvmf-listen", "none", "--log-level", "warn"],
                             port, f"nbd://127.0.0.1:{port}/vol", 0, size, sds_setup)
         servers.append(sds_server)
         sds_ram = Server.__new__(Server)

@@ -91,7 +91,7 @@ class Sds:
         self.socket = os.path.join(state_dir, "sds.sock")
         self.log = open(log, "w")
         cmd = [binary, "serve", "--state-dir", state_dir, "--nbd-listen", "none",
-               "--iscsi-listen", f"127.0.0.1:{self.port}", "--iscsi-target-name", SDS_TARGET, "--log-level", "warn", *extra]
+               "--iscsi-listen", f"127.0.0.1:{self.port}", "--iscsi-target-name", SDS_TARGET, "--nvmf-listen", "none", "--log-level", "warn", *extra]
         self.proc = subprocess.Popen(([*prefix, *cmd] if prefix else cmd), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:

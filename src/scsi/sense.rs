@@ -149,6 +149,9 @@ pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(KEY_HARDWARE_ERROR, 0x44, 
 pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(KEY_MISCOMPARE, 0x1D, 0x00);
 pub const NOT_READY_BEING_REMOVED: Sense = Sense::new(KEY_NOT_READY, 0x04, 0x00);
 pub const COMMAND_ABORTED_SHUTDOWN: Sense = Sense::new(KEY_ABORTED_COMMAND, 0x00, 0x00);
+/// iSCSI's "protocol service CRC error" (RFC 7143 11.4.7.2): a task whose Data-Out was lost
+/// to a digest or sequence error and is not recovered.
+pub const PROTOCOL_SERVICE_CRC_ERROR: Sense = Sense::new(KEY_ABORTED_COMMAND, 0x47, 0x05);
 pub const POWER_ON_OCCURRED: Sense = Sense::new(KEY_UNIT_ATTENTION, 0x29, 0x00);
 pub const BUS_DEVICE_RESET_OCCURRED: Sense = Sense::new(KEY_UNIT_ATTENTION, 0x29, 0x03);
 pub const MODE_PARAMETERS_CHANGED: Sense = Sense::new(KEY_UNIT_ATTENTION, 0x2A, 0x01);

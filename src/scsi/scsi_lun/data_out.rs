@@ -36,6 +36,20 @@ impl ScsiLun {
         self.drain(ctx);
     }
 
+    /// The transport lost some of the task's Data-Out and does not recover it: the task ends
+    /// with CHECK CONDITION, `sense`, and nothing of its data is used.
+    pub fn data_out_failed(&mut self, task: usize, sense: Sense, ctx: &mut SessionContext) {
+        let Some(entry) = self.tasks.get(task) else {
+            return;
+        };
+        if entry.state != TaskState::WaitingForData {
+            return;
+        }
+        self.tasks[task].state = TaskState::Running;
+        self.fail(task, Failure::Check(sense));
+        self.drain(ctx);
+    }
+
     pub(super) fn run_with_data(
         &mut self,
         t: usize,

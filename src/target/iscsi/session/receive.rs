@@ -24,6 +24,9 @@ pub(super) struct DataWait {
     r2t_sn: u32,
     /// The DataSN the next Data-Out of the current sequence must carry.
     pub(super) data_sn: u32,
+    /// A Data-Out came with the wrong DataSN: what follows is dropped and the task ends with
+    /// CHECK CONDITION once the sequence's last Data-Out (F bit) is in.
+    pub(super) lost: bool,
 }
 
 /// What incoming bytes are for right now.
@@ -203,7 +206,7 @@ impl IscsiSession {
             InitiatorPdu::ScsiCommand(command) => {
                 self.take_command(&bhs, &command, &framing, header_bytes, ctx)
             }
-            InitiatorPdu::DataOut(data) => self.take_data_out(&data, &framing, header_bytes),
+            InitiatorPdu::DataOut(data) => self.take_data_out(&data, &framing, header_bytes, ctx),
             other => {
                 // Everything else is small and handled whole from the receive buffer.
                 let total = header_bytes + framing.rest_bytes()
@@ -397,6 +400,7 @@ impl IscsiSession {
             ttt: RESERVED_TAG,
             r2t_sn: 0,
             data_sn: 0,
+            lost: false,
         });
         let wait_index = (self.waits.len() - 1) as u32;
         if data_bytes == 0 {
@@ -412,6 +416,7 @@ impl IscsiSession {
         data: &DataOut,
         framing: &Framing,
         header_bytes: usize,
+        ctx: &mut SessionContext,
     ) -> bool {
         let trailer_bytes = framing.padding_bytes + framing.data_digest_bytes;
         let Some(wait_index) = self
@@ -425,9 +430,28 @@ impl IscsiSession {
         };
         let wait = self.waits[wait_index];
         let len = data.data_segment_length;
-        let in_order = data.buffer_offset == wait.received && data.data_sn == wait.data_sn;
         let in_burst = u64::from(data.buffer_offset) + u64::from(len) <= u64::from(wait.burst_end);
         let right_tag = data.target_transfer_tag == wait.ttt;
+        if right_tag && in_burst && len > 0 && (wait.lost || data.data_sn != wait.data_sn) {
+            // A Data-Out out of DataSN order means an earlier one was lost to a digest error
+            // (RFC 7143, sequence errors). At ErrorRecoveryLevel 0 the target does not ask
+            // for it again: the task ends with CHECK CONDITION, protocol service CRC error,
+            // once the initiator has sent what it was asked for (the F bit), as for a data
+            // digest error the target does not recover; its data is dropped.
+            self.waits[wait_index].lost = true;
+            self.skip(header_bytes + framing.data_bytes + trailer_bytes);
+            if data.final_ {
+                self.waits.swap_remove(wait_index);
+                self.luns[usize::from(wait.lun)].scsi.data_out_failed(
+                    usize::from(wait.task),
+                    crate::scsi::sense::PROTOCOL_SERVICE_CRC_ERROR,
+                    ctx,
+                );
+                self.drain_done(ctx);
+            }
+            return true;
+        }
+        let in_order = data.buffer_offset == wait.received;
         if !(in_order && in_burst && right_tag) || len == 0 {
             log::debug!(
                 "iscsi {}: Data-Out for ITT {:#x} at {} (+{len}, TTT {:#x}) outside what was \
