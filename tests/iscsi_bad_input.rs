@@ -2,12 +2,13 @@
 //! data segment longer than the negotiated MaxRecvDataSegmentLength, a header digest that does
 //! not match, a Data-Out for a task that does not exist, a SNACK (ErrorRecoveryLevel 0). Each
 //! ends only its own connection or gets a Reject, while another initiator's session keeps
-//! writing and reading correct data. An initiator that sends READs and never reads the
+//! writing and reading correct data. A write whose Data-Out comes out of DataSN order fails
+//! alone, with CHECK CONDITION, and none of its data lands. An initiator that sends READs and never reads the
 //! answers holds a bounded amount of server memory, and others are still served.
 
 mod common;
 
-use common::initiator::{lun_field, rw16, Initiator, InitiatorError, GOOD};
+use common::initiator::{lun_field, rw16, Initiator, InitiatorError, CHECK_CONDITION, GOOD};
 use common::Server;
 use sds::digest;
 use sds::target::iscsi::pdu::{
@@ -393,4 +394,63 @@ fn an_initiator_that_never_reads_its_answers_holds_bounded_memory() {
     );
     drop(flood);
     witness.round("the flood's end");
+}
+
+/// ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: iSCSI's sense for a task whose Data-Out was
+/// lost and not recovered (RFC 7143).
+const PROTOCOL_SERVICE_CRC_ERROR: (u8, u8, u8) = (0x0B, 0x47, 0x05);
+
+#[test]
+fn a_write_whose_data_out_comes_out_of_datasn_order_fails_alone_and_lands_nothing() {
+    let server = served();
+    let mut session = login(&server, BAD_HOST, Digests::default());
+    let (_, block) = session
+        .read_capacity16(0)
+        .expect("READ CAPACITY")
+        .expect("GOOD");
+    let pattern = |seed: u8, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| seed ^ (i as u8) ^ (i >> 9) as u8)
+            .collect()
+    };
+    let first = pattern(0x11, 8 * block as usize);
+    let outcome = session.write16(0, 1000, &first, block).expect("write");
+    assert_eq!(outcome.status, GOOD, "{outcome:?}");
+
+    // One Data-Out numbered 27 where 0 was due: the write fails, the blocks keep what they had.
+    let second = pattern(0x22, first.len());
+    let blocks = (second.len() / block as usize) as u32;
+    let outcome = session
+        .command_with_data_sn(0, &rw16(0x8A, 1000, blocks), &second, 0, |_| 27)
+        .expect("the session answers a write with a wrong DataSN");
+    assert_eq!(outcome.status, CHECK_CONDITION, "{outcome:?}");
+    assert_eq!(outcome.sense_triple(), Some(PROTOCOL_SERVICE_CRC_ERROR));
+    let read = session.read16(0, 1000, 8, block).expect("read");
+    assert_eq!(read.status, GOOD);
+    assert!(read.data == first, "a failed write changed the blocks");
+
+    // Two Data-Outs of one burst in reverse DataSN order (1, 0): the first is already out of
+    // order, the second is dropped too, and the task fails once the burst's last one is in.
+    let big = pattern(0x33, 512 * 1024);
+    let blocks = (big.len() / block as usize) as u32;
+    let outcome = session
+        .command_with_data_sn(0, &rw16(0x8A, 4096, blocks), &big, 0, |n| n ^ 1)
+        .expect("the session answers a write with swapped DataSNs");
+    assert_eq!(outcome.status, CHECK_CONDITION, "{outcome:?}");
+    assert_eq!(outcome.sense_triple(), Some(PROTOCOL_SERVICE_CRC_ERROR));
+    let read = session.read16(0, 4096, blocks, block).expect("read");
+    assert_eq!(read.status, GOOD);
+    assert!(
+        read.data.iter().all(|&b| b == 0),
+        "a failed write landed data on blocks never written"
+    );
+
+    // The session goes on: the same write in order lands.
+    let outcome = session.write16(0, 4096, &big, block).expect("write");
+    assert_eq!(outcome.status, GOOD, "{outcome:?}");
+    let read = session.read16(0, 4096, blocks, block).expect("read");
+    assert!(
+        read.data == big,
+        "the write after the failed ones did not land"
+    );
 }

@@ -252,6 +252,19 @@ impl Initiator {
         data_out: &[u8],
         read_bytes: u32,
     ) -> Result<Outcome, InitiatorError> {
+        self.command_with_data_sn(lun, cdb, data_out, read_bytes, |n| n)
+    }
+
+    /// [`Initiator::command`], numbering each burst's Data-Out PDUs `data_sn_of(n)` instead
+    /// of `n` (0, 1, 2, …): a wrong DataSN, as a lost PDU would leave.
+    pub fn command_with_data_sn(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        read_bytes: u32,
+        data_sn_of: impl Fn(u32) -> u32,
+    ) -> Result<Outcome, InitiatorError> {
         let (cmd_sn, itt) = self.take_sn_and_tag();
         let mut cdb16 = [0u8; 16];
         cdb16[..cdb.len()].copy_from_slice(cdb);
@@ -298,7 +311,7 @@ impl Initiator {
                             initiator_task_tag: itt,
                             target_transfer_tag: r2t.target_transfer_tag,
                             exp_stat_sn: self.exp_stat_sn,
-                            data_sn,
+                            data_sn: data_sn_of(data_sn),
                             buffer_offset: offset as u32,
                         };
                         pdu::write_data_out(&out, &mut bhs);
