@@ -3,7 +3,8 @@
 //! its initiator names reach at LUN 0, as bench/iscsi_conformance.py runs it. The log is read
 //! test by test (CUnit counts a skip as a pass): no test may fail but those allowed below with
 //! their reason, and at least [`MIN_PASSED`] must pass, so a pass turning into a skip is caught
-//! as surely as a failure.
+//! as surely as a failure. A second run gives the suite's ReadOnly test the write-protected
+//! logical unit it needs (a read-only path), which the first one skips.
 
 mod common;
 
@@ -31,8 +32,9 @@ const MIN_PASSED: usize = 181;
 /// with CHECK CONDITION instead of the connection.)
 const ALLOWED_FAILURES: &[&str] = &[];
 
-#[test]
-fn libiscsi_test_cu_scsi_and_iscsi_families_pass() {
+/// A server with the suite's volume `cu`, reached at LUN 0 by both of libiscsi's initiator
+/// names in `mode` ("rw" or "ro").
+fn served(mode: &str) -> Server {
     let server = Server::start();
     let file = server.dir.path().join("cu.img");
     server.ok(
@@ -52,9 +54,15 @@ fn libiscsi_test_cu_scsi_and_iscsi_families_pass() {
         server.ok("host_create", json!({"name": host, "iqn": iqn}));
         server.ok(
             "vpath_create",
-            json!({"host": host, "volume": "cu", "lun": 0}),
+            json!({"host": host, "volume": "cu", "lun": 0, "mode": mode}),
         );
     }
+    server
+}
+
+#[test]
+fn libiscsi_test_cu_scsi_and_iscsi_families_pass() {
+    let server = served("rw");
     let results = common::iscsi_test_cu(
         &server.iscsi_url(0),
         "SCSI,iSCSI",
@@ -96,5 +104,32 @@ fn libiscsi_test_cu_scsi_and_iscsi_families_pass() {
         "only {} tests passed (at least {MIN_PASSED} did): skipped {:#?}",
         results.passed.len(),
         results.skipped
+    );
+}
+
+/// The suite's ReadOnly test needs a write-protected logical unit, which the run above (a
+/// read-write path) skips: on a read-only path every write-type command must fail with DATA
+/// PROTECT, WRITE PROTECTED.
+#[test]
+fn libiscsi_read_only_test_passes_on_a_read_only_path() {
+    let server = served("ro");
+    let results = common::iscsi_test_cu(
+        &server.iscsi_url(0),
+        "SCSI.ReadOnly",
+        CU_INITIATOR,
+        CU_INITIATOR_2,
+    );
+    assert!(
+        results.failed.is_empty() && results.skipped.is_empty(),
+        "failed {:#?}, skipped {:#?}\n(the whole log:)\n{}",
+        results.failed,
+        results.skipped,
+        results.log
+    );
+    assert_eq!(
+        results.passed,
+        vec!["ReadOnly.ReadOnlySBC".to_string()],
+        "the log:\n{}",
+        results.log
     );
 }
