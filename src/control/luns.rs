@@ -246,26 +246,12 @@ pub fn create(control: &mut Control, params: Option<Value>) -> Result<Value, Rpc
     let spec = LunSpec {
         name: name.to_string(),
         kind,
-        path: path.clone(),
+        path,
         size_bytes: size,
         block_size_bytes: block_size,
         remote: None,
     };
-    let lun = open_lun(&spec).map_err(|error| {
-        RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
-    })?;
-    let info = lun.info();
-    let record = LunRecord {
-        name: name.to_string(),
-        uuid: control.new_uuid()?,
-        kind,
-        path,
-        size: info.size_bytes,
-        block_size: info.block_size_bytes,
-        base: None,
-        remote: None,
-    };
-    let described = add_entry(control, record, lun, None)?;
+    let (described, _) = open_and_add(control, spec)?;
     log::info!(
         "LUN {name} created ({} {} bytes, {}-byte blocks)",
         kind.as_str(),
@@ -345,30 +331,38 @@ fn create_remote(
         path: None,
         size_bytes: None,
         block_size_bytes: block_size,
-        remote: Some(remote.clone()),
-    };
-    let lun = open_lun(&spec).map_err(|error| {
-        RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
-    })?;
-    let info = lun.info();
-    let record = LunRecord {
-        name: name.to_string(),
-        uuid: control.new_uuid()?,
-        kind,
-        path: None,
-        size: info.size_bytes,
-        block_size: info.block_size_bytes,
-        base: None,
         remote: Some(remote),
     };
-    let (size, block) = (info.size_bytes, info.block_size_bytes);
-    let described = add_entry(control, record, lun, None)?;
+    let (described, (size, block)) = open_and_add(control, spec)?;
     log::info!(
         "LUN {name} created ({} at {}, {size} bytes, {block}-byte blocks)",
         kind.as_str(),
         described["remote"]["url"].as_str().unwrap_or(""),
     );
     Ok(described)
+}
+
+/// Opens the LUN `spec` describes and adds it with its record (size and block size as opened):
+/// its description, and the size and block size. A LUN that cannot be opened is an invalid
+/// parameter naming the one at fault.
+fn open_and_add(control: &mut Control, spec: LunSpec) -> Result<(Value, (u64, u32)), RpcError> {
+    let lun = open_lun(&spec).map_err(|error| {
+        RpcError::invalid_params(format!("{}: {}", param_of(&error), error_chain(&error)))
+    })?;
+    let info = lun.info();
+    let (size, block) = (info.size_bytes, info.block_size_bytes);
+    let record = LunRecord {
+        name: spec.name,
+        uuid: control.new_uuid()?,
+        kind: spec.kind,
+        path: spec.path,
+        size,
+        block_size: block,
+        base: None,
+        remote: spec.remote,
+    };
+    let described = add_entry(control, record, lun, None)?;
+    Ok((described, (size, block)))
 }
 
 /// The `block_size` parameter of `lun_create`: 512 or 4096, else `absent` (a remote LUN's 0:
