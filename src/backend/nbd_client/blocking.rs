@@ -5,8 +5,9 @@
 
 use super::negotiation::{Export, Negotiation, NegotiationError};
 use super::reply::{errno_of, Event, ReplyDecoder, ReplyError, RequestShape, Want};
-use super::request::{encode_request, Capabilities, NbdCommand};
+use super::request::{encode_request, Capabilities};
 use super::uri::{NbdAddress, NbdUri};
+use crate::target::nbd::protocol::Command;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
@@ -267,7 +268,7 @@ impl BlockingConnection {
     /// Sends one request and waits for its whole reply. A read's data lands in `read_buf`.
     fn request(
         &mut self,
-        command: NbdCommand,
+        command: Command,
         flags: u16,
         offset_bytes: u64,
         length_bytes: u32,
@@ -286,7 +287,7 @@ impl BlockingConnection {
                 .map_err(RequestError::Connection)?;
         }
         let shape = RequestShape {
-            read: command == NbdCommand::Read,
+            read: command == Command::Read,
             offset_bytes,
             length_bytes,
         };
@@ -348,7 +349,7 @@ impl BlockingConnection {
 
     pub fn read(&mut self, buf: &mut [u8], offset_bytes: u64) -> Result<(), RequestError> {
         let len = buf.len() as u32;
-        self.request(NbdCommand::Read, 0, offset_bytes, len, None, Some(buf))
+        self.request(Command::Read, 0, offset_bytes, len, None, Some(buf))
     }
 
     /// Writes `buf`; durable when this returns if `fua` (FUA, or a flush after the write when
@@ -356,7 +357,7 @@ impl BlockingConnection {
     pub fn write(&mut self, buf: &[u8], offset_bytes: u64, fua: bool) -> Result<(), RequestError> {
         let flags = self.capabilities.fua_flags(fua);
         let len = buf.len() as u32;
-        self.request(NbdCommand::Write, flags, offset_bytes, len, Some(buf), None)?;
+        self.request(Command::Write, flags, offset_bytes, len, Some(buf), None)?;
         if self.capabilities.fua_needs_flush(fua) {
             self.flush()?;
         }
@@ -381,7 +382,7 @@ impl BlockingConnection {
             let len = (len_bytes - done).min(u64::from(max_request_bytes)) as u32;
             if self.capabilities.write_zeroes {
                 self.request(
-                    NbdCommand::WriteZeroes,
+                    Command::WriteZeroes,
                     0,
                     offset_bytes + done,
                     len,
@@ -401,12 +402,12 @@ impl BlockingConnection {
         if !self.capabilities.flush {
             return Ok(());
         }
-        self.request(NbdCommand::Flush, 0, 0, 0, None, None)
+        self.request(Command::Flush, 0, 0, 0, None, None)
     }
 
     /// Says goodbye (NBD_CMD_DISC) before the socket closes; errors do not matter any more.
     pub fn disconnect(mut self) {
-        let header = encode_request(NbdCommand::Disconnect, 0, 0, 0, 0);
+        let header = encode_request(Command::Disconnect, 0, 0, 0, 0);
         let _ = self.stream.write_all(&header);
     }
 }

@@ -21,13 +21,14 @@
 use super::driver::{check_export, NbdTarget};
 use super::negotiation::Negotiation;
 use super::reply::{errno_of, Event, ReplyDecoder, RequestShape, Want};
-use super::request::{encode_request, Capabilities, NbdCommand, REQUEST_HEADER_BYTES};
+use super::request::{encode_request, Capabilities, REQUEST_HEADER_BYTES};
 use crate::backend::remote::link::{ArrayGeometry, LinkContext, LinkTransport};
 use crate::backend::LunIo;
 use crate::constants::{
     NBD_LINK_DIRECT_RECV_BYTES, NBD_LINK_MAX_SEND_BATCH, NBD_LINK_RECV_BUFFER_BYTES,
     REMOTE_CONNECT_TIMEOUT_MS, REMOTE_LINK_QUEUE_DEPTH,
 };
+use crate::target::nbd::protocol::Command;
 use io_uring::{opcode, squeue, types};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -361,7 +362,7 @@ impl NbdLink {
                 self.iov_end += 1;
                 let slot = &self.slots[index];
                 let is_write = u16::from_be_bytes([self.headers[index][6], self.headers[index][7]])
-                    == NbdCommand::Write.wire();
+                    == Command::Write.wire();
                 if is_write {
                     self.iovecs[self.iov_end] = libc::iovec {
                         iov_base: slot.buf.cast(),
@@ -482,7 +483,7 @@ impl NbdLink {
                     if result.is_ok() && slot.flush_after {
                         // The write is done; now its flush, under a new cookie.
                         slot.flush_after = false;
-                        self.start(index, NbdCommand::Flush, 0, 0, 0, std::ptr::null_mut());
+                        self.start(index, Command::Flush, 0, 0, 0, std::ptr::null_mut());
                         continue;
                     }
                     slot.active = false;
@@ -496,7 +497,7 @@ impl NbdLink {
     fn start(
         &mut self,
         index: u16,
-        command: NbdCommand,
+        command: Command,
         flags: u16,
         offset_bytes: u64,
         length_bytes: u32,
@@ -510,7 +511,7 @@ impl NbdLink {
             active: true,
             cookie,
             shape: RequestShape {
-                read: command == NbdCommand::Read,
+                read: command == Command::Read,
                 offset_bytes,
                 length_bytes,
             },
@@ -583,7 +584,7 @@ impl LinkTransport for NbdLink {
                 offset_bytes,
                 buf,
                 len_bytes,
-            } => self.start(index, NbdCommand::Read, 0, offset_bytes, len_bytes, buf),
+            } => self.start(index, Command::Read, 0, offset_bytes, len_bytes, buf),
             LunIo::Write {
                 offset_bytes,
                 buf,
@@ -594,7 +595,7 @@ impl LinkTransport for NbdLink {
                 let flags = self.capabilities.fua_flags(fua);
                 self.start(
                     index,
-                    NbdCommand::Write,
+                    Command::Write,
                     flags,
                     offset_bytes,
                     len_bytes,
@@ -613,7 +614,7 @@ impl LinkTransport for NbdLink {
                 let flags = self.capabilities.fua_flags(fua);
                 self.start(
                     index,
-                    NbdCommand::WriteZeroes,
+                    Command::WriteZeroes,
                     flags,
                     offset_bytes,
                     len_bytes,
@@ -621,7 +622,7 @@ impl LinkTransport for NbdLink {
                 )
             }
             LunIo::Flush if !self.capabilities.flush => return link.complete(index, Ok(())),
-            LunIo::Flush => self.start(index, NbdCommand::Flush, 0, 0, 0, std::ptr::null_mut()),
+            LunIo::Flush => self.start(index, Command::Flush, 0, 0, 0, std::ptr::null_mut()),
         }
         self.send_requests(link);
     }

@@ -1,43 +1,18 @@
 //! The client's side of a transmission-phase request: the 28-byte header it sends (a write's
-//! data follows it straight from the caller's buffer) and the commands it uses. The wire
-//! constants shared with the server live in `target::nbd::protocol`.
+//! data follows it straight from the caller's buffer). The commands and the wire constants
+//! are the server's, in `target::nbd::protocol`.
 
 use crate::target::nbd::protocol::{
-    NBD_CMD_FLAG_FUA, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
+    Command, NBD_CMD_FLAG_FUA, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
     NBD_FLAG_SEND_WRITE_ZEROES, REQUEST_MAGIC,
 };
 
 /// Bytes of a request header.
 pub const REQUEST_HEADER_BYTES: usize = 28;
 
-/// A command the client sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NbdCommand {
-    Read,
-    Write,
-    Disconnect,
-    Flush,
-    Trim,
-    WriteZeroes,
-}
-
-impl NbdCommand {
-    /// The command's number on the wire.
-    pub fn wire(self) -> u16 {
-        match self {
-            Self::Read => 0,
-            Self::Write => 1,
-            Self::Disconnect => 2,
-            Self::Flush => 3,
-            Self::Trim => 4,
-            Self::WriteZeroes => 6,
-        }
-    }
-}
-
 /// One request header, big-endian: magic, flags, type, cookie, offset, length.
 pub fn encode_request(
-    command: NbdCommand,
+    command: Command,
     flags: u16,
     cookie: u64,
     offset_bytes: u64,
@@ -93,22 +68,22 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::nbd::protocol::{parse_request, Command};
+    use crate::target::nbd::protocol::parse_request;
 
     /// The client's header is what the server's parser reads.
     #[test]
     fn encodes_what_the_server_parses() {
-        for (command, expected) in [
-            (NbdCommand::Read, Command::Read),
-            (NbdCommand::Write, Command::Write),
-            (NbdCommand::Disconnect, Command::Disconnect),
-            (NbdCommand::Flush, Command::Flush),
-            (NbdCommand::Trim, Command::Trim),
-            (NbdCommand::WriteZeroes, Command::WriteZeroes),
+        for command in [
+            Command::Read,
+            Command::Write,
+            Command::Disconnect,
+            Command::Flush,
+            Command::Trim,
+            Command::WriteZeroes,
         ] {
             let raw = encode_request(command, NBD_CMD_FLAG_FUA, 77, 1 << 40, 4096);
             let header = parse_request(&raw).expect("parses");
-            assert_eq!(header.command, expected);
+            assert_eq!(header.command, command);
             assert_eq!(header.flags, NBD_CMD_FLAG_FUA);
             assert_eq!(header.cookie, 77);
             assert_eq!(header.offset_bytes, 1 << 40);

@@ -100,6 +100,19 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's number on the wire (what [`Command::from_wire`] reads back).
+    pub fn wire(self) -> u16 {
+        match self {
+            Self::Read => 0,
+            Self::Write => 1,
+            Self::Disconnect => 2,
+            Self::Flush => 3,
+            Self::Trim => 4,
+            Self::WriteZeroes => 6,
+            Self::Other(value) => value,
+        }
+    }
+
     pub fn from_wire(value: u16) -> Self {
         match value {
             0 => Self::Read,
@@ -201,6 +214,7 @@ mod tests {
             (6, Command::WriteZeroes),
             (9, Command::Other(9)),
         ] {
+            assert_eq!(command.wire(), wire, "{command:?} is {wire} on the wire");
             let header = parse_request(&raw_request(
                 REQUEST_MAGIC,
                 NBD_CMD_FLAG_FUA,
