@@ -826,8 +826,8 @@ impl BlockEngine {
         for (lun_index, member) in volume.flush_luns() {
             let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
             // SAFETY: a flush refers to no buffer.
-            let started = unsafe { member.lun.submit(&LunIo::Flush, tag, ctx.ring) };
-            self.account_start(index, lun_index, started, ctx);
+            let started = unsafe { submit_lun(&*member.lun, &LunIo::Flush, tag, ctx) };
+            self.account_start(index, lun_index, started);
         }
         self.slots[index].cursor_bytes = u64::from(self.slots[index].request.length_bytes);
     }
@@ -1002,11 +1002,10 @@ impl BlockEngine {
                     // SAFETY: the slot's buffer stays put and untouched until every completion
                     // of this round is reaped: the slot is not released before it finishes,
                     // and the session is dropped only when the engine is idle.
-                    match unsafe { lun.lun.submit(&io, tag, ctx.ring) } {
+                    match unsafe { submit_lun(&*lun.lun, &io, tag, ctx) } {
                         Started::Queued(count) => {
                             slot.pending += count;
                             *ring_pending += count;
-                            ctx.ring.device_started(count as usize);
                         }
                         Started::Done(result) => {
                             let io = LunIoNote {
@@ -1091,8 +1090,8 @@ impl BlockEngine {
                         };
                         let tag = ctx.tag(self.lun_io_tag(index, lun_index, 0));
                         // SAFETY: zeroing refers to no buffer.
-                        let started = unsafe { lun.lun.submit(&io, tag, ctx.ring) };
-                        self.account_start(index, lun_index, started, ctx);
+                        let started = unsafe { submit_lun(&*lun.lun, &io, tag, ctx) };
+                        self.account_start(index, lun_index, started);
                     }
                     segments += 1;
                     len_bytes
@@ -1157,18 +1156,11 @@ impl BlockEngine {
         }
     }
 
-    fn account_start(
-        &mut self,
-        index: usize,
-        lun_index: usize,
-        started: Started,
-        ctx: &mut SessionContext,
-    ) {
+    fn account_start(&mut self, index: usize, lun_index: usize, started: Started) {
         match started {
             Started::Queued(count) => {
                 self.slots[index].pending += count;
                 self.ring_pending += count;
-                ctx.ring.device_started(count as usize);
             }
             Started::Done(result) => {
                 let io = self.lun_io_note(0, self.clock.now());
@@ -1440,6 +1432,27 @@ impl LunIoNote {
             );
         }
     }
+}
+
+/// Starts LUN I/O on the session's ring and counts what it queued as the reactor's wait on a
+/// device (`IoRing::device_started`; the engine counts each completion off in
+/// `on_completion`), which sets how long the reactor polls before it sleeps.
+///
+/// # Safety
+/// As for [`Lun::submit`]: every buffer `io` refers to stays in place until its completions
+/// are reaped.
+pub(super) unsafe fn submit_lun(
+    lun: &dyn Lun,
+    io: &LunIo,
+    tag: u64,
+    ctx: &mut SessionContext,
+) -> Started {
+    // SAFETY: the caller keeps `io`'s buffers in place until the completions are reaped.
+    let started = unsafe { lun.submit(io, tag, ctx.ring) };
+    if let Started::Queued(count) = started {
+        ctx.ring.device_started(count as usize);
+    }
+    started
 }
 
 #[path = "engine_mirror.rs"]

@@ -405,10 +405,7 @@ impl BlockEngine {
         let tag = ctx.tag(self.lun_io_tag(index, leg_lun_index, expected_bytes));
         mirror.enter_io(position);
         // SAFETY: the caller keeps any buffer of `io` in place until its completion.
-        let started = unsafe { lun.lun.submit(io, tag, ctx.ring) };
-        if let Started::Queued(count) = started {
-            ctx.ring.device_started(count as usize);
-        }
+        let started = unsafe { super::submit_lun(&*lun.lun, io, tag, ctx) };
         self.account_mirror_start(mirror, index, position, lun_index, expected_bytes, started);
     }
 
